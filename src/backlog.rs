@@ -1,0 +1,185 @@
+//! The leader's bounded in-memory log of recent write batches.
+//!
+//! Network replicas that fell behind are resent what they missed from here. When a
+//! replica is further behind than the backlog reaches, it must full-sync instead.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::words::Deltas;
+
+/// One applied write: its sequence number and the per-word deltas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    pub seq: u64,
+    pub deltas: Deltas,
+}
+
+impl Batch {
+    /// Approximate heap bytes, for the backlog's byte budget.
+    pub fn cost(&self) -> usize {
+        64 + self.deltas.iter().map(|(w, _)| w.len() + 32).sum::<usize>()
+    }
+}
+
+/// What [`Backlog::since`] found after a given seq.
+#[derive(Debug)]
+pub enum Since {
+    /// Nothing newer than the given seq.
+    UpToDate,
+    /// The batches that follow it, in order (possibly fewer than all, per the limits).
+    Batches(Vec<Arc<Batch>>),
+    /// Batches right after it were already evicted: a full sync is needed.
+    TooOld,
+}
+
+/// Recent batches in seq order, with no gaps. Bounded by batch count and bytes.
+#[derive(Debug)]
+pub struct Backlog {
+    batches: VecDeque<Arc<Batch>>,
+    bytes: usize,
+    max_batches: usize,
+    max_bytes: usize,
+    /// The seq of the newest batch pushed (or the starting seq if none yet).
+    last_seq: u64,
+}
+
+impl Backlog {
+    /// An empty backlog whose next batch will be `start_seq + 1`.
+    pub fn new(start_seq: u64, max_batches: usize, max_bytes: usize) -> Self {
+        Backlog {
+            batches: VecDeque::new(),
+            bytes: 0,
+            max_batches: max_batches.max(1),
+            max_bytes,
+            last_seq: start_seq,
+        }
+    }
+
+    /// Appends the next batch. Panics if its seq does not follow the last one: the
+    /// leader assigns seqs under the same lock that pushes, so that would be a bug.
+    pub fn push(&mut self, batch: Arc<Batch>) {
+        assert_eq!(
+            batch.seq,
+            self.last_seq + 1,
+            "backlog seqs must be contiguous"
+        );
+        self.last_seq = batch.seq;
+        self.bytes += batch.cost();
+        self.batches.push_back(batch);
+        while self.batches.len() > self.max_batches
+            || (self.bytes > self.max_bytes && self.batches.len() > 1)
+        {
+            let old = self.batches.pop_front().expect("non-empty");
+            self.bytes -= old.cost();
+        }
+    }
+
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// The oldest seq still held, if any.
+    pub fn first_seq(&self) -> Option<u64> {
+        self.batches.front().map(|b| b.seq)
+    }
+
+    pub fn len(&self) -> usize {
+        self.batches.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+
+    /// The batches after `after`, at most `max_batches` of them and stopping once
+    /// `max_bytes` is reached (always at least one).
+    pub fn since(&self, after: u64, max_batches: usize, max_bytes: usize) -> Since {
+        if after >= self.last_seq {
+            return Since::UpToDate;
+        }
+        let Some(first) = self.first_seq() else {
+            return Since::TooOld;
+        };
+        if after + 1 < first {
+            return Since::TooOld;
+        }
+        let start = (after + 1 - first) as usize;
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for b in self.batches.range(start..) {
+            if !out.is_empty() && (out.len() >= max_batches || bytes >= max_bytes) {
+                break;
+            }
+            bytes += b.cost();
+            out.push(b.clone());
+        }
+        Since::Batches(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(seq: u64) -> Arc<Batch> {
+        Arc::new(Batch {
+            seq,
+            deltas: vec![(format!("w{seq}"), seq)],
+        })
+    }
+
+    fn seqs(s: Since) -> Vec<u64> {
+        match s {
+            Since::Batches(v) => v.iter().map(|b| b.seq).collect(),
+            other => panic!("expected batches, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn since_returns_what_follows_in_order() {
+        let mut b = Backlog::new(10, 100, usize::MAX);
+        for s in 11..=15 {
+            b.push(batch(s));
+        }
+        assert_eq!(seqs(b.since(10, 100, usize::MAX)), [11, 12, 13, 14, 15]);
+        assert_eq!(seqs(b.since(13, 100, usize::MAX)), [14, 15]);
+        assert_eq!(seqs(b.since(10, 2, usize::MAX)), [11, 12]);
+        assert_eq!(seqs(b.since(10, 100, 1)), [11], "at least one batch");
+        assert!(matches!(b.since(15, 100, 100), Since::UpToDate));
+        assert!(matches!(b.since(99, 100, 100), Since::UpToDate));
+        assert!(matches!(b.since(9, 100, 100), Since::TooOld));
+    }
+
+    #[test]
+    fn eviction_by_count_and_bytes() {
+        let mut b = Backlog::new(0, 3, usize::MAX);
+        for s in 1..=5 {
+            b.push(batch(s));
+        }
+        assert_eq!((b.first_seq(), b.last_seq(), b.len()), (Some(3), 5, 3));
+        assert!(matches!(b.since(1, 10, usize::MAX), Since::TooOld));
+        assert_eq!(seqs(b.since(2, 10, usize::MAX)), [3, 4, 5]);
+
+        let one = batch(1).cost();
+        let mut b = Backlog::new(0, 100, one * 2);
+        for s in 1..=4 {
+            b.push(batch(s));
+        }
+        assert_eq!(b.first_seq(), Some(3));
+    }
+
+    #[test]
+    fn empty_backlog_after_start() {
+        let b = Backlog::new(7, 10, 10);
+        assert!(matches!(b.since(7, 1, 1), Since::UpToDate));
+        assert!(matches!(b.since(3, 1, 1), Since::TooOld));
+    }
+
+    #[test]
+    #[should_panic(expected = "contiguous")]
+    fn gaps_are_a_bug() {
+        let mut b = Backlog::new(0, 10, 1000);
+        b.push(batch(2));
+    }
+}

@@ -1,0 +1,334 @@
+//! A small typed HTTP client for memdb nodes, shared by replicas (sync, register), the
+//! leader's replication senders, tests and tools.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::http::{
+    FROM_SEQ, INCARNATION, RESYNC, SEQ, TO_SEQ, TOKENIZER, incarnation_string, parse_incarnation,
+};
+use crate::table::WordMap;
+use crate::words::Tokenizer;
+
+/// How long to wait for a connection to a node before calling it down.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A whole-table `/sync` of millions of words takes a while to send and parse.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(120);
+/// Everything else is small.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("request to {url} failed: {source}")]
+    Http {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{url} answered {status}: {body}")]
+    Status {
+        url: String,
+        status: StatusCode,
+        body: String,
+    },
+    #[error("{url} answered something unexpected: {what}")]
+    Protocol { url: String, what: String },
+}
+
+/// A client for one node, identified by its base URL (`http://127.0.0.1:8080`).
+#[derive(Clone, Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+/// The reply to `POST /post`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub struct PostReply {
+    pub seq: u64,
+    pub words: u64,
+}
+
+/// A whole table, as `GET /sync` returns it.
+#[derive(Debug, Clone)]
+pub struct SyncReply {
+    pub map: WordMap,
+    pub seq: u64,
+    pub incarnation: u64,
+    pub tokenizer: Tokenizer,
+}
+
+/// The leader's answer to a replica registering (also its heartbeat).
+#[derive(Debug, Clone, Deserialize)]
+pub struct RegisterReply {
+    pub incarnation: String,
+    pub seq: u64,
+}
+
+/// What a replica did with a pushed batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateOutcome {
+    /// Applied, or already had it. The replica is now at this seq.
+    Ok(u64),
+    /// It is at this seq, which is not where the batch starts: resend from there.
+    Gap(u64),
+    /// It is (re)syncing from the leader or saw another incarnation: try again later.
+    Resyncing,
+}
+
+/// One batch pushed to a replica.
+#[derive(Debug)]
+pub struct Update<'a> {
+    pub incarnation: u64,
+    pub tokenizer: Tokenizer,
+    pub from_seq: u64,
+    pub to_seq: u64,
+    /// The JSON object of deltas, already serialised.
+    pub body: &'a [u8],
+}
+
+impl Client {
+    pub fn new(base: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .expect("building an HTTP client without TLS cannot fail");
+        Self::with_http(http, base)
+    }
+
+    /// Shares one connection pool between several nodes' clients.
+    pub fn with_http(http: reqwest::Client, base: &str) -> Self {
+        Client {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<reqwest::Response, ClientError> {
+        req.send().await.map_err(|source| ClientError::Http {
+            url: url.to_owned(),
+            source,
+        })
+    }
+
+    async fn ok_json<T: for<'de> Deserialize<'de>>(
+        resp: reqwest::Response,
+        url: &str,
+    ) -> Result<T, ClientError> {
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|source| ClientError::Http {
+            url: url.to_owned(),
+            source,
+        })?;
+        if !status.is_success() {
+            return Err(ClientError::Status {
+                url: url.to_owned(),
+                status,
+                body: String::from_utf8_lossy(&bytes).into_owned(),
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
+            url: url.to_owned(),
+            what: e.to_string(),
+        })
+    }
+
+    /// `GET /health`: the status code and the JSON body.
+    pub async fn health(&self) -> Result<(StatusCode, Value), ClientError> {
+        let url = self.url("/health");
+        let resp = self
+            .send(self.http.get(&url).timeout(REQUEST_TIMEOUT), &url)
+            .await?;
+        let status = resp.status();
+        let body = resp.json().await.unwrap_or(Value::Null);
+        Ok((status, body))
+    }
+
+    /// `POST /post` with the text as a form field, as the Go clients send it.
+    pub async fn post_text(&self, text: &str) -> Result<PostReply, ClientError> {
+        let url = self.url("/post");
+        let resp = self
+            .send(
+                self.http
+                    .post(&url)
+                    .timeout(REQUEST_TIMEOUT)
+                    .header(
+                        reqwest::header::CONTENT_TYPE,
+                        "application/x-www-form-urlencoded",
+                    )
+                    .body(format!("text={}", form_encode(text))),
+                &url,
+            )
+            .await?;
+        Self::ok_json(resp, &url).await
+    }
+
+    /// `GET /wordcount?word=..&word=..` (with `min_seq` if given).
+    pub async fn wordcount(
+        &self,
+        words: &[&str],
+        min_seq: Option<u64>,
+    ) -> Result<HashMap<String, u64>, ClientError> {
+        let mut q: Vec<String> = words
+            .iter()
+            .map(|w| format!("word={}", form_encode(w)))
+            .collect();
+        if let Some(s) = min_seq {
+            q.push(format!("min_seq={s}"));
+        }
+        let url = self.url(&format!("/wordcount?{}", q.join("&")));
+        let resp = self
+            .send(self.http.get(&url).timeout(REQUEST_TIMEOUT), &url)
+            .await?;
+        Self::ok_json(resp, &url).await
+    }
+
+    /// `GET /sync`: the whole table with its seq, incarnation and tokenizer.
+    pub async fn sync(&self) -> Result<SyncReply, ClientError> {
+        let url = self.url("/sync");
+        let resp = self
+            .send(self.http.get(&url).timeout(SYNC_TIMEOUT), &url)
+            .await?;
+        let h = resp.headers().clone();
+        let proto = |what: &str| ClientError::Protocol {
+            url: url.clone(),
+            what: what.to_owned(),
+        };
+        let map: WordMap = Self::ok_json(resp, &url).await?;
+        let seq = h
+            .get(SEQ.as_str())
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .ok_or_else(|| proto("no x-memdb-seq header"))?;
+        let incarnation = h
+            .get(INCARNATION.as_str())
+            .and_then(|v| parse_incarnation(v.to_str().ok()?))
+            .ok_or_else(|| proto("no x-memdb-incarnation header"))?;
+        let tokenizer = h
+            .get(TOKENIZER.as_str())
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .ok_or_else(|| proto("no x-memdb-tokenizer header"))?;
+        Ok(SyncReply {
+            map,
+            seq,
+            incarnation,
+            tokenizer,
+        })
+    }
+
+    /// `POST /replicas {"url": ..., "seq": ..., "incarnation": ...}`: registers a replica
+    /// with the leader (idempotent), reporting where it is. Replicas call it as their
+    /// heartbeat.
+    pub async fn register(
+        &self,
+        replica_url: &str,
+        at: Option<(u64, u64)>,
+    ) -> Result<RegisterReply, ClientError> {
+        let mut body = serde_json::json!({ "url": replica_url });
+        if let Some((seq, incarnation)) = at {
+            body["seq"] = seq.into();
+            body["incarnation"] = incarnation_string(incarnation).into();
+        }
+        let url = self.url("/replicas");
+        let resp = self
+            .send(
+                self.http.post(&url).timeout(REQUEST_TIMEOUT).json(&body),
+                &url,
+            )
+            .await?;
+        Self::ok_json(resp, &url).await
+    }
+
+    /// `POST /update`: pushes one (possibly coalesced) batch to a replica.
+    pub async fn update(&self, u: &Update<'_>) -> Result<UpdateOutcome, ClientError> {
+        let url = self.url("/update");
+        let resp = self
+            .send(
+                self.http
+                    .post(&url)
+                    .timeout(REQUEST_TIMEOUT)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .header(INCARNATION.as_str(), incarnation_string(u.incarnation))
+                    .header(TOKENIZER.as_str(), u.tokenizer.as_str())
+                    .header(FROM_SEQ.as_str(), u.from_seq)
+                    .header(TO_SEQ.as_str(), u.to_seq)
+                    .body(u.body.to_vec()),
+                &url,
+            )
+            .await?;
+        Self::update_outcome(resp, &url).await
+    }
+
+    /// Tells a replica that the leader cannot resend what it missed: full-sync now.
+    pub async fn request_resync(&self, incarnation: u64) -> Result<UpdateOutcome, ClientError> {
+        let url = self.url("/update");
+        let resp = self
+            .send(
+                self.http
+                    .post(&url)
+                    .timeout(REQUEST_TIMEOUT)
+                    .header(INCARNATION.as_str(), incarnation_string(incarnation))
+                    .header(RESYNC.as_str(), "1")
+                    .body("{}"),
+                &url,
+            )
+            .await?;
+        Self::update_outcome(resp, &url).await
+    }
+
+    async fn update_outcome(
+        resp: reqwest::Response,
+        url: &str,
+    ) -> Result<UpdateOutcome, ClientError> {
+        #[derive(Deserialize)]
+        struct Reply {
+            seq: Option<u64>,
+            reason: Option<String>,
+        }
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|source| ClientError::Http {
+            url: url.to_owned(),
+            source,
+        })?;
+        let reply: Option<Reply> = serde_json::from_slice(&bytes).ok();
+        let seq = reply.as_ref().and_then(|r| r.seq);
+        match (status, seq) {
+            (StatusCode::OK, Some(seq)) => Ok(UpdateOutcome::Ok(seq)),
+            (StatusCode::CONFLICT, Some(seq))
+                if reply.as_ref().and_then(|r| r.reason.as_deref()) == Some("gap") =>
+            {
+                Ok(UpdateOutcome::Gap(seq))
+            }
+            (StatusCode::CONFLICT | StatusCode::SERVICE_UNAVAILABLE | StatusCode::ACCEPTED, _) => {
+                Ok(UpdateOutcome::Resyncing)
+            }
+            _ => Err(ClientError::Status {
+                url: url.to_owned(),
+                status,
+                body: String::from_utf8_lossy(&bytes).into_owned(),
+            }),
+        }
+    }
+}
+
+/// Percent-encodes for a form or query component.
+pub fn form_encode(s: &str) -> String {
+    use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+    utf8_percent_encode(s, NON_ALPHANUMERIC).to_string()
+}

@@ -1,0 +1,105 @@
+//! Validated configuration for each role, with documented defaults. The binary fills
+//! these from flags and environment variables; tests build them directly.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::words::Tokenizer;
+
+/// A leader's settings.
+#[derive(Debug, Clone)]
+pub struct LeaderConfig {
+    /// Where the snapshot (checkpoint) and lock file live. Created 0700 if missing.
+    pub data_dir: PathBuf,
+    /// Network replicas named at start (more can register with `POST /replicas`).
+    pub replicas: Vec<String>,
+    /// How often the table is published as a snapshot when it changed. Default 1s.
+    pub snapshot_interval: Duration,
+    /// How many replicas must apply a write before `POST /post` answers. Default 0.
+    pub min_acks: usize,
+    /// How long a write waits for `min_acks` before answering 504. Default 2s.
+    pub ack_timeout: Duration,
+    pub tokenizer: Tokenizer,
+    /// Largest request body accepted. Default 1 MiB.
+    pub max_body: usize,
+    /// Recent batches kept for resending to replicas that fell behind. Default 100 000.
+    pub backlog_batches: usize,
+    /// Byte budget of that backlog. Default 64 MiB.
+    pub backlog_bytes: usize,
+    /// On shutdown, how long to wait for replicas to receive what they miss. Default 5s.
+    pub drain_timeout: Duration,
+    /// Longest a `min_seq` read waits. Default 2s.
+    pub max_wait: Duration,
+}
+
+impl LeaderConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        LeaderConfig {
+            data_dir: data_dir.into(),
+            replicas: Vec::new(),
+            snapshot_interval: Duration::from_secs(1),
+            min_acks: 0,
+            ack_timeout: Duration::from_secs(2),
+            tokenizer: Tokenizer::Unicode,
+            max_body: 1 << 20,
+            backlog_batches: 100_000,
+            backlog_bytes: 64 << 20,
+            drain_timeout: Duration::from_secs(5),
+            max_wait: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A network replica's settings.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    /// The leader's base URL, e.g. `http://127.0.0.1:8080`.
+    pub leader: String,
+    /// The URL the leader should push to; default `http://<bound address>`.
+    pub advertise: Option<String>,
+    /// How often the replica re-registers with the leader, which is also how it notices
+    /// a restarted leader. Default 1s.
+    pub heartbeat: Duration,
+    /// Largest request body accepted (pushed batches). Default 64 MiB.
+    pub max_body: usize,
+    /// Longest a `min_seq` read waits. Default 2s.
+    pub max_wait: Duration,
+}
+
+impl ReplicaConfig {
+    pub fn new(leader: impl Into<String>) -> Self {
+        ReplicaConfig {
+            leader: leader.into(),
+            advertise: None,
+            heartbeat: Duration::from_secs(1),
+            max_body: 64 << 20,
+            max_wait: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Parses a byte size such as `1MiB`, `512KiB`, `4096`.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let b: bytesize::ByteSize = s.trim().parse().map_err(|e| format!("{s:?}: {e}"))?;
+    usize::try_from(b.as_u64()).map_err(|_| format!("{s:?} is too large"))
+}
+
+/// Parses a duration such as `200ms`, `1s`, `2m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("1MiB").unwrap(), 1 << 20);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("lots").is_err());
+        assert_eq!(parse_duration("200ms").unwrap(), Duration::from_millis(200));
+        assert_eq!(parse_duration("1s").unwrap(), Duration::from_secs(1));
+        assert!(parse_duration("soon").is_err());
+    }
+}

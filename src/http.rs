@@ -1,0 +1,355 @@
+//! HTTP pieces shared by every role: the JSON error type, strict parsing of forms and
+//! queries, the protocol's header names, and the fallbacks.
+
+use std::borrow::Cow;
+
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::words::Tokenizer;
+
+/// Every response from a node carries the seq its table reflects.
+pub const SEQ: HeaderName = HeaderName::from_static("x-memdb-seq");
+/// The leader's incarnation id (16 hex digits) on `/sync` replies and `/update` requests.
+pub const INCARNATION: HeaderName = HeaderName::from_static("x-memdb-incarnation");
+/// The tokenizer the data was counted with, on `/sync` replies and `/update` requests.
+pub const TOKENIZER: HeaderName = HeaderName::from_static("x-memdb-tokenizer");
+/// `/update`: the seq the replica must be at for the deltas to apply...
+pub const FROM_SEQ: HeaderName = HeaderName::from_static("x-memdb-from-seq");
+/// ...and the seq it is at afterwards.
+pub const TO_SEQ: HeaderName = HeaderName::from_static("x-memdb-to-seq");
+/// `/update`: the leader cannot resend what the replica missed; full-sync now.
+pub const RESYNC: HeaderName = HeaderName::from_static("x-memdb-resync");
+
+/// At most this many `word=` parameters in one lookup, so one request's cost is bounded.
+pub const MAX_WORDS_PER_QUERY: usize = 1024;
+
+/// An error answer: a status and a JSON body `{"error": "...", ...}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    /// Extra fields merged into the body (for example the node's `seq`).
+    pub extra: Option<serde_json::Map<String, Value>>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            extra: None,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.extra
+            .get_or_insert_with(Default::default)
+            .insert(key.to_owned(), value.into());
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = self.extra.unwrap_or_default();
+        body.insert("error".into(), Value::String(self.message));
+        (self.status, axum::Json(Value::Object(body))).into_response()
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        let status = r.status();
+        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "request body is larger than the node's --max-body".to_owned()
+        } else {
+            format!("could not read the request body: {}", r.body_text())
+        };
+        ApiError::new(status, message)
+    }
+}
+
+/// `404` for every route a node does not have.
+pub async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such route")
+}
+
+/// `405` for a known route called with the wrong method.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this route",
+    )
+}
+
+/// A header value for a seq.
+pub fn seq_value(seq: u64) -> HeaderValue {
+    HeaderValue::from(seq)
+}
+
+pub fn incarnation_string(inc: u64) -> String {
+    format!("{inc:016x}")
+}
+
+pub fn parse_incarnation(s: &str) -> Option<u64> {
+    if s.len() == 16 {
+        u64::from_str_radix(s, 16).ok()
+    } else {
+        None
+    }
+}
+
+/// Reads a header as text, if present.
+pub fn header_str<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Reads a required numeric header.
+pub fn header_u64(headers: &HeaderMap, name: &HeaderName) -> Result<Option<u64>, ApiError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(Some)
+            .ok_or_else(|| ApiError::bad_request(format!("header {name} must be an integer"))),
+    }
+}
+
+/// One decoded `key=value` of a form or query string.
+pub type FormPair<'a> = (Cow<'a, str>, Cow<'a, str>);
+
+/// Decodes `application/x-www-form-urlencoded` strictly: `+` is a space, `%XX` escapes
+/// are decoded, and anything that is not UTF-8 afterwards is an error rather than being
+/// silently replaced (which would count words the client never sent).
+pub fn form_pairs(raw: &[u8]) -> Result<Vec<FormPair<'_>>, ApiError> {
+    let mut out = Vec::new();
+    for part in raw.split(|&b| b == b'&') {
+        if part.is_empty() {
+            continue;
+        }
+        let (k, v) = match part.iter().position(|&b| b == b'=') {
+            Some(i) => (&part[..i], &part[i + 1..]),
+            None => (part, &[][..]),
+        };
+        out.push((decode_component(k)?, decode_component(v)?));
+    }
+    Ok(out)
+}
+
+fn decode_component(raw: &[u8]) -> Result<Cow<'_, str>, ApiError> {
+    let bad = || ApiError::bad_request("form or query data is not valid UTF-8 once decoded");
+    if !raw.iter().any(|&b| b == b'+' || b == b'%') {
+        return std::str::from_utf8(raw)
+            .map(Cow::Borrowed)
+            .map_err(|_| bad());
+    }
+    let plus: Vec<u8> = raw
+        .iter()
+        .map(|&b| if b == b'+' { b' ' } else { b })
+        .collect();
+    let decoded: Vec<u8> = percent_encoding::percent_decode(&plus).collect();
+    String::from_utf8(decoded)
+        .map(Cow::Owned)
+        .map_err(|_| bad())
+}
+
+/// Extracts the text of a `POST /post`: the `text` field of a form (the Go clients'
+/// way; several `text` fields are all counted), a raw `text/plain` body, or a JSON
+/// object `{"text": "..."}`.
+pub fn post_text(headers: &HeaderMap, body: &[u8]) -> Result<String, ApiError> {
+    let ctype = header_str(headers, &header::CONTENT_TYPE)
+        .unwrap_or("application/x-www-form-urlencoded")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let text = match ctype.as_str() {
+        "application/x-www-form-urlencoded" | "" => {
+            let texts: Vec<String> = form_pairs(body)?
+                .into_iter()
+                .filter(|(k, _)| k == "text")
+                .map(|(_, v)| v.into_owned())
+                .collect();
+            if texts.is_empty() {
+                return Err(ApiError::bad_request("missing form field \"text\""));
+            }
+            texts.join("\n")
+        }
+        "text/plain" => String::from_utf8(body.to_vec())
+            .map_err(|_| ApiError::bad_request("request body is not valid UTF-8"))?,
+        "application/json" => {
+            #[derive(serde::Deserialize)]
+            struct Post {
+                text: String,
+            }
+            serde_json::from_slice::<Post>(body)
+                .map_err(|e| {
+                    ApiError::bad_request(format!("expected a JSON object {{\"text\": ...}}: {e}"))
+                })?
+                .text
+        }
+        other => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "unsupported content type {other:?}: send application/x-www-form-urlencoded \
+                     (field text), text/plain or application/json"
+                ),
+            ));
+        }
+    };
+    if text.trim().is_empty() {
+        return Err(ApiError::bad_request("text is empty"));
+    }
+    Ok(text)
+}
+
+/// The parsed query of a lookup: the words as the client wrote them, and `min_seq`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct WordQuery {
+    pub words: Vec<String>,
+    pub min_seq: Option<u64>,
+}
+
+/// Parses `word=a&word=b[&min_seq=N]`.
+pub fn word_query(raw: Option<&str>) -> Result<WordQuery, ApiError> {
+    let mut q = WordQuery::default();
+    for (k, v) in form_pairs(raw.unwrap_or("").as_bytes())? {
+        match k.as_ref() {
+            "word" => {
+                if v.is_empty() {
+                    return Err(ApiError::bad_request("query parameter \"word\" is empty"));
+                }
+                q.words.push(v.into_owned());
+            }
+            "min_seq" => {
+                q.min_seq = Some(v.parse().map_err(|_| {
+                    ApiError::bad_request("query parameter \"min_seq\" must be an integer")
+                })?)
+            }
+            _ => {}
+        }
+    }
+    if q.words.is_empty() {
+        return Err(ApiError::bad_request(
+            "missing query parameter \"word\" (e.g. /wordcount?word=hello)",
+        ));
+    }
+    if q.words.len() > MAX_WORDS_PER_QUERY {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_WORDS_PER_QUERY} words per request"
+        )));
+    }
+    Ok(q)
+}
+
+/// Answers a lookup: `{"<word as asked>": count, ...}`. `count` sees the normalised word.
+pub fn lookup_json(
+    tokenizer: Tokenizer,
+    words: &[String],
+    mut count: impl FnMut(&str) -> u64,
+) -> Result<Value, ApiError> {
+    let mut out = serde_json::Map::with_capacity(words.len());
+    for w in words {
+        let norm = tokenizer.normalize(w).map_err(|e| {
+            ApiError::bad_request(format!("word {w:?}: {e} (tokenizer {tokenizer})"))
+        })?;
+        out.insert(w.clone(), json!(count(&norm)));
+    }
+    Ok(Value::Object(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_decoding_is_strict() {
+        let p = form_pairs(b"text=hello+w%C3%B6rld&x&text=%2B").unwrap();
+        assert_eq!(p[0], ("text".into(), "hello wörld".into()));
+        assert_eq!(p[1], ("x".into(), "".into()));
+        assert_eq!(p[2], ("text".into(), "+".into()));
+        assert!(form_pairs(b"text=%FF").is_err());
+        assert!(form_pairs(b"text=\xff").is_err());
+    }
+
+    fn hdrs(ct: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, ct.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn post_text_accepts_form_plain_and_json() {
+        let form = hdrs("application/x-www-form-urlencoded; charset=utf-8");
+        assert_eq!(post_text(&form, b"text=a+b").unwrap(), "a b");
+        assert_eq!(post_text(&form, b"text=a&text=b").unwrap(), "a\nb");
+        assert_eq!(post_text(&HeaderMap::new(), b"text=a").unwrap(), "a");
+        assert_eq!(post_text(&hdrs("text/plain"), b"a b").unwrap(), "a b");
+        assert_eq!(
+            post_text(&hdrs("application/json"), br#"{"text":"x y"}"#).unwrap(),
+            "x y"
+        );
+    }
+
+    #[test]
+    fn post_text_errors() {
+        let form = hdrs("application/x-www-form-urlencoded");
+        assert_eq!(post_text(&form, b"other=1").unwrap_err().status, 400);
+        assert_eq!(post_text(&form, b"text=").unwrap_err().status, 400);
+        assert_eq!(post_text(&form, b"text=+++").unwrap_err().status, 400);
+        assert_eq!(
+            post_text(&hdrs("text/plain"), b"\xff\xfe")
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(
+            post_text(&hdrs("application/json"), b"[1]")
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(post_text(&hdrs("image/png"), b"x").unwrap_err().status, 415);
+    }
+
+    #[test]
+    fn word_queries() {
+        let q = word_query(Some("word=a&word=B&min_seq=7")).unwrap();
+        assert_eq!(q.words, ["a", "B"]);
+        assert_eq!(q.min_seq, Some(7));
+        assert!(word_query(None).is_err());
+        assert!(word_query(Some("word=")).is_err());
+        assert!(word_query(Some("word=a&min_seq=x")).is_err());
+        let many = vec!["word=a"; MAX_WORDS_PER_QUERY + 1].join("&");
+        assert!(word_query(Some(&many)).is_err());
+    }
+
+    #[test]
+    fn lookups_normalise_but_answer_with_the_asked_spelling() {
+        let v = lookup_json(Tokenizer::Unicode, &["Hello".into()], |w| {
+            assert_eq!(w, "hello");
+            3
+        })
+        .unwrap();
+        assert_eq!(v, json!({"Hello": 3}));
+        assert!(lookup_json(Tokenizer::Unicode, &["a b".into()], |_| 0).is_err());
+    }
+
+    #[test]
+    fn incarnations_format_and_parse() {
+        assert_eq!(incarnation_string(255), "00000000000000ff");
+        assert_eq!(parse_incarnation("00000000000000ff"), Some(255));
+        assert_eq!(parse_incarnation("ff"), None);
+    }
+}

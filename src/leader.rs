@@ -1,0 +1,463 @@
+//! The leader: ingests text, assigns every write batch the next seq, pushes batches to
+//! network replicas and publishes snapshots.
+
+use std::fs::{self, File, OpenOptions};
+use std::future::Future;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::backlog::{Backlog, Batch};
+use crate::config::LeaderConfig;
+use crate::http::{self, ApiError, SEQ};
+use crate::publisher::Publisher;
+use crate::reads::{self, CountSource};
+use crate::replication::ReplicaSet;
+use crate::snapshot::{self, SnapshotError};
+use crate::table::Table;
+use crate::words::Tokenizer;
+
+/// The lock file that keeps two leaders off one data directory.
+pub const LOCK_FILE: &str = "LOCK";
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LeaderError {
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("another leader is using data directory {0}")]
+    Locked(PathBuf),
+    #[error("cannot restore from {path}: {source} (move the file away to start empty)")]
+    Snapshot {
+        path: PathBuf,
+        #[source]
+        source: SnapshotError,
+    },
+    #[error(
+        "data in {dir} was counted with the {data} tokenizer; start with --tokenizer {data} \
+         or use another data directory"
+    )]
+    TokenizerMismatch {
+        dir: PathBuf,
+        data: Tokenizer,
+        configured: Tokenizer,
+    },
+    #[error("serving HTTP: {0}")]
+    Serve(std::io::Error),
+}
+
+fn io_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> LeaderError + 'a {
+    move |source| LeaderError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// A cheap-clone handle to the leader's state.
+#[derive(Clone)]
+pub struct Leader {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// The live table. parking_lot, never held across `.await`; the write lock is held
+    /// only to apply one batch and enqueue it, so that seq order = apply order = queue
+    /// order.
+    table: RwLock<Table>,
+    backlog: Arc<Mutex<Backlog>>,
+    /// The latest applied seq, for replication senders and `min_seq` readers.
+    seq_tx: watch::Sender<u64>,
+    publisher: Publisher,
+    replicas: ReplicaSet,
+    config: LeaderConfig,
+    incarnation: u64,
+    started: Instant,
+    words_ingested: AtomicU64,
+    posts: AtomicU64,
+    /// Held (flock) for the process's life.
+    _lock: File,
+}
+
+/// `POST /post`'s answer.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Ingested {
+    pub seq: u64,
+    pub words: u64,
+}
+
+impl Leader {
+    /// Opens (or creates) the data directory, takes its lock, restores the newest
+    /// snapshot and starts the publisher and the static replicas' senders. Must be
+    /// called within a tokio runtime.
+    pub fn open(config: LeaderConfig) -> Result<Leader, LeaderError> {
+        let dir = config.data_dir.clone();
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io_err("creating data directory", &dir))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let mut lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(io_err("opening", &lock_path))?;
+        lock.try_lock()
+            .map_err(|_| LeaderError::Locked(dir.clone()))?;
+        lock.set_len(0).map_err(io_err("writing", &lock_path))?;
+        writeln!(lock, "{}", std::process::id()).map_err(io_err("writing", &lock_path))?;
+        // A temp file left by a crash mid-publish is never valid: remove it.
+        let _ = fs::remove_file(dir.join(snapshot::TEMP_NAME));
+
+        let snap_path = dir.join(snapshot::FILE_NAME);
+        let (map, seq) = match snapshot::load(&dir) {
+            Ok(Some((header, map))) => {
+                if header.tokenizer != config.tokenizer {
+                    return Err(LeaderError::TokenizerMismatch {
+                        dir,
+                        data: header.tokenizer,
+                        configured: config.tokenizer,
+                    });
+                }
+                tracing::info!(seq = header.seq, words = map.len(), "restored snapshot");
+                (map, header.seq)
+            }
+            Ok(None) => (Default::default(), 0),
+            Err(source) => {
+                return Err(LeaderError::Snapshot {
+                    path: snap_path,
+                    source,
+                });
+            }
+        };
+        // A new history starts with every process: replicas that followed an earlier
+        // one must re-sync, since it may have acknowledged writes the snapshot lacks.
+        let incarnation = loop {
+            let i: u64 = rand::random();
+            if i != 0 {
+                break i;
+            }
+        };
+        let (seq_tx, seq_rx) = watch::channel(seq);
+        let backlog = Arc::new(Mutex::new(Backlog::new(
+            seq,
+            config.backlog_batches,
+            config.backlog_bytes,
+        )));
+        let publisher = Publisher::spawn(
+            dir.clone(),
+            map.clone(),
+            seq,
+            seq,
+            config.tokenizer,
+            incarnation,
+            config.snapshot_interval,
+        );
+        let replicas = ReplicaSet::new(backlog.clone(), seq_rx, incarnation, config.tokenizer);
+        for url in &config.replicas {
+            replicas.add(url, true);
+        }
+        tracing::info!(
+            incarnation = %http::incarnation_string(incarnation),
+            seq,
+            tokenizer = %config.tokenizer,
+            "leader ready"
+        );
+        Ok(Leader {
+            shared: Arc::new(Shared {
+                table: RwLock::new(Table::from_parts(map, seq)),
+                backlog,
+                seq_tx,
+                publisher,
+                replicas,
+                config,
+                incarnation,
+                started: Instant::now(),
+                words_ingested: AtomicU64::new(0),
+                posts: AtomicU64::new(0),
+                _lock: lock,
+            }),
+        })
+    }
+
+    pub fn incarnation(&self) -> u64 {
+        self.shared.incarnation
+    }
+
+    pub fn replicas(&self) -> &ReplicaSet {
+        &self.shared.replicas
+    }
+
+    /// Counts `text` and applies it as the next batch. Tokenizing happens before any
+    /// lock is taken. Text without words changes nothing and takes no seq.
+    pub fn ingest(&self, text: &str) -> Ingested {
+        let s = &self.shared;
+        let (deltas, words) = s.config.tokenizer.count(text);
+        if words == 0 {
+            return Ingested {
+                seq: self.seq(),
+                words: 0,
+            };
+        }
+        let seq = {
+            let mut table = s.table.write();
+            let seq = table.seq() + 1;
+            table.apply(&deltas, seq);
+            let batch = Arc::new(Batch { seq, deltas });
+            s.backlog.lock().push(batch.clone());
+            s.publisher.push(batch);
+            seq
+        };
+        s.seq_tx.send_if_modified(|cur| {
+            let newer = seq > *cur;
+            if newer {
+                *cur = seq;
+            }
+            newer
+        });
+        s.words_ingested.fetch_add(words, Ordering::Relaxed);
+        s.posts.fetch_add(1, Ordering::Relaxed);
+        Ingested { seq, words }
+    }
+
+    /// Publishes a snapshot now (if anything changed); returns the seq on disk.
+    pub async fn flush_snapshot(&self) -> Result<u64, String> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.shared.publisher.flush())
+            .await
+            .map_err(|e| e.to_string())?
+    }
+
+    /// The shutdown sequence after the HTTP server stopped: let replicas catch up (for
+    /// at most `drain_timeout`), stop the senders, publish the final snapshot.
+    pub async fn shutdown(&self) -> Result<u64, String> {
+        let s = &self.shared;
+        let seq = self.seq();
+        if !s.replicas.is_empty() && !s.replicas.drain(seq, s.config.drain_timeout).await {
+            tracing::warn!(seq, "not every replica caught up before the drain timeout");
+        }
+        s.replicas.shutdown().await;
+        let published = self.flush_snapshot().await;
+        match &published {
+            Ok(p) => tracing::info!(seq = p, "final snapshot published"),
+            Err(e) => tracing::error!(error = %e, "final snapshot failed"),
+        }
+        published
+    }
+
+    fn health(&self) -> Value {
+        let s = &self.shared;
+        let (seq, words) = {
+            let t = s.table.read();
+            (t.seq(), t.len())
+        };
+        json!({
+            "role": "leader",
+            "status": "ok",
+            "seq": seq,
+            "incarnation": http::incarnation_string(s.incarnation),
+            "tokenizer": s.config.tokenizer,
+            "words": words,
+            "words_ingested": s.words_ingested.load(Ordering::Relaxed),
+            "posts": s.posts.load(Ordering::Relaxed),
+            "backlog": {
+                "batches": s.backlog.lock().len(),
+                "first_seq": s.backlog.lock().first_seq(),
+            },
+            "min_acks": s.config.min_acks,
+            "replicas": s.replicas.reports(),
+            "snapshot": s.publisher.stats(),
+            "uptime_s": s.started.elapsed().as_secs(),
+        })
+    }
+}
+
+impl CountSource for Leader {
+    fn seq(&self) -> u64 {
+        self.shared.table.read().seq()
+    }
+
+    fn seq_watch(&self) -> watch::Receiver<u64> {
+        self.shared.seq_tx.subscribe()
+    }
+
+    fn max_wait(&self) -> Duration {
+        self.shared.config.max_wait
+    }
+
+    fn ready(&self) -> Result<(), ApiError> {
+        Ok(())
+    }
+
+    fn lookup(&self, words: &[String]) -> Result<(Value, u64), ApiError> {
+        let t = self.shared.table.read();
+        let body = http::lookup_json(self.shared.config.tokenizer, words, |w| t.get(w))?;
+        Ok((body, t.seq()))
+    }
+
+    fn sync_json(&self) -> (Vec<u8>, u64, u64, Tokenizer) {
+        // Serialised under the read lock so the body and its seq agree; writers wait
+        // for this (a full sync is rare: replica start and recovery).
+        let t = self.shared.table.read();
+        let mut body = Vec::with_capacity(t.len() * 16 + 2);
+        serde_json::to_writer(&mut body, t.map()).expect("serialising to a Vec cannot fail");
+        (
+            body,
+            t.seq(),
+            self.shared.incarnation,
+            self.shared.config.tokenizer,
+        )
+    }
+}
+
+async fn post_handler(
+    State(leader): State<Leader>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body?;
+    let text = http::post_text(&headers, &body)?;
+    let ingested = leader.ingest(&text);
+    let cfg = &leader.shared.config;
+    if cfg.min_acks > 0
+        && ingested.words > 0
+        && let Err(confirmed) = leader
+            .shared
+            .replicas
+            .wait_acks(ingested.seq, cfg.min_acks, cfg.ack_timeout)
+            .await
+    {
+        return Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "write applied on the leader as seq {} but confirmed by only {confirmed} of \
+                 the {} replicas --min-acks requires within {:?}",
+                ingested.seq, cfg.min_acks, cfg.ack_timeout
+            ),
+        )
+        .with("seq", ingested.seq)
+        .with("words", ingested.words)
+        .with("confirmed", confirmed));
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        [(SEQ, http::seq_value(ingested.seq))],
+        axum::Json(ingested),
+    )
+        .into_response())
+}
+
+async fn health_handler(State(leader): State<Leader>) -> Response {
+    axum::Json(leader.health()).into_response()
+}
+
+async fn register_handler(
+    State(leader): State<Leader>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    #[derive(serde::Deserialize)]
+    struct Register {
+        url: String,
+        /// The replica's seq and the incarnation it follows, if it has synced.
+        seq: Option<u64>,
+        incarnation: Option<String>,
+    }
+    let body = body?;
+    let reg: Register = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "expected a JSON object {{\"url\": \"http://...\"}}: {e}"
+        ))
+    })?;
+    let parsed = reqwest::Url::parse(&reg.url)
+        .map_err(|e| ApiError::bad_request(format!("url {:?}: {e}", reg.url)))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        return Err(ApiError::bad_request(format!(
+            "url {:?} must be an http:// or https:// URL with a host",
+            reg.url
+        )));
+    }
+    let new = leader.shared.replicas.add(&reg.url, false);
+    let ours = http::incarnation_string(leader.shared.incarnation);
+    if let (Some(seq), Some(inc)) = (reg.seq, &reg.incarnation)
+        && *inc == ours
+    {
+        leader.shared.replicas.report(&reg.url, seq);
+    }
+    Ok(axum::Json(json!({
+        "registered": new,
+        "incarnation": http::incarnation_string(leader.shared.incarnation),
+        "seq": leader.seq(),
+        "tokenizer": leader.shared.config.tokenizer,
+    }))
+    .into_response())
+}
+
+async fn list_replicas_handler(State(leader): State<Leader>) -> Response {
+    axum::Json(json!({ "replicas": leader.shared.replicas.reports() })).into_response()
+}
+
+/// The leader's routes.
+pub fn leader_router(leader: Leader) -> Router {
+    let max_body = leader.shared.config.max_body;
+    Router::new()
+        .route("/post", post(post_handler))
+        .route("/sync", get(reads::sync::<Leader>))
+        .route("/wordcount", get(reads::wordcount::<Leader>))
+        .route("/health", get(health_handler))
+        .route(
+            "/replicas",
+            post(register_handler).get(list_replicas_handler),
+        )
+        .fallback(http::not_found)
+        .method_not_allowed_fallback(http::method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            leader.clone(),
+            reads::seq_header::<Leader>,
+        ))
+        .with_state(leader)
+}
+
+/// Runs a leader on `listener` until `shutdown` resolves, then drains replicas and
+/// publishes a final snapshot.
+pub async fn run(
+    listener: TcpListener,
+    config: LeaderConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), LeaderError> {
+    let leader = Leader::open(config)?;
+    let app = leader_router(leader.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(LeaderError::Serve)?;
+    let _ = leader.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,33 @@
+//! memdb: a replicated in-memory word-count database.
+//!
+//! A leader ingests text, counts words and hands every applied write batch a sequence
+//! number. Network replicas receive those batches over HTTP; local replicas (same host)
+//! memory-map the leader's rkyv snapshot file.
+//!
+//! # Layout
+//! - [`words`]: text → words (the Unicode and whitespace tokenizers).
+//! - [`table`]: the count table and the seq it reflects.
+//! - [`snapshot`]: the snapshot file format; encode, validate, publish, load.
+//! - [`backlog`]: the leader's bounded in-memory log of recent batches.
+//! - [`replication`]: one ordered sender per network replica; coalescing, retry, resync.
+//! - [`http`]: shared HTTP pieces: `ApiError`, strict form and query parsing, headers.
+//! - [`reads`]: `/wordcount`, `/sync` and the seq header, shared by every role.
+//! - [`publisher`]: the leader's snapshot thread (its own copy of the table).
+//! - [`leader`], [`replica`]: each role's state, router and `run`.
+//! - [`client`]: a small typed HTTP client used by replicas, tests and tools.
+//! - [`config`]: validated configuration with documented defaults.
+//! - [`shutdown`]: the SIGTERM/ctrl-c signal future.
+
+pub mod backlog;
+pub mod client;
+pub mod config;
+pub mod http;
+pub mod leader;
+pub mod publisher;
+pub mod reads;
+pub mod replica;
+pub mod replication;
+pub mod shutdown;
+pub mod snapshot;
+pub mod table;
+pub mod words;

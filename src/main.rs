@@ -1,0 +1,154 @@
+//! The `memdb` binary: parses flags, sets up logging, binds, and runs a role.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use memdb::config::{LeaderConfig, ReplicaConfig, parse_duration, parse_size};
+use memdb::shutdown::shutdown_signal;
+use memdb::words::Tokenizer;
+use tokio::net::TcpListener;
+
+#[derive(Parser)]
+#[command(
+    name = "memdb",
+    version,
+    about = "A replicated in-memory word-count database"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Ingest text, count words, replicate to replicas, publish snapshots.
+    Leader(LeaderArgs),
+    /// Serve reads from a copy kept in step by the leader over HTTP.
+    Replica(ReplicaArgs),
+}
+
+#[derive(Args)]
+struct Listen {
+    /// Address to bind.
+    #[arg(long, env = "MEMDB_HOST", default_value = "127.0.0.1")]
+    host: String,
+    /// Port to bind (0 picks a free one; the bound address is logged).
+    #[arg(long, env = "MEMDB_PORT")]
+    port: u16,
+}
+
+#[derive(Args)]
+struct LeaderArgs {
+    #[command(flatten)]
+    listen: Listen,
+    /// Directory for the snapshot and lock file (created 0700).
+    #[arg(long, env = "MEMDB_DATA_DIR")]
+    data_dir: PathBuf,
+    /// A network replica to push to (repeatable; replicas may also register themselves).
+    #[arg(long = "replica", env = "MEMDB_REPLICAS", value_delimiter = ',')]
+    replicas: Vec<String>,
+    /// How often to publish a snapshot when the table changed.
+    #[arg(long, env = "MEMDB_SNAPSHOT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    snapshot_interval: Duration,
+    /// Replicas that must apply a write before POST /post answers (0 = asynchronous).
+    #[arg(long, env = "MEMDB_MIN_ACKS", default_value_t = 0)]
+    min_acks: usize,
+    /// How long a write waits for --min-acks before answering 504.
+    #[arg(long, env = "MEMDB_ACK_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    ack_timeout: Duration,
+    /// unicode (UAX #29 words, lower-cased) or whitespace (the Go original's rule).
+    #[arg(long, env = "MEMDB_TOKENIZER", default_value = "unicode")]
+    tokenizer: Tokenizer,
+    /// Largest request body accepted.
+    #[arg(long, env = "MEMDB_MAX_BODY", default_value = "1MiB", value_parser = parse_size)]
+    max_body: usize,
+    /// Recent batches kept to resend to replicas that fell behind.
+    #[arg(long, env = "MEMDB_BACKLOG", default_value_t = 100_000)]
+    backlog: usize,
+    /// On shutdown, how long to wait for replicas to catch up.
+    #[arg(long, env = "MEMDB_DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+    /// Longest a read with min_seq waits.
+    #[arg(long, env = "MEMDB_MAX_WAIT", default_value = "2s", value_parser = parse_duration)]
+    max_wait: Duration,
+}
+
+#[derive(Args)]
+struct ReplicaArgs {
+    #[command(flatten)]
+    listen: Listen,
+    /// The leader's URL.
+    #[arg(long, env = "MEMDB_LEADER")]
+    leader: String,
+    /// The URL the leader should push to (default: http://<bound address>).
+    #[arg(long, env = "MEMDB_ADVERTISE")]
+    advertise: Option<String>,
+    /// How often to re-register with the leader (also how a restart is noticed).
+    #[arg(long, env = "MEMDB_HEARTBEAT", default_value = "1s", value_parser = parse_duration)]
+    heartbeat: Duration,
+    /// Largest request body accepted (pushed batches).
+    #[arg(long, env = "MEMDB_MAX_BODY", default_value = "64MiB", value_parser = parse_size)]
+    max_body: usize,
+    /// Longest a read with min_seq waits.
+    #[arg(long, env = "MEMDB_MAX_WAIT", default_value = "2s", value_parser = parse_duration)]
+    max_wait: Duration,
+}
+
+async fn bind(listen: &Listen, role: &str) -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::bind((listen.host.as_str(), listen.port))
+        .await
+        .with_context(|| format!("binding {}:{}", listen.host, listen.port))?;
+    let addr: SocketAddr = listener.local_addr()?;
+    tracing::info!(role, %addr, "listening");
+    Ok(listener)
+}
+
+fn init_tracing() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("memdb=info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal())
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Command::Leader(a) => {
+            let listener = bind(&a.listen, "leader").await?;
+            let config = LeaderConfig {
+                replicas: a.replicas,
+                snapshot_interval: a.snapshot_interval,
+                min_acks: a.min_acks,
+                ack_timeout: a.ack_timeout,
+                tokenizer: a.tokenizer,
+                max_body: a.max_body,
+                backlog_batches: a.backlog,
+                drain_timeout: a.drain_timeout,
+                max_wait: a.max_wait,
+                ..LeaderConfig::new(a.data_dir)
+            };
+            memdb::leader::run(listener, config, shutdown_signal()).await?;
+        }
+        Command::Replica(a) => {
+            let listener = bind(&a.listen, "replica").await?;
+            let config = ReplicaConfig {
+                advertise: a.advertise,
+                heartbeat: a.heartbeat,
+                max_body: a.max_body,
+                max_wait: a.max_wait,
+                ..ReplicaConfig::new(a.leader)
+            };
+            memdb::replica::run(listener, config, shutdown_signal()).await?;
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,197 @@
+//! The leader's snapshot publisher: a thread that keeps its own copy of the table and
+//! publishes it as a snapshot file every interval when it changed.
+//!
+//! The copy is fed the same ordered batches as the live table, through a channel, so
+//! serialising never takes the live table's lock: writers are not slowed by a publish
+//! however big the table is. The cost is a second copy of the table in memory.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::backlog::Batch;
+use crate::snapshot::{self, Meta};
+use crate::table::{Table, WordMap};
+use crate::words::Tokenizer;
+
+enum Msg {
+    Batch(Arc<Batch>),
+    /// Publish now if anything changed, then answer with the published seq.
+    Flush(Sender<Result<u64, String>>),
+}
+
+/// What the publisher has done, for `/health`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PublishStats {
+    /// Seq of the newest snapshot on disk.
+    pub seq: u64,
+    pub publishes: u64,
+    pub last_duration_ms: Option<f64>,
+    pub last_bytes: Option<u64>,
+    pub last_error: Option<String>,
+}
+
+/// Handle to the publisher thread. Dropping it stops the thread after a final publish.
+pub struct Publisher {
+    tx: Option<Sender<Msg>>,
+    thread: Option<JoinHandle<()>>,
+    stats: Arc<Mutex<PublishStats>>,
+}
+
+impl Publisher {
+    /// Starts the thread with a copy of the table as it stands at `seq`, whose snapshot
+    /// (if any) is already on disk as `published_seq`.
+    pub fn spawn(
+        dir: PathBuf,
+        map: WordMap,
+        seq: u64,
+        published_seq: u64,
+        tokenizer: Tokenizer,
+        incarnation: u64,
+        interval: Duration,
+    ) -> Self {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let stats = Arc::new(Mutex::new(PublishStats {
+            seq: published_seq,
+            ..Default::default()
+        }));
+        let worker = Worker {
+            dir,
+            shadow: Table::from_parts(map, seq),
+            published: published_seq,
+            tokenizer,
+            incarnation,
+            interval,
+            stats: stats.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("memdb-publisher".into())
+            .spawn(move || worker.run(rx))
+            .expect("spawning the publisher thread");
+        Publisher {
+            tx: Some(tx),
+            thread: Some(thread),
+            stats,
+        }
+    }
+
+    /// Hands the publisher the next batch. Call in seq order (under the table lock).
+    pub fn push(&self, batch: Arc<Batch>) {
+        if let Some(tx) = &self.tx {
+            // Unbounded and the receiver lives as long as we do: never blocks or fails.
+            let _ = tx.send(Msg::Batch(batch));
+        }
+    }
+
+    /// Publishes everything pushed so far (if it changed) and returns the seq on disk.
+    /// Blocks until done: call from a blocking context.
+    pub fn flush(&self) -> Result<u64, String> {
+        let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
+        let tx = self.tx.as_ref().ok_or("publisher stopped")?;
+        tx.send(Msg::Flush(reply_tx))
+            .map_err(|_| "publisher stopped".to_owned())?;
+        reply_rx
+            .recv()
+            .map_err(|_| "publisher stopped".to_owned())?
+    }
+
+    pub fn stats(&self) -> PublishStats {
+        self.stats.lock().clone()
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Worker {
+    dir: PathBuf,
+    shadow: Table,
+    published: u64,
+    tokenizer: Tokenizer,
+    incarnation: u64,
+    interval: Duration,
+    stats: Arc<Mutex<PublishStats>>,
+}
+
+impl Worker {
+    fn run(mut self, rx: Receiver<Msg>) {
+        let mut next_tick = Instant::now() + self.interval;
+        loop {
+            let msg = rx.recv_deadline(next_tick);
+            match msg {
+                Ok(Msg::Batch(b)) => self.shadow.apply(&b.deltas, b.seq),
+                Ok(Msg::Flush(reply)) => {
+                    let _ = reply.send(self.publish_if_changed());
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    if let Err(e) = self.publish_if_changed() {
+                        tracing::error!(error = %e, "final snapshot failed");
+                    }
+                    return;
+                }
+            }
+            // Under steady load messages never stop arriving, so check the clock here
+            // rather than waiting for a timeout.
+            if Instant::now() >= next_tick {
+                let _ = self.publish_if_changed();
+                next_tick = Instant::now() + self.interval;
+            }
+        }
+    }
+
+    fn publish_if_changed(&mut self) -> Result<u64, String> {
+        if self.shadow.seq() == self.published {
+            return Ok(self.published);
+        }
+        let started = Instant::now();
+        let meta = Meta {
+            tokenizer: self.tokenizer,
+            seq: self.shadow.seq(),
+            incarnation: self.incarnation,
+        };
+        let result = snapshot::encode(self.shadow.map(), meta)
+            .map_err(|e| e.to_string())
+            .and_then(|img| {
+                snapshot::publish(&self.dir, &img)
+                    .map(|_| img.len())
+                    .map_err(|e| format!("publishing snapshot: {e}"))
+            });
+        let mut stats = self.stats.lock();
+        match result {
+            Ok(bytes) => {
+                let ms = started.elapsed().as_secs_f64() * 1e3;
+                self.published = meta.seq;
+                stats.seq = meta.seq;
+                stats.publishes += 1;
+                stats.last_duration_ms = Some(ms);
+                stats.last_bytes = Some(bytes as u64);
+                stats.last_error = None;
+                tracing::debug!(
+                    seq = meta.seq,
+                    words = self.shadow.len(),
+                    bytes,
+                    ms,
+                    "snapshot published"
+                );
+                Ok(meta.seq)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, seq = meta.seq, "snapshot failed; the last good one stays in place");
+                stats.last_error = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+}

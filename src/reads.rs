@@ -1,0 +1,105 @@
+//! The read side every node shares: `GET /wordcount` (one or many words, optional
+//! `min_seq`), `GET /sync`, and the `x-memdb-seq` header on every response.
+
+use std::time::Duration;
+
+use axum::extract::{RawQuery, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::http::{self, ApiError, INCARNATION, SEQ, TOKENIZER};
+use crate::words::Tokenizer;
+
+/// A node whose counts can be read.
+pub trait CountSource: Clone + Send + Sync + 'static {
+    /// The seq the node's table reflects now.
+    fn seq(&self) -> u64;
+    /// Follows the node's seq (for `min_seq` waits).
+    fn seq_watch(&self) -> watch::Receiver<u64>;
+    /// The longest a `min_seq` read may wait.
+    fn max_wait(&self) -> Duration;
+    /// `Err` while the node has no data it may serve (a replica before its first sync).
+    fn ready(&self) -> Result<(), ApiError>;
+    /// Counts of `words` (as the client wrote them) and the seq they reflect.
+    fn lookup(&self, words: &[String]) -> Result<(Value, u64), ApiError>;
+    /// The whole table as a JSON object, with its seq, incarnation and tokenizer.
+    fn sync_json(&self) -> (Vec<u8>, u64, u64, Tokenizer);
+}
+
+/// Waits until `rx` reaches `min`, for at most `max_wait`; `Err` holds the seq reached.
+pub async fn wait_for_seq(
+    rx: &mut watch::Receiver<u64>,
+    min: u64,
+    max_wait: Duration,
+) -> Result<(), u64> {
+    let reached = matches!(
+        tokio::time::timeout(max_wait, rx.wait_for(|s| *s >= min)).await,
+        Ok(Ok(_))
+    );
+    if reached { Ok(()) } else { Err(*rx.borrow()) }
+}
+
+/// `GET /wordcount?word=a[&word=b...][&min_seq=N]` → `{"a": n, "b": m}`.
+pub async fn wordcount<S: CountSource>(
+    State(node): State<S>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let q = http::word_query(query.as_deref())?;
+    node.ready()?;
+    if let Some(min) = q.min_seq {
+        let mut rx = node.seq_watch();
+        if let Err(seq) = wait_for_seq(&mut rx, min, node.max_wait()).await {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "this node has not reached seq {min} within {:?}",
+                    node.max_wait()
+                ),
+            )
+            .with("seq", seq)
+            .with("min_seq", min));
+        }
+    }
+    let (body, seq) = node.lookup(&q.words)?;
+    Ok(([(SEQ, http::seq_value(seq))], axum::Json(body)).into_response())
+}
+
+/// `GET /sync` → the whole table as `{"word": count, ...}`.
+pub async fn sync<S: CountSource>(State(node): State<S>) -> Result<Response, ApiError> {
+    node.ready()?;
+    let (body, seq, incarnation, tokenizer) = node.sync_json();
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (SEQ, http::seq_value(seq)),
+            (
+                INCARNATION,
+                HeaderValue::from_str(&http::incarnation_string(incarnation))
+                    .expect("hex is a valid header value"),
+            ),
+            (TOKENIZER, HeaderValue::from_static(tokenizer.as_str())),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// Middleware: every response carries the node's seq (unless the handler set a more
+/// precise one, taken when it read the table).
+pub async fn seq_header<S: CountSource>(
+    State(node): State<S>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let mut resp = next.run(req).await;
+    if !resp.headers().contains_key(SEQ) {
+        resp.headers_mut().insert(SEQ, http::seq_value(node.seq()));
+    }
+    resp
+}

@@ -1,0 +1,455 @@
+//! A network replica: full-syncs from the leader, then applies the batches it pushes,
+//! strictly in seq order, and serves reads.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{Client, ClientError};
+use crate::config::ReplicaConfig;
+use crate::http::{self, ApiError, FROM_SEQ, INCARNATION, RESYNC, TO_SEQ};
+use crate::reads::{self, CountSource};
+use crate::table::Table;
+use crate::words::Tokenizer;
+
+/// Retry delays while the leader cannot be reached: from the first to the cap.
+const RETRY_START: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplicaError {
+    #[error("bound to {0}, which the leader cannot reach: pass --advertise URL")]
+    NeedAdvertise(std::net::SocketAddr),
+    #[error("serving HTTP: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A cheap-clone handle to a replica's state.
+#[derive(Clone)]
+pub struct Replica {
+    shared: Arc<Shared>,
+}
+
+/// The table and what it belongs to; they change together.
+struct Data {
+    table: Table,
+    /// The incarnation of the leader whose history `table` follows; 0 for none.
+    incarnation: u64,
+    tokenizer: Tokenizer,
+}
+
+#[derive(Default)]
+struct Stats {
+    syncs: u64,
+    last_sync_error: Option<String>,
+    last_sync_ms: Option<f64>,
+    leader_reachable: bool,
+    last_heartbeat: Option<Instant>,
+}
+
+struct Shared {
+    /// parking_lot, never held across `.await`.
+    data: RwLock<Data>,
+    seq_tx: watch::Sender<u64>,
+    /// Set once the first full sync succeeded; until then reads answer 503.
+    ready: AtomicBool,
+    syncing: AtomicBool,
+    resync_requested: AtomicBool,
+    wake: Notify,
+    updates: AtomicU64,
+    gaps: AtomicU64,
+    stats: Mutex<Stats>,
+    leader: Client,
+    advertise: String,
+    config: ReplicaConfig,
+}
+
+impl Replica {
+    pub fn new(config: ReplicaConfig, advertise: String) -> Self {
+        Replica {
+            shared: Arc::new(Shared {
+                data: RwLock::new(Data {
+                    table: Table::new(),
+                    incarnation: 0,
+                    tokenizer: Tokenizer::default(),
+                }),
+                seq_tx: watch::Sender::new(0),
+                ready: AtomicBool::new(false),
+                syncing: AtomicBool::new(false),
+                resync_requested: AtomicBool::new(false),
+                wake: Notify::new(),
+                updates: AtomicU64::new(0),
+                gaps: AtomicU64::new(0),
+                stats: Mutex::new(Stats::default()),
+                leader: Client::new(&config.leader),
+                advertise,
+                config,
+            }),
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.shared.ready.load(Ordering::Acquire)
+    }
+
+    fn request_resync(&self) {
+        self.shared.resync_requested.store(true, Ordering::Release);
+        self.shared.wake.notify_one();
+    }
+
+    fn set_seq(&self, seq: u64) {
+        self.shared.seq_tx.send_replace(seq);
+    }
+
+    /// Replaces the table with the leader's whole table.
+    async fn full_sync(&self) -> Result<(), ClientError> {
+        let s = &self.shared;
+        s.syncing.store(true, Ordering::Release);
+        let started = Instant::now();
+        let result = s.leader.sync().await;
+        let mut stats = s.stats.lock();
+        let out = match result {
+            Ok(reply) => {
+                let words = reply.map.len();
+                {
+                    let mut d = s.data.write();
+                    d.table.replace(reply.map, reply.seq);
+                    d.incarnation = reply.incarnation;
+                    d.tokenizer = reply.tokenizer;
+                }
+                self.set_seq(reply.seq);
+                s.ready.store(true, Ordering::Release);
+                let ms = started.elapsed().as_secs_f64() * 1e3;
+                stats.syncs += 1;
+                stats.last_sync_ms = Some(ms);
+                stats.last_sync_error = None;
+                tracing::info!(seq = reply.seq, words, ms, incarnation = %http::incarnation_string(reply.incarnation), "full sync done");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "full sync failed; retrying");
+                stats.last_sync_error = Some(e.to_string());
+                Err(e)
+            }
+        };
+        s.syncing.store(false, Ordering::Release);
+        out
+    }
+
+    /// Registers with the leader on every heartbeat (idempotent) and full-syncs when
+    /// this replica has no data yet, the leader's incarnation changed, or the leader
+    /// asked for it.
+    async fn control(self, cancel: CancellationToken) {
+        let s = &self.shared;
+        let mut retry = RETRY_START;
+        loop {
+            let at = {
+                let d = s.data.read();
+                (self.is_ready() && d.incarnation != 0).then(|| (d.table.seq(), d.incarnation))
+            };
+            let healthy = match s.leader.register(&s.advertise, at).await {
+                Ok(reply) => {
+                    {
+                        let mut st = s.stats.lock();
+                        if !st.leader_reachable {
+                            tracing::info!(leader = %s.leader.base(), seq = reply.seq, "leader reachable");
+                        }
+                        st.leader_reachable = true;
+                        st.last_heartbeat = Some(Instant::now());
+                    }
+                    let leader_inc = http::parse_incarnation(&reply.incarnation).unwrap_or(0);
+                    let ours = s.data.read().incarnation;
+                    let asked = s.resync_requested.swap(false, Ordering::AcqRel);
+                    if !self.is_ready() || leader_inc != ours || asked {
+                        if ours != 0 && leader_inc != ours {
+                            tracing::info!(leader_incarnation = %reply.incarnation, "leader has a new incarnation: re-syncing");
+                        }
+                        self.full_sync().await.is_ok()
+                    } else {
+                        true
+                    }
+                }
+                Err(e) => {
+                    let mut st = s.stats.lock();
+                    if st.leader_reachable || !self.is_ready() {
+                        tracing::warn!(error = %e, "leader unreachable; serving what we have and retrying");
+                    }
+                    st.leader_reachable = false;
+                    false
+                }
+            };
+            let wait = if healthy {
+                retry = RETRY_START;
+                s.config.heartbeat
+            } else {
+                let w = retry;
+                retry = (retry * 2).min(RETRY_MAX);
+                w
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = s.wake.notified() => {}
+                _ = cancel.cancelled() => return,
+            }
+        }
+    }
+
+    fn health(&self) -> (StatusCode, Value) {
+        let s = &self.shared;
+        let ready = self.is_ready();
+        let (seq, words, inc, tok) = {
+            let d = s.data.read();
+            (d.table.seq(), d.table.len(), d.incarnation, d.tokenizer)
+        };
+        let st = s.stats.lock();
+        let body = json!({
+            "role": "replica",
+            "status": if ready { "ok" } else { "syncing" },
+            "ready": ready,
+            "syncing": s.syncing.load(Ordering::Acquire),
+            "seq": seq,
+            "words": words,
+            "tokenizer": tok,
+            "leader": s.leader.base(),
+            "leader_incarnation": http::incarnation_string(inc),
+            "leader_reachable": st.leader_reachable,
+            "advertise": s.advertise,
+            "updates_applied": s.updates.load(Ordering::Relaxed),
+            "gaps": s.gaps.load(Ordering::Relaxed),
+            "syncs": st.syncs,
+            "last_sync_ms": st.last_sync_ms,
+            "last_sync_error": st.last_sync_error,
+        });
+        let code = if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        (code, body)
+    }
+
+    /// Applies a pushed batch. See the module docs of `replication` for the protocol.
+    fn apply_update(&self, headers: &HeaderMap, body: &[u8]) -> Result<Response, ApiError> {
+        let s = &self.shared;
+        let inc = match http::header_str(headers, &INCARNATION) {
+            None => None,
+            Some(v) => Some(http::parse_incarnation(v).ok_or_else(|| {
+                ApiError::bad_request("header x-memdb-incarnation must be 16 hex digits")
+            })?),
+        };
+        if headers.contains_key(RESYNC) {
+            self.request_resync();
+            let seq = s.data.read().table.seq();
+            return Ok((
+                StatusCode::ACCEPTED,
+                axum::Json(json!({"seq": seq, "resyncing": true})),
+            )
+                .into_response());
+        }
+        let from = http::header_u64(headers, &FROM_SEQ)?;
+        let to = http::header_u64(headers, &TO_SEQ)?;
+        let deltas = parse_deltas(body)?;
+        let (from, to, inc) = match (from, to, inc) {
+            (Some(f), Some(t), Some(i)) if f <= t => (f, t, i),
+            (Some(_), Some(_), Some(_)) => {
+                return Err(ApiError::bad_request(
+                    "x-memdb-from-seq is greater than x-memdb-to-seq",
+                ));
+            }
+            (None, None, None) => return self.apply_unsequenced(&deltas),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "x-memdb-from-seq, x-memdb-to-seq and x-memdb-incarnation go together",
+                ));
+            }
+        };
+        if !self.is_ready() {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "replica has not synced yet",
+            )
+            .with("seq", 0));
+        }
+        let mut d = s.data.write();
+        let seq = d.table.seq();
+        if d.incarnation != inc {
+            drop(d);
+            self.request_resync();
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "batch is from another leader incarnation; re-syncing",
+            )
+            .with("reason", "incarnation")
+            .with("seq", seq));
+        }
+        if seq >= to {
+            return Ok(axum::Json(json!({"seq": seq, "duplicate": true})).into_response());
+        }
+        if seq != from {
+            drop(d);
+            s.gaps.fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("batch starts at seq {from} but this replica is at {seq}"),
+            )
+            .with("reason", "gap")
+            .with("seq", seq));
+        }
+        if let Err(e) = d.table.apply_signed(&deltas) {
+            drop(d);
+            // The leader only sends what it applied: our state cannot be trusted.
+            self.request_resync();
+            return Err(ApiError::bad_request(e.to_string()).with("seq", seq));
+        }
+        d.table.set_seq(to);
+        drop(d);
+        self.set_seq(to);
+        s.updates.fetch_add(1, Ordering::Relaxed);
+        Ok(axum::Json(json!({"seq": to})).into_response())
+    }
+
+    /// The Go original's `/update`: deltas without seq headers. Applied as a write of
+    /// its own; this replica's history then no longer matches any leader's, so the next
+    /// push from a memdb leader makes it re-sync (which undoes this write).
+    fn apply_unsequenced(&self, deltas: &[(String, i64)]) -> Result<Response, ApiError> {
+        let s = &self.shared;
+        if !self.is_ready() {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "replica has not synced yet",
+            ));
+        }
+        let mut d = s.data.write();
+        d.table
+            .apply_signed(deltas)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let seq = d.table.seq() + 1;
+        d.table.set_seq(seq);
+        d.incarnation = 0;
+        drop(d);
+        self.set_seq(seq);
+        tracing::warn!(
+            seq,
+            "applied an unsequenced /update: this replica now diverges from its leader until the next re-sync"
+        );
+        Ok(axum::Json(json!({"seq": seq})).into_response())
+    }
+}
+
+fn parse_deltas(body: &[u8]) -> Result<Vec<(String, i64)>, ApiError> {
+    let map: std::collections::HashMap<String, i64> =
+        serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "expected a JSON object of word deltas like {{\"hello\": 5}}: {e}"
+            ))
+        })?;
+    Ok(map.into_iter().collect())
+}
+
+impl CountSource for Replica {
+    fn seq(&self) -> u64 {
+        self.shared.data.read().table.seq()
+    }
+
+    fn seq_watch(&self) -> watch::Receiver<u64> {
+        self.shared.seq_tx.subscribe()
+    }
+
+    fn max_wait(&self) -> Duration {
+        self.shared.config.max_wait
+    }
+
+    fn ready(&self) -> Result<(), ApiError> {
+        if self.is_ready() {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "replica has not synced from its leader yet",
+            ))
+        }
+    }
+
+    fn lookup(&self, words: &[String]) -> Result<(Value, u64), ApiError> {
+        let d = self.shared.data.read();
+        let body = http::lookup_json(d.tokenizer, words, |w| d.table.get(w))?;
+        Ok((body, d.table.seq()))
+    }
+
+    fn sync_json(&self) -> (Vec<u8>, u64, u64, Tokenizer) {
+        let d = self.shared.data.read();
+        let mut body = Vec::with_capacity(d.table.len() * 16 + 2);
+        serde_json::to_writer(&mut body, d.table.map()).expect("serialising to a Vec cannot fail");
+        (body, d.table.seq(), d.incarnation, d.tokenizer)
+    }
+}
+
+async fn update_handler(
+    State(replica): State<Replica>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body?;
+    replica.apply_update(&headers, &body)
+}
+
+async fn health_handler(State(replica): State<Replica>) -> Response {
+    let (code, body) = replica.health();
+    (code, axum::Json(body)).into_response()
+}
+
+/// The replica's routes.
+pub fn replica_router(replica: Replica) -> Router {
+    let max_body = replica.shared.config.max_body;
+    Router::new()
+        .route("/wordcount", get(reads::wordcount::<Replica>))
+        .route("/sync", get(reads::sync::<Replica>))
+        .route("/update", post(update_handler))
+        .route("/health", get(health_handler))
+        .fallback(http::not_found)
+        .method_not_allowed_fallback(http::method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            replica.clone(),
+            reads::seq_header::<Replica>,
+        ))
+        .with_state(replica)
+}
+
+/// Runs a replica on `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    config: ReplicaConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ReplicaError> {
+    let addr = listener.local_addr().map_err(ReplicaError::Serve)?;
+    let advertise = match &config.advertise {
+        Some(a) => a.trim_end_matches('/').to_owned(),
+        None if addr.ip().is_unspecified() => return Err(ReplicaError::NeedAdvertise(addr)),
+        None => format!("http://{addr}"),
+    };
+    let replica = Replica::new(config, advertise);
+    let cancel = CancellationToken::new();
+    let control = tokio::spawn(replica.clone().control(cancel.clone()));
+    let served = axum::serve(listener, replica_router(replica))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    cancel.cancel();
+    let _ = control.await;
+    served.map_err(ReplicaError::Serve)
+}

@@ -1,0 +1,428 @@
+//! Leader → network replica replication: one ordered sender task per replica.
+//!
+//! A sender knows the seq its replica has acknowledged and pushes everything after it
+//! from the [`Backlog`], coalesced into one `POST /update` (deltas for the same word add
+//! up), so a replica that is behind costs one request however many batches it missed,
+//! and the leader's write path only ever pushes to the backlog and bumps a watch: it is
+//! never blocked or slowed by a slow or dead replica.
+//!
+//! The replica applies a push only if it starts at its own seq; otherwise it answers with
+//! its seq and the sender resends from there (duplicates are acknowledged, not applied).
+//! When the backlog no longer reaches back that far, the sender asks the replica to
+//! full-sync from the leader's `GET /sync`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::backlog::{Backlog, Batch, Since};
+use crate::client::{Client, Update, UpdateOutcome};
+use crate::words::Tokenizer;
+
+/// At most this many batches are coalesced into one push...
+const MAX_PUSH_BATCHES: usize = 10_000;
+/// ...and pushes stop growing at about this many bytes of deltas (replicas accept 64 MiB).
+const MAX_PUSH_BYTES: usize = 8 << 20;
+/// Retry delays for an unreachable or resyncing replica: from the first to the cap.
+const BACKOFF_START: Duration = Duration::from_millis(20);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// How a link to a replica is doing, as `/health` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkStatus {
+    /// Not reached yet.
+    Connecting,
+    /// Reachable and following.
+    Ok,
+    /// The last push failed to get through; retrying with backoff.
+    Down,
+    /// Full-syncing from the leader.
+    Resyncing,
+}
+
+#[derive(Debug)]
+struct LinkState {
+    /// The replica's seq as it last told us; `None` until we know.
+    acked: Option<u64>,
+    status: LinkStatus,
+    last_error: Option<String>,
+    last_ok: Option<Instant>,
+    pushes: u64,
+    resyncs: u64,
+}
+
+/// One replica the leader pushes to.
+#[derive(Debug)]
+pub struct Link {
+    pub url: String,
+    /// Set by `--replica` (kept for the process's life) rather than by registration.
+    pub static_: bool,
+    state: Mutex<LinkState>,
+    /// Wakes the sender when a heartbeat corrected what it believes.
+    wake: tokio::sync::Notify,
+}
+
+/// A replica's line in the leader's `/health`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LinkReport {
+    pub url: String,
+    pub status: LinkStatus,
+    pub acked_seq: Option<u64>,
+    /// Batches the replica is behind the leader (unknown while it is not reachable).
+    pub lag: Option<u64>,
+    pub last_ok_ms_ago: Option<u64>,
+    pub last_error: Option<String>,
+    pub pushes: u64,
+    pub resyncs: u64,
+}
+
+impl Link {
+    fn acked(&self) -> Option<u64> {
+        self.state.lock().acked
+    }
+}
+
+struct Ctx {
+    backlog: Arc<Mutex<Backlog>>,
+    seq_rx: watch::Receiver<u64>,
+    incarnation: u64,
+    tokenizer: Tokenizer,
+    http: reqwest::Client,
+    /// Bumped whenever any replica acknowledges something (wakes `min_acks` waiters).
+    acks: watch::Sender<u64>,
+    abort: CancellationToken,
+}
+
+/// The leader's replicas and their sender tasks.
+pub struct ReplicaSet {
+    ctx: Arc<Ctx>,
+    links: Mutex<Vec<Arc<Link>>>,
+    tasks: Mutex<JoinSet<()>>,
+}
+
+impl ReplicaSet {
+    /// `seq_rx` follows the leader's latest seq; batches are read from `backlog`.
+    pub fn new(
+        backlog: Arc<Mutex<Backlog>>,
+        seq_rx: watch::Receiver<u64>,
+        incarnation: u64,
+        tokenizer: Tokenizer,
+    ) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(1))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .tcp_nodelay(true)
+            .build()
+            .expect("an HTTP client without TLS always builds");
+        ReplicaSet {
+            ctx: Arc::new(Ctx {
+                backlog,
+                seq_rx,
+                incarnation,
+                tokenizer,
+                http,
+                acks: watch::Sender::new(0),
+                abort: CancellationToken::new(),
+            }),
+            links: Mutex::new(Vec::new()),
+            tasks: Mutex::new(JoinSet::new()),
+        }
+    }
+
+    /// Adds a replica and starts its sender, unless it is already known. Must be called
+    /// within a tokio runtime. Returns whether it was new.
+    pub fn add(&self, url: &str, static_: bool) -> bool {
+        let url = url.trim_end_matches('/').to_owned();
+        let mut links = self.links.lock();
+        if links.iter().any(|l| l.url == url) {
+            return false;
+        }
+        let link = Arc::new(Link {
+            url,
+            static_,
+            state: Mutex::new(LinkState {
+                acked: None,
+                status: LinkStatus::Connecting,
+                last_error: None,
+                last_ok: None,
+                pushes: 0,
+                resyncs: 0,
+            }),
+            wake: tokio::sync::Notify::new(),
+        });
+        links.push(link.clone());
+        tracing::info!(replica = %link.url, static_, "replica added");
+        self.tasks.lock().spawn(run_link(link, self.ctx.clone()));
+        true
+    }
+
+    pub fn len(&self) -> usize {
+        self.links.lock().len()
+    }
+
+    /// A replica's own report of its seq (from its heartbeat). If it is behind what the
+    /// sender believes, a push was acknowledged without being applied (or the replica
+    /// lost it): believe the replica and resend from there.
+    pub fn report(&self, url: &str, seq: u64) {
+        let url = url.trim_end_matches('/');
+        let links = self.links.lock();
+        let Some(link) = links.iter().find(|l| l.url == url) else {
+            return;
+        };
+        let mut s = link.state.lock();
+        if s.acked.is_some_and(|a| seq < a) {
+            tracing::warn!(replica = %link.url, reported = seq, believed = ?s.acked, "replica reports an older seq than acknowledged: resending");
+            s.acked = Some(seq);
+            drop(s);
+            link.wake.notify_one();
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn reports(&self) -> Vec<LinkReport> {
+        let latest = *self.ctx.seq_rx.borrow();
+        self.links
+            .lock()
+            .iter()
+            .map(|l| {
+                let s = l.state.lock();
+                LinkReport {
+                    url: l.url.clone(),
+                    status: s.status,
+                    acked_seq: s.acked,
+                    lag: s.acked.map(|a| latest.saturating_sub(a)),
+                    last_ok_ms_ago: s.last_ok.map(|t| t.elapsed().as_millis() as u64),
+                    last_error: s.last_error.clone(),
+                    pushes: s.pushes,
+                    resyncs: s.resyncs,
+                }
+            })
+            .collect()
+    }
+
+    fn count_acked(&self, seq: u64) -> usize {
+        self.links
+            .lock()
+            .iter()
+            .filter(|l| l.acked().is_some_and(|a| a >= seq))
+            .count()
+    }
+
+    /// Waits until at least `n` replicas have applied `seq`, for at most `timeout`.
+    /// `Err` carries how many had.
+    pub async fn wait_acks(&self, seq: u64, n: usize, timeout: Duration) -> Result<(), usize> {
+        let mut rx = self.ctx.acks.subscribe();
+        let wait = async {
+            loop {
+                rx.borrow_and_update();
+                if self.count_acked(seq) >= n {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(()) => Ok(()),
+            Err(_) => Err(self.count_acked(seq)),
+        }
+    }
+
+    /// Waits until every replica has applied `seq`, for at most `timeout`. Returns
+    /// whether they all did.
+    pub async fn drain(&self, seq: u64, timeout: Duration) -> bool {
+        let n = self.len();
+        self.wait_acks(seq, n, timeout).await.is_ok()
+    }
+
+    /// Stops every sender and waits for the tasks to end.
+    pub async fn shutdown(&self) {
+        self.ctx.abort.cancel();
+        let mut tasks = std::mem::take(&mut *self.tasks.lock());
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// What a sender does next.
+enum Step {
+    Wait,
+    Probe,
+    Push(u64, Vec<Arc<Batch>>),
+    Resync,
+}
+
+/// Serialises the deltas of consecutive batches as one JSON object, summing repeats.
+pub fn coalesce(batches: &[Arc<Batch>]) -> Vec<u8> {
+    if let [one] = batches {
+        let map: foldhash::HashMap<&str, u64> =
+            one.deltas.iter().map(|(w, n)| (w.as_str(), *n)).collect();
+        return serde_json::to_vec(&map).expect("a map of strings to integers serialises");
+    }
+    let mut map: foldhash::HashMap<&str, u64> = Default::default();
+    for b in batches {
+        for (w, n) in &b.deltas {
+            *map.entry(w.as_str()).or_insert(0) += n;
+        }
+    }
+    serde_json::to_vec(&map).expect("a map of strings to integers serialises")
+}
+
+async fn run_link(link: Arc<Link>, ctx: Arc<Ctx>) {
+    let client = Client::with_http(ctx.http.clone(), &link.url);
+    let mut seq_rx = ctx.seq_rx.clone();
+    let mut delay = BACKOFF_START;
+    let mut force_resync = false;
+    loop {
+        let latest = *seq_rx.borrow_and_update();
+        let step = if force_resync {
+            Step::Resync
+        } else {
+            match link.acked() {
+                None => Step::Probe,
+                Some(a) if a >= latest => Step::Wait,
+                Some(a) => match ctx
+                    .backlog
+                    .lock()
+                    .since(a, MAX_PUSH_BATCHES, MAX_PUSH_BYTES)
+                {
+                    Since::UpToDate => Step::Wait,
+                    Since::TooOld => Step::Resync,
+                    Since::Batches(b) => Step::Push(a, b),
+                },
+            }
+        };
+        let request = async {
+            match step {
+                Step::Wait => None,
+                Step::Probe => Some(
+                    client
+                        .update(&Update {
+                            incarnation: ctx.incarnation,
+                            tokenizer: ctx.tokenizer,
+                            from_seq: 0,
+                            to_seq: 0,
+                            body: b"{}",
+                        })
+                        .await,
+                ),
+                Step::Push(from, batches) => {
+                    let body = coalesce(&batches);
+                    let to = batches.last().expect("at least one batch").seq;
+                    Some(
+                        client
+                            .update(&Update {
+                                incarnation: ctx.incarnation,
+                                tokenizer: ctx.tokenizer,
+                                from_seq: from,
+                                to_seq: to,
+                                body: &body,
+                            })
+                            .await,
+                    )
+                }
+                Step::Resync => {
+                    tracing::info!(replica = %link.url, "backlog does not reach the replica's seq: asking it to full-sync");
+                    link.state.lock().resyncs += 1;
+                    Some(client.request_resync(ctx.incarnation).await)
+                }
+            }
+        };
+        let result = tokio::select! {
+            r = request => r,
+            _ = ctx.abort.cancelled() => return,
+        };
+        let Some(result) = result else {
+            tokio::select! {
+                r = seq_rx.changed() => if r.is_err() { return },
+                _ = link.wake.notified() => {},
+                _ = ctx.abort.cancelled() => return,
+            }
+            continue;
+        };
+        force_resync = false;
+        let mut retry_later = false;
+        {
+            let mut s = link.state.lock();
+            match result {
+                Ok(UpdateOutcome::Ok(seq)) if seq <= latest => {
+                    if s.status != LinkStatus::Ok {
+                        tracing::info!(replica = %link.url, seq, "replica is following");
+                    }
+                    s.acked = Some(seq);
+                    s.status = LinkStatus::Ok;
+                    s.last_ok = Some(Instant::now());
+                    s.last_error = None;
+                    s.pushes += 1;
+                    delay = BACKOFF_START;
+                }
+                Ok(UpdateOutcome::Gap(seq)) if seq <= latest => {
+                    tracing::debug!(replica = %link.url, seq, "replica is elsewhere: resending from its seq");
+                    s.acked = Some(seq);
+                    s.status = LinkStatus::Ok;
+                    s.last_ok = Some(Instant::now());
+                }
+                Ok(UpdateOutcome::Ok(seq) | UpdateOutcome::Gap(seq)) => {
+                    // Ahead of the leader within one incarnation: its history diverged.
+                    tracing::warn!(replica = %link.url, seq, latest, "replica is ahead of the leader: forcing a full sync");
+                    s.acked = None;
+                    force_resync = true;
+                }
+                Ok(UpdateOutcome::Resyncing) => {
+                    s.acked = None;
+                    s.status = LinkStatus::Resyncing;
+                    retry_later = true;
+                }
+                Err(e) => {
+                    if s.status != LinkStatus::Down {
+                        tracing::warn!(replica = %link.url, error = %e, "replica unreachable; retrying with backoff");
+                    }
+                    s.status = LinkStatus::Down;
+                    s.last_error = Some(e.to_string());
+                    retry_later = true;
+                }
+            }
+        }
+        ctx.acks.send_modify(|n| *n += 1);
+        if retry_later {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {},
+                _ = ctx.abort.cancelled() => return,
+            }
+            delay = (delay * 2).min(BACKOFF_MAX);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coalescing_sums_repeated_words() {
+        let b1 = Arc::new(Batch {
+            seq: 1,
+            deltas: vec![("a".into(), 1), ("b".into(), 2)],
+        });
+        let b2 = Arc::new(Batch {
+            seq: 2,
+            deltas: vec![("a".into(), 3)],
+        });
+        let v: std::collections::HashMap<String, u64> =
+            serde_json::from_slice(&coalesce(&[b1.clone(), b2])).unwrap();
+        assert_eq!(v.len(), 2);
+        assert_eq!((v["a"], v["b"]), (4, 2));
+        let v: std::collections::HashMap<String, u64> =
+            serde_json::from_slice(&coalesce(&[b1])).unwrap();
+        assert_eq!((v["a"], v["b"]), (1, 2));
+    }
+}

@@ -1,0 +1,155 @@
+//! Bad input gets a 4xx with a JSON `{"error": ...}` body and changes nothing.
+
+use crate::util::*;
+
+async fn expect_error(method: &str, url: &str, ct: Option<&str>, body: &[u8], status: u16) {
+    let (got, json) = raw(method, url, ct, body.to_vec()).await;
+    assert_eq!(got, status, "{method} {url} {body:?}: {json}");
+    assert!(
+        json["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "error body for {method} {url}: {json}"
+    );
+}
+
+#[tokio::test]
+async fn the_leader_rejects_bad_input_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Node::leader(dir.path(), &["--max-body", "1KiB"]);
+    let u = &leader.url;
+    leader.client().post_text("baseline").await.unwrap();
+    let before = leader.table().await;
+    let form = Some("application/x-www-form-urlencoded");
+    let post = format!("{u}/post");
+    expect_error("POST", &post, form, b"", 400).await;
+    expect_error("POST", &post, form, b"other=1", 400).await;
+    expect_error("POST", &post, form, b"text=", 400).await;
+    expect_error("POST", &post, form, b"text=%20%20", 400).await;
+    expect_error("POST", &post, form, b"text=%FF%FE", 400).await;
+    expect_error("POST", &post, Some("text/plain"), b"\xff\xfe bad", 400).await;
+    expect_error("POST", &post, Some("application/json"), b"{\"text\":", 400).await;
+    expect_error("POST", &post, Some("image/png"), b"text=a", 415).await;
+    let big = format!("text={}", "a ".repeat(2048));
+    expect_error("POST", &post, form, big.as_bytes(), 413).await;
+    expect_error("GET", &post, None, b"", 405).await;
+    expect_error("GET", &format!("{u}/wordcount"), None, b"", 400).await;
+    expect_error("GET", &format!("{u}/wordcount?word="), None, b"", 400).await;
+    expect_error("GET", &format!("{u}/wordcount?word=a+b"), None, b"", 400).await;
+    expect_error(
+        "GET",
+        &format!("{u}/wordcount?word=a&min_seq=x"),
+        None,
+        b"",
+        400,
+    )
+    .await;
+    expect_error("GET", &format!("{u}/nope"), None, b"", 404).await;
+    let reg = format!("{u}/replicas");
+    expect_error("POST", &reg, Some("application/json"), b"{", 400).await;
+    expect_error(
+        "POST",
+        &reg,
+        Some("application/json"),
+        br#"{"url":"ftp://x"}"#,
+        400,
+    )
+    .await;
+    expect_error(
+        "POST",
+        &reg,
+        Some("application/json"),
+        br#"{"url":"not a url"}"#,
+        400,
+    )
+    .await;
+    assert_eq!(leader.seq().await, 1, "bad input took no seq");
+    assert_eq!(leader.table().await, before);
+    assert!(
+        leader.health().await["replicas"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn text_without_words_is_accepted_but_takes_no_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Node::leader(dir.path(), &[]);
+    let (status, body) = raw(
+        "POST",
+        &format!("{}/post", leader.url),
+        Some("text/plain"),
+        b"!!! ... ???".to_vec(),
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert_eq!(
+        (body["seq"].as_u64(), body["words"].as_u64()),
+        (Some(0), Some(0))
+    );
+}
+
+#[tokio::test]
+async fn the_replica_rejects_bad_updates_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Node::leader(dir.path(), &[]);
+    let r = Node::replica(&leader.url, &[]);
+    wait_ready(&r).await;
+    leader.client().post_text("stable").await.unwrap();
+    let before = converged(&leader, &r).await;
+    let upd = format!("{}/update", r.url);
+    let json = Some("application/json");
+    expect_error("POST", &upd, json, b"not json", 400).await;
+    expect_error("POST", &upd, json, b"[1,2]", 400).await;
+    expect_error("POST", &upd, json, br#"{"a": "x"}"#, 400).await;
+    expect_error("POST", &upd, json, br#"{"a": 1.5}"#, 400).await;
+    expect_error("POST", &upd, json, br#"{"stable": -5}"#, 400).await;
+    expect_error("POST", &upd, json, br#"{"": 1}"#, 400).await;
+    expect_error("GET", &upd, None, b"", 405).await;
+    expect_error("GET", &format!("{}/wordcount", r.url), None, b"", 400).await;
+    expect_error("GET", &format!("{}/post", r.url), None, b"", 404).await;
+    // Headers that do not go together.
+    let http = reqwest::Client::new();
+    let resp = http
+        .post(&upd)
+        .header("x-memdb-from-seq", "1")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let resp = http
+        .post(&upd)
+        .header("x-memdb-from-seq", "x")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(r.table().await, before);
+    assert_eq!(r.seq().await, 1);
+}
+
+#[tokio::test]
+async fn the_go_leaders_unsequenced_update_is_applied_then_healed() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Node::leader(dir.path(), &[]);
+    let r = Node::replica(&leader.url, &[]);
+    wait_ready(&r).await;
+    leader.client().post_text("hello").await.unwrap();
+    converged(&leader, &r).await;
+    // The Go original's leader sends bare deltas; a replica applies them...
+    let (status, _) = raw(
+        "POST",
+        &format!("{}/update", r.url),
+        Some("application/json"),
+        br#"{"hello": 5}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(counts(&r, &["hello"]).await["hello"], 6);
+    // ...but it now diverges from its memdb leader, whose next push re-syncs it.
+    leader.client().post_text("world").await.unwrap();
+    let t = converged(&leader, &r).await;
+    assert_eq!((t["hello"], t["world"]), (1, 1));
+}

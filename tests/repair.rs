@@ -1,0 +1,214 @@
+//! Faults between the leader and a replica: a proxy that loses requests, loses
+//! responses, delivers stale copies late, and even acknowledges pushes it never
+//! delivered. The replica must still end up exactly equal to the leader.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::OnceCell;
+
+use crate::util::*;
+
+/// What the proxy does to the n-th non-empty push.
+#[derive(Clone, Copy)]
+enum Fault {
+    Deliver,
+    /// Never forwarded; the leader sees a 502.
+    LoseRequest,
+    /// Forwarded and applied; the leader sees a 502 instead of the answer.
+    LoseResponse,
+    /// The leader sees a 502 now; a copy is delivered 30 ms later.
+    DeliverLate,
+    /// Never forwarded, but the leader is told it was applied.
+    FalseAck,
+}
+
+struct Proxy {
+    target: OnceCell<String>,
+    http: reqwest::Client,
+    pushes: AtomicU64,
+    plan: Box<dyn Fn(u64) -> Fault + Send + Sync>,
+}
+
+async fn forward(p: &Proxy, headers: &HeaderMap, body: Bytes) -> Option<(u16, Bytes)> {
+    let target = p.target.get()?;
+    let mut req = p.http.post(format!("{target}/update")).body(body);
+    for (k, v) in headers {
+        if k.as_str().starts_with("x-memdb") || k == "content-type" {
+            req = req.header(k.as_str(), v.as_bytes());
+        }
+    }
+    let resp = req.send().await.ok()?;
+    let status = resp.status().as_u16();
+    Some((status, resp.bytes().await.ok()?))
+}
+
+async fn update(State(p): State<Arc<Proxy>>, headers: HeaderMap, body: Bytes) -> Response {
+    let to: u64 = headers
+        .get("x-memdb-to-seq")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
+    let from: u64 = headers
+        .get("x-memdb-from-seq")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
+    let fault = if to > from {
+        (p.plan)(p.pushes.fetch_add(1, Ordering::SeqCst))
+    } else {
+        Fault::Deliver
+    };
+    let bad_gateway = || (StatusCode::BAD_GATEWAY, "{}").into_response();
+    match fault {
+        Fault::Deliver => match forward(&p, &headers, body).await {
+            Some((status, bytes)) => (StatusCode::from_u16(status).unwrap(), bytes).into_response(),
+            None => bad_gateway(),
+        },
+        Fault::LoseRequest => bad_gateway(),
+        Fault::LoseResponse => {
+            let _ = forward(&p, &headers, body).await;
+            bad_gateway()
+        }
+        Fault::DeliverLate => {
+            let p = p.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                let _ = forward(&p, &headers, body).await;
+            });
+            bad_gateway()
+        }
+        Fault::FalseAck => axum::Json(serde_json::json!({ "seq": to })).into_response(),
+    }
+}
+
+async fn start_proxy(plan: impl Fn(u64) -> Fault + Send + Sync + 'static) -> (Arc<Proxy>, String) {
+    let proxy = Arc::new(Proxy {
+        target: OnceCell::new(),
+        http: reqwest::Client::new(),
+        pushes: AtomicU64::new(0),
+        plan: Box::new(plan),
+    });
+    let app = Router::new()
+        .route("/update", axum::routing::post(update))
+        .with_state(proxy.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (proxy, url)
+}
+
+async fn write_load(leader: &Node, n: usize) {
+    let c = leader.client();
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..n / 4 {
+                c.post_text(&format!("w{} common t{t}", i % 17))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_stale_and_falsely_acknowledged_pushes_are_repaired() {
+    let (proxy, proxy_url) = start_proxy(|n| match n % 7 {
+        1 => Fault::LoseRequest,
+        2 => Fault::LoseResponse,
+        3 => Fault::DeliverLate,
+        5 => Fault::FalseAck,
+        _ => Fault::Deliver,
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Node::leader(dir.path(), &[]);
+    let r = Node::replica(&leader.url, &["--advertise", &proxy_url]);
+    proxy.target.set(r.url.clone()).unwrap();
+    wait_ready(&r).await;
+    write_load(&leader, 400).await;
+    let t = converged(&leader, &r).await;
+    assert_eq!(t["common"], 400);
+    assert!(
+        proxy.pushes.load(Ordering::SeqCst) >= 7,
+        "faults were exercised"
+    );
+    let h = r.health().await;
+    assert!(
+        h["gaps"].as_u64().unwrap() > 0,
+        "a false ack causes a gap: {h}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_beyond_the_backlog_is_repaired_by_a_full_sync() {
+    // Pushes 3..=12 are acknowledged but never delivered; the backlog keeps only 2.
+    let (proxy, proxy_url) = start_proxy(|n| {
+        if (3..=12).contains(&n) {
+            Fault::FalseAck
+        } else {
+            Fault::Deliver
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Node::leader(dir.path(), &["--backlog", "2"]);
+    let r = Node::replica(&leader.url, &["--advertise", &proxy_url]);
+    proxy.target.set(r.url.clone()).unwrap();
+    wait_ready(&r).await;
+    let c = leader.client();
+    for i in 0..40 {
+        c.post_text(&format!("item {i}")).await.unwrap();
+    }
+    let t = converged(&leader, &r).await;
+    assert_eq!(t["item"], 40);
+    let h = r.health().await;
+    assert!(h["syncs"].as_u64().unwrap() >= 2, "re-synced: {h}");
+    let lh = leader.health().await;
+    assert!(lh["replicas"][0]["resyncs"].as_u64().unwrap() >= 1, "{lh}");
+}
+
+#[tokio::test]
+async fn out_of_order_pushes_are_refused_with_the_replicas_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Node::leader(dir.path(), &[]);
+    let r = Node::replica(&leader.url, &[]);
+    wait_ready(&r).await;
+    leader.client().post_text("one").await.unwrap();
+    converged(&leader, &r).await;
+    let inc = leader.health().await["incarnation"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let http = reqwest::Client::new();
+    let push = |from: u64, to: u64, inc: &str, body: &'static str| {
+        http.post(format!("{}/update", r.url))
+            .header("x-memdb-from-seq", from)
+            .header("x-memdb-to-seq", to)
+            .header("x-memdb-incarnation", inc)
+            .body(body)
+            .send()
+    };
+    // A batch from the future: refused, with the replica's seq, nothing applied.
+    let resp = push(5, 6, &inc, r#"{"one": 100}"#).await.unwrap();
+    assert_eq!(resp.status(), 409);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        (body["seq"].as_u64(), body["reason"].as_str()),
+        (Some(1), Some("gap"))
+    );
+    // A batch it already has: acknowledged, not applied twice.
+    let resp = push(0, 1, &inc, r#"{"one": 1}"#).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(counts(&r, &["one"]).await["one"], 1);
+    converged(&leader, &r).await;
+}

@@ -1,0 +1,10 @@
+//! Integration tests: the real `memdb` binary on ephemeral ports and temp dirs.
+//! One test binary (one link step) with a module per area.
+
+mod util;
+
+mod bad_input;
+mod cluster;
+mod model;
+mod persistence;
+mod repair;

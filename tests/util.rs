@@ -1,0 +1,276 @@
+//! Test support: run the real `memdb` binary on ephemeral ports, poll with deadlines,
+//! and always clean up the processes.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use memdb::client::Client;
+use serde_json::Value;
+
+/// How long anything in a test may take to happen before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A running `memdb` process. Killed (SIGKILL) and reaped on drop.
+pub struct Node {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub url: String,
+    pub args: Vec<String>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Node {
+    /// Starts `memdb <args>` and waits until it logs the address it bound.
+    pub fn start(args: &[&str]) -> Node {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_memdb"))
+            .args(&args)
+            .env("RUST_LOG", "memdb=debug")
+            .env_remove("RUST_BACKTRACE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning memdb");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let log = log.clone();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    if line.contains("listening")
+                        && let Some(addr) = line.split("addr=").nth(1)
+                    {
+                        let addr = addr.split_whitespace().next().unwrap_or("").to_owned();
+                        let _ = tx.send(addr);
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let addr: SocketAddr = match rx.recv_timeout(DEADLINE) {
+            Ok(a) => a.parse().expect("listening address"),
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait();
+                panic!(
+                    "memdb {args:?} did not start ({status:?}); log:\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+        };
+        Node {
+            child: Some(child),
+            url: format!("http://{addr}"),
+            addr,
+            args,
+            log,
+        }
+    }
+
+    /// A leader on an ephemeral port with its data in `dir`.
+    pub fn leader(dir: &Path, extra: &[&str]) -> Node {
+        let mut args = vec!["leader", "--port", "0", "--data-dir", dir.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        Node::start(&args)
+    }
+
+    /// A network replica of `leader_url` on an ephemeral port.
+    pub fn replica(leader_url: &str, extra: &[&str]) -> Node {
+        let mut args = vec![
+            "replica",
+            "--port",
+            "0",
+            "--leader",
+            leader_url,
+            "--heartbeat",
+            "100ms",
+        ];
+        args.extend_from_slice(extra);
+        Node::start(&args)
+    }
+
+    /// Starts the same command again on the same port (after a kill or a stop).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the node before restarting it");
+        let port = self.addr.port().to_string();
+        let mut args = self.args.clone();
+        let i = args.iter().position(|a| a == "--port").expect("--port");
+        args[i + 1] = port;
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let deadline = Instant::now() + DEADLINE;
+        // The port was just freed; binding it again can race a lingering socket.
+        let fresh = loop {
+            let r = std::panic::catch_unwind(|| Node::start(&refs));
+            match r {
+                Ok(n) => break n,
+                Err(e) if Instant::now() > deadline => std::panic::resume_unwind(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        };
+        let mut fresh = fresh;
+        fresh.args = self.args.clone();
+        std::mem::swap(self, &mut fresh);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.url)
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, and wait (bounded) for the process to exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let status = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(s) = c.try_wait().expect("try_wait") {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("node did not exit after SIGTERM; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// `GET /health` as JSON (panics if unreachable).
+    pub async fn health(&self) -> Value {
+        self.client().health().await.expect("health").1
+    }
+
+    pub async fn seq(&self) -> u64 {
+        self.health().await["seq"].as_u64().expect("seq in health")
+    }
+
+    /// `GET /sync` as a plain map.
+    pub async fn table(&self) -> HashMap<String, u64> {
+        self.client()
+            .sync()
+            .await
+            .expect("sync")
+            .map
+            .into_iter()
+            .collect()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `check` until it returns `Some`, failing the test with `what` after the
+/// deadline.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `node` answers `/health` with 200.
+pub async fn wait_ready(node: &Node) {
+    let c = node.client();
+    eventually(&format!("{} ready", node.url), || {
+        let c = c.clone();
+        async move {
+            match c.health().await {
+                Ok((s, _)) if s.is_success() => Some(()),
+                _ => None,
+            }
+        }
+    })
+    .await
+}
+
+/// Waits until `replica` follows the leader's incarnation at the leader's seq, then
+/// asserts it holds exactly the leader's table.
+pub async fn converged(leader: &Node, replica: &Node) -> HashMap<String, u64> {
+    let want = leader.client().sync().await.expect("leader sync");
+    let (seq, inc) = (want.seq, want.incarnation);
+    eventually(
+        &format!("{} to converge to seq {seq}", replica.url),
+        || async {
+            let s = replica.client().sync().await.ok()?;
+            (s.seq == seq && s.incarnation == inc).then_some(())
+        },
+    )
+    .await;
+    let got = replica.table().await;
+    let want: HashMap<String, u64> = want.map.into_iter().collect();
+    assert_eq!(got, want, "replica {} differs from the leader", replica.url);
+    got
+}
+
+/// `GET /wordcount` for several words on `node`.
+pub async fn counts(node: &Node, words: &[&str]) -> HashMap<String, u64> {
+    node.client()
+        .wordcount(words, None)
+        .await
+        .expect("wordcount")
+}
+
+/// A raw HTTP request for the bad-input tests: (status, JSON body).
+pub async fn raw(
+    method: &str,
+    url: &str,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+) -> (u16, Value) {
+    let http = reqwest::Client::new();
+    let mut req = http.request(method.parse().unwrap(), url).body(body);
+    if let Some(ct) = content_type {
+        req = req.header("content-type", ct);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    let json = serde_json::from_str(&text)
+        .unwrap_or_else(|_| panic!("body of {method} {url} is not JSON: {text:?}"));
+    (status, json)
+}

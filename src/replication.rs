@@ -351,10 +351,13 @@ async fn run_link(link: Arc<Link>, ctx: Arc<Ctx>) {
         };
         force_resync = false;
         let mut retry_later = false;
+        // The newest seq the leader has applied. Not `latest`: pushes may include batches
+        // applied since it was read, and a sync may have given the replica newer ones.
+        let newest = ctx.backlog.lock().last_seq();
         {
             let mut s = link.state.lock();
             match result {
-                Ok(UpdateOutcome::Ok(seq)) if seq <= latest => {
+                Ok(UpdateOutcome::Ok(seq)) if seq <= newest => {
                     if s.status != LinkStatus::Ok {
                         tracing::info!(replica = %link.url, seq, "replica is following");
                     }
@@ -365,7 +368,7 @@ async fn run_link(link: Arc<Link>, ctx: Arc<Ctx>) {
                     s.pushes += 1;
                     delay = BACKOFF_START;
                 }
-                Ok(UpdateOutcome::Gap(seq)) if seq <= latest => {
+                Ok(UpdateOutcome::Gap(seq)) if seq <= newest => {
                     tracing::debug!(replica = %link.url, seq, "replica is elsewhere: resending from its seq");
                     s.acked = Some(seq);
                     s.status = LinkStatus::Ok;
@@ -373,7 +376,7 @@ async fn run_link(link: Arc<Link>, ctx: Arc<Ctx>) {
                 }
                 Ok(UpdateOutcome::Ok(seq) | UpdateOutcome::Gap(seq)) => {
                     // Ahead of the leader within one incarnation: its history diverged.
-                    tracing::warn!(replica = %link.url, seq, latest, "replica is ahead of the leader: forcing a full sync");
+                    tracing::warn!(replica = %link.url, seq, newest, "replica is ahead of the leader: forcing a full sync");
                     s.acked = None;
                     force_resync = true;
                 }

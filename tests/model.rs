@@ -90,4 +90,10 @@ async fn random_batches_leave_every_replica_equal_to_the_model() {
         assert_eq!(converged(&leader, r).await, model, "seed {seed}");
     }
     assert_eq!(leader.seq().await, 400);
+    // Nothing was lost on the way, so nothing should have needed a full sync: every
+    // replica followed through pushes alone.
+    let h = leader.health().await;
+    for rep in h["replicas"].as_array().unwrap() {
+        assert_eq!(rep["resyncs"], 0, "needless full sync: {rep}");
+    }
 }

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Starts or stops a local memdb cluster in the background.
+#
+#   scripts/cluster.sh start network   # leader :8080 + network replicas :8081-8083
+#   scripts/cluster.sh stop network
+#
+# Everything lives under $MEMDB_RUN_DIR/<mode> (default ./run/<mode>): data/, logs/,
+# pids/. Processes are stopped by the PIDs recorded at start, never by name.
+set -euo pipefail
+
+action=${1:-}
+mode=${2:-network}
+case "$action:$mode" in
+  start:network | stop:network) ;;
+  *) echo "usage: $0 start|stop network" >&2; exit 2 ;;
+esac
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin=${MEMDB_BIN:-$root/target/release/memdb}
+run=${MEMDB_RUN_DIR:-$root/run}/$mode
+host=127.0.0.1
+leader_port=${MEMDB_LEADER_PORT:-8080}
+replica_ports=${MEMDB_REPLICA_PORTS:-"8081 8082 8083"}
+
+pid_alive() {
+  # Alive, and still our binary (a PID can be reused after a crash).
+  local pid=$1
+  kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "memdb"
+}
+
+stop_all() {
+  local stopped=0
+  shopt -s nullglob
+  for f in "$run"/pids/*.pid; do
+    local pid name
+    pid=$(cat "$f")
+    name=$(basename "$f" .pid)
+    if pid_alive "$pid"; then
+      kill -TERM "$pid"
+      for _ in $(seq 1 100); do pid_alive "$pid" || break; sleep 0.1; done
+      if pid_alive "$pid"; then
+        echo "$name (pid $pid) did not stop within 10s; sending SIGKILL" >&2
+        kill -KILL "$pid" || true
+      fi
+      echo "stopped $name (pid $pid)"
+      stopped=$((stopped + 1))
+    fi
+    rm -f "$f"
+  done
+  [ "$stopped" -gt 0 ] || echo "nothing was running under $run"
+}
+
+wait_healthy() {
+  local name=$1 url=$2
+  for _ in $(seq 1 300); do
+    if curl -fsS -o /dev/null "$url/health" 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "$name at $url did not become healthy within 30s; last log lines:" >&2
+  tail -n 20 "$run/logs/$name.log" >&2 || true
+  return 1
+}
+
+start_one() {
+  local name=$1; shift
+  nohup "$bin" "$@" >"$run/logs/$name.log" 2>&1 &
+  echo $! >"$run/pids/$name.pid"
+}
+
+if [ "$action" = stop ]; then
+  stop_all
+  exit 0
+fi
+
+[ -x "$bin" ] || { echo "no binary at $bin: run 'make build' first" >&2; exit 1; }
+mkdir -p "$run/data" "$run/logs" "$run/pids"
+chmod 700 "$run/data"
+shopt -s nullglob
+for f in "$run"/pids/*.pid; do
+  if pid_alive "$(cat "$f")"; then
+    echo "a $mode cluster is already running (see $run/pids); stop it with 'make stop-servers'" >&2
+    exit 1
+  fi
+  rm -f "$f"
+done
+
+leader_url="http://$host:$leader_port"
+start_one leader leader --host "$host" --port "$leader_port" --data-dir "$run/data/leader"
+if ! wait_healthy leader "$leader_url"; then stop_all; exit 1; fi
+urls=()
+for p in $replica_ports; do
+  start_one "replica-$p" replica --host "$host" --port "$p" --leader "$leader_url"
+  urls+=("http://$host:$p")
+done
+for p in $replica_ports; do
+  if ! wait_healthy "replica-$p" "http://$host:$p"; then stop_all; exit 1; fi
+done
+
+echo "memdb $mode cluster is up:"
+echo "  leader    $leader_url   (POST /post, GET /sync, GET /wordcount, GET /health)"
+for u in "${urls[@]}"; do echo "  replica   $u   (GET /wordcount, GET /health)"; done
+echo "  data      $run/data"
+echo "  logs      $run/logs"
+echo "  pids      $run/pids"
+echo "try:  curl -s -d text='hello world' $leader_url/post"
+echo "      curl -s '${urls[0]}/wordcount?word=hello'"

@@ -1,5 +1,5 @@
 # memdb: everything a newcomer needs is a target here.
-.PHONY: build start-servers stop-servers test fmt lint clean
+.PHONY: build start-servers stop-servers start-servers-local-replicas stop-servers-local-replicas test fmt clean
 
 CARGO ?= cargo
 
@@ -12,6 +12,13 @@ start-servers: build
 
 stop-servers:
 	scripts/cluster.sh stop network
+
+## A leader on :8080 and local replicas (memory-mapped snapshot) on :8081-8083.
+start-servers-local-replicas: build
+	scripts/cluster.sh start local
+
+stop-servers-local-replicas:
+	scripts/cluster.sh stop local
 
 ## fmt check, clippy (warnings are errors), every test.
 test:

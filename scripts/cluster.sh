@@ -2,7 +2,8 @@
 # Starts or stops a local memdb cluster in the background.
 #
 #   scripts/cluster.sh start network   # leader :8080 + network replicas :8081-8083
-#   scripts/cluster.sh stop network
+#   scripts/cluster.sh start local     # leader :8080 + local (mmap) replicas :8081-8083
+#   scripts/cluster.sh stop network|local
 #
 # Everything lives under $MEMDB_RUN_DIR/<mode> (default ./run/<mode>): data/, logs/,
 # pids/. Processes are stopped by the PIDs recorded at start, never by name.
@@ -11,8 +12,8 @@ set -euo pipefail
 action=${1:-}
 mode=${2:-network}
 case "$action:$mode" in
-  start:network | stop:network) ;;
-  *) echo "usage: $0 start|stop network" >&2; exit 2 ;;
+  start:network | stop:network | start:local | stop:local) ;;
+  *) echo "usage: $0 start|stop network|local" >&2; exit 2 ;;
 esac
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -25,7 +26,7 @@ replica_ports=${MEMDB_REPLICA_PORTS:-"8081 8082 8083"}
 pid_alive() {
   # Alive, and still our binary (a PID can be reused after a crash).
   local pid=$1
-  kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "memdb"
+  kill -0 "$pid" 2>/dev/null && { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null | grep -q "memdb"
 }
 
 stop_all() {
@@ -78,7 +79,7 @@ chmod 700 "$run/data"
 shopt -s nullglob
 for f in "$run"/pids/*.pid; do
   if pid_alive "$(cat "$f")"; then
-    echo "a $mode cluster is already running (see $run/pids); stop it with 'make stop-servers'" >&2
+    echo "a $mode cluster is already running (see $run/pids); stop it with 'scripts/cluster.sh stop $mode'" >&2
     exit 1
   fi
   rm -f "$f"
@@ -89,7 +90,11 @@ start_one leader leader --host "$host" --port "$leader_port" --data-dir "$run/da
 if ! wait_healthy leader "$leader_url"; then stop_all; exit 1; fi
 urls=()
 for p in $replica_ports; do
-  start_one "replica-$p" replica --host "$host" --port "$p" --leader "$leader_url"
+  if [ "$mode" = local ]; then
+    start_one "replica-$p" local-replica --host "$host" --port "$p" --data-dir "$run/data/leader"
+  else
+    start_one "replica-$p" replica --host "$host" --port "$p" --leader "$leader_url"
+  fi
   urls+=("http://$host:$p")
 done
 for p in $replica_ports; do
@@ -98,7 +103,8 @@ done
 
 echo "memdb $mode cluster is up:"
 echo "  leader    $leader_url   (POST /post, GET /sync, GET /wordcount, GET /health)"
-for u in "${urls[@]}"; do echo "  replica   $u   (GET /wordcount, GET /health)"; done
+kind=$([ "$mode" = local ] && echo "local replica (mmap)" || echo "network replica")
+for u in "${urls[@]}"; do echo "  $kind   $u   (GET /wordcount, GET /sync, GET /health)"; done
 echo "  data      $run/data"
 echo "  logs      $run/logs"
 echo "  pids      $run/pids"

@@ -30,6 +30,9 @@ pub struct LeaderConfig {
     pub drain_timeout: Duration,
     /// Longest a `min_seq` read waits. Default 2s.
     pub max_wait: Duration,
+    /// The Unix socket that tells local replicas a snapshot is ready; default
+    /// `<data_dir>/memdb.sock`.
+    pub socket: Option<PathBuf>,
 }
 
 impl LeaderConfig {
@@ -46,6 +49,7 @@ impl LeaderConfig {
             backlog_bytes: 64 << 20,
             drain_timeout: Duration::from_secs(5),
             max_wait: Duration::from_secs(2),
+            socket: None,
         }
     }
 }

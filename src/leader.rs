@@ -21,10 +21,12 @@ use parking_lot::{Mutex, RwLock};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::backlog::{Backlog, Batch};
 use crate::config::LeaderConfig;
 use crate::http::{self, ApiError, SEQ};
+use crate::notifier;
 use crate::publisher::Publisher;
 use crate::reads::{self, CountSource};
 use crate::replication::ReplicaSet;
@@ -62,6 +64,8 @@ pub enum LeaderError {
         data: Tokenizer,
         configured: Tokenizer,
     },
+    #[error(transparent)]
+    Socket(#[from] crate::notifier::NotifierError),
     #[error("serving HTTP: {0}")]
     Serve(std::io::Error),
 }
@@ -98,6 +102,10 @@ struct Shared {
     started: Instant,
     words_ingested: AtomicU64,
     posts: AtomicU64,
+    /// The notification socket's path, removed at shutdown.
+    socket_path: PathBuf,
+    /// Stops the notification socket's tasks.
+    notifier_stop: CancellationToken,
     /// Held (flock) for the process's life.
     _lock: File,
 }
@@ -180,6 +188,11 @@ impl Leader {
             incarnation,
             config.snapshot_interval,
         );
+        let socket_path = config
+            .socket
+            .clone()
+            .unwrap_or_else(|| dir.join(notifier::SOCKET_NAME));
+        let socket = notifier::bind(&socket_path)?;
         let replicas = ReplicaSet::new(backlog.clone(), seq_rx, incarnation, config.tokenizer);
         for url in &config.replicas {
             replicas.add(url, true);
@@ -190,7 +203,8 @@ impl Leader {
             tokenizer = %config.tokenizer,
             "leader ready"
         );
-        Ok(Leader {
+        let published = publisher.published();
+        let leader = Leader {
             shared: Arc::new(Shared {
                 table: RwLock::new(Table::from_parts(map, seq)),
                 backlog,
@@ -202,9 +216,25 @@ impl Leader {
                 started: Instant::now(),
                 words_ingested: AtomicU64::new(0),
                 posts: AtomicU64::new(0),
+                socket_path,
+                notifier_stop: CancellationToken::new(),
                 _lock: lock,
             }),
-        })
+        };
+        // A weak handle: the socket's tasks must not keep the leader (and so the
+        // publisher thread) alive.
+        let weak = Arc::downgrade(&leader.shared);
+        tokio::spawn(notifier::serve(
+            socket,
+            published,
+            Arc::new(move |want| {
+                if let Some(s) = weak.upgrade() {
+                    s.publisher.publish_soon(want);
+                }
+            }),
+            leader.shared.notifier_stop.clone(),
+        ));
+        Ok(leader)
     }
 
     pub fn incarnation(&self) -> u64 {
@@ -269,6 +299,10 @@ impl Leader {
             Ok(p) => tracing::info!(seq = p, "final snapshot published"),
             Err(e) => tracing::error!(error = %e, "final snapshot failed"),
         }
+        // Local replicas see the socket close, keep serving the final snapshot and
+        // reconnect when a leader is back.
+        s.notifier_stop.cancel();
+        let _ = fs::remove_file(&s.socket_path);
         published
     }
 
@@ -452,12 +486,21 @@ pub async fn run(
     config: LeaderConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), LeaderError> {
-    let leader = Leader::open(config)?;
+    serve(listener, Leader::open(config)?, shutdown).await
+}
+
+/// Serves an opened leader on `listener` until `shutdown` resolves, then drains
+/// replicas and publishes a final snapshot.
+pub async fn serve(
+    listener: TcpListener,
+    leader: Leader,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), LeaderError> {
     let app = leader_router(leader.clone());
-    axum::serve(listener, app)
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
-        .map_err(LeaderError::Serve)?;
+        .map_err(LeaderError::Serve);
     let _ = leader.shutdown().await;
-    Ok(())
+    served
 }

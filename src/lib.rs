@@ -13,7 +13,9 @@
 //! - [`http`]: shared HTTP pieces: `ApiError`, strict form and query parsing, headers.
 //! - [`reads`]: `/wordcount`, `/sync` and the seq header, shared by every role.
 //! - [`publisher`]: the leader's snapshot thread (its own copy of the table).
-//! - [`leader`], [`replica`]: each role's state, router and `run`.
+//! - [`leader`], [`replica`], [`local_replica`]: each role's state, router and `run`.
+//! - [`mapped`]: a snapshot memory-mapped and read in place (the only `unsafe`).
+//! - [`notifier`]: the leader's Unix socket that tells local replicas a snapshot is ready.
 //! - [`client`]: a small typed HTTP client used by replicas, tests and tools.
 //! - [`config`]: validated configuration with documented defaults.
 //! - [`shutdown`]: the SIGTERM/ctrl-c signal future.
@@ -23,6 +25,9 @@ pub mod client;
 pub mod config;
 pub mod http;
 pub mod leader;
+pub mod local_replica;
+pub mod mapped;
+pub mod notifier;
 pub mod publisher;
 pub mod reads;
 pub mod replica;

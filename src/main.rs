@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use memdb::config::{LeaderConfig, ReplicaConfig, parse_duration, parse_size};
+use memdb::local_replica::LocalReplicaConfig;
 use memdb::shutdown::shutdown_signal;
 use memdb::words::Tokenizer;
 use tokio::net::TcpListener;
@@ -28,6 +29,8 @@ enum Command {
     Leader(LeaderArgs),
     /// Serve reads from a copy kept in step by the leader over HTTP.
     Replica(ReplicaArgs),
+    /// Serve reads straight from the leader's memory-mapped snapshot (same host).
+    LocalReplica(LocalReplicaArgs),
 }
 
 #[derive(Args)]
@@ -71,6 +74,27 @@ struct LeaderArgs {
     /// On shutdown, how long to wait for replicas to catch up.
     #[arg(long, env = "MEMDB_DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     drain_timeout: Duration,
+    /// Longest a read with min_seq waits.
+    #[arg(long, env = "MEMDB_MAX_WAIT", default_value = "2s", value_parser = parse_duration)]
+    max_wait: Duration,
+    /// Unix socket that tells local replicas a snapshot is ready [default: DATA_DIR/memdb.sock].
+    #[arg(long, env = "MEMDB_SOCKET")]
+    socket: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct LocalReplicaArgs {
+    #[command(flatten)]
+    listen: Listen,
+    /// The leader's data directory (read only).
+    #[arg(long, env = "MEMDB_DATA_DIR")]
+    data_dir: PathBuf,
+    /// The leader's notification socket [default: DATA_DIR/memdb.sock].
+    #[arg(long, env = "MEMDB_SOCKET")]
+    socket: Option<PathBuf>,
+    /// How often to check the snapshot file if notifications fail.
+    #[arg(long, env = "MEMDB_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    poll_interval: Duration,
     /// Longest a read with min_seq waits.
     #[arg(long, env = "MEMDB_MAX_WAIT", default_value = "2s", value_parser = parse_duration)]
     max_wait: Duration,
@@ -120,9 +144,10 @@ fn init_tracing() {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing();
+    // Before anything is bound: a SIGTERM from then on always gets a clean shutdown.
+    let shutdown = shutdown_signal();
     match cli.command {
         Command::Leader(a) => {
-            let listener = bind(&a.listen, "leader").await?;
             let config = LeaderConfig {
                 replicas: a.replicas,
                 snapshot_interval: a.snapshot_interval,
@@ -133,9 +158,14 @@ async fn main() -> anyhow::Result<()> {
                 backlog_batches: a.backlog,
                 drain_timeout: a.drain_timeout,
                 max_wait: a.max_wait,
+                socket: a.socket,
                 ..LeaderConfig::new(a.data_dir)
             };
-            memdb::leader::run(listener, config, shutdown_signal()).await?;
+            // Open the data directory first: a locked or unreadable one fails before a
+            // port is bound, and "listening" means the data is loaded.
+            let leader = memdb::leader::Leader::open(config)?;
+            let listener = bind(&a.listen, "leader").await?;
+            memdb::leader::serve(listener, leader, shutdown).await?;
         }
         Command::Replica(a) => {
             let listener = bind(&a.listen, "replica").await?;
@@ -146,7 +176,17 @@ async fn main() -> anyhow::Result<()> {
                 max_wait: a.max_wait,
                 ..ReplicaConfig::new(a.leader)
             };
-            memdb::replica::run(listener, config, shutdown_signal()).await?;
+            memdb::replica::run(listener, config, shutdown).await?;
+        }
+        Command::LocalReplica(a) => {
+            let listener = bind(&a.listen, "local-replica").await?;
+            let config = LocalReplicaConfig {
+                socket: a.socket,
+                poll_interval: a.poll_interval,
+                max_wait: a.max_wait,
+                ..LocalReplicaConfig::new(a.data_dir)
+            };
+            memdb::local_replica::run(listener, config, shutdown).await?;
         }
     }
     tracing::info!("stopped");

@@ -23,6 +23,8 @@ enum Msg {
     Batch(Arc<Batch>),
     /// Publish now if anything changed, then answer with the published seq.
     Flush(Sender<Result<u64, String>>),
+    /// Publish now unless this seq is already on disk (a local replica waits for it).
+    Soon(u64),
 }
 
 /// What the publisher has done, for `/health`.
@@ -41,6 +43,7 @@ pub struct Publisher {
     tx: Option<Sender<Msg>>,
     thread: Option<JoinHandle<()>>,
     stats: Arc<Mutex<PublishStats>>,
+    published: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Publisher {
@@ -60,6 +63,7 @@ impl Publisher {
             seq: published_seq,
             ..Default::default()
         }));
+        let (published_tx, published) = tokio::sync::watch::channel(published_seq);
         let worker = Worker {
             dir,
             shadow: Table::from_parts(map, seq),
@@ -68,6 +72,7 @@ impl Publisher {
             incarnation,
             interval,
             stats: stats.clone(),
+            published_tx,
         };
         let thread = std::thread::Builder::new()
             .name("memdb-publisher".into())
@@ -77,6 +82,20 @@ impl Publisher {
             tx: Some(tx),
             thread: Some(thread),
             stats,
+            published,
+        }
+    }
+
+    /// Follows the seq of the snapshot on disk.
+    pub fn published(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.published.clone()
+    }
+
+    /// Asks for a publish as soon as the thread is free, unless `want` is already on
+    /// disk by then. Does not wait.
+    pub fn publish_soon(&self, want: u64) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Msg::Soon(want));
         }
     }
 
@@ -122,10 +141,16 @@ struct Worker {
     incarnation: u64,
     interval: Duration,
     stats: Arc<Mutex<PublishStats>>,
+    published_tx: tokio::sync::watch::Sender<u64>,
 }
 
 impl Worker {
     fn run(mut self, rx: Receiver<Msg>) {
+        // A data directory without a snapshot gets one at once, even of an empty table:
+        // local replicas serve from the file and have nothing to map until it exists.
+        if !self.dir.join(snapshot::FILE_NAME).exists() {
+            let _ = self.publish();
+        }
         let mut next_tick = Instant::now() + self.interval;
         loop {
             let msg = rx.recv_deadline(next_tick);
@@ -133,6 +158,14 @@ impl Worker {
                 Ok(Msg::Batch(b)) => self.shadow.apply(&b.deltas, b.seq),
                 Ok(Msg::Flush(reply)) => {
                     let _ = reply.send(self.publish_if_changed());
+                }
+                // Every batch up to the wanted seq was queued before this request (the
+                // write was acknowledged before a reader could ask for it), so the
+                // copy already holds it.
+                Ok(Msg::Soon(want)) => {
+                    if self.published < want {
+                        let _ = self.publish_if_changed();
+                    }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
@@ -155,6 +188,10 @@ impl Worker {
         if self.shadow.seq() == self.published {
             return Ok(self.published);
         }
+        self.publish()
+    }
+
+    fn publish(&mut self) -> Result<u64, String> {
         let started = Instant::now();
         let meta = Meta {
             tokenizer: self.tokenizer,
@@ -173,6 +210,7 @@ impl Worker {
             Ok(bytes) => {
                 let ms = started.elapsed().as_secs_f64() * 1e3;
                 self.published = meta.seq;
+                self.published_tx.send_replace(meta.seq);
                 stats.seq = meta.seq;
                 stats.publishes += 1;
                 stats.last_duration_ms = Some(ms);

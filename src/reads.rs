@@ -23,6 +23,9 @@ pub trait CountSource: Clone + Send + Sync + 'static {
     fn max_wait(&self) -> Duration;
     /// `Err` while the node has no data it may serve (a replica before its first sync).
     fn ready(&self) -> Result<(), ApiError>;
+    /// A reader waits for `seq`, which this node has not reached: a hint to fetch it
+    /// sooner (local replicas ask the leader to publish early).
+    fn want_seq(&self, _seq: u64) {}
     /// Counts of `words` (as the client wrote them) and the seq they reflect.
     fn lookup(&self, words: &[String]) -> Result<(Value, u64), ApiError>;
     /// The whole table as a JSON object, with its seq, incarnation and tokenizer.
@@ -48,9 +51,12 @@ pub async fn wordcount<S: CountSource>(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let q = http::word_query(query.as_deref())?;
-    node.ready()?;
+    // A node with no data yet may still answer a min_seq read once the data arrives.
     if let Some(min) = q.min_seq {
         let mut rx = node.seq_watch();
+        if *rx.borrow() < min {
+            node.want_seq(min);
+        }
         if let Err(seq) = wait_for_seq(&mut rx, min, node.max_wait()).await {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -63,6 +69,7 @@ pub async fn wordcount<S: CountSource>(
             .with("min_seq", min));
         }
     }
+    node.ready()?;
     let (body, seq) = node.lookup(&q.words)?;
     Ok(([(SEQ, http::seq_value(seq))], axum::Json(body)).into_response())
 }

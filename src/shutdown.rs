@@ -1,26 +1,35 @@
-//! The process-level shutdown signal: ctrl-c or SIGTERM.
+//! The process-level shutdown signal: SIGINT (ctrl-c) or SIGTERM.
 
-/// Resolves when the process receives SIGINT (ctrl-c) or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for ctrl-c");
-            std::future::pending::<()>().await;
-        }
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+use std::future::Future;
+
+use tokio::signal::unix::{SignalKind, signal};
+
+/// Registers for SIGINT and SIGTERM *now* (so a signal that arrives before the future
+/// is first polled is not lost to the default action, which would kill the process
+/// without its final snapshot), and returns a future that resolves on the first one.
+/// Must be called within a tokio runtime.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    let mut int = signal(SignalKind::interrupt());
+    let mut term = signal(SignalKind::terminate());
+    if let Err(e) = int.as_ref().and(term.as_ref()) {
+        tracing::error!(error = %e, "cannot listen for SIGINT/SIGTERM");
+    }
+    async move {
+        let int = async {
+            match int.as_mut() {
+                Ok(s) => s.recv().await,
+                Err(_) => std::future::pending().await,
             }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
+        };
+        let term = async {
+            match term.as_mut() {
+                Ok(s) => s.recv().await,
+                Err(_) => std::future::pending().await,
             }
+        };
+        tokio::select! {
+            _ = int => tracing::info!("SIGINT received, shutting down"),
+            _ = term => tracing::info!("SIGTERM received, shutting down"),
         }
-    };
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("ctrl-c received, shutting down"),
-        _ = term => tracing::info!("SIGTERM received, shutting down"),
     }
 }

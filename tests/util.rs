@@ -102,6 +102,21 @@ impl Node {
         Node::start(&args)
     }
 
+    /// A local replica reading the leader's data directory `dir`.
+    pub fn local(dir: &Path, extra: &[&str]) -> Node {
+        let mut args = vec![
+            "local-replica",
+            "--port",
+            "0",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--poll-interval",
+            "100ms",
+        ];
+        args.extend_from_slice(extra);
+        Node::start(&args)
+    }
+
     /// Starts the same command again on the same port (after a kill or a stop).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the node before restarting it");

@@ -1,0 +1,249 @@
+//! "Snapshot N is ready": the leader's Unix-domain socket that local replicas listen on.
+//!
+//! A line protocol, one message per line:
+//! - leader → replica: `seq N` on connect (the snapshot on disk now) and after every
+//!   publish;
+//! - replica → leader: `want N` when a reader waits for seq N (`min_seq`), so the leader
+//!   publishes early instead of at its next interval.
+//!
+//! The socket is created owner-only (0600). A socket file left by a crashed leader is
+//! detected (nobody answers a connect) and replaced; one that answers belongs to a live
+//! leader and makes this one refuse to start.
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// The socket's name inside the leader's data directory.
+pub const SOCKET_NAME: &str = "memdb.sock";
+/// Longest line accepted from a peer (a `want N` is ~25 bytes).
+const MAX_LINE: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NotifierError {
+    #[error("another leader is listening on {0}")]
+    InUse(PathBuf),
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    #[error("socket {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Binds the notification socket at `path`, replacing a stale one.
+pub fn bind(path: &Path) -> Result<UnixListener, NotifierError> {
+    let io_err = |source| NotifierError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(NotifierError::NotASocket(path.to_owned()));
+        }
+        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => return Err(NotifierError::InUse(path.to_owned())),
+            Err(_) => {
+                tracing::info!(path = %path.display(), "removing a stale notification socket");
+                std::fs::remove_file(path).map_err(io_err)?;
+            }
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(e)),
+    }
+    let std_listener = std::os::unix::net::UnixListener::bind(path).map_err(io_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+    std_listener.set_nonblocking(true).map_err(io_err)?;
+    UnixListener::from_std(std_listener).map_err(io_err)
+}
+
+/// Serves local replicas until `cancel`: tells each the published seq, and passes their
+/// `want N` requests to `want`.
+pub async fn serve(
+    listener: UnixListener,
+    published: watch::Receiver<u64>,
+    want: Arc<dyn Fn(u64) + Send + Sync>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting on the notification socket");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = cancel.cancelled() => return,
+        };
+        tokio::spawn(peer(
+            stream,
+            published.clone(),
+            want.clone(),
+            cancel.clone(),
+        ));
+    }
+}
+
+async fn peer(
+    stream: UnixStream,
+    mut published: watch::Receiver<u64>,
+    want: Arc<dyn Fn(u64) + Send + Sync>,
+    cancel: CancellationToken,
+) {
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r.take_limit()).lines();
+    let first = *published.borrow_and_update();
+    if w.write_all(format!("seq {first}\n").as_bytes())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    loop {
+        tokio::select! {
+            changed = published.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let seq = *published.borrow_and_update();
+                if w.write_all(format!("seq {seq}\n").as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            line = lines.next_line() => match line {
+                Ok(Some(l)) => match parse(&l, "want") {
+                    Some(n) => want(n),
+                    None => {
+                        tracing::debug!(line = %l, "ignoring an unknown notification message");
+                    }
+                },
+                _ => return,
+            },
+            _ = cancel.cancelled() => return,
+        }
+    }
+}
+
+/// Parses `<verb> N`.
+pub fn parse(line: &str, verb: &str) -> Option<u64> {
+    let rest = line.trim().strip_prefix(verb)?;
+    rest.strip_prefix(' ')?.trim().parse().ok()
+}
+
+/// Caps how much one peer may make us buffer: `lines()` on an endless line would grow
+/// without bound.
+trait TakeLimit: tokio::io::AsyncRead + Sized {
+    fn take_limit(self) -> LineLimited<Self> {
+        LineLimited {
+            inner: self,
+            since_newline: 0,
+        }
+    }
+}
+
+impl<R: tokio::io::AsyncRead> TakeLimit for R {}
+
+/// A reader that fails once a line exceeds [`MAX_LINE`] bytes.
+pub struct LineLimited<R> {
+    inner: R,
+    since_newline: usize,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for LineLimited<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let me = &mut *self;
+        let res = std::pin::Pin::new(&mut me.inner).poll_read(cx, buf);
+        if res.is_ready() {
+            for &b in &buf.filled()[before..] {
+                me.since_newline = if b == b'\n' { 0 } else { me.since_newline + 1 };
+                if me.since_newline > MAX_LINE {
+                    return std::task::Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "notification line too long",
+                    )));
+                }
+            }
+        }
+        res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_messages() {
+        assert_eq!(parse("seq 12\n", "seq"), Some(12));
+        assert_eq!(parse("want 3", "want"), Some(3));
+        assert_eq!(parse("want x", "want"), None);
+        assert_eq!(parse("wanted 3", "want"), None);
+        assert_eq!(parse("seq", "seq"), None);
+    }
+
+    #[tokio::test]
+    async fn stale_sockets_are_replaced_and_live_ones_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(SOCKET_NAME);
+        // A stale socket file: bound, then the listener dropped.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let live = bind(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(matches!(bind(&path), Err(NotifierError::InUse(_))));
+        drop(live);
+        let file = dir.path().join("plain");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(matches!(bind(&file), Err(NotifierError::NotASocket(_))));
+    }
+
+    #[tokio::test]
+    async fn peers_hear_every_publish_and_can_ask_for_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(SOCKET_NAME);
+        let listener = bind(&path).unwrap();
+        let (tx, rx) = watch::channel(5u64);
+        let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let asked2 = asked.clone();
+        let cancel = CancellationToken::new();
+        tokio::spawn(serve(
+            listener,
+            rx,
+            Arc::new(move |n| asked2.lock().unwrap().push(n)),
+            cancel.clone(),
+        ));
+        let stream = UnixStream::connect(&path).await.unwrap();
+        let (r, mut w) = stream.into_split();
+        let mut lines = BufReader::new(r).lines();
+        assert_eq!(lines.next_line().await.unwrap().unwrap(), "seq 5");
+        tx.send_replace(9);
+        assert_eq!(lines.next_line().await.unwrap().unwrap(), "seq 9");
+        w.write_all(b"want 11\n").await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while asked.lock().unwrap().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "want never arrived");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(*asked.lock().unwrap(), vec![11]);
+        // A peer that sends an endless line is cut off rather than buffered.
+        w.write_all(&[b'x'; 200]).await.unwrap();
+        assert!(lines.next_line().await.unwrap().is_none());
+        cancel.cancel();
+    }
+}

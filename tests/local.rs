@@ -1,0 +1,329 @@
+//! Local replicas: reads from the leader's memory-mapped snapshot, notified over the
+//! leader's Unix socket, with the file watch and poll as fallbacks.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use memdb::snapshot::{self, Meta};
+use memdb::table::WordMap;
+use memdb::words::Tokenizer;
+
+use crate::util::*;
+
+/// Posts `n` texts with 4 concurrent clients.
+async fn burst(leader: &Node, n: usize) {
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let c = leader.client();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..n / 4 {
+                c.post_text(&format!("burst w{} t{t} common", i % 23))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_replicas_follow_a_burst_and_end_exactly_equal() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Node::leader(dir.path(), &["--snapshot-interval", "20ms"]);
+    let locals: Vec<Node> = (0..3).map(|_| Node::local(dir.path(), &[])).collect();
+    leader.client().post_text("first").await.unwrap();
+    for l in &locals {
+        wait_ready(l).await;
+    }
+    burst(&leader, 400).await;
+    for l in &locals {
+        let t = converged(&leader, l).await;
+        assert_eq!(t["common"], 400);
+        let h = l.health().await;
+        assert_eq!(h["socket_connected"], true, "{h}");
+        assert!(h["loads"]["socket"].as_u64().unwrap() > 0, "{h}");
+        assert_eq!(h["rejected_snapshots"], 0);
+    }
+}
+
+#[tokio::test]
+async fn a_replica_started_before_any_snapshot_becomes_ready_when_one_appears() {
+    let base = tempfile::tempdir().unwrap();
+    // The leader's directory does not even exist yet.
+    let dir = base.path().join("leader-data");
+    let local = Node::local(&dir, &[]);
+    let (status, body) = raw("GET", &format!("{}/health", local.url), None, vec![]).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["ready"], false);
+    let (status, _) = raw(
+        "GET",
+        &format!("{}/wordcount?word=a", local.url),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(status, 503);
+    let leader = Node::leader(&dir, &["--snapshot-interval", "20ms"]);
+    // A fresh leader publishes its empty table at once, so replicas can serve.
+    wait_ready(&local).await;
+    assert_eq!(counts(&local, &["arrived"]).await["arrived"], 0);
+    leader.client().post_text("arrived arrived").await.unwrap();
+    let t = converged(&leader, &local).await;
+    assert_eq!(t["arrived"], 2);
+}
+
+#[tokio::test]
+async fn a_late_replica_maps_the_current_file_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Node::leader(dir.path(), &["--snapshot-interval", "20ms"]);
+    leader.client().post_text("already here").await.unwrap();
+    eventually("first snapshot", || async {
+        (leader.health().await["snapshot"]["seq"] == 1).then_some(())
+    })
+    .await;
+    let local = Node::local(dir.path(), &[]);
+    wait_ready(&local).await;
+    assert_eq!(local.seq().await, 1);
+    assert_eq!(counts(&local, &["already"]).await["already"], 1);
+}
+
+#[tokio::test]
+async fn replicas_survive_a_leader_sigkill_and_follow_its_successor() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut leader = Node::leader(dir.path(), &["--snapshot-interval", "20ms"]);
+    let local = Node::local(dir.path(), &[]);
+    leader.client().post_text("before crash").await.unwrap();
+    converged(&leader, &local).await;
+    leader.kill();
+    for _ in 0..5 {
+        assert_eq!(counts(&local, &["before"]).await["before"], 1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    leader.restart();
+    leader.client().post_text("after crash").await.unwrap();
+    let t = converged(&leader, &local).await;
+    assert_eq!((t["before"], t["after"]), (1, 1));
+    eventually("socket reconnected", || async {
+        (local.health().await["socket_connected"] == true).then_some(())
+    })
+    .await;
+}
+
+fn sample(value: u64, words: usize) -> WordMap {
+    (0..words).map(|i| (format!("w{i}"), value)).collect()
+}
+
+fn meta(seq: u64) -> Meta {
+    Meta {
+        tokenizer: Tokenizer::Unicode,
+        seq,
+        incarnation: 77,
+    }
+}
+
+/// Publishes `bytes` the way the leader does (temp file, rename), bypassing validation.
+fn publish_raw(dir: &Path, bytes: &[u8]) {
+    snapshot::publish(dir, bytes).unwrap();
+}
+
+#[tokio::test]
+async fn corrupt_snapshots_are_rejected_and_the_last_good_one_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    publish_raw(
+        dir.path(),
+        &snapshot::encode(&sample(1, 10), meta(1)).unwrap(),
+    );
+    let local = Node::local(dir.path(), &[]);
+    wait_ready(&local).await;
+    assert_eq!(counts(&local, &["w3"]).await["w3"], 1);
+
+    let good = snapshot::encode(&sample(2, 10), meta(2)).unwrap().to_vec();
+    let mut truncated = good.clone();
+    truncated.truncate(good.len() - 7);
+    let mut garbage = good.clone();
+    garbage.extend_from_slice(&[0u8; 64]);
+    let mut magic = good.clone();
+    magic[0] = b'X';
+    let mut flipped = good.clone();
+    let mid = good.len() / 2;
+    flipped[mid] ^= 0x04;
+    for (i, bad) in [truncated, garbage, magic, flipped].iter().enumerate() {
+        publish_raw(dir.path(), bad);
+        let want = i as u64 + 1;
+        eventually(&format!("corrupt file {i} rejected"), || async {
+            (local.health().await["rejected_snapshots"] == want).then_some(())
+        })
+        .await;
+        assert_eq!(
+            counts(&local, &["w3"]).await["w3"],
+            1,
+            "still the last good one"
+        );
+        assert_eq!(local.seq().await, 1);
+    }
+    publish_raw(dir.path(), &good);
+    eventually("the next good snapshot is mapped", || async {
+        (counts(&local, &["w3"]).await["w3"] == 2).then_some(())
+    })
+    .await;
+    let h = local.health().await;
+    assert!(
+        h["last_rejection"].as_str().unwrap().contains("checksum"),
+        "{h}"
+    );
+}
+
+#[tokio::test]
+async fn without_the_socket_the_file_watch_still_delivers() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Node::leader(dir.path(), &["--snapshot-interval", "20ms"]);
+    let nowhere = dir.path().join("no-such.sock");
+    // A long poll interval, so that it is the directory watch that delivers.
+    let local = Node::start(&[
+        "local-replica",
+        "--port",
+        "0",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--socket",
+        nowhere.to_str().unwrap(),
+        "--poll-interval",
+        "1h",
+    ]);
+    for i in 0..5 {
+        leader
+            .client()
+            .post_text(&format!("watched {i}"))
+            .await
+            .unwrap();
+        converged(&leader, &local).await;
+    }
+    let h = local.health().await;
+    assert_eq!(h["socket_connected"], false);
+    assert_eq!(h["loads"]["socket"], 0);
+    assert!(h["loads"]["watch"].as_u64().unwrap() >= 1, "{h}");
+}
+
+#[tokio::test]
+async fn the_slow_poll_is_the_last_resort() {
+    // No leader, no socket; snapshots appear in a directory created after the replica
+    // started (so it could not watch it at first).
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("late");
+    let local = Node::local(&dir, &[]);
+    std::fs::create_dir(&dir).unwrap();
+    publish_raw(&dir, &snapshot::encode(&sample(5, 3), meta(5)).unwrap());
+    wait_ready(&local).await;
+    assert_eq!(counts(&local, &["w0"]).await["w0"], 5);
+}
+
+#[tokio::test]
+async fn min_seq_reads_make_the_leader_publish_early() {
+    let dir = tempfile::tempdir().unwrap();
+    // An hour between snapshots: only an early publish can answer in time.
+    let leader = Node::leader(dir.path(), &["--snapshot-interval", "1h"]);
+    let local = Node::local(dir.path(), &["--max-wait", "300ms"]);
+    let c = leader.client();
+    for i in 1..=5u64 {
+        let reply = c.post_text("ryw").await.unwrap();
+        let got = local
+            .client()
+            .wordcount(&["ryw"], Some(reply.seq))
+            .await
+            .unwrap();
+        assert_eq!(got["ryw"], i, "read-your-writes on a local replica");
+    }
+    let url = format!("{}/wordcount?word=ryw&min_seq=999", local.url);
+    let (status, body) = raw("GET", &url, None, vec![]).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["seq"], 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_see_only_whole_monotonic_states_across_100_publishes() {
+    const WORDS: usize = 12;
+    let dir = tempfile::tempdir().unwrap();
+    publish_raw(
+        dir.path(),
+        &snapshot::encode(&sample(1, WORDS), meta(1)).unwrap(),
+    );
+    let local = Arc::new(Node::local(dir.path(), &[]));
+    wait_ready(&local).await;
+    let done = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicU64::new(0));
+    let words: Vec<String> = (0..WORDS).map(|i| format!("w{i}")).collect();
+    let mut readers = Vec::new();
+    for _ in 0..4 {
+        let (local, done, reads, words) =
+            (local.clone(), done.clone(), reads.clone(), words.clone());
+        readers.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let q: Vec<String> = words.iter().map(|w| format!("word={w}")).collect();
+            let url = format!("{}/wordcount?{}", local.url, q.join("&"));
+            let mut last = 0u64;
+            let mut states = std::collections::BTreeSet::new();
+            while !done.load(Ordering::Acquire) {
+                let resp = http.get(&url).send().await.unwrap();
+                assert_eq!(resp.status(), 200);
+                let seq: u64 = resp.headers()["x-memdb-seq"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                let body: HashMap<String, u64> = resp.json().await.unwrap();
+                let v = body["w0"];
+                assert!(body.values().all(|&x| x == v), "a mixed state: {body:?}");
+                assert_eq!(v, seq, "counts and seq header from one snapshot");
+                assert!(v >= last, "went back from {last} to {v}");
+                last = v;
+                states.insert(v);
+                reads.fetch_add(1, Ordering::Relaxed);
+            }
+            states.len()
+        }));
+    }
+    for seq in 2..=101u64 {
+        publish_raw(
+            dir.path(),
+            &snapshot::encode(&sample(seq, WORDS), meta(seq)).unwrap(),
+        );
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    eventually("the last snapshot mapped", || async {
+        (local.seq().await == 101).then_some(())
+    })
+    .await;
+    done.store(true, Ordering::Release);
+    let mut seen = 0;
+    for r in readers {
+        seen = seen.max(r.await.unwrap());
+    }
+    assert!(reads.load(Ordering::Relaxed) > 100, "readers kept reading");
+    assert!(seen > 1, "readers saw the states change");
+}
+
+#[tokio::test]
+async fn the_leader_removes_its_socket_on_sigterm_and_replaces_a_stale_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("memdb.sock");
+    let mut leader = Node::leader(dir.path(), &[]);
+    assert!(sock.exists());
+    assert!(leader.terminate().success());
+    assert!(!sock.exists());
+    // SIGKILL leaves the socket file behind; the next leader replaces it.
+    leader.restart();
+    leader.kill();
+    assert!(sock.exists());
+    leader.restart();
+    let local = Node::local(dir.path(), &[]);
+    leader.client().post_text("fresh socket").await.unwrap();
+    eventually("local replica connected", || async {
+        (local.health().await["socket_connected"] == true).then_some(())
+    })
+    .await;
+}

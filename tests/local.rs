@@ -210,6 +210,28 @@ async fn without_the_socket_the_file_watch_still_delivers() {
 }
 
 #[tokio::test]
+async fn a_removed_socket_file_falls_back_to_the_watch() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Node::leader(dir.path(), &["--snapshot-interval", "20ms"]);
+    leader.client().post_text("one").await.unwrap();
+    // Someone deletes the leader's socket file: replicas started now cannot connect.
+    std::fs::remove_file(dir.path().join("memdb.sock")).unwrap();
+    let local = Node::local(dir.path(), &["--poll-interval", "1h"]);
+    wait_ready(&local).await;
+    for i in 0..3 {
+        leader
+            .client()
+            .post_text(&format!("two {i}"))
+            .await
+            .unwrap();
+        converged(&leader, &local).await;
+    }
+    let h = local.health().await;
+    assert_eq!(h["socket_connected"], false);
+    assert!(h["loads"]["watch"].as_u64().unwrap() >= 1, "{h}");
+}
+
+#[tokio::test]
 async fn the_slow_poll_is_the_last_resort() {
     // No leader, no socket; snapshots appear in a directory created after the replica
     // started (so it could not watch it at first).

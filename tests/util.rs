@@ -110,9 +110,10 @@ impl Node {
             "0",
             "--data-dir",
             dir.to_str().unwrap(),
-            "--poll-interval",
-            "100ms",
         ];
+        if !extra.contains(&"--poll-interval") {
+            args.extend_from_slice(&["--poll-interval", "100ms"]);
+        }
         args.extend_from_slice(extra);
         Node::start(&args)
     }

@@ -117,6 +117,13 @@ impl Client {
         format!("{}{}", self.base, path)
     }
 
+    /// A POST to `path` with the usual timeout, and its URL (for errors).
+    fn post(&self, path: &str) -> (String, reqwest::RequestBuilder) {
+        let url = self.url(path);
+        let req = self.http.post(&url).timeout(REQUEST_TIMEOUT);
+        (url, req)
+    }
+
     async fn send(
         &self,
         req: reqwest::RequestBuilder,
@@ -163,17 +170,14 @@ impl Client {
 
     /// `POST /post` with the text as a form field, as the Go clients send it.
     pub async fn post_text(&self, text: &str) -> Result<PostReply, ClientError> {
-        let url = self.url("/post");
+        let (url, req) = self.post("/post");
         let resp = self
             .send(
-                self.http
-                    .post(&url)
-                    .timeout(REQUEST_TIMEOUT)
-                    .header(
-                        reqwest::header::CONTENT_TYPE,
-                        "application/x-www-form-urlencoded",
-                    )
-                    .body(format!("text={}", form_encode(text))),
+                req.header(
+                    reqwest::header::CONTENT_TYPE,
+                    "application/x-www-form-urlencoded",
+                )
+                .body(format!("text={}", form_encode(text))),
                 &url,
             )
             .await?;
@@ -245,25 +249,17 @@ impl Client {
             body["seq"] = seq.into();
             body["incarnation"] = incarnation_string(incarnation).into();
         }
-        let url = self.url("/replicas");
-        let resp = self
-            .send(
-                self.http.post(&url).timeout(REQUEST_TIMEOUT).json(&body),
-                &url,
-            )
-            .await?;
+        let (url, req) = self.post("/replicas");
+        let resp = self.send(req.json(&body), &url).await?;
         Self::ok_json(resp, &url).await
     }
 
     /// `POST /update`: pushes one (possibly coalesced) batch to a replica.
     pub async fn update(&self, u: &Update<'_>) -> Result<UpdateOutcome, ClientError> {
-        let url = self.url("/update");
+        let (url, req) = self.post("/update");
         let resp = self
             .send(
-                self.http
-                    .post(&url)
-                    .timeout(REQUEST_TIMEOUT)
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                req.header(reqwest::header::CONTENT_TYPE, "application/json")
                     .header(INCARNATION.as_str(), incarnation_string(u.incarnation))
                     .header(TOKENIZER.as_str(), u.tokenizer.as_str())
                     .header(FROM_SEQ.as_str(), u.from_seq)
@@ -277,13 +273,10 @@ impl Client {
 
     /// Tells a replica that the leader cannot resend what it missed: full-sync now.
     pub async fn request_resync(&self, incarnation: u64) -> Result<UpdateOutcome, ClientError> {
-        let url = self.url("/update");
+        let (url, req) = self.post("/update");
         let resp = self
             .send(
-                self.http
-                    .post(&url)
-                    .timeout(REQUEST_TIMEOUT)
-                    .header(INCARNATION.as_str(), incarnation_string(incarnation))
+                req.header(INCARNATION.as_str(), incarnation_string(incarnation))
                     .header(RESYNC.as_str(), "1")
                     .body("{}"),
                 &url,

@@ -312,6 +312,10 @@ impl Leader {
             let t = s.table.read();
             (t.seq(), t.len())
         };
+        let (backlog_len, backlog_first) = {
+            let b = s.backlog.lock();
+            (b.len(), b.first_seq())
+        };
         json!({
             "role": "leader",
             "status": "ok",
@@ -322,8 +326,8 @@ impl Leader {
             "words_ingested": s.words_ingested.load(Ordering::Relaxed),
             "posts": s.posts.load(Ordering::Relaxed),
             "backlog": {
-                "batches": s.backlog.lock().len(),
-                "first_seq": s.backlog.lock().first_seq(),
+                "batches": backlog_len,
+                "first_seq": backlog_first,
             },
             "min_acks": s.config.min_acks,
             "replicas": s.replicas.reports(),
@@ -460,7 +464,7 @@ async fn list_replicas_handler(State(leader): State<Leader>) -> Response {
 /// The leader's routes.
 pub fn leader_router(leader: Leader) -> Router {
     let max_body = leader.shared.config.max_body;
-    Router::new()
+    let routes = Router::new()
         .route("/post", post(post_handler))
         .route("/sync", get(reads::sync::<Leader>))
         .route("/wordcount", get(reads::wordcount::<Leader>))
@@ -469,14 +473,8 @@ pub fn leader_router(leader: Leader) -> Router {
             "/replicas",
             post(register_handler).get(list_replicas_handler),
         )
-        .fallback(http::not_found)
-        .method_not_allowed_fallback(http::method_not_allowed)
-        .layer(DefaultBodyLimit::max(max_body))
-        .layer(axum::middleware::from_fn_with_state(
-            leader.clone(),
-            reads::seq_header::<Leader>,
-        ))
-        .with_state(leader)
+        .layer(DefaultBodyLimit::max(max_body));
+    reads::finish(routes, leader)
 }
 
 /// Runs a leader on `listener` until `shutdown` resolves, then drains replicas and

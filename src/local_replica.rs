@@ -444,17 +444,11 @@ async fn health_handler(State(r): State<LocalReplica>) -> Response {
 
 /// The local replica's routes.
 pub fn local_replica_router(replica: LocalReplica) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/wordcount", get(reads::wordcount::<LocalReplica>))
         .route("/sync", get(reads::sync::<LocalReplica>))
-        .route("/health", get(health_handler))
-        .fallback(http::not_found)
-        .method_not_allowed_fallback(http::method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(
-            replica.clone(),
-            reads::seq_header::<LocalReplica>,
-        ))
-        .with_state(replica)
+        .route("/health", get(health_handler));
+    reads::finish(routes, replica)
 }
 
 /// Runs a local replica on `listener` until `shutdown` resolves.

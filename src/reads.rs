@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use axum::Router;
 use axum::extract::{RawQuery, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
@@ -109,4 +110,17 @@ pub async fn seq_header<S: CountSource>(
         resp.headers_mut().insert(SEQ, http::seq_value(node.seq()));
     }
     resp
+}
+
+/// Finishes a node's router the same way for every role: JSON 404/405 fallbacks, the
+/// seq header on every response, and the node as state.
+pub fn finish<S: CountSource>(routes: Router<S>, node: S) -> Router {
+    routes
+        .fallback(http::not_found)
+        .method_not_allowed_fallback(http::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            seq_header::<S>,
+        ))
+        .with_state(node)
 }

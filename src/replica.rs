@@ -416,19 +416,13 @@ async fn health_handler(State(replica): State<Replica>) -> Response {
 /// The replica's routes.
 pub fn replica_router(replica: Replica) -> Router {
     let max_body = replica.shared.config.max_body;
-    Router::new()
+    let routes = Router::new()
         .route("/wordcount", get(reads::wordcount::<Replica>))
         .route("/sync", get(reads::sync::<Replica>))
         .route("/update", post(update_handler))
         .route("/health", get(health_handler))
-        .fallback(http::not_found)
-        .method_not_allowed_fallback(http::method_not_allowed)
-        .layer(DefaultBodyLimit::max(max_body))
-        .layer(axum::middleware::from_fn_with_state(
-            replica.clone(),
-            reads::seq_header::<Replica>,
-        ))
-        .with_state(replica)
+        .layer(DefaultBodyLimit::max(max_body));
+    reads::finish(routes, replica)
 }
 
 /// Runs a replica on `listener` until `shutdown` resolves.

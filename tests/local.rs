@@ -13,24 +13,6 @@ use memdb::words::Tokenizer;
 
 use crate::util::*;
 
-/// Posts `n` texts with 4 concurrent clients.
-async fn burst(leader: &Node, n: usize) {
-    let mut tasks = Vec::new();
-    for t in 0..4 {
-        let c = leader.client();
-        tasks.push(tokio::spawn(async move {
-            for i in 0..n / 4 {
-                c.post_text(&format!("burst w{} t{t} common", i % 23))
-                    .await
-                    .unwrap();
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_replicas_follow_a_burst_and_end_exactly_equal() {
     let dir = tempfile::tempdir().unwrap();
@@ -40,7 +22,10 @@ async fn local_replicas_follow_a_burst_and_end_exactly_equal() {
     for l in &locals {
         wait_ready(l).await;
     }
-    burst(&leader, 400).await;
+    concurrent_posts(&leader, 400, |t, i| {
+        format!("burst w{} t{t} common", i % 23)
+    })
+    .await;
     for l in &locals {
         let t = converged(&leader, l).await;
         assert_eq!(t["common"], 400);

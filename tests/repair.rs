@@ -102,24 +102,6 @@ async fn start_proxy(plan: impl Fn(u64) -> Fault + Send + Sync + 'static) -> (Ar
     (proxy, url)
 }
 
-async fn write_load(leader: &Node, n: usize) {
-    let c = leader.client();
-    let mut tasks = Vec::new();
-    for t in 0..4 {
-        let c = c.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in 0..n / 4 {
-                c.post_text(&format!("w{} common t{t}", i % 17))
-                    .await
-                    .unwrap();
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_stale_and_falsely_acknowledged_pushes_are_repaired() {
     let (proxy, proxy_url) = start_proxy(|n| match n % 7 {
@@ -135,7 +117,7 @@ async fn lost_stale_and_falsely_acknowledged_pushes_are_repaired() {
     let r = Node::replica(&leader.url, &["--advertise", &proxy_url]);
     proxy.target.set(r.url.clone()).unwrap();
     wait_ready(&r).await;
-    write_load(&leader, 400).await;
+    concurrent_posts(&leader, 400, |t, i| format!("w{} common t{t}", i % 17)).await;
     let t = converged(&leader, &r).await;
     assert_eq!(t["common"], 400);
     assert!(

@@ -290,3 +290,20 @@ pub async fn raw(
         .unwrap_or_else(|_| panic!("body of {method} {url} is not JSON: {text:?}"));
     (status, json)
 }
+
+/// Posts `n` texts to `leader` from 4 concurrent clients; `text(t, i)` makes client t's
+/// i-th text.
+pub async fn concurrent_posts(leader: &Node, n: usize, text: fn(usize, usize) -> String) {
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let c = leader.client();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..n / 4 {
+                c.post_text(&text(t, i)).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}

@@ -1,5 +1,6 @@
 # memdb: everything a newcomer needs is a target here.
-.PHONY: build start-servers stop-servers start-servers-local-replicas stop-servers-local-replicas test fmt clean
+.PHONY: build start-servers stop-servers start-servers-local-replicas stop-servers-local-replicas \
+	perf run-perf run-perf-local-replicas bench-http test fmt clean
 
 CARGO ?= cargo
 
@@ -20,6 +21,23 @@ start-servers-local-replicas: build
 stop-servers-local-replicas:
 	scripts/cluster.sh stop local
 
+## The load tool: ./target/release/memdb perf LEADER_URL REPLICA_URL...
+perf: build
+
+PERF_ARGS ?=
+PERF_URLS = http://localhost:8080 http://localhost:8081 http://localhost:8082 http://localhost:8083
+
+## Fresh cluster (data wiped), the Go original's perf run, cluster stopped; fails on any inconsistency.
+run-perf: build
+	scripts/run-perf.sh network $(PERF_ARGS)
+
+run-perf-local-replicas: build
+	scripts/run-perf.sh local $(PERF_ARGS)
+
+## wrk side by side: network vs local replicas (needs wrk).
+bench-http: build
+	scripts/bench-http.sh
+
 ## fmt check, clippy (warnings are errors), every test.
 test:
 	$(CARGO) fmt --all -- --check
@@ -29,6 +47,7 @@ test:
 	else \
 		$(CARGO) test --locked --no-fail-fast; \
 	fi
+	$(CARGO) bench --locked --no-run
 
 fmt:
 	$(CARGO) fmt --all

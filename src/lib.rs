@@ -16,6 +16,7 @@
 //! - [`leader`], [`replica`], [`local_replica`]: each role's state, router and `run`.
 //! - [`mapped`]: a snapshot memory-mapped and read in place (the only `unsafe`).
 //! - [`notifier`]: the leader's Unix socket that tells local replicas a snapshot is ready.
+//! - [`perf`]: the load tool behind `memdb perf`, with its consistency check.
 //! - [`client`]: a small typed HTTP client used by replicas, tests and tools.
 //! - [`config`]: validated configuration with documented defaults.
 //! - [`shutdown`]: the SIGTERM/ctrl-c signal future.
@@ -28,6 +29,7 @@ pub mod leader;
 pub mod local_replica;
 pub mod mapped;
 pub mod notifier;
+pub mod perf;
 pub mod publisher;
 pub mod reads;
 pub mod replica;

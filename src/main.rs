@@ -31,6 +31,42 @@ enum Command {
     Replica(ReplicaArgs),
     /// Serve reads straight from the leader's memory-mapped snapshot (same host).
     LocalReplica(LocalReplicaArgs),
+    /// Load a running cluster (POSTs to the leader, GETs on the replicas), then check
+    /// that every replica holds exactly the leader's counts. Exits 1 if one does not.
+    Perf(PerfArgs),
+}
+
+#[derive(Args)]
+struct PerfArgs {
+    /// The leader's URL, e.g. http://localhost:8080.
+    leader: String,
+    /// The replicas' URLs (network or local).
+    #[arg(required = true)]
+    replicas: Vec<String>,
+    /// POSTs to send, then as many GETs (ignored with --duration).
+    #[arg(long, default_value_t = 1000)]
+    requests: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 1000)]
+    concurrency: usize,
+    /// Run each phase for this long instead of a fixed number of requests.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Post this many random words from the phrases' vocabulary instead of whole phrases.
+    #[arg(long)]
+    words_per_post: Option<usize>,
+    /// A file of phrases, one per line, instead of the built-in ten.
+    #[arg(long)]
+    phrases: Option<PathBuf>,
+    /// Seed for the random choices.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// How long replicas may take to reach the leader's seq before the check.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    converge_timeout: Duration,
+    /// Print one machine-readable JSON report instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -143,6 +179,9 @@ fn init_tracing() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Perf(a) = cli.command {
+        return perf(a).await;
+    }
     init_tracing();
     // Before anything is bound: a SIGTERM from then on always gets a clean shutdown.
     let shutdown = shutdown_signal();
@@ -178,6 +217,7 @@ async fn main() -> anyhow::Result<()> {
             };
             memdb::replica::run(listener, config, shutdown).await?;
         }
+        Command::Perf(_) => unreachable!("handled above"),
         Command::LocalReplica(a) => {
             let listener = bind(&a.listen, "local-replica").await?;
             let config = LocalReplicaConfig {
@@ -190,5 +230,30 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+async fn perf(a: PerfArgs) -> anyhow::Result<()> {
+    let cfg = memdb::perf::PerfConfig {
+        leader: a.leader,
+        replicas: a.replicas,
+        requests: a.requests,
+        concurrency: a.concurrency,
+        duration: a.duration,
+        words_per_post: a.words_per_post,
+        phrases_file: a.phrases,
+        seed: a.seed,
+        converge_timeout: a.converge_timeout,
+        progress: !a.json,
+    };
+    let report = memdb::perf::run(cfg).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        memdb::perf::print_report(&report);
+    }
+    if !report.consistent() {
+        std::process::exit(1);
+    }
     Ok(())
 }

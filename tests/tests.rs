@@ -7,5 +7,6 @@ mod bad_input;
 mod cluster;
 mod local;
 mod model;
+mod perf;
 mod persistence;
 mod repair;

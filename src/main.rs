@@ -34,6 +34,15 @@ enum Command {
     /// Load a running cluster (POSTs to the leader, GETs on the replicas), then check
     /// that every replica holds exactly the leader's counts. Exits 1 if one does not.
     Perf(PerfArgs),
+    /// A bare axum server with no work behind its routes: the benchmarks' baseline.
+    #[command(hide = true)]
+    Baseline(BaselineArgs),
+}
+
+#[derive(Args)]
+struct BaselineArgs {
+    #[command(flatten)]
+    listen: Listen,
 }
 
 #[derive(Args)]
@@ -218,6 +227,12 @@ async fn main() -> anyhow::Result<()> {
             memdb::replica::run(listener, config, shutdown).await?;
         }
         Command::Perf(_) => unreachable!("handled above"),
+        Command::Baseline(a) => {
+            let listener = bind(&a.listen, "baseline").await?;
+            axum::serve(listener, memdb::perf::baseline_router())
+                .with_graceful_shutdown(shutdown)
+                .await?;
+        }
         Command::LocalReplica(a) => {
             let listener = bind(&a.listen, "local-replica").await?;
             let config = LocalReplicaConfig {

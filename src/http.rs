@@ -6,7 +6,9 @@ use std::borrow::Cow;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde_json::Value;
+#[cfg(test)]
+use serde_json::json;
 
 use crate::words::Tokenizer;
 
@@ -216,13 +218,14 @@ pub fn post_text(headers: &HeaderMap, body: &[u8]) -> Result<String, ApiError> {
 
 /// The parsed query of a lookup: the words as the client wrote them, and `min_seq`.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct WordQuery {
-    pub words: Vec<String>,
+pub struct WordQuery<'a> {
+    pub words: Vec<Cow<'a, str>>,
     pub min_seq: Option<u64>,
 }
 
-/// Parses `word=a&word=b[&min_seq=N]`.
-pub fn word_query(raw: Option<&str>) -> Result<WordQuery, ApiError> {
+/// Parses `word=a&word=b[&min_seq=N]`. Borrows from the query unless a value had
+/// escapes.
+pub fn word_query(raw: Option<&str>) -> Result<WordQuery<'_>, ApiError> {
     let mut q = WordQuery::default();
     for (k, v) in form_pairs(raw.unwrap_or("").as_bytes())? {
         match k.as_ref() {
@@ -230,7 +233,12 @@ pub fn word_query(raw: Option<&str>) -> Result<WordQuery, ApiError> {
                 if v.is_empty() {
                     return Err(ApiError::bad_request("query parameter \"word\" is empty"));
                 }
-                q.words.push(v.into_owned());
+                if q.words.len() == MAX_WORDS_PER_QUERY {
+                    return Err(ApiError::bad_request(format!(
+                        "at most {MAX_WORDS_PER_QUERY} words per request"
+                    )));
+                }
+                q.words.push(v);
             }
             "min_seq" => {
                 q.min_seq = Some(v.parse().map_err(|_| {
@@ -245,28 +253,38 @@ pub fn word_query(raw: Option<&str>) -> Result<WordQuery, ApiError> {
             "missing query parameter \"word\" (e.g. /wordcount?word=hello)",
         ));
     }
-    if q.words.len() > MAX_WORDS_PER_QUERY {
-        return Err(ApiError::bad_request(format!(
-            "at most {MAX_WORDS_PER_QUERY} words per request"
-        )));
-    }
     Ok(q)
 }
 
-/// Answers a lookup: `{"<word as asked>": count, ...}`. `count` sees the normalised word.
-pub fn lookup_json(
+/// Answers a lookup: the JSON object `{"<word as asked>": count, ...}`, written
+/// directly (no intermediate map). `count` sees the normalised word. A word asked twice
+/// appears once.
+pub fn lookup_body<W: AsRef<str>>(
     tokenizer: Tokenizer,
-    words: &[String],
+    words: &[W],
     mut count: impl FnMut(&str) -> u64,
-) -> Result<Value, ApiError> {
-    let mut out = serde_json::Map::with_capacity(words.len());
-    for w in words {
+) -> Result<Vec<u8>, ApiError> {
+    let mut out = Vec::with_capacity(2 + words.len() * 24);
+    out.push(b'{');
+    let mut num = itoa::Buffer::new();
+    for (i, w) in words.iter().enumerate() {
+        let w = w.as_ref();
+        // Small requests: a scan beats hashing. Large ones are bounded (1024 words).
+        if words[..i].iter().any(|p| p.as_ref() == w) {
+            continue;
+        }
         let norm = tokenizer.normalize(w).map_err(|e| {
             ApiError::bad_request(format!("word {w:?}: {e} (tokenizer {tokenizer})"))
         })?;
-        out.insert(w.clone(), json!(count(&norm)));
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, w).expect("writing a string to a Vec cannot fail");
+        out.push(b':');
+        out.extend_from_slice(num.format(count(&norm)).as_bytes());
     }
-    Ok(Value::Object(out))
+    out.push(b'}');
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -333,17 +351,31 @@ mod tests {
         assert!(word_query(Some("word=a&min_seq=x")).is_err());
         let many = vec!["word=a"; MAX_WORDS_PER_QUERY + 1].join("&");
         assert!(word_query(Some(&many)).is_err());
+        let q = word_query(Some("word=plain&word=esc%41")).unwrap();
+        assert!(matches!(q.words[0], Cow::Borrowed("plain")));
+        assert_eq!(q.words[1], "escA");
     }
 
     #[test]
     fn lookups_normalise_but_answer_with_the_asked_spelling() {
-        let v = lookup_json(Tokenizer::Unicode, &["Hello".into()], |w| {
-            assert_eq!(w, "hello");
-            3
+        let body = lookup_body(Tokenizer::Unicode, &["Hello", "wörld", "Hello", "a\"b"], |w| {
+            match w {
+                "hello" => 3,
+                "wörld" => 1,
+                _ => panic!("unexpected {w}"),
+            }
+        });
+        assert!(body.is_err(), "a\"b is two words");
+        let body = lookup_body(Tokenizer::Unicode, &["Hello", "wörld", "Hello"], |w| {
+            if w == "hello" { 3 } else { 1 }
         })
         .unwrap();
-        assert_eq!(v, json!({"Hello": 3}));
-        assert!(lookup_json(Tokenizer::Unicode, &["a b".into()], |_| 0).is_err());
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v, json!({"Hello": 3, "wörld": 1}));
+        assert_eq!(std::str::from_utf8(&body).unwrap(), r#"{"Hello":3,"wörld":1}"#);
+        let body = lookup_body(Tokenizer::Whitespace, &["a\"b"], |_| 7).unwrap();
+        assert_eq!(std::str::from_utf8(&body).unwrap(), r#"{"a\"b":7}"#);
+        assert!(lookup_body(Tokenizer::Unicode, &["a b"], |_| 0).is_err());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The leader: ingests text, assigns every write batch the next seq, pushes batches to
 //! network replicas and publishes snapshots.
 
+use std::borrow::Cow;
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
 use std::io::Write;
@@ -193,7 +194,18 @@ impl Leader {
             .clone()
             .unwrap_or_else(|| dir.join(notifier::SOCKET_NAME));
         let socket = notifier::bind(&socket_path)?;
-        let replicas = ReplicaSet::new(backlog.clone(), seq_rx, incarnation, config.tokenizer);
+        let linger = if config.min_acks > 0 {
+            Duration::ZERO
+        } else {
+            config.replication_linger
+        };
+        let replicas = ReplicaSet::new(
+            backlog.clone(),
+            seq_rx,
+            incarnation,
+            config.tokenizer,
+            linger,
+        );
         for url in &config.replicas {
             replicas.add(url, true);
         }
@@ -354,9 +366,9 @@ impl CountSource for Leader {
         Ok(())
     }
 
-    fn lookup(&self, words: &[String]) -> Result<(Value, u64), ApiError> {
+    fn lookup(&self, words: &[Cow<'_, str>]) -> Result<(Vec<u8>, u64), ApiError> {
         let t = self.shared.table.read();
-        let body = http::lookup_json(self.shared.config.tokenizer, words, |w| t.get(w))?;
+        let body = http::lookup_body(self.shared.config.tokenizer, words, |w| t.get(w))?;
         Ok((body, t.seq()))
     }
 

@@ -10,6 +10,7 @@
 //! validation is rejected and the last good mapping keeps serving. It never writes into
 //! the leader's directory.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -416,10 +417,10 @@ impl CountSource for LocalReplica {
         });
     }
 
-    fn lookup(&self, words: &[String]) -> Result<(Value, u64), ApiError> {
+    fn lookup(&self, words: &[Cow<'_, str>]) -> Result<(Vec<u8>, u64), ApiError> {
         let m = self.mapped()?;
         let h = m.header();
-        let body = http::lookup_json(h.tokenizer, words, |w| m.get(w))?;
+        let body = http::lookup_body(h.tokenizer, words, |w| m.get(w))?;
         Ok((body, h.seq))
     }
 

@@ -125,6 +125,10 @@ struct LeaderArgs {
     /// Unix socket that tells local replicas a snapshot is ready [default: DATA_DIR/memdb.sock].
     #[arg(long, env = "MEMDB_SOCKET")]
     socket: Option<PathBuf>,
+    /// Pause after each push to a network replica so more batches coalesce (0 = none;
+    /// not applied with --min-acks).
+    #[arg(long, env = "MEMDB_REPLICATION_LINGER", default_value = "1ms", value_parser = parse_duration)]
+    replication_linger: Duration,
 }
 
 #[derive(Args)]
@@ -207,6 +211,7 @@ async fn main() -> anyhow::Result<()> {
                 drain_timeout: a.drain_timeout,
                 max_wait: a.max_wait,
                 socket: a.socket,
+                replication_linger: a.replication_linger,
                 ..LeaderConfig::new(a.data_dir)
             };
             // Open the data directory first: a locked or unreadable one fails before a

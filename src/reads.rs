@@ -1,15 +1,15 @@
 //! The read side every node shares: `GET /wordcount` (one or many words, optional
 //! `min_seq`), `GET /sync`, and the `x-memdb-seq` header on every response.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{RawQuery, Request, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde_json::Value;
 use tokio::sync::watch;
+use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::http::{self, ApiError, INCARNATION, SEQ, TOKENIZER};
 use crate::words::Tokenizer;
@@ -27,8 +27,8 @@ pub trait CountSource: Clone + Send + Sync + 'static {
     /// A reader waits for `seq`, which this node has not reached: a hint to fetch it
     /// sooner (local replicas ask the leader to publish early).
     fn want_seq(&self, _seq: u64) {}
-    /// Counts of `words` (as the client wrote them) and the seq they reflect.
-    fn lookup(&self, words: &[String]) -> Result<(Value, u64), ApiError>;
+    /// The JSON answer for `words` (as the client wrote them) and the seq it reflects.
+    fn lookup(&self, words: &[Cow<'_, str>]) -> Result<(Vec<u8>, u64), ApiError>;
     /// The whole table as a JSON object, with its seq, incarnation and tokenizer.
     fn sync_json(&self) -> (Vec<u8>, u64, u64, Tokenizer);
 }
@@ -72,7 +72,14 @@ pub async fn wordcount<S: CountSource>(
     }
     node.ready()?;
     let (body, seq) = node.lookup(&q.words)?;
-    Ok(([(SEQ, http::seq_value(seq))], axum::Json(body)).into_response())
+    Ok((
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+            (SEQ, http::seq_value(seq)),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 /// `GET /sync` → the whole table as `{"word": count, ...}`.
@@ -98,29 +105,17 @@ pub async fn sync<S: CountSource>(State(node): State<S>) -> Result<Response, Api
         .into_response())
 }
 
-/// Middleware: every response carries the node's seq (unless the handler set a more
-/// precise one, taken when it read the table).
-pub async fn seq_header<S: CountSource>(
-    State(node): State<S>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let mut resp = next.run(req).await;
-    if !resp.headers().contains_key(SEQ) {
-        resp.headers_mut().insert(SEQ, http::seq_value(node.seq()));
-    }
-    resp
-}
-
 /// Finishes a node's router the same way for every role: JSON 404/405 fallbacks, the
 /// seq header on every response, and the node as state.
 pub fn finish<S: CountSource>(routes: Router<S>, node: S) -> Router {
     routes
         .fallback(http::not_found)
         .method_not_allowed_fallback(http::method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(
-            node.clone(),
-            seq_header::<S>,
-        ))
+        // Every response carries the node's seq, unless the handler set a more precise
+        // one (taken when it read the table).
+        .layer(SetResponseHeaderLayer::if_not_present(SEQ, {
+            let node = node.clone();
+            move |_: &Response| Some(http::seq_value(node.seq()))
+        }))
         .with_state(node)
 }

@@ -1,6 +1,7 @@
 //! A network replica: full-syncs from the leader, then applies the batches it pushes,
 //! strictly in seq order, and serves reads.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -385,9 +386,9 @@ impl CountSource for Replica {
         }
     }
 
-    fn lookup(&self, words: &[String]) -> Result<(Value, u64), ApiError> {
+    fn lookup(&self, words: &[Cow<'_, str>]) -> Result<(Vec<u8>, u64), ApiError> {
         let d = self.shared.data.read();
-        let body = http::lookup_json(d.tokenizer, words, |w| d.table.get(w))?;
+        let body = http::lookup_body(d.tokenizer, words, |w| d.table.get(w))?;
         Ok((body, d.table.seq()))
     }
 

@@ -96,6 +96,8 @@ struct Ctx {
     http: reqwest::Client,
     /// Bumped whenever any replica acknowledges something (wakes `min_acks` waiters).
     acks: watch::Sender<u64>,
+    /// Pause after each successful push (see `LeaderConfig::replication_linger`).
+    linger: Duration,
     abort: CancellationToken,
 }
 
@@ -113,6 +115,7 @@ impl ReplicaSet {
         seq_rx: watch::Receiver<u64>,
         incarnation: u64,
         tokenizer: Tokenizer,
+        linger: Duration,
     ) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(1))
@@ -128,6 +131,7 @@ impl ReplicaSet {
                 tokenizer,
                 http,
                 acks: watch::Sender::new(0),
+                linger,
                 abort: CancellationToken::new(),
             }),
             links: Mutex::new(Vec::new()),
@@ -351,6 +355,7 @@ async fn run_link(link: Arc<Link>, ctx: Arc<Ctx>) {
         };
         force_resync = false;
         let mut retry_later = false;
+        let mut pushed = false;
         // The newest seq the leader has applied. Not `latest`: pushes may include batches
         // applied since it was read, and a sync may have given the replica newer ones.
         let newest = ctx.backlog.lock().last_seq();
@@ -367,6 +372,7 @@ async fn run_link(link: Arc<Link>, ctx: Arc<Ctx>) {
                     s.last_error = None;
                     s.pushes += 1;
                     delay = BACKOFF_START;
+                    pushed = true;
                 }
                 Ok(UpdateOutcome::Gap(seq)) if seq <= newest => {
                     tracing::debug!(replica = %link.url, seq, "replica is elsewhere: resending from its seq");
@@ -396,6 +402,14 @@ async fn run_link(link: Arc<Link>, ctx: Arc<Ctx>) {
             }
         }
         ctx.acks.send_modify(|n| *n += 1);
+        if pushed && !ctx.linger.is_zero() {
+            // Let more batches gather before the next push: under load this turns many
+            // small pushes into few larger ones (deltas for the same word add up).
+            tokio::select! {
+                _ = tokio::time::sleep(ctx.linger) => {},
+                _ = ctx.abort.cancelled() => return,
+            }
+        }
         if retry_later {
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {},

@@ -77,6 +77,11 @@ impl Tokenizer {
         if word.is_empty() {
             return Err(NormalizeError::Empty);
         }
+        // Fast path: ASCII letters and digits are always one UAX #29 word (WB5, WB8-WB10),
+        // and most queries look like that.
+        if self == Tokenizer::Unicode && word.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Ok(lowercase(word));
+        }
         let mut found: Option<Cow<'_, str>> = None;
         let mut many = false;
         self.for_each_word(word, |w| {
@@ -207,6 +212,17 @@ mod tests {
         assert_eq!(w.normalize("Hello!").unwrap(), "Hello!");
         assert_eq!(w.normalize(" "), Err(NormalizeError::NoWord));
         assert_eq!(w.normalize("a b"), Err(NormalizeError::SeveralWords));
+    }
+
+    #[test]
+    fn the_ascii_fast_path_agrees_with_segmentation() {
+        let samples = ["a", "Z", "hello", "HeLLo", "v2", "42", "x9Y8", "ABC123def"];
+        for w in samples {
+            let mut words = Vec::new();
+            Tokenizer::Unicode.for_each_word(w, |x| words.push(x.into_owned()));
+            assert_eq!(words.len(), 1, "{w}");
+            assert_eq!(Tokenizer::Unicode.normalize(w).unwrap(), words[0], "{w}");
+        }
     }
 
     #[test]

@@ -78,6 +78,24 @@ impl From<BytesRejection> for ApiError {
     }
 }
 
+/// Serves `app` on `listener` until `shutdown`, then waits for requests in flight.
+/// Responses are small and latency matters, so Nagle's algorithm is off.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::trace!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
 /// `404` for every route a node does not have.
 pub async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "no such route")
@@ -358,13 +376,15 @@ mod tests {
 
     #[test]
     fn lookups_normalise_but_answer_with_the_asked_spelling() {
-        let body = lookup_body(Tokenizer::Unicode, &["Hello", "wörld", "Hello", "a\"b"], |w| {
-            match w {
+        let body = lookup_body(
+            Tokenizer::Unicode,
+            &["Hello", "wörld", "Hello", "a\"b"],
+            |w| match w {
                 "hello" => 3,
                 "wörld" => 1,
                 _ => panic!("unexpected {w}"),
-            }
-        });
+            },
+        );
         assert!(body.is_err(), "a\"b is two words");
         let body = lookup_body(Tokenizer::Unicode, &["Hello", "wörld", "Hello"], |w| {
             if w == "hello" { 3 } else { 1 }
@@ -372,7 +392,10 @@ mod tests {
         .unwrap();
         let v: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v, json!({"Hello": 3, "wörld": 1}));
-        assert_eq!(std::str::from_utf8(&body).unwrap(), r#"{"Hello":3,"wörld":1}"#);
+        assert_eq!(
+            std::str::from_utf8(&body).unwrap(),
+            r#"{"Hello":3,"wörld":1}"#
+        );
         let body = lookup_body(Tokenizer::Whitespace, &["a\"b"], |_| 7).unwrap();
         assert_eq!(std::str::from_utf8(&body).unwrap(), r#"{"a\"b":7}"#);
         assert!(lookup_body(Tokenizer::Unicode, &["a b"], |_| 0).is_err());

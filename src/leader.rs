@@ -507,8 +507,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), LeaderError> {
     let app = leader_router(leader.clone());
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+    let served = http::serve(listener, app, shutdown)
         .await
         .map_err(LeaderError::Serve);
     let _ = leader.shutdown().await;

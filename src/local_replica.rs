@@ -466,9 +466,7 @@ pub async fn run(
         tokio::spawn(replica.clone().socket_follower(cancel.clone())),
         tokio::spawn(replica.clone().watch_and_poll(cancel.clone())),
     ];
-    let served = axum::serve(listener, local_replica_router(replica))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = http::serve(listener, local_replica_router(replica), shutdown).await;
     cancel.cancel();
     for t in tasks {
         let _ = t.await;

@@ -234,9 +234,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Perf(_) => unreachable!("handled above"),
         Command::Baseline(a) => {
             let listener = bind(&a.listen, "baseline").await?;
-            axum::serve(listener, memdb::perf::baseline_router())
-                .with_graceful_shutdown(shutdown)
-                .await?;
+            memdb::http::serve(listener, memdb::perf::baseline_router(), shutdown).await?;
         }
         Command::LocalReplica(a) => {
             let listener = bind(&a.listen, "local-replica").await?;

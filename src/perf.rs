@@ -300,12 +300,23 @@ where
 pub async fn run(cfg: PerfConfig) -> anyhow::Result<Report> {
     anyhow::ensure!(!cfg.replicas.is_empty(), "name at least one replica URL");
     let workload = Arc::new(Workload::load(&cfg)?);
-    // One pool for all targets, sized for the concurrency.
-    let http = reqwest::Client::builder()
+    // One pool for all targets, sized for the concurrency. Host names are resolved once
+    // here: otherwise each of a thousand concurrent connections resolves `localhost`
+    // on the blocking pool (measured: a fifth of the default run's time).
+    let mut builder = reqwest::Client::builder()
         .pool_max_idle_per_host(cfg.concurrency.max(1))
         .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(5))
-        .build()?;
+        .connect_timeout(Duration::from_secs(5));
+    for url in std::iter::once(&cfg.leader).chain(&cfg.replicas) {
+        let parsed = reqwest::Url::parse(url).map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+        if let (Some(host), Some(port)) = (parsed.host_str(), parsed.port_or_known_default())
+            && let Ok(addrs) = tokio::net::lookup_host((host, port)).await
+        {
+            let addrs: Vec<std::net::SocketAddr> = addrs.collect();
+            builder = builder.resolve_to_addrs(host, &addrs);
+        }
+    }
+    let http = builder.build()?;
     let leader = Client::with_http(http.clone(), &cfg.leader);
     let replicas: Vec<Client> = cfg
         .replicas

@@ -74,7 +74,10 @@ pub async fn wordcount<S: CountSource>(
     let (body, seq) = node.lookup(&q.words)?;
     Ok((
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
             (SEQ, http::seq_value(seq)),
         ],
         body,

@@ -441,9 +441,7 @@ pub async fn run(
     let replica = Replica::new(config, advertise);
     let cancel = CancellationToken::new();
     let control = tokio::spawn(replica.clone().control(cancel.clone()));
-    let served = axum::serve(listener, replica_router(replica))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = http::serve(listener, replica_router(replica), shutdown).await;
     cancel.cancel();
     let _ = control.await;
     served.map_err(ReplicaError::Serve)

@@ -162,15 +162,18 @@ fn ascii_words<'a>(text: &'a str, mut f: impl FnMut(&'a str)) {
                 }
                 Class::MidLetter | Class::MidBoth | Class::MidNum => {
                     let next = b.get(i + 1).map(|&n| class(n));
-                    let joins = match (prev, c, next) {
-                        (Class::Letter, Class::MidLetter | Class::MidBoth, Some(Class::Letter)) => {
-                            true
-                        }
-                        (Class::Numeric, Class::MidNum | Class::MidBoth, Some(Class::Numeric)) => {
-                            true
-                        }
-                        _ => false,
-                    };
+                    let joins = matches!(
+                        (prev, c, next),
+                        (
+                            Class::Letter,
+                            Class::MidLetter | Class::MidBoth,
+                            Some(Class::Letter)
+                        ) | (
+                            Class::Numeric,
+                            Class::MidNum | Class::MidBoth,
+                            Some(Class::Numeric)
+                        )
+                    );
                     if !joins {
                         break;
                     }

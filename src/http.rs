@@ -148,38 +148,37 @@ pub fn header_u64(headers: &HeaderMap, name: &HeaderName) -> Result<Option<u64>,
 pub type FormPair<'a> = (Cow<'a, str>, Cow<'a, str>);
 
 /// Decodes `application/x-www-form-urlencoded` strictly: `+` is a space, `%XX` escapes
-/// are decoded, and anything that is not UTF-8 afterwards is an error rather than being
-/// silently replaced (which would count words the client never sent).
-pub fn form_pairs(raw: &[u8]) -> Result<Vec<FormPair<'_>>, ApiError> {
-    let mut out = Vec::new();
-    for part in raw.split(|&b| b == b'&') {
-        if part.is_empty() {
-            continue;
-        }
-        let (k, v) = match part.iter().position(|&b| b == b'=') {
-            Some(i) => (&part[..i], &part[i + 1..]),
-            None => (part, &[][..]),
-        };
-        out.push((decode_component(k)?, decode_component(v)?));
-    }
-    Ok(out)
+/// are decoded, and anything that is not UTF-8 is an error rather than being silently
+/// replaced (which would count words the client never sent).
+pub fn form_pairs(
+    raw: &[u8],
+) -> Result<impl Iterator<Item = Result<FormPair<'_>, ApiError>>, ApiError> {
+    let text = std::str::from_utf8(raw)
+        .map_err(|_| ApiError::bad_request("form data is not valid UTF-8"))?;
+    Ok(query_pairs(text))
 }
 
-fn decode_component(raw: &[u8]) -> Result<Cow<'_, str>, ApiError> {
-    let bad = || ApiError::bad_request("form or query data is not valid UTF-8 once decoded");
-    if !raw.iter().any(|&b| b == b'+' || b == b'%') {
-        return std::str::from_utf8(raw)
-            .map(Cow::Borrowed)
-            .map_err(|_| bad());
+/// The pairs of a query string (or of form data already known to be UTF-8), decoded
+/// lazily; unescaped values are borrowed.
+pub fn query_pairs(raw: &str) -> impl Iterator<Item = Result<FormPair<'_>, ApiError>> {
+    raw.split('&').filter(|p| !p.is_empty()).map(|part| {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        Ok((decode_component(k)?, decode_component(v)?))
+    })
+}
+
+fn decode_component(raw: &str) -> Result<Cow<'_, str>, ApiError> {
+    if !raw.bytes().any(|b| b == b'+' || b == b'%') {
+        return Ok(Cow::Borrowed(raw));
     }
     let plus: Vec<u8> = raw
-        .iter()
-        .map(|&b| if b == b'+' { b' ' } else { b })
+        .bytes()
+        .map(|b| if b == b'+' { b' ' } else { b })
         .collect();
     let decoded: Vec<u8> = percent_encoding::percent_decode(&plus).collect();
     String::from_utf8(decoded)
         .map(Cow::Owned)
-        .map_err(|_| bad())
+        .map_err(|_| ApiError::bad_request("form or query data is not valid UTF-8 once decoded"))
 }
 
 /// Extracts the text of a `POST /post`: the `text` field of a form (the Go clients'
@@ -195,11 +194,13 @@ pub fn post_text(headers: &HeaderMap, body: &[u8]) -> Result<String, ApiError> {
         .to_ascii_lowercase();
     let text = match ctype.as_str() {
         "application/x-www-form-urlencoded" | "" => {
-            let texts: Vec<String> = form_pairs(body)?
-                .into_iter()
-                .filter(|(k, _)| k == "text")
-                .map(|(_, v)| v.into_owned())
-                .collect();
+            let mut texts = Vec::new();
+            for pair in form_pairs(body)? {
+                let (k, v) = pair?;
+                if k == "text" {
+                    texts.push(v.into_owned());
+                }
+            }
             if texts.is_empty() {
                 return Err(ApiError::bad_request("missing form field \"text\""));
             }
@@ -245,7 +246,8 @@ pub struct WordQuery<'a> {
 /// escapes.
 pub fn word_query(raw: Option<&str>) -> Result<WordQuery<'_>, ApiError> {
     let mut q = WordQuery::default();
-    for (k, v) in form_pairs(raw.unwrap_or("").as_bytes())? {
+    for pair in query_pairs(raw.unwrap_or("")) {
+        let (k, v) = pair?;
         match k.as_ref() {
             "word" => {
                 if v.is_empty() {
@@ -285,10 +287,16 @@ pub fn lookup_body<W: AsRef<str>>(
     let mut out = Vec::with_capacity(2 + words.len() * 24);
     out.push(b'{');
     let mut num = itoa::Buffer::new();
+    // A word asked twice is answered once. Small requests: a scan beats hashing.
+    let mut seen: foldhash::HashSet<&str> = Default::default();
     for (i, w) in words.iter().enumerate() {
         let w = w.as_ref();
-        // Small requests: a scan beats hashing. Large ones are bounded (1024 words).
-        if words[..i].iter().any(|p| p.as_ref() == w) {
+        let repeated = if words.len() <= 8 {
+            words[..i].iter().any(|p| p.as_ref() == w)
+        } else {
+            !seen.insert(w)
+        };
+        if repeated {
             continue;
         }
         let norm = tokenizer.normalize(w).map_err(|e| {
@@ -311,11 +319,14 @@ mod tests {
 
     #[test]
     fn form_decoding_is_strict() {
-        let p = form_pairs(b"text=hello+w%C3%B6rld&x&text=%2B").unwrap();
+        let p: Vec<FormPair> = form_pairs(b"text=hello+w%C3%B6rld&x&text=%2B")
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
         assert_eq!(p[0], ("text".into(), "hello wörld".into()));
         assert_eq!(p[1], ("x".into(), "".into()));
         assert_eq!(p[2], ("text".into(), "+".into()));
-        assert!(form_pairs(b"text=%FF").is_err());
+        assert!(form_pairs(b"text=%FF").unwrap().any(|p| p.is_err()));
         assert!(form_pairs(b"text=\xff").is_err());
     }
 

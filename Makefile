@@ -38,16 +38,17 @@ run-perf-local-replicas: build
 bench-http: build
 	scripts/bench-http.sh
 
-## fmt check, clippy (warnings are errors), every test.
+## fmt check, clippy (warnings are errors), benches compile, every test (last, so its
+## summary closes the output).
 test:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) bench --locked --no-run
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --locked --no-fail-fast; \
 	else \
 		$(CARGO) test --locked --no-fail-fast; \
 	fi
-	$(CARGO) bench --locked --no-run
 
 fmt:
 	$(CARGO) fmt --all

@@ -38,6 +38,9 @@ pub struct LeaderConfig {
     /// fewer requests under load. Not applied with `min_acks > 0` (writers wait for the
     /// push). Default 1ms.
     pub replication_linger: Duration,
+    /// When a write is acknowledged relative to its log record reaching the disk.
+    /// Default `everysec`.
+    pub fsync: crate::wal::FsyncPolicy,
 }
 
 impl LeaderConfig {
@@ -56,6 +59,7 @@ impl LeaderConfig {
             max_wait: Duration::from_secs(2),
             socket: None,
             replication_linger: Duration::from_millis(1),
+            fsync: crate::wal::FsyncPolicy::EverySec,
         }
     }
 }

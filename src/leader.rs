@@ -33,6 +33,7 @@ use crate::reads::{self, CountSource};
 use crate::replication::ReplicaSet;
 use crate::snapshot::{self, SnapshotError};
 use crate::table::Table;
+use crate::wal::{self, FsyncPolicy, Wal};
 use crate::words::Tokenizer;
 
 /// The lock file that keeps two leaders off one data directory.
@@ -96,7 +97,10 @@ struct Shared {
     backlog: Arc<Mutex<Backlog>>,
     /// The latest applied seq, for replication senders and `min_seq` readers.
     seq_tx: watch::Sender<u64>,
+    /// Declared before `wal`: fields drop in order, and the publisher holds a handle
+    /// to the log that must be gone before the log's writer can stop.
     publisher: Publisher,
+    wal: Wal,
     replicas: ReplicaSet,
     config: LeaderConfig,
     incarnation: u64,
@@ -146,7 +150,7 @@ impl Leader {
         let _ = fs::remove_file(dir.join(snapshot::TEMP_NAME));
 
         let snap_path = dir.join(snapshot::FILE_NAME);
-        let (map, seq) = match snapshot::load(&dir) {
+        let (map, snap_seq) = match snapshot::load(&dir) {
             Ok(Some((header, map))) => {
                 if header.tokenizer != config.tokenizer {
                     return Err(LeaderError::TokenizerMismatch {
@@ -166,6 +170,20 @@ impl Leader {
                 });
             }
         };
+        // Then everything the log holds past the snapshot.
+        let mut table = Table::from_parts(map, snap_seq);
+        let replayed =
+            wal::replay(&dir, &mut table).map_err(io_err("replaying the log in", &dir))?;
+        if replayed.applied > 0 || replayed.cut.is_some() {
+            tracing::info!(
+                applied = replayed.applied,
+                seq = table.seq(),
+                cut = ?replayed.cut,
+                "replayed the write-ahead log"
+            );
+        }
+        let seq = table.seq();
+        let wal = Wal::open(&dir, seq, config.fsync).map_err(io_err("opening the log in", &dir))?;
         // A new history starts with every process: replicas that followed an earlier
         // one must re-sync, since it may have acknowledged writes the snapshot lacks.
         let incarnation = loop {
@@ -182,12 +200,13 @@ impl Leader {
         )));
         let publisher = Publisher::spawn(
             dir.clone(),
-            map.clone(),
+            table.map().clone(),
             seq,
-            seq,
+            snap_seq,
             config.tokenizer,
             incarnation,
             config.snapshot_interval,
+            Box::new(wal.rotator()),
         );
         let socket_path = config
             .socket
@@ -218,10 +237,11 @@ impl Leader {
         let published = publisher.published();
         let leader = Leader {
             shared: Arc::new(Shared {
-                table: RwLock::new(Table::from_parts(map, seq)),
+                table: RwLock::new(table),
                 backlog,
                 seq_tx,
                 publisher,
+                wal,
                 replicas,
                 config,
                 incarnation,
@@ -274,6 +294,7 @@ impl Leader {
             table.apply(&deltas, seq);
             let batch = Arc::new(Batch { seq, deltas });
             s.backlog.lock().push(batch.clone());
+            s.wal.append(batch.clone());
             s.publisher.push(batch);
             seq
         };
@@ -311,6 +332,12 @@ impl Leader {
             Ok(p) => tracing::info!(seq = p, "final snapshot published"),
             Err(e) => tracing::error!(error = %e, "final snapshot failed"),
         }
+        let me = self.clone();
+        match tokio::task::spawn_blocking(move || me.shared.wal.sync()).await {
+            Ok(Ok(seq)) => tracing::info!(seq, "write-ahead log synced"),
+            Ok(Err(e)) => tracing::error!(error = %e, "syncing the log at shutdown failed"),
+            Err(e) => tracing::error!(error = %e, "syncing the log at shutdown failed"),
+        }
         // Local replicas see the socket close, keep serving the final snapshot and
         // reconnect when a leader is back.
         s.notifier_stop.cancel();
@@ -344,6 +371,10 @@ impl Leader {
             "min_acks": s.config.min_acks,
             "replicas": s.replicas.reports(),
             "snapshot": s.publisher.stats(),
+            "wal": {
+                "fsync": s.config.fsync.as_str(),
+                "durable_seq": s.wal.durable_seq(),
+            },
             "uptime_s": s.started.elapsed().as_secs(),
         })
     }
@@ -396,6 +427,19 @@ async fn post_handler(
     let text = http::post_text(&headers, &body)?;
     let ingested = leader.ingest(&text);
     let cfg = &leader.shared.config;
+    if cfg.fsync == FsyncPolicy::Always
+        && ingested.words > 0
+        && let Err(e) = leader.shared.wal.wait_durable(ingested.seq).await
+    {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "write applied in memory as seq {} but not made durable: {e}",
+                ingested.seq
+            ),
+        )
+        .with("seq", ingested.seq));
+    }
     if cfg.min_acks > 0
         && ingested.words > 0
         && let Err(confirmed) = leader

@@ -8,6 +8,7 @@
 //! - [`words`]: text → words (the Unicode and whitespace tokenizers).
 //! - [`table`]: the count table and the seq it reflects.
 //! - [`snapshot`]: the snapshot file format; encode, validate, publish, load.
+//! - [`wal`]: the write-ahead log; group commit, replay, rotation.
 //! - [`backlog`]: the leader's bounded in-memory log of recent batches.
 //! - [`replication`]: one ordered sender per network replica; coalescing, retry, resync.
 //! - [`http`]: shared HTTP pieces: `ApiError`, strict form and query parsing, headers.
@@ -37,4 +38,5 @@ pub mod replication;
 pub mod shutdown;
 pub mod snapshot;
 pub mod table;
+pub mod wal;
 pub mod words;

@@ -129,6 +129,9 @@ struct LeaderArgs {
     /// not applied with --min-acks).
     #[arg(long, env = "MEMDB_REPLICATION_LINGER", default_value = "1ms", value_parser = parse_duration)]
     replication_linger: Duration,
+    /// always (acknowledge after the log is fsynced; group commit), everysec, or no.
+    #[arg(long, env = "MEMDB_FSYNC", default_value = "everysec")]
+    fsync: memdb::wal::FsyncPolicy,
 }
 
 #[derive(Args)]
@@ -212,6 +215,7 @@ async fn main() -> anyhow::Result<()> {
                 max_wait: a.max_wait,
                 socket: a.socket,
                 replication_linger: a.replication_linger,
+                fsync: a.fsync,
                 ..LeaderConfig::new(a.data_dir)
             };
             // Open the data directory first: a locked or unreadable one fails before a

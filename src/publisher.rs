@@ -59,6 +59,7 @@ pub struct Publisher {
 impl Publisher {
     /// Starts the thread with a copy of the table as it stands at `seq`, whose snapshot
     /// (if any) is already on disk as `published_seq`.
+    #[allow(clippy::too_many_arguments)]
     pub fn spawn(
         dir: PathBuf,
         map: WordMap,
@@ -67,6 +68,7 @@ impl Publisher {
         tokenizer: Tokenizer,
         incarnation: u64,
         interval: Duration,
+        on_published: Box<dyn Fn(u64) + Send>,
     ) -> Self {
         let (tx, rx) = crossbeam_channel::unbounded();
         let stats = Arc::new(Mutex::new(PublishStats {
@@ -86,6 +88,7 @@ impl Publisher {
             published_tx,
             queue: queue.clone(),
             scratch: Vec::new(),
+            on_published,
         };
         let thread = std::thread::Builder::new()
             .name("memdb-publisher".into())
@@ -157,6 +160,8 @@ struct Worker {
     queue: Arc<Mutex<Vec<Arc<Batch>>>>,
     /// Swapped with the queue so that draining holds its lock for a moment only.
     scratch: Vec<Arc<Batch>>,
+    /// Told the seq of every snapshot made durable (the log drops what it covers).
+    on_published: Box<dyn Fn(u64) + Send>,
 }
 
 impl Worker {
@@ -233,6 +238,7 @@ impl Worker {
                 let ms = started.elapsed().as_secs_f64() * 1e3;
                 self.published = meta.seq;
                 self.published_tx.send_replace(meta.seq);
+                (self.on_published)(meta.seq);
                 stats.seq = meta.seq;
                 stats.publishes += 1;
                 stats.last_duration_ms = Some(ms);

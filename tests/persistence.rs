@@ -73,12 +73,16 @@ async fn replicas_resync_to_a_restarted_leader_even_when_it_lost_writes() {
     let t = converged(&leader, &r).await;
     assert_eq!((t["kept"], t["after"]), (2, 1));
 
-    // Crash before any snapshot of these writes: the leader comes back without them,
-    // and the replica, which had them, must drop them to match exactly.
+    // A crash that loses these writes (killed before any snapshot of them, and the
+    // log lost with the power): the leader comes back without them, and the replica,
+    // which had them, must drop them to match exactly.
     c.post_text("doomed doomed doomed").await.unwrap();
     converged(&leader, &r).await;
     assert_eq!(counts(&r, &["doomed"]).await["doomed"], 3);
     leader.kill();
+    for (_, seg) in memdb::wal::segments(dir.path()).unwrap() {
+        std::fs::remove_file(seg).unwrap();
+    }
     leader.restart();
     let t = converged(&leader, &r).await;
     assert!(

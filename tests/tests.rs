@@ -5,6 +5,7 @@ mod util;
 
 mod bad_input;
 mod cluster;
+mod durability;
 mod local;
 mod model;
 mod perf;

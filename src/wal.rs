@@ -1,0 +1,595 @@
+//! The write-ahead log: every applied batch, in seq order, so that a restart loses
+//! nothing that was acknowledged (with `--fsync always`) or at most about a second
+//! (`everysec`).
+//!
+//! Segments are files `wal-<first seq, 20 digits>.log` in the data directory. A record:
+//!
+//! ```text
+//! offset  size  field
+//!      0     4  payload length n, u32 LE
+//!      4     8  xxh3-64 of the payload
+//!     12     n  payload: seq u64 LE, word count u32 LE,
+//!               then per word: length u32 LE, UTF-8 bytes, delta u64 LE
+//! ```
+//!
+//! One writer thread takes batches from a channel (pushed under the table lock, so in
+//! seq order), writes everything that is queued, and with `always` fsyncs once for the
+//! whole group before announcing the new durable seq: concurrent writers share one
+//! fsync (group commit). After a snapshot is published the log rotates to a new segment
+//! and deletes the segments the snapshot covers.
+//!
+//! Replay stops at the first record that is short, fails its checksum, or does not
+//! follow the previous seq; the segment is cut there (a torn tail after a crash is
+//! normal) and later segments are set aside, never silently applied out of order.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use tokio::sync::watch;
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::backlog::Batch;
+use crate::table::Table;
+
+const RECORD_HEADER: usize = 12;
+/// A record larger than this is corrupt (bodies are capped far below it).
+const MAX_RECORD: usize = 256 << 20;
+/// How often `everysec` syncs.
+const EVERYSEC: Duration = Duration::from_secs(1);
+
+/// When a write is acknowledged relative to the log reaching the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FsyncPolicy {
+    /// Acknowledge a write only once its record is fsynced (group commit).
+    Always,
+    /// fsync once a second; a crash or power loss may lose about the last second.
+    #[default]
+    EverySec,
+    /// Never fsync; the OS writes the log when it wants (a process crash loses
+    /// nothing written, a power loss may lose more).
+    No,
+}
+
+impl FromStr for FsyncPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "always" => Ok(FsyncPolicy::Always),
+            "everysec" => Ok(FsyncPolicy::EverySec),
+            "no" => Ok(FsyncPolicy::No),
+            o => Err(format!(
+                "unknown fsync policy {o:?}: always, everysec or no"
+            )),
+        }
+    }
+}
+
+impl FsyncPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FsyncPolicy::Always => "always",
+            FsyncPolicy::EverySec => "everysec",
+            FsyncPolicy::No => "no",
+        }
+    }
+}
+
+fn segment_name(first_seq: u64) -> String {
+    format!("wal-{first_seq:020}.log")
+}
+
+/// The segments in `dir`, sorted by first seq.
+pub fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(num) = name
+            .strip_prefix("wal-")
+            .and_then(|r| r.strip_suffix(".log"))
+            && let Ok(first) = num.parse::<u64>()
+        {
+            out.push((first, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Encodes one batch as a record.
+pub fn encode(batch: &Batch, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; RECORD_HEADER]);
+    out.extend_from_slice(&batch.seq.to_le_bytes());
+    out.extend_from_slice(&(batch.deltas.len() as u32).to_le_bytes());
+    for (w, n) in &batch.deltas {
+        out.extend_from_slice(&(w.len() as u32).to_le_bytes());
+        out.extend_from_slice(w.as_bytes());
+        out.extend_from_slice(&n.to_le_bytes());
+    }
+    let payload_len = out.len() - start - RECORD_HEADER;
+    let sum = xxh3_64(&out[start + RECORD_HEADER..]);
+    out[start..start + 4].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    out[start + 4..start + 12].copy_from_slice(&sum.to_le_bytes());
+}
+
+fn decode_payload(p: &[u8]) -> Option<Batch> {
+    let mut at = 0;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let s = p.get(at..at + n)?;
+        at += n;
+        Some(s)
+    };
+    let seq = u64::from_le_bytes(take(8)?.try_into().ok()?);
+    let count = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
+    let mut deltas = Vec::with_capacity(count.min(1 << 16));
+    for _ in 0..count {
+        let len = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
+        let word = std::str::from_utf8(take(len)?).ok()?.to_owned();
+        let n = u64::from_le_bytes(take(8)?.try_into().ok()?);
+        deltas.push((word, n));
+    }
+    (at == p.len()).then_some(Batch { seq, deltas })
+}
+
+/// What replay did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Replayed {
+    /// Records applied (those past the snapshot's seq).
+    pub applied: u64,
+    /// Where the log was cut, if it was: the file and the reason.
+    pub cut: Option<String>,
+}
+
+/// Applies every valid record after `table.seq()` from the segments in `dir`, cutting
+/// a torn or corrupt tail.
+pub fn replay(dir: &Path, table: &mut Table) -> io::Result<Replayed> {
+    let mut out = Replayed::default();
+    let segs = segments(dir)?;
+    let mut stop = false;
+    for (_, path) in &segs {
+        if stop {
+            // Past a cut: these records cannot be applied in order. Keep them aside.
+            let aside = path.with_extension("log.corrupt");
+            tracing::error!(from = %path.display(), to = %aside.display(), "setting aside a log segment after a cut");
+            fs::rename(path, aside)?;
+            continue;
+        }
+        let mut bytes = Vec::new();
+        File::open(path)?.read_to_end(&mut bytes)?;
+        let mut at = 0;
+        while at < bytes.len() {
+            let reason = match parse_record(&bytes[at..]) {
+                Ok((batch, used)) => {
+                    if batch.seq <= table.seq() {
+                        at += used;
+                        continue;
+                    }
+                    if batch.seq != table.seq() + 1 {
+                        Some(format!(
+                            "record seq {} does not follow {}",
+                            batch.seq,
+                            table.seq()
+                        ))
+                    } else {
+                        table.apply(&batch.deltas, batch.seq);
+                        out.applied += 1;
+                        at += used;
+                        None
+                    }
+                }
+                Err(why) => Some(why.to_owned()),
+            };
+            if let Some(reason) = reason {
+                tracing::warn!(segment = %path.display(), offset = at, reason = %reason, "cutting the log here");
+                OpenOptions::new()
+                    .write(true)
+                    .open(path)?
+                    .set_len(at as u64)?;
+                out.cut = Some(format!("{} at byte {at}: {reason}", path.display()));
+                stop = true;
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn parse_record(b: &[u8]) -> Result<(Batch, usize), &'static str> {
+    if b.len() < RECORD_HEADER {
+        return Err("torn record header");
+    }
+    let len = u32::from_le_bytes(b[0..4].try_into().expect("4 bytes")) as usize;
+    if len > MAX_RECORD {
+        return Err("record length out of range");
+    }
+    let Some(payload) = b.get(RECORD_HEADER..RECORD_HEADER + len) else {
+        return Err("torn record");
+    };
+    let sum = u64::from_le_bytes(b[4..12].try_into().expect("8 bytes"));
+    if xxh3_64(payload) != sum {
+        return Err("checksum mismatch");
+    }
+    let batch = decode_payload(payload).ok_or("malformed record")?;
+    Ok((batch, RECORD_HEADER + len))
+}
+
+enum Msg {
+    Batch(Arc<Batch>),
+    /// Write and fsync everything queued, then answer.
+    Sync(Sender<io::Result<u64>>),
+    /// A snapshot of this seq is durable: start a new segment, drop covered ones.
+    Rotate(u64),
+}
+
+/// The log writer's handle. Dropping it flushes, fsyncs and stops the thread.
+pub struct Wal {
+    tx: Option<Sender<Msg>>,
+    thread: Option<JoinHandle<()>>,
+    durable: watch::Receiver<u64>,
+    policy: FsyncPolicy,
+}
+
+/// Why a write could not be made durable.
+#[derive(Debug, thiserror::Error)]
+#[error("the write-ahead log failed: {0}")]
+pub struct WalError(pub String);
+
+impl Wal {
+    /// Opens the log for appending after `seq` (everything up to it is in the table).
+    pub fn open(dir: &Path, seq: u64, policy: FsyncPolicy) -> io::Result<Wal> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (durable_tx, durable) = watch::channel(seq);
+        let mut writer = Writer {
+            dir: dir.to_owned(),
+            file: None,
+            first_seq: seq + 1,
+            last_seq: seq,
+            policy,
+            durable: durable_tx,
+            buf: Vec::with_capacity(64 << 10),
+            dirty: false,
+            last_sync: Instant::now(),
+            error: None,
+        };
+        writer.open_segment(seq + 1)?;
+        let thread = std::thread::Builder::new()
+            .name("memdb-wal".into())
+            .spawn(move || writer.run(rx))?;
+        Ok(Wal {
+            tx: Some(tx),
+            thread: Some(thread),
+            durable,
+            policy,
+        })
+    }
+
+    pub fn policy(&self) -> FsyncPolicy {
+        self.policy
+    }
+
+    /// Queues the next batch. Call in seq order (under the table lock). Never blocks.
+    pub fn append(&self, batch: Arc<Batch>) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Msg::Batch(batch));
+        }
+    }
+
+    /// Waits until `seq` is durable (with `always`) or at least written to the OS.
+    pub async fn wait_durable(&self, seq: u64) -> Result<(), WalError> {
+        let mut rx = self.durable.clone();
+        match rx.wait_for(|d| *d >= seq).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(WalError("the log writer stopped".into())),
+        }
+    }
+
+    /// The highest seq known durable.
+    pub fn durable_seq(&self) -> u64 {
+        *self.durable.borrow()
+    }
+
+    /// Writes and fsyncs everything queued. Blocking.
+    pub fn sync(&self) -> io::Result<u64> {
+        let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
+        let tx = self
+            .tx
+            .as_ref()
+            .ok_or_else(|| io::Error::other("log closed"))?;
+        tx.send(Msg::Sync(reply_tx))
+            .map_err(|_| io::Error::other("log writer stopped"))?;
+        reply_rx
+            .recv()
+            .map_err(|_| io::Error::other("log writer stopped"))?
+    }
+
+    /// A snapshot of `seq` is on disk: segments it covers can go.
+    pub fn rotate(&self, seq: u64) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Msg::Rotate(seq));
+        }
+    }
+
+    /// A handle that calls [`Wal::rotate`] from elsewhere (the publisher thread). Drop
+    /// it before the `Wal`: the writer stops only when every handle is gone.
+    pub fn rotator(&self) -> impl Fn(u64) + Send + 'static {
+        let tx = self.tx.clone();
+        move |seq| {
+            if let Some(tx) = &tx {
+                let _ = tx.send(Msg::Rotate(seq));
+            }
+        }
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Writer {
+    dir: PathBuf,
+    file: Option<BufWriter<File>>,
+    first_seq: u64,
+    last_seq: u64,
+    policy: FsyncPolicy,
+    durable: watch::Sender<u64>,
+    buf: Vec<u8>,
+    dirty: bool,
+    last_sync: Instant,
+    /// Once set, nothing more is written (and `durable` no longer advances).
+    error: Option<String>,
+}
+
+impl Writer {
+    fn open_segment(&mut self, first_seq: u64) -> io::Result<()> {
+        let path = self.dir.join(segment_name(first_seq));
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)?;
+        f.seek(SeekFrom::End(0))?;
+        File::open(&self.dir)?.sync_all()?;
+        self.file = Some(BufWriter::with_capacity(256 << 10, f));
+        self.first_seq = first_seq;
+        Ok(())
+    }
+
+    fn run(mut self, rx: Receiver<Msg>) {
+        loop {
+            let wait = match self.policy {
+                FsyncPolicy::EverySec if self.dirty => {
+                    EVERYSEC.saturating_sub(self.last_sync.elapsed())
+                }
+                _ => Duration::from_secs(3600),
+            };
+            let first = match rx.recv_timeout(wait) {
+                Ok(m) => Some(m),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    let _ = self.flush(true);
+                    return;
+                }
+            };
+            // Group commit: take everything already queued, write it, sync once.
+            let mut replies = Vec::new();
+            for m in first.into_iter().chain(rx.try_iter()) {
+                match m {
+                    Msg::Batch(b) => {
+                        encode(&b, &mut self.buf);
+                        self.last_seq = b.seq;
+                    }
+                    Msg::Sync(r) => replies.push(r),
+                    // In stream order: the new segment starts after what came before.
+                    Msg::Rotate(s) => {
+                        if let Err(e) = self.rotate(s) {
+                            tracing::error!(error = %e, "rotating the log failed; it keeps growing");
+                        }
+                    }
+                }
+            }
+            let force = !replies.is_empty()
+                || (self.policy == FsyncPolicy::EverySec
+                    && self.dirty
+                    && self.last_sync.elapsed() >= EVERYSEC);
+            let result = self.flush(force || self.policy == FsyncPolicy::Always);
+            for r in replies {
+                let _ = r.send(
+                    result
+                        .as_ref()
+                        .map(|_| self.last_seq)
+                        .map_err(|e| io::Error::other(e.to_string())),
+                );
+            }
+        }
+    }
+
+    /// Writes the buffer; fsyncs if `sync`. Advances the durable seq: after an fsync
+    /// with `always`, after the write to the OS otherwise (that is all those modes
+    /// promise).
+    fn flush(&mut self, sync: bool) -> io::Result<()> {
+        if let Some(e) = &self.error {
+            return Err(io::Error::other(e.clone()));
+        }
+        let res = (|| -> io::Result<()> {
+            let f = self.file.as_mut().expect("a segment is open");
+            if !self.buf.is_empty() {
+                f.write_all(&self.buf)?;
+                self.buf.clear();
+                f.flush()?;
+                self.dirty = true;
+            }
+            if sync && self.dirty {
+                f.get_ref().sync_data()?;
+                self.dirty = false;
+                self.last_sync = Instant::now();
+            }
+            Ok(())
+        })();
+        match &res {
+            Ok(()) => {
+                if self.policy != FsyncPolicy::Always || !self.dirty {
+                    self.durable.send_replace(self.last_seq);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the write-ahead log failed; refusing to acknowledge further writes");
+                self.error = Some(e.to_string());
+            }
+        }
+        res
+    }
+
+    /// Starts a new segment at the current position (unless the current one is empty)
+    /// and deletes the segments a snapshot of `snapshot_seq` covers. A segment that
+    /// also holds later records stays until a later snapshot covers it.
+    fn rotate(&mut self, snapshot_seq: u64) -> io::Result<()> {
+        self.flush(true)?;
+        if self.first_seq <= self.last_seq {
+            self.open_segment(self.last_seq + 1)?;
+        }
+        self.remove_covered(snapshot_seq)
+    }
+
+    /// Deletes segments whose every record is at or below `snapshot_seq`.
+    fn remove_covered(&self, snapshot_seq: u64) -> io::Result<()> {
+        let segs = segments(&self.dir)?;
+        for (i, (first, path)) in segs.iter().enumerate() {
+            let next_first = segs.get(i + 1).map(|(f, _)| *f);
+            let covered = match next_first {
+                Some(n) => n.saturating_sub(1) <= snapshot_seq,
+                None => false,
+            };
+            if covered && *first != self.first_seq {
+                fs::remove_file(path)?;
+            }
+        }
+        File::open(&self.dir)?.sync_all()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(seq: u64, word: &str, n: u64) -> Arc<Batch> {
+        Arc::new(Batch {
+            seq,
+            deltas: vec![(word.to_owned(), n), ("common".into(), 1)],
+        })
+    }
+
+    #[test]
+    fn records_round_trip_and_reject_damage() {
+        let b = batch(7, "héllo", 3);
+        let mut buf = Vec::new();
+        encode(&b, &mut buf);
+        let (got, used) = parse_record(&buf).unwrap();
+        assert_eq!((got, used), ((*b).clone(), buf.len()));
+        assert!(parse_record(&buf[..buf.len() - 1]).is_err());
+        for i in 0..buf.len() {
+            let mut bad = buf.clone();
+            bad[i] ^= 0x20;
+            assert!(parse_record(&bad).is_err(), "flip at {i} accepted");
+        }
+    }
+
+    fn write_log(dir: &Path, policy: FsyncPolicy, seqs: std::ops::RangeInclusive<u64>) {
+        let wal = Wal::open(dir, *seqs.start() - 1, policy).unwrap();
+        for s in seqs {
+            wal.append(batch(s, &format!("w{s}"), s));
+        }
+        assert!(wal.sync().is_ok());
+    }
+
+    #[test]
+    fn replay_applies_everything_after_the_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        write_log(dir.path(), FsyncPolicy::Always, 1..=10);
+        let mut t = Table::new();
+        let r = replay(dir.path(), &mut t).unwrap();
+        assert_eq!((r.applied, r.cut, t.seq()), (10, None, 10));
+        assert_eq!((t.get("common"), t.get("w4")), (10, 4));
+        // From a snapshot at seq 6 only 7..=10 are applied.
+        let mut t = Table::new();
+        t.apply(&vec![("common".into(), 6)], 6);
+        let r = replay(dir.path(), &mut t).unwrap();
+        assert_eq!((r.applied, t.seq(), t.get("common")), (4, 10, 10));
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_writing_resumes_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        write_log(dir.path(), FsyncPolicy::No, 1..=5);
+        let (_, path) = segments(dir.path()).unwrap().pop().unwrap();
+        let len = fs::metadata(&path).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
+        let mut t = Table::new();
+        let r = replay(dir.path(), &mut t).unwrap();
+        assert_eq!((r.applied, t.seq()), (4, 4));
+        assert!(r.cut.unwrap().contains("torn"));
+        // The next leader appends after the cut; a later replay sees one history.
+        write_log(dir.path(), FsyncPolicy::Always, 5..=6);
+        let mut t = Table::new();
+        let r = replay(dir.path(), &mut t).unwrap();
+        assert_eq!((r.applied, r.cut, t.seq()), (6, None, 6));
+    }
+
+    #[test]
+    fn a_flipped_byte_stops_replay_at_that_record() {
+        let dir = tempfile::tempdir().unwrap();
+        write_log(dir.path(), FsyncPolicy::Always, 1..=5);
+        let (_, path) = segments(dir.path()).unwrap().pop().unwrap();
+        let mut bytes = fs::read(&path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        let mut t = Table::new();
+        let r = replay(dir.path(), &mut t).unwrap();
+        assert!(r.applied < 5 && r.cut.is_some(), "{r:?}");
+        assert_eq!(t.seq(), r.applied);
+    }
+
+    #[test]
+    fn rotation_drops_segments_a_snapshot_covers() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(dir.path(), 0, FsyncPolicy::Always).unwrap();
+        for s in 1..=3 {
+            wal.append(batch(s, "a", 1));
+        }
+        wal.rotate(2); // records 1..=3 are in segment 1: it must stay
+        for s in 4..=5 {
+            wal.append(batch(s, "a", 1));
+        }
+        wal.sync().unwrap();
+        let firsts: Vec<u64> = segments(dir.path()).unwrap().iter().map(|s| s.0).collect();
+        assert_eq!(firsts, [1, 4]);
+        wal.rotate(3); // now segment 1 is covered; segment 4 holds 4..=5
+        wal.sync().unwrap();
+        let firsts: Vec<u64> = segments(dir.path()).unwrap().iter().map(|s| s.0).collect();
+        assert_eq!(firsts, [4, 6]);
+        drop(wal);
+        let mut t = Table::new();
+        t.apply(&vec![("a".into(), 3)], 3);
+        let r = replay(dir.path(), &mut t).unwrap();
+        assert_eq!((r.applied, t.seq(), t.get("a")), (2, 5, 5));
+    }
+}

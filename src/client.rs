@@ -44,6 +44,7 @@ pub enum ClientError {
 pub struct Client {
     http: reqwest::Client,
     base: String,
+    token: Option<crate::http::Token>,
 }
 
 /// The reply to `POST /post`.
@@ -106,7 +107,14 @@ impl Client {
         Client {
             http,
             base: base.trim_end_matches('/').to_owned(),
+            token: None,
         }
+    }
+
+    /// Sends `Authorization: Bearer <token>` with every request.
+    pub fn with_token(mut self, token: Option<crate::http::Token>) -> Self {
+        self.token = token;
+        self
     }
 
     pub fn base(&self) -> &str {
@@ -120,8 +128,22 @@ impl Client {
     /// A POST to `path` with the usual timeout, and its URL (for errors).
     fn post(&self, path: &str) -> (String, reqwest::RequestBuilder) {
         let url = self.url(path);
-        let req = self.http.post(&url).timeout(REQUEST_TIMEOUT);
+        let req = self.authorize(self.http.post(&url).timeout(REQUEST_TIMEOUT));
         (url, req)
+    }
+
+    /// A GET of `path` with `timeout`, and its URL (for errors).
+    fn get(&self, path: &str, timeout: Duration) -> (String, reqwest::RequestBuilder) {
+        let url = self.url(path);
+        let req = self.authorize(self.http.get(&url).timeout(timeout));
+        (url, req)
+    }
+
+    fn authorize(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => req.header(reqwest::header::AUTHORIZATION, t.header_value()),
+            None => req,
+        }
     }
 
     async fn send(
@@ -159,10 +181,8 @@ impl Client {
 
     /// `GET /health`: the status code and the JSON body.
     pub async fn health(&self) -> Result<(StatusCode, Value), ClientError> {
-        let url = self.url("/health");
-        let resp = self
-            .send(self.http.get(&url).timeout(REQUEST_TIMEOUT), &url)
-            .await?;
+        let (url, req) = self.get("/health", REQUEST_TIMEOUT);
+        let resp = self.send(req, &url).await?;
         let status = resp.status();
         let body = resp.json().await.unwrap_or(Value::Null);
         Ok((status, body))
@@ -197,19 +217,15 @@ impl Client {
         if let Some(s) = min_seq {
             q.push(format!("min_seq={s}"));
         }
-        let url = self.url(&format!("/wordcount?{}", q.join("&")));
-        let resp = self
-            .send(self.http.get(&url).timeout(REQUEST_TIMEOUT), &url)
-            .await?;
+        let (url, req) = self.get(&format!("/wordcount?{}", q.join("&")), REQUEST_TIMEOUT);
+        let resp = self.send(req, &url).await?;
         Self::ok_json(resp, &url).await
     }
 
     /// `GET /sync`: the whole table with its seq, incarnation and tokenizer.
     pub async fn sync(&self) -> Result<SyncReply, ClientError> {
-        let url = self.url("/sync");
-        let resp = self
-            .send(self.http.get(&url).timeout(SYNC_TIMEOUT), &url)
-            .await?;
+        let (url, req) = self.get("/sync", SYNC_TIMEOUT);
+        let resp = self.send(req, &url).await?;
         let h = resp.headers().clone();
         let proto = |what: &str| ClientError::Protocol {
             url: url.clone(),

@@ -78,6 +78,75 @@ impl From<BytesRejection> for ApiError {
     }
 }
 
+/// A bearer token. Its `Debug` never shows the secret, so it cannot leak into logs.
+#[derive(Clone)]
+pub struct Token(std::sync::Arc<str>);
+
+impl Token {
+    /// `None` for an empty token (which would protect nothing).
+    pub fn new(secret: &str) -> Option<Token> {
+        let secret = secret.trim();
+        (!secret.is_empty()).then(|| Token(secret.into()))
+    }
+
+    /// Compares in constant time (for equal lengths).
+    pub fn matches(&self, presented: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.as_bytes().ct_eq(presented.as_bytes()).into()
+    }
+
+    /// The `Authorization` header value that carries it.
+    pub fn header_value(&self) -> String {
+        format!("Bearer {}", self.0)
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+async fn require_token(
+    axum::extract::State(token): axum::extract::State<Token>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if presented.is_some_and(|t| token.matches(t)) {
+        return next.run(req).await;
+    }
+    let why = if presented.is_some() {
+        "invalid bearer token"
+    } else {
+        "this route needs an Authorization: Bearer <token> header"
+    };
+    let mut resp = ApiError::new(StatusCode::UNAUTHORIZED, why).into_response();
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"memdb\""),
+    );
+    resp
+}
+
+/// Requires `token` on every route of `routes` (no-op without a token).
+pub fn protect<S: Clone + Send + Sync + 'static>(
+    routes: axum::Router<S>,
+    token: Option<&Token>,
+) -> axum::Router<S> {
+    match token {
+        Some(t) => routes.route_layer(axum::middleware::from_fn_with_state(
+            t.clone(),
+            require_token,
+        )),
+        None => routes,
+    }
+}
+
 /// Serves `app` on `listener` until `shutdown`, then waits for requests in flight.
 /// Responses are small and latency matters, so Nagle's algorithm is off.
 pub async fn serve(

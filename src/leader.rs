@@ -224,6 +224,7 @@ impl Leader {
             incarnation,
             config.tokenizer,
             linger,
+            config.auth_token.clone(),
         );
         for url in &config.replicas {
             replicas.add(url, true);
@@ -519,17 +520,23 @@ async fn list_replicas_handler(State(leader): State<Leader>) -> Response {
 
 /// The leader's routes.
 pub fn leader_router(leader: Leader) -> Router {
-    let max_body = leader.shared.config.max_body;
-    let routes = Router::new()
+    let cfg = &leader.shared.config;
+    let guarded = Router::new()
         .route("/post", post(post_handler))
         .route("/sync", get(reads::sync::<Leader>))
-        .route("/wordcount", get(reads::wordcount::<Leader>))
-        .route("/health", get(health_handler))
         .route(
             "/replicas",
             post(register_handler).get(list_replicas_handler),
-        )
-        .layer(DefaultBodyLimit::max(max_body));
+        );
+    let lookups = Router::new().route("/wordcount", get(reads::wordcount::<Leader>));
+    let open = Router::new().route("/health", get(health_handler));
+    let access = reads::Access {
+        token: cfg.auth_token.as_ref(),
+        protect_reads: cfg.protect_reads,
+    };
+    let routes = access
+        .apply(guarded, lookups, open)
+        .layer(DefaultBodyLimit::max(cfg.max_body));
     reads::finish(routes, leader)
 }
 

@@ -52,6 +52,9 @@ pub struct LocalReplicaConfig {
     pub poll_interval: Duration,
     /// Longest a `min_seq` read waits. Default 2s.
     pub max_wait: Duration,
+    /// Required on `/sync` (and on `/wordcount` with `protect_reads`).
+    pub auth_token: Option<crate::http::Token>,
+    pub protect_reads: bool,
 }
 
 impl LocalReplicaConfig {
@@ -61,6 +64,8 @@ impl LocalReplicaConfig {
             socket: None,
             poll_interval: Duration::from_secs(1),
             max_wait: Duration::from_secs(2),
+            auth_token: None,
+            protect_reads: false,
         }
     }
 
@@ -445,10 +450,15 @@ async fn health_handler(State(r): State<LocalReplica>) -> Response {
 
 /// The local replica's routes.
 pub fn local_replica_router(replica: LocalReplica) -> Router {
-    let routes = Router::new()
-        .route("/wordcount", get(reads::wordcount::<LocalReplica>))
-        .route("/sync", get(reads::sync::<LocalReplica>))
-        .route("/health", get(health_handler));
+    let cfg = &replica.shared.config;
+    let guarded = Router::new().route("/sync", get(reads::sync::<LocalReplica>));
+    let lookups = Router::new().route("/wordcount", get(reads::wordcount::<LocalReplica>));
+    let open = Router::new().route("/health", get(health_handler));
+    let access = reads::Access {
+        token: cfg.auth_token.as_ref(),
+        protect_reads: cfg.protect_reads,
+    };
+    let routes = access.apply(guarded, lookups, open);
     reads::finish(routes, replica)
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use memdb::config::{LeaderConfig, ReplicaConfig, parse_duration, parse_size};
+use memdb::http::Token;
 use memdb::local_replica::LocalReplicaConfig;
 use memdb::shutdown::shutdown_signal;
 use memdb::words::Tokenizer;
@@ -76,6 +77,9 @@ struct PerfArgs {
     /// Print one machine-readable JSON report instead of text.
     #[arg(long)]
     json: bool,
+    /// Bearer token to send with every request.
+    #[arg(long, env = "MEMDB_AUTH_TOKEN", hide_env_values = true)]
+    auth_token: Option<String>,
 }
 
 #[derive(Args)]
@@ -89,9 +93,46 @@ struct Listen {
 }
 
 #[derive(Args)]
+struct AuthArgs {
+    /// Bearer token required on writes, replication, /sync and admin routes (and on
+    /// reads with --protect-reads); nodes send it to each other.
+    #[arg(long, env = "MEMDB_AUTH_TOKEN", hide_env_values = true)]
+    auth_token: Option<String>,
+    /// Read the token from this file instead (first line).
+    #[arg(long, env = "MEMDB_AUTH_TOKEN_FILE", conflicts_with = "auth_token")]
+    auth_token_file: Option<PathBuf>,
+    /// Require the token on GET /wordcount too.
+    #[arg(long, env = "MEMDB_PROTECT_READS")]
+    protect_reads: bool,
+}
+
+impl AuthArgs {
+    fn token(&self) -> anyhow::Result<Option<Token>> {
+        let raw = match (&self.auth_token, &self.auth_token_file) {
+            (Some(t), _) => t.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .with_context(|| format!("reading the token file {}", path.display()))?
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned(),
+            (None, None) => {
+                anyhow::ensure!(!self.protect_reads, "--protect-reads needs --auth-token");
+                return Ok(None);
+            }
+        };
+        Token::new(&raw)
+            .map(Some)
+            .ok_or_else(|| anyhow::anyhow!("the auth token is empty"))
+    }
+}
+
+#[derive(Args)]
 struct LeaderArgs {
     #[command(flatten)]
     listen: Listen,
+    #[command(flatten)]
+    auth: AuthArgs,
     /// Directory for the snapshot and lock file (created 0700).
     #[arg(long, env = "MEMDB_DATA_DIR")]
     data_dir: PathBuf,
@@ -138,6 +179,8 @@ struct LeaderArgs {
 struct LocalReplicaArgs {
     #[command(flatten)]
     listen: Listen,
+    #[command(flatten)]
+    auth: AuthArgs,
     /// The leader's data directory (read only).
     #[arg(long, env = "MEMDB_DATA_DIR")]
     data_dir: PathBuf,
@@ -156,6 +199,8 @@ struct LocalReplicaArgs {
 struct ReplicaArgs {
     #[command(flatten)]
     listen: Listen,
+    #[command(flatten)]
+    auth: AuthArgs,
     /// The leader's URL.
     #[arg(long, env = "MEMDB_LEADER")]
     leader: String,
@@ -216,6 +261,8 @@ async fn main() -> anyhow::Result<()> {
                 socket: a.socket,
                 replication_linger: a.replication_linger,
                 fsync: a.fsync,
+                auth_token: a.auth.token()?,
+                protect_reads: a.auth.protect_reads,
                 ..LeaderConfig::new(a.data_dir)
             };
             // Open the data directory first: a locked or unreadable one fails before a
@@ -231,6 +278,8 @@ async fn main() -> anyhow::Result<()> {
                 heartbeat: a.heartbeat,
                 max_body: a.max_body,
                 max_wait: a.max_wait,
+                auth_token: a.auth.token()?,
+                protect_reads: a.auth.protect_reads,
                 ..ReplicaConfig::new(a.leader)
             };
             memdb::replica::run(listener, config, shutdown).await?;
@@ -246,6 +295,8 @@ async fn main() -> anyhow::Result<()> {
                 socket: a.socket,
                 poll_interval: a.poll_interval,
                 max_wait: a.max_wait,
+                auth_token: a.auth.token()?,
+                protect_reads: a.auth.protect_reads,
                 ..LocalReplicaConfig::new(a.data_dir)
             };
             memdb::local_replica::run(listener, config, shutdown).await?;
@@ -267,6 +318,7 @@ async fn perf(a: PerfArgs) -> anyhow::Result<()> {
         seed: a.seed,
         converge_timeout: a.converge_timeout,
         progress: !a.json,
+        auth_token: a.auth_token.as_deref().and_then(Token::new),
     };
     let report = memdb::perf::run(cfg).await?;
     if a.json {

@@ -60,6 +60,8 @@ pub struct PerfConfig {
     pub converge_timeout: Duration,
     /// Show a progress bar (only on a terminal).
     pub progress: bool,
+    /// Sent with every request.
+    pub auth_token: Option<crate::http::Token>,
 }
 
 /// One target's figures.
@@ -317,11 +319,11 @@ pub async fn run(cfg: PerfConfig) -> anyhow::Result<Report> {
         }
     }
     let http = builder.build()?;
-    let leader = Client::with_http(http.clone(), &cfg.leader);
+    let leader = Client::with_http(http.clone(), &cfg.leader).with_token(cfg.auth_token.clone());
     let replicas: Vec<Client> = cfg
         .replicas
         .iter()
-        .map(|r| Client::with_http(http.clone(), r))
+        .map(|r| Client::with_http(http.clone(), r).with_token(cfg.auth_token.clone()))
         .collect();
     let started = Instant::now();
 

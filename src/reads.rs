@@ -108,6 +108,28 @@ pub async fn sync<S: CountSource>(State(node): State<S>) -> Result<Response, Api
         .into_response())
 }
 
+/// Access control, the same for every role. `guarded` routes (writes, replication,
+/// bulk reads, admin) need the token when one is set; `reads` need it only with
+/// `protect_reads`; `open` routes (health) never do.
+pub struct Access<'a> {
+    pub token: Option<&'a http::Token>,
+    pub protect_reads: bool,
+}
+
+impl Access<'_> {
+    pub fn apply<S: Clone + Send + Sync + 'static>(
+        &self,
+        guarded: Router<S>,
+        reads: Router<S>,
+        open: Router<S>,
+    ) -> Router<S> {
+        let reads_token = if self.protect_reads { self.token } else { None };
+        http::protect(guarded, self.token)
+            .merge(http::protect(reads, reads_token))
+            .merge(open)
+    }
+}
+
 /// Finishes a node's router the same way for every role: JSON 404/405 fallbacks, the
 /// seq header on every response, and the node as state.
 pub fn finish<S: CountSource>(routes: Router<S>, node: S) -> Router {

@@ -97,7 +97,7 @@ impl Replica {
                 updates: AtomicU64::new(0),
                 gaps: AtomicU64::new(0),
                 stats: Mutex::new(Stats::default()),
-                leader: Client::new(&config.leader),
+                leader: Client::new(&config.leader).with_token(config.auth_token.clone()),
                 advertise,
                 config,
             }),
@@ -416,13 +416,19 @@ async fn health_handler(State(replica): State<Replica>) -> Response {
 
 /// The replica's routes.
 pub fn replica_router(replica: Replica) -> Router {
-    let max_body = replica.shared.config.max_body;
-    let routes = Router::new()
-        .route("/wordcount", get(reads::wordcount::<Replica>))
+    let cfg = &replica.shared.config;
+    let guarded = Router::new()
         .route("/sync", get(reads::sync::<Replica>))
-        .route("/update", post(update_handler))
-        .route("/health", get(health_handler))
-        .layer(DefaultBodyLimit::max(max_body));
+        .route("/update", post(update_handler));
+    let lookups = Router::new().route("/wordcount", get(reads::wordcount::<Replica>));
+    let open = Router::new().route("/health", get(health_handler));
+    let access = reads::Access {
+        token: cfg.auth_token.as_ref(),
+        protect_reads: cfg.protect_reads,
+    };
+    let routes = access
+        .apply(guarded, lookups, open)
+        .layer(DefaultBodyLimit::max(cfg.max_body));
     reads::finish(routes, replica)
 }
 

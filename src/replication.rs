@@ -98,6 +98,8 @@ struct Ctx {
     acks: watch::Sender<u64>,
     /// Pause after each successful push (see `LeaderConfig::replication_linger`).
     linger: Duration,
+    /// Sent to replicas with every push.
+    token: Option<crate::http::Token>,
     abort: CancellationToken,
 }
 
@@ -116,6 +118,7 @@ impl ReplicaSet {
         incarnation: u64,
         tokenizer: Tokenizer,
         linger: Duration,
+        token: Option<crate::http::Token>,
     ) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(1))
@@ -132,6 +135,7 @@ impl ReplicaSet {
                 http,
                 acks: watch::Sender::new(0),
                 linger,
+                token,
                 abort: CancellationToken::new(),
             }),
             links: Mutex::new(Vec::new()),
@@ -282,7 +286,7 @@ pub fn coalesce(batches: &[Arc<Batch>]) -> Vec<u8> {
 }
 
 async fn run_link(link: Arc<Link>, ctx: Arc<Ctx>) {
-    let client = Client::with_http(ctx.http.clone(), &link.url);
+    let client = Client::with_http(ctx.http.clone(), &link.url).with_token(ctx.token.clone());
     let mut seq_rx = ctx.seq_rx.clone();
     let mut delay = BACKOFF_START;
     let mut force_resync = false;

@@ -11,3 +11,4 @@ mod model;
 mod perf;
 mod persistence;
 mod repair;
+mod security;

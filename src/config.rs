@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::http::Token;
+pub use crate::reads::Limits;
 use crate::words::Tokenizer;
 
 /// A leader's settings.
@@ -47,6 +48,7 @@ pub struct LeaderConfig {
     pub auth_token: Option<Token>,
     /// Also require the token on `/wordcount`.
     pub protect_reads: bool,
+    pub limits: Limits,
 }
 
 impl LeaderConfig {
@@ -68,6 +70,7 @@ impl LeaderConfig {
             fsync: crate::wal::FsyncPolicy::EverySec,
             auth_token: None,
             protect_reads: false,
+            limits: Limits::default(),
         }
     }
 }
@@ -90,6 +93,7 @@ pub struct ReplicaConfig {
     /// with `protect_reads`).
     pub auth_token: Option<Token>,
     pub protect_reads: bool,
+    pub limits: Limits,
 }
 
 impl ReplicaConfig {
@@ -102,6 +106,7 @@ impl ReplicaConfig {
             max_wait: Duration::from_secs(2),
             auth_token: None,
             protect_reads: false,
+            limits: Limits::default(),
         }
     }
 }

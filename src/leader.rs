@@ -537,7 +537,8 @@ pub fn leader_router(leader: Leader) -> Router {
     let routes = access
         .apply(guarded, lookups, open)
         .layer(DefaultBodyLimit::max(cfg.max_body));
-    reads::finish(routes, leader)
+    let limits = cfg.limits;
+    reads::finish(routes, leader, limits)
 }
 
 /// Runs a leader on `listener` until `shutdown` resolves, then drains replicas and

@@ -55,6 +55,7 @@ pub struct LocalReplicaConfig {
     /// Required on `/sync` (and on `/wordcount` with `protect_reads`).
     pub auth_token: Option<crate::http::Token>,
     pub protect_reads: bool,
+    pub limits: reads::Limits,
 }
 
 impl LocalReplicaConfig {
@@ -66,6 +67,7 @@ impl LocalReplicaConfig {
             max_wait: Duration::from_secs(2),
             auth_token: None,
             protect_reads: false,
+            limits: reads::Limits::default(),
         }
     }
 
@@ -459,7 +461,8 @@ pub fn local_replica_router(replica: LocalReplica) -> Router {
         protect_reads: cfg.protect_reads,
     };
     let routes = access.apply(guarded, lookups, open);
-    reads::finish(routes, replica)
+    let limits = cfg.limits;
+    reads::finish(routes, replica, limits)
 }
 
 /// Runs a local replica on `listener` until `shutdown` resolves.

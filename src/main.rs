@@ -90,6 +90,21 @@ struct Listen {
     /// Port to bind (0 picks a free one; the bound address is logged).
     #[arg(long, env = "MEMDB_PORT")]
     port: u16,
+    /// Requests handled at once; beyond it requests are answered 503 at once.
+    #[arg(long, env = "MEMDB_MAX_CONCURRENT", default_value_t = 4096)]
+    max_concurrent: usize,
+    /// Longest a request may take before it is answered 503 (0 = no limit).
+    #[arg(long, env = "MEMDB_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    request_timeout: Duration,
+}
+
+impl Listen {
+    fn limits(&self) -> memdb::config::Limits {
+        memdb::config::Limits {
+            max_concurrent: self.max_concurrent,
+            request_timeout: self.request_timeout,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -263,6 +278,7 @@ async fn main() -> anyhow::Result<()> {
                 fsync: a.fsync,
                 auth_token: a.auth.token()?,
                 protect_reads: a.auth.protect_reads,
+                limits: a.listen.limits(),
                 ..LeaderConfig::new(a.data_dir)
             };
             // Open the data directory first: a locked or unreadable one fails before a
@@ -280,6 +296,7 @@ async fn main() -> anyhow::Result<()> {
                 max_wait: a.max_wait,
                 auth_token: a.auth.token()?,
                 protect_reads: a.auth.protect_reads,
+                limits: a.listen.limits(),
                 ..ReplicaConfig::new(a.leader)
             };
             memdb::replica::run(listener, config, shutdown).await?;
@@ -297,6 +314,7 @@ async fn main() -> anyhow::Result<()> {
                 max_wait: a.max_wait,
                 auth_token: a.auth.token()?,
                 protect_reads: a.auth.protect_reads,
+                limits: a.listen.limits(),
                 ..LocalReplicaConfig::new(a.data_dir)
             };
             memdb::local_replica::run(listener, config, shutdown).await?;

@@ -130,10 +130,47 @@ impl Access<'_> {
     }
 }
 
+/// Limits every node applies to its requests.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Requests handled at once; beyond it a request is answered 503 at once.
+    pub max_concurrent: usize,
+    /// Longest a request may take before it is answered 503; zero for no limit.
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_concurrent: 4096,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+async fn limit_error(err: tower::BoxError) -> ApiError {
+    if err.is::<tower::timeout::error::Elapsed>() {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the request took longer than the node's --request-timeout",
+        )
+    } else if err.is::<tower::load_shed::error::Overloaded>() {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many requests in progress (--max-concurrent); retry shortly",
+        )
+    } else {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())
+    }
+}
+
 /// Finishes a node's router the same way for every role: JSON 404/405 fallbacks, the
-/// seq header on every response, and the node as state.
-pub fn finish<S: CountSource>(routes: Router<S>, node: S) -> Router {
-    routes
+/// seq header on every response, the concurrency cap and request timeout (answered
+/// with JSON 503s, so overload is refused rather than queued without bound), and the
+/// node as state.
+pub fn finish<S: CountSource>(routes: Router<S>, node: S, limits: Limits) -> Router {
+    use tower::ServiceBuilder;
+    let inner = routes
         .fallback(http::not_found)
         .method_not_allowed_fallback(http::method_not_allowed)
         // Every response carries the node's seq, unless the handler set a more precise
@@ -142,5 +179,17 @@ pub fn finish<S: CountSource>(routes: Router<S>, node: S) -> Router {
             let node = node.clone();
             move |_: &Response| Some(http::seq_value(node.seq()))
         }))
-        .with_state(node)
+        .with_state(node);
+    // Wrapped around the whole router as one service (not with `Router::layer`, which
+    // would give every route a cap of its own).
+    let limited = ServiceBuilder::new()
+        .layer(axum::error_handling::HandleErrorLayer::new(limit_error))
+        .load_shed()
+        .concurrency_limit(limits.max_concurrent.max(1));
+    // A zero timeout turns it off (it costs a timer per request).
+    if limits.request_timeout.is_zero() {
+        Router::new().fallback_service(limited.service(inner))
+    } else {
+        Router::new().fallback_service(limited.timeout(limits.request_timeout).service(inner))
+    }
 }

@@ -429,7 +429,8 @@ pub fn replica_router(replica: Replica) -> Router {
     let routes = access
         .apply(guarded, lookups, open)
         .layer(DefaultBodyLimit::max(cfg.max_body));
-    reads::finish(routes, replica)
+    let limits = cfg.limits;
+    reads::finish(routes, replica, limits)
 }
 
 /// Runs a replica on `listener` until `shutdown` resolves.

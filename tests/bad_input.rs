@@ -153,3 +153,81 @@ async fn the_go_leaders_unsequenced_update_is_applied_then_healed() {
     let t = converged(&leader, &r).await;
     assert_eq!((t["hello"], t["world"]), (1, 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_refused_with_503_and_the_node_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    // Writes wait for an acknowledgement no replica will give: each holds its slot 5 s,
+    // a window wide enough for a loaded machine.
+    let leader = Node::leader(
+        dir.path(),
+        &[
+            "--max-concurrent",
+            "2",
+            "--min-acks",
+            "1",
+            "--ack-timeout",
+            "5s",
+        ],
+    );
+    let post = format!("{}/post", leader.url);
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let post = post.clone();
+            tokio::spawn(
+                async move { raw("POST", &post, Some("text/plain"), b"busy".to_vec()).await },
+            )
+        })
+        .collect();
+    // The cap is for the whole node: once both slots are taken, even /health is refused.
+    let health = format!("{}/health", leader.url);
+    eventually("both slots taken", || async {
+        (raw("GET", &health, None, vec![]).await.0 == 503).then_some(())
+    })
+    .await;
+    let (status, body) = raw("POST", &post, Some("text/plain"), b"extra".to_vec()).await;
+    assert_eq!(status, 503, "{body}");
+    let msg = body["error"].as_str().unwrap();
+    assert!(msg.contains("--max-concurrent"), "{body}");
+    for s in slow {
+        let (status, body) = s.await.unwrap();
+        assert_eq!(status, 504, "{body}");
+    }
+    // Once the slow writes are answered, the node serves again.
+    wait_ready(&leader).await;
+    assert_eq!(counts(&leader, &["busy"]).await["busy"], 2);
+}
+
+#[tokio::test]
+async fn a_request_over_the_timeout_gets_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Node::leader(
+        dir.path(),
+        &[
+            "--request-timeout",
+            "200ms",
+            "--min-acks",
+            "1",
+            "--ack-timeout",
+            "10s",
+        ],
+    );
+    let started = std::time::Instant::now();
+    let (status, body) = raw(
+        "POST",
+        &format!("{}/post", leader.url),
+        Some("text/plain"),
+        b"slow".to_vec(),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("--request-timeout"),
+        "{body}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    wait_ready(&leader).await;
+}

@@ -20,8 +20,17 @@ use tokio::net::TcpListener;
     about = "A replicated in-memory word-count database"
 )]
 struct Cli {
+    /// Log lines as `text` or `json` (one object per line). RUST_LOG sets the filter.
+    #[arg(long, global = true, env = "MEMDB_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -242,14 +251,15 @@ async fn bind(listen: &Listen, role: &str) -> anyhow::Result<TcpListener> {
     Ok(listener)
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("memdb=info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stdout().is_terminal())
-        .init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stdout().is_terminal()).init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }
 
 #[tokio::main]
@@ -258,7 +268,7 @@ async fn main() -> anyhow::Result<()> {
     if let Command::Perf(a) = cli.command {
         return perf(a).await;
     }
-    init_tracing();
+    init_tracing(cli.log_format);
     // Before anything is bound: a SIGTERM from then on always gets a clean shutdown.
     let shutdown = shutdown_signal();
     match cli.command {

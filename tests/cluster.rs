@@ -216,3 +216,44 @@ async fn min_seq_reads_wait_for_the_write_or_time_out() {
     assert_eq!(body["seq"], reply.seq);
     assert!(started.elapsed() >= std::time::Duration::from_millis(250));
 }
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_memdb"))
+        .args([
+            "--log-format",
+            "json",
+            "leader",
+            "--port",
+            "0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut addr = None;
+    while addr.is_none() {
+        let line = rx.recv_timeout(DEADLINE).expect("a log line");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("each line is JSON");
+        assert!(v["level"].is_string() && v["timestamp"].is_string(), "{v}");
+        if v["fields"]["message"] == "listening" {
+            addr = v["fields"]["addr"].as_str().map(str::to_owned);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(addr.unwrap().starts_with("127.0.0.1:"));
+}

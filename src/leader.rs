@@ -382,6 +382,116 @@ impl Leader {
 }
 
 impl CountSource for Leader {
+    fn write_metrics(&self, out: &mut String) {
+        use crate::metrics::{write_labelled, write_metric};
+        let s = &self.shared;
+        let (seq, words) = {
+            let t = s.table.read();
+            (t.seq(), t.len())
+        };
+        write_metric(
+            out,
+            "memdb_seq",
+            "gauge",
+            "Seq of the last applied batch.",
+            seq as f64,
+        );
+        write_metric(
+            out,
+            "memdb_distinct_words",
+            "gauge",
+            "Distinct words in the table.",
+            words as f64,
+        );
+        write_metric(
+            out,
+            "memdb_words_ingested_total",
+            "counter",
+            "Words counted since start.",
+            s.words_ingested.load(Ordering::Relaxed) as f64,
+        );
+        let reports = s.replicas.reports();
+        write_labelled(
+            out,
+            "memdb_replica_lag_batches",
+            "gauge",
+            "Batches a network replica is behind (-1 while unknown).",
+            "replica",
+            reports
+                .iter()
+                .map(|r| (r.url.clone(), r.lag.map(|l| l as f64).unwrap_or(-1.0))),
+        );
+        write_labelled(
+            out,
+            "memdb_replica_last_ack_age_seconds",
+            "gauge",
+            "Seconds since a network replica last acknowledged a push (-1 if never).",
+            "replica",
+            reports.iter().map(|r| {
+                let age = r.last_ok_ms_ago.map(|ms| ms as f64 / 1e3).unwrap_or(-1.0);
+                (r.url.clone(), age)
+            }),
+        );
+        let snap = s.publisher.stats();
+        write_metric(
+            out,
+            "memdb_snapshot_seq",
+            "gauge",
+            "Seq of the snapshot on disk.",
+            snap.seq as f64,
+        );
+        write_metric(
+            out,
+            "memdb_snapshot_publishes_total",
+            "counter",
+            "Snapshots published since start.",
+            snap.publishes as f64,
+        );
+        write_metric(
+            out,
+            "memdb_snapshot_publish_seconds",
+            "gauge",
+            "Duration of the last snapshot publish.",
+            snap.last_duration_ms.unwrap_or(0.0) / 1e3,
+        );
+        write_metric(
+            out,
+            "memdb_snapshot_bytes",
+            "gauge",
+            "Size of the last published snapshot.",
+            snap.last_bytes.unwrap_or(0) as f64,
+        );
+        let f = s.wal.fsync_stats();
+        write_metric(
+            out,
+            "memdb_wal_durable_seq",
+            "gauge",
+            "Highest seq the write-ahead log has made durable.",
+            s.wal.durable_seq() as f64,
+        );
+        write_metric(
+            out,
+            "memdb_wal_fsyncs_total",
+            "counter",
+            "fsyncs of the write-ahead log.",
+            f.fsyncs.load(Ordering::Relaxed) as f64,
+        );
+        write_metric(
+            out,
+            "memdb_wal_fsync_seconds_total",
+            "counter",
+            "Time spent in write-ahead log fsyncs.",
+            f.total_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        );
+        write_metric(
+            out,
+            "memdb_wal_last_fsync_seconds",
+            "gauge",
+            "Duration of the last write-ahead log fsync.",
+            f.last_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        );
+    }
+
     fn seq(&self) -> u64 {
         self.shared.table.read().seq()
     }
@@ -528,7 +638,9 @@ pub fn leader_router(leader: Leader) -> Router {
             "/replicas",
             post(register_handler).get(list_replicas_handler),
         );
-    let lookups = Router::new().route("/wordcount", get(reads::wordcount::<Leader>));
+    let lookups = Router::new()
+        .route("/wordcount", get(reads::wordcount::<Leader>))
+        .route("/metrics", get(reads::metrics::<Leader>));
     let open = Router::new().route("/health", get(health_handler));
     let access = reads::Access {
         token: cfg.auth_token.as_ref(),

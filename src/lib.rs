@@ -17,6 +17,7 @@
 //! - [`leader`], [`replica`], [`local_replica`]: each role's state, router and `run`.
 //! - [`mapped`]: a snapshot memory-mapped and read in place (the only `unsafe`).
 //! - [`notifier`]: the leader's Unix socket that tells local replicas a snapshot is ready.
+//! - [`metrics`]: `/metrics` (Prometheus text): request counters and latency histograms.
 //! - [`perf`]: the load tool behind `memdb perf`, with its consistency check.
 //! - [`client`]: a small typed HTTP client used by replicas, tests and tools.
 //! - [`config`]: validated configuration with documented defaults.
@@ -29,6 +30,7 @@ pub mod http;
 pub mod leader;
 pub mod local_replica;
 pub mod mapped;
+pub mod metrics;
 pub mod notifier;
 pub mod perf;
 pub mod publisher;

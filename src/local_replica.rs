@@ -398,6 +398,66 @@ impl Serialize for ArchivedJson<'_> {
 }
 
 impl CountSource for LocalReplica {
+    fn write_metrics(&self, out: &mut String) {
+        use crate::metrics::{write_labelled, write_metric};
+        let cur = self.current();
+        let h = cur.as_ref().map(|m| *m.header());
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        write_metric(
+            out,
+            "memdb_seq",
+            "gauge",
+            "Seq of the mapped snapshot.",
+            h.map(|h| h.seq).unwrap_or(0) as f64,
+        );
+        write_metric(
+            out,
+            "memdb_distinct_words",
+            "gauge",
+            "Distinct words in the mapped snapshot.",
+            h.map(|h| h.words).unwrap_or(0) as f64,
+        );
+        write_metric(
+            out,
+            "memdb_ready",
+            "gauge",
+            "1 once a snapshot is mapped.",
+            cur.is_some() as u8 as f64,
+        );
+        write_metric(
+            out,
+            "memdb_snapshot_age_seconds",
+            "gauge",
+            "Age of the mapped snapshot (-1 if none).",
+            h.map(|h| now_ms.saturating_sub(h.written_unix_ms) as f64 / 1e3)
+                .unwrap_or(-1.0),
+        );
+        let st = self.shared.stats.lock();
+        write_metric(
+            out,
+            "memdb_rejected_snapshots_total",
+            "counter",
+            "Snapshot files that failed validation.",
+            st.rejected as f64,
+        );
+        write_labelled(
+            out,
+            "memdb_snapshot_loads_total",
+            "counter",
+            "Snapshots mapped, by what announced them.",
+            "source",
+            [
+                ("start".to_owned(), st.loads.start as f64),
+                ("socket".to_owned(), st.loads.socket as f64),
+                ("watch".to_owned(), st.loads.watch as f64),
+                ("poll".to_owned(), st.loads.poll as f64),
+            ],
+        );
+    }
+
     fn seq(&self) -> u64 {
         self.seq_now()
     }
@@ -454,7 +514,9 @@ async fn health_handler(State(r): State<LocalReplica>) -> Response {
 pub fn local_replica_router(replica: LocalReplica) -> Router {
     let cfg = &replica.shared.config;
     let guarded = Router::new().route("/sync", get(reads::sync::<LocalReplica>));
-    let lookups = Router::new().route("/wordcount", get(reads::wordcount::<LocalReplica>));
+    let lookups = Router::new()
+        .route("/wordcount", get(reads::wordcount::<LocalReplica>))
+        .route("/metrics", get(reads::metrics::<LocalReplica>));
     let open = Router::new().route("/health", get(health_handler));
     let access = reads::Access {
         token: cfg.auth_token.as_ref(),

@@ -31,6 +31,8 @@ pub trait CountSource: Clone + Send + Sync + 'static {
     fn lookup(&self, words: &[Cow<'_, str>]) -> Result<(Vec<u8>, u64), ApiError>;
     /// The whole table as a JSON object, with its seq, incarnation and tokenizer.
     fn sync_json(&self) -> (Vec<u8>, u64, u64, Tokenizer);
+    /// Appends the role's own Prometheus series.
+    fn write_metrics(&self, out: &mut String);
 }
 
 /// Waits until `rx` reaches `min`, for at most `max_wait`; `Err` holds the seq reached.
@@ -83,6 +85,21 @@ pub async fn wordcount<S: CountSource>(
         body,
     )
         .into_response())
+}
+
+/// `GET /metrics` → Prometheus text format.
+pub async fn metrics<S: CountSource>(State(node): State<S>) -> Response {
+    let mut out = String::with_capacity(8 << 10);
+    crate::metrics::write_http(&mut out);
+    node.write_metrics(&mut out);
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        out,
+    )
+        .into_response()
 }
 
 /// `GET /sync` → the whole table as `{"word": count, ...}`.
@@ -187,9 +204,13 @@ pub fn finish<S: CountSource>(routes: Router<S>, node: S, limits: Limits) -> Rou
         .load_shed()
         .concurrency_limit(limits.max_concurrent.max(1));
     // A zero timeout turns it off (it costs a timer per request).
+    // Counted outermost, so refusals for overload and timeouts are counted too.
+    let counted = ServiceBuilder::new().layer(crate::metrics::CountRequests);
     if limits.request_timeout.is_zero() {
-        Router::new().fallback_service(limited.service(inner))
+        Router::new().fallback_service(counted.service(limited.service(inner)))
     } else {
-        Router::new().fallback_service(limited.timeout(limits.request_timeout).service(inner))
+        Router::new().fallback_service(
+            counted.service(limited.timeout(limits.request_timeout).service(inner)),
+        )
     }
 }

@@ -363,6 +363,58 @@ fn parse_deltas(body: &[u8]) -> Result<Vec<(String, i64)>, ApiError> {
 }
 
 impl CountSource for Replica {
+    fn write_metrics(&self, out: &mut String) {
+        use crate::metrics::write_metric;
+        let s = &self.shared;
+        let (seq, words) = {
+            let d = s.data.read();
+            (d.table.seq(), d.table.len())
+        };
+        let syncs = s.stats.lock().syncs;
+        write_metric(
+            out,
+            "memdb_seq",
+            "gauge",
+            "Seq the replica's table reflects.",
+            seq as f64,
+        );
+        write_metric(
+            out,
+            "memdb_distinct_words",
+            "gauge",
+            "Distinct words in the table.",
+            words as f64,
+        );
+        write_metric(
+            out,
+            "memdb_ready",
+            "gauge",
+            "1 once the replica has synced.",
+            self.is_ready() as u8 as f64,
+        );
+        write_metric(
+            out,
+            "memdb_updates_applied_total",
+            "counter",
+            "Pushed batches applied.",
+            s.updates.load(Ordering::Relaxed) as f64,
+        );
+        write_metric(
+            out,
+            "memdb_update_gaps_total",
+            "counter",
+            "Pushes refused because they did not start at the replica's seq.",
+            s.gaps.load(Ordering::Relaxed) as f64,
+        );
+        write_metric(
+            out,
+            "memdb_full_syncs_total",
+            "counter",
+            "Full syncs from the leader.",
+            syncs as f64,
+        );
+    }
+
     fn seq(&self) -> u64 {
         self.shared.data.read().table.seq()
     }
@@ -420,7 +472,9 @@ pub fn replica_router(replica: Replica) -> Router {
     let guarded = Router::new()
         .route("/sync", get(reads::sync::<Replica>))
         .route("/update", post(update_handler));
-    let lookups = Router::new().route("/wordcount", get(reads::wordcount::<Replica>));
+    let lookups = Router::new()
+        .route("/wordcount", get(reads::wordcount::<Replica>))
+        .route("/metrics", get(reads::metrics::<Replica>));
     let open = Router::new().route("/health", get(health_handler));
     let access = reads::Access {
         token: cfg.auth_token.as_ref(),

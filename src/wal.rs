@@ -233,9 +233,18 @@ enum Msg {
 /// The log writer's handle. Dropping it flushes, fsyncs and stops the thread.
 pub struct Wal {
     tx: Option<Sender<Msg>>,
+    stats: Arc<FsyncStats>,
     thread: Option<JoinHandle<()>>,
     durable: watch::Receiver<u64>,
     policy: FsyncPolicy,
+}
+
+/// How the log's fsyncs are going, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct FsyncStats {
+    pub fsyncs: std::sync::atomic::AtomicU64,
+    pub last_nanos: std::sync::atomic::AtomicU64,
+    pub total_nanos: std::sync::atomic::AtomicU64,
 }
 
 /// Why a write could not be made durable.
@@ -248,7 +257,9 @@ impl Wal {
     pub fn open(dir: &Path, seq: u64, policy: FsyncPolicy) -> io::Result<Wal> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let (durable_tx, durable) = watch::channel(seq);
+        let stats = Arc::new(FsyncStats::default());
         let mut writer = Writer {
+            stats: stats.clone(),
             dir: dir.to_owned(),
             file: None,
             first_seq: seq + 1,
@@ -266,6 +277,7 @@ impl Wal {
             .spawn(move || writer.run(rx))?;
         Ok(Wal {
             tx: Some(tx),
+            stats,
             thread: Some(thread),
             durable,
             policy,
@@ -274,6 +286,10 @@ impl Wal {
 
     pub fn policy(&self) -> FsyncPolicy {
         self.policy
+    }
+
+    pub fn fsync_stats(&self) -> &FsyncStats {
+        &self.stats
     }
 
     /// Queues the next batch. Call in seq order (under the table lock). Never blocks.
@@ -340,6 +356,7 @@ impl Drop for Wal {
 }
 
 struct Writer {
+    stats: Arc<FsyncStats>,
     dir: PathBuf,
     file: Option<BufWriter<File>>,
     first_seq: u64,
@@ -433,7 +450,13 @@ impl Writer {
                 self.dirty = true;
             }
             if sync && self.dirty {
+                let started = Instant::now();
                 f.get_ref().sync_data()?;
+                let nanos = started.elapsed().as_nanos() as u64;
+                use std::sync::atomic::Ordering::Relaxed;
+                self.stats.fsyncs.fetch_add(1, Relaxed);
+                self.stats.last_nanos.store(nanos, Relaxed);
+                self.stats.total_nanos.fetch_add(nanos, Relaxed);
                 self.dirty = false;
                 self.last_sync = Instant::now();
             }

@@ -1,0 +1,107 @@
+//! Operations: `/metrics` on every role.
+
+use std::collections::HashMap;
+
+use crate::util::*;
+
+/// Parses the Prometheus text format strictly enough to catch malformed lines:
+/// `name{labels} value` per sample, HELP/TYPE comments before each family.
+fn parse(text: &str) -> HashMap<String, f64> {
+    let mut samples = HashMap::new();
+    let mut typed = std::collections::HashSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split(' ');
+            let name = parts.next().unwrap();
+            let kind = parts.next().unwrap();
+            assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+            typed.insert(name.to_owned());
+            continue;
+        }
+        if line.starts_with("# HELP ") || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let name = series.split('{').next().unwrap();
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && name.starts_with("memdb_"),
+            "bad name in {line:?}"
+        );
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .filter(|f| typed.contains(*f))
+            .unwrap_or(name);
+        assert!(typed.contains(family), "no TYPE before {line:?}");
+        if series.contains('{') {
+            assert!(series.ends_with('}'), "{line:?}");
+        }
+        samples.insert(series.to_owned(), value);
+    }
+    samples
+}
+
+async fn scrape(node: &Node) -> HashMap<String, f64> {
+    let resp = reqwest::get(format!("{}/metrics", node.url)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(ct.starts_with("text/plain"), "{ct}");
+    parse(&resp.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn every_role_exposes_parseable_metrics_with_the_named_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Node::leader(
+        dir.path(),
+        &["--snapshot-interval", "20ms", "--fsync", "always"],
+    );
+    let replica = Node::replica(&leader.url, &[]);
+    let local = Node::local(dir.path(), &[]);
+    wait_ready(&replica).await;
+    for i in 0..5 {
+        leader
+            .client()
+            .post_text(&format!("metric {i}"))
+            .await
+            .unwrap();
+    }
+    converged(&leader, &replica).await;
+    converged(&leader, &local).await;
+    for _ in 0..3 {
+        counts(&replica, &["metric"]).await;
+        counts(&local, &["metric"]).await;
+    }
+    eventually("snapshot of seq 5", || async {
+        (leader.health().await["snapshot"]["seq"] == 5).then_some(())
+    })
+    .await;
+
+    let m = scrape(&leader).await;
+    assert_eq!(m["memdb_seq"], 5.0);
+    assert_eq!(m["memdb_words_ingested_total"], 10.0);
+    assert_eq!(m["memdb_snapshot_seq"], 5.0);
+    assert_eq!(m["memdb_wal_durable_seq"], 5.0);
+    assert!(m["memdb_wal_fsyncs_total"] >= 1.0);
+    assert!(m["memdb_requests_total{route=\"/post\",status=\"2xx\"}"] >= 5.0);
+    assert!(m["memdb_request_duration_seconds_count{route=\"/post\"}"] >= 5.0);
+    let lag = format!("memdb_replica_lag_batches{{replica=\"{}\"}}", replica.url);
+    assert_eq!(m[&lag], 0.0, "{m:?}");
+
+    let m = scrape(&replica).await;
+    assert_eq!((m["memdb_seq"], m["memdb_ready"]), (5.0, 1.0));
+    assert!(m["memdb_requests_total{route=\"/wordcount\",status=\"2xx\"}"] >= 3.0);
+    assert!(m["memdb_updates_applied_total"] >= 1.0);
+
+    let m = scrape(&local).await;
+    assert_eq!((m["memdb_seq"], m["memdb_ready"]), (5.0, 1.0));
+    assert_eq!(m["memdb_rejected_snapshots_total"], 0.0);
+    assert!(m["memdb_snapshot_age_seconds"] >= 0.0);
+    assert!(m["memdb_snapshot_loads_total{source=\"socket\"}"] >= 1.0);
+}

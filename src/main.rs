@@ -248,6 +248,10 @@ async fn bind(listen: &Listen, role: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("binding {}:{}", listen.host, listen.port))?;
     let addr: SocketAddr = listener.local_addr()?;
     tracing::info!(role, %addr, "listening");
+    // Under systemd with Type=notify: tell it we serve (a no-op elsewhere).
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "could not notify systemd of readiness");
+    }
     Ok(listener)
 }
 

@@ -105,3 +105,25 @@ async fn every_role_exposes_parseable_metrics_with_the_named_series() {
     assert!(m["memdb_snapshot_age_seconds"] >= 0.0);
     assert!(m["memdb_snapshot_loads_total{source=\"socket\"}"] >= 1.0);
 }
+
+#[test]
+fn readiness_is_announced_to_systemd() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_memdb"))
+        .args(["leader", "--port", "0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let got = sock.recv(&mut buf);
+    let _ = child.kill();
+    let _ = child.wait();
+    let n = got.expect("a readiness message");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
+}

@@ -3,7 +3,7 @@
 //! Request counts and latencies are recorded by a small tower layer (two clock reads
 //! and a few relaxed atomic adds per request, no allocation) into process-wide
 //! counters: a process runs one node. Each role adds its own gauges at scrape time
-//! (see `CountSource::write_metrics`).
+//! (see `CountSource::write_metrics`). The same layer logs each request at debug level.
 
 use std::fmt::Write as _;
 use std::future::Future;
@@ -174,9 +174,13 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
+        // Request logs at debug: captured only when that level is on.
+        let log = tracing::enabled!(tracing::Level::DEBUG)
+            .then(|| (req.method().clone(), req.uri().path().to_owned()));
         CountedFuture {
             route: route_index(req.uri().path()),
             started: Instant::now(),
+            log,
             inner: self.inner.call(req),
         }
     }
@@ -186,6 +190,7 @@ pin_project_lite::pin_project! {
     pub struct CountedFuture<F> {
         route: usize,
         started: Instant,
+        log: Option<(axum::http::Method, String)>,
         #[pin]
         inner: F,
     }
@@ -202,6 +207,15 @@ where
         let out = std::task::ready!(this.inner.poll(cx));
         if let Ok(resp) = &out {
             record(*this.route, resp.status().as_u16(), *this.started);
+            if let Some((method, path)) = this.log.take() {
+                tracing::debug!(
+                    %method,
+                    path,
+                    status = resp.status().as_u16(),
+                    us = this.started.elapsed().as_micros() as u64,
+                    "request"
+                );
+            }
         }
         Poll::Ready(out)
     }

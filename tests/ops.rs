@@ -83,6 +83,12 @@ async fn every_role_exposes_parseable_metrics_with_the_named_series() {
     })
     .await;
 
+    // Each request is logged at debug level (the tests run nodes with memdb=debug).
+    assert!(
+        leader.log().contains("request method=POST path=\"/post\" status=202"),
+        "{}",
+        leader.log()
+    );
     let m = scrape(&leader).await;
     assert_eq!(m["memdb_seq"], 5.0);
     assert_eq!(m["memdb_words_ingested_total"], 10.0);

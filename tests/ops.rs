@@ -85,7 +85,9 @@ async fn every_role_exposes_parseable_metrics_with_the_named_series() {
 
     // Each request is logged at debug level (the tests run nodes with memdb=debug).
     assert!(
-        leader.log().contains("request method=POST path=\"/post\" status=202"),
+        leader
+            .log()
+            .contains("request method=POST path=\"/post\" status=202"),
         "{}",
         leader.log()
     );
@@ -132,4 +134,63 @@ fn readiness_is_announced_to_systemd() {
     let _ = child.wait();
     let n = got.expect("a readiness message");
     assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
+}
+
+#[tokio::test]
+async fn a_config_file_sets_defaults_that_flags_override() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let file = dir.path().join("memdb.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[leader]\nport = 0\ndata-dir = {:?}\ntokenizer = \"whitespace\"\nmax-body = \"2KiB\"\n\
+             replica = [\"http://127.0.0.1:9\"]\n\n[replica]\nleader = \"http://127.0.0.1:1\"\n",
+            data.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    // Everything from the file: port, data dir, tokenizer, body limit, a replica list.
+    let leader = Node::start(&["leader", "--config", f]);
+    let h = leader.health().await;
+    assert_eq!(h["tokenizer"], "whitespace");
+    assert_eq!(h["replicas"][0]["url"], "http://127.0.0.1:9");
+    let big = format!("text={}", "a ".repeat(1500));
+    let (status, _) = raw(
+        "POST",
+        &format!("{}/post", leader.url),
+        None,
+        big.into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 413, "max-body from the file");
+    assert!(data.join("snapshot.memdb").exists());
+    drop(leader);
+    // A flag wins over the file.
+    let data2 = dir.path().join("data2");
+    let leader = Node::start(&[
+        "leader",
+        "--config",
+        f,
+        "--tokenizer",
+        "unicode",
+        "--data-dir",
+        data2.to_str().unwrap(),
+    ]);
+    assert_eq!(leader.health().await["tokenizer"], "unicode");
+    drop(leader);
+    // A typo is an error, not silently ignored.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[leader]\nsnapshot-intervall = \"1s\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_memdb"))
+        .args(["leader", "--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown setting \"snapshot-intervall\""),
+        "{err}"
+    );
 }

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -638,19 +638,19 @@ pub fn leader_router(leader: Leader) -> Router {
             "/replicas",
             post(register_handler).get(list_replicas_handler),
         );
-    let lookups = Router::new()
-        .route("/wordcount", get(reads::wordcount::<Leader>))
-        .route("/metrics", get(reads::metrics::<Leader>));
-    let open = Router::new().route("/health", get(health_handler));
     let access = reads::Access {
         token: cfg.auth_token.as_ref(),
         protect_reads: cfg.protect_reads,
     };
-    let routes = access
-        .apply(guarded, lookups, open)
-        .layer(DefaultBodyLimit::max(cfg.max_body));
-    let limits = cfg.limits;
-    reads::finish(routes, leader, limits)
+    let (max_body, limits) = (Some(cfg.max_body), cfg.limits);
+    reads::node_router(
+        leader.clone(),
+        guarded,
+        get(health_handler),
+        access,
+        max_body,
+        limits,
+    )
 }
 
 /// Runs a leader on `listener` until `shutdown` resolves, then drains replicas and

@@ -514,17 +514,19 @@ async fn health_handler(State(r): State<LocalReplica>) -> Response {
 pub fn local_replica_router(replica: LocalReplica) -> Router {
     let cfg = &replica.shared.config;
     let guarded = Router::new().route("/sync", get(reads::sync::<LocalReplica>));
-    let lookups = Router::new()
-        .route("/wordcount", get(reads::wordcount::<LocalReplica>))
-        .route("/metrics", get(reads::metrics::<LocalReplica>));
-    let open = Router::new().route("/health", get(health_handler));
     let access = reads::Access {
         token: cfg.auth_token.as_ref(),
         protect_reads: cfg.protect_reads,
     };
-    let routes = access.apply(guarded, lookups, open);
-    let limits = cfg.limits;
-    reads::finish(routes, replica, limits)
+    let (max_body, limits) = (None, cfg.limits);
+    reads::node_router(
+        replica.clone(),
+        guarded,
+        get(health_handler),
+        access,
+        max_body,
+        limits,
+    )
 }
 
 /// Runs a local replica on `listener` until `shutdown` resolves.

@@ -181,6 +181,29 @@ async fn limit_error(err: tower::BoxError) -> ApiError {
     }
 }
 
+/// Builds a node's whole router: the role's `guarded` routes and `health` handler, plus
+/// the routes every role shares (`/wordcount`, `/metrics`), under `access`, with the
+/// body limit (if the role takes bodies) and [`finish`].
+pub fn node_router<S: CountSource>(
+    node: S,
+    guarded: Router<S>,
+    health: axum::routing::MethodRouter<S>,
+    access: Access<'_>,
+    max_body: Option<usize>,
+    limits: Limits,
+) -> Router {
+    use axum::routing::get;
+    let lookups = Router::new()
+        .route("/wordcount", get(wordcount::<S>))
+        .route("/metrics", get(metrics::<S>));
+    let open = Router::new().route("/health", health);
+    let mut routes = access.apply(guarded, lookups, open);
+    if let Some(max) = max_body {
+        routes = routes.layer(axum::extract::DefaultBodyLimit::max(max));
+    }
+    finish(routes, node, limits)
+}
+
 /// Finishes a node's router the same way for every role: JSON 404/405 fallbacks, the
 /// seq header on every response, the concurrency cap and request timeout (answered
 /// with JSON 503s, so overload is refused rather than queued without bound), and the

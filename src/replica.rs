@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -472,19 +472,19 @@ pub fn replica_router(replica: Replica) -> Router {
     let guarded = Router::new()
         .route("/sync", get(reads::sync::<Replica>))
         .route("/update", post(update_handler));
-    let lookups = Router::new()
-        .route("/wordcount", get(reads::wordcount::<Replica>))
-        .route("/metrics", get(reads::metrics::<Replica>));
-    let open = Router::new().route("/health", get(health_handler));
     let access = reads::Access {
         token: cfg.auth_token.as_ref(),
         protect_reads: cfg.protect_reads,
     };
-    let routes = access
-        .apply(guarded, lookups, open)
-        .layer(DefaultBodyLimit::max(cfg.max_body));
-    let limits = cfg.limits;
-    reads::finish(routes, replica, limits)
+    let (max_body, limits) = (Some(cfg.max_body), cfg.limits);
+    reads::node_router(
+        replica.clone(),
+        guarded,
+        get(health_handler),
+        access,
+        max_body,
+        limits,
+    )
 }
 
 /// Runs a replica on `listener` until `shutdown` resolves.

@@ -18,6 +18,7 @@
 //! - [`mapped`]: a snapshot memory-mapped and read in place (the only `unsafe`).
 //! - [`notifier`]: the leader's Unix socket that tells local replicas a snapshot is ready.
 //! - [`metrics`]: `/metrics` (Prometheus text): request counters and latency histograms.
+//! - [`ratelimit`]: `--rate-limit`, a node-wide token bucket answering 429.
 //! - [`perf`]: the load tool behind `memdb perf`, with its consistency check.
 //! - [`client`]: a small typed HTTP client used by replicas, tests and tools.
 //! - [`config`]: validated configuration with documented defaults.
@@ -34,6 +35,7 @@ pub mod metrics;
 pub mod notifier;
 pub mod perf;
 pub mod publisher;
+pub mod ratelimit;
 pub mod reads;
 pub mod replica;
 pub mod replication;

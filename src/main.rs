@@ -109,6 +109,9 @@ struct Listen {
     /// Longest a request may take before it is answered 503 (0 = no limit).
     #[arg(long, env = "MEMDB_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     request_timeout: Duration,
+    /// Requests per second this node accepts (bursts of as many); beyond it 429.
+    #[arg(long, env = "MEMDB_RATE_LIMIT")]
+    rate_limit: Option<u32>,
 }
 
 impl Listen {
@@ -116,6 +119,7 @@ impl Listen {
         memdb::config::Limits {
             max_concurrent: self.max_concurrent,
             request_timeout: self.request_timeout,
+            rate_limit: self.rate_limit,
         }
     }
 }

@@ -154,6 +154,8 @@ pub struct Limits {
     pub max_concurrent: usize,
     /// Longest a request may take before it is answered 503; zero for no limit.
     pub request_timeout: Duration,
+    /// Requests per second the node accepts (bursts of as many); beyond it 429.
+    pub rate_limit: Option<u32>,
 }
 
 impl Default for Limits {
@@ -161,6 +163,7 @@ impl Default for Limits {
         Limits {
             max_concurrent: 4096,
             request_timeout: Duration::from_secs(30),
+            rate_limit: None,
         }
     }
 }
@@ -228,7 +231,9 @@ pub fn finish<S: CountSource>(routes: Router<S>, node: S, limits: Limits) -> Rou
         .concurrency_limit(limits.max_concurrent.max(1));
     // A zero timeout turns it off (it costs a timer per request).
     // Counted outermost, so refusals for overload and timeouts are counted too.
-    let counted = ServiceBuilder::new().layer(crate::metrics::CountRequests);
+    let counted = ServiceBuilder::new()
+        .layer(crate::metrics::CountRequests)
+        .layer(crate::ratelimit::RateLimit::new(limits.rate_limit));
     if limits.request_timeout.is_zero() {
         Router::new().fallback_service(counted.service(limited.service(inner)))
     } else {

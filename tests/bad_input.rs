@@ -245,3 +245,30 @@ async fn a_request_over_the_timeout_gets_503() {
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
     wait_ready(&leader).await;
 }
+
+#[tokio::test]
+async fn requests_over_the_rate_limit_get_429() {
+    let dir = tempfile::tempdir().unwrap();
+    // One request a second: a burst of ten cannot all pass.
+    let leader = Node::leader(dir.path(), &["--rate-limit", "1"]);
+    let url = format!("{}/wordcount?word=a", leader.url);
+    let mut limited = None;
+    for _ in 0..10 {
+        let (status, body) = raw("GET", &url, None, vec![]).await;
+        if status == 429 {
+            limited = Some(body);
+            break;
+        }
+        assert_eq!(status, 200);
+    }
+    let body = limited.expect("a 429 within a burst of 10 at 1 request/s");
+    assert!(
+        body["error"].as_str().unwrap().contains("--rate-limit"),
+        "{body}"
+    );
+    // The bucket refills: within a few seconds a request passes again.
+    eventually("a request passes after the refill", || async {
+        (raw("GET", &url, None, vec![]).await.0 == 200).then_some(())
+    })
+    .await;
+}

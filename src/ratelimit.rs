@@ -1,0 +1,113 @@
+//! `--rate-limit N`: a node-wide token bucket (N requests per second, bursts of up to
+//! N). A request that finds the bucket empty is answered `429` with a JSON error at
+//! once; it never waits.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use parking_lot::Mutex;
+
+use crate::http::ApiError;
+
+struct Bucket {
+    rate: f64,
+    /// (tokens available, when they were counted)
+    state: Mutex<(f64, Instant)>,
+}
+
+impl Bucket {
+    fn take(&self) -> bool {
+        let mut s = self.state.lock();
+        let now = Instant::now();
+        let refill = now.duration_since(s.1).as_secs_f64() * self.rate;
+        s.0 = (s.0 + refill).min(self.rate.max(1.0));
+        s.1 = now;
+        if s.0 >= 1.0 {
+            s.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The layer; `None` (no `--rate-limit`) lets everything through.
+#[derive(Clone, Default)]
+pub struct RateLimit(Option<Arc<Bucket>>);
+
+impl RateLimit {
+    pub fn new(per_second: Option<u32>) -> Self {
+        RateLimit(per_second.filter(|n| *n > 0).map(|n| {
+            Arc::new(Bucket {
+                rate: n as f64,
+                state: Mutex::new((n as f64, Instant::now())),
+            })
+        }))
+    }
+}
+
+impl<S> tower::Layer<S> for RateLimit {
+    type Service = Limited<S>;
+    fn layer(&self, inner: S) -> Limited<S> {
+        Limited {
+            inner,
+            bucket: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Limited<S> {
+    inner: S,
+    bucket: Option<Arc<Bucket>>,
+}
+
+impl<S> tower::Service<Request> for Limited<S>
+where
+    S: tower::Service<Request, Response = Response>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future =
+        futures_util::future::Either<S::Future, std::future::Ready<Result<Response, S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        match &self.bucket {
+            Some(b) if !b.take() => {
+                futures_util::future::Either::Right(std::future::ready(Ok(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "request rate above the node's --rate-limit; retry shortly",
+                )
+                .into_response())))
+            }
+            _ => futures_util::future::Either::Left(self.inner.call(req)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_allows_a_burst_then_refills() {
+        let RateLimit(Some(b)) = RateLimit::new(Some(5)) else {
+            panic!("a bucket")
+        };
+        assert_eq!((0..10).filter(|_| b.take()).count(), 5);
+        std::thread::sleep(std::time::Duration::from_millis(450));
+        let again = (0..10).filter(|_| b.take()).count();
+        assert!((1..=3).contains(&again), "{again} after ~0.45 s at 5/s");
+        assert!(RateLimit::new(None).0.is_none());
+        assert!(RateLimit::new(Some(0)).0.is_none());
+    }
+}

@@ -382,27 +382,13 @@ impl Leader {
 }
 
 impl CountSource for Leader {
+    fn distinct_words(&self) -> u64 {
+        self.shared.table.read().len() as u64
+    }
+
     fn write_metrics(&self, out: &mut String) {
         use crate::metrics::{write_labelled, write_metric};
         let s = &self.shared;
-        let (seq, words) = {
-            let t = s.table.read();
-            (t.seq(), t.len())
-        };
-        write_metric(
-            out,
-            "memdb_seq",
-            "gauge",
-            "Seq of the last applied batch.",
-            seq as f64,
-        );
-        write_metric(
-            out,
-            "memdb_distinct_words",
-            "gauge",
-            "Distinct words in the table.",
-            words as f64,
-        );
         write_metric(
             out,
             "memdb_words_ingested_total",

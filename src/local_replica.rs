@@ -398,6 +398,10 @@ impl Serialize for ArchivedJson<'_> {
 }
 
 impl CountSource for LocalReplica {
+    fn distinct_words(&self) -> u64 {
+        self.current().map(|m| m.header().words).unwrap_or(0)
+    }
+
     fn write_metrics(&self, out: &mut String) {
         use crate::metrics::{write_labelled, write_metric};
         let cur = self.current();
@@ -406,20 +410,6 @@ impl CountSource for LocalReplica {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        write_metric(
-            out,
-            "memdb_seq",
-            "gauge",
-            "Seq of the mapped snapshot.",
-            h.map(|h| h.seq).unwrap_or(0) as f64,
-        );
-        write_metric(
-            out,
-            "memdb_distinct_words",
-            "gauge",
-            "Distinct words in the mapped snapshot.",
-            h.map(|h| h.words).unwrap_or(0) as f64,
-        );
         write_metric(
             out,
             "memdb_ready",

@@ -31,7 +31,9 @@ pub trait CountSource: Clone + Send + Sync + 'static {
     fn lookup(&self, words: &[Cow<'_, str>]) -> Result<(Vec<u8>, u64), ApiError>;
     /// The whole table as a JSON object, with its seq, incarnation and tokenizer.
     fn sync_json(&self) -> (Vec<u8>, u64, u64, Tokenizer);
-    /// Appends the role's own Prometheus series.
+    /// Distinct words in the table the node serves.
+    fn distinct_words(&self) -> u64;
+    /// Appends the role's own Prometheus series (beyond seq and distinct words).
     fn write_metrics(&self, out: &mut String);
 }
 
@@ -91,6 +93,21 @@ pub async fn wordcount<S: CountSource>(
 pub async fn metrics<S: CountSource>(State(node): State<S>) -> Response {
     let mut out = String::with_capacity(8 << 10);
     crate::metrics::write_http(&mut out);
+    let (seq, words) = (node.seq(), node.distinct_words());
+    crate::metrics::write_metric(
+        &mut out,
+        "memdb_seq",
+        "gauge",
+        "Seq the node's table reflects.",
+        seq as f64,
+    );
+    crate::metrics::write_metric(
+        &mut out,
+        "memdb_distinct_words",
+        "gauge",
+        "Distinct words in the node's table.",
+        words as f64,
+    );
     node.write_metrics(&mut out);
     (
         [(

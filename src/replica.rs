@@ -363,28 +363,14 @@ fn parse_deltas(body: &[u8]) -> Result<Vec<(String, i64)>, ApiError> {
 }
 
 impl CountSource for Replica {
+    fn distinct_words(&self) -> u64 {
+        self.shared.data.read().table.len() as u64
+    }
+
     fn write_metrics(&self, out: &mut String) {
         use crate::metrics::write_metric;
         let s = &self.shared;
-        let (seq, words) = {
-            let d = s.data.read();
-            (d.table.seq(), d.table.len())
-        };
         let syncs = s.stats.lock().syncs;
-        write_metric(
-            out,
-            "memdb_seq",
-            "gauge",
-            "Seq the replica's table reflects.",
-            seq as f64,
-        );
-        write_metric(
-            out,
-            "memdb_distinct_words",
-            "gauge",
-            "Distinct words in the table.",
-            words as f64,
-        );
         write_metric(
             out,
             "memdb_ready",

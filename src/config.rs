@@ -4,8 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::http::Token;
-pub use crate::reads::Limits;
+pub use crate::reads::{Limits, Serving};
 use crate::words::Tokenizer;
 
 /// A leader's settings.
@@ -43,12 +42,9 @@ pub struct LeaderConfig {
     /// When a write is acknowledged relative to its log record reaching the disk.
     /// Default `everysec`.
     pub fsync: crate::wal::FsyncPolicy,
-    /// Required (as `Authorization: Bearer`) on writes, `/sync`, `/replicas`, and sent
-    /// to replicas with every push. None: no authentication.
-    pub auth_token: Option<Token>,
-    /// Also require the token on `/wordcount`.
-    pub protect_reads: bool,
-    pub limits: Limits,
+    /// Token, read protection and limits; the token is also sent to replicas with
+    /// every push.
+    pub serving: Serving,
 }
 
 impl LeaderConfig {
@@ -68,9 +64,7 @@ impl LeaderConfig {
             socket: None,
             replication_linger: Duration::from_millis(1),
             fsync: crate::wal::FsyncPolicy::EverySec,
-            auth_token: None,
-            protect_reads: false,
-            limits: Limits::default(),
+            serving: Serving::default(),
         }
     }
 }
@@ -89,11 +83,8 @@ pub struct ReplicaConfig {
     pub max_body: usize,
     /// Longest a `min_seq` read waits. Default 2s.
     pub max_wait: Duration,
-    /// Sent to the leader, and required on `/update` and `/sync` (and on `/wordcount`
-    /// with `protect_reads`).
-    pub auth_token: Option<Token>,
-    pub protect_reads: bool,
-    pub limits: Limits,
+    /// Token, read protection and limits; the token is also sent to the leader.
+    pub serving: Serving,
 }
 
 impl ReplicaConfig {
@@ -104,9 +95,7 @@ impl ReplicaConfig {
             heartbeat: Duration::from_secs(1),
             max_body: 64 << 20,
             max_wait: Duration::from_secs(2),
-            auth_token: None,
-            protect_reads: false,
-            limits: Limits::default(),
+            serving: Serving::default(),
         }
     }
 }

@@ -224,7 +224,7 @@ impl Leader {
             incarnation,
             config.tokenizer,
             linger,
-            config.auth_token.clone(),
+            config.serving.auth_token.clone(),
         );
         for url in &config.replicas {
             replicas.add(url, true);
@@ -624,18 +624,12 @@ pub fn leader_router(leader: Leader) -> Router {
             "/replicas",
             post(register_handler).get(list_replicas_handler),
         );
-    let access = reads::Access {
-        token: cfg.auth_token.as_ref(),
-        protect_reads: cfg.protect_reads,
-    };
-    let (max_body, limits) = (Some(cfg.max_body), cfg.limits);
     reads::node_router(
         leader.clone(),
         guarded,
         get(health_handler),
-        access,
-        max_body,
-        limits,
+        &cfg.serving,
+        Some(cfg.max_body),
     )
 }
 

@@ -52,10 +52,8 @@ pub struct LocalReplicaConfig {
     pub poll_interval: Duration,
     /// Longest a `min_seq` read waits. Default 2s.
     pub max_wait: Duration,
-    /// Required on `/sync` (and on `/wordcount` with `protect_reads`).
-    pub auth_token: Option<crate::http::Token>,
-    pub protect_reads: bool,
-    pub limits: reads::Limits,
+    /// Token (required on `/sync`, and on lookups with `protect_reads`) and limits.
+    pub serving: reads::Serving,
 }
 
 impl LocalReplicaConfig {
@@ -65,9 +63,7 @@ impl LocalReplicaConfig {
             socket: None,
             poll_interval: Duration::from_secs(1),
             max_wait: Duration::from_secs(2),
-            auth_token: None,
-            protect_reads: false,
-            limits: reads::Limits::default(),
+            serving: reads::Serving::default(),
         }
     }
 
@@ -504,18 +500,12 @@ async fn health_handler(State(r): State<LocalReplica>) -> Response {
 pub fn local_replica_router(replica: LocalReplica) -> Router {
     let cfg = &replica.shared.config;
     let guarded = Router::new().route("/sync", get(reads::sync::<LocalReplica>));
-    let access = reads::Access {
-        token: cfg.auth_token.as_ref(),
-        protect_reads: cfg.protect_reads,
-    };
-    let (max_body, limits) = (None, cfg.limits);
     reads::node_router(
         replica.clone(),
         guarded,
         get(health_handler),
-        access,
-        max_body,
-        limits,
+        &cfg.serving,
+        None,
     )
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use memdb::config::{LeaderConfig, ReplicaConfig, parse_duration, parse_size};
+use memdb::config::{LeaderConfig, ReplicaConfig, Serving, parse_duration, parse_size};
 use memdb::http::Token;
 use memdb::local_replica::LocalReplicaConfig;
 use memdb::shutdown::shutdown_signal;
@@ -114,14 +114,17 @@ struct Listen {
     rate_limit: Option<u32>,
 }
 
-impl Listen {
-    fn limits(&self) -> memdb::config::Limits {
-        memdb::config::Limits {
-            max_concurrent: self.max_concurrent,
-            request_timeout: self.request_timeout,
-            rate_limit: self.rate_limit,
-        }
-    }
+/// Token, read protection and limits from a serving role's flags.
+fn serving(listen: &Listen, auth: &AuthArgs) -> anyhow::Result<Serving> {
+    Ok(Serving {
+        auth_token: auth.token()?,
+        protect_reads: auth.protect_reads,
+        limits: memdb::config::Limits {
+            max_concurrent: listen.max_concurrent,
+            request_timeout: listen.request_timeout,
+            rate_limit: listen.rate_limit,
+        },
+    })
 }
 
 #[derive(Args)]
@@ -389,9 +392,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 socket: a.socket,
                 replication_linger: a.replication_linger,
                 fsync: a.fsync,
-                auth_token: a.auth.token()?,
-                protect_reads: a.auth.protect_reads,
-                limits: a.listen.limits(),
+                serving: serving(&a.listen, &a.auth)?,
                 ..LeaderConfig::new(a.data_dir)
             };
             // Open the data directory first: a locked or unreadable one fails before a
@@ -407,9 +408,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 heartbeat: a.heartbeat,
                 max_body: a.max_body,
                 max_wait: a.max_wait,
-                auth_token: a.auth.token()?,
-                protect_reads: a.auth.protect_reads,
-                limits: a.listen.limits(),
+                serving: serving(&a.listen, &a.auth)?,
                 ..ReplicaConfig::new(a.leader)
             };
             memdb::replica::run(listener, config, shutdown).await?;
@@ -425,9 +424,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 socket: a.socket,
                 poll_interval: a.poll_interval,
                 max_wait: a.max_wait,
-                auth_token: a.auth.token()?,
-                protect_reads: a.auth.protect_reads,
-                limits: a.listen.limits(),
+                serving: serving(&a.listen, &a.auth)?,
                 ..LocalReplicaConfig::new(a.data_dir)
             };
             memdb::local_replica::run(listener, config, shutdown).await?;

@@ -142,23 +142,28 @@ pub async fn sync<S: CountSource>(State(node): State<S>) -> Result<Response, Api
         .into_response())
 }
 
-/// Access control, the same for every role. `guarded` routes (writes, replication,
-/// bulk reads, admin) need the token when one is set; `reads` need it only with
-/// `protect_reads`; `open` routes (health) never do.
-pub struct Access<'a> {
-    pub token: Option<&'a http::Token>,
+/// How a node serves, the same for every role: who may call what, and its limits.
+/// `guarded` routes (writes, replication, bulk reads, admin) need the token when one is
+/// set; lookups need it only with `protect_reads`; `/health` never does.
+#[derive(Debug, Clone, Default)]
+pub struct Serving {
+    /// Required (as `Authorization: Bearer`) on guarded routes; None: no authentication.
+    pub auth_token: Option<http::Token>,
+    /// Also require the token on `/wordcount` and `/metrics`.
     pub protect_reads: bool,
+    pub limits: Limits,
 }
 
-impl Access<'_> {
-    pub fn apply<S: Clone + Send + Sync + 'static>(
+impl Serving {
+    fn apply<S: Clone + Send + Sync + 'static>(
         &self,
         guarded: Router<S>,
         reads: Router<S>,
         open: Router<S>,
     ) -> Router<S> {
-        let reads_token = if self.protect_reads { self.token } else { None };
-        http::protect(guarded, self.token)
+        let token = self.auth_token.as_ref();
+        let reads_token = if self.protect_reads { token } else { None };
+        http::protect(guarded, token)
             .merge(http::protect(reads, reads_token))
             .merge(open)
     }
@@ -202,26 +207,25 @@ async fn limit_error(err: tower::BoxError) -> ApiError {
 }
 
 /// Builds a node's whole router: the role's `guarded` routes and `health` handler, plus
-/// the routes every role shares (`/wordcount`, `/metrics`), under `access`, with the
-/// body limit (if the role takes bodies) and [`finish`].
+/// the routes every role shares (`/wordcount`, `/metrics`), under `serving`'s access
+/// rules, with the body limit (if the role takes bodies) and [`finish`].
 pub fn node_router<S: CountSource>(
     node: S,
     guarded: Router<S>,
     health: axum::routing::MethodRouter<S>,
-    access: Access<'_>,
+    serving: &Serving,
     max_body: Option<usize>,
-    limits: Limits,
 ) -> Router {
     use axum::routing::get;
     let lookups = Router::new()
         .route("/wordcount", get(wordcount::<S>))
         .route("/metrics", get(metrics::<S>));
     let open = Router::new().route("/health", health);
-    let mut routes = access.apply(guarded, lookups, open);
+    let mut routes = serving.apply(guarded, lookups, open);
     if let Some(max) = max_body {
         routes = routes.layer(axum::extract::DefaultBodyLimit::max(max));
     }
-    finish(routes, node, limits)
+    finish(routes, node, serving.limits)
 }
 
 /// Finishes a node's router the same way for every role: JSON 404/405 fallbacks, the

@@ -97,7 +97,7 @@ impl Replica {
                 updates: AtomicU64::new(0),
                 gaps: AtomicU64::new(0),
                 stats: Mutex::new(Stats::default()),
-                leader: Client::new(&config.leader).with_token(config.auth_token.clone()),
+                leader: Client::new(&config.leader).with_token(config.serving.auth_token.clone()),
                 advertise,
                 config,
             }),
@@ -458,18 +458,12 @@ pub fn replica_router(replica: Replica) -> Router {
     let guarded = Router::new()
         .route("/sync", get(reads::sync::<Replica>))
         .route("/update", post(update_handler));
-    let access = reads::Access {
-        token: cfg.auth_token.as_ref(),
-        protect_reads: cfg.protect_reads,
-    };
-    let (max_body, limits) = (Some(cfg.max_body), cfg.limits);
     reads::node_router(
         replica.clone(),
         guarded,
         get(health_handler),
-        access,
-        max_body,
-        limits,
+        &cfg.serving,
+        Some(cfg.max_body),
     )
 }
 

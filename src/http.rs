@@ -107,7 +107,9 @@ impl std::fmt::Debug for Token {
     }
 }
 
-async fn require_token(
+/// Middleware: answers 401 unless the request carries `Authorization: Bearer <token>`
+/// (compared in constant time).
+pub async fn require_token(
     axum::extract::State(token): axum::extract::State<Token>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
@@ -131,20 +133,6 @@ async fn require_token(
         HeaderValue::from_static("Bearer realm=\"memdb\""),
     );
     resp
-}
-
-/// Requires `token` on every route of `routes` (no-op without a token).
-pub fn protect<S: Clone + Send + Sync + 'static>(
-    routes: axum::Router<S>,
-    token: Option<&Token>,
-) -> axum::Router<S> {
-    match token {
-        Some(t) => routes.route_layer(axum::middleware::from_fn_with_state(
-            t.clone(),
-            require_token,
-        )),
-        None => routes,
-    }
 }
 
 /// Serves `app` on `listener` until `shutdown`, then waits for requests in flight.

@@ -16,7 +16,6 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use serde_json::{Value, json};
@@ -24,6 +23,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::api;
 use crate::backlog::{Backlog, Batch};
 use crate::config::LeaderConfig;
 use crate::http::{self, ApiError, SEQ};
@@ -116,10 +119,36 @@ struct Shared {
 }
 
 /// `POST /post`'s answer.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, Copy, serde::Serialize, utoipa::ToSchema)]
 pub struct Ingested {
+    /// The seq of the batch (the seq the leader's table had after it, if it was empty).
     pub seq: u64,
+    /// Words counted.
     pub words: u64,
+}
+
+/// `POST /post` as a JSON body.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // A schema only: `http::post_text` parses the body.
+struct PostJson {
+    text: String,
+}
+
+/// `POST /post` as a form (the Go clients' way); several `text` fields are all counted.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // A schema only: `http::post_text` parses the body.
+struct PostForm {
+    text: String,
+}
+
+/// `POST /replicas`: a replica announces itself.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+struct Register {
+    /// Where the leader reaches the replica (`http://host:port`).
+    url: String,
+    /// The replica's seq and the incarnation it follows, if it has synced.
+    seq: Option<u64>,
+    incarnation: Option<String>,
 }
 
 impl Leader {
@@ -515,6 +544,34 @@ impl CountSource for Leader {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/post",
+    tag = "writes",
+    summary = "Count the words of a text",
+    description = "Applies the text as one batch with the next seq and pushes it to the \
+                   network replicas. With --fsync always the answer waits for the log \
+                   record to be on disk; with --min-acks N for N replicas to confirm.",
+    request_body(content(
+        (inline(PostForm) = "application/x-www-form-urlencoded"),
+        (String = "text/plain"),
+        (inline(PostJson) = "application/json"),
+    )),
+    responses(
+        (status = 202, description = "Counted", body = Ingested,
+         headers(("x-memdb-seq" = u64, description = "The batch's seq"))),
+        (status = 400, description = "No text, empty text or a malformed body",
+         body = crate::api::ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = crate::api::ErrorBody),
+        (status = 413, description = "Larger than --max-body", body = crate::api::ErrorBody),
+        (status = 415, description = "Unsupported content type", body = crate::api::ErrorBody),
+        (status = 503, description = "Applied in memory but not made durable, or overloaded",
+         body = crate::api::ErrorBody),
+        (status = 504, description = "Applied on the leader but not confirmed by --min-acks \
+                                      replicas within --ack-timeout",
+         body = crate::api::ErrorBody),
+    )
+)]
 async fn post_handler(
     State(leader): State<Leader>,
     headers: HeaderMap,
@@ -565,21 +622,39 @@ async fn post_handler(
         .into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    summary = "Liveness and replication status",
+    responses((status = 200, description = "The leader's seq, its replicas (acked seq, lag, \
+                                          last error), snapshot and log statistics",
+               body = Object)),
+)]
 async fn health_handler(State(leader): State<Leader>) -> Response {
     axum::Json(leader.health()).into_response()
 }
 
+#[utoipa::path(
+    post,
+    path = "/replicas",
+    tag = "replication",
+    summary = "Register a network replica",
+    description = "Replicas call this at start and on every heartbeat; the leader then \
+                   pushes its batches to the URL.",
+    request_body = Register,
+    responses(
+        (status = 200, description = "Registered: the leader's incarnation, seq and tokenizer",
+         body = Object),
+        (status = 400, description = "Not a JSON object with an http(s) url",
+         body = crate::api::ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = crate::api::ErrorBody),
+    )
+)]
 async fn register_handler(
     State(leader): State<Leader>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    #[derive(serde::Deserialize)]
-    struct Register {
-        url: String,
-        /// The replica's seq and the incarnation it follows, if it has synced.
-        seq: Option<u64>,
-        incarnation: Option<String>,
-    }
     let body = body?;
     let reg: Register = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!(
@@ -610,6 +685,17 @@ async fn register_handler(
     .into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/replicas",
+    tag = "replication",
+    summary = "The replicas the leader pushes to",
+    responses(
+        (status = 200, description = "Each replica's URL, acked seq, lag and last error",
+         body = Object),
+        (status = 401, description = "Missing or wrong token", body = crate::api::ErrorBody),
+    )
+)]
 async fn list_replicas_handler(State(leader): State<Leader>) -> Response {
     axum::Json(json!({ "replicas": leader.shared.replicas.reports() })).into_response()
 }
@@ -617,17 +703,17 @@ async fn list_replicas_handler(State(leader): State<Leader>) -> Response {
 /// The leader's routes.
 pub fn leader_router(leader: Leader) -> Router {
     let cfg = &leader.shared.config;
-    let guarded = Router::new()
-        .route("/post", post(post_handler))
-        .route("/sync", get(reads::sync::<Leader>))
-        .route(
-            "/replicas",
-            post(register_handler).get(list_replicas_handler),
-        );
+    let guarded = OpenApiRouter::new()
+        .routes(routes!(post_handler))
+        .routes(api::documented::<reads::__path_sync, _, _, _>(
+            reads::sync::<Leader>,
+        ))
+        .routes(routes!(register_handler, list_replicas_handler));
     reads::node_router(
         leader.clone(),
+        "leader",
         guarded,
-        get(health_handler),
+        routes!(health_handler),
         &cfg.serving,
         Some(cfg.max_body),
     )

@@ -11,6 +11,7 @@
 //! - [`wal`]: the write-ahead log; group commit, replay, rotation.
 //! - [`backlog`]: the leader's bounded in-memory log of recent batches.
 //! - [`replication`]: one ordered sender per network replica; coalescing, retry, resync.
+//! - [`api`]: the OpenAPI document (`/openapi.json`), built with the router.
 //! - [`http`]: shared HTTP pieces: `ApiError`, strict form and query parsing, headers.
 //! - [`reads`]: `/wordcount`, `/sync` and the seq header, shared by every role.
 //! - [`publisher`]: the leader's snapshot thread (its own copy of the table).
@@ -24,6 +25,7 @@
 //! - [`config`]: validated configuration with documented defaults.
 //! - [`shutdown`]: the SIGTERM/ctrl-c signal future.
 
+pub mod api;
 pub mod backlog;
 pub mod client;
 pub mod config;

@@ -21,7 +21,6 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -29,6 +28,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, UnixStream};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::http::{self, ApiError};
 use crate::mapped::{MappedSnapshot, identity_of};
@@ -491,6 +492,17 @@ impl CountSource for LocalReplica {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    summary = "Readiness and the mapped snapshot",
+    responses(
+        (status = 200, description = "A snapshot is mapped: its seq, age and size, the \
+                                      socket's state and loads by source", body = Object),
+        (status = 503, description = "No snapshot mapped yet (same body)", body = Object),
+    )
+)]
 async fn health_handler(State(r): State<LocalReplica>) -> Response {
     let (code, body) = r.health();
     (code, axum::Json(body)).into_response()
@@ -499,11 +511,14 @@ async fn health_handler(State(r): State<LocalReplica>) -> Response {
 /// The local replica's routes.
 pub fn local_replica_router(replica: LocalReplica) -> Router {
     let cfg = &replica.shared.config;
-    let guarded = Router::new().route("/sync", get(reads::sync::<LocalReplica>));
+    let guarded = OpenApiRouter::new().routes(
+        crate::api::documented::<reads::__path_sync, _, _, _>(reads::sync::<LocalReplica>),
+    );
     reads::node_router(
         replica.clone(),
+        "local replica",
         guarded,
-        get(health_handler),
+        routes!(health_handler),
         &cfg.serving,
         None,
     )

@@ -10,6 +10,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::watch;
 use tower_http::set_header::SetResponseHeaderLayer;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
 
 use crate::http::{self, ApiError, INCARNATION, SEQ, TOKENIZER};
 use crate::words::Tokenizer;
@@ -51,6 +52,31 @@ pub async fn wait_for_seq(
 }
 
 /// `GET /wordcount?word=a[&word=b...][&min_seq=N]` → `{"a": n, "b": m}`.
+#[utoipa::path(
+    get,
+    path = "/wordcount",
+    tag = "reads",
+    summary = "Counts of one or more words",
+    description = "Words are normalised by the node's tokenizer (the key in the answer is \
+                   the word as written). A word never seen counts 0.",
+    params(
+        ("word" = Vec<String>, Query, description = "A word to look up; repeat for up to \
+          1024 words"),
+        ("min_seq" = Option<u64>, Query, description = "Answer only once the node has \
+          reached this seq (read-your-writes), waiting at most the node's --max-wait"),
+    ),
+    responses(
+        (status = 200, description = "The counts, and the seq they reflect",
+         body = inline(crate::api::WordCounts),
+         headers(("x-memdb-seq" = u64, description = "The seq the counts reflect"))),
+        (status = 400, description = "No word, too many, or one that is not exactly one word",
+         body = crate::api::ErrorBody),
+        (status = 401, description = "Missing or wrong token (with --protect-reads)",
+         body = crate::api::ErrorBody),
+        (status = 503, description = "No data yet, or min_seq not reached within --max-wait",
+         body = crate::api::ErrorBody),
+    )
+)]
 pub async fn wordcount<S: CountSource>(
     State(node): State<S>,
     RawQuery(query): RawQuery,
@@ -90,6 +116,18 @@ pub async fn wordcount<S: CountSource>(
 }
 
 /// `GET /metrics` → Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Prometheus metrics",
+    responses(
+        (status = 200, description = "Series prefixed memdb_, in Prometheus text format 0.0.4",
+         body = String, content_type = "text/plain"),
+        (status = 401, description = "Missing or wrong token (with --protect-reads)",
+         body = crate::api::ErrorBody),
+    )
+)]
 pub async fn metrics<S: CountSource>(State(node): State<S>) -> Response {
     let mut out = String::with_capacity(8 << 10);
     crate::metrics::write_http(&mut out);
@@ -120,6 +158,23 @@ pub async fn metrics<S: CountSource>(State(node): State<S>) -> Response {
 }
 
 /// `GET /sync` → the whole table as `{"word": count, ...}`.
+#[utoipa::path(
+    get,
+    path = "/sync",
+    tag = "replication",
+    summary = "The whole table",
+    responses(
+        (status = 200, description = "Every word and its count",
+         body = inline(crate::api::WordCounts),
+         headers(
+             ("x-memdb-seq" = u64, description = "The seq the table reflects"),
+             ("x-memdb-incarnation" = String, description = "The leader history it belongs to (16 hex digits)"),
+             ("x-memdb-tokenizer" = String, description = "The tokenizer it was counted with"),
+         )),
+        (status = 401, description = "Missing or wrong token", body = crate::api::ErrorBody),
+        (status = 503, description = "No data yet", body = crate::api::ErrorBody),
+    )
+)]
 pub async fn sync<S: CountSource>(State(node): State<S>) -> Result<Response, ApiError> {
     node.ready()?;
     let (body, seq, incarnation, tokenizer) = node.sync_json();
@@ -155,17 +210,35 @@ pub struct Serving {
 }
 
 impl Serving {
+    /// Puts the token check on `guarded` (and on `reads` with `protect_reads`), marks
+    /// those operations in the document, and merges the three.
     fn apply<S: Clone + Send + Sync + 'static>(
         &self,
-        guarded: Router<S>,
-        reads: Router<S>,
-        open: Router<S>,
-    ) -> Router<S> {
+        guarded: OpenApiRouter<S>,
+        reads: OpenApiRouter<S>,
+        open: OpenApiRouter<S>,
+    ) -> OpenApiRouter<S> {
         let token = self.auth_token.as_ref();
         let reads_token = if self.protect_reads { token } else { None };
-        http::protect(guarded, token)
-            .merge(http::protect(reads, reads_token))
+        protect(guarded, token)
+            .merge(protect(reads, reads_token))
             .merge(open)
+    }
+}
+
+fn protect<S: Clone + Send + Sync + 'static>(
+    mut routes: OpenApiRouter<S>,
+    token: Option<&http::Token>,
+) -> OpenApiRouter<S> {
+    match token {
+        Some(t) => {
+            crate::api::require_bearer(routes.get_openapi_mut());
+            routes.route_layer(axum::middleware::from_fn_with_state(
+                t.clone(),
+                http::require_token,
+            ))
+        }
+        None => routes,
     }
 }
 
@@ -206,26 +279,34 @@ async fn limit_error(err: tower::BoxError) -> ApiError {
     }
 }
 
-/// Builds a node's whole router: the role's `guarded` routes and `health` handler, plus
-/// the routes every role shares (`/wordcount`, `/metrics`), under `serving`'s access
-/// rules, with the body limit (if the role takes bodies) and [`finish`].
+/// Builds a node's whole router and its OpenAPI document (served at `/openapi.json`):
+/// the role's `guarded` routes and `health` handler, plus the routes every role shares
+/// (`/wordcount`, `/metrics`), under `serving`'s access rules, with the body limit (if
+/// the role takes bodies) and [`finish`].
 pub fn node_router<S: CountSource>(
     node: S,
-    guarded: Router<S>,
-    health: axum::routing::MethodRouter<S>,
+    role: &str,
+    guarded: OpenApiRouter<S>,
+    health: UtoipaMethodRouter<S>,
     serving: &Serving,
     max_body: Option<usize>,
 ) -> Router {
-    use axum::routing::get;
-    let lookups = Router::new()
-        .route("/wordcount", get(wordcount::<S>))
-        .route("/metrics", get(metrics::<S>));
-    let open = Router::new().route("/health", health);
+    use crate::api::documented;
+    let lookups = OpenApiRouter::new()
+        .routes(documented::<__path_wordcount, _, _, _>(wordcount::<S>))
+        .routes(documented::<__path_metrics, _, _, _>(metrics::<S>));
+    let open = OpenApiRouter::new().routes(health);
     let mut routes = serving.apply(guarded, lookups, open);
     if let Some(max) = max_body {
         routes = routes.layer(axum::extract::DefaultBodyLimit::max(max));
     }
-    finish(routes, node, serving.limits)
+    let (routes, mut api) = routes.split_for_parts();
+    crate::api::finish_document(&mut api, role, serving.auth_token.is_some());
+    finish(
+        crate::api::serve_document(routes, api),
+        node,
+        serving.limits,
+    )
 }
 
 /// Finishes a node's router the same way for every role: JSON 404/405 fallbacks, the

@@ -12,13 +12,14 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::client::{Client, ClientError};
 use crate::config::ReplicaConfig;
@@ -438,6 +439,37 @@ impl CountSource for Replica {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/update",
+    tag = "replication",
+    summary = "Apply a batch of deltas (leader → replica)",
+    description = "With x-memdb-from-seq, x-memdb-to-seq and x-memdb-incarnation the batch \
+                   applies only at from-seq (a duplicate is acknowledged, a gap answers 409). \
+                   Without them it is applied as the Go original did, which forks the \
+                   replica from its leader until the next full sync.",
+    params(
+        ("x-memdb-from-seq" = Option<u64>, Header, description = "The seq the replica must be at"),
+        ("x-memdb-to-seq" = Option<u64>, Header, description = "The seq it is at afterwards"),
+        ("x-memdb-incarnation" = Option<String>, Header, description = "The leader history (16 hex digits)"),
+        ("x-memdb-resync" = Option<String>, Header, description = "Present: full-sync from the leader now"),
+    ),
+    request_body(content = inline(crate::api::WordCounts), description = "Deltas by word",
+                 content_type = "application/json"),
+    responses(
+        (status = 200, description = "Applied, or a duplicate acknowledged; the replica's seq",
+         body = Object),
+        (status = 202, description = "Re-sync requested", body = Object),
+        (status = 400, description = "Malformed deltas or headers, or a count that would go \
+                                      negative or overflow",
+         body = crate::api::ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = crate::api::ErrorBody),
+        (status = 409, description = "A gap or another incarnation; carries the replica's seq",
+         body = crate::api::ErrorBody),
+        (status = 413, description = "Larger than --max-body", body = crate::api::ErrorBody),
+        (status = 503, description = "Not synced yet", body = crate::api::ErrorBody),
+    )
+)]
 async fn update_handler(
     State(replica): State<Replica>,
     headers: HeaderMap,
@@ -447,6 +479,16 @@ async fn update_handler(
     replica.apply_update(&headers, &body)
 }
 
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    summary = "Readiness and replication status",
+    responses(
+        (status = 200, description = "Synced: seq, leader, incarnation, lag", body = Object),
+        (status = 503, description = "Not synced yet (same body)", body = Object),
+    )
+)]
 async fn health_handler(State(replica): State<Replica>) -> Response {
     let (code, body) = replica.health();
     (code, axum::Json(body)).into_response()
@@ -455,13 +497,16 @@ async fn health_handler(State(replica): State<Replica>) -> Response {
 /// The replica's routes.
 pub fn replica_router(replica: Replica) -> Router {
     let cfg = &replica.shared.config;
-    let guarded = Router::new()
-        .route("/sync", get(reads::sync::<Replica>))
-        .route("/update", post(update_handler));
+    let guarded = OpenApiRouter::new()
+        .routes(crate::api::documented::<reads::__path_sync, _, _, _>(
+            reads::sync::<Replica>,
+        ))
+        .routes(routes!(update_handler));
     reads::node_router(
         replica.clone(),
+        "replica",
         guarded,
-        get(health_handler),
+        routes!(health_handler),
         &cfg.serving,
         Some(cfg.max_body),
     )

@@ -8,6 +8,7 @@ mod cluster;
 mod durability;
 mod local;
 mod model;
+mod openapi;
 mod ops;
 mod perf;
 mod persistence;

@@ -16,7 +16,7 @@ use axum::extract::Request;
 use axum::response::Response;
 
 /// The routes requests are counted under; anything else is `other`.
-const ROUTES: [&str; 8] = [
+const ROUTES: [&str; 9] = [
     "/post",
     "/sync",
     "/wordcount",
@@ -24,6 +24,7 @@ const ROUTES: [&str; 8] = [
     "/update",
     "/replicas",
     "/metrics",
+    "/openapi.json",
     "other",
 ];
 /// Latency histogram bucket bounds, in seconds.

@@ -39,9 +39,10 @@ pub struct LeaderConfig {
     /// fewer requests under load. Not applied with `min_acks > 0` (writers wait for the
     /// push). Default 1ms.
     pub replication_linger: Duration,
-    /// When a write is acknowledged relative to its log record reaching the disk.
-    /// Default `everysec`.
-    pub fsync: crate::wal::FsyncPolicy,
+    /// The write-ahead log: when a write is acknowledged relative to its record
+    /// reaching the disk (default `everysec`), segment size, and how much history is
+    /// kept for replicas to catch up from.
+    pub wal: crate::wal::WalOptions,
     /// Token, read protection and limits; the token is also sent to replicas with
     /// every push.
     pub serving: Serving,
@@ -63,7 +64,7 @@ impl LeaderConfig {
             max_wait: Duration::from_secs(2),
             socket: None,
             replication_linger: Duration::from_millis(1),
-            fsync: crate::wal::FsyncPolicy::EverySec,
+            wal: crate::wal::WalOptions::default(),
             serving: Serving::default(),
         }
     }

@@ -33,7 +33,7 @@ use crate::http::{self, ApiError, SEQ};
 use crate::notifier;
 use crate::publisher::Publisher;
 use crate::reads::{self, CountSource};
-use crate::replication::ReplicaSet;
+use crate::replication::{LogSource, ReplicaSet};
 use crate::snapshot::{self, SnapshotError};
 use crate::table::Table;
 use crate::wal::{self, FsyncPolicy, Wal};
@@ -212,7 +212,7 @@ impl Leader {
             );
         }
         let seq = table.seq();
-        let wal = Wal::open(&dir, seq, config.fsync).map_err(io_err("opening the log in", &dir))?;
+        let wal = Wal::open(&dir, seq, config.wal).map_err(io_err("opening the log in", &dir))?;
         // A new history starts with every process: replicas that followed an earlier
         // one must re-sync, since it may have acknowledged writes the snapshot lacks.
         let incarnation = loop {
@@ -235,7 +235,7 @@ impl Leader {
             config.tokenizer,
             incarnation,
             config.snapshot_interval,
-            Box::new(wal.rotator()),
+            Box::new(wal.checkpointer()),
         );
         let socket_path = config
             .socket
@@ -249,6 +249,10 @@ impl Leader {
         };
         let replicas = ReplicaSet::new(
             backlog.clone(),
+            Some(LogSource {
+                dir: dir.clone(),
+                written: wal.written(),
+            }),
             seq_rx,
             incarnation,
             config.tokenizer,
@@ -402,7 +406,7 @@ impl Leader {
             "replicas": s.replicas.reports(),
             "snapshot": s.publisher.stats(),
             "wal": {
-                "fsync": s.config.fsync.as_str(),
+                "fsync": s.config.wal.fsync.as_str(),
                 "durable_seq": s.wal.durable_seq(),
             },
             "uptime_s": s.started.elapsed().as_secs(),
@@ -581,7 +585,7 @@ async fn post_handler(
     let text = http::post_text(&headers, &body)?;
     let ingested = leader.ingest(&text);
     let cfg = &leader.shared.config;
-    if cfg.fsync == FsyncPolicy::Always
+    if cfg.wal.fsync == FsyncPolicy::Always
         && ingested.words > 0
         && let Err(e) = leader.shared.wal.wait_durable(ingested.seq).await
     {

@@ -208,6 +208,14 @@ struct LeaderArgs {
     /// always (acknowledge after the log is fsynced; group commit), everysec, or no.
     #[arg(long, env = "MEMDB_FSYNC", default_value = "everysec")]
     fsync: memdb::wal::FsyncPolicy,
+    /// Close a log segment and start the next once it holds this much.
+    #[arg(long, env = "MEMDB_WAL_SEGMENT_SIZE", default_value = "16MiB", value_parser = parse_size)]
+    wal_segment_size: usize,
+    /// Log segments a snapshot already covers are kept up to this size, so that
+    /// network replicas far behind (or following across a restart) catch up from the
+    /// log instead of a full sync. 0 keeps only what recovery needs.
+    #[arg(long, env = "MEMDB_WAL_RETAIN", default_value = "256MiB", value_parser = parse_size)]
+    wal_retain: usize,
 }
 
 #[derive(Args)]
@@ -391,7 +399,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 max_wait: a.max_wait,
                 socket: a.socket,
                 replication_linger: a.replication_linger,
-                fsync: a.fsync,
+                wal: memdb::wal::WalOptions {
+                    fsync: a.fsync,
+                    segment_bytes: a.wal_segment_size as u64,
+                    retain_bytes: a.wal_retain as u64,
+                },
                 serving: serving(&a.listen, &a.auth)?,
                 ..LeaderConfig::new(a.data_dir)
             };

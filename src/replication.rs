@@ -8,9 +8,12 @@
 //!
 //! The replica applies a push only if it starts at its own seq; otherwise it answers with
 //! its seq and the sender resends from there (duplicates are acknowledged, not applied).
-//! When the backlog no longer reaches back that far, the sender asks the replica to
-//! full-sync from the leader's `GET /sync`.
+//! When the backlog no longer reaches back that far, the sender reads the batches
+//! from the write-ahead log instead (which keeps more history, on disk); only when the
+//! log does not reach back either does it ask the replica to full-sync from the
+//! leader's `GET /sync`.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backlog::{Backlog, Batch, Since};
 use crate::client::{Client, Update, UpdateOutcome};
+use crate::wal::LogReader;
 use crate::words::Tokenizer;
 
 /// At most this many batches are coalesced into one push...
@@ -54,6 +58,8 @@ struct LinkState {
     last_error: Option<String>,
     last_ok: Option<Instant>,
     pushes: u64,
+    /// Pushes whose batches came from the write-ahead log, not the backlog.
+    log_pushes: u64,
     resyncs: u64,
 }
 
@@ -79,6 +85,8 @@ pub struct LinkReport {
     pub last_ok_ms_ago: Option<u64>,
     pub last_error: Option<String>,
     pub pushes: u64,
+    /// Pushes read back from the write-ahead log (the backlog no longer held them).
+    pub log_pushes: u64,
     pub resyncs: u64,
 }
 
@@ -100,6 +108,8 @@ struct Ctx {
     linger: Duration,
     /// Sent to replicas with every push.
     token: Option<crate::http::Token>,
+    /// The write-ahead log that holds what the backlog no longer does.
+    log: Option<LogSource>,
     abort: CancellationToken,
 }
 
@@ -111,9 +121,12 @@ pub struct ReplicaSet {
 }
 
 impl ReplicaSet {
-    /// `seq_rx` follows the leader's latest seq; batches are read from `backlog`.
+    /// `seq_rx` follows the leader's latest seq; batches are read from `backlog`, and
+    /// from the write-ahead `log` when the backlog no longer has them.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         backlog: Arc<Mutex<Backlog>>,
+        log: Option<LogSource>,
         seq_rx: watch::Receiver<u64>,
         incarnation: u64,
         tokenizer: Tokenizer,
@@ -136,6 +149,7 @@ impl ReplicaSet {
                 acks: watch::Sender::new(0),
                 linger,
                 token,
+                log,
                 abort: CancellationToken::new(),
             }),
             links: Mutex::new(Vec::new()),
@@ -160,6 +174,7 @@ impl ReplicaSet {
                 last_error: None,
                 last_ok: None,
                 pushes: 0,
+                log_pushes: 0,
                 resyncs: 0,
             }),
             wake: tokio::sync::Notify::new(),
@@ -211,6 +226,7 @@ impl ReplicaSet {
                     last_ok_ms_ago: s.last_ok.map(|t| t.elapsed().as_millis() as u64),
                     last_error: s.last_error.clone(),
                     pushes: s.pushes,
+                    log_pushes: s.log_pushes,
                     resyncs: s.resyncs,
                 }
             })
@@ -266,6 +282,8 @@ enum Step {
     Wait,
     Probe,
     Push(u64, Vec<Arc<Batch>>),
+    /// The backlog no longer reaches back to this seq: try the log.
+    FromLog(u64),
     Resync,
 }
 
@@ -285,11 +303,50 @@ pub fn coalesce(batches: &[Arc<Batch>]) -> Vec<u8> {
     serde_json::to_vec(&map).expect("a map of strings to integers serialises")
 }
 
+/// Where the senders read the write-ahead log.
+pub struct LogSource {
+    /// The leader's data directory.
+    pub dir: PathBuf,
+    /// The seq the log writer has written through (batches reach the log a moment
+    /// after the backlog).
+    pub written: watch::Receiver<u64>,
+}
+
+/// The batches after `after` from the write-ahead log, if it still has the next one.
+async fn read_log(
+    log: &mut Option<LogReader>,
+    written: Option<&watch::Receiver<u64>>,
+    after: u64,
+) -> Option<Vec<Arc<Batch>>> {
+    // A batch just evicted from the backlog may still be on its way to the log file.
+    if let Some(w) = written {
+        let mut w = w.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(1), w.wait_for(|s| *s > after)).await;
+    }
+    let mut reader = log.take()?;
+    let (reader, read) = tokio::task::spawn_blocking(move || {
+        let read = reader.read_after(after, MAX_PUSH_BATCHES, MAX_PUSH_BYTES);
+        (reader, read)
+    })
+    .await
+    .ok()?;
+    *log = Some(reader);
+    match read {
+        Ok(batches) if !batches.is_empty() => Some(batches.into_iter().map(Arc::new).collect()),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the write-ahead log for a replica failed");
+            None
+        }
+    }
+}
+
 async fn run_link(link: Arc<Link>, ctx: Arc<Ctx>) {
     let client = Client::with_http(ctx.http.clone(), &link.url).with_token(ctx.token.clone());
     let mut seq_rx = ctx.seq_rx.clone();
     let mut delay = BACKOFF_START;
     let mut force_resync = false;
+    let mut log = ctx.log.as_ref().map(|l| LogReader::new(&l.dir));
     loop {
         let latest = *seq_rx.borrow_and_update();
         let step = if force_resync {
@@ -304,10 +361,23 @@ async fn run_link(link: Arc<Link>, ctx: Arc<Ctx>) {
                     .since(a, MAX_PUSH_BATCHES, MAX_PUSH_BYTES)
                 {
                     Since::UpToDate => Step::Wait,
-                    Since::TooOld => Step::Resync,
+                    Since::TooOld => Step::FromLog(a),
                     Since::Batches(b) => Step::Push(a, b),
                 },
             }
+        };
+        let step = match step {
+            Step::FromLog(after) => {
+                match read_log(&mut log, ctx.log.as_ref().map(|l| &l.written), after).await {
+                    Some(batches) => {
+                        tracing::debug!(replica = %link.url, after, batches = batches.len(), "resending from the write-ahead log");
+                        link.state.lock().log_pushes += 1;
+                        Step::Push(after, batches)
+                    }
+                    None => Step::Resync,
+                }
+            }
+            other => other,
         };
         let request = async {
             match step {
@@ -338,8 +408,9 @@ async fn run_link(link: Arc<Link>, ctx: Arc<Ctx>) {
                             .await,
                     )
                 }
+                Step::FromLog(_) => unreachable!("turned into a push or a resync above"),
                 Step::Resync => {
-                    tracing::info!(replica = %link.url, "backlog does not reach the replica's seq: asking it to full-sync");
+                    tracing::info!(replica = %link.url, "neither the backlog nor the log reaches the replica's seq: asking it to full-sync");
                     link.state.lock().resyncs += 1;
                     Some(client.request_resync(ctx.incarnation).await)
                 }

@@ -3,7 +3,7 @@
 //! delivered. The replica must still end up exactly equal to the leader.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -132,8 +132,9 @@ async fn lost_stale_and_falsely_acknowledged_pushes_are_repaired() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gap_beyond_the_backlog_is_repaired_by_a_full_sync() {
-    // Pushes 3..=12 are acknowledged but never delivered; the backlog keeps only 2.
+async fn a_gap_beyond_the_backlog_is_repaired_from_the_log() {
+    // Pushes 3..=12 are acknowledged but never delivered; the backlog keeps only 2, so
+    // the missing batches can only come from the write-ahead log.
     let (proxy, proxy_url) = start_proxy(|n| {
         if (3..=12).contains(&n) {
             Fault::FalseAck
@@ -153,10 +154,68 @@ async fn a_gap_beyond_the_backlog_is_repaired_by_a_full_sync() {
     }
     let t = converged(&leader, &r).await;
     assert_eq!(t["item"], 40);
+    assert!(
+        proxy.pushes.load(Ordering::SeqCst) > 12,
+        "faults were exercised"
+    );
+    let lh = leader.health().await;
+    let link = &lh["replicas"][0];
+    assert_eq!(link["resyncs"], 0, "no full sync was needed: {lh}");
+    assert!(link["log_pushes"].as_u64().unwrap() >= 1, "{lh}");
+    let h = r.health().await;
+    assert_eq!(h["syncs"], 1, "only the initial sync: {h}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_beyond_the_backlog_and_the_log_is_repaired_by_a_full_sync() {
+    // Every push after the second is falsely acknowledged until the log no longer
+    // holds what the replica misses: tiny segments, nothing retained, frequent
+    // snapshots.
+    let blocked = Arc::new(AtomicBool::new(true));
+    let b = blocked.clone();
+    let (proxy, proxy_url) = start_proxy(move |n| {
+        if n >= 2 && b.load(Ordering::SeqCst) {
+            Fault::FalseAck
+        } else {
+            Fault::Deliver
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Node::leader(
+        dir.path(),
+        &[
+            "--backlog",
+            "2",
+            "--wal-segment-size",
+            "1",
+            "--wal-retain",
+            "0",
+            "--snapshot-interval",
+            "10ms",
+        ],
+    );
+    let r = Node::replica(&leader.url, &["--advertise", &proxy_url]);
+    proxy.target.set(r.url.clone()).unwrap();
+    wait_ready(&r).await;
+    let c = leader.client();
+    for i in 0..40 {
+        c.post_text(&format!("item {i}")).await.unwrap();
+    }
+    eventually(
+        "the leader to give up on the log and ask for a full sync",
+        || async {
+            let lh = leader.health().await;
+            (lh["replicas"][0]["resyncs"].as_u64().unwrap() >= 1).then_some(())
+        },
+    )
+    .await;
+    blocked.store(false, Ordering::SeqCst);
+    c.post_text("after").await.unwrap();
+    let t = converged(&leader, &r).await;
+    assert_eq!((t["item"], t["after"]), (40, 1));
     let h = r.health().await;
     assert!(h["syncs"].as_u64().unwrap() >= 2, "re-synced: {h}");
-    let lh = leader.health().await;
-    assert!(lh["replicas"][0]["resyncs"].as_u64().unwrap() >= 1, "{lh}");
 }
 
 #[tokio::test]

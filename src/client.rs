@@ -68,6 +68,10 @@ pub struct SyncReply {
 pub struct RegisterReply {
     pub incarnation: String,
     pub seq: u64,
+    /// The seq and incarnation the replica registered with are a prefix of the
+    /// leader's history: it may adopt the leader's incarnation without a full sync.
+    #[serde(default)]
+    pub continues: bool,
 }
 
 /// What a replica did with a pushed batch.

@@ -29,6 +29,7 @@ use utoipa_axum::routes;
 use crate::api;
 use crate::backlog::{Backlog, Batch};
 use crate::config::LeaderConfig;
+use crate::history::History;
 use crate::http::{self, ApiError, SEQ};
 use crate::notifier;
 use crate::publisher::Publisher;
@@ -107,6 +108,8 @@ struct Shared {
     replicas: ReplicaSet,
     config: LeaderConfig,
     incarnation: u64,
+    /// The earlier incarnations this one continues (see [`crate::history`]).
+    history: History,
     started: Instant,
     words_ingested: AtomicU64,
     posts: AtomicU64,
@@ -213,14 +216,11 @@ impl Leader {
         }
         let seq = table.seq();
         let wal = Wal::open(&dir, seq, config.wal).map_err(io_err("opening the log in", &dir))?;
-        // A new history starts with every process: replicas that followed an earlier
-        // one must re-sync, since it may have acknowledged writes the snapshot lacks.
-        let incarnation = loop {
-            let i: u64 = rand::random();
-            if i != 0 {
-                break i;
-            }
-        };
+        // A new incarnation with every process, continuing the recorded history up to
+        // what was recovered: replicas within it catch up; those ahead full-sync.
+        let history =
+            History::begin(&dir, seq).map_err(io_err("recording the history in", &dir))?;
+        let incarnation = history.incarnation;
         let (seq_tx, seq_rx) = watch::channel(seq);
         let backlog = Arc::new(Mutex::new(Backlog::new(
             seq,
@@ -279,6 +279,7 @@ impl Leader {
                 replicas,
                 config,
                 incarnation,
+                history,
                 started: Instant::now(),
                 words_ingested: AtomicU64::new(0),
                 posts: AtomicU64::new(0),
@@ -674,14 +675,20 @@ async fn register_handler(
         )));
     }
     let new = leader.shared.replicas.add(&reg.url, false);
-    let ours = http::incarnation_string(leader.shared.incarnation);
-    if let (Some(seq), Some(inc)) = (reg.seq, &reg.incarnation)
-        && *inc == ours
+    let at = reg
+        .seq
+        .zip(reg.incarnation.as_deref().and_then(http::parse_incarnation));
+    if let Some((seq, inc)) = at
+        && inc == leader.shared.incarnation
     {
         leader.shared.replicas.report(&reg.url, seq);
     }
+    // Whether the replica's data is a prefix of this history (it then adopts this
+    // incarnation instead of full-syncing).
+    let continues = at.is_some_and(|(seq, inc)| leader.shared.history.continues(inc, seq));
     Ok(axum::Json(json!({
         "registered": new,
+        "continues": continues,
         "incarnation": http::incarnation_string(leader.shared.incarnation),
         "seq": leader.seq(),
         "tokenizer": leader.shared.config.tokenizer,

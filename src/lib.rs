@@ -9,6 +9,7 @@
 //! - [`table`]: the count table and the seq it reflects.
 //! - [`snapshot`]: the snapshot file format; encode, validate, publish, load.
 //! - [`wal`]: the write-ahead log; group commit, replay, rotation.
+//! - [`history`]: the leader's incarnations, so replicas continue across restarts.
 //! - [`backlog`]: the leader's bounded in-memory log of recent batches.
 //! - [`replication`]: one ordered sender per network replica; coalescing, retry, resync.
 //! - [`api`]: the OpenAPI document (`/openapi.json`), built with the router.
@@ -29,6 +30,7 @@ pub mod api;
 pub mod backlog;
 pub mod client;
 pub mod config;
+pub mod history;
 pub mod http;
 pub mod leader;
 pub mod local_replica;

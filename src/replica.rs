@@ -75,6 +75,8 @@ struct Shared {
     wake: Notify,
     updates: AtomicU64,
     gaps: AtomicU64,
+    /// Leader restarts followed without a full sync.
+    adoptions: AtomicU64,
     stats: Mutex<Stats>,
     leader: Client,
     advertise: String,
@@ -97,6 +99,7 @@ impl Replica {
                 wake: Notify::new(),
                 updates: AtomicU64::new(0),
                 gaps: AtomicU64::new(0),
+                adoptions: AtomicU64::new(0),
                 stats: Mutex::new(Stats::default()),
                 leader: Client::new(&config.leader).with_token(config.serving.auth_token.clone()),
                 advertise,
@@ -177,7 +180,17 @@ impl Replica {
                     let leader_inc = http::parse_incarnation(&reply.incarnation).unwrap_or(0);
                     let ours = s.data.read().incarnation;
                     let asked = s.resync_requested.swap(false, Ordering::AcqRel);
-                    if !self.is_ready() || leader_inc != ours || asked {
+                    if let Some((seq, inc)) = at
+                        && !asked
+                        && leader_inc != ours
+                        && reply.continues
+                        && self.adopt(inc, seq, leader_inc)
+                    {
+                        tracing::info!(seq, leader_incarnation = %reply.incarnation, "leader restarted; our data continues its history: catching up without a full sync");
+                        // Register again now, reporting the seq in the new incarnation, so
+                        // the leader resumes pushing at once.
+                        continue;
+                    } else if !self.is_ready() || leader_inc != ours || asked {
                         if ours != 0 && leader_inc != ours {
                             tracing::info!(leader_incarnation = %reply.incarnation, "leader has a new incarnation: re-syncing");
                         }
@@ -211,6 +224,18 @@ impl Replica {
         }
     }
 
+    /// Switches to the leader's new incarnation `to`, if the data is still at `seq` of
+    /// `from` (what the leader judged a prefix of its history).
+    fn adopt(&self, from: u64, seq: u64, to: u64) -> bool {
+        let mut d = self.shared.data.write();
+        if d.incarnation != from || d.table.seq() != seq {
+            return false;
+        }
+        d.incarnation = to;
+        self.shared.adoptions.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
     fn health(&self) -> (StatusCode, Value) {
         let s = &self.shared;
         let ready = self.is_ready();
@@ -234,6 +259,7 @@ impl Replica {
             "updates_applied": s.updates.load(Ordering::Relaxed),
             "gaps": s.gaps.load(Ordering::Relaxed),
             "syncs": st.syncs,
+            "continued_across_restarts": s.adoptions.load(Ordering::Relaxed),
             "last_sync_ms": st.last_sync_ms,
             "last_sync_error": st.last_sync_error,
         });
@@ -291,10 +317,12 @@ impl Replica {
         let seq = d.table.seq();
         if d.incarnation != inc {
             drop(d);
-            self.request_resync();
+            // Ask the leader at once whether our data continues its history (then we
+            // adopt its incarnation) or not (then we full-sync).
+            s.wake.notify_one();
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
-                "batch is from another leader incarnation; re-syncing",
+                "batch is from another leader incarnation; checking with the leader",
             )
             .with("reason", "incarnation")
             .with("seq", seq));

@@ -189,9 +189,10 @@ impl ReplicaSet {
         self.links.lock().len()
     }
 
-    /// A replica's own report of its seq (from its heartbeat). If it is behind what the
-    /// sender believes, a push was acknowledged without being applied (or the replica
-    /// lost it): believe the replica and resend from there.
+    /// A replica's own report of its seq (from its heartbeat). If the sender does not
+    /// know it yet (a replica that just adopted this incarnation), it starts from there.
+    /// If it is behind what the sender believes, a push was acknowledged without being
+    /// applied (or the replica lost it): believe the replica and resend from there.
     pub fn report(&self, url: &str, seq: u64) {
         let url = url.trim_end_matches('/');
         let links = self.links.lock();
@@ -199,7 +200,11 @@ impl ReplicaSet {
             return;
         };
         let mut s = link.state.lock();
-        if s.acked.is_some_and(|a| seq < a) {
+        if s.acked.is_none() {
+            s.acked = Some(seq);
+            drop(s);
+            link.wake.notify_one();
+        } else if s.acked.is_some_and(|a| seq < a) {
             tracing::warn!(replica = %link.url, reported = seq, believed = ?s.acked, "replica reports an older seq than acknowledged: resending");
             s.acked = Some(seq);
             drop(s);
@@ -488,6 +493,7 @@ async fn run_link(link: Arc<Link>, ctx: Arc<Ctx>) {
         if retry_later {
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {},
+                _ = link.wake.notified() => {},
                 _ = ctx.abort.cancelled() => return,
             }
             delay = (delay * 2).min(BACKOFF_MAX);

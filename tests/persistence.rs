@@ -52,7 +52,7 @@ async fn sigkill_after_a_snapshot_interval_loses_nothing_published() {
 }
 
 #[tokio::test]
-async fn replicas_resync_to_a_restarted_leader_even_when_it_lost_writes() {
+async fn replicas_continue_across_a_clean_restart_and_resync_when_the_leader_lost_writes() {
     let dir = tempfile::tempdir().unwrap();
     let mut leader = Node::leader(dir.path(), &["--snapshot-interval", "1h"]);
     let r = Node::replica(&leader.url, &[]);
@@ -61,7 +61,8 @@ async fn replicas_resync_to_a_restarted_leader_even_when_it_lost_writes() {
     c.post_text("kept kept").await.unwrap();
     converged(&leader, &r).await;
 
-    // Clean restart: a new incarnation; the replica re-syncs and follows it.
+    // Clean restart: a new incarnation that continues the old history, so the
+    // replica adopts it and follows without a full sync.
     assert!(leader.terminate().success());
     leader.restart();
     let inc = leader.health().await["incarnation"].clone();
@@ -72,6 +73,12 @@ async fn replicas_resync_to_a_restarted_leader_even_when_it_lost_writes() {
     c.post_text("after restart").await.unwrap();
     let t = converged(&leader, &r).await;
     assert_eq!((t["kept"], t["after"]), (2, 1));
+    let h = r.health().await;
+    assert_eq!(
+        (h["syncs"].as_u64(), h["continued_across_restarts"].as_u64()),
+        (Some(1), Some(1)),
+        "{h}"
+    );
 
     // A crash that loses these writes (killed before any snapshot of them, and the
     // log lost with the power): the leader comes back without them, and the replica,
@@ -90,6 +97,8 @@ async fn replicas_resync_to_a_restarted_leader_even_when_it_lost_writes() {
         "replica kept writes the leader lost"
     );
     assert_eq!(t["kept"], 2);
+    let h = r.health().await;
+    assert_eq!(h["syncs"], 2, "ahead of the leader: a full sync: {h}");
 }
 
 fn run_to_exit(args: &[&str]) -> (bool, String) {

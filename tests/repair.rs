@@ -218,6 +218,53 @@ async fn a_gap_beyond_the_backlog_and_the_log_is_repaired_by_a_full_sync() {
     assert!(h["syncs"].as_u64().unwrap() >= 2, "re-synced: {h}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_behind_a_crashed_leader_catches_up_from_its_log_after_restart() {
+    // The replica gets only the first push; the rest are falsely acknowledged, so when
+    // the leader is SIGKILLed the replica is far behind, and the restarted leader's
+    // backlog is empty: only its log holds what the replica misses.
+    let blocked = Arc::new(AtomicBool::new(true));
+    let b = blocked.clone();
+    let (proxy, proxy_url) = start_proxy(move |n| {
+        if n >= 1 && b.load(Ordering::SeqCst) {
+            Fault::FalseAck
+        } else {
+            Fault::Deliver
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut leader = Node::leader(
+        dir.path(),
+        &["--fsync", "always", "--snapshot-interval", "1h"],
+    );
+    let r = Node::replica(&leader.url, &["--advertise", &proxy_url]);
+    proxy.target.set(r.url.clone()).unwrap();
+    wait_ready(&r).await;
+    let c = leader.client();
+    c.post_text("first").await.unwrap();
+    converged(&leader, &r).await;
+    for i in 0..30 {
+        c.post_text(&format!("item {i}")).await.unwrap();
+    }
+    assert_eq!(r.seq().await, 1, "the replica is behind");
+    leader.kill();
+    blocked.store(false, Ordering::SeqCst);
+    leader.restart();
+    let t = converged(&leader, &r).await;
+    assert_eq!((t["first"], t["item"]), (1, 30));
+    let h = r.health().await;
+    assert_eq!(
+        (h["syncs"].as_u64(), h["continued_across_restarts"].as_u64()),
+        (Some(1), Some(1)),
+        "followed the restarted leader without a full sync: {h}"
+    );
+    let lh = leader.health().await;
+    let link = &lh["replicas"][0];
+    assert_eq!(link["resyncs"], 0, "{lh}");
+    assert!(link["log_pushes"].as_u64().unwrap() >= 1, "{lh}");
+}
+
 #[tokio::test]
 async fn out_of_order_pushes_are_refused_with_the_replicas_seq() {
     let dir = tempfile::tempdir().unwrap();

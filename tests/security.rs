@@ -143,7 +143,7 @@ async fn data_files_are_owner_only() {
     .await;
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&data), 0o700);
-    for name in ["snapshot.memdb", "memdb.sock", "LOCK"] {
+    for name in ["snapshot.memdb", "memdb.sock", "LOCK", "history.json"] {
         assert_eq!(mode(&data.join(name)), 0o600, "{name}");
     }
     for (_, seg) in memdb::wal::segments(&data).unwrap() {

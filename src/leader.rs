@@ -452,6 +452,22 @@ impl CountSource for Leader {
                 (r.url.clone(), age)
             }),
         );
+        write_labelled(
+            out,
+            "memdb_replica_log_pushes_total",
+            "counter",
+            "Pushes to a network replica read back from the write-ahead log.",
+            "replica",
+            reports.iter().map(|r| (r.url.clone(), r.log_pushes as f64)),
+        );
+        write_labelled(
+            out,
+            "memdb_replica_resyncs_total",
+            "counter",
+            "Full syncs the leader asked a network replica to do.",
+            "replica",
+            reports.iter().map(|r| (r.url.clone(), r.resyncs as f64)),
+        );
         let snap = s.publisher.stats();
         write_metric(
             out,

@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::words::Deltas;
 
@@ -37,6 +38,8 @@ pub enum Since {
 #[derive(Debug)]
 pub struct Backlog {
     batches: VecDeque<Arc<Batch>>,
+    /// When each batch in `batches` was applied (for replica lag in seconds).
+    applied: VecDeque<Instant>,
     bytes: usize,
     max_batches: usize,
     max_bytes: usize,
@@ -49,6 +52,7 @@ impl Backlog {
     pub fn new(start_seq: u64, max_batches: usize, max_bytes: usize) -> Self {
         Backlog {
             batches: VecDeque::new(),
+            applied: VecDeque::new(),
             bytes: 0,
             max_batches: max_batches.max(1),
             max_bytes,
@@ -67,12 +71,26 @@ impl Backlog {
         self.last_seq = batch.seq;
         self.bytes += batch.cost();
         self.batches.push_back(batch);
+        self.applied.push_back(Instant::now());
         while self.batches.len() > self.max_batches
             || (self.bytes > self.max_bytes && self.batches.len() > 1)
         {
             let old = self.batches.pop_front().expect("non-empty");
+            self.applied.pop_front();
             self.bytes -= old.cost();
         }
+    }
+
+    /// When the oldest batch a replica at `acked` lacks was applied: `None` if it lacks
+    /// nothing. If that batch was already evicted, the oldest held (so the lag it
+    /// gives is a lower bound); if none is held (a restarted leader), `None`.
+    pub fn lacking_since(&self, acked: u64) -> Option<Instant> {
+        if acked >= self.last_seq {
+            return None;
+        }
+        let first = self.first_seq()?;
+        let i = (acked + 1).saturating_sub(first) as usize;
+        self.applied.get(i).copied()
     }
 
     pub fn last_seq(&self) -> u64 {
@@ -167,6 +185,21 @@ mod tests {
             b.push(batch(s));
         }
         assert_eq!(b.first_seq(), Some(3));
+    }
+
+    #[test]
+    fn lacking_since_is_when_the_first_missing_batch_was_applied() {
+        let mut b = Backlog::new(0, 3, usize::MAX);
+        assert_eq!(b.lacking_since(0), None);
+        let before = Instant::now();
+        for s in 1..=5 {
+            b.push(batch(s));
+        }
+        assert_eq!(b.lacking_since(5), None, "caught up");
+        assert_eq!(b.lacking_since(3), Some(b.applied[1]), "seq 4");
+        // 1 and 2 were evicted: the oldest held (3) bounds the lag from below.
+        assert_eq!(b.lacking_since(0), Some(b.applied[0]));
+        assert!(b.lacking_since(0).unwrap() >= before);
     }
 
     #[test]

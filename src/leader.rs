@@ -443,6 +443,17 @@ impl CountSource for Leader {
         );
         write_labelled(
             out,
+            "memdb_replica_lag_seconds",
+            "gauge",
+            "Age of the oldest batch a network replica lacks; 0 when caught up (-1 while unknown).",
+            "replica",
+            reports.iter().map(|r| {
+                let lag = r.lag_ms.map(|ms| ms as f64 / 1e3).unwrap_or(-1.0);
+                (r.url.clone(), lag)
+            }),
+        );
+        write_labelled(
+            out,
             "memdb_replica_last_ack_age_seconds",
             "gauge",
             "Seconds since a network replica last acknowledged a push (-1 if never).",

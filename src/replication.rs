@@ -82,6 +82,9 @@ pub struct LinkReport {
     pub acked_seq: Option<u64>,
     /// Batches the replica is behind the leader (unknown while it is not reachable).
     pub lag: Option<u64>,
+    /// How long ago the oldest batch it lacks was applied on the leader: 0 when caught
+    /// up (unknown while it is not reachable, or right after a leader restart).
+    pub lag_ms: Option<u64>,
     pub last_ok_ms_ago: Option<u64>,
     pub last_error: Option<String>,
     pub pushes: u64,
@@ -218,7 +221,8 @@ impl ReplicaSet {
 
     pub fn reports(&self) -> Vec<LinkReport> {
         let latest = *self.ctx.seq_rx.borrow();
-        self.links
+        let mut reports: Vec<LinkReport> = self
+            .links
             .lock()
             .iter()
             .map(|l| {
@@ -228,6 +232,7 @@ impl ReplicaSet {
                     status: s.status,
                     acked_seq: s.acked,
                     lag: s.acked.map(|a| latest.saturating_sub(a)),
+                    lag_ms: None,
                     last_ok_ms_ago: s.last_ok.map(|t| t.elapsed().as_millis() as u64),
                     last_error: s.last_error.clone(),
                     pushes: s.pushes,
@@ -235,7 +240,17 @@ impl ReplicaSet {
                     resyncs: s.resyncs,
                 }
             })
-            .collect()
+            .collect();
+        // The backlog is locked after the links, never while holding them.
+        let backlog = self.ctx.backlog.lock();
+        for r in &mut reports {
+            r.lag_ms = r.acked_seq.and_then(|a| match backlog.lacking_since(a) {
+                None if a >= backlog.last_seq() => Some(0),
+                None => None,
+                Some(t) => Some(t.elapsed().as_millis() as u64),
+            });
+        }
+        reports
     }
 
     fn count_acked(&self, seq: u64) -> usize {

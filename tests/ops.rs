@@ -101,7 +101,11 @@ async fn every_role_exposes_parseable_metrics_with_the_named_series() {
     assert!(m["memdb_request_duration_seconds_count{route=\"/post\"}"] >= 5.0);
     let lag = format!("memdb_replica_lag_batches{{replica=\"{}\"}}", replica.url);
     assert_eq!(m[&lag], 0.0, "{m:?}");
-    for series in ["memdb_replica_log_pushes_total", "memdb_replica_resyncs_total"] {
+    for series in [
+        "memdb_replica_lag_seconds",
+        "memdb_replica_log_pushes_total",
+        "memdb_replica_resyncs_total",
+    ] {
         let key = format!("{series}{{replica=\"{}\"}}", replica.url);
         assert_eq!(m[&key], 0.0, "{m:?}");
     }

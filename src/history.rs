@@ -12,9 +12,8 @@
 //! *ahead* of what the leader recovered (it received writes the leader lost) must
 //! full-sync.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
+use std::io;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -23,6 +22,7 @@ use crate::http::{incarnation_string, parse_incarnation};
 
 /// The file in the data directory.
 pub const FILE_NAME: &str = "history.json";
+const TEMP_NAME: &str = "history.json.tmp";
 /// Earlier incarnations remembered; a replica that slept through more restarts than
 /// this full-syncs.
 const MAX_ANCESTORS: usize = 32;
@@ -110,7 +110,7 @@ impl History {
         }))
     }
 
-    /// Writes the file durably: a temporary file, fsync, rename, fsync of the directory.
+    /// Writes the file durably (it must be on disk before the leader accepts writes).
     fn store(&self, dir: &Path) -> io::Result<()> {
         let disk = OnDisk {
             incarnation: incarnation_string(self.incarnation),
@@ -123,20 +123,9 @@ impl History {
                 })
                 .collect(),
         };
-        let tmp = dir.join(format!("{FILE_NAME}.tmp"));
-        {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            serde_json::to_writer_pretty(&mut f, &disk).map_err(io::Error::other)?;
-            f.write_all(b"\n")?;
-            f.sync_all()?;
-        }
-        fs::rename(&tmp, dir.join(FILE_NAME))?;
-        File::open(dir)?.sync_all()
+        let mut bytes = serde_json::to_vec_pretty(&disk).map_err(io::Error::other)?;
+        bytes.push(b'\n');
+        crate::snapshot::write_atomically(dir, FILE_NAME, TEMP_NAME, &bytes).map(|_| ())
     }
 }
 

@@ -222,8 +222,20 @@ pub fn to_word_map(archived: &ArchivedWordMap) -> WordMap {
 /// directory. The previous file is unlinked by the rename but lives on for any reader
 /// that still maps it. Returns the published path.
 pub fn publish(dir: &Path, image: &[u8]) -> io::Result<PathBuf> {
-    let tmp = dir.join(TEMP_NAME);
-    let dest = dir.join(FILE_NAME);
+    write_atomically(dir, FILE_NAME, TEMP_NAME, image)
+}
+
+/// Atomically replaces `dir/name` with `bytes` (owner-only), through `dir/temp_name`:
+/// write, fsync, rename, fsync the directory. A crash leaves the old file or the new
+/// one, never a torn one.
+pub fn write_atomically(
+    dir: &Path,
+    name: &str,
+    temp_name: &str,
+    bytes: &[u8],
+) -> io::Result<PathBuf> {
+    let tmp = dir.join(temp_name);
+    let dest = dir.join(name);
     {
         let mut f = OpenOptions::new()
             .write(true)
@@ -231,7 +243,7 @@ pub fn publish(dir: &Path, image: &[u8]) -> io::Result<PathBuf> {
             .truncate(true)
             .mode(0o600)
             .open(&tmp)?;
-        f.write_all(image)?;
+        f.write_all(bytes)?;
         f.sync_all()?;
     }
     fs::rename(&tmp, &dest)?;

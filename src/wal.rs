@@ -728,6 +728,20 @@ mod tests {
         assert!(wal.sync().is_ok());
     }
 
+    /// Records 1..=5 with the last 3 bytes of the fifth cut off; the segment's path.
+    fn torn_log(dir: &Path, policy: FsyncPolicy) -> PathBuf {
+        write_log(dir, policy, 1..=5);
+        let (_, path) = segments(dir).unwrap().pop().unwrap();
+        let len = fs::metadata(&path).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
+        path
+    }
+
     #[test]
     fn replay_applies_everything_after_the_snapshot() {
         let dir = tempfile::tempdir().unwrap();
@@ -746,15 +760,7 @@ mod tests {
     #[test]
     fn a_torn_tail_is_cut_and_writing_resumes_after_it() {
         let dir = tempfile::tempdir().unwrap();
-        write_log(dir.path(), FsyncPolicy::No, 1..=5);
-        let (_, path) = segments(dir.path()).unwrap().pop().unwrap();
-        let len = fs::metadata(&path).unwrap().len();
-        OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_len(len - 3)
-            .unwrap();
+        torn_log(dir.path(), FsyncPolicy::No);
         let mut t = Table::new();
         let r = replay(dir.path(), &mut t).unwrap();
         assert_eq!((r.applied, t.seq()), (4, 4));
@@ -891,15 +897,7 @@ mod tests {
     #[test]
     fn the_reader_stops_at_a_torn_or_damaged_record() {
         let dir = tempfile::tempdir().unwrap();
-        write_log(dir.path(), FsyncPolicy::Always, 1..=5);
-        let (_, path) = segments(dir.path()).unwrap().pop().unwrap();
-        let len = fs::metadata(&path).unwrap().len();
-        OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_len(len - 3)
-            .unwrap();
+        let path = torn_log(dir.path(), FsyncPolicy::Always);
         let mut r = LogReader::new(dir.path());
         let got = r.read_after(0, 100, usize::MAX).unwrap();
         assert_eq!(got.len(), 4, "the torn fifth record is not returned");

@@ -102,6 +102,22 @@ async fn start_proxy(plan: impl Fn(u64) -> Fault + Send + Sync + 'static) -> (Ar
     (proxy, url)
 }
 
+/// A proxy that delivers the first `delivered` pushes and falsely acknowledges the
+/// rest while the returned flag is set.
+async fn blocking_proxy(delivered: u64) -> (Arc<AtomicBool>, Arc<Proxy>, String) {
+    let blocked = Arc::new(AtomicBool::new(true));
+    let b = blocked.clone();
+    let (proxy, url) = start_proxy(move |n| {
+        if n >= delivered && b.load(Ordering::SeqCst) {
+            Fault::FalseAck
+        } else {
+            Fault::Deliver
+        }
+    })
+    .await;
+    (blocked, proxy, url)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_stale_and_falsely_acknowledged_pushes_are_repaired() {
     let (proxy, proxy_url) = start_proxy(|n| match n % 7 {
@@ -170,16 +186,7 @@ async fn a_gap_beyond_the_backlog_and_the_log_is_repaired_by_a_full_sync() {
     // Every push after the second is falsely acknowledged until the log no longer
     // holds what the replica misses: tiny segments, nothing retained, frequent
     // snapshots.
-    let blocked = Arc::new(AtomicBool::new(true));
-    let b = blocked.clone();
-    let (proxy, proxy_url) = start_proxy(move |n| {
-        if n >= 2 && b.load(Ordering::SeqCst) {
-            Fault::FalseAck
-        } else {
-            Fault::Deliver
-        }
-    })
-    .await;
+    let (blocked, proxy, proxy_url) = blocking_proxy(2).await;
     let dir = tempfile::tempdir().unwrap();
     let leader = Node::leader(
         dir.path(),
@@ -222,16 +229,7 @@ async fn a_replica_behind_a_crashed_leader_catches_up_from_its_log_after_restart
     // The replica gets only the first push; the rest are falsely acknowledged, so when
     // the leader is SIGKILLed the replica is far behind, and the restarted leader's
     // backlog is empty: only its log holds what the replica misses.
-    let blocked = Arc::new(AtomicBool::new(true));
-    let b = blocked.clone();
-    let (proxy, proxy_url) = start_proxy(move |n| {
-        if n >= 1 && b.load(Ordering::SeqCst) {
-            Fault::FalseAck
-        } else {
-            Fault::Deliver
-        }
-    })
-    .await;
+    let (blocked, proxy, proxy_url) = blocking_proxy(1).await;
     let dir = tempfile::tempdir().unwrap();
     let mut leader = Node::leader(
         dir.path(),

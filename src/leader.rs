@@ -447,10 +447,9 @@ impl CountSource for Leader {
             "gauge",
             "Age of the oldest batch a network replica lacks; 0 when caught up (-1 while unknown).",
             "replica",
-            reports.iter().map(|r| {
-                let lag = r.lag_ms.map(|ms| ms as f64 / 1e3).unwrap_or(-1.0);
-                (r.url.clone(), lag)
-            }),
+            reports
+                .iter()
+                .map(|r| (r.url.clone(), seconds_or_unknown(r.lag_ms))),
         );
         write_labelled(
             out,
@@ -458,10 +457,9 @@ impl CountSource for Leader {
             "gauge",
             "Seconds since a network replica last acknowledged a push (-1 if never).",
             "replica",
-            reports.iter().map(|r| {
-                let age = r.last_ok_ms_ago.map(|ms| ms as f64 / 1e3).unwrap_or(-1.0);
-                (r.url.clone(), age)
-            }),
+            reports
+                .iter()
+                .map(|r| (r.url.clone(), seconds_or_unknown(r.last_ok_ms_ago))),
         );
         write_labelled(
             out,
@@ -574,6 +572,11 @@ impl CountSource for Leader {
             self.shared.config.tokenizer,
         )
     }
+}
+
+/// Milliseconds as seconds for a metric; -1 when unknown.
+fn seconds_or_unknown(ms: Option<u64>) -> f64 {
+    ms.map_or(-1.0, |ms| ms as f64 / 1e3)
 }
 
 #[utoipa::path(

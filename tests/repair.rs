@@ -102,6 +102,15 @@ async fn start_proxy(plan: impl Fn(u64) -> Fault + Send + Sync + 'static) -> (Ar
     (proxy, url)
 }
 
+/// A replica of `leader` that the leader reaches only through `proxy` (at `proxy_url`),
+/// once it has synced.
+async fn replica_behind(proxy: &Proxy, proxy_url: &str, leader: &Node) -> Node {
+    let r = Node::replica(&leader.url, &["--advertise", proxy_url]);
+    proxy.target.set(r.url.clone()).unwrap();
+    wait_ready(&r).await;
+    r
+}
+
 /// A proxy that delivers the first `delivered` pushes and falsely acknowledges the
 /// rest while the returned flag is set.
 async fn blocking_proxy(delivered: u64) -> (Arc<AtomicBool>, Arc<Proxy>, String) {
@@ -130,9 +139,7 @@ async fn lost_stale_and_falsely_acknowledged_pushes_are_repaired() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let leader = Node::leader(dir.path(), &[]);
-    let r = Node::replica(&leader.url, &["--advertise", &proxy_url]);
-    proxy.target.set(r.url.clone()).unwrap();
-    wait_ready(&r).await;
+    let r = replica_behind(&proxy, &proxy_url, &leader).await;
     concurrent_posts(&leader, 400, |t, i| format!("w{} common t{t}", i % 17)).await;
     let t = converged(&leader, &r).await;
     assert_eq!(t["common"], 400);
@@ -161,9 +168,7 @@ async fn a_gap_beyond_the_backlog_is_repaired_from_the_log() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let leader = Node::leader(dir.path(), &["--backlog", "2"]);
-    let r = Node::replica(&leader.url, &["--advertise", &proxy_url]);
-    proxy.target.set(r.url.clone()).unwrap();
-    wait_ready(&r).await;
+    let r = replica_behind(&proxy, &proxy_url, &leader).await;
     let c = leader.client();
     for i in 0..40 {
         c.post_text(&format!("item {i}")).await.unwrap();
@@ -201,9 +206,7 @@ async fn a_gap_beyond_the_backlog_and_the_log_is_repaired_by_a_full_sync() {
             "10ms",
         ],
     );
-    let r = Node::replica(&leader.url, &["--advertise", &proxy_url]);
-    proxy.target.set(r.url.clone()).unwrap();
-    wait_ready(&r).await;
+    let r = replica_behind(&proxy, &proxy_url, &leader).await;
     let c = leader.client();
     for i in 0..40 {
         c.post_text(&format!("item {i}")).await.unwrap();
@@ -235,9 +238,7 @@ async fn a_replica_behind_a_crashed_leader_catches_up_from_its_log_after_restart
         dir.path(),
         &["--fsync", "always", "--snapshot-interval", "1h"],
     );
-    let r = Node::replica(&leader.url, &["--advertise", &proxy_url]);
-    proxy.target.set(r.url.clone()).unwrap();
-    wait_ready(&r).await;
+    let r = replica_behind(&proxy, &proxy_url, &leader).await;
     let c = leader.client();
     c.post_text("first").await.unwrap();
     converged(&leader, &r).await;

@@ -120,7 +120,7 @@ fn replication(c: &mut Criterion) {
                     let start = Instant::now();
                     let mut seq = 0;
                     for _ in 0..iters {
-                        seq = leader.ingest(body).seq;
+                        seq = leader.ingest(body).expect("the log is writable").seq;
                     }
                     match mode {
                         "3-network-replicas" => {

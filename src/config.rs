@@ -46,6 +46,9 @@ pub struct LeaderConfig {
     /// Token, read protection and limits; the token is also sent to replicas with
     /// every push.
     pub serving: Serving,
+    /// Where a leader that cannot write its data directory at shutdown saves the
+    /// table instead; default the system's temp directory.
+    pub rescue_dir: Option<PathBuf>,
 }
 
 impl LeaderConfig {
@@ -66,6 +69,7 @@ impl LeaderConfig {
             replication_linger: Duration::from_millis(1),
             wal: crate::wal::WalOptions::default(),
             serving: Serving::default(),
+            rescue_dir: None,
         }
     }
 }

@@ -74,6 +74,19 @@ pub enum LeaderError {
     Socket(#[from] crate::notifier::NotifierError),
     #[error("serving HTTP: {0}")]
     Serve(std::io::Error),
+    #[error("{0}")]
+    Shutdown(String),
+}
+
+/// Why a write was refused; nothing of it was applied.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IngestError {
+    #[error(
+        "the write-ahead log cannot be written ({0}); writes are refused until it can \
+         (this one was not applied)"
+    )]
+    LogFailed(String),
 }
 
 fn io_err<'a>(
@@ -113,6 +126,8 @@ struct Shared {
     started: Instant,
     words_ingested: AtomicU64,
     posts: AtomicU64,
+    /// Writes refused because the log could not be written.
+    refused: AtomicU64,
     /// The notification socket's path, removed at shutdown.
     socket_path: PathBuf,
     /// Stops the notification socket's tasks.
@@ -283,6 +298,7 @@ impl Leader {
                 started: Instant::now(),
                 words_ingested: AtomicU64::new(0),
                 posts: AtomicU64::new(0),
+                refused: AtomicU64::new(0),
                 socket_path,
                 notifier_stop: CancellationToken::new(),
                 _lock: lock,
@@ -313,18 +329,27 @@ impl Leader {
     }
 
     /// Counts `text` and applies it as the next batch. Tokenizing happens before any
-    /// lock is taken. Text without words changes nothing and takes no seq.
-    pub fn ingest(&self, text: &str) -> Ingested {
+    /// lock is taken. Text without words changes nothing and takes no seq. While the
+    /// write-ahead log cannot be written, nothing is applied: a write the log would not
+    /// hold must not become visible (or be acknowledged).
+    pub fn ingest(&self, text: &str) -> Result<Ingested, IngestError> {
         let s = &self.shared;
         let (deltas, words) = s.config.tokenizer.count(text);
         if words == 0 {
-            return Ingested {
+            return Ok(Ingested {
                 seq: self.seq(),
                 words: 0,
-            };
+            });
         }
         let seq = {
             let mut table = s.table.write();
+            if s.wal.health().is_failed() {
+                drop(table);
+                s.refused.fetch_add(1, Ordering::Relaxed);
+                return Err(IngestError::LogFailed(
+                    s.wal.health().failure().unwrap_or_default(),
+                ));
+            }
             let seq = table.seq() + 1;
             table.apply(&deltas, seq);
             let batch = Arc::new(Batch { seq, deltas });
@@ -342,7 +367,7 @@ impl Leader {
         });
         s.words_ingested.fetch_add(words, Ordering::Relaxed);
         s.posts.fetch_add(1, Ordering::Relaxed);
-        Ingested { seq, words }
+        Ok(Ingested { seq, words })
     }
 
     /// Publishes a snapshot now (if anything changed); returns the seq on disk.
@@ -354,7 +379,11 @@ impl Leader {
     }
 
     /// The shutdown sequence after the HTTP server stopped: let replicas catch up (for
-    /// at most `drain_timeout`), stop the senders, publish the final snapshot.
+    /// at most `drain_timeout`), stop the senders, publish the final snapshot and sync
+    /// the log. Succeeds only if the data directory holds every applied write (in the
+    /// snapshot or the log). If it does not (a full or failed disk), the table is
+    /// written to a rescue snapshot in `rescue_dir` and this fails, saying where it is
+    /// or what was lost: never a quiet success with lost data.
     pub async fn shutdown(&self) -> Result<u64, String> {
         let s = &self.shared;
         let seq = self.seq();
@@ -368,20 +397,95 @@ impl Leader {
             Err(e) => tracing::error!(error = %e, "final snapshot failed"),
         }
         let me = self.clone();
-        match tokio::task::spawn_blocking(move || me.shared.wal.sync()).await {
-            Ok(Ok(seq)) => tracing::info!(seq, "write-ahead log synced"),
-            Ok(Err(e)) => tracing::error!(error = %e, "syncing the log at shutdown failed"),
+        let synced = match tokio::task::spawn_blocking(move || me.shared.wal.sync()).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match &synced {
+            Ok(seq) => tracing::info!(seq, "write-ahead log synced"),
             Err(e) => tracing::error!(error = %e, "syncing the log at shutdown failed"),
         }
         // Local replicas see the socket close, keep serving the final snapshot and
         // reconnect when a leader is back.
         s.notifier_stop.cancel();
         let _ = fs::remove_file(&s.socket_path);
-        published
+        let seq = self.seq();
+        let kept =
+            published.as_ref().is_ok_and(|p| *p >= seq) || synced.as_ref().is_ok_and(|l| *l >= seq);
+        if kept {
+            return Ok(seq);
+        }
+        let on_disk = published
+            .as_ref()
+            .ok()
+            .copied()
+            .max(synced.as_ref().ok().copied())
+            .unwrap_or_else(|| s.wal.durable_seq())
+            .max(s.publisher.stats().seq);
+        Err(match self.rescue() {
+            Ok(path) => format!(
+                "the data directory lacks seqs {}..={seq} (snapshot: {}; log: {}). The whole \
+                 table (seq {seq}) was saved to {}: free space, then move it over {} before \
+                 starting the leader again",
+                on_disk + 1,
+                published.err().unwrap_or_else(|| "ok".into()),
+                synced.err().unwrap_or_else(|| "ok".into()),
+                path.display(),
+                s.config.data_dir.join(snapshot::FILE_NAME).display(),
+            ),
+            Err(e) => format!(
+                "LOST seqs {}..={seq}: neither the data directory nor the rescue directory \
+                 could be written ({e})",
+                on_disk + 1
+            ),
+        })
     }
 
-    fn health(&self) -> Value {
+    /// Writes the whole table as a snapshot file into the rescue directory.
+    fn rescue(&self) -> std::io::Result<PathBuf> {
         let s = &self.shared;
+        let dir = s
+            .config
+            .rescue_dir
+            .clone()
+            .unwrap_or_else(std::env::temp_dir);
+        let t = s.table.read();
+        let meta = snapshot::Meta {
+            tokenizer: s.config.tokenizer,
+            seq: t.seq(),
+            incarnation: s.incarnation,
+        };
+        let image = snapshot::encode(t.map(), meta).map_err(std::io::Error::other)?;
+        drop(t);
+        let name = format!(
+            "memdb-rescue-{}-seq{}.memdb",
+            http::incarnation_string(s.incarnation),
+            meta.seq
+        );
+        snapshot::write_atomically(&dir, &name, &format!(".{name}.tmp"), &image)
+    }
+
+    /// What is failing now, each with its reason; empty when all is well.
+    pub fn problems(&self) -> Vec<String> {
+        let s = &self.shared;
+        let mut out = Vec::new();
+        if let Some(e) = s.wal.health().failure() {
+            out.push(format!(
+                "write-ahead log cannot be written, writes are refused: {e}"
+            ));
+        }
+        if let Some(e) = s.wal.health().roll_error() {
+            out.push(e);
+        }
+        if let Some(e) = s.publisher.stats().last_error {
+            out.push(format!("snapshot cannot be published: {e}"));
+        }
+        out
+    }
+
+    fn health(&self) -> (StatusCode, Value) {
+        let s = &self.shared;
+        let problems = self.problems();
         let (seq, words) = {
             let t = s.table.read();
             (t.seq(), t.len())
@@ -390,9 +494,15 @@ impl Leader {
             let b = s.backlog.lock();
             (b.len(), b.first_seq())
         };
-        json!({
+        let code = if problems.is_empty() {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        let body = json!({
             "role": "leader",
-            "status": "ok",
+            "status": if problems.is_empty() { "ok" } else { "failing" },
+            "problems": problems,
             "seq": seq,
             "incarnation": http::incarnation_string(s.incarnation),
             "tokenizer": s.config.tokenizer,
@@ -409,9 +519,13 @@ impl Leader {
             "wal": {
                 "fsync": s.config.wal.fsync.as_str(),
                 "durable_seq": s.wal.durable_seq(),
+                "failed": s.wal.health().failure(),
+                "roll_error": s.wal.health().roll_error(),
+                "writes_refused": s.refused.load(Ordering::Relaxed),
             },
             "uptime_s": s.started.elapsed().as_secs(),
-        })
+        });
+        (code, body)
     }
 }
 
@@ -528,6 +642,42 @@ impl CountSource for Leader {
             "Time spent in write-ahead log fsyncs.",
             f.total_nanos.load(Ordering::Relaxed) as f64 / 1e9,
         );
+        let h = s.wal.health();
+        write_metric(
+            out,
+            "memdb_wal_failed",
+            "gauge",
+            "1 while the write-ahead log cannot be written (writes are refused).",
+            h.is_failed() as u8 as f64,
+        );
+        write_metric(
+            out,
+            "memdb_wal_failures_total",
+            "counter",
+            "Times the write-ahead log became unwritable.",
+            h.failures.load(Ordering::Relaxed) as f64,
+        );
+        write_metric(
+            out,
+            "memdb_wal_roll_failing",
+            "gauge",
+            "1 while a full log segment cannot be closed (no new one can be created).",
+            h.roll_error().is_some() as u8 as f64,
+        );
+        write_metric(
+            out,
+            "memdb_writes_refused_total",
+            "counter",
+            "Writes refused (not applied) because the write-ahead log failed.",
+            s.refused.load(Ordering::Relaxed) as f64,
+        );
+        write_metric(
+            out,
+            "memdb_snapshot_failing",
+            "gauge",
+            "1 while the last snapshot publish failed.",
+            snap.last_error.is_some() as u8 as f64,
+        );
         write_metric(
             out,
             "memdb_wal_last_fsync_seconds",
@@ -600,7 +750,11 @@ fn seconds_or_unknown(ms: Option<u64>) -> f64 {
         (status = 401, description = "Missing or wrong token", body = crate::api::ErrorBody),
         (status = 413, description = "Larger than --max-body", body = crate::api::ErrorBody),
         (status = 415, description = "Unsupported content type", body = crate::api::ErrorBody),
-        (status = 503, description = "Applied in memory but not made durable, or overloaded",
+        (status = 503, description = "With --fsync always: applied in memory but the log \
+                                      failed before it was durable; or overloaded",
+         body = crate::api::ErrorBody),
+        (status = 507, description = "The write-ahead log cannot be written (disk full or \
+                                      failed): refused, nothing applied; retry later",
          body = crate::api::ErrorBody),
         (status = 504, description = "Applied on the leader but not confirmed by --min-acks \
                                       replicas within --ack-timeout",
@@ -614,7 +768,11 @@ async fn post_handler(
 ) -> Result<Response, ApiError> {
     let body = body?;
     let text = http::post_text(&headers, &body)?;
-    let ingested = leader.ingest(&text);
+    let ingested = leader.ingest(&text).map_err(|e| match e {
+        IngestError::LogFailed(_) => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string())
+            .with("reason", "log_failed")
+            .with("retry_after", 1),
+    })?;
     let cfg = &leader.shared.config;
     if cfg.wal.fsync == FsyncPolicy::Always
         && ingested.words > 0
@@ -623,10 +781,13 @@ async fn post_handler(
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
-                "write applied in memory as seq {} but not made durable: {e}",
+                "write applied in memory as seq {} but not made durable: {e}; it is kept \
+                 and written when the log recovers (its outcome is not known: do not \
+                 simply retry it)",
                 ingested.seq
             ),
         )
+        .with("reason", "log_failed")
         .with("seq", ingested.seq));
     }
     if cfg.min_acks > 0
@@ -662,12 +823,19 @@ async fn post_handler(
     path = "/health",
     tag = "operations",
     summary = "Liveness and replication status",
-    responses((status = 200, description = "The leader's seq, its replicas (acked seq, lag, \
-                                          last error), snapshot and log statistics",
-               body = Object)),
+    responses(
+        (status = 200, description = "The leader's seq, its replicas (acked seq, lag, \
+                                      last error), snapshot and log statistics",
+         body = Object),
+        (status = 503, description = "Something is failing (the write-ahead log, a log \
+                                      segment roll, the snapshot): `problems` says what; \
+                                      same body",
+         body = Object),
+    ),
 )]
 async fn health_handler(State(leader): State<Leader>) -> Response {
-    axum::Json(leader.health()).into_response()
+    let (code, body) = leader.health();
+    (code, axum::Json(body)).into_response()
 }
 
 #[utoipa::path(
@@ -781,6 +949,7 @@ pub async fn serve(
     let served = http::serve(listener, app, shutdown)
         .await
         .map_err(LeaderError::Serve);
-    let _ = leader.shutdown().await;
-    served
+    let stopped = leader.shutdown().await;
+    served?;
+    stopped.map(|_| ()).map_err(LeaderError::Shutdown)
 }

@@ -168,7 +168,8 @@ struct LeaderArgs {
     listen: Listen,
     #[command(flatten)]
     auth: AuthArgs,
-    /// Directory for the snapshot and lock file (created 0700).
+    /// Directory for the snapshot, write-ahead log, history, lock file and
+    /// notification socket (created 0700).
     #[arg(long, env = "MEMDB_DATA_DIR")]
     data_dir: PathBuf,
     /// A network replica to push to (repeatable; replicas may also register themselves).
@@ -216,6 +217,11 @@ struct LeaderArgs {
     /// log instead of a full sync. 0 keeps only what recovery needs.
     #[arg(long, env = "MEMDB_WAL_RETAIN", default_value = "256MiB", value_parser = parse_size)]
     wal_retain: usize,
+    /// If the data directory cannot be written at shutdown (a full disk), the table is
+    /// saved here instead and the leader exits non-zero naming the file [default: the
+    /// system temp directory].
+    #[arg(long, env = "MEMDB_RESCUE_DIR")]
+    rescue_dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -405,6 +411,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     retain_bytes: a.wal_retain as u64,
                 },
                 serving: serving(&a.listen, &a.auth)?,
+                rescue_dir: a.rescue_dir,
                 ..LeaderConfig::new(a.data_dir)
             };
             // Open the data directory first: a locked or unreadable one fails before a

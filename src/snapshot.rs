@@ -236,7 +236,7 @@ pub fn write_atomically(
 ) -> io::Result<PathBuf> {
     let tmp = dir.join(temp_name);
     let dest = dir.join(name);
-    {
+    let written = (|| {
         let mut f = OpenOptions::new()
             .write(true)
             .create(true)
@@ -245,8 +245,13 @@ pub fn write_atomically(
             .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
+        fs::rename(&tmp, &dest)
+    })();
+    if let Err(e) = written {
+        // A part-written temp file would only hold on to the space a full disk lacks.
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
-    fs::rename(&tmp, &dest)?;
     File::open(dir)?.sync_all()?;
     Ok(dest)
 }

@@ -29,15 +29,17 @@
 //! normal) and later segments are set aside, never silently applied out of order.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use parking_lot::Mutex;
 use tokio::sync::watch;
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -380,18 +382,54 @@ enum Msg {
 pub struct Wal {
     tx: Option<Sender<Msg>>,
     stats: Arc<FsyncStats>,
+    health: Arc<LogHealth>,
     thread: Option<JoinHandle<()>>,
     durable: watch::Receiver<u64>,
     written: watch::Receiver<u64>,
+    /// `Some(reason)` while the log cannot be written.
+    failed: watch::Receiver<Option<String>>,
     policy: FsyncPolicy,
 }
 
 /// How the log's fsyncs are going, for `/metrics`.
 #[derive(Debug, Default)]
 pub struct FsyncStats {
-    pub fsyncs: std::sync::atomic::AtomicU64,
-    pub last_nanos: std::sync::atomic::AtomicU64,
-    pub total_nanos: std::sync::atomic::AtomicU64,
+    pub fsyncs: AtomicU64,
+    pub last_nanos: AtomicU64,
+    pub total_nanos: AtomicU64,
+}
+
+/// What is wrong with the log, shared by the writer thread and the leader. Read on
+/// every write (one atomic load), so a failed log refuses writes at once.
+#[derive(Debug, Default)]
+pub struct LogHealth {
+    failed: AtomicBool,
+    /// Why the log cannot be written, while it cannot.
+    reason: Mutex<Option<String>>,
+    /// Why a full segment could not be closed (its successor could not be created),
+    /// while that lasts: the open segment keeps growing past `--wal-segment-size`.
+    roll_error: Mutex<Option<String>>,
+    /// Times the log went from writable to failed.
+    pub failures: AtomicU64,
+    /// Times a segment could not be rolled.
+    pub roll_failures: AtomicU64,
+}
+
+impl LogHealth {
+    /// Whether the log is failed (writes must be refused).
+    pub fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// Why the log is failed, if it is.
+    pub fn failure(&self) -> Option<String> {
+        self.reason.lock().clone()
+    }
+
+    /// Why the open segment could not be rolled, if it could not.
+    pub fn roll_error(&self) -> Option<String> {
+        self.roll_error.lock().clone()
+    }
 }
 
 /// Why a write could not be made durable.
@@ -406,22 +444,30 @@ impl Wal {
         let (tx, rx) = crossbeam_channel::unbounded();
         let (durable_tx, durable) = watch::channel(seq);
         let (written_tx, written) = watch::channel(seq);
+        let (failed_tx, failed) = watch::channel(None);
         let stats = Arc::new(FsyncStats::default());
+        let health = Arc::new(LogHealth::default());
         let mut writer = Writer {
             stats: stats.clone(),
+            health: health.clone(),
             dir: dir.to_owned(),
             file: None,
             first_seq: seq + 1,
             last_seq: seq,
             policy,
             options,
-            segment_len: 0,
+            safe_len: 0,
+            pending: Vec::with_capacity(64 << 10),
+            in_file: 0,
             durable: durable_tx,
             written: written_tx,
-            buf: Vec::with_capacity(64 << 10),
+            failed: failed_tx,
             dirty: false,
             last_sync: Instant::now(),
             error: None,
+            retry: RETRY_START,
+            next_retry: Instant::now(),
+            next_roll: Instant::now(),
         };
         writer.open_segment(seq + 1)?;
         let thread = std::thread::Builder::new()
@@ -430,9 +476,11 @@ impl Wal {
         Ok(Wal {
             tx: Some(tx),
             stats,
+            health,
             thread: Some(thread),
             durable,
             written,
+            failed,
             policy,
         })
     }
@@ -445,7 +493,15 @@ impl Wal {
         &self.stats
     }
 
-    /// Queues the next batch. Call in seq order (under the table lock). Never blocks.
+    /// Whether the log can be written, and why not.
+    pub fn health(&self) -> &LogHealth {
+        &self.health
+    }
+
+    /// Queues the next batch. Call in seq order (under the table lock), and only while
+    /// [`LogHealth::is_failed`] is false: a write the log cannot hold must not be
+    /// applied. Never blocks. A batch queued just as the log fails is kept in memory
+    /// and written once the log recovers.
     pub fn append(&self, batch: Arc<Batch>) {
         if let Some(tx) = &self.tx {
             let _ = tx.send(Msg::Batch(batch));
@@ -453,11 +509,25 @@ impl Wal {
     }
 
     /// Waits until `seq` is durable (with `always`) or at least written to the OS.
+    /// Fails at once if the log fails first: the batch is then kept in memory and
+    /// written when the log recovers, but it cannot be promised now.
     pub async fn wait_durable(&self, seq: u64) -> Result<(), WalError> {
-        let mut rx = self.durable.clone();
-        match rx.wait_for(|d| *d >= seq).await {
-            Ok(_) => Ok(()),
-            Err(_) => Err(WalError("the log writer stopped".into())),
+        let mut durable = self.durable.clone();
+        let mut failed = self.failed.clone();
+        loop {
+            if *durable.borrow_and_update() >= seq {
+                return Ok(());
+            }
+            if let Some(why) = failed.borrow_and_update().clone() {
+                return Err(WalError(why));
+            }
+            let stopped = tokio::select! {
+                r = durable.changed() => r.is_err(),
+                r = failed.changed() => r.is_err(),
+            };
+            if stopped {
+                return Err(WalError("the log writer stopped".into()));
+            }
         }
     }
 
@@ -472,7 +542,8 @@ impl Wal {
         *self.durable.borrow()
     }
 
-    /// Writes and fsyncs everything queued. Blocking.
+    /// Writes and fsyncs everything queued (on a failed log: tries once more now).
+    /// Blocking.
     pub fn sync(&self) -> io::Result<u64> {
         let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
         let tx = self
@@ -515,53 +586,111 @@ impl Drop for Wal {
     }
 }
 
+/// Retry delays while the log cannot be written: from the first to the cap.
+const RETRY_START: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(1);
+/// How often a segment that could not be rolled tries again.
+const ROLL_RETRY: Duration = Duration::from_secs(1);
+
 struct Writer {
     stats: Arc<FsyncStats>,
+    health: Arc<LogHealth>,
     dir: PathBuf,
-    file: Option<BufWriter<File>>,
+    /// The open segment, in append mode.
+    file: Option<File>,
     first_seq: u64,
     last_seq: u64,
     policy: FsyncPolicy,
     options: WalOptions,
-    /// Bytes written to the open segment.
-    segment_len: u64,
+    /// The open segment's length up to which its records are known to be kept: fsynced
+    /// (`always`, `everysec`) or written to the OS (`no`).
+    safe_len: u64,
+    /// The encoded records after `safe_len`, not yet known to be kept. The first
+    /// `in_file` bytes of it have been written to the file. After a failure the file
+    /// is cut back to `safe_len` and this is written again whole: what a failed write
+    /// or fsync left in the file (or the page cache) is never trusted.
+    pending: Vec<u8>,
+    in_file: usize,
     durable: watch::Sender<u64>,
     written: watch::Sender<u64>,
-    buf: Vec<u8>,
+    failed: watch::Sender<Option<String>>,
     dirty: bool,
     last_sync: Instant,
-    /// Once set, nothing more is written (and `durable` no longer advances).
+    /// Set while the log is failed: nothing new is written until a retry succeeds.
     error: Option<String>,
+    retry: Duration,
+    next_retry: Instant,
+    /// While a roll fails, when to try the next.
+    next_roll: Instant,
 }
 
 impl Writer {
     fn open_segment(&mut self, first_seq: u64) -> io::Result<()> {
         let path = self.dir.join(segment_name(first_seq));
+        let existed = path.exists();
         let mut f = OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o600)
             .open(&path)?;
-        self.segment_len = f.seek(SeekFrom::End(0))?;
-        File::open(&self.dir)?.sync_all()?;
-        self.file = Some(BufWriter::with_capacity(256 << 10, f));
+        let opened = (|| {
+            let len = f.seek(SeekFrom::End(0))?;
+            File::open(&self.dir)?.sync_all()?;
+            Ok(len)
+        })();
+        let len = match opened {
+            Ok(len) => len,
+            Err(e) => {
+                // An empty segment left behind would hide the records that the open
+                // segment goes on to hold (replay skips a segment whose successor
+                // starts at or before the seq it needs).
+                if !existed {
+                    let _ = fs::remove_file(&path);
+                }
+                return Err(e);
+            }
+        };
+        self.file = Some(f);
+        self.safe_len = len;
         self.first_seq = first_seq;
         Ok(())
     }
 
     fn run(mut self, rx: Receiver<Msg>) {
         loop {
-            let wait = match self.policy {
-                FsyncPolicy::EverySec if self.dirty => {
-                    EVERYSEC.saturating_sub(self.last_sync.elapsed())
+            let wait = if self.error.is_some() {
+                self.next_retry.saturating_duration_since(Instant::now())
+            } else {
+                match self.policy {
+                    FsyncPolicy::EverySec if self.dirty => {
+                        EVERYSEC.saturating_sub(self.last_sync.elapsed())
+                    }
+                    _ => Duration::from_secs(3600),
                 }
-                _ => Duration::from_secs(3600),
+            };
+            // A segment that could not be rolled is retried even with no new writes.
+            let wait = if self.health.roll_error.lock().is_some() {
+                wait.min(self.next_roll.saturating_duration_since(Instant::now()))
+            } else {
+                wait
             };
             let first = match rx.recv_timeout(wait) {
                 Ok(m) => Some(m),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => {
-                    let _ = self.flush(true);
+                    let result = if self.error.is_some() {
+                        self.retry_now()
+                    } else {
+                        self.flush(true)
+                    };
+                    if result.is_err() {
+                        tracing::error!(
+                            first_lost = self.durable.borrow().saturating_add(1),
+                            last_lost = self.last_seq,
+                            "the write-ahead log is closing without these batches: they \
+                             are lost unless a snapshot holds them"
+                        );
+                    }
                     return;
                 }
             };
@@ -570,7 +699,7 @@ impl Writer {
             for m in first.into_iter().chain(rx.try_iter()) {
                 match m {
                     Msg::Batch(b) => {
-                        encode(&b, &mut self.buf);
+                        encode(&b, &mut self.pending);
                         self.last_seq = b.seq;
                     }
                     Msg::Sync(r) => replies.push(r),
@@ -581,13 +710,25 @@ impl Writer {
                     }
                 }
             }
-            let force = !replies.is_empty()
-                || (self.policy == FsyncPolicy::EverySec
-                    && self.dirty
-                    && self.last_sync.elapsed() >= EVERYSEC);
-            let mut result = self.flush(force || self.policy == FsyncPolicy::Always);
-            if result.is_ok() && self.segment_len >= self.options.segment_bytes {
-                result = self.roll();
+            let result = if self.error.is_some() {
+                // A sync asks for a retry now; otherwise retry on the backoff.
+                if !replies.is_empty() || Instant::now() >= self.next_retry {
+                    self.retry_now()
+                } else {
+                    Err(io::Error::other(self.error.clone().unwrap_or_default()))
+                }
+            } else {
+                let force = !replies.is_empty()
+                    || (self.policy == FsyncPolicy::EverySec
+                        && self.dirty
+                        && self.last_sync.elapsed() >= EVERYSEC);
+                self.flush(force || self.policy == FsyncPolicy::Always)
+            };
+            if result.is_ok()
+                && self.segment_len() >= self.options.segment_bytes
+                && Instant::now() >= self.next_roll
+            {
+                self.roll();
             }
             for r in replies {
                 let _ = r.send(
@@ -600,58 +741,143 @@ impl Writer {
         }
     }
 
-    /// Writes the buffer; fsyncs if `sync`. Advances the durable seq: after an fsync
-    /// with `always`, after the write to the OS otherwise (that is all those modes
-    /// promise).
+    fn segment_len(&self) -> u64 {
+        self.safe_len + self.in_file as u64
+    }
+
+    /// Writes what is pending; fsyncs if `sync` (always with `always`). Advances the
+    /// durable seq: after an fsync with `always`, after the write to the OS otherwise
+    /// (that is all those modes promise). A failure fails the log.
     fn flush(&mut self, sync: bool) -> io::Result<()> {
         if let Some(e) = &self.error {
             return Err(io::Error::other(e.clone()));
         }
-        let res = (|| -> io::Result<()> {
+        let res = self.write_pending(sync);
+        if let Err(e) = &res {
+            self.fail(e);
+        }
+        res
+    }
+
+    fn write_pending(&mut self, sync: bool) -> io::Result<()> {
+        if self.in_file < self.pending.len() {
             let f = self.file.as_mut().expect("a segment is open");
-            if !self.buf.is_empty() {
-                f.write_all(&self.buf)?;
-                self.segment_len += self.buf.len() as u64;
-                self.buf.clear();
-                f.flush()?;
-                self.written.send_replace(self.last_seq);
-                self.dirty = true;
-            }
-            if sync && self.dirty {
-                let started = Instant::now();
-                f.get_ref().sync_data()?;
-                let nanos = started.elapsed().as_nanos() as u64;
-                use std::sync::atomic::Ordering::Relaxed;
-                self.stats.fsyncs.fetch_add(1, Relaxed);
-                self.stats.last_nanos.store(nanos, Relaxed);
-                self.stats.total_nanos.fetch_add(nanos, Relaxed);
-                self.dirty = false;
-                self.last_sync = Instant::now();
-            }
-            Ok(())
+            f.write_all(&self.pending[self.in_file..])?;
+            self.in_file = self.pending.len();
+            self.written.send_replace(self.last_seq);
+            self.dirty = true;
+        }
+        if self.policy == FsyncPolicy::No {
+            // Written to the OS is all `no` promises: nothing to keep for a retry.
+            self.settle();
+        }
+        if sync && self.dirty {
+            let started = Instant::now();
+            self.file.as_ref().expect("a segment is open").sync_data()?;
+            let nanos = started.elapsed().as_nanos() as u64;
+            self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+            self.stats.last_nanos.store(nanos, Ordering::Relaxed);
+            self.stats.total_nanos.fetch_add(nanos, Ordering::Relaxed);
+            self.dirty = false;
+            self.last_sync = Instant::now();
+            self.settle();
+        }
+        if self.policy != FsyncPolicy::Always || !self.dirty {
+            self.durable.send_replace(self.last_seq);
+        }
+        Ok(())
+    }
+
+    /// What is in the file is kept: it no longer needs its copy in `pending`.
+    fn settle(&mut self) {
+        self.safe_len += self.in_file as u64;
+        self.pending.drain(..self.in_file);
+        self.in_file = 0;
+    }
+
+    /// The log cannot be written: refuse writes (the leader checks the flag), wake the
+    /// waiters, and cut what the failed attempt may have left in the file.
+    fn fail(&mut self, e: &io::Error) {
+        let reason = format!("{e}");
+        if let Some(f) = &self.file {
+            let _ = f.set_len(self.safe_len);
+        }
+        self.in_file = 0;
+        self.dirty = true;
+        if self.error.is_none() {
+            tracing::error!(
+                error = %e,
+                unwritten_from = self.durable.borrow().saturating_add(1),
+                "the write-ahead log cannot be written: refusing writes until it can; \
+                 batches already accepted are kept in memory and retried"
+            );
+            self.health.failures.fetch_add(1, Ordering::Relaxed);
+            self.retry = RETRY_START;
+        }
+        self.next_retry = Instant::now() + self.retry;
+        self.retry = (self.retry * 2).min(RETRY_MAX);
+        self.error = Some(reason.clone());
+        *self.health.reason.lock() = Some(reason.clone());
+        self.health.failed.store(true, Ordering::Release);
+        self.failed.send_replace(Some(reason));
+    }
+
+    /// On a failed log: cut the segment back to what is known kept, write everything
+    /// pending again, fsync. Clears the failure if that worked.
+    fn retry_now(&mut self) -> io::Result<()> {
+        let res = (|| {
+            let f = self.file.as_mut().expect("a segment is open");
+            f.set_len(self.safe_len)?;
+            self.in_file = 0;
+            self.write_pending(true)
         })();
         match &res {
             Ok(()) => {
-                if self.policy != FsyncPolicy::Always || !self.dirty {
-                    self.durable.send_replace(self.last_seq);
-                }
+                self.error = None;
+                tracing::info!(
+                    seq = self.last_seq,
+                    "the write-ahead log is writable again: accepting writes"
+                );
+                self.retry = RETRY_START;
+                *self.health.reason.lock() = None;
+                self.health.failed.store(false, Ordering::Release);
+                self.failed.send_replace(None);
             }
-            Err(e) => {
-                tracing::error!(error = %e, "the write-ahead log failed; refusing to acknowledge further writes");
-                self.error = Some(e.to_string());
-            }
+            Err(e) => self.fail(e),
         }
         res
     }
 
     /// Closes the open segment (fsynced, so no later segment is ever more durable than
-    /// an earlier one) and starts the next at the next seq.
-    fn roll(&mut self) -> io::Result<()> {
-        self.flush(true)?;
-        if self.first_seq <= self.last_seq {
-            self.open_segment(self.last_seq + 1)?;
+    /// an earlier one) and starts the next at the next seq. If the next cannot be
+    /// created, the open one goes on (its records are safe) and this is reported and
+    /// retried every [`ROLL_RETRY`].
+    fn roll(&mut self) {
+        if self.flush(true).is_err() || self.first_seq > self.last_seq {
+            return;
         }
-        Ok(())
+        match self.open_segment(self.last_seq + 1) {
+            Ok(()) => {
+                if self.health.roll_error.lock().take().is_some() {
+                    tracing::info!("log segments roll again");
+                }
+            }
+            Err(e) => {
+                let mut err = self.health.roll_error.lock();
+                if err.is_none() {
+                    tracing::error!(
+                        error = %e,
+                        segment_bytes = self.segment_len(),
+                        limit = self.options.segment_bytes,
+                        "cannot start a new log segment: the open one grows past \
+                         --wal-segment-size until one can be created"
+                    );
+                    self.health.roll_failures.fetch_add(1, Ordering::Relaxed);
+                }
+                *err = Some(format!("cannot start a new log segment: {e}"));
+                self.next_roll = Instant::now() + ROLL_RETRY;
+            }
+        }
     }
 
     /// Deletes segments whose every record is at or below `snapshot_seq`, except the

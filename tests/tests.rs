@@ -5,6 +5,7 @@ mod util;
 
 mod bad_input;
 mod cluster;
+mod diskfull;
 mod durability;
 mod local;
 mod model;

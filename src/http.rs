@@ -135,6 +135,40 @@ pub async fn require_token(
     resp
 }
 
+/// The listen backlog asked for by default: the kernel caps it at
+/// `net.core.somaxconn` (4096 on current Linux). A client that opens a thousand
+/// connections at once (the Go original's load tool does) must not overflow it: a
+/// dropped SYN is retried only after a second.
+pub const DEFAULT_LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `host:port` with a listen backlog of `backlog` connections (capped by the
+/// kernel's `somaxconn`).
+pub async fn bind(host: &str, port: u16, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As std's TcpListener does on Unix: a restarted node can rebind at once.
+        socket.set_reuseaddr(true)?;
+        match socket
+            .bind(addr)
+            .and_then(|_| socket.listen(backlog.max(1)))
+        {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{host:?} resolves to no address"),
+        )
+    }))
+}
+
 /// Serves `app` on `listener` until `shutdown`, then waits for requests in flight.
 /// Responses are small and latency matters, so Nagle's algorithm is off.
 pub async fn serve(

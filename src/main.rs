@@ -112,6 +112,10 @@ struct Listen {
     /// Requests per second this node accepts (bursts of as many); beyond it 429.
     #[arg(long, env = "MEMDB_RATE_LIMIT")]
     rate_limit: Option<u32>,
+    /// Connections the kernel queues before they are accepted (capped by
+    /// net.core.somaxconn).
+    #[arg(long, env = "MEMDB_LISTEN_BACKLOG", default_value_t = memdb::http::DEFAULT_LISTEN_BACKLOG)]
+    listen_backlog: u32,
 }
 
 /// Token, read protection and limits from a serving role's flags.
@@ -268,7 +272,7 @@ struct ReplicaArgs {
 }
 
 async fn bind(listen: &Listen, role: &str) -> anyhow::Result<TcpListener> {
-    let listener = TcpListener::bind((listen.host.as_str(), listen.port))
+    let listener = memdb::http::bind(&listen.host, listen.port, listen.listen_backlog)
         .await
         .with_context(|| format!("binding {}:{}", listen.host, listen.port))?;
     let addr: SocketAddr = listener.local_addr()?;
@@ -293,13 +297,16 @@ fn init_tracing(format: LogFormat) {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // As Redis and nginx do: every connection a client opens costs a descriptor, and
+    // the soft limit (often 1024) is far below what the hard limit allows.
+    let fds = rlimit::increase_nofile_limit(u64::MAX);
     // Still single-threaded: the only safe moment to set environment variables.
     apply_config_file(&args)?;
     let cli = Cli::parse_from(args);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(run(cli))
+        .block_on(run(cli, fds))
 }
 
 /// `--config FILE` (or `MEMDB_CONFIG`): a TOML file with a table per role (`[leader]`,
@@ -384,11 +391,15 @@ fn apply_config_file(args: &[std::ffi::OsString]) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli, fds: std::io::Result<u64>) -> anyhow::Result<()> {
     if let Command::Perf(a) = cli.command {
         return perf(a).await;
     }
     init_tracing(cli.log_format);
+    match fds {
+        Ok(n) => tracing::debug!(limit = n, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
+    }
     // Before anything is bound: a SIGTERM from then on always gets a clean shutdown.
     let shutdown = shutdown_signal();
     match cli.command {

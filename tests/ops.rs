@@ -202,3 +202,37 @@ async fn a_config_file_sets_defaults_that_flags_override() {
         "{err}"
     );
 }
+
+/// The listen backlog is the kernel's maximum (up to 4096), not 128, and the soft
+/// open-file limit is raised to the hard one: a client opening a thousand connections
+/// at once is neither dropped nor refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_listen_with_a_deep_backlog_and_the_full_fd_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Node::leader(dir.path(), &[]);
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let out = std::process::Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{}", leader.addr.port())])
+        .output()
+        .expect("ss (iproute2)");
+    let line = String::from_utf8_lossy(&out.stdout).to_string();
+    // State Recv-Q Send-Q Local Peer: for a listener, Send-Q is the backlog.
+    let backlog: u32 = line
+        .split_whitespace()
+        .nth(2)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no listener in {line:?}"));
+    assert_eq!(backlog, somaxconn.min(4096), "{line}");
+
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", leader.pid())).unwrap();
+    let files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let v: Vec<&str> = files.split_whitespace().collect();
+    assert_eq!(v[3], v[4], "soft limit not raised to the hard one: {files}");
+}

@@ -53,6 +53,12 @@ test:
 fmt:
 	$(CARGO) fmt --all
 
+## Refuses while any cluster started from here still runs (its data is under run/).
 clean:
+	@for m in network local; do \
+		if scripts/cluster.sh running $$m || MEMDB_RUN_DIR=run/perf scripts/cluster.sh running $$m; then \
+			echo "a $$m cluster is running; stop it before 'make clean' deletes run/" >&2; exit 1; \
+		fi; \
+	done
 	$(CARGO) clean
 	rm -rf run

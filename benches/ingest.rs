@@ -107,7 +107,7 @@ fn replication(c: &mut Criterion) {
                     let mut rc = ReplicaConfig::new(leader_url.clone());
                     rc.heartbeat = Duration::from_millis(100);
                     tokio::spawn(memdb::replica::run(rl, rc, std::future::pending()));
-                    leader.replicas().add(&url, true);
+                    leader.replicas().add(&url, true).unwrap();
                 }
                 // Every replica synced and following before measuring.
                 while !leader.replicas().drain(0, Duration::from_millis(100)).await {}

@@ -4,6 +4,7 @@
 #   scripts/cluster.sh start network   # leader :8080 + network replicas :8081-8083
 #   scripts/cluster.sh start local     # leader :8080 + local (mmap) replicas :8081-8083
 #   scripts/cluster.sh stop network|local
+#   scripts/cluster.sh running network|local   # exit 0 if any of its processes runs
 #
 # Everything lives under $MEMDB_RUN_DIR/<mode> (default ./run/<mode>): data/, logs/,
 # pids/. Processes are stopped by the PIDs recorded at start, never by name.
@@ -12,8 +13,8 @@ set -euo pipefail
 action=${1:-}
 mode=${2:-network}
 case "$action:$mode" in
-  start:network | stop:network | start:local | stop:local) ;;
-  *) echo "usage: $0 start|stop network|local" >&2; exit 2 ;;
+  start:network | stop:network | start:local | stop:local | running:network | running:local) ;;
+  *) echo "usage: $0 start|stop|running network|local" >&2; exit 2 ;;
 esac
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -51,26 +52,54 @@ stop_all() {
   [ "$stopped" -gt 0 ] || echo "nothing was running under $run"
 }
 
+any_running() {
+  shopt -s nullglob
+  for f in "$run"/pids/*.pid; do
+    pid_alive "$(cat "$f")" && return 0
+  done
+  return 1
+}
+
+# Waits until the process we started answers /health itself (its pid is in the
+# answer: another process on the same port does not count). Fails as soon as the
+# process exits, showing why.
 wait_healthy() {
-  local name=$1 url=$2
+  local name=$1 url=$2 pid
+  pid=$(cat "$run/pids/$name.pid")
   for _ in $(seq 1 300); do
-    if curl -fsS -o /dev/null "$url/health" 2>/dev/null; then return 0; fi
+    if ! pid_alive "$pid"; then
+      echo "$name (pid $pid) exited during start:" >&2
+      tail -n 20 "$run/logs/$name.log" >&2 || true
+      return 1
+    fi
+    if curl -sS --max-time 1 "$url/health" 2>/dev/null | grep -q "\"pid\":$pid[,}]"; then
+      return 0
+    fi
     sleep 0.1
   done
-  echo "$name at $url did not become healthy within 30s; last log lines:" >&2
+  echo "$name (pid $pid) at $url did not become healthy within 30s; last log lines:" >&2
   tail -n 20 "$run/logs/$name.log" >&2 || true
   return 1
 }
 
 start_one() {
   local name=$1; shift
-  nohup "$bin" "$@" >"$run/logs/$name.log" 2>&1 &
+  RUST_BACKTRACE=0 nohup "$bin" "$@" >"$run/logs/$name.log" 2>&1 &
   echo $! >"$run/pids/$name.pid"
+}
+
+# Something (another cluster, another program) already listens on a port we need.
+port_taken() {
+  (exec 3<>"/dev/tcp/$host/$1") 2>/dev/null
 }
 
 if [ "$action" = stop ]; then
   stop_all
   exit 0
+fi
+if [ "$action" = running ]; then
+  any_running
+  exit $?
 fi
 
 [ -x "$bin" ] || { echo "no binary at $bin: run 'make build' first" >&2; exit 1; }
@@ -83,6 +112,12 @@ for f in "$run"/pids/*.pid; do
     exit 1
   fi
   rm -f "$f"
+done
+for p in $leader_port $replica_ports; do
+  if port_taken "$p"; then
+    echo "port $p on $host is already in use (another memdb cluster? 'make stop-servers' or 'make stop-servers-local-replicas'); nothing was started" >&2
+    exit 1
+  fi
 done
 
 leader_url="http://$host:$leader_port"

@@ -14,6 +14,11 @@ pub struct LeaderConfig {
     pub data_dir: PathBuf,
     /// Network replicas named at start (more can register with `POST /replicas`).
     pub replicas: Vec<String>,
+    /// At most this many network replicas, named and registered. Default 64.
+    pub max_replicas: usize,
+    /// A registered replica silent (no heartbeat) for this long is removed. Replicas
+    /// named with `--replica` are kept. Default 10s.
+    pub replica_timeout: Duration,
     /// How often the table is published as a snapshot when it changed. Default 1s.
     pub snapshot_interval: Duration,
     /// How many replicas must apply a write before `POST /post` answers. Default 0.
@@ -56,6 +61,8 @@ impl LeaderConfig {
         LeaderConfig {
             data_dir: data_dir.into(),
             replicas: Vec::new(),
+            max_replicas: 64,
+            replica_timeout: Duration::from_secs(10),
             snapshot_interval: Duration::from_secs(1),
             min_acks: 0,
             ack_timeout: Duration::from_secs(2),

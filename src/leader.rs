@@ -34,7 +34,7 @@ use crate::http::{self, ApiError, SEQ};
 use crate::notifier;
 use crate::publisher::Publisher;
 use crate::reads::{self, CountSource};
-use crate::replication::{LogSource, ReplicaSet};
+use crate::replication::{LogSource, ReplicaSet, ReplicaUrlError};
 use crate::snapshot::{self, SnapshotError};
 use crate::table::Table;
 use crate::wal::{self, FsyncPolicy, Wal};
@@ -76,6 +76,8 @@ pub enum LeaderError {
     Serve(std::io::Error),
     #[error("{0}")]
     Shutdown(String),
+    #[error("--replica: {0}")]
+    Replica(#[from] crate::replication::ReplicaUrlError),
 }
 
 /// Why a write was refused; nothing of it was applied.
@@ -118,7 +120,7 @@ struct Shared {
     /// to the log that must be gone before the log's writer can stop.
     publisher: Publisher,
     wal: Wal,
-    replicas: ReplicaSet,
+    replicas: Arc<ReplicaSet>,
     config: LeaderConfig,
     incarnation: u64,
     /// The earlier incarnations this one continues (see [`crate::history`]).
@@ -262,7 +264,7 @@ impl Leader {
         } else {
             config.replication_linger
         };
-        let replicas = ReplicaSet::new(
+        let replicas = Arc::new(ReplicaSet::new(
             backlog.clone(),
             Some(LogSource {
                 dir: dir.clone(),
@@ -273,15 +275,18 @@ impl Leader {
             config.tokenizer,
             linger,
             config.serving.auth_token.clone(),
-        );
+            config.max_replicas,
+            config.replica_timeout,
+        ));
         for url in &config.replicas {
-            replicas.add(url, true);
+            replicas.add(url, true)?;
         }
+        replicas.spawn_expiry();
         tracing::info!(
             incarnation = %http::incarnation_string(incarnation),
             seq,
             tokenizer = %config.tokenizer,
-            "leader ready"
+            "leader recovered its data"
         );
         let published = publisher.published();
         let leader = Leader {
@@ -501,6 +506,7 @@ impl Leader {
         };
         let body = json!({
             "role": "leader",
+            "pid": std::process::id(),
             "status": if problems.is_empty() { "ok" } else { "failing" },
             "problems": problems,
             "seq": seq,
@@ -849,9 +855,12 @@ async fn health_handler(State(leader): State<Leader>) -> Response {
     responses(
         (status = 200, description = "Registered: the leader's incarnation, seq and tokenizer",
          body = Object),
-        (status = 400, description = "Not a JSON object with an http(s) url",
+        (status = 400, description = "Not a JSON object whose url is a plain http(s) \
+                                      origin (no user, path, query or fragment)",
          body = crate::api::ErrorBody),
         (status = 401, description = "Missing or wrong token", body = crate::api::ErrorBody),
+        (status = 503, description = "The leader has --max-replicas replicas already",
+         body = crate::api::ErrorBody),
     )
 )]
 async fn register_handler(
@@ -864,22 +873,26 @@ async fn register_handler(
             "expected a JSON object {{\"url\": \"http://...\"}}: {e}"
         ))
     })?;
-    let parsed = reqwest::Url::parse(&reg.url)
-        .map_err(|e| ApiError::bad_request(format!("url {:?}: {e}", reg.url)))?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
-        return Err(ApiError::bad_request(format!(
-            "url {:?} must be an http:// or https:// URL with a host",
-            reg.url
-        )));
-    }
-    let new = leader.shared.replicas.add(&reg.url, false);
+    let url = crate::replication::replica_origin(&reg.url)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let new = leader
+        .shared
+        .replicas
+        .add(&url, false)
+        .map_err(|e| match e {
+            ReplicaUrlError::Full(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+                    .with("reason", "max_replicas")
+            }
+            other => ApiError::bad_request(other.to_string()),
+        })?;
     let at = reg
         .seq
         .zip(reg.incarnation.as_deref().and_then(http::parse_incarnation));
     if let Some((seq, inc)) = at
         && inc == leader.shared.incarnation
     {
-        leader.shared.replicas.report(&reg.url, seq);
+        leader.shared.replicas.report(&url, seq);
     }
     // Whether the replica's data is a prefix of this history (it then adopts this
     // incarnation instead of full-syncing).
@@ -909,6 +922,47 @@ async fn list_replicas_handler(State(leader): State<Leader>) -> Response {
     axum::Json(json!({ "replicas": leader.shared.replicas.reports() })).into_response()
 }
 
+/// `DELETE /replicas`: which replica to stop pushing to.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+struct Unregister {
+    /// The URL it registered with.
+    url: String,
+}
+
+#[utoipa::path(
+    delete,
+    path = "/replicas",
+    tag = "replication",
+    summary = "Stop pushing to a network replica",
+    description = "Removes the replica and stops its sender. A replica that is still \
+                   running registers again with its next heartbeat.",
+    request_body = Unregister,
+    responses(
+        (status = 200, description = "Removed", body = Object),
+        (status = 400, description = "Not a JSON object with a url", body = crate::api::ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = crate::api::ErrorBody),
+        (status = 404, description = "No such replica", body = crate::api::ErrorBody),
+    )
+)]
+async fn unregister_handler(
+    State(leader): State<Leader>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body?;
+    let un: Unregister = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "expected a JSON object {{\"url\": \"http://...\"}}: {e}"
+        ))
+    })?;
+    if !leader.shared.replicas.remove(&un.url) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no replica {:?}", un.url),
+        ));
+    }
+    Ok(axum::Json(json!({ "removed": un.url })).into_response())
+}
+
 /// The leader's routes.
 pub fn leader_router(leader: Leader) -> Router {
     let cfg = &leader.shared.config;
@@ -917,7 +971,11 @@ pub fn leader_router(leader: Leader) -> Router {
         .routes(api::documented::<reads::__path_sync, _, _, _>(
             reads::sync::<Leader>,
         ))
-        .routes(routes!(register_handler, list_replicas_handler));
+        .routes(routes!(
+            register_handler,
+            list_replicas_handler,
+            unregister_handler
+        ));
     reads::node_router(
         leader.clone(),
         "leader",
@@ -945,6 +1003,9 @@ pub async fn serve(
     leader: Leader,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), LeaderError> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "leader ready");
+    }
     let app = leader_router(leader.clone());
     let served = http::serve(listener, app, shutdown)
         .await

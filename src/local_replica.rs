@@ -346,6 +346,7 @@ impl LocalReplica {
             .unwrap_or(0);
         let body = json!({
             "role": "local-replica",
+            "pid": std::process::id(),
             "status": if cur.is_some() { "ok" } else { "waiting for a snapshot" },
             "ready": cur.is_some(),
             "seq": cur.as_ref().map(|m| m.header().seq).unwrap_or(0),

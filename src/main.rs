@@ -179,6 +179,12 @@ struct LeaderArgs {
     /// A network replica to push to (repeatable; replicas may also register themselves).
     #[arg(long = "replica", env = "MEMDB_REPLICAS", value_delimiter = ',')]
     replicas: Vec<String>,
+    /// At most this many network replicas (named and registered).
+    #[arg(long, env = "MEMDB_MAX_REPLICAS", default_value_t = 64)]
+    max_replicas: usize,
+    /// Remove a registered replica whose heartbeats stop for this long.
+    #[arg(long, env = "MEMDB_REPLICA_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    replica_timeout: Duration,
     /// How often to publish a snapshot when the table changed.
     #[arg(long, env = "MEMDB_SNAPSHOT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     snapshot_interval: Duration,
@@ -406,6 +412,8 @@ async fn run(cli: Cli, fds: std::io::Result<u64>) -> anyhow::Result<()> {
         Command::Leader(a) => {
             let config = LeaderConfig {
                 replicas: a.replicas,
+                max_replicas: a.max_replicas,
+                replica_timeout: a.replica_timeout,
                 snapshot_interval: a.snapshot_interval,
                 min_acks: a.min_acks,
                 ack_timeout: a.ack_timeout,

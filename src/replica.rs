@@ -246,6 +246,7 @@ impl Replica {
         let st = s.stats.lock();
         let body = json!({
             "role": "replica",
+            "pid": std::process::id(),
             "status": if ready { "ok" } else { "syncing" },
             "ready": ready,
             "syncing": s.syncing.load(Ordering::Acquire),

@@ -15,6 +15,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -69,6 +70,11 @@ pub struct Link {
     pub url: String,
     /// Set by `--replica` (kept for the process's life) rather than by registration.
     pub static_: bool,
+    /// When the replica last registered (its heartbeat); registered replicas that
+    /// stay silent longer than the replica timeout are removed.
+    last_seen: Mutex<Instant>,
+    /// Set once the link is removed: its sender stops.
+    removed: AtomicBool,
     state: Mutex<LinkState>,
     /// Wakes the sender when a heartbeat corrected what it believes.
     wake: tokio::sync::Notify,
@@ -121,6 +127,44 @@ pub struct ReplicaSet {
     ctx: Arc<Ctx>,
     links: Mutex<Vec<Arc<Link>>>,
     tasks: Mutex<JoinSet<()>>,
+    /// At most this many replicas (static ones included).
+    max: usize,
+    /// Registered replicas silent for longer than this are removed.
+    timeout: Duration,
+}
+
+/// Why a replica URL is not accepted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplicaUrlError {
+    #[error("url {0:?} is not a URL: {1}")]
+    Malformed(String, String),
+    #[error(
+        "url {0:?} must be a plain origin: http:// or https://, a host and a port, with no \
+         user, password, path, query or fragment"
+    )]
+    NotAnOrigin(String),
+    #[error("the leader already has its maximum of {0} replicas (--max-replicas)")]
+    Full(usize),
+}
+
+/// Checks that `url` is a plain origin (`http://host:port`) and returns it normalised
+/// (no trailing slash). The leader only ever adds `/update` to it, so anything more
+/// (a path, a query, credentials) has no use but to aim pushes elsewhere or leak.
+pub fn replica_origin(url: &str) -> Result<String, ReplicaUrlError> {
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| ReplicaUrlError::Malformed(url.to_owned(), e.to_string()))?;
+    let plain = matches!(parsed.scheme(), "http" | "https")
+        && parsed.host().is_some()
+        && parsed.username().is_empty()
+        && parsed.password().is_none()
+        && parsed.path() == "/"
+        && parsed.query().is_none()
+        && parsed.fragment().is_none();
+    if !plain {
+        return Err(ReplicaUrlError::NotAnOrigin(url.to_owned()));
+    }
+    Ok(parsed.as_str().trim_end_matches('/').to_owned())
 }
 
 impl ReplicaSet {
@@ -135,6 +179,8 @@ impl ReplicaSet {
         tokenizer: Tokenizer,
         linger: Duration,
         token: Option<crate::http::Token>,
+        max: usize,
+        timeout: Duration,
     ) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(1))
@@ -157,20 +203,29 @@ impl ReplicaSet {
             }),
             links: Mutex::new(Vec::new()),
             tasks: Mutex::new(JoinSet::new()),
+            max,
+            timeout,
         }
     }
 
-    /// Adds a replica and starts its sender, unless it is already known. Must be called
+    /// Adds a replica (a plain origin, see [`replica_origin`]) and starts its sender,
+    /// unless it is already known, in which case this is its heartbeat. Must be called
     /// within a tokio runtime. Returns whether it was new.
-    pub fn add(&self, url: &str, static_: bool) -> bool {
-        let url = url.trim_end_matches('/').to_owned();
+    pub fn add(&self, url: &str, static_: bool) -> Result<bool, ReplicaUrlError> {
+        let url = replica_origin(url)?;
         let mut links = self.links.lock();
-        if links.iter().any(|l| l.url == url) {
-            return false;
+        if let Some(l) = links.iter().find(|l| l.url == url) {
+            *l.last_seen.lock() = Instant::now();
+            return Ok(false);
+        }
+        if links.len() >= self.max {
+            return Err(ReplicaUrlError::Full(self.max));
         }
         let link = Arc::new(Link {
             url,
             static_,
+            last_seen: Mutex::new(Instant::now()),
+            removed: AtomicBool::new(false),
             state: Mutex::new(LinkState {
                 acked: None,
                 status: LinkStatus::Connecting,
@@ -184,8 +239,61 @@ impl ReplicaSet {
         });
         links.push(link.clone());
         tracing::info!(replica = %link.url, static_, "replica added");
-        self.tasks.lock().spawn(run_link(link, self.ctx.clone()));
+        let mut tasks = self.tasks.lock();
+        // Reap the tasks of removed links as we go, so the set does not grow.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(run_link(link, self.ctx.clone()));
+        Ok(true)
+    }
+
+    /// Removes a replica and stops its sender. Returns whether it was known.
+    pub fn remove(&self, url: &str) -> bool {
+        let url = url.trim_end_matches('/');
+        let mut links = self.links.lock();
+        let Some(i) = links.iter().position(|l| l.url == url) else {
+            return false;
+        };
+        let link = links.swap_remove(i);
+        drop(links);
+        link.removed.store(true, Ordering::Release);
+        link.wake.notify_one();
+        tracing::info!(replica = %link.url, "replica removed");
         true
+    }
+
+    /// Removes registered replicas whose last heartbeat is older than the timeout.
+    /// Returns how many went.
+    pub fn expire(&self) -> usize {
+        let stale: Vec<String> = self
+            .links
+            .lock()
+            .iter()
+            .filter(|l| !l.static_ && l.last_seen.lock().elapsed() > self.timeout)
+            .map(|l| l.url.clone())
+            .collect();
+        for url in &stale {
+            tracing::warn!(replica = %url, timeout = ?self.timeout, "replica missed its heartbeats: removed");
+            self.remove(url);
+        }
+        stale.len()
+    }
+
+    /// Runs [`ReplicaSet::expire`] every quarter of the timeout until the set shuts down.
+    pub fn spawn_expiry(self: &Arc<Self>) {
+        let set = Arc::downgrade(self);
+        let (every, abort) = (self.timeout / 4, self.ctx.abort.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every.max(Duration::from_millis(10))) => {}
+                    _ = abort.cancelled() => return,
+                }
+                match set.upgrade() {
+                    Some(s) => s.expire(),
+                    None => return,
+                };
+            }
+        });
     }
 
     pub fn len(&self) -> usize {
@@ -282,10 +390,16 @@ impl ReplicaSet {
         }
     }
 
-    /// Waits until every replica has applied `seq`, for at most `timeout`. Returns
-    /// whether they all did.
+    /// Waits until every reachable replica has applied `seq`, for at most `timeout`.
+    /// Replicas whose last push failed are not waited for: a dead replica must not
+    /// hold a shutdown for the whole timeout. Returns whether they all did.
     pub async fn drain(&self, seq: u64, timeout: Duration) -> bool {
-        let n = self.len();
+        let n = self
+            .links
+            .lock()
+            .iter()
+            .filter(|l| l.state.lock().status == LinkStatus::Ok)
+            .count();
         self.wait_acks(seq, n, timeout).await.is_ok()
     }
 
@@ -368,6 +482,9 @@ async fn run_link(link: Arc<Link>, ctx: Arc<Ctx>) {
     let mut force_resync = false;
     let mut log = ctx.log.as_ref().map(|l| LogReader::new(&l.dir));
     loop {
+        if link.removed.load(Ordering::Acquire) {
+            return;
+        }
         let latest = *seq_rx.borrow_and_update();
         let step = if force_resync {
             Step::Resync

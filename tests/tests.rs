@@ -13,5 +13,6 @@ mod openapi;
 mod ops;
 mod perf;
 mod persistence;
+mod registry;
 mod repair;
 mod security;

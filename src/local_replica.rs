@@ -15,7 +15,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::State;
@@ -55,7 +55,13 @@ pub struct LocalReplicaConfig {
     pub max_wait: Duration,
     /// Token (required on `/sync`, and on lookups with `protect_reads`) and limits.
     pub serving: reads::Serving,
+    /// A snapshot file larger than this is refused before it is read. Default 16 GiB.
+    pub max_snapshot_bytes: u64,
 }
+
+/// A snapshot the leader announced but that is not mapped this long after is stale, and
+/// a loader busy this long with one file is stuck: `/health` then answers 503.
+const STALE_AFTER: Duration = Duration::from_secs(5);
 
 impl LocalReplicaConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
@@ -65,6 +71,7 @@ impl LocalReplicaConfig {
             poll_interval: Duration::from_secs(1),
             max_wait: Duration::from_secs(2),
             serving: reads::Serving::default(),
+            max_snapshot_bytes: 16 << 30,
         }
     }
 
@@ -114,6 +121,13 @@ struct Shared {
     socket_connected: AtomicBool,
     checks: AtomicU64,
     stats: Mutex<Stats>,
+    /// Since when the loader has been validating a file, while it is.
+    loading_since: Mutex<Option<Instant>>,
+    /// The newest seq the leader announced on its socket, and since when it has been
+    /// newer than the mapping.
+    announced: Mutex<(u64, Option<Instant>)>,
+    /// Set at shutdown: a validation in progress gives up.
+    stopping: AtomicBool,
     config: LocalReplicaConfig,
 }
 
@@ -135,6 +149,9 @@ impl LocalReplica {
                 socket_connected: AtomicBool::new(false),
                 checks: AtomicU64::new(0),
                 stats: Mutex::new(Stats::default()),
+                loading_since: Mutex::new(None),
+                announced: Mutex::new((0, None)),
+                stopping: AtomicBool::new(false),
                 config,
             }),
         }
@@ -163,12 +180,42 @@ impl LocalReplica {
         if current_id == Some(id) || s.stats.lock().rejected_identity == Some(id) {
             return;
         }
-        match MappedSnapshot::open(&path) {
+        *s.loading_since.lock() = Some(Instant::now());
+        let opened = MappedSnapshot::open_until(&path, s.config.max_snapshot_bytes, &|| {
+            s.stopping.load(Ordering::Acquire)
+        })
+        .map_err(|e| e.to_string())
+        .and_then(|m| {
+            // Never back in time within one history: an older file renamed into place
+            // (a restored backup, a mistake) is not the leader's newest state.
+            match self.current() {
+                Some(cur)
+                    if cur.header().incarnation == m.header().incarnation
+                        && m.header().seq < cur.header().seq =>
+                {
+                    Err(format!(
+                        "snapshot of seq {} is older than the mapped seq {} of the same \
+                         leader incarnation",
+                        m.header().seq,
+                        cur.header().seq
+                    ))
+                }
+                _ => Ok(m),
+            }
+        });
+        *s.loading_since.lock() = None;
+        match opened {
             Ok(m) if Some(m.identity()) == current_id => {}
             Ok(m) => {
                 let h = *m.header();
                 *s.current.write() = Some(Arc::new(m));
                 s.seq_tx.send_replace(h.seq);
+                {
+                    let mut a = s.announced.lock();
+                    if a.0 <= h.seq {
+                        a.1 = None;
+                    }
+                }
                 let mut st = s.stats.lock();
                 match source {
                     Source::Start => st.loads.start += 1,
@@ -187,7 +234,7 @@ impl LocalReplica {
                 tracing::warn!(error = %e, path = %path.display(), "rejected a snapshot; still serving the previous one");
                 let mut st = s.stats.lock();
                 st.rejected += 1;
-                st.last_rejection = Some(e.to_string());
+                st.last_rejection = Some(e);
                 st.rejected_identity = Some(id);
             }
         }
@@ -199,7 +246,11 @@ impl LocalReplica {
             let source = self.shared.pending.lock().take();
             if let Some(source) = source {
                 let me = self.clone();
-                let _ = tokio::task::spawn_blocking(move || me.reload_if_changed(source)).await;
+                let load = tokio::task::spawn_blocking(move || me.reload_if_changed(source));
+                tokio::select! {
+                    _ = load => {}
+                    _ = cancel.cancelled() => return,
+                }
                 continue;
             }
             tokio::select! {
@@ -256,6 +307,7 @@ impl LocalReplica {
                             if let Some(seq) = notifier::parse(&l, "seq")
                                 && seq != self.seq_now()
                             {
+                                self.announce(seq);
                                 self.trigger(Source::Socket);
                             }
                         }
@@ -336,18 +388,65 @@ impl LocalReplica {
         *self.shared.seq_tx.borrow()
     }
 
+    /// The leader said a snapshot of `seq` is published.
+    fn announce(&self, seq: u64) {
+        let mut a = self.shared.announced.lock();
+        a.0 = seq;
+        if seq > self.seq_now() {
+            a.1.get_or_insert_with(Instant::now);
+        } else {
+            a.1 = None;
+        }
+    }
+
+    /// Why the mapping cannot be trusted to be fresh, if it cannot.
+    fn problem(&self) -> Option<String> {
+        let s = &self.shared;
+        if let Some(t) = *s.loading_since.lock()
+            && t.elapsed() > STALE_AFTER
+        {
+            return Some(format!(
+                "the loader has been validating one file for {:?}",
+                t.elapsed()
+            ));
+        }
+        let (seq, since) = *s.announced.lock();
+        match since {
+            Some(t) if t.elapsed() > STALE_AFTER && seq > self.seq_now() => Some(format!(
+                "stale: the leader announced seq {seq} {:?} ago but seq {} is mapped{}",
+                t.elapsed(),
+                self.seq_now(),
+                s.stats
+                    .lock()
+                    .last_rejection
+                    .as_ref()
+                    .map(|r| format!(" (last rejection: {r})"))
+                    .unwrap_or_default()
+            )),
+            _ => None,
+        }
+    }
+
     fn health(&self) -> (StatusCode, Value) {
         let s = &self.shared;
         let cur = self.current();
-        let st = s.stats.lock();
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
+        let problem = self.problem();
+        let st = s.stats.lock();
+        let status = match (&cur, &problem) {
+            (None, _) => "waiting for a snapshot",
+            (Some(_), Some(_)) => "stale",
+            (Some(_), None) => "ok",
+        };
         let body = json!({
             "role": "local-replica",
             "pid": std::process::id(),
-            "status": if cur.is_some() { "ok" } else { "waiting for a snapshot" },
+            "status": status,
+            "problem": problem,
+            "loading_ms": s.loading_since.lock().map(|t| t.elapsed().as_millis() as u64),
             "ready": cur.is_some(),
             "seq": cur.as_ref().map(|m| m.header().seq).unwrap_or(0),
             "incarnation": cur.as_ref().map(|m| http::incarnation_string(m.header().incarnation)),
@@ -363,7 +462,7 @@ impl LocalReplica {
             "rejected_snapshots": st.rejected,
             "last_rejection": st.last_rejection,
         });
-        let code = if cur.is_some() {
+        let code = if cur.is_some() && problem.is_none() {
             StatusCode::OK
         } else {
             StatusCode::SERVICE_UNAVAILABLE
@@ -539,7 +638,8 @@ pub async fn run(
         tokio::spawn(replica.clone().socket_follower(cancel.clone())),
         tokio::spawn(replica.clone().watch_and_poll(cancel.clone())),
     ];
-    let served = http::serve(listener, local_replica_router(replica), shutdown).await;
+    let served = http::serve(listener, local_replica_router(replica.clone()), shutdown).await;
+    replica.shared.stopping.store(true, Ordering::Release);
     cancel.cancel();
     for t in tasks {
         let _ = t.await;

@@ -246,6 +246,9 @@ struct LocalReplicaArgs {
     /// The leader's notification socket [default: DATA_DIR/memdb.sock].
     #[arg(long, env = "MEMDB_SOCKET")]
     socket: Option<PathBuf>,
+    /// Refuse snapshot files larger than this, before reading them.
+    #[arg(long, env = "MEMDB_MAX_SNAPSHOT_SIZE", default_value = "16GiB", value_parser = parse_size)]
+    max_snapshot_size: usize,
     /// How often to check the snapshot file if notifications fail.
     #[arg(long, env = "MEMDB_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     poll_interval: Duration,
@@ -463,6 +466,7 @@ async fn run(cli: Cli, fds: std::io::Result<u64>) -> anyhow::Result<()> {
                 poll_interval: a.poll_interval,
                 max_wait: a.max_wait,
                 serving: serving(&a.listen, &a.auth)?,
+                max_snapshot_bytes: a.max_snapshot_size as u64,
                 ..LocalReplicaConfig::new(a.data_dir)
             };
             memdb::local_replica::run(listener, config, shutdown).await?;

@@ -7,7 +7,6 @@
 //! leader's data directory breaks that: a truncated mapping faults with SIGBUS.)
 #![allow(unsafe_code)]
 
-use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -27,8 +26,18 @@ pub struct MappedSnapshot {
 impl MappedSnapshot {
     /// Maps `path` and validates it completely (header, length, checksum, archive).
     pub fn open(path: &Path) -> Result<Self, SnapshotError> {
-        let file = File::open(path)?;
-        let meta = file.metadata()?;
+        Self::open_until(path, u64::MAX, &|| false)
+    }
+
+    /// [`MappedSnapshot::open`] for a file of at most `max_bytes` that is regular and
+    /// not sparse (checked before anything is read; see [`snapshot::open_regular`]),
+    /// giving up when `stop` says so.
+    pub fn open_until(
+        path: &Path,
+        max_bytes: u64,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Self, SnapshotError> {
+        let (file, meta) = snapshot::open_regular(path, max_bytes)?;
         if meta.len() < HEADER_LEN as u64 {
             return Err(SnapshotError::TooShort {
                 len: meta.len() as usize,
@@ -37,7 +46,7 @@ impl MappedSnapshot {
         // SAFETY: the leader never modifies or truncates a published snapshot (it
         // replaces the name by rename), so the mapped bytes do not change under us.
         let mmap = unsafe { Mmap::map(&file)? };
-        let (header, _) = snapshot::validate(&mmap)?;
+        let (header, _) = snapshot::validate_until(&mmap, stop)?;
         Ok(MappedSnapshot {
             mmap,
             header,

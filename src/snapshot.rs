@@ -92,6 +92,65 @@ pub enum SnapshotError {
     WordCount { expected: u64, actual: u64 },
     #[error("serializing the table failed: {0}")]
     Serialize(String),
+    #[error("{0} is not a regular file")]
+    NotRegularFile(String),
+    #[error("file is {len} bytes, over the {max}-byte limit for a snapshot")]
+    TooLarge { len: u64, max: u64 },
+    #[error(
+        "file is {len} bytes but only {allocated} are allocated on disk: a sparse file, \
+         which the leader never writes"
+    )]
+    Sparse { len: u64, allocated: u64 },
+    #[error("validation stopped: shutting down")]
+    Cancelled,
+}
+
+/// Opens `path` for reading only if it is a regular file, without ever blocking (a FIFO
+/// or device renamed onto the snapshot's name would otherwise hang the reader), and
+/// refuses sizes over `max_bytes` and sparse files before anything is read: a header
+/// that claims a huge length over a file of holes must cost nothing to refuse.
+pub fn open_regular(
+    path: &Path,
+    max_bytes: u64,
+) -> Result<(File, std::fs::Metadata), SnapshotError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let meta = file.metadata()?;
+    let ft = meta.file_type();
+    if !ft.is_file() {
+        let kind = if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_socket() {
+            "a socket"
+        } else if ft.is_char_device() || ft.is_block_device() {
+            "a device"
+        } else if ft.is_dir() {
+            "a directory"
+        } else {
+            "a special file"
+        };
+        return Err(SnapshotError::NotRegularFile(format!(
+            "{} is {kind}; it",
+            path.display()
+        )));
+    }
+    let len = meta.len();
+    if len > max_bytes {
+        return Err(SnapshotError::TooLarge {
+            len,
+            max: max_bytes,
+        });
+    }
+    // Allocated blocks far below the length: holes. (A compressing file system may
+    // store a real snapshot in fewer blocks, but not an eighth.)
+    let allocated = meta.blocks().saturating_mul(512);
+    if len > (1 << 20) && allocated < len / 8 {
+        return Err(SnapshotError::Sparse { len, allocated });
+    }
+    Ok((file, meta))
 }
 
 /// What a snapshot says about itself besides the table.
@@ -186,9 +245,29 @@ pub fn read_header(bytes: &[u8], file_len: u64) -> Result<Header, SnapshotError>
 /// itself (rkyv bytecheck). Once this has passed for a buffer that is never modified,
 /// reading the archive needs no further checks.
 pub fn validate(bytes: &[u8]) -> Result<(Header, &ArchivedWordMap), SnapshotError> {
+    validate_until(bytes, &|| false)
+}
+
+/// [`validate`], checking `stop` between chunks of the checksum: a large file's
+/// validation does not hold up a shutdown.
+pub fn validate_until<'a>(
+    bytes: &'a [u8],
+    stop: &dyn Fn() -> bool,
+) -> Result<(Header, &'a ArchivedWordMap), SnapshotError> {
+    const CHUNK: usize = 64 << 20;
     let header = read_header(bytes, bytes.len() as u64)?;
     let (head, payload) = bytes.split_at(HEADER_LEN);
-    let actual = checksum(head, payload);
+    let actual = {
+        let mut h = Xxh3::new();
+        h.update(&head[..CHECKSUM_OFFSET]);
+        for chunk in payload.chunks(CHUNK) {
+            if stop() {
+                return Err(SnapshotError::Cancelled);
+            }
+            h.update(chunk);
+        }
+        h.digest()
+    };
     if actual != header.checksum {
         return Err(SnapshotError::Checksum {
             expected: header.checksum,
@@ -259,12 +338,12 @@ pub fn write_atomically(
 /// Reads and validates `dir/FILE_NAME`. `Ok(None)` when there is no snapshot yet.
 pub fn load(dir: &Path) -> Result<Option<(Header, WordMap)>, SnapshotError> {
     let path = dir.join(FILE_NAME);
-    let mut file = match File::open(&path) {
+    let (mut file, meta) = match open_regular(&path, u64::MAX) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.into()),
+        Err(SnapshotError::Io(e)) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
     };
-    let len = file.metadata()?.len() as usize;
+    let len = meta.len() as usize;
     let mut buf = AlignedVec::<16>::with_capacity(len);
     buf.extend_from_reader(&mut file)?;
     let (header, archived) = validate(&buf)?;

@@ -334,3 +334,110 @@ async fn the_leader_removes_its_socket_on_sigterm_and_replaces_a_stale_one() {
     })
     .await;
 }
+
+/// Renames `path` over the published snapshot name, as a careless operator might.
+fn rename_in(dir: &Path, path: &Path) {
+    std::fs::rename(path, dir.join(snapshot::FILE_NAME)).unwrap();
+}
+
+async fn rejected_with(local: &Node, n: u64, what: &str) {
+    let h = eventually(&format!("rejection {n} ({what})"), || async {
+        let h = local.health().await;
+        (h["rejected_snapshots"] == n).then_some(h)
+    })
+    .await;
+    let why = h["last_rejection"].as_str().unwrap();
+    assert!(why.contains(what), "{why}");
+}
+
+/// A FIFO, a sparse file whose header claims 50 GiB, and an older snapshot renamed
+/// into place: each is refused at once (nothing blocks, nothing 50 GiB is read, the
+/// seq never goes back), the last good mapping keeps serving, and SIGTERM still stops
+/// the replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_files_are_refused_without_blocking_or_going_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = snapshot::encode(&sample(5, 10), meta(5)).unwrap();
+    publish_raw(dir.path(), &good);
+    let mut local = Node::local(dir.path(), &[]);
+    wait_ready(&local).await;
+
+    let fifo = dir.path().join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    rename_in(dir.path(), &fifo);
+    rejected_with(&local, 1, "FIFO").await;
+    assert_eq!(counts(&local, &["w3"]).await["w3"], 5);
+
+    // A valid header whose length field matches a file of holes: 8 GiB (under the
+    // size limit, so refused as sparse) and 50 GiB (refused for its size).
+    for (n, (big, why)) in [(8u64 << 30, "sparse"), (50 << 30, "limit")]
+        .into_iter()
+        .enumerate()
+    {
+        let mut header = good[..snapshot::HEADER_LEN].to_vec();
+        header[32..40].copy_from_slice(&(big - snapshot::HEADER_LEN as u64).to_le_bytes());
+        let sparse = dir.path().join("sparse");
+        std::fs::write(&sparse, &header).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&sparse)
+            .unwrap()
+            .set_len(big)
+            .unwrap();
+        rename_in(dir.path(), &sparse);
+        rejected_with(&local, 2 + n as u64, why).await;
+    }
+
+    let older = snapshot::encode(&sample(3, 10), meta(3)).unwrap();
+    publish_raw(dir.path(), &older);
+    rejected_with(&local, 4, "older").await;
+    assert_eq!(local.seq().await, 5);
+    assert_eq!(counts(&local, &["w3"]).await["w3"], 5);
+
+    publish_raw(
+        dir.path(),
+        &snapshot::encode(&sample(6, 10), meta(6)).unwrap(),
+    );
+    eventually("a newer snapshot is mapped", || async {
+        (local.seq().await == 6).then_some(())
+    })
+    .await;
+    let fifo = dir.path().join("fifo2");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    rename_in(dir.path(), &fifo);
+    rejected_with(&local, 5, "FIFO").await;
+    assert!(local.terminate().success());
+}
+
+/// A leader announces snapshots the replica cannot map (here: over its size limit):
+/// `/health` says the mapping is stale, with the reason, instead of "ok".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_says_when_the_mapping_is_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Node::leader(dir.path(), &["--snapshot-interval", "20ms"]);
+    let local = Node::local(dir.path(), &["--max-snapshot-size", "200B"]);
+    wait_ready(&local).await;
+    let words: Vec<String> = (0..50).map(|i| format!("stale{i}")).collect();
+    leader.client().post_text(&words.join(" ")).await.unwrap();
+    let (status, h) = eventually("stale reported", || async {
+        let (status, h) = local.client().health().await.ok()?;
+        (h["status"] == "stale").then_some((status, h))
+    })
+    .await;
+    assert_eq!(status, 503, "{h}");
+    let why = h["problem"].as_str().unwrap();
+    assert!(
+        why.contains("announced seq 1") && why.contains("limit"),
+        "{why}"
+    );
+}

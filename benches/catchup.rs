@@ -22,6 +22,7 @@ fn batch(seq: u64) -> Arc<Batch> {
         deltas: (0..10)
             .map(|i| (format!("word{}", (seq * 7 + i) % 5000), 1 + i))
             .collect(),
+        digest: Some(seq),
     })
 }
 

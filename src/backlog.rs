@@ -14,6 +14,10 @@ use crate::words::Deltas;
 pub struct Batch {
     pub seq: u64,
     pub deltas: Deltas,
+    /// The leader's table digest once this batch is applied (see
+    /// [`crate::table::digest_of`]); `None` for a batch read from a log written before
+    /// digests were recorded.
+    pub digest: Option<u64>,
 }
 
 impl Batch {
@@ -144,6 +148,7 @@ mod tests {
         Arc::new(Batch {
             seq,
             deltas: vec![(format!("w{seq}"), seq)],
+            digest: None,
         })
     }
 

@@ -9,7 +9,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::http::{
-    FROM_SEQ, INCARNATION, RESYNC, SEQ, TO_SEQ, TOKENIZER, incarnation_string, parse_incarnation,
+    DIGEST, FROM_SEQ, INCARNATION, PUSH_SECRET, RESYNC, SEQ, TO_SEQ, TOKENIZER, incarnation_string,
+    parse_incarnation,
 };
 use crate::table::WordMap;
 use crate::words::Tokenizer;
@@ -72,6 +73,9 @@ pub struct RegisterReply {
     /// leader's history: it may adopt the leader's incarnation without a full sync.
     #[serde(default)]
     pub continues: bool,
+    /// The secret the leader's pushes carry in this incarnation.
+    #[serde(default)]
+    pub push_secret: Option<String>,
 }
 
 /// What a replica did with a pushed batch.
@@ -94,6 +98,10 @@ pub struct Update<'a> {
     pub to_seq: u64,
     /// The JSON object of deltas, already serialised.
     pub body: &'a [u8],
+    /// The leader's table digest at `to_seq`, when known.
+    pub digest: Option<u64>,
+    /// The incarnation's push secret.
+    pub secret: &'a str,
 }
 
 impl Client {
@@ -277,26 +285,32 @@ impl Client {
     /// `POST /update`: pushes one (possibly coalesced) batch to a replica.
     pub async fn update(&self, u: &Update<'_>) -> Result<UpdateOutcome, ClientError> {
         let (url, req) = self.post("/update");
-        let resp = self
-            .send(
-                req.header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .header(INCARNATION.as_str(), incarnation_string(u.incarnation))
-                    .header(TOKENIZER.as_str(), u.tokenizer.as_str())
-                    .header(FROM_SEQ.as_str(), u.from_seq)
-                    .header(TO_SEQ.as_str(), u.to_seq)
-                    .body(u.body.to_vec()),
-                &url,
-            )
-            .await?;
+        let req = req
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(INCARNATION.as_str(), incarnation_string(u.incarnation))
+            .header(TOKENIZER.as_str(), u.tokenizer.as_str())
+            .header(FROM_SEQ.as_str(), u.from_seq)
+            .header(TO_SEQ.as_str(), u.to_seq)
+            .header(PUSH_SECRET.as_str(), u.secret);
+        let req = match u.digest {
+            Some(d) => req.header(DIGEST.as_str(), format!("{d:016x}")),
+            None => req,
+        };
+        let resp = self.send(req.body(u.body.to_vec()), &url).await?;
         Self::update_outcome(resp, &url).await
     }
 
     /// Tells a replica that the leader cannot resend what it missed: full-sync now.
-    pub async fn request_resync(&self, incarnation: u64) -> Result<UpdateOutcome, ClientError> {
+    pub async fn request_resync(
+        &self,
+        incarnation: u64,
+        secret: &str,
+    ) -> Result<UpdateOutcome, ClientError> {
         let (url, req) = self.post("/update");
         let resp = self
             .send(
                 req.header(INCARNATION.as_str(), incarnation_string(incarnation))
+                    .header(PUSH_SECRET.as_str(), secret)
                     .header(RESYNC.as_str(), "1")
                     .body("{}"),
                 &url,

@@ -24,6 +24,18 @@ pub const FROM_SEQ: HeaderName = HeaderName::from_static("x-memdb-from-seq");
 pub const TO_SEQ: HeaderName = HeaderName::from_static("x-memdb-to-seq");
 /// `/update`: the leader cannot resend what the replica missed; full-sync now.
 pub const RESYNC: HeaderName = HeaderName::from_static("x-memdb-resync");
+/// `/update`: the leader's table digest at `x-memdb-to-seq` (16 hex digits); a replica
+/// whose own differs after applying has diverged and full-syncs.
+pub const DIGEST: HeaderName = HeaderName::from_static("x-memdb-digest");
+/// `/update`: the secret of the leader's incarnation, which replicas learn when they
+/// register; a push that claims the incarnation without it was not sent by the leader.
+pub const PUSH_SECRET: HeaderName = HeaderName::from_static("x-memdb-push-secret");
+
+/// Compares two secrets in constant time (for equal lengths).
+pub fn secrets_match(a: &str, b: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    a.as_bytes().ct_eq(b.as_bytes()).into()
+}
 
 /// At most this many `word=` parameters in one lookup, so one request's cost is bounded.
 pub const MAX_WORDS_PER_QUERY: usize = 1024;
@@ -91,8 +103,7 @@ impl Token {
 
     /// Compares in constant time (for equal lengths).
     pub fn matches(&self, presented: &str) -> bool {
-        use subtle::ConstantTimeEq;
-        self.0.as_bytes().ct_eq(presented.as_bytes()).into()
+        secrets_match(&self.0, presented)
     }
 
     /// The `Authorization` header value that carries it.

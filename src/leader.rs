@@ -125,6 +125,9 @@ struct Shared {
     incarnation: u64,
     /// The earlier incarnations this one continues (see [`crate::history`]).
     history: History,
+    /// Random per incarnation; carried by every push so replicas can refuse pushes the
+    /// leader did not send. Handed to replicas when they register.
+    push_secret: String,
     started: Instant,
     words_ingested: AtomicU64,
     posts: AtomicU64,
@@ -238,6 +241,7 @@ impl Leader {
         let history =
             History::begin(&dir, seq).map_err(io_err("recording the history in", &dir))?;
         let incarnation = history.incarnation;
+        let push_secret = format!("{:032x}", rand::random::<u128>());
         let (seq_tx, seq_rx) = watch::channel(seq);
         let backlog = Arc::new(Mutex::new(Backlog::new(
             seq,
@@ -275,6 +279,7 @@ impl Leader {
             config.tokenizer,
             linger,
             config.serving.auth_token.clone(),
+            push_secret.clone(),
             config.max_replicas,
             config.replica_timeout,
         ));
@@ -300,6 +305,7 @@ impl Leader {
                 config,
                 incarnation,
                 history,
+                push_secret,
                 started: Instant::now(),
                 words_ingested: AtomicU64::new(0),
                 posts: AtomicU64::new(0),
@@ -357,7 +363,11 @@ impl Leader {
             }
             let seq = table.seq() + 1;
             table.apply(&deltas, seq);
-            let batch = Arc::new(Batch { seq, deltas });
+            let batch = Arc::new(Batch {
+                seq,
+                deltas,
+                digest: Some(table.digest()),
+            });
             s.backlog.lock().push(batch.clone());
             s.wal.append(batch.clone());
             s.publisher.push(batch);
@@ -491,9 +501,9 @@ impl Leader {
     fn health(&self) -> (StatusCode, Value) {
         let s = &self.shared;
         let problems = self.problems();
-        let (seq, words) = {
+        let (seq, words, digest) = {
             let t = s.table.read();
-            (t.seq(), t.len())
+            (t.seq(), t.len(), t.digest())
         };
         let (backlog_len, backlog_first) = {
             let b = s.backlog.lock();
@@ -510,6 +520,7 @@ impl Leader {
             "status": if problems.is_empty() { "ok" } else { "failing" },
             "problems": problems,
             "seq": seq,
+            "digest": format!("{digest:016x}"),
             "incarnation": http::incarnation_string(s.incarnation),
             "tokenizer": s.config.tokenizer,
             "words": words,
@@ -900,6 +911,7 @@ async fn register_handler(
     Ok(axum::Json(json!({
         "registered": new,
         "continues": continues,
+        "push_secret": leader.shared.push_secret,
         "incarnation": http::incarnation_string(leader.shared.incarnation),
         "seq": leader.seq(),
         "tokenizer": leader.shared.config.tokenizer,

@@ -23,7 +23,7 @@ use utoipa_axum::routes;
 
 use crate::client::{Client, ClientError};
 use crate::config::ReplicaConfig;
-use crate::http::{self, ApiError, FROM_SEQ, INCARNATION, RESYNC, TO_SEQ};
+use crate::http::{self, ApiError, DIGEST, FROM_SEQ, INCARNATION, PUSH_SECRET, RESYNC, TO_SEQ};
 use crate::reads::{self, CountSource};
 use crate::table::Table;
 use crate::words::Tokenizer;
@@ -77,6 +77,12 @@ struct Shared {
     gaps: AtomicU64,
     /// Leader restarts followed without a full sync.
     adoptions: AtomicU64,
+    /// The leader's incarnation and push secret, as its registration reply gave them.
+    leader_secret: Mutex<Option<(u64, String)>>,
+    /// Pushes refused for claiming the leader's incarnation without its secret.
+    forged_pushes: AtomicU64,
+    /// Pushes after which this replica's digest differed from the leader's.
+    digest_mismatches: AtomicU64,
     stats: Mutex<Stats>,
     leader: Client,
     advertise: String,
@@ -100,6 +106,9 @@ impl Replica {
                 updates: AtomicU64::new(0),
                 gaps: AtomicU64::new(0),
                 adoptions: AtomicU64::new(0),
+                leader_secret: Mutex::new(None),
+                forged_pushes: AtomicU64::new(0),
+                digest_mismatches: AtomicU64::new(0),
                 stats: Mutex::new(Stats::default()),
                 leader: Client::new(&config.leader).with_token(config.serving.auth_token.clone()),
                 advertise,
@@ -178,6 +187,9 @@ impl Replica {
                         st.last_heartbeat = Some(Instant::now());
                     }
                     let leader_inc = http::parse_incarnation(&reply.incarnation).unwrap_or(0);
+                    if let Some(secret) = &reply.push_secret {
+                        *s.leader_secret.lock() = Some((leader_inc, secret.clone()));
+                    }
                     let ours = s.data.read().incarnation;
                     let asked = s.resync_requested.swap(false, Ordering::AcqRel);
                     if let Some((seq, inc)) = at
@@ -239,9 +251,15 @@ impl Replica {
     fn health(&self) -> (StatusCode, Value) {
         let s = &self.shared;
         let ready = self.is_ready();
-        let (seq, words, inc, tok) = {
+        let (seq, words, inc, tok, digest) = {
             let d = s.data.read();
-            (d.table.seq(), d.table.len(), d.incarnation, d.tokenizer)
+            (
+                d.table.seq(),
+                d.table.len(),
+                d.incarnation,
+                d.tokenizer,
+                d.table.digest(),
+            )
         };
         let st = s.stats.lock();
         let body = json!({
@@ -251,6 +269,7 @@ impl Replica {
             "ready": ready,
             "syncing": s.syncing.load(Ordering::Acquire),
             "seq": seq,
+            "digest": format!("{digest:016x}"),
             "words": words,
             "tokenizer": tok,
             "leader": s.leader.base(),
@@ -259,6 +278,8 @@ impl Replica {
             "advertise": s.advertise,
             "updates_applied": s.updates.load(Ordering::Relaxed),
             "gaps": s.gaps.load(Ordering::Relaxed),
+            "digest_mismatches": s.digest_mismatches.load(Ordering::Relaxed),
+            "forged_pushes_refused": s.forged_pushes.load(Ordering::Relaxed),
             "syncs": st.syncs,
             "continued_across_restarts": s.adoptions.load(Ordering::Relaxed),
             "last_sync_ms": st.last_sync_ms,
@@ -281,8 +302,41 @@ impl Replica {
                 ApiError::bad_request("header x-memdb-incarnation must be 16 hex digits")
             })?),
         };
+        // A push that claims the incarnation we know the secret of must carry it.
+        let known = s.leader_secret.lock().clone();
+        if let Some((ki, secret)) = &known
+            && inc == Some(*ki)
+            && !http::header_str(headers, &PUSH_SECRET)
+                .is_some_and(|p| http::secrets_match(p, secret))
+        {
+            s.forged_pushes.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("refused a push without the leader's secret");
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "this push was not sent by the replica's leader: x-memdb-push-secret is \
+                 missing or wrong",
+            )
+            .with("reason", "secret"));
+        }
+        let digest = match http::header_str(headers, &DIGEST) {
+            None => None,
+            Some(v) => Some(
+                (v.len() == 16)
+                    .then(|| u64::from_str_radix(v, 16).ok())
+                    .flatten()
+                    .ok_or_else(|| {
+                        ApiError::bad_request("header x-memdb-digest must be 16 hex digits")
+                    })?,
+            ),
+        };
         if headers.contains_key(RESYNC) {
-            self.request_resync();
+            match (&known, inc) {
+                // From our leader (its secret was checked above), or we know none yet.
+                (Some((ki, _)), Some(i)) if i == *ki => self.request_resync(),
+                (None, _) => self.request_resync(),
+                // Another incarnation, or none: ask the leader rather than obey.
+                _ => s.wake.notify_one(),
+            }
             let seq = s.data.read().table.seq();
             return Ok((
                 StatusCode::ACCEPTED,
@@ -329,6 +383,16 @@ impl Replica {
             .with("seq", seq));
         }
         if seq >= to {
+            // At exactly `to`, the digests must agree: a push forged at our seq makes
+            // the leader's real batch look like a duplicate, and this is where it shows.
+            if seq == to
+                && let Some(want) = digest
+                && want != d.table.digest()
+            {
+                let got = d.table.digest();
+                drop(d);
+                return Err(self.diverged(seq, want, got));
+            }
             return Ok(axum::Json(json!({"seq": seq, "duplicate": true})).into_response());
         }
         if seq != from {
@@ -348,10 +412,37 @@ impl Replica {
             return Err(ApiError::bad_request(e.to_string()).with("seq", seq));
         }
         d.table.set_seq(to);
+        let got = d.table.digest();
         drop(d);
         self.set_seq(to);
         s.updates.fetch_add(1, Ordering::Relaxed);
+        if let Some(want) = digest
+            && want != got
+        {
+            return Err(self.diverged(to, want, got));
+        }
         Ok(axum::Json(json!({"seq": to})).into_response())
+    }
+
+    /// Our table does not match the leader's at `seq`: count it, full-sync, and answer
+    /// so the leader waits for the sync.
+    fn diverged(&self, seq: u64, want: u64, got: u64) -> ApiError {
+        self.shared
+            .digest_mismatches
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            seq,
+            leader = format!("{want:016x}"),
+            ours = format!("{got:016x}"),
+            "our table's digest differs from the leader's at the same seq: re-syncing"
+        );
+        self.request_resync();
+        ApiError::new(
+            StatusCode::CONFLICT,
+            format!("table digest differs from the leader's at seq {seq}: re-syncing"),
+        )
+        .with("reason", "digest")
+        .with("seq", seq)
     }
 
     /// The Go original's `/update`: deltas without seq headers. Applied as a write of
@@ -424,6 +515,20 @@ impl CountSource for Replica {
         );
         write_metric(
             out,
+            "memdb_digest_mismatches_total",
+            "counter",
+            "Pushes after which the replica's table digest differed from the leader's.",
+            s.digest_mismatches.load(Ordering::Relaxed) as f64,
+        );
+        write_metric(
+            out,
+            "memdb_forged_pushes_total",
+            "counter",
+            "Pushes refused for claiming the leader's incarnation without its secret.",
+            s.forged_pushes.load(Ordering::Relaxed) as f64,
+        );
+        write_metric(
+            out,
             "memdb_full_syncs_total",
             "counter",
             "Full syncs from the leader.",
@@ -482,6 +587,11 @@ impl CountSource for Replica {
         ("x-memdb-to-seq" = Option<u64>, Header, description = "The seq it is at afterwards"),
         ("x-memdb-incarnation" = Option<String>, Header, description = "The leader history (16 hex digits)"),
         ("x-memdb-resync" = Option<String>, Header, description = "Present: full-sync from the leader now"),
+        ("x-memdb-digest" = Option<String>, Header, description = "The leader's table digest \
+          at to-seq (16 hex digits); a replica whose digest then differs re-syncs"),
+        ("x-memdb-push-secret" = Option<String>, Header, description = "The secret of the \
+          leader's incarnation, handed to the replica when it registers; required once the \
+          replica knows it"),
     ),
     request_body(content = inline(crate::api::WordCounts), description = "Deltas by word",
                  content_type = "application/json"),
@@ -493,7 +603,11 @@ impl CountSource for Replica {
                                       negative or overflow",
          body = crate::api::ErrorBody),
         (status = 401, description = "Missing or wrong token", body = crate::api::ErrorBody),
-        (status = 409, description = "A gap or another incarnation; carries the replica's seq",
+        (status = 403, description = "Claims the leader's incarnation without its push secret",
+         body = crate::api::ErrorBody),
+        (status = 409, description = "A gap, another incarnation, or a digest that differs \
+                                      after applying (the replica re-syncs); carries the \
+                                      replica's seq",
          body = crate::api::ErrorBody),
         (status = 413, description = "Larger than --max-body", body = crate::api::ErrorBody),
         (status = 503, description = "Not synced yet", body = crate::api::ErrorBody),

@@ -117,6 +117,8 @@ struct Ctx {
     linger: Duration,
     /// Sent to replicas with every push.
     token: Option<crate::http::Token>,
+    /// This incarnation's push secret, sent with every push.
+    secret: String,
     /// The write-ahead log that holds what the backlog no longer does.
     log: Option<LogSource>,
     abort: CancellationToken,
@@ -179,6 +181,7 @@ impl ReplicaSet {
         tokenizer: Tokenizer,
         linger: Duration,
         token: Option<crate::http::Token>,
+        secret: String,
         max: usize,
         timeout: Duration,
     ) -> Self {
@@ -198,6 +201,7 @@ impl ReplicaSet {
                 acks: watch::Sender::new(0),
                 linger,
                 token,
+                secret,
                 log,
                 abort: CancellationToken::new(),
             }),
@@ -527,12 +531,15 @@ async fn run_link(link: Arc<Link>, ctx: Arc<Ctx>) {
                             from_seq: 0,
                             to_seq: 0,
                             body: b"{}",
+                            digest: None,
+                            secret: &ctx.secret,
                         })
                         .await,
                 ),
                 Step::Push(from, batches) => {
                     let body = coalesce(&batches);
-                    let to = batches.last().expect("at least one batch").seq;
+                    let last = batches.last().expect("at least one batch");
+                    let (to, digest) = (last.seq, last.digest);
                     Some(
                         client
                             .update(&Update {
@@ -541,6 +548,8 @@ async fn run_link(link: Arc<Link>, ctx: Arc<Ctx>) {
                                 from_seq: from,
                                 to_seq: to,
                                 body: &body,
+                                digest,
+                                secret: &ctx.secret,
                             })
                             .await,
                     )
@@ -549,7 +558,7 @@ async fn run_link(link: Arc<Link>, ctx: Arc<Ctx>) {
                 Step::Resync => {
                     tracing::info!(replica = %link.url, "neither the backlog nor the log reaches the replica's seq: asking it to full-sync");
                     link.state.lock().resyncs += 1;
-                    Some(client.request_resync(ctx.incarnation).await)
+                    Some(client.request_resync(ctx.incarnation, &ctx.secret).await)
                 }
             }
         };
@@ -642,10 +651,12 @@ mod tests {
         let b1 = Arc::new(Batch {
             seq: 1,
             deltas: vec![("a".into(), 1), ("b".into(), 2)],
+            digest: None,
         });
         let b2 = Arc::new(Batch {
             seq: 2,
             deltas: vec![("a".into(), 3)],
+            digest: None,
         });
         let v: std::collections::HashMap<String, u64> =
             serde_json::from_slice(&coalesce(&[b1.clone(), b2])).unwrap();

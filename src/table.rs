@@ -33,6 +33,37 @@ pub enum DeltaError {
 pub struct Table {
     map: WordMap,
     seq: u64,
+    /// [`digest_of`] the map, kept up to date with every change.
+    digest: u64,
+}
+
+/// A word's part of the digest: a fixed (unseeded) hash, the same on every node.
+fn word_hash(word: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(word.as_bytes())
+}
+
+/// An entry's part of the digest; nothing for a zero count (an absent word).
+fn entry_digest(word_hash: u64, count: u64) -> u64 {
+    if count == 0 {
+        return 0;
+    }
+    // murmur3's 64-bit finaliser over the word's hash and the count.
+    let mut h = word_hash ^ count.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// The order-independent digest of a whole table: the wrapping sum over its entries
+/// of a 64-bit hash of `(word, count)`. Two tables with the same seq and different
+/// digests have diverged, whatever the cause (a forged push, a bug, a flipped bit).
+/// Kept incrementally in O(words changed); see `DEBUG DIGEST` in Redis.
+pub fn digest_of<'a>(entries: impl IntoIterator<Item = (&'a str, u64)>) -> u64 {
+    entries.into_iter().fold(0u64, |d, (w, n)| {
+        d.wrapping_add(entry_digest(word_hash(w), n))
+    })
 }
 
 impl Table {
@@ -41,7 +72,13 @@ impl Table {
     }
 
     pub fn from_parts(map: WordMap, seq: u64) -> Self {
-        Table { map, seq }
+        let digest = digest_of(map.iter().map(|(w, n)| (w.as_str(), *n)));
+        Table { map, seq, digest }
+    }
+
+    /// The table's digest (see [`digest_of`]).
+    pub fn digest(&self) -> u64 {
+        self.digest
     }
 
     pub fn seq(&self) -> u64 {
@@ -67,14 +104,24 @@ impl Table {
     /// Applies the positive deltas of batch `seq`. Counts saturate at `u64::MAX` rather
     /// than wrap (2^64 words will not be posted, but a wrap would be silent corruption).
     pub fn apply(&mut self, deltas: &Deltas, seq: u64) {
+        let mut digest = self.digest;
         for (word, n) in deltas {
+            let h = word_hash(word);
             match self.map.get_mut(word.as_str()) {
-                Some(c) => *c = c.saturating_add(*n),
+                Some(c) => {
+                    let next = c.saturating_add(*n);
+                    digest = digest
+                        .wrapping_sub(entry_digest(h, *c))
+                        .wrapping_add(entry_digest(h, next));
+                    *c = next;
+                }
                 None => {
+                    digest = digest.wrapping_add(entry_digest(h, *n));
                     self.map.insert(word.clone(), *n);
                 }
             }
         }
+        self.digest = digest;
         self.seq = seq;
     }
 
@@ -95,6 +142,11 @@ impl Table {
             staged.insert(word.as_str(), next);
         }
         for (word, count) in staged {
+            let h = word_hash(word);
+            self.digest = self
+                .digest
+                .wrapping_sub(entry_digest(h, self.get(word)))
+                .wrapping_add(entry_digest(h, count));
             if count == 0 {
                 self.map.remove(word);
             } else if let Some(c) = self.map.get_mut(word) {
@@ -111,8 +163,7 @@ impl Table {
     }
 
     pub fn replace(&mut self, map: WordMap, seq: u64) {
-        self.map = map;
-        self.seq = seq;
+        *self = Table::from_parts(map, seq);
     }
 }
 
@@ -135,6 +186,54 @@ fn check_delta(word: &str, count: u64, delta: i64) -> Result<u64, DeltaError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn recomputed(t: &Table) -> u64 {
+        digest_of(t.map().iter().map(|(w, n)| (w.as_str(), *n)))
+    }
+
+    #[test]
+    fn the_digest_follows_every_change_and_ignores_order() {
+        let mut a = Table::new();
+        let mut b = Table::new();
+        assert_eq!(a.digest(), 0);
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut batches = Vec::new();
+        for seq in 1..=200 {
+            let deltas: Vec<(String, u64)> = (0..5)
+                .map(|_| {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    (format!("w{}", rng % 50), rng % 3 + 1)
+                })
+                .collect();
+            a.apply(&deltas, seq);
+            assert_eq!(a.digest(), recomputed(&a), "after batch {seq}");
+            batches.push(deltas);
+        }
+        // The same counts reached in another order: the same digest.
+        for d in batches.iter().rev() {
+            b.apply(d, 0);
+        }
+        assert_eq!(a.map(), b.map());
+        assert_eq!(a.digest(), b.digest());
+        // Signed deltas, down to zero (the word goes) and back.
+        let n = a.get("w7") as i64;
+        a.apply_signed(&[("w7".into(), -n), ("new".into(), 4)])
+            .unwrap();
+        assert_eq!((a.get("w7"), a.digest()), (0, recomputed(&a)));
+        // One forged count, or a word moved to another: a different digest.
+        let mut forged = b.clone();
+        forged.apply_signed(&[("w3".into(), 1)]).unwrap();
+        assert_ne!(forged.digest(), b.digest());
+        let mut moved = b.clone();
+        moved
+            .apply_signed(&[("w3".into(), -1), ("w4".into(), 1)])
+            .unwrap();
+        assert_ne!(moved.digest(), b.digest());
+        let rebuilt = Table::from_parts(b.map().clone(), 9);
+        assert_eq!(rebuilt.digest(), b.digest());
+    }
 
     #[test]
     fn apply_adds_and_sets_seq() {

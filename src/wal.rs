@@ -9,8 +9,12 @@
 //!      0     4  payload length n, u32 LE
 //!      4     8  xxh3-64 of the payload
 //!     12     n  payload: seq u64 LE, word count u32 LE,
-//!               then per word: length u32 LE, UTF-8 bytes, delta u64 LE
+//!               then per word: length u32 LE, UTF-8 bytes, delta u64 LE,
+//!               then (optional) the table digest after the batch, u64 LE
 //! ```
+//!
+//! The digest trailer was added later: a record without it (an older log) still reads,
+//! its batch then carries no digest.
 //!
 //! One writer thread takes batches from a channel (pushed under the table lock, so in
 //! seq order), writes everything that is queued, and with `always` fsyncs once for the
@@ -144,6 +148,9 @@ pub fn encode(batch: &Batch, out: &mut Vec<u8>) {
         out.extend_from_slice(w.as_bytes());
         out.extend_from_slice(&n.to_le_bytes());
     }
+    if let Some(d) = batch.digest {
+        out.extend_from_slice(&d.to_le_bytes());
+    }
     let payload_len = out.len() - start - RECORD_HEADER;
     let sum = xxh3_64(&out[start + RECORD_HEADER..]);
     out[start..start + 4].copy_from_slice(&(payload_len as u32).to_le_bytes());
@@ -166,7 +173,16 @@ fn decode_payload(p: &[u8]) -> Option<Batch> {
         let n = u64::from_le_bytes(take(8)?.try_into().ok()?);
         deltas.push((word, n));
     }
-    (at == p.len()).then_some(Batch { seq, deltas })
+    let digest = match p.len() - at {
+        0 => None,
+        8 => Some(u64::from_le_bytes(p[at..].try_into().ok()?)),
+        _ => return None,
+    };
+    Some(Batch {
+        seq,
+        deltas,
+        digest,
+    })
 }
 
 /// What replay did.
@@ -920,6 +936,7 @@ mod tests {
         Arc::new(Batch {
             seq,
             deltas: vec![(word.to_owned(), n), ("common".into(), 1)],
+            digest: Some(seq * 31),
         })
     }
 
@@ -936,6 +953,19 @@ mod tests {
             bad[i] ^= 0x20;
             assert!(parse_record(&bad).is_err(), "flip at {i} accepted");
         }
+        // A record written before digests were recorded reads as a batch without one.
+        let old = Batch {
+            digest: None,
+            ..(*b).clone()
+        };
+        let mut buf = Vec::new();
+        encode(&old, &mut buf);
+        assert_eq!(parse_record(&buf).unwrap().0, old);
+        assert_eq!(buf.len() + 8, {
+            let mut with = Vec::new();
+            encode(&b, &mut with);
+            with.len()
+        });
     }
 
     fn write_log(dir: &Path, policy: FsyncPolicy, seqs: std::ops::RangeInclusive<u64>) {

@@ -275,12 +275,22 @@ async fn out_of_order_pushes_are_refused_with_the_replicas_seq() {
         .as_str()
         .unwrap()
         .to_owned();
+    // Playing the leader takes its push secret (a replica learns it by registering).
+    let (_, reg) = raw(
+        "POST",
+        &format!("{}/replicas", leader.url),
+        Some("application/json"),
+        format!(r#"{{"url": "{}"}}"#, r.url).into_bytes(),
+    )
+    .await;
+    let secret = reg["push_secret"].as_str().unwrap().to_owned();
     let http = reqwest::Client::new();
     let push = |from: u64, to: u64, inc: &str, body: &'static str| {
         http.post(format!("{}/update", r.url))
             .header("x-memdb-from-seq", from)
             .header("x-memdb-to-seq", to)
             .header("x-memdb-incarnation", inc)
+            .header("x-memdb-push-secret", &secret)
             .body(body)
             .send()
     };

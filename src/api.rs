@@ -98,6 +98,46 @@ pub fn finish_document(api: &mut OpenApi, role: &str, uses_token: bool) {
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
     }
+    // What the node-wide limits can answer on any operation they apply to.
+    let error = || {
+        utoipa::openapi::ResponseBuilder::new().content(
+            "application/json",
+            utoipa::openapi::ContentBuilder::new()
+                .schema(Some(utoipa::openapi::Ref::from_schema_name(
+                    ErrorBody::name(),
+                )))
+                .build(),
+        )
+    };
+    for (path, item) in api.paths.paths.iter_mut() {
+        let ops = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for op in ops.into_iter().flatten() {
+            let r = &mut op.responses.responses;
+            if !crate::ratelimit::exempt(path) {
+                r.entry("429".into()).or_insert_with(|| {
+                    error()
+                        .description("Over the node's --rate-limit; retry shortly")
+                        .build()
+                        .into()
+                });
+            }
+            r.entry("503".into()).or_insert_with(|| {
+                error()
+                    .description(
+                        "Overloaded (--max-concurrent, --max-body-in-flight) or over \
+                         --request-timeout; retry shortly",
+                    )
+                    .build()
+                    .into()
+            });
+        }
+    }
 }
 
 /// `GET /openapi.json` → this node's OpenAPI 3 document.

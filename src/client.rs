@@ -108,7 +108,9 @@ impl Client {
     pub fn new(base: &str) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
-            .pool_idle_timeout(Duration::from_secs(30))
+            // Below the servers' --idle-timeout (30 s): a pooled connection is dropped
+            // here before the server closes it under a request.
+            .pool_idle_timeout(Duration::from_secs(20))
             .build()
             .expect("building an HTTP client without TLS cannot fail");
         Self::with_http(http, base)

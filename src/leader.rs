@@ -1019,7 +1019,8 @@ pub async fn serve(
         tracing::info!(%addr, "leader ready");
     }
     let app = leader_router(leader.clone());
-    let served = http::serve(listener, app, shutdown)
+    let conns = leader.shared.config.serving.limits.connections;
+    let served = http::serve(listener, app, shutdown, conns)
         .await
         .map_err(LeaderError::Serve);
     let stopped = leader.shutdown().await;

@@ -28,6 +28,7 @@
 
 pub mod api;
 pub mod backlog;
+pub mod budget;
 pub mod client;
 pub mod config;
 pub mod history;

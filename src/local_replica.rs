@@ -638,7 +638,14 @@ pub async fn run(
         tokio::spawn(replica.clone().socket_follower(cancel.clone())),
         tokio::spawn(replica.clone().watch_and_poll(cancel.clone())),
     ];
-    let served = http::serve(listener, local_replica_router(replica.clone()), shutdown).await;
+    let conns = replica.shared.config.serving.limits.connections;
+    let served = http::serve(
+        listener,
+        local_replica_router(replica.clone()),
+        shutdown,
+        conns,
+    )
+    .await;
     replica.shared.stopping.store(true, Ordering::Release);
     cancel.cancel();
     for t in tasks {

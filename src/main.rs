@@ -112,6 +112,22 @@ struct Listen {
     /// Requests per second this node accepts (bursts of as many); beyond it 429.
     #[arg(long, env = "MEMDB_RATE_LIMIT")]
     rate_limit: Option<u32>,
+    /// Close a connection whose request headers take longer than this, counted from
+    /// its opening or its previous response (also the keep-alive idle timeout; 0 = never).
+    #[arg(long, env = "MEMDB_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Connections open at once; beyond it new ones are closed and logged [default: the
+    /// open-file limit less 256].
+    #[arg(
+        long,
+        env = "MEMDB_MAX_CONNECTIONS",
+        default_value_t = 0,
+        hide_default_value = true
+    )]
+    max_connections: usize,
+    /// Bytes of request bodies handled at once; beyond it 503 at once.
+    #[arg(long, env = "MEMDB_MAX_BODY_IN_FLIGHT", default_value = "256MiB", value_parser = parse_size)]
+    max_body_in_flight: usize,
     /// Connections the kernel queues before they are accepted (capped by
     /// net.core.somaxconn).
     #[arg(long, env = "MEMDB_LISTEN_BACKLOG", default_value_t = memdb::http::DEFAULT_LISTEN_BACKLOG)]
@@ -127,6 +143,11 @@ fn serving(listen: &Listen, auth: &AuthArgs) -> anyhow::Result<Serving> {
             max_concurrent: listen.max_concurrent,
             request_timeout: listen.request_timeout,
             rate_limit: listen.rate_limit,
+            max_body_in_flight: listen.max_body_in_flight,
+            connections: memdb::http::Connections {
+                idle_timeout: listen.idle_timeout,
+                max_connections: listen.max_connections,
+            },
         },
     })
 }
@@ -457,7 +478,13 @@ async fn run(cli: Cli, fds: std::io::Result<u64>) -> anyhow::Result<()> {
         Command::Perf(_) => unreachable!("handled above"),
         Command::Baseline(a) => {
             let listener = bind(&a.listen, "baseline").await?;
-            memdb::http::serve(listener, memdb::perf::baseline_router(), shutdown).await?;
+            memdb::http::serve(
+                listener,
+                memdb::perf::baseline_router(),
+                shutdown,
+                Default::default(),
+            )
+            .await?;
         }
         Command::LocalReplica(a) => {
             let listener = bind(&a.listen, "local-replica").await?;

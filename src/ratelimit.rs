@@ -35,6 +35,15 @@ impl Bucket {
     }
 }
 
+/// Routes the rate limit never applies to: liveness, metrics and replication must keep
+/// working while clients flood the node.
+pub fn exempt(path: &str) -> bool {
+    matches!(
+        path,
+        "/health" | "/metrics" | "/update" | "/replicas" | "/sync"
+    )
+}
+
 /// The layer; `None` (no `--rate-limit`) lets everything through.
 #[derive(Clone, Default)]
 pub struct RateLimit(Option<Arc<Bucket>>);
@@ -82,7 +91,7 @@ where
 
     fn call(&mut self, req: Request) -> Self::Future {
         match &self.bucket {
-            Some(b) if !b.take() => {
+            Some(b) if !exempt(req.uri().path()) && !b.take() => {
                 futures_util::future::Either::Right(std::future::ready(Ok(ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     "request rate above the node's --rate-limit; retry shortly",

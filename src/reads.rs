@@ -146,6 +146,28 @@ pub async fn metrics<S: CountSource>(State(node): State<S>) -> Response {
         "Distinct words in the node's table.",
         words as f64,
     );
+    use std::sync::atomic::Ordering::Relaxed;
+    crate::metrics::write_metric(
+        &mut out,
+        "memdb_connections_open",
+        "gauge",
+        "Client connections open now.",
+        http::CONNECTIONS_OPEN.load(Relaxed) as f64,
+    );
+    crate::metrics::write_metric(
+        &mut out,
+        "memdb_connections_refused_total",
+        "counter",
+        "Connections closed at once because the connection cap was reached.",
+        http::CONNECTIONS_REFUSED.load(Relaxed) as f64,
+    );
+    crate::metrics::write_metric(
+        &mut out,
+        "memdb_body_budget_refusals_total",
+        "counter",
+        "Requests answered 503 because --max-body-in-flight was spent.",
+        crate::budget::REFUSED.load(Relaxed) as f64,
+    );
     node.write_metrics(&mut out);
     (
         [(
@@ -250,7 +272,14 @@ pub struct Limits {
     /// Longest a request may take before it is answered 503; zero for no limit.
     pub request_timeout: Duration,
     /// Requests per second the node accepts (bursts of as many); beyond it 429.
+    /// `/health`, `/metrics` and replication (`/update`, `/replicas`, `/sync`) are
+    /// exempt: a flood of reads must not starve the leader's pushes.
     pub rate_limit: Option<u32>,
+    /// Bytes of request bodies (by their declared length, or the body limit when it
+    /// is not declared) being handled at once; beyond it 503 at once.
+    pub max_body_in_flight: usize,
+    /// Idle and header timeouts, and the connection cap.
+    pub connections: http::Connections,
 }
 
 impl Default for Limits {
@@ -259,6 +288,8 @@ impl Default for Limits {
             max_concurrent: 4096,
             request_timeout: Duration::from_secs(30),
             rate_limit: None,
+            max_body_in_flight: 256 << 20,
+            connections: http::Connections::default(),
         }
     }
 }
@@ -306,24 +337,30 @@ pub fn node_router<S: CountSource>(
         crate::api::serve_document(routes, api),
         node,
         serving.limits,
+        max_body,
     )
 }
 
 /// Finishes a node's router the same way for every role: JSON 404/405 fallbacks, the
-/// seq header on every response, the concurrency cap and request timeout (answered
-/// with JSON 503s, so overload is refused rather than queued without bound), and the
-/// node as state.
-pub fn finish<S: CountSource>(routes: Router<S>, node: S, limits: Limits) -> Router {
+/// seq header on every response (refusals included), the rate limit, the body-bytes
+/// budget, the concurrency cap and request timeout (answered with JSON 429s and 503s,
+/// so overload is refused rather than queued without bound), and the node as state.
+pub fn finish<S: CountSource>(
+    routes: Router<S>,
+    node: S,
+    limits: Limits,
+    max_body: Option<usize>,
+) -> Router {
     use tower::ServiceBuilder;
+    // Every response carries the node's seq, unless the handler set a more precise
+    // one (taken when it read the table).
+    let seq = SetResponseHeaderLayer::if_not_present(SEQ, {
+        let node = node.clone();
+        move |_: &Response| Some(http::seq_value(node.seq()))
+    });
     let inner = routes
         .fallback(http::not_found)
         .method_not_allowed_fallback(http::method_not_allowed)
-        // Every response carries the node's seq, unless the handler set a more precise
-        // one (taken when it read the table).
-        .layer(SetResponseHeaderLayer::if_not_present(SEQ, {
-            let node = node.clone();
-            move |_: &Response| Some(http::seq_value(node.seq()))
-        }))
         .with_state(node);
     // Wrapped around the whole router as one service (not with `Router::layer`, which
     // would give every route a cap of its own).
@@ -334,8 +371,13 @@ pub fn finish<S: CountSource>(routes: Router<S>, node: S, limits: Limits) -> Rou
     // A zero timeout turns it off (it costs a timer per request).
     // Counted outermost, so refusals for overload and timeouts are counted too.
     let counted = ServiceBuilder::new()
+        .layer(seq)
         .layer(crate::metrics::CountRequests)
-        .layer(crate::ratelimit::RateLimit::new(limits.rate_limit));
+        .layer(crate::ratelimit::RateLimit::new(limits.rate_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            crate::budget::BodyBudget::new(limits.max_body_in_flight, max_body),
+            crate::budget::charge,
+        ));
     if limits.request_timeout.is_zero() {
         Router::new().fallback_service(counted.service(limited.service(inner)))
     } else {

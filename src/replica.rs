@@ -670,7 +670,8 @@ pub async fn run(
     let replica = Replica::new(config, advertise);
     let cancel = CancellationToken::new();
     let control = tokio::spawn(replica.clone().control(cancel.clone()));
-    let served = http::serve(listener, replica_router(replica), shutdown).await;
+    let conns = replica.shared.config.serving.limits.connections;
+    let served = http::serve(listener, replica_router(replica), shutdown, conns).await;
     cancel.cancel();
     let _ = control.await;
     served.map_err(ReplicaError::Serve)

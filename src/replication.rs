@@ -187,7 +187,9 @@ impl ReplicaSet {
     ) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(1))
-            .pool_idle_timeout(Duration::from_secs(30))
+            // Below the servers' --idle-timeout (30 s): a pooled connection is dropped
+            // here before the server closes it under a request.
+            .pool_idle_timeout(Duration::from_secs(20))
             .tcp_nodelay(true)
             .build()
             .expect("an HTTP client without TLS always builds");

@@ -7,6 +7,7 @@ mod bad_input;
 mod cluster;
 mod diskfull;
 mod durability;
+mod limits;
 mod local;
 mod model;
 mod openapi;

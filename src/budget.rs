@@ -1,0 +1,86 @@
+//! `--max-body-in-flight`: a node-wide budget of request-body bytes being handled at
+//! once, so that memory stays bounded however many clients post large bodies at the
+//! same time (a count of requests alone does not bound bytes).
+//!
+//! A request declares its size (`Content-Length`) or, sent chunked, is charged the
+//! role's body limit. One that declares more than the body limit is answered 413
+//! before its body is read (so a client that sent `Expect: 100-continue` is refused
+//! before it sends anything); one that finds the budget spent is answered 503 at
+//! once. The bytes are returned when the answer is ready (the body has been read).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tokio::sync::Semaphore;
+
+use crate::http::ApiError;
+
+/// Requests refused because the budget was spent, for `/metrics`.
+pub static REFUSED: AtomicU64 = AtomicU64::new(0);
+
+/// The budget, counted in KiB (a semaphore counts in u32).
+pub struct BodyBudget {
+    kib: Arc<Semaphore>,
+    total_kib: u32,
+    /// The role's body limit, if it takes bodies.
+    max_body: Option<usize>,
+}
+
+impl BodyBudget {
+    pub fn new(bytes: usize, max_body: Option<usize>) -> Arc<Self> {
+        // Never below one body of the largest size the role accepts.
+        let bytes = bytes.max(max_body.unwrap_or(0)).max(1 << 10);
+        let total_kib = u32::try_from(bytes.div_ceil(1 << 10)).unwrap_or(u32::MAX >> 3);
+        let total_kib = total_kib.min(Semaphore::MAX_PERMITS as u32);
+        Arc::new(BodyBudget {
+            kib: Arc::new(Semaphore::new(total_kib as usize)),
+            total_kib,
+            max_body,
+        })
+    }
+}
+
+/// The middleware.
+pub async fn charge(State(b): State<Arc<BodyBudget>>, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if let (Some(len), Some(max)) = (declared, b.max_body)
+        && len > max as u64
+    {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body of {len} bytes is larger than the node's --max-body ({max})"),
+        )
+        .into_response();
+    }
+    let bytes = match declared {
+        Some(n) => n,
+        None if req.headers().contains_key(header::TRANSFER_ENCODING) => {
+            b.max_body.unwrap_or(0) as u64
+        }
+        None => 0,
+    };
+    if bytes == 0 {
+        return next.run(req).await;
+    }
+    let kib = u32::try_from(bytes.div_ceil(1 << 10))
+        .unwrap_or(u32::MAX)
+        .min(b.total_kib);
+    let Ok(_held) = b.kib.clone().try_acquire_many_owned(kib) else {
+        REFUSED.fetch_add(1, Ordering::Relaxed);
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many request bytes in flight (--max-body-in-flight); retry shortly",
+        )
+        .with("retry_after", 1)
+        .into_response();
+    };
+    next.run(req).await
+}

@@ -404,6 +404,13 @@ pub fn post_text(headers: &HeaderMap, body: &[u8]) -> Result<String, ApiError> {
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
+    if body.is_empty() {
+        return Err(ApiError::bad_request(
+            "the request body is empty: send the text as text/plain, as JSON {\"text\": ...} \
+             or in the form field text (curl --data-binary @FILE sends nothing when FILE \
+             cannot be read)",
+        ));
+    }
     let text = match ctype.as_str() {
         "application/x-www-form-urlencoded" | "" => {
             let mut texts = Vec::new();

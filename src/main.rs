@@ -20,15 +20,29 @@ use tokio::net::TcpListener;
     about = "A replicated in-memory word-count database"
 )]
 struct Cli {
-    /// A TOML config file with [leader], [replica] and [local-replica] tables keyed by
-    /// flag name; flags and environment variables override it.
-    #[arg(long, global = true, env = "MEMDB_CONFIG")]
+    /// A TOML config file (also taken after the server role's name).
+    #[arg(long)]
+    #[allow(dead_code)] // Read from the raw arguments before parsing (apply_config_file).
     config: Option<PathBuf>,
-    /// Log lines as `text` or `json` (one object per line). RUST_LOG sets the filter.
-    #[arg(long, global = true, env = "MEMDB_LOG_FORMAT", default_value = "text")]
-    log_format: LogFormat,
+    /// Log lines as `text` or `json` (also taken after the server role's name).
+    #[arg(long)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// What every server role takes besides its own flags.
+#[derive(Args)]
+struct Common {
+    /// A TOML config file with [leader], [replica] and [local-replica] tables keyed by
+    /// flag name; flags and environment variables override it.
+    #[arg(long, env = "MEMDB_CONFIG")]
+    #[allow(dead_code)] // Read from the raw arguments before parsing (apply_config_file).
+    config: Option<PathBuf>,
+    /// Log lines as `text` or `json` (one object per line) [default: text]. RUST_LOG
+    /// sets the filter.
+    #[arg(long, env = "MEMDB_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -190,6 +204,8 @@ impl AuthArgs {
 #[derive(Args)]
 struct LeaderArgs {
     #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
     listen: Listen,
     #[command(flatten)]
     auth: AuthArgs,
@@ -258,6 +274,8 @@ struct LeaderArgs {
 #[derive(Args)]
 struct LocalReplicaArgs {
     #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
     listen: Listen,
     #[command(flatten)]
     auth: AuthArgs,
@@ -280,6 +298,8 @@ struct LocalReplicaArgs {
 
 #[derive(Args)]
 struct ReplicaArgs {
+    #[command(flatten)]
+    common: Common,
     #[command(flatten)]
     listen: Listen,
     #[command(flatten)]
@@ -425,7 +445,13 @@ async fn run(cli: Cli, fds: std::io::Result<u64>) -> anyhow::Result<()> {
     if let Command::Perf(a) = cli.command {
         return perf(a).await;
     }
-    init_tracing(cli.log_format);
+    let role_format = match &cli.command {
+        Command::Leader(a) => a.common.log_format,
+        Command::Replica(a) => a.common.log_format,
+        Command::LocalReplica(a) => a.common.log_format,
+        _ => None,
+    };
+    init_tracing(role_format.or(cli.log_format).unwrap_or(LogFormat::Text));
     match fds {
         Ok(n) => tracing::debug!(limit = n, "open file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use memdb::config::{LeaderConfig, ReplicaConfig};
 use memdb::leader::Leader;
-use memdb::table::Table;
+use memdb::table::{Table, WordMap};
 use memdb::words::Tokenizer;
 
 const VOCAB: [&str; 16] = [
@@ -75,6 +75,41 @@ fn apply(c: &mut Criterion) {
                 b.iter(|| {
                     seq += 1;
                     table.apply(d, seq)
+                })
+            },
+        );
+        // What the leader's critical section does: the words' hashes are computed
+        // before the lock is taken.
+        let hashes: Vec<u64> = deltas
+            .iter()
+            .map(|(w, _)| memdb::table::word_hash(w))
+            .collect();
+        g.bench_with_input(
+            BenchmarkId::new("distinct-words-prehashed", deltas.len()),
+            &deltas,
+            |b, d| {
+                b.iter(|| {
+                    seq += 1;
+                    table.apply_hashed(d, &hashes, seq)
+                })
+            },
+        );
+        // The same loop without the table digest, side by side: what the digest costs.
+        let mut plain: WordMap = table.map().clone();
+        g.bench_with_input(
+            BenchmarkId::new("distinct-words-without-digest", deltas.len()),
+            &deltas,
+            |b, d| {
+                b.iter(|| {
+                    for (word, n) in d.iter() {
+                        match plain.get_mut(word.as_str()) {
+                            Some(c) => *c = c.saturating_add(*n),
+                            None => {
+                                plain.insert(word.clone(), *n);
+                            }
+                        }
+                    }
+                    black_box(&plain);
                 })
             },
         );

@@ -352,6 +352,10 @@ impl Leader {
                 words: 0,
             });
         }
+        let hashes: Vec<u64> = deltas
+            .iter()
+            .map(|(w, _)| crate::table::word_hash(w))
+            .collect();
         let seq = {
             let mut table = s.table.write();
             if s.wal.health().is_failed() {
@@ -362,7 +366,7 @@ impl Leader {
                 ));
             }
             let seq = table.seq() + 1;
-            table.apply(&deltas, seq);
+            table.apply_hashed(&deltas, &hashes, seq);
             let batch = Arc::new(Batch {
                 seq,
                 deltas,

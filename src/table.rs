@@ -38,7 +38,7 @@ pub struct Table {
 }
 
 /// A word's part of the digest: a fixed (unseeded) hash, the same on every node.
-fn word_hash(word: &str) -> u64 {
+pub fn word_hash(word: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(word.as_bytes())
 }
 
@@ -47,13 +47,11 @@ fn entry_digest(word_hash: u64, count: u64) -> u64 {
     if count == 0 {
         return 0;
     }
-    // murmur3's 64-bit finaliser over the word's hash and the count.
-    let mut h = word_hash ^ count.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
+    // Non-linear in the count (a count moved from one word to another changes the
+    // sum): a multiply-xorshift of the word's hash and the spread count.
+    let h = (word_hash ^ count.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+        .wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^ (h >> 31)
 }
 
 /// The order-independent digest of a whole table: the wrapping sum over its entries
@@ -104,9 +102,17 @@ impl Table {
     /// Applies the positive deltas of batch `seq`. Counts saturate at `u64::MAX` rather
     /// than wrap (2^64 words will not be posted, but a wrap would be silent corruption).
     pub fn apply(&mut self, deltas: &Deltas, seq: u64) {
+        let hashes: Vec<u64> = deltas.iter().map(|(w, _)| word_hash(w)).collect();
+        self.apply_hashed(deltas, &hashes, seq);
+    }
+
+    /// [`Table::apply`] with each word's [`word_hash`] computed beforehand (outside the
+    /// lock the caller holds around this: the digest then costs the critical section
+    /// only a few multiplications per word).
+    pub fn apply_hashed(&mut self, deltas: &Deltas, hashes: &[u64], seq: u64) {
+        debug_assert_eq!(deltas.len(), hashes.len());
         let mut digest = self.digest;
-        for (word, n) in deltas {
-            let h = word_hash(word);
+        for ((word, n), &h) in deltas.iter().zip(hashes) {
             match self.map.get_mut(word.as_str()) {
                 Some(c) => {
                     let next = c.saturating_add(*n);

@@ -49,8 +49,8 @@ fn entry_digest(word_hash: u64, count: u64) -> u64 {
     }
     // Non-linear in the count (a count moved from one word to another changes the
     // sum): a multiply-xorshift of the word's hash and the spread count.
-    let h = (word_hash ^ count.wrapping_mul(0x9e37_79b9_7f4a_7c15))
-        .wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let h =
+        (word_hash ^ count.wrapping_mul(0x9e37_79b9_7f4a_7c15)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     h ^ (h >> 31)
 }
 

@@ -126,6 +126,28 @@ fn spawn_writers(
         .collect()
 }
 
+/// Writers post until `acked` writes are acknowledged; then the disk at `mnt` is
+/// filled under them, and they go on until each was refused `refusals` times. What
+/// they saw, and the filler file.
+async fn fill_under_writers(
+    leader: &Node,
+    mnt: &Path,
+    acked: usize,
+    refusals: usize,
+) -> (Arc<Mutex<Seen>>, PathBuf) {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let writers = spawn_writers(leader, refusals, seen.clone());
+    eventually("writes acknowledged", || async {
+        (seen.lock().unwrap().acked.len() >= acked).then_some(())
+    })
+    .await;
+    let filler = fill_bytes(mnt);
+    for w in writers {
+        w.await.unwrap();
+    }
+    (seen, filler)
+}
+
 async fn scrape_metric(node: &Node, name: &str) -> f64 {
     let text = reqwest::get(format!("{}/metrics", node.url))
         .await
@@ -172,16 +194,7 @@ async fn full_disk_refuses_then_recovers(fsync: &str) {
             rescue.path().to_str().unwrap(),
         ],
     );
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let writers = spawn_writers(&leader, 25, seen.clone());
-    eventually("writes acknowledged", || async {
-        (seen.lock().unwrap().acked.len() >= 300).then_some(())
-    })
-    .await;
-    let filler = fill_bytes(mnt.path());
-    for w in writers {
-        w.await.unwrap();
-    }
+    let (seen, filler) = fill_under_writers(&leader, mnt.path(), 300, 25).await;
     let refused = std::mem::take(&mut seen.lock().unwrap().refused);
     let acked_before = seen.lock().unwrap().acked.len();
     assert!(refused.len() >= 100, "{} refusals", refused.len());
@@ -268,16 +281,7 @@ async fn sigterm_on_a_full_disk_saves_the_table_elsewhere_and_exits_non_zero() {
             rescue.path().to_str().unwrap(),
         ],
     );
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let writers = spawn_writers(&leader, 5, seen.clone());
-    eventually("writes acknowledged", || async {
-        (seen.lock().unwrap().acked.len() >= 200).then_some(())
-    })
-    .await;
-    let filler = fill_bytes(mnt.path());
-    for w in writers {
-        w.await.unwrap();
-    }
+    let (seen, filler) = fill_under_writers(&leader, mnt.path(), 200, 5).await;
     // The log cut its failed write back, freeing a little: take that too, so the
     // final snapshot cannot be written either.
     let filler2 = fill_bytes(&mnt.path().join("data"));

@@ -3,7 +3,10 @@
 posts one text. Reports, per round, the slowest request and the listen-queue overflows
 the kernel counted (nstat), for each leader binary given, alternating them.
 
-    scripts/bench_burst.py [--rounds 8] BIN [BIN...]
+    scripts/bench_burst.py [--rounds 8] [--body-bytes N] BIN [BIN...]
+
+With --body-bytes, each connection posts a body of that size instead (the field
+trial's 2000 clients posting 1 MiB each), and the leader's peak RSS is reported too.
 
 Starts each leader on 127.0.0.1 in a temp dir and stops it after its round. A dropped
 SYN is retried by the client's kernel after a second, so an overflow shows as a
@@ -20,22 +23,34 @@ import urllib.request
 PORT = 18557
 
 
+BODY = b"text=hello+burst"
+
+
 async def one():
     t = time.time()
     r, w = await asyncio.open_connection("127.0.0.1", PORT)
-    body = b"text=hello+burst"
+    body = BODY
     w.write(b"POST /post HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded"
             b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
     await w.drain()
     line = await r.readline()
     w.close()
-    return time.time() - t, line.startswith(b"HTTP/1.1 202")
+    return time.time() - t, line[9:12]
 
 
 async def burst(n):
     res = await asyncio.gather(*[one() for _ in range(n)], return_exceptions=True)
-    ok = [x for x in res if not isinstance(x, Exception) and x[1]]
-    return len(ok), max((x[0] for x in ok), default=0.0)
+    ok = [x for x in res if not isinstance(x, Exception) and x[1] == b"202"]
+    refused = sum(1 for x in res if not isinstance(x, Exception) and x[1] == b"503")
+    return len(ok), refused, max((x[0] for x in ok), default=0.0)
+
+
+def peak_rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def overflows():
@@ -48,8 +63,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--connections", type=int, default=1000)
+    ap.add_argument("--body-bytes", type=int)
     ap.add_argument("bins", nargs="+")
     a = ap.parse_args()
+    global BODY
+    if a.body_bytes:
+        BODY = b"text=" + (b"word+" * (a.body_bytes // 5 + 1))[: a.body_bytes - 5]
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     rows = {b: [] for b in a.bins}
@@ -66,18 +85,20 @@ def main():
                         except OSError:
                             time.sleep(0.05)
                     subprocess.run(["nstat", "-n"], check=True)
-                    ok, slowest = asyncio.run(burst(a.connections))
-                    rows[b].append((ok, slowest, overflows()))
+                    ok, refused, slowest = asyncio.run(burst(a.connections))
+                    rows[b].append((ok, slowest, overflows(), refused, peak_rss_mib(p.pid)))
                 finally:
                     p.terminate()
                     p.wait(timeout=30)
-    print("| binary | rounds with overflows | overflows (sum) | rounds slowest > 1 s | median slowest | all answered |")
-    print("|---|---|---|---|---|---|")
+    print("| binary | rounds with overflows | overflows (sum) | rounds slowest > 1 s | "
+          "median slowest | accepted (median) | refused 503 (median) | peak RSS (median) |")
+    print("|---|---|---|---|---|---|---|---|")
+    med = lambda xs: sorted(xs)[len(xs) // 2]
     for b, r in rows.items():
-        s = sorted(x[1] for x in r)
         print(f"| {b} | {sum(1 for x in r if x[2])}/{len(r)} | {sum(x[2] for x in r)} | "
-              f"{sum(1 for x in r if x[1] > 1)}/{len(r)} | {s[len(s)//2]:.3f} s | "
-              f"{all(x[0] == a.connections for x in r)} |")
+              f"{sum(1 for x in r if x[1] > 1)}/{len(r)} | {med([x[1] for x in r]):.3f} s | "
+              f"{med([x[0] for x in r])} | {med([x[3] for x in r])} | "
+              f"{med([x[4] for x in r]):.0f} MiB |")
 
 
 if __name__ == "__main__":

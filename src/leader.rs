@@ -882,12 +882,7 @@ async fn register_handler(
     State(leader): State<Leader>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body?;
-    let reg: Register = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(format!(
-            "expected a JSON object {{\"url\": \"http://...\"}}: {e}"
-        ))
-    })?;
+    let reg: Register = url_body(body)?;
     let url = crate::replication::replica_origin(&reg.url)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let new = leader
@@ -938,6 +933,17 @@ async fn list_replicas_handler(State(leader): State<Leader>) -> Response {
     axum::Json(json!({ "replicas": leader.shared.replicas.reports() })).into_response()
 }
 
+/// The JSON body of a `/replicas` call, which names a replica by `url`.
+fn url_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    serde_json::from_slice(&body?).map_err(|e| {
+        ApiError::bad_request(format!(
+            "expected a JSON object {{\"url\": \"http://...\"}}: {e}"
+        ))
+    })
+}
+
 /// `DELETE /replicas`: which replica to stop pushing to.
 #[derive(serde::Deserialize, utoipa::ToSchema)]
 struct Unregister {
@@ -964,12 +970,7 @@ async fn unregister_handler(
     State(leader): State<Leader>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body?;
-    let un: Unregister = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(format!(
-            "expected a JSON object {{\"url\": \"http://...\"}}: {e}"
-        ))
-    })?;
+    let un: Unregister = url_body(body)?;
     if !leader.shared.replicas.remove(&un.url) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

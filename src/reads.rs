@@ -147,27 +147,28 @@ pub async fn metrics<S: CountSource>(State(node): State<S>) -> Response {
         words as f64,
     );
     use std::sync::atomic::Ordering::Relaxed;
-    crate::metrics::write_metric(
-        &mut out,
-        "memdb_connections_open",
-        "gauge",
-        "Client connections open now.",
-        http::CONNECTIONS_OPEN.load(Relaxed) as f64,
-    );
-    crate::metrics::write_metric(
-        &mut out,
-        "memdb_connections_refused_total",
-        "counter",
-        "Connections closed at once because the connection cap was reached.",
-        http::CONNECTIONS_REFUSED.load(Relaxed) as f64,
-    );
-    crate::metrics::write_metric(
-        &mut out,
-        "memdb_body_budget_refusals_total",
-        "counter",
-        "Requests answered 503 because --max-body-in-flight was spent.",
-        crate::budget::REFUSED.load(Relaxed) as f64,
-    );
+    for (name, kind, help, value) in [
+        (
+            "memdb_connections_open",
+            "gauge",
+            "Client connections open now.",
+            &http::CONNECTIONS_OPEN,
+        ),
+        (
+            "memdb_connections_refused_total",
+            "counter",
+            "Connections closed at once because the connection cap was reached.",
+            &http::CONNECTIONS_REFUSED,
+        ),
+        (
+            "memdb_body_budget_refusals_total",
+            "counter",
+            "Requests answered 503 because --max-body-in-flight was spent.",
+            &crate::budget::REFUSED,
+        ),
+    ] {
+        crate::metrics::write_metric(&mut out, name, kind, help, value.load(Relaxed) as f64);
+    }
     node.write_metrics(&mut out);
     (
         [(

@@ -52,6 +52,19 @@ impl Drop for TmpMount {
     }
 }
 
+/// A leader with its data on a 16 MiB tmpfs and a rescue directory elsewhere: the
+/// mount, the data directory, the rescue directory and the leader. `None` where the
+/// test cannot mount.
+fn leader_on_tmpfs(extra: &[&str]) -> Option<(TmpMount, PathBuf, tempfile::TempDir, Node)> {
+    let mnt = TmpMount::new("size=16m")?;
+    let data = mnt.path().join("data");
+    let rescue = tempfile::tempdir().unwrap();
+    let mut args = extra.to_vec();
+    args.extend(["--rescue-dir", rescue.path().to_str().unwrap()]);
+    let leader = Node::leader(&data, &args);
+    Some((mnt, data, rescue, leader))
+}
+
 /// Fills the file system at `dir` to the last byte; returns the filler's path.
 fn fill_bytes(dir: &Path) -> PathBuf {
     let path = dir.join(format!(
@@ -176,24 +189,16 @@ async fn all_kept(leader: &Node, acked: &[String]) {
 }
 
 async fn full_disk_refuses_then_recovers(fsync: &str) {
-    let Some(mnt) = TmpMount::new("size=16m") else {
+    let Some((mnt, _data, _rescue, mut leader)) = leader_on_tmpfs(&[
+        "--fsync",
+        fsync,
+        "--snapshot-interval",
+        "100ms",
+        "--wal-segment-size",
+        "64KiB",
+    ]) else {
         return;
     };
-    let data = mnt.path().join("data");
-    let rescue = tempfile::tempdir().unwrap();
-    let mut leader = Node::leader(
-        &data,
-        &[
-            "--fsync",
-            fsync,
-            "--snapshot-interval",
-            "100ms",
-            "--wal-segment-size",
-            "64KiB",
-            "--rescue-dir",
-            rescue.path().to_str().unwrap(),
-        ],
-    );
     let (seen, filler) = fill_under_writers(&leader, mnt.path(), 300, 25).await;
     let refused = std::mem::take(&mut seen.lock().unwrap().refused);
     let acked_before = seen.lock().unwrap().acked.len();
@@ -267,20 +272,10 @@ async fn a_full_disk_refuses_writes_at_once_and_recovers_with_fsync_always() {
 /// are saved to the rescue directory, and the exit is loud and non-zero.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_on_a_full_disk_saves_the_table_elsewhere_and_exits_non_zero() {
-    let Some(mnt) = TmpMount::new("size=16m") else {
+    let Some((mnt, data, rescue, mut leader)) = leader_on_tmpfs(&["--snapshot-interval", "1h"])
+    else {
         return;
     };
-    let data = mnt.path().join("data");
-    let rescue = tempfile::tempdir().unwrap();
-    let mut leader = Node::leader(
-        &data,
-        &[
-            "--snapshot-interval",
-            "1h",
-            "--rescue-dir",
-            rescue.path().to_str().unwrap(),
-        ],
-    );
     let (seen, filler) = fill_under_writers(&leader, mnt.path(), 200, 5).await;
     // The log cut its failed write back, freeing a little: take that too, so the
     // final snapshot cannot be written either.

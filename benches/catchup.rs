@@ -9,8 +9,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use memdb::backlog::{Backlog, Batch, Since};
-use memdb::wal::{FsyncPolicy, LogReader, Wal, WalOptions};
+use memdb::leader::backlog::{Backlog, Since};
+use memdb::storage::batch::Batch;
+use memdb::storage::log::{FsyncPolicy, LogReader, Wal, WalOptions};
 
 const BATCHES: u64 = 100_000;
 const PUSH_BATCHES: usize = 10_000;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use memdb::config::{LeaderConfig, ReplicaConfig};
 use memdb::leader::Leader;
-use memdb::table::{Table, WordMap};
+use memdb::storage::table::{Table, WordMap};
 use memdb::words::Tokenizer;
 
 const VOCAB: [&str; 16] = [
@@ -82,7 +82,7 @@ fn apply(c: &mut Criterion) {
         // before the lock is taken.
         let hashes: Vec<u64> = deltas
             .iter()
-            .map(|(w, _)| memdb::table::word_hash(w))
+            .map(|(w, _)| memdb::storage::table::word_hash(w))
             .collect();
         g.bench_with_input(
             BenchmarkId::new("distinct-words-prehashed", deltas.len()),
@@ -141,7 +141,7 @@ fn replication(c: &mut Criterion) {
                     let url = format!("http://{}", rl.local_addr().unwrap());
                     let mut rc = ReplicaConfig::new(leader_url.clone());
                     rc.heartbeat = Duration::from_millis(100);
-                    tokio::spawn(memdb::replica::run(rl, rc, std::future::pending()));
+                    tokio::spawn(memdb::replica::network::run(rl, rc, std::future::pending()));
                     leader.replicas().add(&url, true).unwrap();
                 }
                 // Every replica synced and following before measuring.

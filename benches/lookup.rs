@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use memdb::config::{LeaderConfig, ReplicaConfig};
-use memdb::mapped::MappedSnapshot;
-use memdb::snapshot::{self, Meta};
-use memdb::table::WordMap;
+use memdb::storage::mapped::MappedSnapshot;
+use memdb::storage::snapshot::{self, Meta};
+use memdb::storage::table::WordMap;
 use memdb::words::Tokenizer;
 
 fn table(n: usize) -> WordMap {
@@ -80,7 +80,7 @@ fn over_http(c: &mut Criterion) {
         leader.post_text(&text.join(" ")).await.unwrap();
         let replica_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", replica_l.local_addr().unwrap());
-        tokio::spawn(memdb::replica::run(
+        tokio::spawn(memdb::replica::network::run(
             replica_l,
             ReplicaConfig::new(leader_url),
             std::future::pending(),

@@ -7,8 +7,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use memdb::snapshot::{self, Meta};
-use memdb::table::WordMap;
+use memdb::storage::snapshot::{self, Meta};
+use memdb::storage::table::WordMap;
 use memdb::words::Tokenizer;
 
 fn table(n: usize) -> WordMap {

@@ -8,11 +8,17 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::http::{
-    DIGEST, FROM_SEQ, INCARNATION, PUSH_SECRET, RESYNC, SEQ, TO_SEQ, TOKENIZER, incarnation_string,
-    parse_incarnation,
-};
-use crate::table::WordMap;
+use crate::protocol::DIGEST;
+use crate::protocol::FROM_SEQ;
+use crate::protocol::INCARNATION;
+use crate::protocol::PUSH_SECRET;
+use crate::protocol::RESYNC;
+use crate::protocol::SEQ;
+use crate::protocol::TO_SEQ;
+use crate::protocol::TOKENIZER;
+use crate::protocol::incarnation_string;
+use crate::protocol::parse_incarnation;
+use crate::storage::table::WordMap;
 use crate::words::Tokenizer;
 
 /// How long to wait for a connection to a node before calling it down.
@@ -45,7 +51,7 @@ pub enum ClientError {
 pub struct Client {
     http: reqwest::Client,
     base: String,
-    token: Option<crate::http::Token>,
+    token: Option<crate::server::auth::Token>,
 }
 
 /// The reply to `POST /post`.
@@ -126,7 +132,7 @@ impl Client {
     }
 
     /// Sends `Authorization: Bearer <token>` with every request.
-    pub fn with_token(mut self, token: Option<crate::http::Token>) -> Self {
+    pub fn with_token(mut self, token: Option<crate::server::auth::Token>) -> Self {
         self.token = token;
         self
     }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use crate::reads::{Limits, Serving};
+pub use crate::server::router::{Limits, Serving};
 use crate::words::Tokenizer;
 
 /// A leader's settings.
@@ -47,7 +47,7 @@ pub struct LeaderConfig {
     /// The write-ahead log: when a write is acknowledged relative to its record
     /// reaching the disk (default `everysec`), segment size, and how much history is
     /// kept for replicas to catch up from.
-    pub wal: crate::wal::WalOptions,
+    pub wal: crate::storage::log::WalOptions,
     /// Token, read protection and limits; the token is also sent to replicas with
     /// every push.
     pub serving: Serving,
@@ -74,7 +74,7 @@ impl LeaderConfig {
             max_wait: Duration::from_secs(2),
             socket: None,
             replication_linger: Duration::from_millis(1),
-            wal: crate::wal::WalOptions::default(),
+            wal: crate::storage::log::WalOptions::default(),
             serving: Serving::default(),
             rescue_dir: None,
         }

@@ -7,9 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use memdb::config::{LeaderConfig, ReplicaConfig, Serving, parse_duration, parse_size};
-use memdb::http::Token;
-use memdb::local_replica::LocalReplicaConfig;
-use memdb::shutdown::shutdown_signal;
+use memdb::replica::local::LocalReplicaConfig;
+use memdb::server::auth::Token;
+use memdb::server::shutdown::shutdown_signal;
 use memdb::words::Tokenizer;
 use tokio::net::TcpListener;
 
@@ -144,7 +144,7 @@ struct Listen {
     max_body_in_flight: usize,
     /// Connections the kernel queues before they are accepted (capped by
     /// net.core.somaxconn).
-    #[arg(long, env = "MEMDB_LISTEN_BACKLOG", default_value_t = memdb::http::DEFAULT_LISTEN_BACKLOG)]
+    #[arg(long, env = "MEMDB_LISTEN_BACKLOG", default_value_t = memdb::server::listen::DEFAULT_LISTEN_BACKLOG)]
     listen_backlog: u32,
 }
 
@@ -158,7 +158,7 @@ fn serving(listen: &Listen, auth: &AuthArgs) -> anyhow::Result<Serving> {
             request_timeout: listen.request_timeout,
             rate_limit: listen.rate_limit,
             max_body_in_flight: listen.max_body_in_flight,
-            connections: memdb::http::Connections {
+            connections: memdb::server::listen::Connections {
                 idle_timeout: listen.idle_timeout,
                 max_connections: listen.max_connections,
             },
@@ -255,7 +255,7 @@ struct LeaderArgs {
     replication_linger: Duration,
     /// always (acknowledge after the log is fsynced; group commit), everysec, or no.
     #[arg(long, env = "MEMDB_FSYNC", default_value = "everysec")]
-    fsync: memdb::wal::FsyncPolicy,
+    fsync: memdb::storage::log::FsyncPolicy,
     /// Close a log segment and start the next once it holds this much.
     #[arg(long, env = "MEMDB_WAL_SEGMENT_SIZE", default_value = "16MiB", value_parser = parse_size)]
     wal_segment_size: usize,
@@ -322,7 +322,7 @@ struct ReplicaArgs {
 }
 
 async fn bind(listen: &Listen, role: &str) -> anyhow::Result<TcpListener> {
-    let listener = memdb::http::bind(&listen.host, listen.port, listen.listen_backlog)
+    let listener = memdb::server::listen::bind(&listen.host, listen.port, listen.listen_backlog)
         .await
         .with_context(|| format!("binding {}:{}", listen.host, listen.port))?;
     let addr: SocketAddr = listener.local_addr()?;
@@ -474,7 +474,7 @@ async fn run(cli: Cli, fds: std::io::Result<u64>) -> anyhow::Result<()> {
                 max_wait: a.max_wait,
                 socket: a.socket,
                 replication_linger: a.replication_linger,
-                wal: memdb::wal::WalOptions {
+                wal: memdb::storage::log::WalOptions {
                     fsync: a.fsync,
                     segment_bytes: a.wal_segment_size as u64,
                     retain_bytes: a.wal_retain as u64,
@@ -499,12 +499,12 @@ async fn run(cli: Cli, fds: std::io::Result<u64>) -> anyhow::Result<()> {
                 serving: serving(&a.listen, &a.auth)?,
                 ..ReplicaConfig::new(a.leader)
             };
-            memdb::replica::run(listener, config, shutdown).await?;
+            memdb::replica::network::run(listener, config, shutdown).await?;
         }
         Command::Perf(_) => unreachable!("handled above"),
         Command::Baseline(a) => {
             let listener = bind(&a.listen, "baseline").await?;
-            memdb::http::serve(
+            memdb::server::listen::serve(
                 listener,
                 memdb::perf::baseline_router(),
                 shutdown,
@@ -522,7 +522,7 @@ async fn run(cli: Cli, fds: std::io::Result<u64>) -> anyhow::Result<()> {
                 max_snapshot_bytes: a.max_snapshot_size as u64,
                 ..LocalReplicaConfig::new(a.data_dir)
             };
-            memdb::local_replica::run(listener, config, shutdown).await?;
+            memdb::replica::local::run(listener, config, shutdown).await?;
         }
     }
     tracing::info!("stopped");

@@ -61,7 +61,7 @@ pub struct PerfConfig {
     /// Show a progress bar (only on a terminal).
     pub progress: bool,
     /// Sent with every request.
-    pub auth_token: Option<crate::http::Token>,
+    pub auth_token: Option<crate::server::auth::Token>,
 }
 
 /// One target's figures.

@@ -84,7 +84,7 @@ async fn ten_writes_then_kill(dir: &std::path::Path) -> Node {
 }
 
 fn last_segment(dir: &std::path::Path) -> std::path::PathBuf {
-    memdb::wal::segments(dir)
+    memdb::storage::log::segments(dir)
         .unwrap()
         .pop()
         .expect("a log segment")
@@ -168,7 +168,7 @@ async fn covered_log_segments_are_deleted_beyond_the_retained_size() {
     // ~100 records of ~100 bytes made many segments; the snapshot covers all but the
     // open one, and only about 2 KiB of those are kept.
     let sizes = || -> (usize, u64, u64) {
-        let segs = memdb::wal::segments(dir.path()).unwrap();
+        let segs = memdb::storage::log::segments(dir.path()).unwrap();
         let bytes = segs
             .iter()
             .map(|(_, p)| std::fs::metadata(p).unwrap().len())

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use memdb::snapshot::{self, Meta};
-use memdb::table::WordMap;
+use memdb::storage::snapshot::{self, Meta};
+use memdb::storage::table::WordMap;
 use memdb::words::Tokenizer;
 
 use crate::util::*;

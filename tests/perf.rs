@@ -70,7 +70,7 @@ async fn perf_fails_when_a_replica_is_wrong() {
         "/wordcount",
         axum::routing::get(|RawQuery(q): RawQuery| async move {
             let mut out = serde_json::Map::new();
-            for pair in memdb::http::query_pairs(&q.unwrap_or_default()) {
+            for pair in memdb::server::parse::query_pairs(&q.unwrap_or_default()) {
                 let (k, v) = pair.unwrap();
                 if k == "word" {
                     out.insert(v.into_owned(), 0.into());

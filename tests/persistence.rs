@@ -87,7 +87,7 @@ async fn replicas_continue_across_a_clean_restart_and_resync_when_the_leader_los
     converged(&leader, &r).await;
     assert_eq!(counts(&r, &["doomed"]).await["doomed"], 3);
     leader.kill();
-    for (_, seg) in memdb::wal::segments(dir.path()).unwrap() {
+    for (_, seg) in memdb::storage::log::segments(dir.path()).unwrap() {
         std::fs::remove_file(seg).unwrap();
     }
     leader.restart();

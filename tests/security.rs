@@ -146,7 +146,7 @@ async fn data_files_are_owner_only() {
     for name in ["snapshot.memdb", "memdb.sock", "LOCK", "history.json"] {
         assert_eq!(mode(&data.join(name)), 0o600, "{name}");
     }
-    for (_, seg) in memdb::wal::segments(&data).unwrap() {
+    for (_, seg) in memdb::storage::log::segments(&data).unwrap() {
         assert_eq!(mode(&seg), 0o600, "{}", seg.display());
     }
 }

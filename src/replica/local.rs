@@ -31,11 +31,11 @@ use tokio_util::sync::CancellationToken;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::http::{self, ApiError};
-use crate::mapped::{MappedSnapshot, identity_of};
-use crate::notifier;
-use crate::reads::{self, CountSource};
-use crate::snapshot;
+use crate::leader::notifier;
+use crate::server::error::ApiError;
+use crate::server::router::{self, CountSource};
+use crate::storage::mapped::{MappedSnapshot, identity_of};
+use crate::storage::snapshot;
 use crate::words::Tokenizer;
 
 /// Reconnect delays to the leader's socket: from the first to the cap.
@@ -54,7 +54,7 @@ pub struct LocalReplicaConfig {
     /// Longest a `min_seq` read waits. Default 2s.
     pub max_wait: Duration,
     /// Token (required on `/sync`, and on lookups with `protect_reads`) and limits.
-    pub serving: reads::Serving,
+    pub serving: router::Serving,
     /// A snapshot file larger than this is refused before it is read. Default 16 GiB.
     pub max_snapshot_bytes: u64,
 }
@@ -70,7 +70,7 @@ impl LocalReplicaConfig {
             socket: None,
             poll_interval: Duration::from_secs(1),
             max_wait: Duration::from_secs(2),
-            serving: reads::Serving::default(),
+            serving: router::Serving::default(),
             max_snapshot_bytes: 16 << 30,
         }
     }
@@ -449,7 +449,7 @@ impl LocalReplica {
             "loading_ms": s.loading_since.lock().map(|t| t.elapsed().as_millis() as u64),
             "ready": cur.is_some(),
             "seq": cur.as_ref().map(|m| m.header().seq).unwrap_or(0),
-            "incarnation": cur.as_ref().map(|m| http::incarnation_string(m.header().incarnation)),
+            "incarnation": cur.as_ref().map(|m| crate::protocol::incarnation_string(m.header().incarnation)),
             "tokenizer": cur.as_ref().map(|m| m.header().tokenizer),
             "words": cur.as_ref().map(|m| m.header().words).unwrap_or(0),
             "snapshot_age_ms": cur.as_ref().map(|m| now_ms.saturating_sub(m.header().written_unix_ms)),
@@ -500,7 +500,7 @@ impl CountSource for LocalReplica {
     }
 
     fn write_metrics(&self, out: &mut String) {
-        use crate::metrics::{write_labelled, write_metric};
+        use crate::server::metrics::{write_labelled, write_metric};
         let cur = self.current();
         let h = cur.as_ref().map(|m| *m.header());
         let now_ms = SystemTime::now()
@@ -574,7 +574,7 @@ impl CountSource for LocalReplica {
     fn lookup(&self, words: &[Cow<'_, str>]) -> Result<(Vec<u8>, u64), ApiError> {
         let m = self.mapped()?;
         let h = m.header();
-        let body = http::lookup_body(h.tokenizer, words, |w| m.get(w))?;
+        let body = crate::server::parse::lookup_body(h.tokenizer, words, |w| m.get(w))?;
         Ok((body, h.seq))
     }
 
@@ -611,10 +611,13 @@ async fn health_handler(State(r): State<LocalReplica>) -> Response {
 /// The local replica's routes.
 pub fn local_replica_router(replica: LocalReplica) -> Router {
     let cfg = &replica.shared.config;
-    let guarded = OpenApiRouter::new().routes(
-        crate::api::documented::<reads::__path_sync, _, _, _>(reads::sync::<LocalReplica>),
-    );
-    reads::node_router(
+    let guarded = OpenApiRouter::new().routes(crate::server::openapi::documented::<
+        router::__path_sync,
+        _,
+        _,
+        _,
+    >(router::sync::<LocalReplica>));
+    router::node_router(
         replica.clone(),
         "local replica",
         guarded,
@@ -639,7 +642,7 @@ pub async fn run(
         tokio::spawn(replica.clone().watch_and_poll(cancel.clone())),
     ];
     let conns = replica.shared.config.serving.limits.connections;
-    let served = http::serve(
+    let served = crate::server::listen::serve(
         listener,
         local_replica_router(replica.clone()),
         shutdown,

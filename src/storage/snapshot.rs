@@ -38,7 +38,7 @@ use rkyv::string::ArchivedString;
 use rkyv::util::AlignedVec;
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::table::WordMap;
+use crate::storage::table::WordMap;
 use crate::words::Tokenizer;
 
 pub const MAGIC: [u8; 8] = *b"MEMDBSNP";

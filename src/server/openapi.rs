@@ -24,7 +24,7 @@ pub const BEARER: &str = "bearer";
 /// Every error answer: `{"error": "what was wrong"}`, sometimes with context fields
 /// (for example `seq`, the seq the node had reached).
 #[derive(utoipa::ToSchema)]
-#[allow(dead_code)] // A schema only: the body is built by `http::ApiError`.
+#[allow(dead_code)] // A schema only: the body is built by `crate::server::error::ApiError`.
 pub struct ErrorBody {
     /// What was wrong, for a human.
     pub error: String,
@@ -36,7 +36,7 @@ pub type WordCounts = BTreeMap<String, u64>;
 /// A handler and the operation documenting it (`P`, the struct `#[utoipa::path]`
 /// generates), registered together under the methods the document names. This is what
 /// [`utoipa_axum::routes!`] does, for handlers it cannot name (generic ones, such as
-/// `reads::wordcount::<S>`).
+/// `router::wordcount::<S>`).
 pub fn documented<P, H, T, S>(handler: H) -> UtoipaMethodRouter<S>
 where
     P: utoipa::Path,
@@ -119,7 +119,7 @@ pub fn finish_document(api: &mut OpenApi, role: &str, uses_token: bool) {
         ];
         for op in ops.into_iter().flatten() {
             let r = &mut op.responses.responses;
-            if !crate::ratelimit::exempt(path) {
+            if !crate::server::ratelimit::exempt(path) {
                 r.entry("429".into()).or_insert_with(|| {
                     error()
                         .description("Over the node's --rate-limit; retry shortly")

@@ -47,8 +47,8 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::backlog::Batch;
-use crate::table::Table;
+use crate::storage::batch::Batch;
+use crate::storage::table::Table;
 
 const RECORD_HEADER: usize = 12;
 /// A record larger than this is corrupt (bodies are capped far below it).

@@ -24,9 +24,10 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::backlog::{Backlog, Batch, Since};
 use crate::client::{Client, Update, UpdateOutcome};
-use crate::wal::LogReader;
+use crate::leader::backlog::{Backlog, Since};
+use crate::storage::batch::Batch;
+use crate::storage::log::LogReader;
 use crate::words::Tokenizer;
 
 /// At most this many batches are coalesced into one push...
@@ -116,7 +117,7 @@ struct Ctx {
     /// Pause after each successful push (see `LeaderConfig::replication_linger`).
     linger: Duration,
     /// Sent to replicas with every push.
-    token: Option<crate::http::Token>,
+    token: Option<crate::server::auth::Token>,
     /// This incarnation's push secret, sent with every push.
     secret: String,
     /// The write-ahead log that holds what the backlog no longer does.
@@ -180,7 +181,7 @@ impl ReplicaSet {
         incarnation: u64,
         tokenizer: Tokenizer,
         linger: Duration,
-        token: Option<crate::http::Token>,
+        token: Option<crate::server::auth::Token>,
         secret: String,
         max: usize,
         timeout: Duration,

@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use parking_lot::Mutex;
 
-use crate::http::ApiError;
+use crate::server::error::ApiError;
 
 struct Bucket {
     rate: f64,

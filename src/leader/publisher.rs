@@ -20,9 +20,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::backlog::Batch;
-use crate::snapshot::{self, Meta};
-use crate::table::{Table, WordMap};
+use crate::storage::batch::Batch;
+use crate::storage::snapshot::{self, Meta};
+use crate::storage::table::{Table, WordMap};
 use crate::words::Tokenizer;
 
 /// How often the thread applies handed-over batches to its copy when it has nothing

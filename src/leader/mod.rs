@@ -1,6 +1,11 @@
 //! The leader: ingests text, assigns every write batch the next seq, pushes batches to
 //! network replicas and publishes snapshots.
 
+pub mod backlog;
+pub mod notifier;
+pub mod publisher;
+pub mod replication;
+
 use std::borrow::Cow;
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
@@ -26,18 +31,19 @@ use tokio_util::sync::CancellationToken;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::api;
-use crate::backlog::{Backlog, Batch};
 use crate::config::LeaderConfig;
-use crate::history::History;
-use crate::http::{self, ApiError, SEQ};
-use crate::notifier;
-use crate::publisher::Publisher;
-use crate::reads::{self, CountSource};
-use crate::replication::{LogSource, ReplicaSet, ReplicaUrlError};
-use crate::snapshot::{self, SnapshotError};
-use crate::table::Table;
-use crate::wal::{self, FsyncPolicy, Wal};
+use crate::leader::backlog::Backlog;
+use crate::leader::publisher::Publisher;
+use crate::leader::replication::{LogSource, ReplicaSet, ReplicaUrlError};
+use crate::protocol::SEQ;
+use crate::server::error::ApiError;
+use crate::server::openapi;
+use crate::server::router::{self, CountSource};
+use crate::storage::batch::Batch;
+use crate::storage::history::History;
+use crate::storage::log::{self, FsyncPolicy, Wal};
+use crate::storage::snapshot::{self, SnapshotError};
+use crate::storage::table::Table;
 use crate::words::Tokenizer;
 
 /// The lock file that keeps two leaders off one data directory.
@@ -71,13 +77,13 @@ pub enum LeaderError {
         configured: Tokenizer,
     },
     #[error(transparent)]
-    Socket(#[from] crate::notifier::NotifierError),
+    Socket(#[from] crate::leader::notifier::NotifierError),
     #[error("serving HTTP: {0}")]
     Serve(std::io::Error),
     #[error("{0}")]
     Shutdown(String),
     #[error("--replica: {0}")]
-    Replica(#[from] crate::replication::ReplicaUrlError),
+    Replica(#[from] crate::leader::replication::ReplicaUrlError),
 }
 
 /// Why a write was refused; nothing of it was applied.
@@ -123,7 +129,7 @@ struct Shared {
     replicas: Arc<ReplicaSet>,
     config: LeaderConfig,
     incarnation: u64,
-    /// The earlier incarnations this one continues (see [`crate::history`]).
+    /// The earlier incarnations this one continues (see [`crate::storage::history`]).
     history: History,
     /// Random per incarnation; carried by every push so replicas can refuse pushes the
     /// leader did not send. Handed to replicas when they register.
@@ -152,14 +158,14 @@ pub struct Ingested {
 
 /// `POST /post` as a JSON body.
 #[derive(utoipa::ToSchema)]
-#[allow(dead_code)] // A schema only: `http::post_text` parses the body.
+#[allow(dead_code)] // A schema only: `crate::server::parse::post_text` parses the body.
 struct PostJson {
     text: String,
 }
 
 /// `POST /post` as a form (the Go clients' way); several `text` fields are all counted.
 #[derive(utoipa::ToSchema)]
-#[allow(dead_code)] // A schema only: `http::post_text` parses the body.
+#[allow(dead_code)] // A schema only: `crate::server::parse::post_text` parses the body.
 struct PostForm {
     text: String,
 }
@@ -225,7 +231,7 @@ impl Leader {
         // Then everything the log holds past the snapshot.
         let mut table = Table::from_parts(map, snap_seq);
         let replayed =
-            wal::replay(&dir, &mut table).map_err(io_err("replaying the log in", &dir))?;
+            log::replay(&dir, &mut table).map_err(io_err("replaying the log in", &dir))?;
         if replayed.applied > 0 || replayed.cut.is_some() {
             tracing::info!(
                 applied = replayed.applied,
@@ -288,7 +294,7 @@ impl Leader {
         }
         replicas.spawn_expiry();
         tracing::info!(
-            incarnation = %http::incarnation_string(incarnation),
+            incarnation = %crate::protocol::incarnation_string(incarnation),
             seq,
             tokenizer = %config.tokenizer,
             "leader recovered its data"
@@ -354,7 +360,7 @@ impl Leader {
         }
         let hashes: Vec<u64> = deltas
             .iter()
-            .map(|(w, _)| crate::table::word_hash(w))
+            .map(|(w, _)| crate::storage::table::word_hash(w))
             .collect();
         let seq = {
             let mut table = s.table.write();
@@ -478,7 +484,7 @@ impl Leader {
         drop(t);
         let name = format!(
             "memdb-rescue-{}-seq{}.memdb",
-            http::incarnation_string(s.incarnation),
+            crate::protocol::incarnation_string(s.incarnation),
             meta.seq
         );
         snapshot::write_atomically(&dir, &name, &format!(".{name}.tmp"), &image)
@@ -525,7 +531,7 @@ impl Leader {
             "problems": problems,
             "seq": seq,
             "digest": format!("{digest:016x}"),
-            "incarnation": http::incarnation_string(s.incarnation),
+            "incarnation": crate::protocol::incarnation_string(s.incarnation),
             "tokenizer": s.config.tokenizer,
             "words": words,
             "words_ingested": s.words_ingested.load(Ordering::Relaxed),
@@ -556,7 +562,7 @@ impl CountSource for Leader {
     }
 
     fn write_metrics(&self, out: &mut String) {
-        use crate::metrics::{write_labelled, write_metric};
+        use crate::server::metrics::{write_labelled, write_metric};
         let s = &self.shared;
         write_metric(
             out,
@@ -726,7 +732,8 @@ impl CountSource for Leader {
 
     fn lookup(&self, words: &[Cow<'_, str>]) -> Result<(Vec<u8>, u64), ApiError> {
         let t = self.shared.table.read();
-        let body = http::lookup_body(self.shared.config.tokenizer, words, |w| t.get(w))?;
+        let body =
+            crate::server::parse::lookup_body(self.shared.config.tokenizer, words, |w| t.get(w))?;
         Ok((body, t.seq()))
     }
 
@@ -767,19 +774,19 @@ fn seconds_or_unknown(ms: Option<u64>) -> f64 {
         (status = 202, description = "Counted", body = Ingested,
          headers(("x-memdb-seq" = u64, description = "The batch's seq"))),
         (status = 400, description = "No text, empty text or a malformed body",
-         body = crate::api::ErrorBody),
-        (status = 401, description = "Missing or wrong token", body = crate::api::ErrorBody),
-        (status = 413, description = "Larger than --max-body", body = crate::api::ErrorBody),
-        (status = 415, description = "Unsupported content type", body = crate::api::ErrorBody),
+         body = crate::server::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = crate::server::openapi::ErrorBody),
+        (status = 413, description = "Larger than --max-body", body = crate::server::openapi::ErrorBody),
+        (status = 415, description = "Unsupported content type", body = crate::server::openapi::ErrorBody),
         (status = 503, description = "With --fsync always: applied in memory but the log \
                                       failed before it was durable; or overloaded",
-         body = crate::api::ErrorBody),
+         body = crate::server::openapi::ErrorBody),
         (status = 507, description = "The write-ahead log cannot be written (disk full or \
                                       failed): refused, nothing applied; retry later",
-         body = crate::api::ErrorBody),
+         body = crate::server::openapi::ErrorBody),
         (status = 504, description = "Applied on the leader but not confirmed by --min-acks \
                                       replicas within --ack-timeout",
-         body = crate::api::ErrorBody),
+         body = crate::server::openapi::ErrorBody),
     )
 )]
 async fn post_handler(
@@ -788,7 +795,7 @@ async fn post_handler(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body?;
-    let text = http::post_text(&headers, &body)?;
+    let text = crate::server::parse::post_text(&headers, &body)?;
     let ingested = leader.ingest(&text).map_err(|e| match e {
         IngestError::LogFailed(_) => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string())
             .with("reason", "log_failed")
@@ -833,7 +840,7 @@ async fn post_handler(
     }
     Ok((
         StatusCode::ACCEPTED,
-        [(SEQ, http::seq_value(ingested.seq))],
+        [(SEQ, crate::protocol::seq_value(ingested.seq))],
         axum::Json(ingested),
     )
         .into_response())
@@ -872,10 +879,10 @@ async fn health_handler(State(leader): State<Leader>) -> Response {
          body = Object),
         (status = 400, description = "Not a JSON object whose url is a plain http(s) \
                                       origin (no user, path, query or fragment)",
-         body = crate::api::ErrorBody),
-        (status = 401, description = "Missing or wrong token", body = crate::api::ErrorBody),
+         body = crate::server::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = crate::server::openapi::ErrorBody),
         (status = 503, description = "The leader has --max-replicas replicas already",
-         body = crate::api::ErrorBody),
+         body = crate::server::openapi::ErrorBody),
     )
 )]
 async fn register_handler(
@@ -883,7 +890,7 @@ async fn register_handler(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let reg: Register = url_body(body)?;
-    let url = crate::replication::replica_origin(&reg.url)
+    let url = crate::leader::replication::replica_origin(&reg.url)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let new = leader
         .shared
@@ -896,9 +903,11 @@ async fn register_handler(
             }
             other => ApiError::bad_request(other.to_string()),
         })?;
-    let at = reg
-        .seq
-        .zip(reg.incarnation.as_deref().and_then(http::parse_incarnation));
+    let at = reg.seq.zip(
+        reg.incarnation
+            .as_deref()
+            .and_then(crate::protocol::parse_incarnation),
+    );
     if let Some((seq, inc)) = at
         && inc == leader.shared.incarnation
     {
@@ -911,7 +920,7 @@ async fn register_handler(
         "registered": new,
         "continues": continues,
         "push_secret": leader.shared.push_secret,
-        "incarnation": http::incarnation_string(leader.shared.incarnation),
+        "incarnation": crate::protocol::incarnation_string(leader.shared.incarnation),
         "seq": leader.seq(),
         "tokenizer": leader.shared.config.tokenizer,
     }))
@@ -926,7 +935,7 @@ async fn register_handler(
     responses(
         (status = 200, description = "Each replica's URL, acked seq, lag and last error",
          body = Object),
-        (status = 401, description = "Missing or wrong token", body = crate::api::ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = crate::server::openapi::ErrorBody),
     )
 )]
 async fn list_replicas_handler(State(leader): State<Leader>) -> Response {
@@ -961,9 +970,9 @@ struct Unregister {
     request_body = Unregister,
     responses(
         (status = 200, description = "Removed", body = Object),
-        (status = 400, description = "Not a JSON object with a url", body = crate::api::ErrorBody),
-        (status = 401, description = "Missing or wrong token", body = crate::api::ErrorBody),
-        (status = 404, description = "No such replica", body = crate::api::ErrorBody),
+        (status = 400, description = "Not a JSON object with a url", body = crate::server::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = crate::server::openapi::ErrorBody),
+        (status = 404, description = "No such replica", body = crate::server::openapi::ErrorBody),
     )
 )]
 async fn unregister_handler(
@@ -985,15 +994,15 @@ pub fn leader_router(leader: Leader) -> Router {
     let cfg = &leader.shared.config;
     let guarded = OpenApiRouter::new()
         .routes(routes!(post_handler))
-        .routes(api::documented::<reads::__path_sync, _, _, _>(
-            reads::sync::<Leader>,
+        .routes(openapi::documented::<router::__path_sync, _, _, _>(
+            router::sync::<Leader>,
         ))
         .routes(routes!(
             register_handler,
             list_replicas_handler,
             unregister_handler
         ));
-    reads::node_router(
+    router::node_router(
         leader.clone(),
         "leader",
         guarded,
@@ -1025,7 +1034,7 @@ pub async fn serve(
     }
     let app = leader_router(leader.clone());
     let conns = leader.shared.config.serving.limits.connections;
-    let served = http::serve(listener, app, shutdown, conns)
+    let served = crate::server::listen::serve(listener, app, shutdown, conns)
         .await
         .map_err(LeaderError::Serve);
     let stopped = leader.shutdown().await;

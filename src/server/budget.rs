@@ -17,7 +17,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::Semaphore;
 
-use crate::http::ApiError;
+use crate::server::error::ApiError;
 
 /// Requests refused because the budget was spent, for `/metrics`.
 pub static REFUSED: AtomicU64 = AtomicU64::new(0);

@@ -1,6 +1,6 @@
 //! A snapshot file mapped into memory and read in place. The crate's only `unsafe`.
 //!
-//! Soundness rests on one invariant that the leader keeps ([`crate::snapshot::publish`]):
+//! Soundness rests on one invariant that the leader keeps ([`crate::storage::snapshot::publish`]):
 //! **a published snapshot file is never modified or truncated.** New snapshots are
 //! written to a temp file and renamed over the old name, so the inode a replica mapped
 //! keeps its bytes until the last mapping goes away. (Anyone else writing into the
@@ -12,7 +12,7 @@ use std::path::Path;
 
 use memmap2::Mmap;
 
-use crate::snapshot::{self, ArchivedWordMap, HEADER_LEN, Header, SnapshotError};
+use crate::storage::snapshot::{self, ArchivedWordMap, HEADER_LEN, Header, SnapshotError};
 
 /// A validated, memory-mapped snapshot. Lookups read the mapping directly.
 pub struct MappedSnapshot {
@@ -94,8 +94,8 @@ pub fn identity_of(path: &Path) -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::{Meta, encode, publish};
-    use crate::table::WordMap;
+    use crate::storage::snapshot::{Meta, encode, publish};
+    use crate::storage::table::WordMap;
     use crate::words::Tokenizer;
 
     #[test]

@@ -23,9 +23,15 @@ use utoipa_axum::routes;
 
 use crate::client::{Client, ClientError};
 use crate::config::ReplicaConfig;
-use crate::http::{self, ApiError, DIGEST, FROM_SEQ, INCARNATION, PUSH_SECRET, RESYNC, TO_SEQ};
-use crate::reads::{self, CountSource};
-use crate::table::Table;
+use crate::protocol::DIGEST;
+use crate::protocol::FROM_SEQ;
+use crate::protocol::INCARNATION;
+use crate::protocol::PUSH_SECRET;
+use crate::protocol::RESYNC;
+use crate::protocol::TO_SEQ;
+use crate::server::error::ApiError;
+use crate::server::router::{self, CountSource};
+use crate::storage::table::Table;
 use crate::words::Tokenizer;
 
 /// Retry delays while the leader cannot be reached: from the first to the cap.
@@ -152,7 +158,7 @@ impl Replica {
                 stats.syncs += 1;
                 stats.last_sync_ms = Some(ms);
                 stats.last_sync_error = None;
-                tracing::info!(seq = reply.seq, words, ms, incarnation = %http::incarnation_string(reply.incarnation), "full sync done");
+                tracing::info!(seq = reply.seq, words, ms, incarnation = %crate::protocol::incarnation_string(reply.incarnation), "full sync done");
                 Ok(())
             }
             Err(e) => {
@@ -186,7 +192,8 @@ impl Replica {
                         st.leader_reachable = true;
                         st.last_heartbeat = Some(Instant::now());
                     }
-                    let leader_inc = http::parse_incarnation(&reply.incarnation).unwrap_or(0);
+                    let leader_inc =
+                        crate::protocol::parse_incarnation(&reply.incarnation).unwrap_or(0);
                     if let Some(secret) = &reply.push_secret {
                         *s.leader_secret.lock() = Some((leader_inc, secret.clone()));
                     }
@@ -273,7 +280,7 @@ impl Replica {
             "words": words,
             "tokenizer": tok,
             "leader": s.leader.base(),
-            "leader_incarnation": http::incarnation_string(inc),
+            "leader_incarnation": crate::protocol::incarnation_string(inc),
             "leader_reachable": st.leader_reachable,
             "advertise": s.advertise,
             "updates_applied": s.updates.load(Ordering::Relaxed),
@@ -296,9 +303,9 @@ impl Replica {
     /// Applies a pushed batch. See the module docs of `replication` for the protocol.
     fn apply_update(&self, headers: &HeaderMap, body: &[u8]) -> Result<Response, ApiError> {
         let s = &self.shared;
-        let inc = match http::header_str(headers, &INCARNATION) {
+        let inc = match crate::server::parse::header_str(headers, &INCARNATION) {
             None => None,
-            Some(v) => Some(http::parse_incarnation(v).ok_or_else(|| {
+            Some(v) => Some(crate::protocol::parse_incarnation(v).ok_or_else(|| {
                 ApiError::bad_request("header x-memdb-incarnation must be 16 hex digits")
             })?),
         };
@@ -306,8 +313,8 @@ impl Replica {
         let known = s.leader_secret.lock().clone();
         if let Some((ki, secret)) = &known
             && inc == Some(*ki)
-            && !http::header_str(headers, &PUSH_SECRET)
-                .is_some_and(|p| http::secrets_match(p, secret))
+            && !crate::server::parse::header_str(headers, &PUSH_SECRET)
+                .is_some_and(|p| crate::server::auth::secrets_match(p, secret))
         {
             s.forged_pushes.fetch_add(1, Ordering::Relaxed);
             tracing::warn!("refused a push without the leader's secret");
@@ -318,7 +325,7 @@ impl Replica {
             )
             .with("reason", "secret"));
         }
-        let digest = match http::header_str(headers, &DIGEST) {
+        let digest = match crate::server::parse::header_str(headers, &DIGEST) {
             None => None,
             Some(v) => Some(
                 (v.len() == 16)
@@ -344,8 +351,8 @@ impl Replica {
             )
                 .into_response());
         }
-        let from = http::header_u64(headers, &FROM_SEQ)?;
-        let to = http::header_u64(headers, &TO_SEQ)?;
+        let from = crate::server::parse::header_u64(headers, &FROM_SEQ)?;
+        let to = crate::server::parse::header_u64(headers, &TO_SEQ)?;
         let deltas = parse_deltas(body)?;
         let (from, to, inc) = match (from, to, inc) {
             (Some(f), Some(t), Some(i)) if f <= t => (f, t, i),
@@ -489,7 +496,7 @@ impl CountSource for Replica {
     }
 
     fn write_metrics(&self, out: &mut String) {
-        use crate::metrics::write_metric;
+        use crate::server::metrics::write_metric;
         let s = &self.shared;
         let syncs = s.stats.lock().syncs;
         write_metric(
@@ -561,7 +568,7 @@ impl CountSource for Replica {
 
     fn lookup(&self, words: &[Cow<'_, str>]) -> Result<(Vec<u8>, u64), ApiError> {
         let d = self.shared.data.read();
-        let body = http::lookup_body(d.tokenizer, words, |w| d.table.get(w))?;
+        let body = crate::server::parse::lookup_body(d.tokenizer, words, |w| d.table.get(w))?;
         Ok((body, d.table.seq()))
     }
 
@@ -593,7 +600,7 @@ impl CountSource for Replica {
           leader's incarnation, handed to the replica when it registers; required once the \
           replica knows it"),
     ),
-    request_body(content = inline(crate::api::WordCounts), description = "Deltas by word",
+    request_body(content = inline(crate::server::openapi::WordCounts), description = "Deltas by word",
                  content_type = "application/json"),
     responses(
         (status = 200, description = "Applied, or a duplicate acknowledged; the replica's seq",
@@ -601,16 +608,16 @@ impl CountSource for Replica {
         (status = 202, description = "Re-sync requested", body = Object),
         (status = 400, description = "Malformed deltas or headers, or a count that would go \
                                       negative or overflow",
-         body = crate::api::ErrorBody),
-        (status = 401, description = "Missing or wrong token", body = crate::api::ErrorBody),
+         body = crate::server::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = crate::server::openapi::ErrorBody),
         (status = 403, description = "Claims the leader's incarnation without its push secret",
-         body = crate::api::ErrorBody),
+         body = crate::server::openapi::ErrorBody),
         (status = 409, description = "A gap, another incarnation, or a digest that differs \
                                       after applying (the replica re-syncs); carries the \
                                       replica's seq",
-         body = crate::api::ErrorBody),
-        (status = 413, description = "Larger than --max-body", body = crate::api::ErrorBody),
-        (status = 503, description = "Not synced yet", body = crate::api::ErrorBody),
+         body = crate::server::openapi::ErrorBody),
+        (status = 413, description = "Larger than --max-body", body = crate::server::openapi::ErrorBody),
+        (status = 503, description = "Not synced yet", body = crate::server::openapi::ErrorBody),
     )
 )]
 async fn update_handler(
@@ -641,11 +648,14 @@ async fn health_handler(State(replica): State<Replica>) -> Response {
 pub fn replica_router(replica: Replica) -> Router {
     let cfg = &replica.shared.config;
     let guarded = OpenApiRouter::new()
-        .routes(crate::api::documented::<reads::__path_sync, _, _, _>(
-            reads::sync::<Replica>,
-        ))
+        .routes(crate::server::openapi::documented::<
+            router::__path_sync,
+            _,
+            _,
+            _,
+        >(router::sync::<Replica>))
         .routes(routes!(update_handler));
-    reads::node_router(
+    router::node_router(
         replica.clone(),
         "replica",
         guarded,
@@ -671,7 +681,8 @@ pub async fn run(
     let cancel = CancellationToken::new();
     let control = tokio::spawn(replica.clone().control(cancel.clone()));
     let conns = replica.shared.config.serving.limits.connections;
-    let served = http::serve(listener, replica_router(replica), shutdown, conns).await;
+    let served =
+        crate::server::listen::serve(listener, replica_router(replica), shutdown, conns).await;
     cancel.cancel();
     let _ = control.await;
     served.map_err(ReplicaError::Serve)

@@ -1,31 +1,15 @@
 //! The leader's bounded in-memory log of recent write batches.
 //!
 //! Network replicas that fell behind are resent what they missed from here. When a
-//! replica is further behind than the backlog reaches, it must full-sync instead.
+//! replica is further behind than the backlog reaches, its sender reads the batches
+//! back from the write-ahead log instead, and only when the log does not reach back
+//! either does the replica full-sync.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::words::Deltas;
-
-/// One applied write: its sequence number and the per-word deltas.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Batch {
-    pub seq: u64,
-    pub deltas: Deltas,
-    /// The leader's table digest once this batch is applied (see
-    /// [`crate::table::digest_of`]); `None` for a batch read from a log written before
-    /// digests were recorded.
-    pub digest: Option<u64>,
-}
-
-impl Batch {
-    /// Approximate heap bytes, for the backlog's byte budget.
-    pub fn cost(&self) -> usize {
-        64 + self.deltas.iter().map(|(w, _)| w.len() + 32).sum::<usize>()
-    }
-}
+use crate::storage::batch::Batch;
 
 /// What [`Backlog::since`] found after a given seq.
 #[derive(Debug)]

@@ -18,7 +18,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::http::{incarnation_string, parse_incarnation};
+use crate::protocol::incarnation_string;
+use crate::protocol::parse_incarnation;
 
 /// The file in the data directory.
 pub const FILE_NAME: &str = "history.json";
@@ -125,7 +126,7 @@ impl History {
         };
         let mut bytes = serde_json::to_vec_pretty(&disk).map_err(io::Error::other)?;
         bytes.push(b'\n');
-        crate::snapshot::write_atomically(dir, FILE_NAME, TEMP_NAME, &bytes).map(|_| ())
+        crate::storage::snapshot::write_atomically(dir, FILE_NAME, TEMP_NAME, &bytes).map(|_| ())
     }
 }
 

@@ -12,7 +12,10 @@ use tokio::sync::watch;
 use tower_http::set_header::SetResponseHeaderLayer;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
 
-use crate::http::{self, ApiError, INCARNATION, SEQ, TOKENIZER};
+use crate::protocol::INCARNATION;
+use crate::protocol::SEQ;
+use crate::protocol::TOKENIZER;
+use crate::server::error::ApiError;
 use crate::words::Tokenizer;
 
 /// A node whose counts can be read.
@@ -67,21 +70,21 @@ pub async fn wait_for_seq(
     ),
     responses(
         (status = 200, description = "The counts, and the seq they reflect",
-         body = inline(crate::api::WordCounts),
+         body = inline(crate::server::openapi::WordCounts),
          headers(("x-memdb-seq" = u64, description = "The seq the counts reflect"))),
         (status = 400, description = "No word, too many, or one that is not exactly one word",
-         body = crate::api::ErrorBody),
+         body = crate::server::openapi::ErrorBody),
         (status = 401, description = "Missing or wrong token (with --protect-reads)",
-         body = crate::api::ErrorBody),
+         body = crate::server::openapi::ErrorBody),
         (status = 503, description = "No data yet, or min_seq not reached within --max-wait",
-         body = crate::api::ErrorBody),
+         body = crate::server::openapi::ErrorBody),
     )
 )]
 pub async fn wordcount<S: CountSource>(
     State(node): State<S>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let q = http::word_query(query.as_deref())?;
+    let q = crate::server::parse::word_query(query.as_deref())?;
     // A node with no data yet may still answer a min_seq read once the data arrives.
     if let Some(min) = q.min_seq {
         let mut rx = node.seq_watch();
@@ -108,7 +111,7 @@ pub async fn wordcount<S: CountSource>(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             ),
-            (SEQ, http::seq_value(seq)),
+            (SEQ, crate::protocol::seq_value(seq)),
         ],
         body,
     )
@@ -125,21 +128,21 @@ pub async fn wordcount<S: CountSource>(
         (status = 200, description = "Series prefixed memdb_, in Prometheus text format 0.0.4",
          body = String, content_type = "text/plain"),
         (status = 401, description = "Missing or wrong token (with --protect-reads)",
-         body = crate::api::ErrorBody),
+         body = crate::server::openapi::ErrorBody),
     )
 )]
 pub async fn metrics<S: CountSource>(State(node): State<S>) -> Response {
     let mut out = String::with_capacity(8 << 10);
-    crate::metrics::write_http(&mut out);
+    crate::server::metrics::write_http(&mut out);
     let (seq, words) = (node.seq(), node.distinct_words());
-    crate::metrics::write_metric(
+    crate::server::metrics::write_metric(
         &mut out,
         "memdb_seq",
         "gauge",
         "Seq the node's table reflects.",
         seq as f64,
     );
-    crate::metrics::write_metric(
+    crate::server::metrics::write_metric(
         &mut out,
         "memdb_distinct_words",
         "gauge",
@@ -152,22 +155,28 @@ pub async fn metrics<S: CountSource>(State(node): State<S>) -> Response {
             "memdb_connections_open",
             "gauge",
             "Client connections open now.",
-            &http::CONNECTIONS_OPEN,
+            &crate::server::listen::CONNECTIONS_OPEN,
         ),
         (
             "memdb_connections_refused_total",
             "counter",
             "Connections closed at once because the connection cap was reached.",
-            &http::CONNECTIONS_REFUSED,
+            &crate::server::listen::CONNECTIONS_REFUSED,
         ),
         (
             "memdb_body_budget_refusals_total",
             "counter",
             "Requests answered 503 because --max-body-in-flight was spent.",
-            &crate::budget::REFUSED,
+            &crate::server::budget::REFUSED,
         ),
     ] {
-        crate::metrics::write_metric(&mut out, name, kind, help, value.load(Relaxed) as f64);
+        crate::server::metrics::write_metric(
+            &mut out,
+            name,
+            kind,
+            help,
+            value.load(Relaxed) as f64,
+        );
     }
     node.write_metrics(&mut out);
     (
@@ -188,14 +197,14 @@ pub async fn metrics<S: CountSource>(State(node): State<S>) -> Response {
     summary = "The whole table",
     responses(
         (status = 200, description = "Every word and its count",
-         body = inline(crate::api::WordCounts),
+         body = inline(crate::server::openapi::WordCounts),
          headers(
              ("x-memdb-seq" = u64, description = "The seq the table reflects"),
              ("x-memdb-incarnation" = String, description = "The leader history it belongs to (16 hex digits)"),
              ("x-memdb-tokenizer" = String, description = "The tokenizer it was counted with"),
          )),
-        (status = 401, description = "Missing or wrong token", body = crate::api::ErrorBody),
-        (status = 503, description = "No data yet", body = crate::api::ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = crate::server::openapi::ErrorBody),
+        (status = 503, description = "No data yet", body = crate::server::openapi::ErrorBody),
     )
 )]
 pub async fn sync<S: CountSource>(State(node): State<S>) -> Result<Response, ApiError> {
@@ -207,10 +216,10 @@ pub async fn sync<S: CountSource>(State(node): State<S>) -> Result<Response, Api
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             ),
-            (SEQ, http::seq_value(seq)),
+            (SEQ, crate::protocol::seq_value(seq)),
             (
                 INCARNATION,
-                HeaderValue::from_str(&http::incarnation_string(incarnation))
+                HeaderValue::from_str(&crate::protocol::incarnation_string(incarnation))
                     .expect("hex is a valid header value"),
             ),
             (TOKENIZER, HeaderValue::from_static(tokenizer.as_str())),
@@ -226,7 +235,7 @@ pub async fn sync<S: CountSource>(State(node): State<S>) -> Result<Response, Api
 #[derive(Debug, Clone, Default)]
 pub struct Serving {
     /// Required (as `Authorization: Bearer`) on guarded routes; None: no authentication.
-    pub auth_token: Option<http::Token>,
+    pub auth_token: Option<crate::server::auth::Token>,
     /// Also require the token on `/wordcount` and `/metrics`.
     pub protect_reads: bool,
     pub limits: Limits,
@@ -251,14 +260,14 @@ impl Serving {
 
 fn protect<S: Clone + Send + Sync + 'static>(
     mut routes: OpenApiRouter<S>,
-    token: Option<&http::Token>,
+    token: Option<&crate::server::auth::Token>,
 ) -> OpenApiRouter<S> {
     match token {
         Some(t) => {
-            crate::api::require_bearer(routes.get_openapi_mut());
+            crate::server::openapi::require_bearer(routes.get_openapi_mut());
             routes.route_layer(axum::middleware::from_fn_with_state(
                 t.clone(),
-                http::require_token,
+                crate::server::auth::require_token,
             ))
         }
         None => routes,
@@ -280,7 +289,7 @@ pub struct Limits {
     /// is not declared) being handled at once; beyond it 503 at once.
     pub max_body_in_flight: usize,
     /// Idle and header timeouts, and the connection cap.
-    pub connections: http::Connections,
+    pub connections: crate::server::listen::Connections,
 }
 
 impl Default for Limits {
@@ -290,7 +299,7 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(30),
             rate_limit: None,
             max_body_in_flight: 256 << 20,
-            connections: http::Connections::default(),
+            connections: crate::server::listen::Connections::default(),
         }
     }
 }
@@ -323,7 +332,7 @@ pub fn node_router<S: CountSource>(
     serving: &Serving,
     max_body: Option<usize>,
 ) -> Router {
-    use crate::api::documented;
+    use crate::server::openapi::documented;
     let lookups = OpenApiRouter::new()
         .routes(documented::<__path_wordcount, _, _, _>(wordcount::<S>))
         .routes(documented::<__path_metrics, _, _, _>(metrics::<S>));
@@ -333,9 +342,9 @@ pub fn node_router<S: CountSource>(
         routes = routes.layer(axum::extract::DefaultBodyLimit::max(max));
     }
     let (routes, mut api) = routes.split_for_parts();
-    crate::api::finish_document(&mut api, role, serving.auth_token.is_some());
+    crate::server::openapi::finish_document(&mut api, role, serving.auth_token.is_some());
     finish(
-        crate::api::serve_document(routes, api),
+        crate::server::openapi::serve_document(routes, api),
         node,
         serving.limits,
         max_body,
@@ -357,11 +366,11 @@ pub fn finish<S: CountSource>(
     // one (taken when it read the table).
     let seq = SetResponseHeaderLayer::if_not_present(SEQ, {
         let node = node.clone();
-        move |_: &Response| Some(http::seq_value(node.seq()))
+        move |_: &Response| Some(crate::protocol::seq_value(node.seq()))
     });
     let inner = routes
-        .fallback(http::not_found)
-        .method_not_allowed_fallback(http::method_not_allowed)
+        .fallback(crate::server::error::not_found)
+        .method_not_allowed_fallback(crate::server::error::method_not_allowed)
         .with_state(node);
     // Wrapped around the whole router as one service (not with `Router::layer`, which
     // would give every route a cap of its own).
@@ -373,11 +382,11 @@ pub fn finish<S: CountSource>(
     // Counted outermost, so refusals for overload and timeouts are counted too.
     let counted = ServiceBuilder::new()
         .layer(seq)
-        .layer(crate::metrics::CountRequests)
-        .layer(crate::ratelimit::RateLimit::new(limits.rate_limit))
+        .layer(crate::server::metrics::CountRequests)
+        .layer(crate::server::ratelimit::RateLimit::new(limits.rate_limit))
         .layer(axum::middleware::from_fn_with_state(
-            crate::budget::BodyBudget::new(limits.max_body_in_flight, max_body),
-            crate::budget::charge,
+            crate::server::budget::BodyBudget::new(limits.max_body_in_flight, max_body),
+            crate::server::budget::charge,
         ));
     if limits.request_timeout.is_zero() {
         Router::new().fallback_service(counted.service(limited.service(inner)))

@@ -1,0 +1,17 @@
+//! What every node serves with: the JSON error, authentication, strict request
+//! parsing, the router with its limits (rate, body bytes, concurrency, timeout), the
+//! shared read routes, metrics, the OpenAPI document, the accept loop and the
+//! shutdown signal.
+
+pub mod auth;
+pub mod budget;
+pub mod error;
+pub mod listen;
+pub mod metrics;
+pub mod openapi;
+pub mod parse;
+pub mod ratelimit;
+pub mod router;
+pub mod shutdown;
+
+pub use error::ApiError;

@@ -1,0 +1,309 @@
+//! Strict parsing of what clients send: form and query strings (no silent
+//! replacement of bad UTF-8), the text of a post, word queries, and the JSON answer of a
+//! lookup written directly.
+
+use std::borrow::Cow;
+
+use axum::http::{HeaderMap, HeaderName, StatusCode, header};
+#[cfg(test)]
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use crate::words::Tokenizer;
+
+/// At most this many `word=` parameters in one lookup, so one request's cost is bounded.
+pub const MAX_WORDS_PER_QUERY: usize = 1024;
+
+/// Reads a header as text, if present.
+pub fn header_str<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Reads a required numeric header.
+pub fn header_u64(headers: &HeaderMap, name: &HeaderName) -> Result<Option<u64>, ApiError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(Some)
+            .ok_or_else(|| ApiError::bad_request(format!("header {name} must be an integer"))),
+    }
+}
+
+/// One decoded `key=value` of a form or query string.
+pub type FormPair<'a> = (Cow<'a, str>, Cow<'a, str>);
+
+/// Decodes `application/x-www-form-urlencoded` strictly: `+` is a space, `%XX` escapes
+/// are decoded, and anything that is not UTF-8 is an error rather than being silently
+/// replaced (which would count words the client never sent).
+pub fn form_pairs(
+    raw: &[u8],
+) -> Result<impl Iterator<Item = Result<FormPair<'_>, ApiError>>, ApiError> {
+    let text = std::str::from_utf8(raw)
+        .map_err(|_| ApiError::bad_request("form data is not valid UTF-8"))?;
+    Ok(query_pairs(text))
+}
+
+/// The pairs of a query string (or of form data already known to be UTF-8), decoded
+/// lazily; unescaped values are borrowed.
+pub fn query_pairs(raw: &str) -> impl Iterator<Item = Result<FormPair<'_>, ApiError>> {
+    raw.split('&').filter(|p| !p.is_empty()).map(|part| {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        Ok((decode_component(k)?, decode_component(v)?))
+    })
+}
+
+fn decode_component(raw: &str) -> Result<Cow<'_, str>, ApiError> {
+    if !raw.bytes().any(|b| b == b'+' || b == b'%') {
+        return Ok(Cow::Borrowed(raw));
+    }
+    let plus: Vec<u8> = raw
+        .bytes()
+        .map(|b| if b == b'+' { b' ' } else { b })
+        .collect();
+    let decoded: Vec<u8> = percent_encoding::percent_decode(&plus).collect();
+    String::from_utf8(decoded)
+        .map(Cow::Owned)
+        .map_err(|_| ApiError::bad_request("form or query data is not valid UTF-8 once decoded"))
+}
+
+/// Extracts the text of a `POST /post`: the `text` field of a form (the Go clients'
+/// way; several `text` fields are all counted), a raw `text/plain` body, or a JSON
+/// object `{"text": "..."}`.
+pub fn post_text(headers: &HeaderMap, body: &[u8]) -> Result<String, ApiError> {
+    let ctype = header_str(headers, &header::CONTENT_TYPE)
+        .unwrap_or("application/x-www-form-urlencoded")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if body.is_empty() {
+        return Err(ApiError::bad_request(
+            "the request body is empty: send the text as text/plain, as JSON {\"text\": ...} \
+             or in the form field text (curl --data-binary @FILE sends nothing when FILE \
+             cannot be read)",
+        ));
+    }
+    let text = match ctype.as_str() {
+        "application/x-www-form-urlencoded" | "" => {
+            let mut texts = Vec::new();
+            for pair in form_pairs(body)? {
+                let (k, v) = pair?;
+                if k == "text" {
+                    texts.push(v.into_owned());
+                }
+            }
+            if texts.is_empty() {
+                return Err(ApiError::bad_request("missing form field \"text\""));
+            }
+            texts.join("\n")
+        }
+        "text/plain" => String::from_utf8(body.to_vec())
+            .map_err(|_| ApiError::bad_request("request body is not valid UTF-8"))?,
+        "application/json" => {
+            #[derive(serde::Deserialize)]
+            struct Post {
+                text: String,
+            }
+            serde_json::from_slice::<Post>(body)
+                .map_err(|e| {
+                    ApiError::bad_request(format!("expected a JSON object {{\"text\": ...}}: {e}"))
+                })?
+                .text
+        }
+        other => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "unsupported content type {other:?}: send application/x-www-form-urlencoded \
+                     (field text), text/plain or application/json"
+                ),
+            ));
+        }
+    };
+    if text.trim().is_empty() {
+        return Err(ApiError::bad_request("text is empty"));
+    }
+    Ok(text)
+}
+
+/// The parsed query of a lookup: the words as the client wrote them, and `min_seq`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct WordQuery<'a> {
+    pub words: Vec<Cow<'a, str>>,
+    pub min_seq: Option<u64>,
+}
+
+/// Parses `word=a&word=b[&min_seq=N]`. Borrows from the query unless a value had
+/// escapes.
+pub fn word_query(raw: Option<&str>) -> Result<WordQuery<'_>, ApiError> {
+    let mut q = WordQuery::default();
+    for pair in query_pairs(raw.unwrap_or("")) {
+        let (k, v) = pair?;
+        match k.as_ref() {
+            "word" => {
+                if v.is_empty() {
+                    return Err(ApiError::bad_request("query parameter \"word\" is empty"));
+                }
+                if q.words.len() == MAX_WORDS_PER_QUERY {
+                    return Err(ApiError::bad_request(format!(
+                        "at most {MAX_WORDS_PER_QUERY} words per request"
+                    )));
+                }
+                q.words.push(v);
+            }
+            "min_seq" => {
+                q.min_seq = Some(v.parse().map_err(|_| {
+                    ApiError::bad_request("query parameter \"min_seq\" must be an integer")
+                })?)
+            }
+            _ => {}
+        }
+    }
+    if q.words.is_empty() {
+        return Err(ApiError::bad_request(
+            "missing query parameter \"word\" (e.g. /wordcount?word=hello)",
+        ));
+    }
+    Ok(q)
+}
+
+/// Answers a lookup: the JSON object `{"<word as asked>": count, ...}`, written
+/// directly (no intermediate map). `count` sees the normalised word. A word asked twice
+/// appears once.
+pub fn lookup_body<W: AsRef<str>>(
+    tokenizer: Tokenizer,
+    words: &[W],
+    mut count: impl FnMut(&str) -> u64,
+) -> Result<Vec<u8>, ApiError> {
+    let mut out = Vec::with_capacity(2 + words.len() * 24);
+    out.push(b'{');
+    let mut num = itoa::Buffer::new();
+    // A word asked twice is answered once. Small requests: a scan beats hashing.
+    let mut seen: foldhash::HashSet<&str> = Default::default();
+    for (i, w) in words.iter().enumerate() {
+        let w = w.as_ref();
+        let repeated = if words.len() <= 8 {
+            words[..i].iter().any(|p| p.as_ref() == w)
+        } else {
+            !seen.insert(w)
+        };
+        if repeated {
+            continue;
+        }
+        let norm = tokenizer.normalize(w).map_err(|e| {
+            ApiError::bad_request(format!("word {w:?}: {e} (tokenizer {tokenizer})"))
+        })?;
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, w).expect("writing a string to a Vec cannot fail");
+        out.push(b':');
+        out.extend_from_slice(num.format(count(&norm)).as_bytes());
+    }
+    out.push(b'}');
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_decoding_is_strict() {
+        let p: Vec<FormPair> = form_pairs(b"text=hello+w%C3%B6rld&x&text=%2B")
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(p[0], ("text".into(), "hello wörld".into()));
+        assert_eq!(p[1], ("x".into(), "".into()));
+        assert_eq!(p[2], ("text".into(), "+".into()));
+        assert!(form_pairs(b"text=%FF").unwrap().any(|p| p.is_err()));
+        assert!(form_pairs(b"text=\xff").is_err());
+    }
+
+    fn hdrs(ct: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, ct.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn post_text_accepts_form_plain_and_json() {
+        let form = hdrs("application/x-www-form-urlencoded; charset=utf-8");
+        assert_eq!(post_text(&form, b"text=a+b").unwrap(), "a b");
+        assert_eq!(post_text(&form, b"text=a&text=b").unwrap(), "a\nb");
+        assert_eq!(post_text(&HeaderMap::new(), b"text=a").unwrap(), "a");
+        assert_eq!(post_text(&hdrs("text/plain"), b"a b").unwrap(), "a b");
+        assert_eq!(
+            post_text(&hdrs("application/json"), br#"{"text":"x y"}"#).unwrap(),
+            "x y"
+        );
+    }
+
+    #[test]
+    fn post_text_errors() {
+        let form = hdrs("application/x-www-form-urlencoded");
+        assert_eq!(post_text(&form, b"other=1").unwrap_err().status, 400);
+        assert_eq!(post_text(&form, b"text=").unwrap_err().status, 400);
+        assert_eq!(post_text(&form, b"text=+++").unwrap_err().status, 400);
+        assert_eq!(
+            post_text(&hdrs("text/plain"), b"\xff\xfe")
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(
+            post_text(&hdrs("application/json"), b"[1]")
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(post_text(&hdrs("image/png"), b"x").unwrap_err().status, 415);
+    }
+
+    #[test]
+    fn word_queries() {
+        let q = word_query(Some("word=a&word=B&min_seq=7")).unwrap();
+        assert_eq!(q.words, ["a", "B"]);
+        assert_eq!(q.min_seq, Some(7));
+        assert!(word_query(None).is_err());
+        assert!(word_query(Some("word=")).is_err());
+        assert!(word_query(Some("word=a&min_seq=x")).is_err());
+        let many = vec!["word=a"; MAX_WORDS_PER_QUERY + 1].join("&");
+        assert!(word_query(Some(&many)).is_err());
+        let q = word_query(Some("word=plain&word=esc%41")).unwrap();
+        assert!(matches!(q.words[0], Cow::Borrowed("plain")));
+        assert_eq!(q.words[1], "escA");
+    }
+
+    #[test]
+    fn lookups_normalise_but_answer_with_the_asked_spelling() {
+        let body = lookup_body(
+            Tokenizer::Unicode,
+            &["Hello", "wörld", "Hello", "a\"b"],
+            |w| match w {
+                "hello" => 3,
+                "wörld" => 1,
+                _ => panic!("unexpected {w}"),
+            },
+        );
+        assert!(body.is_err(), "a\"b is two words");
+        let body = lookup_body(Tokenizer::Unicode, &["Hello", "wörld", "Hello"], |w| {
+            if w == "hello" { 3 } else { 1 }
+        })
+        .unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v, json!({"Hello": 3, "wörld": 1}));
+        assert_eq!(
+            std::str::from_utf8(&body).unwrap(),
+            r#"{"Hello":3,"wörld":1}"#
+        );
+        let body = lookup_body(Tokenizer::Whitespace, &["a\"b"], |_| 7).unwrap();
+        assert_eq!(std::str::from_utf8(&body).unwrap(), r#"{"a\"b":7}"#);
+        assert!(lookup_body(Tokenizer::Unicode, &["a b"], |_| 0).is_err());
+    }
+}

@@ -1,0 +1,11 @@
+//! Storage: the count table and everything that keeps it on disk or in memory beyond
+//! one process — the write batch, the write-ahead log, the snapshot file format, the
+//! memory-mapped snapshot local replicas read, and the leader's incarnation history.
+//! Nothing here knows about HTTP.
+
+pub mod batch;
+pub mod history;
+pub mod log;
+pub mod mapped;
+pub mod snapshot;
+pub mod table;

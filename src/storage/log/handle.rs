@@ -1,0 +1,233 @@
+//! The handle the leader holds: it queues batches for the writer thread, waits for
+//! durability, and reports the log's health.
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::Sender;
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use super::writer::{RETRY_START, Writer};
+use super::{FsyncPolicy, WalOptions};
+use crate::storage::batch::Batch;
+
+pub(super) enum Msg {
+    Batch(Arc<Batch>),
+    /// Write and fsync everything queued, then answer.
+    Sync(Sender<io::Result<u64>>),
+    /// A snapshot of this seq is durable: segments it covers may go.
+    Checkpoint(u64),
+}
+
+/// The log writer's handle. Dropping it flushes, fsyncs and stops the thread.
+pub struct Wal {
+    tx: Option<Sender<Msg>>,
+    stats: Arc<FsyncStats>,
+    health: Arc<LogHealth>,
+    thread: Option<JoinHandle<()>>,
+    durable: watch::Receiver<u64>,
+    written: watch::Receiver<u64>,
+    /// `Some(reason)` while the log cannot be written.
+    failed: watch::Receiver<Option<String>>,
+    policy: FsyncPolicy,
+}
+
+/// How the log's fsyncs are going, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct FsyncStats {
+    pub fsyncs: AtomicU64,
+    pub last_nanos: AtomicU64,
+    pub total_nanos: AtomicU64,
+}
+
+/// What is wrong with the log, shared by the writer thread and the leader. Read on
+/// every write (one atomic load), so a failed log refuses writes at once.
+#[derive(Debug, Default)]
+pub struct LogHealth {
+    pub(super) failed: AtomicBool,
+    /// Why the log cannot be written, while it cannot.
+    pub(super) reason: Mutex<Option<String>>,
+    /// Why a full segment could not be closed (its successor could not be created),
+    /// while that lasts: the open segment keeps growing past `--wal-segment-size`.
+    pub(super) roll_error: Mutex<Option<String>>,
+    /// Times the log went from writable to failed.
+    pub failures: AtomicU64,
+    /// Times a segment could not be rolled.
+    pub roll_failures: AtomicU64,
+}
+
+impl LogHealth {
+    /// Whether the log is failed (writes must be refused).
+    pub fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// Why the log is failed, if it is.
+    pub fn failure(&self) -> Option<String> {
+        self.reason.lock().clone()
+    }
+
+    /// Why the open segment could not be rolled, if it could not.
+    pub fn roll_error(&self) -> Option<String> {
+        self.roll_error.lock().clone()
+    }
+}
+
+/// Why a write could not be made durable.
+#[derive(Debug, thiserror::Error)]
+#[error("the write-ahead log failed: {0}")]
+pub struct WalError(pub String);
+
+impl Wal {
+    /// Opens the log for appending after `seq` (everything up to it is in the table).
+    pub fn open(dir: &Path, seq: u64, options: WalOptions) -> io::Result<Wal> {
+        let policy = options.fsync;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (durable_tx, durable) = watch::channel(seq);
+        let (written_tx, written) = watch::channel(seq);
+        let (failed_tx, failed) = watch::channel(None);
+        let stats = Arc::new(FsyncStats::default());
+        let health = Arc::new(LogHealth::default());
+        let mut writer = Writer {
+            stats: stats.clone(),
+            health: health.clone(),
+            dir: dir.to_owned(),
+            file: None,
+            first_seq: seq + 1,
+            last_seq: seq,
+            policy,
+            options,
+            safe_len: 0,
+            pending: Vec::with_capacity(64 << 10),
+            in_file: 0,
+            durable: durable_tx,
+            written: written_tx,
+            failed: failed_tx,
+            dirty: false,
+            last_sync: Instant::now(),
+            error: None,
+            retry: RETRY_START,
+            next_retry: Instant::now(),
+            next_roll: Instant::now(),
+        };
+        writer.open_segment(seq + 1)?;
+        let thread = std::thread::Builder::new()
+            .name("memdb-wal".into())
+            .spawn(move || writer.run(rx))?;
+        Ok(Wal {
+            tx: Some(tx),
+            stats,
+            health,
+            thread: Some(thread),
+            durable,
+            written,
+            failed,
+            policy,
+        })
+    }
+
+    pub fn policy(&self) -> FsyncPolicy {
+        self.policy
+    }
+
+    pub fn fsync_stats(&self) -> &FsyncStats {
+        &self.stats
+    }
+
+    /// Whether the log can be written, and why not.
+    pub fn health(&self) -> &LogHealth {
+        &self.health
+    }
+
+    /// Queues the next batch. Call in seq order (under the table lock), and only while
+    /// [`LogHealth::is_failed`] is false: a write the log cannot hold must not be
+    /// applied. Never blocks. A batch queued just as the log fails is kept in memory
+    /// and written once the log recovers.
+    pub fn append(&self, batch: Arc<Batch>) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Msg::Batch(batch));
+        }
+    }
+
+    /// Waits until `seq` is durable (with `always`) or at least written to the OS.
+    /// Fails at once if the log fails first: the batch is then kept in memory and
+    /// written when the log recovers, but it cannot be promised now.
+    pub async fn wait_durable(&self, seq: u64) -> Result<(), WalError> {
+        let mut durable = self.durable.clone();
+        let mut failed = self.failed.clone();
+        loop {
+            if *durable.borrow_and_update() >= seq {
+                return Ok(());
+            }
+            if let Some(why) = failed.borrow_and_update().clone() {
+                return Err(WalError(why));
+            }
+            let stopped = tokio::select! {
+                r = durable.changed() => r.is_err(),
+                r = failed.changed() => r.is_err(),
+            };
+            if stopped {
+                return Err(WalError("the log writer stopped".into()));
+            }
+        }
+    }
+
+    /// Follows the seq written through to the log file (readable by a [`LogReader`],
+    /// not necessarily fsynced).
+    pub fn written(&self) -> watch::Receiver<u64> {
+        self.written.clone()
+    }
+
+    /// The highest seq known durable.
+    pub fn durable_seq(&self) -> u64 {
+        *self.durable.borrow()
+    }
+
+    /// Writes and fsyncs everything queued (on a failed log: tries once more now).
+    /// Blocking.
+    pub fn sync(&self) -> io::Result<u64> {
+        let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
+        let tx = self
+            .tx
+            .as_ref()
+            .ok_or_else(|| io::Error::other("log closed"))?;
+        tx.send(Msg::Sync(reply_tx))
+            .map_err(|_| io::Error::other("log writer stopped"))?;
+        reply_rx
+            .recv()
+            .map_err(|_| io::Error::other("log writer stopped"))?
+    }
+
+    /// A snapshot of `seq` is on disk: segments it covers, beyond the retained
+    /// bytes, can go.
+    pub fn checkpoint(&self, seq: u64) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Msg::Checkpoint(seq));
+        }
+    }
+
+    /// A handle that calls [`Wal::checkpoint`] from elsewhere (the publisher thread).
+    /// Drop it before the `Wal`: the writer stops only when every handle is gone.
+    pub fn checkpointer(&self) -> impl Fn(u64) + Send + 'static {
+        let tx = self.tx.clone();
+        move |seq| {
+            if let Some(tx) = &tx {
+                let _ = tx.send(Msg::Checkpoint(seq));
+            }
+        }
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

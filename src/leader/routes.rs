@@ -1,0 +1,334 @@
+//! The leader's HTTP routes, each with its OpenAPI annotation, its router, and `run`.
+
+use std::future::Future;
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::config::LeaderConfig;
+use crate::leader::replication::ReplicaUrlError;
+use crate::protocol::SEQ;
+use crate::server::error::ApiError;
+use crate::server::openapi;
+use crate::server::router::{self, CountSource};
+use crate::storage::log::FsyncPolicy;
+
+use super::{IngestError, Ingested, Leader, LeaderError};
+
+/// `POST /post` as a JSON body.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // A schema only: `crate::server::parse::post_text` parses the body.
+struct PostJson {
+    text: String,
+}
+
+/// `POST /post` as a form (the Go clients' way); several `text` fields are all counted.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // A schema only: `crate::server::parse::post_text` parses the body.
+struct PostForm {
+    text: String,
+}
+
+/// `POST /replicas`: a replica announces itself.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+struct Register {
+    /// Where the leader reaches the replica (`http://host:port`).
+    url: String,
+    /// The replica's seq and the incarnation it follows, if it has synced.
+    seq: Option<u64>,
+    incarnation: Option<String>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/post",
+    tag = "writes",
+    summary = "Count the words of a text",
+    description = "Applies the text as one batch with the next seq and pushes it to the \
+                   network replicas. With --fsync always the answer waits for the log \
+                   record to be on disk; with --min-acks N for N replicas to confirm.",
+    request_body(content(
+        (inline(PostForm) = "application/x-www-form-urlencoded"),
+        (String = "text/plain"),
+        (inline(PostJson) = "application/json"),
+    )),
+    responses(
+        (status = 202, description = "Counted", body = Ingested,
+         headers(("x-memdb-seq" = u64, description = "The batch's seq"))),
+        (status = 400, description = "No text, empty text or a malformed body",
+         body = crate::server::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = crate::server::openapi::ErrorBody),
+        (status = 413, description = "Larger than --max-body", body = crate::server::openapi::ErrorBody),
+        (status = 415, description = "Unsupported content type", body = crate::server::openapi::ErrorBody),
+        (status = 503, description = "With --fsync always: applied in memory but the log \
+                                      failed before it was durable; or overloaded",
+         body = crate::server::openapi::ErrorBody),
+        (status = 507, description = "The write-ahead log cannot be written (disk full or \
+                                      failed): refused, nothing applied; retry later",
+         body = crate::server::openapi::ErrorBody),
+        (status = 504, description = "Applied on the leader but not confirmed by --min-acks \
+                                      replicas within --ack-timeout",
+         body = crate::server::openapi::ErrorBody),
+    )
+)]
+async fn post_handler(
+    State(leader): State<Leader>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body?;
+    let text = crate::server::parse::post_text(&headers, &body)?;
+    let ingested = leader.ingest(&text).map_err(|e| match e {
+        IngestError::LogFailed(_) => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string())
+            .with("reason", "log_failed")
+            .with("retry_after", 1),
+    })?;
+    let cfg = &leader.shared.config;
+    if cfg.wal.fsync == FsyncPolicy::Always
+        && ingested.words > 0
+        && let Err(e) = leader.shared.wal.wait_durable(ingested.seq).await
+    {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "write applied in memory as seq {} but not made durable: {e}; it is kept \
+                 and written when the log recovers (its outcome is not known: do not \
+                 simply retry it)",
+                ingested.seq
+            ),
+        )
+        .with("reason", "log_failed")
+        .with("seq", ingested.seq));
+    }
+    if cfg.min_acks > 0
+        && ingested.words > 0
+        && let Err(confirmed) = leader
+            .shared
+            .replicas
+            .wait_acks(ingested.seq, cfg.min_acks, cfg.ack_timeout)
+            .await
+    {
+        return Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "write applied on the leader as seq {} but confirmed by only {confirmed} of \
+                 the {} replicas --min-acks requires within {:?}",
+                ingested.seq, cfg.min_acks, cfg.ack_timeout
+            ),
+        )
+        .with("seq", ingested.seq)
+        .with("words", ingested.words)
+        .with("confirmed", confirmed));
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        [(SEQ, crate::protocol::seq_value(ingested.seq))],
+        axum::Json(ingested),
+    )
+        .into_response())
+}
+
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    summary = "Liveness and replication status",
+    responses(
+        (status = 200, description = "The leader's seq, its replicas (acked seq, lag, \
+                                      last error), snapshot and log statistics",
+         body = Object),
+        (status = 503, description = "Something is failing (the write-ahead log, a log \
+                                      segment roll, the snapshot): `problems` says what; \
+                                      same body",
+         body = Object),
+    ),
+)]
+async fn health_handler(State(leader): State<Leader>) -> Response {
+    let (code, body) = leader.health();
+    (code, axum::Json(body)).into_response()
+}
+
+#[utoipa::path(
+    post,
+    path = "/replicas",
+    tag = "replication",
+    summary = "Register a network replica",
+    description = "Replicas call this at start and on every heartbeat; the leader then \
+                   pushes its batches to the URL.",
+    request_body = Register,
+    responses(
+        (status = 200, description = "Registered: the leader's incarnation, seq and tokenizer",
+         body = Object),
+        (status = 400, description = "Not a JSON object whose url is a plain http(s) \
+                                      origin (no user, path, query or fragment)",
+         body = crate::server::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = crate::server::openapi::ErrorBody),
+        (status = 503, description = "The leader has --max-replicas replicas already",
+         body = crate::server::openapi::ErrorBody),
+    )
+)]
+async fn register_handler(
+    State(leader): State<Leader>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let reg: Register = url_body(body)?;
+    let url = crate::leader::replication::replica_origin(&reg.url)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let new = leader
+        .shared
+        .replicas
+        .add(&url, false)
+        .map_err(|e| match e {
+            ReplicaUrlError::Full(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+                    .with("reason", "max_replicas")
+            }
+            other => ApiError::bad_request(other.to_string()),
+        })?;
+    let at = reg.seq.zip(
+        reg.incarnation
+            .as_deref()
+            .and_then(crate::protocol::parse_incarnation),
+    );
+    if let Some((seq, inc)) = at
+        && inc == leader.shared.incarnation
+    {
+        leader.shared.replicas.report(&url, seq);
+    }
+    // Whether the replica's data is a prefix of this history (it then adopts this
+    // incarnation instead of full-syncing).
+    let continues = at.is_some_and(|(seq, inc)| leader.shared.history.continues(inc, seq));
+    Ok(axum::Json(json!({
+        "registered": new,
+        "continues": continues,
+        "push_secret": leader.shared.push_secret,
+        "incarnation": crate::protocol::incarnation_string(leader.shared.incarnation),
+        "seq": leader.seq(),
+        "tokenizer": leader.shared.config.tokenizer,
+    }))
+    .into_response())
+}
+
+#[utoipa::path(
+    get,
+    path = "/replicas",
+    tag = "replication",
+    summary = "The replicas the leader pushes to",
+    responses(
+        (status = 200, description = "Each replica's URL, acked seq, lag and last error",
+         body = Object),
+        (status = 401, description = "Missing or wrong token", body = crate::server::openapi::ErrorBody),
+    )
+)]
+async fn list_replicas_handler(State(leader): State<Leader>) -> Response {
+    axum::Json(json!({ "replicas": leader.shared.replicas.reports() })).into_response()
+}
+
+/// The JSON body of a `/replicas` call, which names a replica by `url`.
+fn url_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    serde_json::from_slice(&body?).map_err(|e| {
+        ApiError::bad_request(format!(
+            "expected a JSON object {{\"url\": \"http://...\"}}: {e}"
+        ))
+    })
+}
+
+/// `DELETE /replicas`: which replica to stop pushing to.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+struct Unregister {
+    /// The URL it registered with.
+    url: String,
+}
+
+#[utoipa::path(
+    delete,
+    path = "/replicas",
+    tag = "replication",
+    summary = "Stop pushing to a network replica",
+    description = "Removes the replica and stops its sender. A replica that is still \
+                   running registers again with its next heartbeat.",
+    request_body = Unregister,
+    responses(
+        (status = 200, description = "Removed", body = Object),
+        (status = 400, description = "Not a JSON object with a url", body = crate::server::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = crate::server::openapi::ErrorBody),
+        (status = 404, description = "No such replica", body = crate::server::openapi::ErrorBody),
+    )
+)]
+async fn unregister_handler(
+    State(leader): State<Leader>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let un: Unregister = url_body(body)?;
+    if !leader.shared.replicas.remove(&un.url) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no replica {:?}", un.url),
+        ));
+    }
+    Ok(axum::Json(json!({ "removed": un.url })).into_response())
+}
+
+/// The leader's routes.
+pub fn leader_router(leader: Leader) -> Router {
+    let cfg = &leader.shared.config;
+    let guarded = OpenApiRouter::new()
+        .routes(routes!(post_handler))
+        .routes(openapi::documented::<router::__path_sync, _, _, _>(
+            router::sync::<Leader>,
+        ))
+        .routes(routes!(
+            register_handler,
+            list_replicas_handler,
+            unregister_handler
+        ));
+    router::node_router(
+        leader.clone(),
+        "leader",
+        guarded,
+        routes!(health_handler),
+        &cfg.serving,
+        Some(cfg.max_body),
+    )
+}
+
+/// Runs a leader on `listener` until `shutdown` resolves, then drains replicas and
+/// publishes a final snapshot.
+pub async fn run(
+    listener: TcpListener,
+    config: LeaderConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), LeaderError> {
+    serve(listener, Leader::open(config)?, shutdown).await
+}
+
+/// Serves an opened leader on `listener` until `shutdown` resolves, then drains
+/// replicas and publishes a final snapshot.
+pub async fn serve(
+    listener: TcpListener,
+    leader: Leader,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), LeaderError> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "leader ready");
+    }
+    let app = leader_router(leader.clone());
+    let conns = leader.shared.config.serving.limits.connections;
+    let served = crate::server::listen::serve(listener, app, shutdown, conns)
+        .await
+        .map_err(LeaderError::Serve);
+    let stopped = leader.shutdown().await;
+    served?;
+    stopped.map(|_| ()).map_err(LeaderError::Shutdown)
+}

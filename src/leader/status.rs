@@ -1,0 +1,284 @@
+//! What the leader says about itself: `/health` (with what is failing) and its
+//! Prometheus series.
+
+use std::borrow::Cow;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::server::error::ApiError;
+use crate::server::router::CountSource;
+use crate::words::Tokenizer;
+
+use super::Leader;
+
+impl Leader {
+    /// What is failing now, each with its reason; empty when all is well.
+    pub fn problems(&self) -> Vec<String> {
+        let s = &self.shared;
+        let mut out = Vec::new();
+        if let Some(e) = s.wal.health().failure() {
+            out.push(format!(
+                "write-ahead log cannot be written, writes are refused: {e}"
+            ));
+        }
+        if let Some(e) = s.wal.health().roll_error() {
+            out.push(e);
+        }
+        if let Some(e) = s.publisher.stats().last_error {
+            out.push(format!("snapshot cannot be published: {e}"));
+        }
+        out
+    }
+
+    pub(super) fn health(&self) -> (StatusCode, Value) {
+        let s = &self.shared;
+        let problems = self.problems();
+        let (seq, words, digest) = {
+            let t = s.table.read();
+            (t.seq(), t.len(), t.digest())
+        };
+        let (backlog_len, backlog_first) = {
+            let b = s.backlog.lock();
+            (b.len(), b.first_seq())
+        };
+        let code = if problems.is_empty() {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        let body = json!({
+            "role": "leader",
+            "pid": std::process::id(),
+            "status": if problems.is_empty() { "ok" } else { "failing" },
+            "problems": problems,
+            "seq": seq,
+            "digest": format!("{digest:016x}"),
+            "incarnation": crate::protocol::incarnation_string(s.incarnation),
+            "tokenizer": s.config.tokenizer,
+            "words": words,
+            "words_ingested": s.words_ingested.load(Ordering::Relaxed),
+            "posts": s.posts.load(Ordering::Relaxed),
+            "backlog": {
+                "batches": backlog_len,
+                "first_seq": backlog_first,
+            },
+            "min_acks": s.config.min_acks,
+            "replicas": s.replicas.reports(),
+            "snapshot": s.publisher.stats(),
+            "wal": {
+                "fsync": s.config.wal.fsync.as_str(),
+                "durable_seq": s.wal.durable_seq(),
+                "failed": s.wal.health().failure(),
+                "roll_error": s.wal.health().roll_error(),
+                "writes_refused": s.refused.load(Ordering::Relaxed),
+            },
+            "uptime_s": s.started.elapsed().as_secs(),
+        });
+        (code, body)
+    }
+}
+
+impl CountSource for Leader {
+    fn distinct_words(&self) -> u64 {
+        self.shared.table.read().len() as u64
+    }
+
+    fn write_metrics(&self, out: &mut String) {
+        use crate::server::metrics::{write_labelled, write_metric};
+        let s = &self.shared;
+        write_metric(
+            out,
+            "memdb_words_ingested_total",
+            "counter",
+            "Words counted since start.",
+            s.words_ingested.load(Ordering::Relaxed) as f64,
+        );
+        let reports = s.replicas.reports();
+        write_labelled(
+            out,
+            "memdb_replica_lag_batches",
+            "gauge",
+            "Batches a network replica is behind (-1 while unknown).",
+            "replica",
+            reports
+                .iter()
+                .map(|r| (r.url.clone(), r.lag.map(|l| l as f64).unwrap_or(-1.0))),
+        );
+        write_labelled(
+            out,
+            "memdb_replica_lag_seconds",
+            "gauge",
+            "Age of the oldest batch a network replica lacks; 0 when caught up (-1 while unknown).",
+            "replica",
+            reports
+                .iter()
+                .map(|r| (r.url.clone(), seconds_or_unknown(r.lag_ms))),
+        );
+        write_labelled(
+            out,
+            "memdb_replica_last_ack_age_seconds",
+            "gauge",
+            "Seconds since a network replica last acknowledged a push (-1 if never).",
+            "replica",
+            reports
+                .iter()
+                .map(|r| (r.url.clone(), seconds_or_unknown(r.last_ok_ms_ago))),
+        );
+        write_labelled(
+            out,
+            "memdb_replica_log_pushes_total",
+            "counter",
+            "Pushes to a network replica read back from the write-ahead log.",
+            "replica",
+            reports.iter().map(|r| (r.url.clone(), r.log_pushes as f64)),
+        );
+        write_labelled(
+            out,
+            "memdb_replica_resyncs_total",
+            "counter",
+            "Full syncs the leader asked a network replica to do.",
+            "replica",
+            reports.iter().map(|r| (r.url.clone(), r.resyncs as f64)),
+        );
+        let snap = s.publisher.stats();
+        write_metric(
+            out,
+            "memdb_snapshot_seq",
+            "gauge",
+            "Seq of the snapshot on disk.",
+            snap.seq as f64,
+        );
+        write_metric(
+            out,
+            "memdb_snapshot_publishes_total",
+            "counter",
+            "Snapshots published since start.",
+            snap.publishes as f64,
+        );
+        write_metric(
+            out,
+            "memdb_snapshot_publish_seconds",
+            "gauge",
+            "Duration of the last snapshot publish.",
+            snap.last_duration_ms.unwrap_or(0.0) / 1e3,
+        );
+        write_metric(
+            out,
+            "memdb_snapshot_bytes",
+            "gauge",
+            "Size of the last published snapshot.",
+            snap.last_bytes.unwrap_or(0) as f64,
+        );
+        let f = s.wal.fsync_stats();
+        write_metric(
+            out,
+            "memdb_wal_durable_seq",
+            "gauge",
+            "Highest seq the write-ahead log has made durable.",
+            s.wal.durable_seq() as f64,
+        );
+        write_metric(
+            out,
+            "memdb_wal_fsyncs_total",
+            "counter",
+            "fsyncs of the write-ahead log.",
+            f.fsyncs.load(Ordering::Relaxed) as f64,
+        );
+        write_metric(
+            out,
+            "memdb_wal_fsync_seconds_total",
+            "counter",
+            "Time spent in write-ahead log fsyncs.",
+            f.total_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        );
+        let h = s.wal.health();
+        write_metric(
+            out,
+            "memdb_wal_failed",
+            "gauge",
+            "1 while the write-ahead log cannot be written (writes are refused).",
+            h.is_failed() as u8 as f64,
+        );
+        write_metric(
+            out,
+            "memdb_wal_failures_total",
+            "counter",
+            "Times the write-ahead log became unwritable.",
+            h.failures.load(Ordering::Relaxed) as f64,
+        );
+        write_metric(
+            out,
+            "memdb_wal_roll_failing",
+            "gauge",
+            "1 while a full log segment cannot be closed (no new one can be created).",
+            h.roll_error().is_some() as u8 as f64,
+        );
+        write_metric(
+            out,
+            "memdb_writes_refused_total",
+            "counter",
+            "Writes refused (not applied) because the write-ahead log failed.",
+            s.refused.load(Ordering::Relaxed) as f64,
+        );
+        write_metric(
+            out,
+            "memdb_snapshot_failing",
+            "gauge",
+            "1 while the last snapshot publish failed.",
+            snap.last_error.is_some() as u8 as f64,
+        );
+        write_metric(
+            out,
+            "memdb_wal_last_fsync_seconds",
+            "gauge",
+            "Duration of the last write-ahead log fsync.",
+            f.last_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        );
+    }
+
+    fn seq(&self) -> u64 {
+        self.shared.table.read().seq()
+    }
+
+    fn seq_watch(&self) -> watch::Receiver<u64> {
+        self.shared.seq_tx.subscribe()
+    }
+
+    fn max_wait(&self) -> Duration {
+        self.shared.config.max_wait
+    }
+
+    fn ready(&self) -> Result<(), ApiError> {
+        Ok(())
+    }
+
+    fn lookup(&self, words: &[Cow<'_, str>]) -> Result<(Vec<u8>, u64), ApiError> {
+        let t = self.shared.table.read();
+        let body =
+            crate::server::parse::lookup_body(self.shared.config.tokenizer, words, |w| t.get(w))?;
+        Ok((body, t.seq()))
+    }
+
+    fn sync_json(&self) -> (Vec<u8>, u64, u64, Tokenizer) {
+        // Serialised under the read lock so the body and its seq agree; writers wait
+        // for this (a full sync is rare: replica start and recovery).
+        let t = self.shared.table.read();
+        let mut body = Vec::with_capacity(t.len() * 16 + 2);
+        serde_json::to_writer(&mut body, t.map()).expect("serialising to a Vec cannot fail");
+        (
+            body,
+            t.seq(),
+            self.shared.incarnation,
+            self.shared.config.tokenizer,
+        )
+    }
+}
+
+/// Milliseconds as seconds for a metric; -1 when unknown.
+fn seconds_or_unknown(ms: Option<u64>) -> f64 {
+    ms.map_or(-1.0, |ms| ms as f64 / 1e3)
+}

@@ -95,6 +95,68 @@ fn io_err<'a>(
     }
 }
 
+/// Creates the data directory (0700) if needed and takes its lock (flock, held for the
+/// process's life, with our pid written in it). Removes a temp snapshot a crash left.
+fn lock_data_dir(dir: &Path) -> Result<File, LeaderError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err("creating data directory", dir))?;
+    let lock_path = dir.join(LOCK_FILE);
+    let mut lock = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(io_err("opening", &lock_path))?;
+    lock.try_lock()
+        .map_err(|_| LeaderError::Locked(dir.to_owned()))?;
+    lock.set_len(0).map_err(io_err("writing", &lock_path))?;
+    writeln!(lock, "{}", std::process::id()).map_err(io_err("writing", &lock_path))?;
+    // A temp file left by a crash mid-publish is never valid: remove it.
+    let _ = fs::remove_file(dir.join(snapshot::TEMP_NAME));
+    Ok(lock)
+}
+
+/// The table as the data directory holds it: the snapshot, then every log record
+/// past it. Returns it with the snapshot's seq.
+fn recover(dir: &Path, tokenizer: Tokenizer) -> Result<(Table, u64), LeaderError> {
+    let (map, snap_seq) = match snapshot::load(dir) {
+        Ok(Some((header, map))) => {
+            if header.tokenizer != tokenizer {
+                return Err(LeaderError::TokenizerMismatch {
+                    dir: dir.to_owned(),
+                    data: header.tokenizer,
+                    configured: tokenizer,
+                });
+            }
+            tracing::info!(seq = header.seq, words = map.len(), "restored snapshot");
+            (map, header.seq)
+        }
+        Ok(None) => (Default::default(), 0),
+        Err(source) => {
+            return Err(LeaderError::Snapshot {
+                path: dir.join(snapshot::FILE_NAME),
+                source,
+            });
+        }
+    };
+    let mut table = Table::from_parts(map, snap_seq);
+    let replayed = log::replay(dir, &mut table).map_err(io_err("replaying the log in", dir))?;
+    if replayed.applied > 0 || replayed.cut.is_some() {
+        tracing::info!(
+            applied = replayed.applied,
+            seq = table.seq(),
+            cut = ?replayed.cut,
+            "replayed the write-ahead log"
+        );
+    }
+    Ok((table, snap_seq))
+}
+
 /// A cheap-clone handle to the leader's state.
 #[derive(Clone)]
 pub struct Leader {
@@ -149,60 +211,8 @@ impl Leader {
     /// called within a tokio runtime.
     pub fn open(config: LeaderConfig) -> Result<Leader, LeaderError> {
         let dir = config.data_dir.clone();
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(io_err("creating data directory", &dir))?;
-        let lock_path = dir.join(LOCK_FILE);
-        let mut lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(io_err("opening", &lock_path))?;
-        lock.try_lock()
-            .map_err(|_| LeaderError::Locked(dir.clone()))?;
-        lock.set_len(0).map_err(io_err("writing", &lock_path))?;
-        writeln!(lock, "{}", std::process::id()).map_err(io_err("writing", &lock_path))?;
-        // A temp file left by a crash mid-publish is never valid: remove it.
-        let _ = fs::remove_file(dir.join(snapshot::TEMP_NAME));
-
-        let snap_path = dir.join(snapshot::FILE_NAME);
-        let (map, snap_seq) = match snapshot::load(&dir) {
-            Ok(Some((header, map))) => {
-                if header.tokenizer != config.tokenizer {
-                    return Err(LeaderError::TokenizerMismatch {
-                        dir,
-                        data: header.tokenizer,
-                        configured: config.tokenizer,
-                    });
-                }
-                tracing::info!(seq = header.seq, words = map.len(), "restored snapshot");
-                (map, header.seq)
-            }
-            Ok(None) => (Default::default(), 0),
-            Err(source) => {
-                return Err(LeaderError::Snapshot {
-                    path: snap_path,
-                    source,
-                });
-            }
-        };
-        // Then everything the log holds past the snapshot.
-        let mut table = Table::from_parts(map, snap_seq);
-        let replayed =
-            log::replay(&dir, &mut table).map_err(io_err("replaying the log in", &dir))?;
-        if replayed.applied > 0 || replayed.cut.is_some() {
-            tracing::info!(
-                applied = replayed.applied,
-                seq = table.seq(),
-                cut = ?replayed.cut,
-                "replayed the write-ahead log"
-            );
-        }
+        let lock = lock_data_dir(&dir)?;
+        let (table, snap_seq) = recover(&dir, config.tokenizer)?;
         let seq = table.seq();
         let wal = Wal::open(&dir, seq, config.wal).map_err(io_err("opening the log in", &dir))?;
         // A new incarnation with every process, continuing the recorded history up to

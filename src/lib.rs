@@ -18,10 +18,12 @@
 //!   router and its limits, the shared read routes, metrics, OpenAPI, the accept loop,
 //!   the shutdown signal.
 //! - [`protocol`]: what both ends share — header names, incarnation ids, socket lines.
+//! - [`backoff`]: exponential backoff with jitter, for every retry loop.
 //! - [`client`]: the typed HTTP client replicas, `perf` and the tests use.
 //! - [`perf`]: the load tool behind `memdb perf`, a client only.
 //! - [`config`]: every role's validated configuration, with documented defaults.
 
+pub mod backoff;
 pub mod client;
 pub mod config;
 pub mod leader;

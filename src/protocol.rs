@@ -40,6 +40,9 @@ pub fn parse_incarnation(s: &str) -> Option<u64> {
     }
 }
 
+/// The leader's notification socket's name inside its data directory.
+pub const SOCKET_NAME: &str = "memdb.sock";
+
 /// A line on the leader's notification socket: `<verb> <seq>` (`seq N` from the leader
 /// after a publish, `want N` from a replica waiting for N).
 pub fn socket_line(verb: &str, seq: u64) -> String {
@@ -48,7 +51,8 @@ pub fn socket_line(verb: &str, seq: u64) -> String {
 
 /// Parses a socket line `<verb> <seq>` (without its newline).
 pub fn parse_socket_line(line: &str, verb: &str) -> Option<u64> {
-    line.strip_prefix(verb)?
+    line.trim()
+        .strip_prefix(verb)?
         .strip_prefix(' ')?
         .trim()
         .parse()
@@ -58,6 +62,19 @@ pub fn parse_socket_line(line: &str, verb: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn socket_lines_round_trip() {
+        assert_eq!(
+            parse_socket_line(socket_line("seq", 12).trim_end(), "seq"),
+            Some(12)
+        );
+        assert_eq!(parse_socket_line("seq 12\n", "seq"), Some(12));
+        assert_eq!(parse_socket_line("want 3", "want"), Some(3));
+        assert_eq!(parse_socket_line("want x", "want"), None);
+        assert_eq!(parse_socket_line("wanted 3", "want"), None);
+        assert_eq!(parse_socket_line("seq", "seq"), None);
+    }
 
     #[test]
     fn incarnations_format_and_parse() {

@@ -15,13 +15,16 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
+use tokio_util::codec::{FramedRead, LinesCodec};
 use tokio_util::sync::CancellationToken;
 
-/// The socket's name inside the leader's data directory.
-pub const SOCKET_NAME: &str = "memdb.sock";
+use crate::protocol::{parse_socket_line, socket_line};
+
+pub use crate::protocol::SOCKET_NAME;
 /// Longest line accepted from a peer (a `want N` is ~25 bytes).
 const MAX_LINE: usize = 64;
 
@@ -101,9 +104,11 @@ async fn peer(
     cancel: CancellationToken,
 ) {
     let (r, mut w) = stream.into_split();
-    let mut lines = BufReader::new(r.take_limit()).lines();
+    // A peer may not make us buffer more than a line's worth: an overlong line ends
+    // the connection.
+    let mut lines = FramedRead::new(r, LinesCodec::new_with_max_length(MAX_LINE));
     let first = *published.borrow_and_update();
-    if w.write_all(format!("seq {first}\n").as_bytes())
+    if w.write_all(socket_line("seq", first).as_bytes())
         .await
         .is_err()
     {
@@ -116,12 +121,12 @@ async fn peer(
                     return;
                 }
                 let seq = *published.borrow_and_update();
-                if w.write_all(format!("seq {seq}\n").as_bytes()).await.is_err() {
+                if w.write_all(socket_line("seq", seq).as_bytes()).await.is_err() {
                     return;
                 }
             }
-            line = lines.next_line() => match line {
-                Ok(Some(l)) => match parse(&l, "want") {
+            line = lines.next() => match line {
+                Some(Ok(l)) => match parse_socket_line(&l, "want") {
                     Some(n) => want(n),
                     None => {
                         tracing::debug!(line = %l, "ignoring an unknown notification message");
@@ -134,67 +139,11 @@ async fn peer(
     }
 }
 
-/// Parses `<verb> N`.
-pub fn parse(line: &str, verb: &str) -> Option<u64> {
-    let rest = line.trim().strip_prefix(verb)?;
-    rest.strip_prefix(' ')?.trim().parse().ok()
-}
-
-/// Caps how much one peer may make us buffer: `lines()` on an endless line would grow
-/// without bound.
-trait TakeLimit: tokio::io::AsyncRead + Sized {
-    fn take_limit(self) -> LineLimited<Self> {
-        LineLimited {
-            inner: self,
-            since_newline: 0,
-        }
-    }
-}
-
-impl<R: tokio::io::AsyncRead> TakeLimit for R {}
-
-/// A reader that fails once a line exceeds [`MAX_LINE`] bytes.
-pub struct LineLimited<R> {
-    inner: R,
-    since_newline: usize,
-}
-
-impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for LineLimited<R> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let me = &mut *self;
-        let res = std::pin::Pin::new(&mut me.inner).poll_read(cx, buf);
-        if res.is_ready() {
-            for &b in &buf.filled()[before..] {
-                me.since_newline = if b == b'\n' { 0 } else { me.since_newline + 1 };
-                if me.since_newline > MAX_LINE {
-                    return std::task::Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "notification line too long",
-                    )));
-                }
-            }
-        }
-        res
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use tokio::io::{AsyncBufReadExt, BufReader};
 
-    #[test]
-    fn parses_messages() {
-        assert_eq!(parse("seq 12\n", "seq"), Some(12));
-        assert_eq!(parse("want 3", "want"), Some(3));
-        assert_eq!(parse("want x", "want"), None);
-        assert_eq!(parse("wanted 3", "want"), None);
-        assert_eq!(parse("seq", "seq"), None);
-    }
+    use super::*;
 
     #[tokio::test]
     async fn stale_sockets_are_replaced_and_live_ones_refused() {

@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::client::{Client, Update, UpdateOutcome};
 use crate::leader::backlog::{Backlog, Since};
 use crate::storage::batch::Batch;
@@ -485,7 +486,7 @@ async fn read_log(
 async fn run_link(link: Arc<Link>, ctx: Arc<Ctx>) {
     let client = Client::with_http(ctx.http.clone(), &link.url).with_token(ctx.token.clone());
     let mut seq_rx = ctx.seq_rx.clone();
-    let mut delay = BACKOFF_START;
+    let mut backoff = Backoff::new(BACKOFF_START, BACKOFF_MAX);
     let mut force_resync = false;
     let mut log = ctx.log.as_ref().map(|l| LogReader::new(&l.dir));
     loop {
@@ -595,7 +596,7 @@ async fn run_link(link: Arc<Link>, ctx: Arc<Ctx>) {
                     s.last_ok = Some(Instant::now());
                     s.last_error = None;
                     s.pushes += 1;
-                    delay = BACKOFF_START;
+                    backoff.reset();
                     pushed = true;
                 }
                 Ok(UpdateOutcome::Gap(seq)) if seq <= newest => {
@@ -636,11 +637,10 @@ async fn run_link(link: Arc<Link>, ctx: Arc<Ctx>) {
         }
         if retry_later {
             tokio::select! {
-                _ = tokio::time::sleep(delay) => {},
+                _ = tokio::time::sleep(backoff.next_delay()) => {},
                 _ = link.wake.notified() => {},
                 _ = ctx.abort.cancelled() => return,
             }
-            delay = (delay * 2).min(BACKOFF_MAX);
         }
     }
 }

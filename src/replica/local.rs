@@ -31,7 +31,8 @@ use tokio_util::sync::CancellationToken;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::leader::notifier;
+use crate::backoff::Backoff;
+use crate::protocol::{SOCKET_NAME, parse_socket_line, socket_line};
 use crate::server::error::ApiError;
 use crate::server::router::{self, CountSource};
 use crate::storage::mapped::{MappedSnapshot, identity_of};
@@ -78,7 +79,7 @@ impl LocalReplicaConfig {
     fn socket_path(&self) -> PathBuf {
         self.socket
             .clone()
-            .unwrap_or_else(|| self.data_dir.join(notifier::SOCKET_NAME))
+            .unwrap_or_else(|| self.data_dir.join(SOCKET_NAME))
     }
 }
 
@@ -264,7 +265,7 @@ impl LocalReplica {
     /// check; readers' `min_seq` waits are passed on as `want N`.
     async fn socket_follower(self, cancel: CancellationToken) {
         let path = self.shared.config.socket_path();
-        let mut delay = RECONNECT_START;
+        let mut backoff = Backoff::new(RECONNECT_START, RECONNECT_MAX);
         let mut want_rx = self.shared.want_tx.subscribe();
         loop {
             let stream = tokio::select! {
@@ -275,14 +276,13 @@ impl LocalReplica {
                 Ok(s) => s,
                 Err(_) => {
                     tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
                         _ = cancel.cancelled() => return,
                     }
-                    delay = (delay * 2).min(RECONNECT_MAX);
                     continue;
                 }
             };
-            delay = RECONNECT_START;
+            backoff.reset();
             self.shared.socket_connected.store(true, Ordering::Release);
             tracing::info!(socket = %path.display(), "connected to the leader's notification socket");
             // Whatever happened while disconnected, look at the file now.
@@ -294,7 +294,7 @@ impl LocalReplica {
                 let wanted = *want_rx.borrow_and_update();
                 if wanted > asked && wanted > self.seq_now() {
                     asked = wanted;
-                    if w.write_all(format!("want {wanted}\n").as_bytes())
+                    if w.write_all(socket_line("want", wanted).as_bytes())
                         .await
                         .is_err()
                     {
@@ -304,7 +304,7 @@ impl LocalReplica {
                 tokio::select! {
                     line = lines.next_line() => match line {
                         Ok(Some(l)) => {
-                            if let Some(seq) = notifier::parse(&l, "seq")
+                            if let Some(seq) = parse_socket_line(&l, "seq")
                                 && seq != self.seq_now()
                             {
                                 self.announce(seq);

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::backoff::Backoff;
 use crate::client::{Client, ClientError};
 use crate::config::ReplicaConfig;
 use crate::protocol::DIGEST;
@@ -176,7 +177,7 @@ impl Replica {
     /// asked for it.
     async fn control(self, cancel: CancellationToken) {
         let s = &self.shared;
-        let mut retry = RETRY_START;
+        let mut retry = Backoff::new(RETRY_START, RETRY_MAX);
         loop {
             let at = {
                 let d = s.data.read();
@@ -228,12 +229,10 @@ impl Replica {
                 }
             };
             let wait = if healthy {
-                retry = RETRY_START;
+                retry.reset();
                 s.config.heartbeat
             } else {
-                let w = retry;
-                retry = (retry * 2).min(RETRY_MAX);
-                w
+                retry.next_delay()
             };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}

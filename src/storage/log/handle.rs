@@ -12,8 +12,9 @@ use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use super::writer::{RETRY_START, Writer};
+use super::writer::{RETRY_MAX, RETRY_START, Writer};
 use super::{FsyncPolicy, WalOptions};
+use crate::backoff::Backoff;
 use crate::storage::batch::Batch;
 
 pub(super) enum Msg {
@@ -111,7 +112,7 @@ impl Wal {
             dirty: false,
             last_sync: Instant::now(),
             error: None,
-            retry: RETRY_START,
+            retry: Backoff::new(RETRY_START, RETRY_MAX),
             next_retry: Instant::now(),
             next_roll: Instant::now(),
         };

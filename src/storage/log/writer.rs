@@ -15,12 +15,13 @@ use tokio::sync::watch;
 use super::format::encode;
 use super::handle::{FsyncStats, LogHealth, Msg};
 use super::{FsyncPolicy, WalOptions, segment_name, segments};
+use crate::backoff::Backoff;
 
 /// How often `everysec` syncs.
 const EVERYSEC: Duration = Duration::from_secs(1);
 /// Retry delays while the log cannot be written: from the first to the cap.
 pub(super) const RETRY_START: Duration = Duration::from_millis(50);
-const RETRY_MAX: Duration = Duration::from_secs(1);
+pub(super) const RETRY_MAX: Duration = Duration::from_secs(1);
 /// How often a segment that could not be rolled tries again.
 const ROLL_RETRY: Duration = Duration::from_secs(1);
 
@@ -50,7 +51,7 @@ pub(super) struct Writer {
     pub(super) last_sync: Instant,
     /// Set while the log is failed: nothing new is written until a retry succeeds.
     pub(super) error: Option<String>,
-    pub(super) retry: Duration,
+    pub(super) retry: Backoff,
     pub(super) next_retry: Instant,
     /// While a roll fails, when to try the next.
     pub(super) next_roll: Instant,
@@ -244,10 +245,9 @@ impl Writer {
                  batches already accepted are kept in memory and retried"
             );
             self.health.failures.fetch_add(1, Ordering::Relaxed);
-            self.retry = RETRY_START;
+            self.retry.reset();
         }
-        self.next_retry = Instant::now() + self.retry;
-        self.retry = (self.retry * 2).min(RETRY_MAX);
+        self.next_retry = Instant::now() + self.retry.next_delay();
         self.error = Some(reason.clone());
         *self.health.reason.lock() = Some(reason.clone());
         self.health.failed.store(true, Ordering::Release);
@@ -270,7 +270,7 @@ impl Writer {
                     seq = self.last_seq,
                     "the write-ahead log is writable again: accepting writes"
                 );
-                self.retry = RETRY_START;
+                self.retry.reset();
                 *self.health.reason.lock() = None;
                 self.health.failed.store(false, Ordering::Release);
                 self.failed.send_replace(None);

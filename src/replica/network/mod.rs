@@ -1,0 +1,241 @@
+//! A network replica: full-syncs from the leader, then applies the batches it pushes,
+//! strictly in seq order, and serves reads.
+
+mod routes;
+mod update;
+
+pub use routes::{replica_router, run};
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::client::{Client, ClientError};
+use crate::config::ReplicaConfig;
+use crate::storage::table::Table;
+use crate::words::Tokenizer;
+
+/// Retry delays while the leader cannot be reached: from the first to the cap.
+const RETRY_START: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplicaError {
+    #[error("bound to {0}, which the leader cannot reach: pass --advertise URL")]
+    NeedAdvertise(std::net::SocketAddr),
+    #[error("serving HTTP: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A cheap-clone handle to a replica's state.
+#[derive(Clone)]
+pub struct Replica {
+    shared: Arc<Shared>,
+}
+
+/// The table and what it belongs to; they change together.
+struct Data {
+    table: Table,
+    /// The incarnation of the leader whose history `table` follows; 0 for none.
+    incarnation: u64,
+    tokenizer: Tokenizer,
+}
+
+#[derive(Default)]
+struct Stats {
+    syncs: u64,
+    last_sync_error: Option<String>,
+    last_sync_ms: Option<f64>,
+    leader_reachable: bool,
+    last_heartbeat: Option<Instant>,
+}
+
+struct Shared {
+    /// parking_lot, never held across `.await`.
+    data: RwLock<Data>,
+    seq_tx: watch::Sender<u64>,
+    /// Set once the first full sync succeeded; until then reads answer 503.
+    ready: AtomicBool,
+    syncing: AtomicBool,
+    resync_requested: AtomicBool,
+    wake: Notify,
+    updates: AtomicU64,
+    gaps: AtomicU64,
+    /// Leader restarts followed without a full sync.
+    adoptions: AtomicU64,
+    /// The leader's incarnation and push secret, as its registration reply gave them.
+    leader_secret: Mutex<Option<(u64, String)>>,
+    /// Pushes refused for claiming the leader's incarnation without its secret.
+    forged_pushes: AtomicU64,
+    /// Pushes after which this replica's digest differed from the leader's.
+    digest_mismatches: AtomicU64,
+    stats: Mutex<Stats>,
+    leader: Client,
+    advertise: String,
+    config: ReplicaConfig,
+}
+
+impl Replica {
+    pub fn new(config: ReplicaConfig, advertise: String) -> Self {
+        Replica {
+            shared: Arc::new(Shared {
+                data: RwLock::new(Data {
+                    table: Table::new(),
+                    incarnation: 0,
+                    tokenizer: Tokenizer::default(),
+                }),
+                seq_tx: watch::Sender::new(0),
+                ready: AtomicBool::new(false),
+                syncing: AtomicBool::new(false),
+                resync_requested: AtomicBool::new(false),
+                wake: Notify::new(),
+                updates: AtomicU64::new(0),
+                gaps: AtomicU64::new(0),
+                adoptions: AtomicU64::new(0),
+                leader_secret: Mutex::new(None),
+                forged_pushes: AtomicU64::new(0),
+                digest_mismatches: AtomicU64::new(0),
+                stats: Mutex::new(Stats::default()),
+                leader: Client::new(&config.leader).with_token(config.serving.auth_token.clone()),
+                advertise,
+                config,
+            }),
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.shared.ready.load(Ordering::Acquire)
+    }
+
+    fn request_resync(&self) {
+        self.shared.resync_requested.store(true, Ordering::Release);
+        self.shared.wake.notify_one();
+    }
+
+    fn set_seq(&self, seq: u64) {
+        self.shared.seq_tx.send_replace(seq);
+    }
+
+    /// Replaces the table with the leader's whole table.
+    async fn full_sync(&self) -> Result<(), ClientError> {
+        let s = &self.shared;
+        s.syncing.store(true, Ordering::Release);
+        let started = Instant::now();
+        let result = s.leader.sync().await;
+        let mut stats = s.stats.lock();
+        let out = match result {
+            Ok(reply) => {
+                let words = reply.map.len();
+                {
+                    let mut d = s.data.write();
+                    d.table.replace(reply.map, reply.seq);
+                    d.incarnation = reply.incarnation;
+                    d.tokenizer = reply.tokenizer;
+                }
+                self.set_seq(reply.seq);
+                s.ready.store(true, Ordering::Release);
+                let ms = started.elapsed().as_secs_f64() * 1e3;
+                stats.syncs += 1;
+                stats.last_sync_ms = Some(ms);
+                stats.last_sync_error = None;
+                tracing::info!(seq = reply.seq, words, ms, incarnation = %crate::protocol::incarnation_string(reply.incarnation), "full sync done");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "full sync failed; retrying");
+                stats.last_sync_error = Some(e.to_string());
+                Err(e)
+            }
+        };
+        s.syncing.store(false, Ordering::Release);
+        out
+    }
+
+    /// Registers with the leader on every heartbeat (idempotent) and full-syncs when
+    /// this replica has no data yet, the leader's incarnation changed, or the leader
+    /// asked for it.
+    async fn control(self, cancel: CancellationToken) {
+        let s = &self.shared;
+        let mut retry = Backoff::new(RETRY_START, RETRY_MAX);
+        loop {
+            let at = {
+                let d = s.data.read();
+                (self.is_ready() && d.incarnation != 0).then(|| (d.table.seq(), d.incarnation))
+            };
+            let healthy = match s.leader.register(&s.advertise, at).await {
+                Ok(reply) => {
+                    {
+                        let mut st = s.stats.lock();
+                        if !st.leader_reachable {
+                            tracing::info!(leader = %s.leader.base(), seq = reply.seq, "leader reachable");
+                        }
+                        st.leader_reachable = true;
+                        st.last_heartbeat = Some(Instant::now());
+                    }
+                    let leader_inc =
+                        crate::protocol::parse_incarnation(&reply.incarnation).unwrap_or(0);
+                    if let Some(secret) = &reply.push_secret {
+                        *s.leader_secret.lock() = Some((leader_inc, secret.clone()));
+                    }
+                    let ours = s.data.read().incarnation;
+                    let asked = s.resync_requested.swap(false, Ordering::AcqRel);
+                    if let Some((seq, inc)) = at
+                        && !asked
+                        && leader_inc != ours
+                        && reply.continues
+                        && self.adopt(inc, seq, leader_inc)
+                    {
+                        tracing::info!(seq, leader_incarnation = %reply.incarnation, "leader restarted; our data continues its history: catching up without a full sync");
+                        // Register again now, reporting the seq in the new incarnation, so
+                        // the leader resumes pushing at once.
+                        continue;
+                    } else if !self.is_ready() || leader_inc != ours || asked {
+                        if ours != 0 && leader_inc != ours {
+                            tracing::info!(leader_incarnation = %reply.incarnation, "leader has a new incarnation: re-syncing");
+                        }
+                        self.full_sync().await.is_ok()
+                    } else {
+                        true
+                    }
+                }
+                Err(e) => {
+                    let mut st = s.stats.lock();
+                    if st.leader_reachable || !self.is_ready() {
+                        tracing::warn!(error = %e, "leader unreachable; serving what we have and retrying");
+                    }
+                    st.leader_reachable = false;
+                    false
+                }
+            };
+            let wait = if healthy {
+                retry.reset();
+                s.config.heartbeat
+            } else {
+                retry.next_delay()
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = s.wake.notified() => {}
+                _ = cancel.cancelled() => return,
+            }
+        }
+    }
+
+    /// Switches to the leader's new incarnation `to`, if the data is still at `seq` of
+    /// `from` (what the leader judged a prefix of its history).
+    fn adopt(&self, from: u64, seq: u64, to: u64) -> bool {
+        let mut d = self.shared.data.write();
+        if d.incarnation != from || d.table.seq() != seq {
+            return false;
+        }
+        d.incarnation = to;
+        self.shared.adoptions.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+}

@@ -1,0 +1,271 @@
+//! The network replica's status (`/health`, metrics, lookups), its routes and `run`.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::config::ReplicaConfig;
+use crate::server::error::ApiError;
+use crate::server::router::{self, CountSource};
+use crate::words::Tokenizer;
+
+use super::{Replica, ReplicaError};
+
+impl Replica {
+    fn health(&self) -> (StatusCode, Value) {
+        let s = &self.shared;
+        let ready = self.is_ready();
+        let (seq, words, inc, tok, digest) = {
+            let d = s.data.read();
+            (
+                d.table.seq(),
+                d.table.len(),
+                d.incarnation,
+                d.tokenizer,
+                d.table.digest(),
+            )
+        };
+        let st = s.stats.lock();
+        let body = json!({
+            "role": "replica",
+            "pid": std::process::id(),
+            "status": if ready { "ok" } else { "syncing" },
+            "ready": ready,
+            "syncing": s.syncing.load(Ordering::Acquire),
+            "seq": seq,
+            "digest": format!("{digest:016x}"),
+            "words": words,
+            "tokenizer": tok,
+            "leader": s.leader.base(),
+            "leader_incarnation": crate::protocol::incarnation_string(inc),
+            "leader_reachable": st.leader_reachable,
+            "advertise": s.advertise,
+            "updates_applied": s.updates.load(Ordering::Relaxed),
+            "gaps": s.gaps.load(Ordering::Relaxed),
+            "digest_mismatches": s.digest_mismatches.load(Ordering::Relaxed),
+            "forged_pushes_refused": s.forged_pushes.load(Ordering::Relaxed),
+            "syncs": st.syncs,
+            "continued_across_restarts": s.adoptions.load(Ordering::Relaxed),
+            "last_sync_ms": st.last_sync_ms,
+            "last_sync_error": st.last_sync_error,
+        });
+        let code = if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        (code, body)
+    }
+}
+
+impl CountSource for Replica {
+    fn distinct_words(&self) -> u64 {
+        self.shared.data.read().table.len() as u64
+    }
+
+    fn write_metrics(&self, out: &mut String) {
+        use crate::server::metrics::write_metric;
+        let s = &self.shared;
+        let syncs = s.stats.lock().syncs;
+        write_metric(
+            out,
+            "memdb_ready",
+            "gauge",
+            "1 once the replica has synced.",
+            self.is_ready() as u8 as f64,
+        );
+        write_metric(
+            out,
+            "memdb_updates_applied_total",
+            "counter",
+            "Pushed batches applied.",
+            s.updates.load(Ordering::Relaxed) as f64,
+        );
+        write_metric(
+            out,
+            "memdb_update_gaps_total",
+            "counter",
+            "Pushes refused because they did not start at the replica's seq.",
+            s.gaps.load(Ordering::Relaxed) as f64,
+        );
+        write_metric(
+            out,
+            "memdb_digest_mismatches_total",
+            "counter",
+            "Pushes after which the replica's table digest differed from the leader's.",
+            s.digest_mismatches.load(Ordering::Relaxed) as f64,
+        );
+        write_metric(
+            out,
+            "memdb_forged_pushes_total",
+            "counter",
+            "Pushes refused for claiming the leader's incarnation without its secret.",
+            s.forged_pushes.load(Ordering::Relaxed) as f64,
+        );
+        write_metric(
+            out,
+            "memdb_full_syncs_total",
+            "counter",
+            "Full syncs from the leader.",
+            syncs as f64,
+        );
+    }
+
+    fn seq(&self) -> u64 {
+        self.shared.data.read().table.seq()
+    }
+
+    fn seq_watch(&self) -> watch::Receiver<u64> {
+        self.shared.seq_tx.subscribe()
+    }
+
+    fn max_wait(&self) -> Duration {
+        self.shared.config.max_wait
+    }
+
+    fn ready(&self) -> Result<(), ApiError> {
+        if self.is_ready() {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "replica has not synced from its leader yet",
+            ))
+        }
+    }
+
+    fn lookup(&self, words: &[Cow<'_, str>]) -> Result<(Vec<u8>, u64), ApiError> {
+        let d = self.shared.data.read();
+        let body = crate::server::parse::lookup_body(d.tokenizer, words, |w| d.table.get(w))?;
+        Ok((body, d.table.seq()))
+    }
+
+    fn sync_json(&self) -> (Vec<u8>, u64, u64, Tokenizer) {
+        let d = self.shared.data.read();
+        let mut body = Vec::with_capacity(d.table.len() * 16 + 2);
+        serde_json::to_writer(&mut body, d.table.map()).expect("serialising to a Vec cannot fail");
+        (body, d.table.seq(), d.incarnation, d.tokenizer)
+    }
+}
+
+#[utoipa::path(
+    post,
+    path = "/update",
+    tag = "replication",
+    summary = "Apply a batch of deltas (leader → replica)",
+    description = "With x-memdb-from-seq, x-memdb-to-seq and x-memdb-incarnation the batch \
+                   applies only at from-seq (a duplicate is acknowledged, a gap answers 409). \
+                   Without them it is applied as the Go original did, which forks the \
+                   replica from its leader until the next full sync.",
+    params(
+        ("x-memdb-from-seq" = Option<u64>, Header, description = "The seq the replica must be at"),
+        ("x-memdb-to-seq" = Option<u64>, Header, description = "The seq it is at afterwards"),
+        ("x-memdb-incarnation" = Option<String>, Header, description = "The leader history (16 hex digits)"),
+        ("x-memdb-resync" = Option<String>, Header, description = "Present: full-sync from the leader now"),
+        ("x-memdb-digest" = Option<String>, Header, description = "The leader's table digest \
+          at to-seq (16 hex digits); a replica whose digest then differs re-syncs"),
+        ("x-memdb-push-secret" = Option<String>, Header, description = "The secret of the \
+          leader's incarnation, handed to the replica when it registers; required once the \
+          replica knows it"),
+    ),
+    request_body(content = inline(crate::server::openapi::WordCounts), description = "Deltas by word",
+                 content_type = "application/json"),
+    responses(
+        (status = 200, description = "Applied, or a duplicate acknowledged; the replica's seq",
+         body = Object),
+        (status = 202, description = "Re-sync requested", body = Object),
+        (status = 400, description = "Malformed deltas or headers, or a count that would go \
+                                      negative or overflow",
+         body = crate::server::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = crate::server::openapi::ErrorBody),
+        (status = 403, description = "Claims the leader's incarnation without its push secret",
+         body = crate::server::openapi::ErrorBody),
+        (status = 409, description = "A gap, another incarnation, or a digest that differs \
+                                      after applying (the replica re-syncs); carries the \
+                                      replica's seq",
+         body = crate::server::openapi::ErrorBody),
+        (status = 413, description = "Larger than --max-body", body = crate::server::openapi::ErrorBody),
+        (status = 503, description = "Not synced yet", body = crate::server::openapi::ErrorBody),
+    )
+)]
+async fn update_handler(
+    State(replica): State<Replica>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body?;
+    replica.apply_update(&headers, &body)
+}
+
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    summary = "Readiness and replication status",
+    responses(
+        (status = 200, description = "Synced: seq, leader, incarnation, lag", body = Object),
+        (status = 503, description = "Not synced yet (same body)", body = Object),
+    )
+)]
+async fn health_handler(State(replica): State<Replica>) -> Response {
+    let (code, body) = replica.health();
+    (code, axum::Json(body)).into_response()
+}
+
+/// The replica's routes.
+pub fn replica_router(replica: Replica) -> Router {
+    let cfg = &replica.shared.config;
+    let guarded = OpenApiRouter::new()
+        .routes(crate::server::openapi::documented::<
+            router::__path_sync,
+            _,
+            _,
+            _,
+        >(router::sync::<Replica>))
+        .routes(routes!(update_handler));
+    router::node_router(
+        replica.clone(),
+        "replica",
+        guarded,
+        routes!(health_handler),
+        &cfg.serving,
+        Some(cfg.max_body),
+    )
+}
+
+/// Runs a replica on `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    config: ReplicaConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ReplicaError> {
+    let addr = listener.local_addr().map_err(ReplicaError::Serve)?;
+    let advertise = match &config.advertise {
+        Some(a) => a.trim_end_matches('/').to_owned(),
+        None if addr.ip().is_unspecified() => return Err(ReplicaError::NeedAdvertise(addr)),
+        None => format!("http://{addr}"),
+    };
+    let replica = Replica::new(config, advertise);
+    let cancel = CancellationToken::new();
+    let control = tokio::spawn(replica.clone().control(cancel.clone()));
+    let conns = replica.shared.config.serving.limits.connections;
+    let served =
+        crate::server::listen::serve(listener, replica_router(replica), shutdown, conns).await;
+    cancel.cancel();
+    let _ = control.await;
+    served.map_err(ReplicaError::Serve)
+}

@@ -4,8 +4,49 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use crate::server::router::{Limits, Serving};
 use crate::words::Tokenizer;
+
+/// How a node serves, the same for every role: who may call what, and its limits.
+/// `guarded` routes (writes, replication, bulk reads, admin) need the token when one is
+/// set; lookups need it only with `protect_reads`; `/health` never does.
+#[derive(Debug, Clone, Default)]
+pub struct Serving {
+    /// Required (as `Authorization: Bearer`) on guarded routes; None: no authentication.
+    pub auth_token: Option<crate::server::auth::Token>,
+    /// Also require the token on `/wordcount` and `/metrics`.
+    pub protect_reads: bool,
+    pub limits: Limits,
+}
+
+/// Limits every node applies to its requests.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Requests handled at once; beyond it a request is answered 503 at once.
+    pub max_concurrent: usize,
+    /// Longest a request may take before it is answered 503; zero for no limit.
+    pub request_timeout: Duration,
+    /// Requests per second the node accepts (bursts of as many); beyond it 429.
+    /// `/health`, `/metrics` and replication (`/update`, `/replicas`, `/sync`) are
+    /// exempt: a flood of reads must not starve the leader's pushes.
+    pub rate_limit: Option<u32>,
+    /// Bytes of request bodies (by their declared length, or the body limit when it
+    /// is not declared) being handled at once; beyond it 503 at once.
+    pub max_body_in_flight: usize,
+    /// Idle and header timeouts, and the connection cap.
+    pub connections: crate::server::listen::Connections,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_concurrent: 4096,
+            request_timeout: Duration::from_secs(30),
+            rate_limit: None,
+            max_body_in_flight: 256 << 20,
+            connections: crate::server::listen::Connections::default(),
+        }
+    }
+}
 
 /// A leader's settings.
 #[derive(Debug, Clone)]
@@ -109,6 +150,43 @@ impl ReplicaConfig {
             max_wait: Duration::from_secs(2),
             serving: Serving::default(),
         }
+    }
+}
+
+/// A local replica's settings.
+#[derive(Debug, Clone)]
+pub struct LocalReplicaConfig {
+    /// The leader's data directory (read only).
+    pub data_dir: PathBuf,
+    /// The leader's notification socket; default `<data_dir>/memdb.sock`.
+    pub socket: Option<PathBuf>,
+    /// How often to stat the snapshot file in case both notifications fail. Default 1s.
+    pub poll_interval: Duration,
+    /// Longest a `min_seq` read waits. Default 2s.
+    pub max_wait: Duration,
+    /// Token (required on `/sync`, and on lookups with `protect_reads`) and limits.
+    pub serving: Serving,
+    /// A snapshot file larger than this is refused before it is read. Default 16 GiB.
+    pub max_snapshot_bytes: u64,
+}
+
+impl LocalReplicaConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        LocalReplicaConfig {
+            data_dir: data_dir.into(),
+            socket: None,
+            poll_interval: Duration::from_secs(1),
+            max_wait: Duration::from_secs(2),
+            serving: Serving::default(),
+            max_snapshot_bytes: 16 << 30,
+        }
+    }
+
+    /// The leader's notification socket: `socket`, or `memdb.sock` in `data_dir`.
+    pub fn socket_path(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(crate::protocol::SOCKET_NAME))
     }
 }
 

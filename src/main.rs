@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use memdb::config::LocalReplicaConfig;
 use memdb::config::{LeaderConfig, ReplicaConfig, Serving, parse_duration, parse_size};
-use memdb::replica::local::LocalReplicaConfig;
 use memdb::server::auth::Token;
 use memdb::server::shutdown::shutdown_signal;
 use memdb::words::Tokenizer;

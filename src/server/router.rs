@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tower_http::set_header::SetResponseHeaderLayer;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
 
+use crate::config::{Limits, Serving};
 use crate::protocol::INCARNATION;
 use crate::protocol::SEQ;
 use crate::protocol::TOKENIZER;
@@ -229,18 +230,6 @@ pub async fn sync<S: CountSource>(State(node): State<S>) -> Result<Response, Api
         .into_response())
 }
 
-/// How a node serves, the same for every role: who may call what, and its limits.
-/// `guarded` routes (writes, replication, bulk reads, admin) need the token when one is
-/// set; lookups need it only with `protect_reads`; `/health` never does.
-#[derive(Debug, Clone, Default)]
-pub struct Serving {
-    /// Required (as `Authorization: Bearer`) on guarded routes; None: no authentication.
-    pub auth_token: Option<crate::server::auth::Token>,
-    /// Also require the token on `/wordcount` and `/metrics`.
-    pub protect_reads: bool,
-    pub limits: Limits,
-}
-
 impl Serving {
     /// Puts the token check on `guarded` (and on `reads` with `protect_reads`), marks
     /// those operations in the document, and merges the three.
@@ -271,36 +260,6 @@ fn protect<S: Clone + Send + Sync + 'static>(
             ))
         }
         None => routes,
-    }
-}
-
-/// Limits every node applies to its requests.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Requests handled at once; beyond it a request is answered 503 at once.
-    pub max_concurrent: usize,
-    /// Longest a request may take before it is answered 503; zero for no limit.
-    pub request_timeout: Duration,
-    /// Requests per second the node accepts (bursts of as many); beyond it 429.
-    /// `/health`, `/metrics` and replication (`/update`, `/replicas`, `/sync`) are
-    /// exempt: a flood of reads must not starve the leader's pushes.
-    pub rate_limit: Option<u32>,
-    /// Bytes of request bodies (by their declared length, or the body limit when it
-    /// is not declared) being handled at once; beyond it 503 at once.
-    pub max_body_in_flight: usize,
-    /// Idle and header timeouts, and the connection cap.
-    pub connections: crate::server::listen::Connections,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_concurrent: 4096,
-            request_timeout: Duration::from_secs(30),
-            rate_limit: None,
-            max_body_in_flight: 256 << 20,
-            connections: crate::server::listen::Connections::default(),
-        }
     }
 }
 

@@ -1,0 +1,230 @@
+//! A local replica: serves reads straight from the leader's memory-mapped snapshot.
+//!
+//! No HTTP and no deserialization on the replication path: the leader publishes
+//! `snapshot.memdb` in its data directory and says so on its Unix socket; this replica
+//! maps the new file, validates it once, and swaps an `Arc` so in-flight reads finish
+//! on the old mapping. Three sources tell it to look at the file, any of which suffices:
+//! the leader's socket (immediate); while the socket is down, a `notify` watch on the
+//! directory (rename events); and a slow poll of the file's identity (the last resort,
+//! always on, for a socket that is up but silent). A file that fails
+//! validation is rejected and the last good mapping keeps serving. It never writes into
+//! the leader's directory.
+mod follow;
+mod routes;
+
+pub use routes::{local_replica_router, run};
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+use serde::Serialize;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::LocalReplicaConfig;
+use crate::storage::mapped::{MappedSnapshot, identity_of};
+use crate::storage::snapshot;
+
+/// Reconnect delays to the leader's socket: from the first to the cap.
+const RECONNECT_START: Duration = Duration::from_millis(50);
+const RECONNECT_MAX: Duration = Duration::from_secs(2);
+
+/// A snapshot the leader announced but that is not mapped this long after is stale, and
+/// a loader busy this long with one file is stuck: `/health` then answers 503.
+const STALE_AFTER: Duration = Duration::from_secs(5);
+
+/// What told the replica to look at the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Start = 0,
+    Socket = 1,
+    Watch = 2,
+    Poll = 3,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct LoadsBySource {
+    start: u64,
+    socket: u64,
+    watch: u64,
+    poll: u64,
+}
+
+#[derive(Default)]
+struct Stats {
+    loads: LoadsBySource,
+    rejected: u64,
+    last_rejection: Option<String>,
+    /// The file last rejected, so the same bad file is not validated again and again.
+    rejected_identity: Option<(u64, u64)>,
+}
+
+struct Shared {
+    /// The mapping reads are served from. Swapped whole; readers clone the `Arc` and
+    /// never hold the lock while answering.
+    current: RwLock<Option<Arc<MappedSnapshot>>>,
+    seq_tx: watch::Sender<u64>,
+    /// The highest seq a reader is waiting for, for the socket task to ask the leader.
+    want_tx: watch::Sender<u64>,
+    check: Notify,
+    /// The source of the first trigger not yet handled.
+    pending: Mutex<Option<Source>>,
+    socket_connected: AtomicBool,
+    checks: AtomicU64,
+    stats: Mutex<Stats>,
+    /// Since when the loader has been validating a file, while it is.
+    loading_since: Mutex<Option<Instant>>,
+    /// The newest seq the leader announced on its socket, and since when it has been
+    /// newer than the mapping.
+    announced: Mutex<(u64, Option<Instant>)>,
+    /// Set at shutdown: a validation in progress gives up.
+    stopping: AtomicBool,
+    config: LocalReplicaConfig,
+}
+
+/// A cheap-clone handle to a local replica.
+#[derive(Clone)]
+pub struct LocalReplica {
+    shared: Arc<Shared>,
+}
+
+impl LocalReplica {
+    pub fn new(config: LocalReplicaConfig) -> Self {
+        LocalReplica {
+            shared: Arc::new(Shared {
+                current: RwLock::new(None),
+                seq_tx: watch::Sender::new(0),
+                want_tx: watch::Sender::new(0),
+                check: Notify::new(),
+                pending: Mutex::new(None),
+                socket_connected: AtomicBool::new(false),
+                checks: AtomicU64::new(0),
+                stats: Mutex::new(Stats::default()),
+                loading_since: Mutex::new(None),
+                announced: Mutex::new((0, None)),
+                stopping: AtomicBool::new(false),
+                config,
+            }),
+        }
+    }
+
+    /// The mapping reads are served from now, if any.
+    pub fn current(&self) -> Option<Arc<MappedSnapshot>> {
+        self.shared.current.read().clone()
+    }
+
+    fn trigger(&self, source: Source) {
+        self.shared.pending.lock().get_or_insert(source);
+        self.shared.check.notify_one();
+    }
+
+    /// Maps the published file if it is not the one mapped now. Blocking (it reads and
+    /// checksums the whole file): call from a blocking context.
+    fn reload_if_changed(&self, source: Source) {
+        let s = &self.shared;
+        s.checks.fetch_add(1, Ordering::Relaxed);
+        let path = s.config.data_dir.join(snapshot::FILE_NAME);
+        let Some(id) = identity_of(&path) else {
+            return;
+        };
+        let current_id = self.current().map(|m| m.identity());
+        if current_id == Some(id) || s.stats.lock().rejected_identity == Some(id) {
+            return;
+        }
+        *s.loading_since.lock() = Some(Instant::now());
+        let opened = MappedSnapshot::open_until(&path, s.config.max_snapshot_bytes, &|| {
+            s.stopping.load(Ordering::Acquire)
+        })
+        .map_err(|e| e.to_string())
+        .and_then(|m| {
+            // Never back in time within one history: an older file renamed into place
+            // (a restored backup, a mistake) is not the leader's newest state.
+            match self.current() {
+                Some(cur)
+                    if cur.header().incarnation == m.header().incarnation
+                        && m.header().seq < cur.header().seq =>
+                {
+                    Err(format!(
+                        "snapshot of seq {} is older than the mapped seq {} of the same \
+                         leader incarnation",
+                        m.header().seq,
+                        cur.header().seq
+                    ))
+                }
+                _ => Ok(m),
+            }
+        });
+        *s.loading_since.lock() = None;
+        match opened {
+            Ok(m) if Some(m.identity()) == current_id => {}
+            Ok(m) => {
+                let h = *m.header();
+                *s.current.write() = Some(Arc::new(m));
+                s.seq_tx.send_replace(h.seq);
+                {
+                    let mut a = s.announced.lock();
+                    if a.0 <= h.seq {
+                        a.1 = None;
+                    }
+                }
+                let mut st = s.stats.lock();
+                match source {
+                    Source::Start => st.loads.start += 1,
+                    Source::Socket => st.loads.socket += 1,
+                    Source::Watch => st.loads.watch += 1,
+                    Source::Poll => st.loads.poll += 1,
+                }
+                tracing::debug!(
+                    seq = h.seq,
+                    words = h.words,
+                    ?source,
+                    "mapped a new snapshot"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, path = %path.display(), "rejected a snapshot; still serving the previous one");
+                let mut st = s.stats.lock();
+                st.rejected += 1;
+                st.last_rejection = Some(e);
+                st.rejected_identity = Some(id);
+            }
+        }
+    }
+
+    /// Handles triggers one at a time until `cancel`.
+    async fn loader(self, cancel: CancellationToken) {
+        loop {
+            let source = self.shared.pending.lock().take();
+            if let Some(source) = source {
+                let me = self.clone();
+                let load = tokio::task::spawn_blocking(move || me.reload_if_changed(source));
+                tokio::select! {
+                    _ = load => {}
+                    _ = cancel.cancelled() => return,
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = self.shared.check.notified() => {}
+                _ = cancel.cancelled() => return,
+            }
+        }
+    }
+
+    fn seq_now(&self) -> u64 {
+        *self.shared.seq_tx.borrow()
+    }
+
+    /// The leader said a snapshot of `seq` is published.
+    fn announce(&self, seq: u64) {
+        let mut a = self.shared.announced.lock();
+        a.0 = seq;
+        if seq > self.seq_now() {
+            a.1.get_or_insert_with(Instant::now);
+        } else {
+            a.1 = None;
+        }
+    }
+}

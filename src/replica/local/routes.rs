@@ -1,0 +1,287 @@
+//! The local replica's status (`/health`, metrics, lookups from the mapping), its
+//! routes and `run`.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::config::LocalReplicaConfig;
+use crate::server::error::ApiError;
+use crate::server::router::{self, CountSource};
+use crate::storage::mapped::MappedSnapshot;
+use crate::words::Tokenizer;
+
+use super::{LocalReplica, STALE_AFTER, Source};
+
+impl LocalReplica {
+    /// Why the mapping cannot be trusted to be fresh, if it cannot.
+    fn problem(&self) -> Option<String> {
+        let s = &self.shared;
+        if let Some(t) = *s.loading_since.lock()
+            && t.elapsed() > STALE_AFTER
+        {
+            return Some(format!(
+                "the loader has been validating one file for {:?}",
+                t.elapsed()
+            ));
+        }
+        let (seq, since) = *s.announced.lock();
+        match since {
+            Some(t) if t.elapsed() > STALE_AFTER && seq > self.seq_now() => Some(format!(
+                "stale: the leader announced seq {seq} {:?} ago but seq {} is mapped{}",
+                t.elapsed(),
+                self.seq_now(),
+                s.stats
+                    .lock()
+                    .last_rejection
+                    .as_ref()
+                    .map(|r| format!(" (last rejection: {r})"))
+                    .unwrap_or_default()
+            )),
+            _ => None,
+        }
+    }
+
+    fn health(&self) -> (StatusCode, Value) {
+        let s = &self.shared;
+        let cur = self.current();
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let problem = self.problem();
+        let st = s.stats.lock();
+        let status = match (&cur, &problem) {
+            (None, _) => "waiting for a snapshot",
+            (Some(_), Some(_)) => "stale",
+            (Some(_), None) => "ok",
+        };
+        let body = json!({
+            "role": "local-replica",
+            "pid": std::process::id(),
+            "status": status,
+            "problem": problem,
+            "loading_ms": s.loading_since.lock().map(|t| t.elapsed().as_millis() as u64),
+            "ready": cur.is_some(),
+            "seq": cur.as_ref().map(|m| m.header().seq).unwrap_or(0),
+            "incarnation": cur.as_ref().map(|m| crate::protocol::incarnation_string(m.header().incarnation)),
+            "tokenizer": cur.as_ref().map(|m| m.header().tokenizer),
+            "words": cur.as_ref().map(|m| m.header().words).unwrap_or(0),
+            "snapshot_age_ms": cur.as_ref().map(|m| now_ms.saturating_sub(m.header().written_unix_ms)),
+            "mapped_bytes": cur.as_ref().map(|m| m.len()).unwrap_or(0),
+            "data_dir": s.config.data_dir,
+            "socket": s.config.socket_path(),
+            "socket_connected": s.socket_connected.load(Ordering::Acquire),
+            "loads": st.loads,
+            "checks": s.checks.load(Ordering::Relaxed),
+            "rejected_snapshots": st.rejected,
+            "last_rejection": st.last_rejection,
+        });
+        let code = if cur.is_some() && problem.is_none() {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        (code, body)
+    }
+
+    fn mapped(&self) -> Result<Arc<MappedSnapshot>, ApiError> {
+        self.current().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no valid snapshot mapped yet; waiting for the leader to publish one",
+            )
+        })
+    }
+}
+
+/// Serialises an archived map as a JSON object without building an owned copy.
+struct ArchivedJson<'a>(&'a MappedSnapshot);
+
+impl Serialize for ArchivedJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(
+            self.0
+                .map()
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.to_native())),
+        )
+    }
+}
+
+impl CountSource for LocalReplica {
+    fn distinct_words(&self) -> u64 {
+        self.current().map(|m| m.header().words).unwrap_or(0)
+    }
+
+    fn write_metrics(&self, out: &mut String) {
+        use crate::server::metrics::{write_labelled, write_metric};
+        let cur = self.current();
+        let h = cur.as_ref().map(|m| *m.header());
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        write_metric(
+            out,
+            "memdb_ready",
+            "gauge",
+            "1 once a snapshot is mapped.",
+            cur.is_some() as u8 as f64,
+        );
+        write_metric(
+            out,
+            "memdb_snapshot_age_seconds",
+            "gauge",
+            "Age of the mapped snapshot (-1 if none).",
+            h.map(|h| now_ms.saturating_sub(h.written_unix_ms) as f64 / 1e3)
+                .unwrap_or(-1.0),
+        );
+        let st = self.shared.stats.lock();
+        write_metric(
+            out,
+            "memdb_rejected_snapshots_total",
+            "counter",
+            "Snapshot files that failed validation.",
+            st.rejected as f64,
+        );
+        write_labelled(
+            out,
+            "memdb_snapshot_loads_total",
+            "counter",
+            "Snapshots mapped, by what announced them.",
+            "source",
+            [
+                ("start".to_owned(), st.loads.start as f64),
+                ("socket".to_owned(), st.loads.socket as f64),
+                ("watch".to_owned(), st.loads.watch as f64),
+                ("poll".to_owned(), st.loads.poll as f64),
+            ],
+        );
+    }
+
+    fn seq(&self) -> u64 {
+        self.seq_now()
+    }
+
+    fn seq_watch(&self) -> watch::Receiver<u64> {
+        self.shared.seq_tx.subscribe()
+    }
+
+    fn max_wait(&self) -> Duration {
+        self.shared.config.max_wait
+    }
+
+    fn ready(&self) -> Result<(), ApiError> {
+        self.mapped().map(|_| ())
+    }
+
+    fn want_seq(&self, seq: u64) {
+        self.shared.want_tx.send_if_modified(|w| {
+            let newer = seq > *w;
+            if newer {
+                *w = seq;
+            }
+            newer
+        });
+    }
+
+    fn lookup(&self, words: &[Cow<'_, str>]) -> Result<(Vec<u8>, u64), ApiError> {
+        let m = self.mapped()?;
+        let h = m.header();
+        let body = crate::server::parse::lookup_body(h.tokenizer, words, |w| m.get(w))?;
+        Ok((body, h.seq))
+    }
+
+    fn sync_json(&self) -> (Vec<u8>, u64, u64, Tokenizer) {
+        match self.current() {
+            Some(m) => {
+                let h = *m.header();
+                let mut body = Vec::with_capacity(m.len() + 2);
+                serde_json::to_writer(&mut body, &ArchivedJson(&m))
+                    .expect("serialising to a Vec cannot fail");
+                (body, h.seq, h.incarnation, h.tokenizer)
+            }
+            None => (b"{}".to_vec(), 0, 0, Tokenizer::default()),
+        }
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    summary = "Readiness and the mapped snapshot",
+    responses(
+        (status = 200, description = "A snapshot is mapped: its seq, age and size, the \
+                                      socket's state and loads by source", body = Object),
+        (status = 503, description = "No snapshot mapped yet (same body)", body = Object),
+    )
+)]
+async fn health_handler(State(r): State<LocalReplica>) -> Response {
+    let (code, body) = r.health();
+    (code, axum::Json(body)).into_response()
+}
+
+/// The local replica's routes.
+pub fn local_replica_router(replica: LocalReplica) -> Router {
+    let cfg = &replica.shared.config;
+    let guarded = OpenApiRouter::new().routes(crate::server::openapi::documented::<
+        router::__path_sync,
+        _,
+        _,
+        _,
+    >(router::sync::<LocalReplica>));
+    router::node_router(
+        replica.clone(),
+        "local replica",
+        guarded,
+        routes!(health_handler),
+        &cfg.serving,
+        None,
+    )
+}
+
+/// Runs a local replica on `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    config: LocalReplicaConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let replica = LocalReplica::new(config);
+    let cancel = CancellationToken::new();
+    replica.trigger(Source::Start);
+    let tasks = [
+        tokio::spawn(replica.clone().loader(cancel.clone())),
+        tokio::spawn(replica.clone().socket_follower(cancel.clone())),
+        tokio::spawn(replica.clone().watch_and_poll(cancel.clone())),
+    ];
+    let conns = replica.shared.config.serving.limits.connections;
+    let served = crate::server::listen::serve(
+        listener,
+        local_replica_router(replica.clone()),
+        shutdown,
+        conns,
+    )
+    .await;
+    replica.shared.stopping.store(true, Ordering::Release);
+    cancel.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    served
+}

@@ -506,7 +506,7 @@ async fn run(cli: Cli, fds: std::io::Result<u64>) -> anyhow::Result<()> {
             let listener = bind(&a.listen, "baseline").await?;
             memdb::server::listen::serve(
                 listener,
-                memdb::perf::baseline_router(),
+                memdb::server::baseline::baseline_router(),
                 shutdown,
                 Default::default(),
             )

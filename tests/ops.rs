@@ -173,7 +173,12 @@ async fn a_config_file_sets_defaults_that_flags_override() {
     )
     .await;
     assert_eq!(status, 413, "max-body from the file");
-    assert!(data.join("snapshot.memdb").exists());
+    // The data dir from the file: its first snapshot is published (by the publisher
+    // thread, right after start).
+    eventually("the first snapshot in the file's data dir", || async {
+        data.join("snapshot.memdb").exists().then_some(())
+    })
+    .await;
     drop(leader);
     // A flag wins over the file.
     let data2 = dir.path().join("data2");

@@ -4,6 +4,7 @@
 //! shutdown signal.
 
 pub mod auth;
+pub mod baseline;
 pub mod budget;
 pub mod error;
 pub mod listen;

@@ -141,9 +141,17 @@ pub fn write_labelled(
 ) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
     for (l, v) in values {
-        let l = l.replace('\\', "\\\\").replace('"', "\\\"");
+        let l = escape_label(&l);
         let _ = writeln!(out, "{name}{{{label}=\"{l}\"}} {v}");
     }
+}
+
+/// A label value in the exposition format: backslash, double quote and line feed
+/// escaped.
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// The tower layer that counts requests.
@@ -225,6 +233,15 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label("a\\b\"c\nd"), "a\\\\b\\\"c\\nd");
+        let mut out = String::new();
+        write_labelled(&mut out, "m", "gauge", "h", "replica", [("x\ny".to_owned(), 1.0)]);
+        assert!(out.contains("m{replica=\"x\\ny\"} 1"), "{out}");
+        assert_eq!(out.lines().count(), 3);
+    }
 
     #[test]
     fn recorded_requests_show_in_the_exposition() {

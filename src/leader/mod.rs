@@ -167,6 +167,10 @@ struct Shared {
     /// The live table. parking_lot, never held across `.await`; the write lock is held
     /// only to apply one batch and enqueue it, so that seq order = apply order = queue
     /// order.
+    ///
+    /// Lock order: `table`, then `backlog` (and the publisher's queue). The backlog is
+    /// also locked by the replication senders and reports, which never hold a link's
+    /// or the link list's lock while they do.
     table: RwLock<Table>,
     backlog: Arc<Mutex<Backlog>>,
     /// The latest applied seq, for replication senders and `min_seq` readers.

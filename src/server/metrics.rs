@@ -238,7 +238,14 @@ mod tests {
     fn label_values_are_escaped() {
         assert_eq!(escape_label("a\\b\"c\nd"), "a\\\\b\\\"c\\nd");
         let mut out = String::new();
-        write_labelled(&mut out, "m", "gauge", "h", "replica", [("x\ny".to_owned(), 1.0)]);
+        write_labelled(
+            &mut out,
+            "m",
+            "gauge",
+            "h",
+            "replica",
+            [("x\ny".to_owned(), 1.0)],
+        );
         assert!(out.contains("m{replica=\"x\\ny\"} 1"), "{out}");
         assert_eq!(out.lines().count(), 3);
     }

@@ -1,0 +1,319 @@
+//! The command line: every subcommand and flag (each also read from a `MEMDB_*`
+//! variable), and how a serving role's flags become its `Serving`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use memdb::config::{Serving, parse_duration, parse_size};
+use memdb::server::auth::Token;
+use memdb::words::Tokenizer;
+
+#[derive(Parser)]
+#[command(
+    name = "memdb",
+    version,
+    about = "A replicated in-memory word-count database"
+)]
+pub struct Cli {
+    /// A TOML config file (also taken after the server role's name).
+    #[arg(long)]
+    #[allow(dead_code)] // Read from the raw arguments before parsing (apply_config_file).
+    pub config: Option<PathBuf>,
+    /// Log lines as `text` or `json` (also taken after the server role's name).
+    #[arg(long)]
+    pub log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What every server role takes besides its own flags.
+#[derive(Args)]
+pub struct Common {
+    /// A TOML config file with [leader], [replica] and [local-replica] tables keyed by
+    /// flag name; flags and environment variables override it.
+    #[arg(long, env = "MEMDB_CONFIG")]
+    #[allow(dead_code)] // Read from the raw arguments before parsing (apply_config_file).
+    pub config: Option<PathBuf>,
+    /// Log lines as `text` or `json` (one object per line) [default: text]. RUST_LOG
+    /// sets the filter.
+    #[arg(long, env = "MEMDB_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Ingest text, count words, replicate to replicas, publish snapshots.
+    Leader(LeaderArgs),
+    /// Serve reads from a copy kept in step by the leader over HTTP.
+    Replica(ReplicaArgs),
+    /// Serve reads straight from the leader's memory-mapped snapshot (same host).
+    LocalReplica(LocalReplicaArgs),
+    /// Load a running cluster (POSTs to the leader, GETs on the replicas), then check
+    /// that every replica holds exactly the leader's counts. Exits 1 if one does not.
+    Perf(PerfArgs),
+    /// A bare axum server with no work behind its routes: the benchmarks' baseline.
+    #[command(hide = true)]
+    Baseline(BaselineArgs),
+}
+
+#[derive(Args)]
+pub struct BaselineArgs {
+    #[command(flatten)]
+    pub listen: Listen,
+}
+
+#[derive(Args)]
+pub struct PerfArgs {
+    /// The leader's URL, e.g. http://localhost:8080.
+    pub leader: String,
+    /// The replicas' URLs (network or local).
+    #[arg(required = true)]
+    pub replicas: Vec<String>,
+    /// POSTs to send, then as many GETs (ignored with --duration).
+    #[arg(long, default_value_t = 1000)]
+    pub requests: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 1000)]
+    pub concurrency: usize,
+    /// Run each phase for this long instead of a fixed number of requests.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Post this many random words from the phrases' vocabulary instead of whole phrases.
+    #[arg(long)]
+    pub words_per_post: Option<usize>,
+    /// A file of phrases, one per line, instead of the built-in ten.
+    #[arg(long)]
+    pub phrases: Option<PathBuf>,
+    /// Seed for the random choices.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// How long replicas may take to reach the leader's seq before the check.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub converge_timeout: Duration,
+    /// Print one machine-readable JSON report instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Bearer token to send with every request.
+    #[arg(long, env = "MEMDB_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+}
+
+#[derive(Args)]
+pub struct Listen {
+    /// Address to bind.
+    #[arg(long, env = "MEMDB_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to bind (0 picks a free one; the bound address is logged).
+    #[arg(long, env = "MEMDB_PORT")]
+    pub port: u16,
+    /// Requests handled at once; beyond it requests are answered 503 at once.
+    #[arg(long, env = "MEMDB_MAX_CONCURRENT", default_value_t = 4096)]
+    pub max_concurrent: usize,
+    /// Longest a request may take before it is answered 503 (0 = no limit).
+    #[arg(long, env = "MEMDB_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// Requests per second this node accepts (bursts of as many); beyond it 429.
+    #[arg(long, env = "MEMDB_RATE_LIMIT")]
+    pub rate_limit: Option<u32>,
+    /// Close a connection whose request headers take longer than this, counted from
+    /// its opening or its previous response (also the keep-alive idle timeout; 0 = never).
+    #[arg(long, env = "MEMDB_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Connections open at once; beyond it new ones are closed and logged [default: the
+    /// open-file limit less 256].
+    #[arg(
+        long,
+        env = "MEMDB_MAX_CONNECTIONS",
+        default_value_t = 0,
+        hide_default_value = true
+    )]
+    pub max_connections: usize,
+    /// Bytes of request bodies handled at once; beyond it 503 at once.
+    #[arg(long, env = "MEMDB_MAX_BODY_IN_FLIGHT", default_value = "256MiB", value_parser = parse_size)]
+    pub max_body_in_flight: usize,
+    /// Connections the kernel queues before they are accepted (capped by
+    /// net.core.somaxconn).
+    #[arg(long, env = "MEMDB_LISTEN_BACKLOG", default_value_t = memdb::server::listen::DEFAULT_LISTEN_BACKLOG)]
+    pub listen_backlog: u32,
+}
+
+/// Token, read protection and limits from a serving role's flags.
+pub fn serving(listen: &Listen, auth: &AuthArgs) -> anyhow::Result<Serving> {
+    Ok(Serving {
+        auth_token: auth.token()?,
+        protect_reads: auth.protect_reads,
+        limits: memdb::config::Limits {
+            max_concurrent: listen.max_concurrent,
+            request_timeout: listen.request_timeout,
+            rate_limit: listen.rate_limit,
+            max_body_in_flight: listen.max_body_in_flight,
+            connections: memdb::server::listen::Connections {
+                idle_timeout: listen.idle_timeout,
+                max_connections: listen.max_connections,
+            },
+        },
+    })
+}
+
+#[derive(Args)]
+pub struct AuthArgs {
+    /// Bearer token required on writes, replication, /sync and admin routes (and on
+    /// reads with --protect-reads); nodes send it to each other.
+    #[arg(long, env = "MEMDB_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+    /// Read the token from this file instead (first line).
+    #[arg(long, env = "MEMDB_AUTH_TOKEN_FILE", conflicts_with = "auth_token")]
+    pub auth_token_file: Option<PathBuf>,
+    /// Require the token on GET /wordcount too.
+    #[arg(long, env = "MEMDB_PROTECT_READS")]
+    pub protect_reads: bool,
+}
+
+impl AuthArgs {
+    fn token(&self) -> anyhow::Result<Option<Token>> {
+        let raw = match (&self.auth_token, &self.auth_token_file) {
+            (Some(t), _) => t.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .with_context(|| format!("reading the token file {}", path.display()))?
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned(),
+            (None, None) => {
+                anyhow::ensure!(!self.protect_reads, "--protect-reads needs --auth-token");
+                return Ok(None);
+            }
+        };
+        Token::new(&raw)
+            .map(Some)
+            .ok_or_else(|| anyhow::anyhow!("the auth token is empty"))
+    }
+}
+
+#[derive(Args)]
+pub struct LeaderArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub listen: Listen,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    /// Directory for the snapshot, write-ahead log, history, lock file and
+    /// notification socket (created 0700).
+    #[arg(long, env = "MEMDB_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// A network replica to push to (repeatable; replicas may also register themselves).
+    #[arg(long = "replica", env = "MEMDB_REPLICAS", value_delimiter = ',')]
+    pub replicas: Vec<String>,
+    /// At most this many network replicas (named and registered).
+    #[arg(long, env = "MEMDB_MAX_REPLICAS", default_value_t = 64)]
+    pub max_replicas: usize,
+    /// Remove a registered replica whose heartbeats stop for this long.
+    #[arg(long, env = "MEMDB_REPLICA_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub replica_timeout: Duration,
+    /// How often to publish a snapshot when the table changed.
+    #[arg(long, env = "MEMDB_SNAPSHOT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub snapshot_interval: Duration,
+    /// Replicas that must apply a write before POST /post answers (0 = asynchronous).
+    #[arg(long, env = "MEMDB_MIN_ACKS", default_value_t = 0)]
+    pub min_acks: usize,
+    /// How long a write waits for --min-acks before answering 504.
+    #[arg(long, env = "MEMDB_ACK_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub ack_timeout: Duration,
+    /// unicode (UAX #29 words, lower-cased) or whitespace (the Go original's rule).
+    #[arg(long, env = "MEMDB_TOKENIZER", default_value = "unicode")]
+    pub tokenizer: Tokenizer,
+    /// Largest request body accepted.
+    #[arg(long, env = "MEMDB_MAX_BODY", default_value = "1MiB", value_parser = parse_size)]
+    pub max_body: usize,
+    /// Recent batches kept to resend to replicas that fell behind.
+    #[arg(long, env = "MEMDB_BACKLOG", default_value_t = 100_000)]
+    pub backlog: usize,
+    /// On shutdown, how long to wait for replicas to catch up.
+    #[arg(long, env = "MEMDB_DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Longest a read with min_seq waits.
+    #[arg(long, env = "MEMDB_MAX_WAIT", default_value = "2s", value_parser = parse_duration)]
+    pub max_wait: Duration,
+    /// Unix socket that tells local replicas a snapshot is ready [default: DATA_DIR/memdb.sock].
+    #[arg(long, env = "MEMDB_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Pause after each push to a network replica so more batches coalesce (0 = none;
+    /// not applied with --min-acks).
+    #[arg(long, env = "MEMDB_REPLICATION_LINGER", default_value = "1ms", value_parser = parse_duration)]
+    pub replication_linger: Duration,
+    /// always (acknowledge after the log is fsynced; group commit), everysec, or no.
+    #[arg(long, env = "MEMDB_FSYNC", default_value = "everysec")]
+    pub fsync: memdb::storage::log::FsyncPolicy,
+    /// Close a log segment and start the next once it holds this much.
+    #[arg(long, env = "MEMDB_WAL_SEGMENT_SIZE", default_value = "16MiB", value_parser = parse_size)]
+    pub wal_segment_size: usize,
+    /// Log segments a snapshot already covers are kept up to this size, so that
+    /// network replicas far behind (or following across a restart) catch up from the
+    /// log instead of a full sync. 0 keeps only what recovery needs.
+    #[arg(long, env = "MEMDB_WAL_RETAIN", default_value = "256MiB", value_parser = parse_size)]
+    pub wal_retain: usize,
+    /// If the data directory cannot be written at shutdown (a full disk), the table is
+    /// saved here instead and the leader exits non-zero naming the file [default: the
+    /// system temp directory].
+    #[arg(long, env = "MEMDB_RESCUE_DIR")]
+    pub rescue_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct LocalReplicaArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub listen: Listen,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    /// The leader's data directory (read only).
+    #[arg(long, env = "MEMDB_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// The leader's notification socket [default: DATA_DIR/memdb.sock].
+    #[arg(long, env = "MEMDB_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Refuse snapshot files larger than this, before reading them.
+    #[arg(long, env = "MEMDB_MAX_SNAPSHOT_SIZE", default_value = "16GiB", value_parser = parse_size)]
+    pub max_snapshot_size: usize,
+    /// How often to check the snapshot file if notifications fail.
+    #[arg(long, env = "MEMDB_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+    /// Longest a read with min_seq waits.
+    #[arg(long, env = "MEMDB_MAX_WAIT", default_value = "2s", value_parser = parse_duration)]
+    pub max_wait: Duration,
+}
+
+#[derive(Args)]
+pub struct ReplicaArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub listen: Listen,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    /// The leader's URL.
+    #[arg(long, env = "MEMDB_LEADER")]
+    pub leader: String,
+    /// The URL the leader should push to (default: http://<bound address>).
+    #[arg(long, env = "MEMDB_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// How often to re-register with the leader (also how a restart is noticed).
+    #[arg(long, env = "MEMDB_HEARTBEAT", default_value = "1s", value_parser = parse_duration)]
+    pub heartbeat: Duration,
+    /// Largest request body accepted (pushed batches).
+    #[arg(long, env = "MEMDB_MAX_BODY", default_value = "64MiB", value_parser = parse_size)]
+    pub max_body: usize,
+    /// Longest a read with min_seq waits.
+    #[arg(long, env = "MEMDB_MAX_WAIT", default_value = "2s", value_parser = parse_duration)]
+    pub max_wait: Duration,
+}

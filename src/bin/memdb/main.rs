@@ -1,0 +1,169 @@
+//! The `memdb` binary: parses flags, sets up logging, binds, and runs a role.
+
+mod args;
+mod config_file;
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clap::Parser;
+use memdb::config::LocalReplicaConfig;
+use memdb::config::{LeaderConfig, ReplicaConfig};
+use memdb::server::auth::Token;
+use memdb::server::shutdown::shutdown_signal;
+use tokio::net::TcpListener;
+
+use args::{Cli, Command, Listen, LogFormat, PerfArgs, serving};
+use config_file::apply_config_file;
+
+async fn bind(listen: &Listen, role: &str) -> anyhow::Result<TcpListener> {
+    let listener = memdb::server::listen::bind(&listen.host, listen.port, listen.listen_backlog)
+        .await
+        .with_context(|| format!("binding {}:{}", listen.host, listen.port))?;
+    let addr: SocketAddr = listener.local_addr()?;
+    tracing::info!(role, %addr, "listening");
+    // Under systemd with Type=notify: tell it we serve (a no-op elsewhere).
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "could not notify systemd of readiness");
+    }
+    Ok(listener)
+}
+
+fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("memdb=info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stdout().is_terminal()).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // As Redis and nginx do: every connection a client opens costs a descriptor, and
+    // the soft limit (often 1024) is far below what the hard limit allows.
+    let fds = rlimit::increase_nofile_limit(u64::MAX);
+    // Still single-threaded: the only safe moment to set environment variables.
+    apply_config_file(&args)?;
+    let cli = Cli::parse_from(args);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(cli, fds))
+}
+
+async fn run(cli: Cli, fds: std::io::Result<u64>) -> anyhow::Result<()> {
+    if let Command::Perf(a) = cli.command {
+        return perf(a).await;
+    }
+    let role_format = match &cli.command {
+        Command::Leader(a) => a.common.log_format,
+        Command::Replica(a) => a.common.log_format,
+        Command::LocalReplica(a) => a.common.log_format,
+        _ => None,
+    };
+    init_tracing(role_format.or(cli.log_format).unwrap_or(LogFormat::Text));
+    match fds {
+        Ok(n) => tracing::debug!(limit = n, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
+    }
+    // Before anything is bound: a SIGTERM from then on always gets a clean shutdown.
+    let shutdown = shutdown_signal();
+    match cli.command {
+        Command::Leader(a) => {
+            let config = LeaderConfig {
+                replicas: a.replicas,
+                max_replicas: a.max_replicas,
+                replica_timeout: a.replica_timeout,
+                snapshot_interval: a.snapshot_interval,
+                min_acks: a.min_acks,
+                ack_timeout: a.ack_timeout,
+                tokenizer: a.tokenizer,
+                max_body: a.max_body,
+                backlog_batches: a.backlog,
+                drain_timeout: a.drain_timeout,
+                max_wait: a.max_wait,
+                socket: a.socket,
+                replication_linger: a.replication_linger,
+                wal: memdb::storage::log::WalOptions {
+                    fsync: a.fsync,
+                    segment_bytes: a.wal_segment_size as u64,
+                    retain_bytes: a.wal_retain as u64,
+                },
+                serving: serving(&a.listen, &a.auth)?,
+                rescue_dir: a.rescue_dir,
+                ..LeaderConfig::new(a.data_dir)
+            };
+            // Open the data directory first: a locked or unreadable one fails before a
+            // port is bound, and "listening" means the data is loaded.
+            let leader = memdb::leader::Leader::open(config)?;
+            let listener = bind(&a.listen, "leader").await?;
+            memdb::leader::serve(listener, leader, shutdown).await?;
+        }
+        Command::Replica(a) => {
+            let listener = bind(&a.listen, "replica").await?;
+            let config = ReplicaConfig {
+                advertise: a.advertise,
+                heartbeat: a.heartbeat,
+                max_body: a.max_body,
+                max_wait: a.max_wait,
+                serving: serving(&a.listen, &a.auth)?,
+                ..ReplicaConfig::new(a.leader)
+            };
+            memdb::replica::network::run(listener, config, shutdown).await?;
+        }
+        Command::Perf(_) => unreachable!("handled above"),
+        Command::Baseline(a) => {
+            let listener = bind(&a.listen, "baseline").await?;
+            memdb::server::listen::serve(
+                listener,
+                memdb::server::baseline::baseline_router(),
+                shutdown,
+                Default::default(),
+            )
+            .await?;
+        }
+        Command::LocalReplica(a) => {
+            let listener = bind(&a.listen, "local-replica").await?;
+            let config = LocalReplicaConfig {
+                socket: a.socket,
+                poll_interval: a.poll_interval,
+                max_wait: a.max_wait,
+                serving: serving(&a.listen, &a.auth)?,
+                max_snapshot_bytes: a.max_snapshot_size as u64,
+                ..LocalReplicaConfig::new(a.data_dir)
+            };
+            memdb::replica::local::run(listener, config, shutdown).await?;
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn perf(a: PerfArgs) -> anyhow::Result<()> {
+    let cfg = memdb::perf::PerfConfig {
+        leader: a.leader,
+        replicas: a.replicas,
+        requests: a.requests,
+        concurrency: a.concurrency,
+        duration: a.duration,
+        words_per_post: a.words_per_post,
+        phrases_file: a.phrases,
+        seed: a.seed,
+        converge_timeout: a.converge_timeout,
+        progress: !a.json,
+        auth_token: a.auth_token.as_deref().and_then(Token::new),
+    };
+    let report = memdb::perf::run(cfg).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        memdb::perf::print_report(&report);
+    }
+    if !report.consistent() {
+        std::process::exit(1);
+    }
+    Ok(())
+}

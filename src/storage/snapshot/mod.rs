@@ -26,10 +26,11 @@
 //! Publishing never modifies a file a reader may have mapped: write a temp file in the
 //! same directory, fsync it, rename it over [`FILE_NAME`], fsync the directory.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+mod file;
+
+use std::io;
+
+pub use file::{load, open_regular, publish, write_atomically};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rkyv::collections::swiss_table::ArchivedHashMap;
@@ -105,54 +106,6 @@ pub enum SnapshotError {
     Cancelled,
 }
 
-/// Opens `path` for reading only if it is a regular file, without ever blocking (a FIFO
-/// or device renamed onto the snapshot's name would otherwise hang the reader), and
-/// refuses sizes over `max_bytes` and sparse files before anything is read: a header
-/// that claims a huge length over a file of holes must cost nothing to refuse.
-pub fn open_regular(
-    path: &Path,
-    max_bytes: u64,
-) -> Result<(File, std::fs::Metadata), SnapshotError> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)?;
-    let meta = file.metadata()?;
-    let ft = meta.file_type();
-    if !ft.is_file() {
-        let kind = if ft.is_fifo() {
-            "a FIFO"
-        } else if ft.is_socket() {
-            "a socket"
-        } else if ft.is_char_device() || ft.is_block_device() {
-            "a device"
-        } else if ft.is_dir() {
-            "a directory"
-        } else {
-            "a special file"
-        };
-        return Err(SnapshotError::NotRegularFile(format!(
-            "{} is {kind}; it",
-            path.display()
-        )));
-    }
-    let len = meta.len();
-    if len > max_bytes {
-        return Err(SnapshotError::TooLarge {
-            len,
-            max: max_bytes,
-        });
-    }
-    // Allocated blocks far below the length: holes. (A compressing file system may
-    // store a real snapshot in fewer blocks, but not an eighth.)
-    let allocated = meta.blocks().saturating_mul(512);
-    if len > (1 << 20) && allocated < len / 8 {
-        return Err(SnapshotError::Sparse { len, allocated });
-    }
-    Ok((file, meta))
-}
-
 /// What a snapshot says about itself besides the table.
 #[derive(Debug, Clone, Copy)]
 pub struct Meta {
@@ -169,11 +122,19 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
-fn checksum(header_fields: &[u8], payload: &[u8]) -> u64 {
+/// The checksum of a snapshot: xxh3 of the header fields before it, then the payload,
+/// fed in chunks so that `stop` can end a long one (`None` then).
+fn checksum(header_fields: &[u8], payload: &[u8], stop: &dyn Fn() -> bool) -> Option<u64> {
+    const CHUNK: usize = 64 << 20;
     let mut h = Xxh3::new();
     h.update(&header_fields[..CHECKSUM_OFFSET]);
-    h.update(payload);
-    h.digest()
+    for chunk in payload.chunks(CHUNK) {
+        if stop() {
+            return None;
+        }
+        h.update(chunk);
+    }
+    Some(h.digest())
 }
 
 /// Serializes `map` into a complete snapshot image (header + archive) in one buffer.
@@ -200,7 +161,7 @@ pub fn encode(map: &WordMap, meta: Meta) -> Result<AlignedVec, SnapshotError> {
     h[48..56].copy_from_slice(&written.to_le_bytes());
     let sum = {
         let (head, payload) = h.split_at(HEADER_LEN);
-        checksum(head, payload)
+        checksum(head, payload, &|| false).expect("never stopped")
     };
     h[56..64].copy_from_slice(&sum.to_le_bytes());
     Ok(buf)
@@ -254,20 +215,9 @@ pub fn validate_until<'a>(
     bytes: &'a [u8],
     stop: &dyn Fn() -> bool,
 ) -> Result<(Header, &'a ArchivedWordMap), SnapshotError> {
-    const CHUNK: usize = 64 << 20;
     let header = read_header(bytes, bytes.len() as u64)?;
     let (head, payload) = bytes.split_at(HEADER_LEN);
-    let actual = {
-        let mut h = Xxh3::new();
-        h.update(&head[..CHECKSUM_OFFSET]);
-        for chunk in payload.chunks(CHUNK) {
-            if stop() {
-                return Err(SnapshotError::Cancelled);
-            }
-            h.update(chunk);
-        }
-        h.digest()
-    };
+    let actual = checksum(head, payload, stop).ok_or(SnapshotError::Cancelled)?;
     if actual != header.checksum {
         return Err(SnapshotError::Checksum {
             expected: header.checksum,
@@ -297,64 +247,11 @@ pub fn to_word_map(archived: &ArchivedWordMap) -> WordMap {
     map
 }
 
-/// Atomically replaces `dir/FILE_NAME` with `image`: temp file, fsync, rename, fsync the
-/// directory. The previous file is unlinked by the rename but lives on for any reader
-/// that still maps it. Returns the published path.
-pub fn publish(dir: &Path, image: &[u8]) -> io::Result<PathBuf> {
-    write_atomically(dir, FILE_NAME, TEMP_NAME, image)
-}
-
-/// Atomically replaces `dir/name` with `bytes` (owner-only), through `dir/temp_name`:
-/// write, fsync, rename, fsync the directory. A crash leaves the old file or the new
-/// one, never a torn one.
-pub fn write_atomically(
-    dir: &Path,
-    name: &str,
-    temp_name: &str,
-    bytes: &[u8],
-) -> io::Result<PathBuf> {
-    let tmp = dir.join(temp_name);
-    let dest = dir.join(name);
-    let written = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, &dest)
-    })();
-    if let Err(e) = written {
-        // A part-written temp file would only hold on to the space a full disk lacks.
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    File::open(dir)?.sync_all()?;
-    Ok(dest)
-}
-
-/// Reads and validates `dir/FILE_NAME`. `Ok(None)` when there is no snapshot yet.
-pub fn load(dir: &Path) -> Result<Option<(Header, WordMap)>, SnapshotError> {
-    let path = dir.join(FILE_NAME);
-    let (mut file, meta) = match open_regular(&path, u64::MAX) {
-        Ok(f) => f,
-        Err(SnapshotError::Io(e)) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let len = meta.len() as usize;
-    let mut buf = AlignedVec::<16>::with_capacity(len);
-    buf.extend_from_reader(&mut file)?;
-    let (header, archived) = validate(&buf)?;
-    Ok(Some((header, to_word_map(archived))))
-}
-
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn sample(n: usize) -> WordMap {
+    pub(super) fn sample(n: usize) -> WordMap {
         let mut m = WordMap::default();
         for i in 0..n {
             m.insert(format!("w{i}é"), i as u64 * 7 + 1);
@@ -363,7 +260,7 @@ mod tests {
         m
     }
 
-    fn meta() -> Meta {
+    pub(super) fn meta() -> Meta {
         Meta {
             tokenizer: Tokenizer::Whitespace,
             seq: 42,
@@ -483,39 +380,6 @@ mod tests {
         assert!(matches!(
             validate(&shifted[1..]).unwrap_err(),
             SnapshotError::Misaligned
-        ));
-    }
-
-    #[test]
-    fn publish_then_load_round_trips_and_replaces_atomically() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(load(dir.path()).unwrap().is_none());
-        let first = sample(50);
-        publish(dir.path(), &encode(&first, meta()).unwrap()).unwrap();
-        let (h, map) = load(dir.path()).unwrap().unwrap();
-        assert_eq!((h.seq, map), (42, first));
-        let second = sample(5);
-        let m = Meta { seq: 43, ..meta() };
-        publish(dir.path(), &encode(&second, m).unwrap()).unwrap();
-        let (h, map) = load(dir.path()).unwrap().unwrap();
-        assert_eq!((h.seq, map), (43, second));
-        assert!(!dir.path().join(TEMP_NAME).exists());
-        use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata(dir.path().join(FILE_NAME))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
-    }
-
-    #[test]
-    fn load_reports_a_corrupt_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let img = encode(&sample(50), meta()).unwrap();
-        fs::write(dir.path().join(FILE_NAME), &img[..img.len() - 3]).unwrap();
-        assert!(matches!(
-            load(dir.path()).unwrap_err(),
-            SnapshotError::LengthMismatch { .. }
         ));
     }
 }

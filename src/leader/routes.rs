@@ -18,7 +18,6 @@ use crate::config::LeaderConfig;
 use crate::leader::replication::ReplicaUrlError;
 use crate::protocol::SEQ;
 use crate::server::error::ApiError;
-use crate::server::openapi;
 use crate::server::router::{self, CountSource};
 use crate::storage::log::FsyncPolicy;
 
@@ -285,9 +284,6 @@ pub fn leader_router(leader: Leader) -> Router {
     let cfg = &leader.shared.config;
     let guarded = OpenApiRouter::new()
         .routes(routes!(post_handler))
-        .routes(openapi::documented::<router::__path_sync, _, _, _>(
-            router::sync::<Leader>,
-        ))
         .routes(routes!(
             register_handler,
             list_replicas_handler,

@@ -10,8 +10,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::server::error::ApiError;
-use crate::server::router::CountSource;
-use crate::words::Tokenizer;
+use crate::server::router::{CountSource, SyncBody};
 
 use super::Leader;
 
@@ -263,14 +262,13 @@ impl CountSource for Leader {
         Ok((body, t.seq()))
     }
 
-    fn sync_json(&self) -> (Vec<u8>, u64, u64, Tokenizer) {
+    fn sync_body(&self) -> SyncBody {
         // Serialised under the read lock so the body and its seq agree; writers wait
         // for this (a full sync is rare: replica start and recovery).
         let t = self.shared.table.read();
-        let mut body = Vec::with_capacity(t.len() * 16 + 2);
-        serde_json::to_writer(&mut body, t.map()).expect("serialising to a Vec cannot fail");
-        (
-            body,
+        SyncBody::of(
+            t.map(),
+            t.len() * 16,
             t.seq(),
             self.shared.incarnation,
             self.shared.config.tokenizer,

@@ -35,7 +35,7 @@ pub trait CountSource: Clone + Send + Sync + 'static {
     /// The JSON answer for `words` (as the client wrote them) and the seq it reflects.
     fn lookup(&self, words: &[Cow<'_, str>]) -> Result<(Vec<u8>, u64), ApiError>;
     /// The whole table as a JSON object, with its seq, incarnation and tokenizer.
-    fn sync_json(&self) -> (Vec<u8>, u64, u64, Tokenizer);
+    fn sync_body(&self) -> SyncBody;
     /// Distinct words in the table the node serves.
     fn distinct_words(&self) -> u64;
     /// Appends the role's own Prometheus series (beyond seq and distinct words).
@@ -210,7 +210,12 @@ pub async fn metrics<S: CountSource>(State(node): State<S>) -> Response {
 )]
 pub async fn sync<S: CountSource>(State(node): State<S>) -> Result<Response, ApiError> {
     node.ready()?;
-    let (body, seq, incarnation, tokenizer) = node.sync_json();
+    let SyncBody {
+        json: body,
+        seq,
+        incarnation,
+        tokenizer,
+    } = node.sync_body();
     Ok((
         [
             (
@@ -228,6 +233,35 @@ pub async fn sync<S: CountSource>(State(node): State<S>) -> Result<Response, Api
         body,
     )
         .into_response())
+}
+
+/// The whole table as `GET /sync` answers it: the JSON object and what it belongs to.
+pub struct SyncBody {
+    pub json: Vec<u8>,
+    pub seq: u64,
+    pub incarnation: u64,
+    pub tokenizer: Tokenizer,
+}
+
+impl SyncBody {
+    /// Serialises `table` (anything that serialises as a JSON object of word → count;
+    /// `size_hint` presizes the buffer) with what it belongs to.
+    pub fn of(
+        table: &impl serde::Serialize,
+        size_hint: usize,
+        seq: u64,
+        incarnation: u64,
+        tokenizer: Tokenizer,
+    ) -> Self {
+        let mut json = Vec::with_capacity(size_hint + 2);
+        serde_json::to_writer(&mut json, table).expect("serialising to a Vec cannot fail");
+        SyncBody {
+            json,
+            seq,
+            incarnation,
+            tokenizer,
+        }
+    }
 }
 
 impl Serving {
@@ -292,6 +326,8 @@ pub fn node_router<S: CountSource>(
     max_body: Option<usize>,
 ) -> Router {
     use crate::server::openapi::documented;
+    // Every role serves its whole table at /sync (guarded: it is a bulk read).
+    let guarded = guarded.routes(documented::<__path_sync, _, _, _>(sync::<S>));
     let lookups = OpenApiRouter::new()
         .routes(documented::<__path_wordcount, _, _, _>(wordcount::<S>))
         .routes(documented::<__path_metrics, _, _, _>(metrics::<S>));

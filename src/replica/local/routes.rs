@@ -21,7 +21,7 @@ use utoipa_axum::routes;
 
 use crate::config::LocalReplicaConfig;
 use crate::server::error::ApiError;
-use crate::server::router::{self, CountSource};
+use crate::server::router::{self, CountSource, SyncBody};
 use crate::storage::mapped::MappedSnapshot;
 use crate::words::Tokenizer;
 
@@ -207,16 +207,20 @@ impl CountSource for LocalReplica {
         Ok((body, h.seq))
     }
 
-    fn sync_json(&self) -> (Vec<u8>, u64, u64, Tokenizer) {
+    fn sync_body(&self) -> SyncBody {
         match self.current() {
             Some(m) => {
                 let h = *m.header();
-                let mut body = Vec::with_capacity(m.len() + 2);
-                serde_json::to_writer(&mut body, &ArchivedJson(&m))
-                    .expect("serialising to a Vec cannot fail");
-                (body, h.seq, h.incarnation, h.tokenizer)
+                SyncBody::of(
+                    &ArchivedJson(&m),
+                    m.len(),
+                    h.seq,
+                    h.incarnation,
+                    h.tokenizer,
+                )
             }
-            None => (b"{}".to_vec(), 0, 0, Tokenizer::default()),
+            // Not reached: /sync answers 503 before asking while nothing is mapped.
+            None => SyncBody::of(&serde_json::Map::new(), 0, 0, 0, Tokenizer::default()),
         }
     }
 }
@@ -240,12 +244,7 @@ async fn health_handler(State(r): State<LocalReplica>) -> Response {
 /// The local replica's routes.
 pub fn local_replica_router(replica: LocalReplica) -> Router {
     let cfg = &replica.shared.config;
-    let guarded = OpenApiRouter::new().routes(crate::server::openapi::documented::<
-        router::__path_sync,
-        _,
-        _,
-        _,
-    >(router::sync::<LocalReplica>));
+    let guarded = OpenApiRouter::new();
     router::node_router(
         replica.clone(),
         "local replica",

@@ -20,8 +20,7 @@ use utoipa_axum::routes;
 
 use crate::config::ReplicaConfig;
 use crate::server::error::ApiError;
-use crate::server::router::{self, CountSource};
-use crate::words::Tokenizer;
+use crate::server::router::{self, CountSource, SyncBody};
 
 use super::{Replica, ReplicaError};
 
@@ -154,11 +153,10 @@ impl CountSource for Replica {
         Ok((body, d.table.seq()))
     }
 
-    fn sync_json(&self) -> (Vec<u8>, u64, u64, Tokenizer) {
+    fn sync_body(&self) -> SyncBody {
         let d = self.shared.data.read();
-        let mut body = Vec::with_capacity(d.table.len() * 16 + 2);
-        serde_json::to_writer(&mut body, d.table.map()).expect("serialising to a Vec cannot fail");
-        (body, d.table.seq(), d.incarnation, d.tokenizer)
+        let t = &d.table;
+        SyncBody::of(t.map(), t.len() * 16, t.seq(), d.incarnation, d.tokenizer)
     }
 }
 
@@ -229,14 +227,7 @@ async fn health_handler(State(replica): State<Replica>) -> Response {
 /// The replica's routes.
 pub fn replica_router(replica: Replica) -> Router {
     let cfg = &replica.shared.config;
-    let guarded = OpenApiRouter::new()
-        .routes(crate::server::openapi::documented::<
-            router::__path_sync,
-            _,
-            _,
-            _,
-        >(router::sync::<Replica>))
-        .routes(routes!(update_handler));
+    let guarded = OpenApiRouter::new().routes(routes!(update_handler));
     router::node_router(
         replica.clone(),
         "replica",

@@ -19,6 +19,7 @@
 //!   the shutdown signal.
 //! - [`protocol`]: what both ends share — header names, incarnation ids, socket lines.
 //! - [`backoff`]: exponential backoff with jitter, for every retry loop.
+//! - [`worker`]: a thread fed by a channel that stops when its handle drops.
 //! - [`client`]: the typed HTTP client replicas, `perf` and the tests use.
 //! - [`perf`]: the load tool behind `memdb perf`, a client only.
 //! - [`config`]: every role's validated configuration, with documented defaults.
@@ -33,3 +34,4 @@ pub mod replica;
 pub mod server;
 pub mod storage;
 pub mod words;
+pub mod worker;

@@ -341,11 +341,20 @@ fn rename_in(dir: &Path, path: &Path) {
 }
 
 async fn rejected_with(local: &Node, n: u64, what: &str) {
-    let h = eventually(&format!("rejection {n} ({what})"), || async {
+    // A manual deadline rather than `eventually`, so a timeout shows the replica's state.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let h = loop {
         let h = local.health().await;
-        (h["rejected_snapshots"] == n).then_some(h)
-    })
-    .await;
+        if h["rejected_snapshots"] == n {
+            break h;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rejection {n} ({what}) never came: {h}\n{}",
+            local.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let why = h["last_rejection"].as_str().unwrap();
     assert!(why.contains(what), "{why}");
 }

@@ -13,7 +13,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -49,9 +48,9 @@ pub struct PublishStats {
 
 /// Handle to the publisher thread. Dropping it stops the thread after a final publish.
 pub struct Publisher {
-    tx: Option<Sender<Msg>>,
+    /// The thread; dropping the handle publishes a last time and stops it.
+    thread: crate::worker::Worker<Msg>,
     queue: Arc<Mutex<Vec<Arc<Batch>>>>,
-    thread: Option<JoinHandle<()>>,
     stats: Arc<Mutex<PublishStats>>,
     published: tokio::sync::watch::Receiver<u64>,
 }
@@ -70,7 +69,6 @@ impl Publisher {
         interval: Duration,
         on_published: Box<dyn Fn(u64) + Send>,
     ) -> Self {
-        let (tx, rx) = crossbeam_channel::unbounded();
         let stats = Arc::new(Mutex::new(PublishStats {
             seq: published_seq,
             ..Default::default()
@@ -90,14 +88,11 @@ impl Publisher {
             scratch: Vec::new(),
             on_published,
         };
-        let thread = std::thread::Builder::new()
-            .name("memdb-publisher".into())
-            .spawn(move || worker.run(rx))
+        let thread = crate::worker::Worker::spawn("memdb-publisher", move |rx| worker.run(rx))
             .expect("spawning the publisher thread");
         Publisher {
-            tx: Some(tx),
+            thread,
             queue,
-            thread: Some(thread),
             stats,
             published,
         }
@@ -111,9 +106,7 @@ impl Publisher {
     /// Asks for a publish as soon as the thread is free, unless `want` is already on
     /// disk by then. Does not wait.
     pub fn publish_soon(&self, want: u64) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(Msg::Soon(want));
-        }
+        self.thread.send(Msg::Soon(want));
     }
 
     /// Hands the publisher the next batch. Call in seq order (under the table lock).
@@ -126,9 +119,9 @@ impl Publisher {
     /// Blocks until done: call from a blocking context.
     pub fn flush(&self) -> Result<u64, String> {
         let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
-        let tx = self.tx.as_ref().ok_or("publisher stopped")?;
-        tx.send(Msg::Flush(reply_tx))
-            .map_err(|_| "publisher stopped".to_owned())?;
+        if !self.thread.send(Msg::Flush(reply_tx)) {
+            return Err("publisher stopped".to_owned());
+        }
         reply_rx
             .recv()
             .map_err(|_| "publisher stopped".to_owned())?
@@ -136,15 +129,6 @@ impl Publisher {
 
     pub fn stats(&self) -> PublishStats {
         self.stats.lock().clone()
-    }
-}
-
-impl Drop for Publisher {
-    fn drop(&mut self) {
-        drop(self.tx.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

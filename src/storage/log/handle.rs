@@ -5,10 +5,11 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crossbeam_channel::Sender;
+
+use crate::worker::Worker;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
@@ -27,10 +28,10 @@ pub(super) enum Msg {
 
 /// The log writer's handle. Dropping it flushes, fsyncs and stops the thread.
 pub struct Wal {
-    tx: Option<Sender<Msg>>,
+    /// The writer thread; dropping the handle flushes, fsyncs and stops it.
+    writer: Worker<Msg>,
     stats: Arc<FsyncStats>,
     health: Arc<LogHealth>,
-    thread: Option<JoinHandle<()>>,
     durable: watch::Receiver<u64>,
     written: watch::Receiver<u64>,
     /// `Some(reason)` while the log cannot be written.
@@ -88,7 +89,6 @@ impl Wal {
     /// Opens the log for appending after `seq` (everything up to it is in the table).
     pub fn open(dir: &Path, seq: u64, options: WalOptions) -> io::Result<Wal> {
         let policy = options.fsync;
-        let (tx, rx) = crossbeam_channel::unbounded();
         let (durable_tx, durable) = watch::channel(seq);
         let (written_tx, written) = watch::channel(seq);
         let (failed_tx, failed) = watch::channel(None);
@@ -117,14 +117,11 @@ impl Wal {
             next_roll: Instant::now(),
         };
         writer.open_segment(seq + 1)?;
-        let thread = std::thread::Builder::new()
-            .name("memdb-wal".into())
-            .spawn(move || writer.run(rx))?;
+        let writer = Worker::spawn("memdb-wal", move |rx| writer.run(rx))?;
         Ok(Wal {
-            tx: Some(tx),
+            writer,
             stats,
             health,
-            thread: Some(thread),
             durable,
             written,
             failed,
@@ -150,9 +147,7 @@ impl Wal {
     /// applied. Never blocks. A batch queued just as the log fails is kept in memory
     /// and written once the log recovers.
     pub fn append(&self, batch: Arc<Batch>) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(Msg::Batch(batch));
-        }
+        self.writer.send(Msg::Batch(batch));
     }
 
     /// Waits until `seq` is durable (with `always`) or at least written to the OS.
@@ -193,12 +188,9 @@ impl Wal {
     /// Blocking.
     pub fn sync(&self) -> io::Result<u64> {
         let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
-        let tx = self
-            .tx
-            .as_ref()
-            .ok_or_else(|| io::Error::other("log closed"))?;
-        tx.send(Msg::Sync(reply_tx))
-            .map_err(|_| io::Error::other("log writer stopped"))?;
+        if !self.writer.send(Msg::Sync(reply_tx)) {
+            return Err(io::Error::other("log writer stopped"));
+        }
         reply_rx
             .recv()
             .map_err(|_| io::Error::other("log writer stopped"))?
@@ -207,28 +199,15 @@ impl Wal {
     /// A snapshot of `seq` is on disk: segments it covers, beyond the retained
     /// bytes, can go.
     pub fn checkpoint(&self, seq: u64) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(Msg::Checkpoint(seq));
-        }
+        self.writer.send(Msg::Checkpoint(seq));
     }
 
     /// A handle that calls [`Wal::checkpoint`] from elsewhere (the publisher thread).
     /// Drop it before the `Wal`: the writer stops only when every handle is gone.
     pub fn checkpointer(&self) -> impl Fn(u64) + Send + 'static {
-        let tx = self.tx.clone();
+        let tx = self.writer.sender().clone();
         move |seq| {
-            if let Some(tx) = &tx {
-                let _ = tx.send(Msg::Checkpoint(seq));
-            }
-        }
-    }
-}
-
-impl Drop for Wal {
-    fn drop(&mut self) {
-        drop(self.tx.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            let _ = tx.send(Msg::Checkpoint(seq));
         }
     }
 }

@@ -21,8 +21,12 @@ struct Bucket {
 
 impl Bucket {
     fn take(&self) -> bool {
+        self.take_at(Instant::now())
+    }
+
+    /// Takes a token at `now` (the clock is a parameter so tests need not sleep).
+    fn take_at(&self, now: Instant) -> bool {
         let mut s = self.state.lock();
-        let now = Instant::now();
         let refill = now.duration_since(s.1).as_secs_f64() * self.rate;
         s.0 = (s.0 + refill).min(self.rate.max(1.0));
         s.1 = now;
@@ -112,10 +116,15 @@ mod tests {
         let RateLimit(Some(b)) = RateLimit::new(Some(5)) else {
             panic!("a bucket")
         };
-        assert_eq!((0..10).filter(|_| b.take()).count(), 5);
-        std::thread::sleep(std::time::Duration::from_millis(450));
-        let again = (0..10).filter(|_| b.take()).count();
-        assert!((1..=3).contains(&again), "{again} after ~0.45 s at 5/s");
+        let t0 = b.state.lock().1;
+        let at = |ms| t0 + std::time::Duration::from_millis(ms);
+        assert_eq!((0..10).filter(|_| b.take_at(at(0))).count(), 5);
+        // At 5 per second: 2 tokens back after 450 ms, none more until the next 200 ms.
+        assert_eq!((0..10).filter(|_| b.take_at(at(450))).count(), 2);
+        assert_eq!((0..10).filter(|_| b.take_at(at(599))).count(), 0);
+        assert_eq!((0..10).filter(|_| b.take_at(at(651))).count(), 1);
+        // Never more than a burst, however long it was idle.
+        assert_eq!((0..10).filter(|_| b.take_at(at(60_000))).count(), 5);
         assert!(RateLimit::new(None).0.is_none());
         assert!(RateLimit::new(Some(0)).0.is_none());
     }

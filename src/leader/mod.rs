@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::LeaderConfig;
 use crate::leader::backlog::Backlog;
-use crate::leader::publisher::Publisher;
+use crate::leader::publisher::{PublishError, Publisher};
 use crate::leader::replication::{LogSource, ReplicaSet};
 use crate::server::router::CountSource;
 use crate::storage::batch::Batch;
@@ -67,10 +67,34 @@ pub enum LeaderError {
     Socket(#[from] crate::leader::notifier::NotifierError),
     #[error("serving HTTP: {0}")]
     Serve(std::io::Error),
-    #[error("{0}")]
-    Shutdown(String),
+    #[error(transparent)]
+    Shutdown(#[from] ShutdownError),
     #[error("--replica: {0}")]
     Replica(#[from] crate::leader::replication::ReplicaUrlError),
+}
+
+/// Why a shutdown could not leave every applied write in the data directory.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ShutdownError {
+    #[error(
+        "the data directory lacks seqs {from}..={to} (snapshot: {snapshot}; log: {log}). \
+         The whole table (seq {to}) was saved to {rescue}: free space, then move it over \
+         {snapshot_path} before starting the leader again"
+    )]
+    Rescued {
+        from: u64,
+        to: u64,
+        snapshot: String,
+        log: String,
+        rescue: String,
+        snapshot_path: String,
+    },
+    #[error(
+        "LOST seqs {from}..={to}: neither the data directory nor the rescue directory \
+         could be written ({error})"
+    )]
+    Lost { from: u64, to: u64, error: String },
 }
 
 /// Why a write was refused; nothing of it was applied.
@@ -373,11 +397,11 @@ impl Leader {
     }
 
     /// Publishes a snapshot now (if anything changed); returns the seq on disk.
-    pub async fn flush_snapshot(&self) -> Result<u64, String> {
+    pub async fn flush_snapshot(&self) -> Result<u64, PublishError> {
         let me = self.clone();
         tokio::task::spawn_blocking(move || me.shared.publisher.flush())
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|_| PublishError::Stopped)?
     }
 
     /// The shutdown sequence after the HTTP server stopped: let replicas catch up (for
@@ -386,7 +410,7 @@ impl Leader {
     /// snapshot or the log). If it does not (a full or failed disk), the table is
     /// written to a rescue snapshot in `rescue_dir` and this fails, saying where it is
     /// or what was lost: never a quiet success with lost data.
-    pub async fn shutdown(&self) -> Result<u64, String> {
+    pub async fn shutdown(&self) -> Result<u64, ShutdownError> {
         let s = &self.shared;
         let seq = self.seq();
         if !s.replicas.is_empty() && !s.replicas.drain(seq, s.config.drain_timeout).await {
@@ -425,21 +449,26 @@ impl Leader {
             .unwrap_or_else(|| s.wal.durable_seq())
             .max(s.publisher.stats().seq);
         Err(match self.rescue() {
-            Ok(path) => format!(
-                "the data directory lacks seqs {}..={seq} (snapshot: {}; log: {}). The whole \
-                 table (seq {seq}) was saved to {}: free space, then move it over {} before \
-                 starting the leader again",
-                on_disk + 1,
-                published.err().unwrap_or_else(|| "ok".into()),
-                synced.err().unwrap_or_else(|| "ok".into()),
-                path.display(),
-                s.config.data_dir.join(snapshot::FILE_NAME).display(),
-            ),
-            Err(e) => format!(
-                "LOST seqs {}..={seq}: neither the data directory nor the rescue directory \
-                 could be written ({e})",
-                on_disk + 1
-            ),
+            Ok(path) => ShutdownError::Rescued {
+                from: on_disk + 1,
+                to: seq,
+                snapshot: published
+                    .err()
+                    .map_or_else(|| "ok".into(), |e| e.to_string()),
+                log: synced.err().unwrap_or_else(|| "ok".into()),
+                rescue: path.display().to_string(),
+                snapshot_path: s
+                    .config
+                    .data_dir
+                    .join(snapshot::FILE_NAME)
+                    .display()
+                    .to_string(),
+            },
+            Err(e) => ShutdownError::Lost {
+                from: on_disk + 1,
+                to: seq,
+                error: e.to_string(),
+            },
         })
     }
 

@@ -30,9 +30,21 @@ const DRAIN_EVERY: Duration = Duration::from_millis(20);
 
 enum Msg {
     /// Publish now if anything changed, then answer with the published seq.
-    Flush(Sender<Result<u64, String>>),
+    Flush(Sender<Result<u64, PublishError>>),
     /// Publish now unless this seq is already on disk (a local replica waits for it).
     Soon(u64),
+}
+
+/// Why a snapshot was not published; the last good one stays in place.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    #[error("encoding the snapshot: {0}")]
+    Encode(String),
+    #[error("publishing snapshot: {0}")]
+    Write(String),
+    #[error("the publisher stopped")]
+    Stopped,
 }
 
 /// What the publisher has done, for `/health`.
@@ -117,14 +129,12 @@ impl Publisher {
 
     /// Publishes everything pushed so far (if it changed) and returns the seq on disk.
     /// Blocks until done: call from a blocking context.
-    pub fn flush(&self) -> Result<u64, String> {
+    pub fn flush(&self) -> Result<u64, PublishError> {
         let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
         if !self.thread.send(Msg::Flush(reply_tx)) {
-            return Err("publisher stopped".to_owned());
+            return Err(PublishError::Stopped);
         }
-        reply_rx
-            .recv()
-            .map_err(|_| "publisher stopped".to_owned())?
+        reply_rx.recv().map_err(|_| PublishError::Stopped)?
     }
 
     pub fn stats(&self) -> PublishStats {
@@ -195,14 +205,14 @@ impl Worker {
         }
     }
 
-    fn publish_if_changed(&mut self) -> Result<u64, String> {
+    fn publish_if_changed(&mut self) -> Result<u64, PublishError> {
         if self.shadow.seq() == self.published {
             return Ok(self.published);
         }
         self.publish()
     }
 
-    fn publish(&mut self) -> Result<u64, String> {
+    fn publish(&mut self) -> Result<u64, PublishError> {
         let started = Instant::now();
         let meta = Meta {
             tokenizer: self.tokenizer,
@@ -210,11 +220,11 @@ impl Worker {
             incarnation: self.incarnation,
         };
         let result = snapshot::encode(self.shadow.map(), meta)
-            .map_err(|e| e.to_string())
+            .map_err(|e| PublishError::Encode(e.to_string()))
             .and_then(|img| {
                 snapshot::publish(&self.dir, &img)
                     .map(|_| img.len())
-                    .map_err(|e| format!("publishing snapshot: {e}"))
+                    .map_err(|e| PublishError::Write(e.to_string()))
             });
         let mut stats = self.stats.lock();
         match result {
@@ -239,7 +249,7 @@ impl Worker {
             }
             Err(e) => {
                 tracing::error!(error = %e, seq = meta.seq, "snapshot failed; the last good one stays in place");
-                stats.last_error = Some(e.clone());
+                stats.last_error = Some(e.to_string());
                 Err(e)
             }
         }

@@ -326,5 +326,5 @@ pub async fn serve(
         .map_err(LeaderError::Serve);
     let stopped = leader.shutdown().await;
     served?;
-    stopped.map(|_| ()).map_err(LeaderError::Shutdown)
+    stopped.map(|_| ()).map_err(LeaderError::from)
 }

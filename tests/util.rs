@@ -27,11 +27,16 @@ pub struct Node {
 }
 
 impl Node {
-    /// Starts `memdb <args>` and waits until it logs the address it bound.
+    /// Starts `memdb <args>` and waits until it has bound (it writes the address to
+    /// the file given with `--addr-file`).
     pub fn start(args: &[&str]) -> Node {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let addr_dir = tempfile::tempdir().expect("a temp dir for the address file");
+        let addr_file = addr_dir.path().join("addr");
         let mut child = Command::new(env!("CARGO_BIN_EXE_memdb"))
             .args(&args)
+            .arg("--addr-file")
+            .arg(&addr_file)
             .env("RUST_LOG", "memdb=debug")
             .env_remove("RUST_BACKTRACE")
             .stdin(Stdio::null())
@@ -40,36 +45,38 @@ impl Node {
             .spawn()
             .expect("spawning memdb");
         let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
         for stream in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
             Box::new(child.stderr.take().unwrap()),
         ] {
             let log = log.clone();
-            let tx = tx.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines() {
                     let Ok(line) = line else { break };
-                    if line.contains("listening")
-                        && let Some(addr) = line.split("addr=").nth(1)
-                    {
-                        let addr = addr.split_whitespace().next().unwrap_or("").to_owned();
-                        let _ = tx.send(addr);
-                    }
                     log.lock().unwrap().push(line);
                 }
             });
         }
-        let addr: SocketAddr = match rx.recv_timeout(DEADLINE) {
-            Ok(a) => a.parse().expect("listening address"),
-            Err(_) => {
+        let deadline = Instant::now() + DEADLINE;
+        let addr: SocketAddr = loop {
+            if let Ok(text) = std::fs::read_to_string(&addr_file) {
+                break text
+                    .trim()
+                    .parse()
+                    .expect("a socket address in the address file");
+            }
+            let exited = child.try_wait().expect("try_wait");
+            if exited.is_some() || Instant::now() > deadline {
                 let _ = child.kill();
                 let status = child.wait();
+                // Let the log readers catch the last lines.
+                std::thread::sleep(Duration::from_millis(50));
                 panic!(
                     "memdb {args:?} did not start ({status:?}); log:\n{}",
                     log.lock().unwrap().join("\n")
                 );
             }
+            std::thread::sleep(Duration::from_millis(5));
         };
         Node {
             child: Some(child),

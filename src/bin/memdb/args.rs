@@ -143,6 +143,10 @@ pub struct Listen {
     /// net.core.somaxconn).
     #[arg(long, env = "MEMDB_LISTEN_BACKLOG", default_value_t = memdb::server::listen::DEFAULT_LISTEN_BACKLOG)]
     pub listen_backlog: u32,
+    /// Once bound, write the address (`host:port`, one line) to this file: how scripts
+    /// and tests learn the port `--port 0` picked, without reading logs.
+    #[arg(long, env = "MEMDB_ADDR_FILE")]
+    pub addr_file: Option<PathBuf>,
 }
 
 /// Token, read protection and limits from a serving role's flags.

@@ -22,6 +22,13 @@ async fn bind(listen: &Listen, role: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("binding {}:{}", listen.host, listen.port))?;
     let addr: SocketAddr = listener.local_addr()?;
     tracing::info!(role, %addr, "listening");
+    if let Some(path) = &listen.addr_file {
+        // Written aside and renamed, so a reader never sees half an address.
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, format!("{addr}\n"))
+            .and_then(|_| std::fs::rename(&tmp, path))
+            .with_context(|| format!("writing the bound address to {}", path.display()))?;
+    }
     // Under systemd with Type=notify: tell it we serve (a no-op elsewhere).
     if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
         tracing::warn!(error = %e, "could not notify systemd of readiness");

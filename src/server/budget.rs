@@ -11,9 +11,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::Semaphore;
 
@@ -44,43 +43,94 @@ impl BodyBudget {
     }
 }
 
-/// The middleware.
-pub async fn charge(State(b): State<Arc<BodyBudget>>, req: Request, next: Next) -> Response {
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if let (Some(len), Some(max)) = (declared, b.max_body)
-        && len > max as u64
-    {
-        return ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body of {len} bytes is larger than the node's --max-body ({max})"),
-        )
-        .into_response();
-    }
-    let bytes = match declared {
-        Some(n) => n,
-        None if req.headers().contains_key(header::TRANSFER_ENCODING) => {
-            b.max_body.unwrap_or(0) as u64
+/// The layer (see the module docs).
+#[derive(Clone)]
+pub struct BodyBudgetLayer(pub Arc<BodyBudget>);
+
+impl<S> tower::Layer<S> for BodyBudgetLayer {
+    type Service = Charged<S>;
+    fn layer(&self, inner: S) -> Charged<S> {
+        Charged {
+            inner,
+            budget: self.0.clone(),
         }
-        None => 0,
-    };
-    if bytes == 0 {
-        return next.run(req).await;
     }
-    let kib = u32::try_from(bytes.div_ceil(1 << 10))
-        .unwrap_or(u32::MAX)
-        .min(b.total_kib);
-    let Ok(_held) = b.kib.clone().try_acquire_many_owned(kib) else {
-        REFUSED.fetch_add(1, Ordering::Relaxed);
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many request bytes in flight (--max-body-in-flight); retry shortly",
-        )
-        .with("retry_after", 1)
-        .into_response();
-    };
-    next.run(req).await
+}
+
+/// The service: requests without a body pass straight through (no allocation); a
+/// body's bytes are held from the budget until its answer is ready.
+#[derive(Clone)]
+pub struct Charged<S> {
+    inner: S,
+    budget: Arc<BodyBudget>,
+}
+
+impl<S> tower::Service<Request> for Charged<S>
+where
+    S: tower::Service<Request, Response = Response>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = futures_util::future::Either<
+        S::Future,
+        futures_util::future::BoxFuture<'static, Result<Response, S::Error>>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        use futures_util::future::Either;
+        let b = &self.budget;
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if let (Some(len), Some(max)) = (declared, b.max_body)
+            && len > max as u64
+        {
+            let refused = ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body of {len} bytes is larger than the node's --max-body ({max})"),
+            )
+            .into_response();
+            return Either::Right(Box::pin(std::future::ready(Ok(refused))));
+        }
+        let bytes = match declared {
+            Some(n) => n,
+            None if req.headers().contains_key(header::TRANSFER_ENCODING) => {
+                b.max_body.unwrap_or(0) as u64
+            }
+            None => 0,
+        };
+        if bytes == 0 {
+            return Either::Left(self.inner.call(req));
+        }
+        let kib = u32::try_from(bytes.div_ceil(1 << 10))
+            .unwrap_or(u32::MAX)
+            .min(b.total_kib);
+        let Ok(held) = b.kib.clone().try_acquire_many_owned(kib) else {
+            REFUSED.fetch_add(1, Ordering::Relaxed);
+            let refused = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many request bytes in flight (--max-body-in-flight); retry shortly",
+            )
+            .with("retry_after", 1)
+            .into_response();
+            return Either::Right(Box::pin(std::future::ready(Ok(refused))));
+        };
+        let answer = self.inner.call(req);
+        Either::Right(Box::pin(async move {
+            let r = answer.await;
+            drop(held);
+            r
+        }))
+    }
 }

@@ -379,9 +379,8 @@ pub fn finish<S: CountSource>(
         .layer(seq)
         .layer(crate::server::metrics::CountRequests)
         .layer(crate::server::ratelimit::RateLimit::new(limits.rate_limit))
-        .layer(axum::middleware::from_fn_with_state(
+        .layer(crate::server::budget::BodyBudgetLayer(
             crate::server::budget::BodyBudget::new(limits.max_body_in_flight, max_body),
-            crate::server::budget::charge,
         ));
     if limits.request_timeout.is_zero() {
         Router::new().fallback_service(counted.service(limited.service(inner)))

@@ -22,7 +22,7 @@ pub struct MappedSnapshot {
     header: Header,
     /// (device, inode) of the file mapped: tells whether the published name now points
     /// at another file.
-    identity: (u64, u64),
+    identity: FileId,
 }
 
 impl MappedSnapshot {
@@ -52,7 +52,7 @@ impl MappedSnapshot {
         Ok(MappedSnapshot {
             mmap,
             header,
-            identity: (meta.dev(), meta.ino()),
+            identity: file_id(&meta),
         })
     }
 
@@ -60,7 +60,7 @@ impl MappedSnapshot {
         &self.header
     }
 
-    pub fn identity(&self) -> (u64, u64) {
+    pub fn identity(&self) -> FileId {
         self.identity
     }
 
@@ -88,9 +88,19 @@ impl MappedSnapshot {
     }
 }
 
-/// (device, inode) of the file at `path` now, if any.
-pub fn identity_of(path: &Path) -> Option<(u64, u64)> {
-    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+/// The [`FileId`] of the file at `path` now, if any.
+pub fn identity_of(path: &Path) -> Option<FileId> {
+    std::fs::metadata(path).ok().map(|m| file_id(&m))
+}
+
+/// Which file a name points at: device, inode, and the inode's change time. The change
+/// time is there because inode numbers are reused: a file created after another was
+/// deleted may get its number, and must not be taken for it (a rejected file's
+/// successor would otherwise never be looked at).
+pub type FileId = (u64, u64, i64, i64);
+
+fn file_id(m: &std::fs::Metadata) -> FileId {
+    (m.dev(), m.ino(), m.ctime(), m.ctime_nsec())
 }
 
 #[cfg(test)]
@@ -122,6 +132,21 @@ mod tests {
         let second = MappedSnapshot::open(&path).unwrap();
         assert_eq!(second.get("hello"), 5);
         assert_ne!(second.identity(), first.identity());
+    }
+
+    #[test]
+    fn an_inode_whose_change_time_moved_is_another_file() {
+        // What a reused inode number looks like: the same (device, inode) with a newer
+        // change time. Renaming the file changes its change time the same way.
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, b"x").unwrap();
+        let before = identity_of(&a).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::rename(&a, &b).unwrap();
+        let after = identity_of(&b).unwrap();
+        assert_eq!((before.0, before.1), (after.0, after.1), "same inode");
+        assert_ne!(before, after);
     }
 
     #[test]

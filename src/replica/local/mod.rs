@@ -58,7 +58,7 @@ struct Stats {
     rejected: u64,
     last_rejection: Option<String>,
     /// The file last rejected, so the same bad file is not validated again and again.
-    rejected_identity: Option<(u64, u64)>,
+    rejected_identity: Option<crate::storage::mapped::FileId>,
 }
 
 struct Shared {

@@ -149,8 +149,27 @@ pub struct Listen {
     pub addr_file: Option<PathBuf>,
 }
 
+/// What every server role takes: the config file and log format, where and how to
+/// listen, and authentication.
+#[derive(Args)]
+pub struct ServerArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub listen: Listen,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+impl ServerArgs {
+    /// Token, read protection and limits from these flags.
+    pub fn serving(&self) -> anyhow::Result<Serving> {
+        serving(&self.listen, &self.auth)
+    }
+}
+
 /// Token, read protection and limits from a serving role's flags.
-pub fn serving(listen: &Listen, auth: &AuthArgs) -> anyhow::Result<Serving> {
+fn serving(listen: &Listen, auth: &AuthArgs) -> anyhow::Result<Serving> {
     Ok(Serving {
         auth_token: auth.token()?,
         protect_reads: auth.protect_reads,
@@ -205,11 +224,7 @@ impl AuthArgs {
 #[derive(Args)]
 pub struct LeaderArgs {
     #[command(flatten)]
-    pub common: Common,
-    #[command(flatten)]
-    pub listen: Listen,
-    #[command(flatten)]
-    pub auth: AuthArgs,
+    pub server: ServerArgs,
     /// Directory for the snapshot, write-ahead log, history, lock file and
     /// notification socket (created 0700).
     #[arg(long, env = "MEMDB_DATA_DIR")]
@@ -275,11 +290,7 @@ pub struct LeaderArgs {
 #[derive(Args)]
 pub struct LocalReplicaArgs {
     #[command(flatten)]
-    pub common: Common,
-    #[command(flatten)]
-    pub listen: Listen,
-    #[command(flatten)]
-    pub auth: AuthArgs,
+    pub server: ServerArgs,
     /// The leader's data directory (read only).
     #[arg(long, env = "MEMDB_DATA_DIR")]
     pub data_dir: PathBuf,
@@ -300,11 +311,7 @@ pub struct LocalReplicaArgs {
 #[derive(Args)]
 pub struct ReplicaArgs {
     #[command(flatten)]
-    pub common: Common,
-    #[command(flatten)]
-    pub listen: Listen,
-    #[command(flatten)]
-    pub auth: AuthArgs,
+    pub server: ServerArgs,
     /// The leader's URL.
     #[arg(long, env = "MEMDB_LEADER")]
     pub leader: String,

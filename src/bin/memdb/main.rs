@@ -13,7 +13,7 @@ use memdb::server::auth::Token;
 use memdb::server::shutdown::shutdown_signal;
 use tokio::net::TcpListener;
 
-use args::{Cli, Command, Listen, LogFormat, PerfArgs, serving};
+use args::{Cli, Command, Listen, LogFormat, PerfArgs};
 use config_file::apply_config_file;
 
 async fn bind(listen: &Listen, role: &str) -> anyhow::Result<TcpListener> {
@@ -66,9 +66,9 @@ async fn run(cli: Cli, fds: std::io::Result<u64>) -> anyhow::Result<()> {
         return perf(a).await;
     }
     let role_format = match &cli.command {
-        Command::Leader(a) => a.common.log_format,
-        Command::Replica(a) => a.common.log_format,
-        Command::LocalReplica(a) => a.common.log_format,
+        Command::Leader(a) => a.server.common.log_format,
+        Command::Replica(a) => a.server.common.log_format,
+        Command::LocalReplica(a) => a.server.common.log_format,
         _ => None,
     };
     init_tracing(role_format.or(cli.log_format).unwrap_or(LogFormat::Text));
@@ -99,24 +99,24 @@ async fn run(cli: Cli, fds: std::io::Result<u64>) -> anyhow::Result<()> {
                     segment_bytes: a.wal_segment_size as u64,
                     retain_bytes: a.wal_retain as u64,
                 },
-                serving: serving(&a.listen, &a.auth)?,
+                serving: a.server.serving()?,
                 rescue_dir: a.rescue_dir,
                 ..LeaderConfig::new(a.data_dir)
             };
             // Open the data directory first: a locked or unreadable one fails before a
             // port is bound, and "listening" means the data is loaded.
             let leader = memdb::leader::Leader::open(config)?;
-            let listener = bind(&a.listen, "leader").await?;
+            let listener = bind(&a.server.listen, "leader").await?;
             memdb::leader::serve(listener, leader, shutdown).await?;
         }
         Command::Replica(a) => {
-            let listener = bind(&a.listen, "replica").await?;
+            let listener = bind(&a.server.listen, "replica").await?;
             let config = ReplicaConfig {
                 advertise: a.advertise,
                 heartbeat: a.heartbeat,
                 max_body: a.max_body,
                 max_wait: a.max_wait,
-                serving: serving(&a.listen, &a.auth)?,
+                serving: a.server.serving()?,
                 ..ReplicaConfig::new(a.leader)
             };
             memdb::replica::network::run(listener, config, shutdown).await?;
@@ -133,12 +133,12 @@ async fn run(cli: Cli, fds: std::io::Result<u64>) -> anyhow::Result<()> {
             .await?;
         }
         Command::LocalReplica(a) => {
-            let listener = bind(&a.listen, "local-replica").await?;
+            let listener = bind(&a.server.listen, "local-replica").await?;
             let config = LocalReplicaConfig {
                 socket: a.socket,
                 poll_interval: a.poll_interval,
                 max_wait: a.max_wait,
-                serving: serving(&a.listen, &a.auth)?,
+                serving: a.server.serving()?,
                 max_snapshot_bytes: a.max_snapshot_size as u64,
                 ..LocalReplicaConfig::new(a.data_dir)
             };

@@ -43,7 +43,7 @@ fn in_memory(c: &mut Criterion) {
         let meta = Meta {
             tokenizer: Tokenizer::Unicode,
             seq: 1,
-            incarnation: 1,
+            incarnation: memdb::protocol::Incarnation::from_raw(1).unwrap(),
         };
         let path = snapshot::publish(dir.path(), &snapshot::encode(&map, meta).unwrap()).unwrap();
         let mapped = MappedSnapshot::open(&path).unwrap();

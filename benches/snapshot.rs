@@ -20,7 +20,7 @@ fn table(n: usize) -> WordMap {
 const META: Meta = Meta {
     tokenizer: Tokenizer::Unicode,
     seq: 1,
-    incarnation: 7,
+    incarnation: memdb::protocol::Incarnation::from_raw(7).unwrap(),
 };
 
 fn bench(c: &mut Criterion) {

@@ -11,13 +11,12 @@ use serde_json::Value;
 use crate::protocol::DIGEST;
 use crate::protocol::FROM_SEQ;
 use crate::protocol::INCARNATION;
+use crate::protocol::Incarnation;
 use crate::protocol::PUSH_SECRET;
 use crate::protocol::RESYNC;
 use crate::protocol::SEQ;
 use crate::protocol::TO_SEQ;
 use crate::protocol::TOKENIZER;
-use crate::protocol::incarnation_string;
-use crate::protocol::parse_incarnation;
 use crate::storage::table::WordMap;
 use crate::words::Tokenizer;
 
@@ -66,14 +65,14 @@ pub struct PostReply {
 pub struct SyncReply {
     pub map: WordMap,
     pub seq: u64,
-    pub incarnation: u64,
+    pub incarnation: Incarnation,
     pub tokenizer: Tokenizer,
 }
 
 /// The leader's answer to a replica registering (also its heartbeat).
 #[derive(Debug, Clone, Deserialize)]
 pub struct RegisterReply {
-    pub incarnation: String,
+    pub incarnation: Incarnation,
     pub seq: u64,
     /// The seq and incarnation the replica registered with are a prefix of the
     /// leader's history: it may adopt the leader's incarnation without a full sync.
@@ -98,7 +97,7 @@ pub enum UpdateOutcome {
 /// One batch pushed to a replica.
 #[derive(Debug)]
 pub struct Update<'a> {
-    pub incarnation: u64,
+    pub incarnation: Incarnation,
     pub tokenizer: Tokenizer,
     pub from_seq: u64,
     pub to_seq: u64,
@@ -258,7 +257,7 @@ impl Client {
             .ok_or_else(|| proto("no x-memdb-seq header"))?;
         let incarnation = h
             .get(INCARNATION.as_str())
-            .and_then(|v| parse_incarnation(v.to_str().ok()?))
+            .and_then(|v| v.to_str().ok()?.parse().ok())
             .ok_or_else(|| proto("no x-memdb-incarnation header"))?;
         let tokenizer = h
             .get(TOKENIZER.as_str())
@@ -278,12 +277,12 @@ impl Client {
     pub async fn register(
         &self,
         replica_url: &str,
-        at: Option<(u64, u64)>,
+        at: Option<(u64, Incarnation)>,
     ) -> Result<RegisterReply, ClientError> {
         let mut body = serde_json::json!({ "url": replica_url });
         if let Some((seq, incarnation)) = at {
             body["seq"] = seq.into();
-            body["incarnation"] = incarnation_string(incarnation).into();
+            body["incarnation"] = incarnation.to_string().into();
         }
         let (url, req) = self.post("/replicas");
         let resp = self.send(req.json(&body), &url).await?;
@@ -295,7 +294,7 @@ impl Client {
         let (url, req) = self.post("/update");
         let req = req
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(INCARNATION.as_str(), incarnation_string(u.incarnation))
+            .header(INCARNATION.as_str(), u.incarnation.to_string())
             .header(TOKENIZER.as_str(), u.tokenizer.as_str())
             .header(FROM_SEQ.as_str(), u.from_seq)
             .header(TO_SEQ.as_str(), u.to_seq)
@@ -311,13 +310,13 @@ impl Client {
     /// Tells a replica that the leader cannot resend what it missed: full-sync now.
     pub async fn request_resync(
         &self,
-        incarnation: u64,
+        incarnation: Incarnation,
         secret: &str,
     ) -> Result<UpdateOutcome, ClientError> {
         let (url, req) = self.post("/update");
         let resp = self
             .send(
-                req.header(INCARNATION.as_str(), incarnation_string(incarnation))
+                req.header(INCARNATION.as_str(), incarnation.to_string())
                     .header(PUSH_SECRET.as_str(), secret)
                     .header(RESYNC.as_str(), "1")
                     .body("{}"),

@@ -28,15 +28,76 @@ pub fn seq_value(seq: u64) -> HeaderValue {
     HeaderValue::from(seq)
 }
 
-pub fn incarnation_string(inc: u64) -> String {
-    format!("{inc:016x}")
+/// One leader process's id: every process starts a new *incarnation* (see
+/// [`crate::storage::history`]), named by a random non-zero 64-bit number, written as
+/// 16 lowercase hex digits wherever it crosses a wire or a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Incarnation(u64);
+
+impl Incarnation {
+    /// A new random incarnation (never zero, which older files use for "none").
+    pub fn random() -> Self {
+        loop {
+            let i: u64 = rand::random();
+            if i != 0 {
+                return Incarnation(i);
+            }
+        }
+    }
+
+    /// From its binary form in a snapshot header; zero means none.
+    pub const fn from_raw(raw: u64) -> Option<Self> {
+        if raw == 0 {
+            None
+        } else {
+            Some(Incarnation(raw))
+        }
+    }
+
+    /// Its binary form for a snapshot header.
+    pub fn raw(self) -> u64 {
+        self.0
+    }
+
+    /// As a header value.
+    pub fn header_value(self) -> HeaderValue {
+        HeaderValue::from_str(&self.to_string()).expect("hex digits are a valid header value")
+    }
 }
 
-pub fn parse_incarnation(s: &str) -> Option<u64> {
-    if s.len() == 16 {
-        u64::from_str_radix(s, 16).ok()
-    } else {
-        None
+impl std::fmt::Display for Incarnation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// An incarnation that is not 16 hex digits naming a non-zero number.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("an incarnation is 16 hex digits, not zero; got {0:?}")]
+pub struct BadIncarnation(String);
+
+impl std::str::FromStr for Incarnation {
+    type Err = BadIncarnation;
+    fn from_str(s: &str) -> Result<Self, BadIncarnation> {
+        let bad = || BadIncarnation(s.chars().take(40).collect());
+        if s.len() != 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        let raw = u64::from_str_radix(s, 16).map_err(|_| bad())?;
+        Incarnation::from_raw(raw).ok_or_else(bad)
+    }
+}
+
+impl serde::Serialize for Incarnation {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Incarnation {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -77,9 +138,27 @@ mod tests {
     }
 
     #[test]
-    fn incarnations_format_and_parse() {
-        assert_eq!(incarnation_string(255), "00000000000000ff");
-        assert_eq!(parse_incarnation("00000000000000ff"), Some(255));
-        assert_eq!(parse_incarnation("ff"), None);
+    fn incarnations_format_parse_and_serialise_as_hex() {
+        let i = Incarnation::from_raw(255).unwrap();
+        assert_eq!(i.to_string(), "00000000000000ff");
+        assert_eq!("00000000000000ff".parse(), Ok(i));
+        assert_eq!("00000000000000FF".parse(), Ok(i));
+        for bad in [
+            "ff",
+            "0000000000000000",
+            "+00000000000000f",
+            "000000000000000g",
+            "",
+        ] {
+            assert!(bad.parse::<Incarnation>().is_err(), "{bad:?}");
+        }
+        assert_eq!(Incarnation::from_raw(0), None);
+        assert_eq!(serde_json::to_string(&i).unwrap(), "\"00000000000000ff\"");
+        assert_eq!(
+            serde_json::from_str::<Incarnation>("\"00000000000000ff\"").unwrap(),
+            i
+        );
+        assert!(serde_json::from_str::<Incarnation>("255").is_err());
+        assert_ne!(Incarnation::random(), Incarnation::random());
     }
 }

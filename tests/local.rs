@@ -107,7 +107,7 @@ fn meta(seq: u64) -> Meta {
     Meta {
         tokenizer: Tokenizer::Unicode,
         seq,
-        incarnation: 77,
+        incarnation: memdb::protocol::Incarnation::from_raw(77).unwrap(),
     }
 }
 

@@ -4,12 +4,16 @@ use std::collections::HashMap;
 
 use crate::util::*;
 
-/// Parses the Prometheus text format strictly enough to catch malformed lines:
-/// `name{labels} value` per sample, HELP/TYPE comments before each family.
+/// Parses the OpenMetrics text format strictly enough to catch malformed lines:
+/// `name{labels} value` per sample, HELP/TYPE comments before each family (a
+/// counter's samples end in `_total`), `# EOF` last.
 fn parse(text: &str) -> HashMap<String, f64> {
     let mut samples = HashMap::new();
     let mut typed = std::collections::HashSet::new();
-    for line in text.lines() {
+    let body = text
+        .strip_suffix("# EOF\n")
+        .unwrap_or_else(|| panic!("no # EOF at the end of {text:?}"));
+    for line in body.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let mut parts = rest.split(' ');
             let name = parts.next().unwrap();
@@ -33,7 +37,7 @@ fn parse(text: &str) -> HashMap<String, f64> {
                 && name.starts_with("memdb_"),
             "bad name in {line:?}"
         );
-        let family = ["_bucket", "_sum", "_count"]
+        let family = ["_bucket", "_sum", "_count", "_total"]
             .iter()
             .find_map(|s| name.strip_suffix(s))
             .filter(|f| typed.contains(*f))
@@ -51,7 +55,7 @@ async fn scrape(node: &Node) -> HashMap<String, f64> {
     let resp = reqwest::get(format!("{}/metrics", node.url)).await.unwrap();
     assert_eq!(resp.status(), 200);
     let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
-    assert!(ct.starts_with("text/plain"), "{ct}");
+    assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
     parse(&resp.text().await.unwrap())
 }
 

@@ -26,6 +26,7 @@ use crate::config::LeaderConfig;
 use crate::leader::backlog::Backlog;
 use crate::leader::publisher::{PublishError, Publisher};
 use crate::leader::replication::{LogSource, ReplicaSet};
+use crate::protocol::Incarnation;
 use crate::server::router::CountSource;
 use crate::storage::batch::Batch;
 use crate::storage::history::History;
@@ -205,7 +206,7 @@ struct Shared {
     wal: Wal,
     replicas: Arc<ReplicaSet>,
     config: LeaderConfig,
-    incarnation: u64,
+    incarnation: Incarnation,
     /// The earlier incarnations this one continues (see [`crate::storage::history`]).
     history: History,
     /// Random per incarnation; carried by every push so replicas can refuse pushes the
@@ -295,7 +296,7 @@ impl Leader {
         }
         replicas.spawn_expiry();
         tracing::info!(
-            incarnation = %crate::protocol::incarnation_string(incarnation),
+            incarnation = %incarnation,
             seq,
             tokenizer = %config.tokenizer,
             "leader recovered its data"
@@ -338,7 +339,7 @@ impl Leader {
         Ok(leader)
     }
 
-    pub fn incarnation(&self) -> u64 {
+    pub fn incarnation(&self) -> Incarnation {
         self.shared.incarnation
     }
 
@@ -488,11 +489,7 @@ impl Leader {
         };
         let image = snapshot::encode(t.map(), meta).map_err(std::io::Error::other)?;
         drop(t);
-        let name = format!(
-            "memdb-rescue-{}-seq{}.memdb",
-            crate::protocol::incarnation_string(s.incarnation),
-            meta.seq
-        );
+        let name = format!("memdb-rescue-{}-seq{}.memdb", s.incarnation, meta.seq);
         snapshot::write_atomically(&dir, &name, &format!(".{name}.tmp"), &image)
     }
 }

@@ -19,6 +19,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use crate::protocol::Incarnation;
 use crate::storage::batch::Batch;
 use crate::storage::snapshot::{self, Meta};
 use crate::storage::table::{Table, WordMap};
@@ -77,7 +78,7 @@ impl Publisher {
         seq: u64,
         published_seq: u64,
         tokenizer: Tokenizer,
-        incarnation: u64,
+        incarnation: Incarnation,
         interval: Duration,
         on_published: Box<dyn Fn(u64) + Send>,
     ) -> Self {
@@ -147,7 +148,7 @@ struct Worker {
     shadow: Table,
     published: u64,
     tokenizer: Tokenizer,
-    incarnation: u64,
+    incarnation: Incarnation,
     interval: Duration,
     stats: Arc<Mutex<PublishStats>>,
     published_tx: tokio::sync::watch::Sender<u64>,

@@ -193,11 +193,9 @@ async fn register_handler(
             }
             other => ApiError::bad_request(other.to_string()),
         })?;
-    let at = reg.seq.zip(
-        reg.incarnation
-            .as_deref()
-            .and_then(crate::protocol::parse_incarnation),
-    );
+    let at = reg
+        .seq
+        .zip(reg.incarnation.as_deref().and_then(|s| s.parse().ok()));
     if let Some((seq, inc)) = at
         && inc == leader.shared.incarnation
     {
@@ -210,7 +208,7 @@ async fn register_handler(
         "registered": new,
         "continues": continues,
         "push_secret": leader.shared.push_secret,
-        "incarnation": crate::protocol::incarnation_string(leader.shared.incarnation),
+        "incarnation": leader.shared.incarnation,
         "seq": leader.seq(),
         "tokenizer": leader.shared.config.tokenizer,
     }))

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::server::error::ApiError;
+use crate::server::metrics::Series;
 use crate::server::router::{CountSource, SyncBody};
 
 use super::Leader;
@@ -56,7 +57,7 @@ impl Leader {
             "problems": problems,
             "seq": seq,
             "digest": format!("{digest:016x}"),
-            "incarnation": crate::protocol::incarnation_string(s.incarnation),
+            "incarnation": s.incarnation,
             "tokenizer": s.config.tokenizer,
             "words": words,
             "words_ingested": s.words_ingested.load(Ordering::Relaxed),
@@ -86,154 +87,115 @@ impl CountSource for Leader {
         self.shared.table.read().len() as u64
     }
 
-    fn write_metrics(&self, out: &mut String) {
-        use crate::server::metrics::{write_labelled, write_metric};
+    fn collect(&self, m: &mut Series<'_>) {
         let s = &self.shared;
-        write_metric(
-            out,
+        m.counter(
             "memdb_words_ingested_total",
-            "counter",
             "Words counted since start.",
-            s.words_ingested.load(Ordering::Relaxed) as f64,
+            s.words_ingested.load(Ordering::Relaxed),
         );
         let reports = s.replicas.reports();
-        write_labelled(
-            out,
+        m.gauges(
             "memdb_replica_lag_batches",
-            "gauge",
             "Batches a network replica is behind (-1 while unknown).",
             "replica",
             reports
                 .iter()
                 .map(|r| (r.url.clone(), r.lag.map(|l| l as f64).unwrap_or(-1.0))),
         );
-        write_labelled(
-            out,
+        m.gauges(
             "memdb_replica_lag_seconds",
-            "gauge",
             "Age of the oldest batch a network replica lacks; 0 when caught up (-1 while unknown).",
             "replica",
             reports
                 .iter()
                 .map(|r| (r.url.clone(), seconds_or_unknown(r.lag_ms))),
         );
-        write_labelled(
-            out,
+        m.gauges(
             "memdb_replica_last_ack_age_seconds",
-            "gauge",
             "Seconds since a network replica last acknowledged a push (-1 if never).",
             "replica",
             reports
                 .iter()
                 .map(|r| (r.url.clone(), seconds_or_unknown(r.last_ok_ms_ago))),
         );
-        write_labelled(
-            out,
+        m.counters(
             "memdb_replica_log_pushes_total",
-            "counter",
             "Pushes to a network replica read back from the write-ahead log.",
             "replica",
             reports.iter().map(|r| (r.url.clone(), r.log_pushes as f64)),
         );
-        write_labelled(
-            out,
+        m.counters(
             "memdb_replica_resyncs_total",
-            "counter",
             "Full syncs the leader asked a network replica to do.",
             "replica",
             reports.iter().map(|r| (r.url.clone(), r.resyncs as f64)),
         );
         let snap = s.publisher.stats();
-        write_metric(
-            out,
+        m.gauge(
             "memdb_snapshot_seq",
-            "gauge",
             "Seq of the snapshot on disk.",
-            snap.seq as f64,
+            snap.seq,
         );
-        write_metric(
-            out,
+        m.counter(
             "memdb_snapshot_publishes_total",
-            "counter",
             "Snapshots published since start.",
-            snap.publishes as f64,
+            snap.publishes,
         );
-        write_metric(
-            out,
+        m.gauge(
             "memdb_snapshot_publish_seconds",
-            "gauge",
             "Duration of the last snapshot publish.",
             snap.last_duration_ms.unwrap_or(0.0) / 1e3,
         );
-        write_metric(
-            out,
+        m.gauge(
             "memdb_snapshot_bytes",
-            "gauge",
             "Size of the last published snapshot.",
-            snap.last_bytes.unwrap_or(0) as f64,
+            snap.last_bytes.unwrap_or(0),
         );
         let f = s.wal.fsync_stats();
-        write_metric(
-            out,
+        m.gauge(
             "memdb_wal_durable_seq",
-            "gauge",
             "Highest seq the write-ahead log has made durable.",
-            s.wal.durable_seq() as f64,
+            s.wal.durable_seq(),
         );
-        write_metric(
-            out,
+        m.counter(
             "memdb_wal_fsyncs_total",
-            "counter",
             "fsyncs of the write-ahead log.",
-            f.fsyncs.load(Ordering::Relaxed) as f64,
+            f.fsyncs.load(Ordering::Relaxed),
         );
-        write_metric(
-            out,
+        m.counter(
             "memdb_wal_fsync_seconds_total",
-            "counter",
             "Time spent in write-ahead log fsyncs.",
             f.total_nanos.load(Ordering::Relaxed) as f64 / 1e9,
         );
         let h = s.wal.health();
-        write_metric(
-            out,
+        m.gauge(
             "memdb_wal_failed",
-            "gauge",
             "1 while the write-ahead log cannot be written (writes are refused).",
-            h.is_failed() as u8 as f64,
+            h.is_failed(),
         );
-        write_metric(
-            out,
+        m.counter(
             "memdb_wal_failures_total",
-            "counter",
             "Times the write-ahead log became unwritable.",
-            h.failures.load(Ordering::Relaxed) as f64,
+            h.failures.load(Ordering::Relaxed),
         );
-        write_metric(
-            out,
+        m.gauge(
             "memdb_wal_roll_failing",
-            "gauge",
             "1 while a full log segment cannot be closed (no new one can be created).",
-            h.roll_error().is_some() as u8 as f64,
+            h.roll_error().is_some(),
         );
-        write_metric(
-            out,
+        m.counter(
             "memdb_writes_refused_total",
-            "counter",
             "Writes refused (not applied) because the write-ahead log failed.",
-            s.refused.load(Ordering::Relaxed) as f64,
+            s.refused.load(Ordering::Relaxed),
         );
-        write_metric(
-            out,
+        m.gauge(
             "memdb_snapshot_failing",
-            "gauge",
             "1 while the last snapshot publish failed.",
-            snap.last_error.is_some() as u8 as f64,
+            snap.last_error.is_some(),
         );
-        write_metric(
-            out,
+        m.gauge(
             "memdb_wal_last_fsync_seconds",
-            "gauge",
             "Duration of the last write-ahead log fsync.",
             f.last_nanos.load(Ordering::Relaxed) as f64 / 1e9,
         );
@@ -270,7 +232,7 @@ impl CountSource for Leader {
             t.map(),
             t.len() * 16,
             t.seq(),
-            self.shared.incarnation,
+            Some(self.shared.incarnation),
             self.shared.config.tokenizer,
         )
     }

@@ -1,172 +1,327 @@
-//! `GET /metrics` in the Prometheus text format.
+//! `GET /metrics` in the OpenMetrics text format, through `prometheus-client`.
 //!
-//! Request counts and latencies are recorded by a small tower layer (two clock reads
-//! and a few relaxed atomic adds per request, no allocation) into process-wide
-//! counters: a process runs one node. Each role adds its own gauges at scrape time
-//! (see `CountSource::write_metrics`). The same layer logs each request at debug level.
+//! Every node has one [`NodeMetrics`]: a registry with the request counter and latency
+//! histogram, which the [`CountRequests`] tower layer records into, and a collector
+//! that reads the role's own series at scrape time ([`CountSource::collect`]). Requests
+//! are labelled by route; the routes are the node router's own (taken from its OpenAPI
+//! document, which is built from the same list as the router), anything else is
+//! `other`. The layer does no lookup by label per request: each route's counters
+//! and histogram are resolved once. It also logs each request at debug level.
 
-use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::extract::Request;
 use axum::response::Response;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
-/// The routes requests are counted under; anything else is `other`.
-const ROUTES: [&str; 9] = [
-    "/post",
-    "/sync",
-    "/wordcount",
-    "/health",
-    "/update",
-    "/replicas",
-    "/metrics",
-    "/openapi.json",
-    "other",
-];
+use crate::server::router::CountSource;
+
+/// What `/metrics` answers with.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 /// Latency histogram bucket bounds, in seconds.
 const BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// The label of requests to no route of the node.
+const OTHER: &str = "other";
 
-struct RouteStats {
-    by_class: [AtomicU64; 5],
-    /// Cumulative counts are computed at scrape time from these per-bucket counts;
-    /// the last slot is `+Inf`.
-    buckets: [AtomicU64; BUCKETS.len() + 1],
-    sum_nanos: AtomicU64,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteClass {
+    route: String,
+    status: &'static str,
 }
 
-impl RouteStats {
-    const fn new() -> Self {
-        RouteStats {
-            by_class: [const { AtomicU64::new(0) }; 5],
-            buckets: [const { AtomicU64::new(0) }; BUCKETS.len() + 1],
-            sum_nanos: AtomicU64::new(0),
-        }
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+/// One route's series, resolved from the families once.
+struct RouteSeries {
+    /// Created on first use, so only the classes a route answered with are exposed.
+    by_class: [OnceLock<Counter>; 5],
+    duration: Histogram,
+}
+
+/// A node's metrics: what `/metrics` encodes.
+pub struct NodeMetrics {
+    registry: Registry,
+    requests: Family<RouteClass, Counter>,
+    /// The node's routes, then `other`; a request's route is its index here.
+    routes: Vec<String>,
+    series: Vec<RouteSeries>,
+}
+
+impl std::fmt::Debug for NodeMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeMetrics")
+            .field("routes", &self.routes)
+            .finish_non_exhaustive()
     }
 }
 
-static HTTP: [RouteStats; ROUTES.len()] = [const { RouteStats::new() }; ROUTES.len()];
+impl NodeMetrics {
+    /// Metrics for a node whose router serves `routes` (paths, as routed) and whose
+    /// own series `node` writes at scrape time.
+    pub fn new(routes: impl IntoIterator<Item = String>, node: impl Collector) -> Self {
+        let mut routes: Vec<String> = routes.into_iter().collect();
+        routes.sort();
+        routes.dedup();
+        routes.retain(|r| r != OTHER);
+        routes.push(OTHER.to_owned());
+        let requests = Family::<RouteClass, Counter>::default();
+        let durations =
+            Family::<RouteLabel, Histogram>::new_with_constructor(latency_histogram as fn() -> _);
+        let series = routes
+            .iter()
+            .map(|r| RouteSeries {
+                by_class: Default::default(),
+                duration: durations.get_or_create_owned(&RouteLabel { route: r.clone() }),
+            })
+            .collect();
+        let mut registry = Registry::default();
+        registry.register(
+            "memdb_requests",
+            "HTTP requests answered, by route and status class",
+            requests.clone(),
+        );
+        registry.register(
+            "memdb_request_duration_seconds",
+            "Time to answer a request, by route",
+            durations,
+        );
+        registry.register_collector(Box::new(node));
+        NodeMetrics {
+            registry,
+            requests,
+            routes,
+            series,
+        }
+    }
 
-fn route_index(path: &str) -> usize {
-    ROUTES
-        .iter()
-        .position(|r| *r == path)
-        .unwrap_or(ROUTES.len() - 1)
+    fn route_index(&self, path: &str) -> usize {
+        self.routes
+            .iter()
+            .position(|r| r == path)
+            .unwrap_or(self.routes.len() - 1)
+    }
+
+    fn record(&self, route: usize, status: u16, started: Instant) {
+        let series = &self.series[route];
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        series.by_class[class]
+            .get_or_init(|| {
+                self.requests.get_or_create_owned(&RouteClass {
+                    route: self.routes[route].clone(),
+                    status: CLASSES[class],
+                })
+            })
+            .inc();
+        series.duration.observe(started.elapsed().as_secs_f64());
+    }
+
+    /// The whole exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8 << 10);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
 }
 
-fn record(route: usize, status: u16, started: Instant) {
-    let stats = &HTTP[route];
-    let class = (status / 100).clamp(1, 5) as usize - 1;
-    stats.by_class[class].fetch_add(1, Ordering::Relaxed);
-    let elapsed = started.elapsed();
-    let secs = elapsed.as_secs_f64();
-    let bucket = BUCKETS
-        .iter()
-        .position(|b| secs <= *b)
-        .unwrap_or(BUCKETS.len());
-    stats.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-    stats
-        .sum_nanos
-        .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+fn latency_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
 }
 
-/// Writes the HTTP series.
-pub fn write_http(out: &mut String) {
-    out.push_str(
-        "# HELP memdb_requests_total HTTP requests answered, by route and status class.\n",
-    );
-    out.push_str("# TYPE memdb_requests_total counter\n");
-    for (i, route) in ROUTES.iter().enumerate() {
-        for (c, class) in CLASSES.iter().enumerate() {
-            let n = HTTP[i].by_class[c].load(Ordering::Relaxed);
-            if n > 0 {
-                let _ = writeln!(
-                    out,
-                    "memdb_requests_total{{route=\"{route}\",status=\"{class}\"}} {n}"
-                );
+/// Reads a node's series at scrape time: those every node has, then the role's own.
+pub struct NodeCollector<S>(pub S);
+
+impl<S> std::fmt::Debug for NodeCollector<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeCollector")
+    }
+}
+
+impl<S: CountSource> Collector for NodeCollector<S> {
+    fn encode(&self, encoder: DescriptorEncoder) -> std::fmt::Result {
+        use crate::server::{budget, listen};
+        let mut m = Series::new(encoder);
+        let node = &self.0;
+        m.gauge("memdb_seq", "Seq the node's table reflects.", node.seq());
+        m.gauge(
+            "memdb_distinct_words",
+            "Distinct words in the node's table.",
+            node.distinct_words(),
+        );
+        m.gauge(
+            "memdb_connections_open",
+            "Client connections open now.",
+            listen::CONNECTIONS_OPEN.load(Ordering::Relaxed),
+        );
+        m.counter(
+            "memdb_connections_refused_total",
+            "Connections closed at once because the connection cap was reached.",
+            listen::CONNECTIONS_REFUSED.load(Ordering::Relaxed),
+        );
+        m.counter(
+            "memdb_body_budget_refusals_total",
+            "Requests answered 503 because --max-body-in-flight was spent.",
+            budget::REFUSED.load(Ordering::Relaxed),
+        );
+        node.collect(&mut m);
+        m.result
+    }
+}
+
+/// A value a series can take: counts and seqs, or seconds and other measures.
+pub trait Value: Copy {
+    fn as_f64(self) -> f64;
+}
+
+impl Value for u64 {
+    fn as_f64(self) -> f64 {
+        self as f64
+    }
+}
+
+impl Value for usize {
+    fn as_f64(self) -> f64 {
+        self as f64
+    }
+}
+
+impl Value for f64 {
+    fn as_f64(self) -> f64 {
+        self
+    }
+}
+
+impl Value for bool {
+    fn as_f64(self) -> f64 {
+        if self { 1.0 } else { 0.0 }
+    }
+}
+
+/// Where a role writes its series at scrape time. Names are as scraped (counters end
+/// in `_total`). The first encoding error is kept and returned to the registry.
+pub struct Series<'a> {
+    encoder: DescriptorEncoder<'a>,
+    result: std::fmt::Result,
+}
+
+impl<'a> Series<'a> {
+    fn new(encoder: DescriptorEncoder<'a>) -> Self {
+        Series {
+            encoder,
+            result: Ok(()),
+        }
+    }
+
+    pub fn gauge(&mut self, name: &str, help: &str, value: impl Value) {
+        let metric = ConstGauge::new(value.as_f64());
+        self.one(name, help, &metric);
+    }
+
+    pub fn counter(&mut self, name: &str, help: &str, value: impl Value) {
+        let metric = ConstCounter::new(value.as_f64());
+        self.one(counter_family(name), help, &metric);
+    }
+
+    /// A gauge with one label, one sample per `(label value, value)`.
+    pub fn gauges<V: Value>(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &'static str,
+        values: impl IntoIterator<Item = (String, V)>,
+    ) {
+        self.labelled(name, help, label, values, ConstGauge::new);
+    }
+
+    /// A counter with one label, one sample per `(label value, value)`.
+    pub fn counters<V: Value>(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &'static str,
+        values: impl IntoIterator<Item = (String, V)>,
+    ) {
+        self.labelled(counter_family(name), help, label, values, |v| {
+            ConstCounter::new(v)
+        });
+    }
+
+    fn one(&mut self, name: &str, help: &str, metric: &impl EncodeMetric) {
+        if self.result.is_ok() {
+            self.result = self
+                .encoder
+                .encode_descriptor(name, help, None, metric.metric_type())
+                .and_then(|e| metric.encode(e));
+        }
+    }
+
+    fn labelled<V: Value, M: EncodeMetric>(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &'static str,
+        values: impl IntoIterator<Item = (String, V)>,
+        make: impl Fn(f64) -> M,
+    ) {
+        if self.result.is_err() {
+            return;
+        }
+        let kind = make(0.0).metric_type();
+        self.result = (|| {
+            let mut family = self.encoder.encode_descriptor(name, help, None, kind)?;
+            for (l, v) in values {
+                let labels = [(label, l.as_str())];
+                make(v.as_f64()).encode(family.encode_family(&labels)?)?;
             }
-        }
-    }
-    out.push_str("# HELP memdb_request_duration_seconds Time to answer a request, by route.\n");
-    out.push_str("# TYPE memdb_request_duration_seconds histogram\n");
-    for (i, route) in ROUTES.iter().enumerate() {
-        let s = &HTTP[i];
-        let mut cumulative = 0;
-        for (b, le) in BUCKETS.iter().enumerate() {
-            cumulative += s.buckets[b].load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "memdb_request_duration_seconds_bucket{{route=\"{route}\",le=\"{le}\"}} {cumulative}"
-            );
-        }
-        cumulative += s.buckets[BUCKETS.len()].load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "memdb_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {cumulative}"
-        );
-        let sum = s.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        let _ = writeln!(
-            out,
-            "memdb_request_duration_seconds_sum{{route=\"{route}\"}} {sum}"
-        );
-        let _ = writeln!(
-            out,
-            "memdb_request_duration_seconds_count{{route=\"{route}\"}} {cumulative}"
-        );
+            Ok(())
+        })();
     }
 }
 
-/// Appends one gauge or counter with its HELP and TYPE lines.
-pub fn write_metric(out: &mut String, name: &str, kind: &str, help: &str, value: f64) {
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+/// A counter's family name: the scraped name without `_total`, which the encoder adds.
+fn counter_family(name: &str) -> &str {
+    debug_assert!(
+        name.ends_with("_total"),
+        "counter {name} must end in _total"
     );
+    name.strip_suffix("_total").unwrap_or(name)
 }
 
-/// Appends a labelled series (HELP/TYPE once, then one line per label value).
-pub fn write_labelled(
-    out: &mut String,
-    name: &str,
-    kind: &str,
-    help: &str,
-    label: &str,
-    values: impl IntoIterator<Item = (String, f64)>,
-) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    for (l, v) in values {
-        let l = escape_label(&l);
-        let _ = writeln!(out, "{name}{{{label}=\"{l}\"}} {v}");
-    }
-}
-
-/// A label value in the exposition format: backslash, double quote and line feed
-/// escaped.
-fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// The tower layer that counts requests.
-#[derive(Clone, Copy, Default)]
-pub struct CountRequests;
+/// The tower layer that counts requests into a node's [`NodeMetrics`].
+#[derive(Clone)]
+pub struct CountRequests(pub Arc<NodeMetrics>);
 
 impl<S> tower::Layer<S> for CountRequests {
     type Service = Counted<S>;
     fn layer(&self, inner: S) -> Counted<S> {
-        Counted { inner }
+        Counted {
+            metrics: self.0.clone(),
+            inner,
+        }
     }
 }
 
 #[derive(Clone)]
 pub struct Counted<S> {
+    metrics: Arc<NodeMetrics>,
     inner: S,
 }
 
@@ -187,7 +342,8 @@ where
         let log = tracing::enabled!(tracing::Level::DEBUG)
             .then(|| (req.method().clone(), req.uri().path().to_owned()));
         CountedFuture {
-            route: route_index(req.uri().path()),
+            route: self.metrics.route_index(req.uri().path()),
+            metrics: self.metrics.clone(),
             started: Instant::now(),
             log,
             inner: self.inner.call(req),
@@ -198,6 +354,7 @@ where
 pin_project_lite::pin_project! {
     pub struct CountedFuture<F> {
         route: usize,
+        metrics: Arc<NodeMetrics>,
         started: Instant,
         log: Option<(axum::http::Method, String)>,
         #[pin]
@@ -215,7 +372,8 @@ where
         let this = self.project();
         let out = std::task::ready!(this.inner.poll(cx));
         if let Ok(resp) = &out {
-            record(*this.route, resp.status().as_u16(), *this.started);
+            this.metrics
+                .record(*this.route, resp.status().as_u16(), *this.started);
             if let Some((method, path)) = this.log.take() {
                 tracing::debug!(
                     %method,
@@ -234,42 +392,71 @@ where
 mod tests {
     use super::*;
 
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(escape_label("a\\b\"c\nd"), "a\\\\b\\\"c\\nd");
-        let mut out = String::new();
-        write_labelled(
-            &mut out,
-            "m",
-            "gauge",
-            "h",
-            "replica",
-            [("x\ny".to_owned(), 1.0)],
-        );
-        assert!(out.contains("m{replica=\"x\\ny\"} 1"), "{out}");
-        assert_eq!(out.lines().count(), 3);
+    /// A role's series, as a collector writes them.
+    #[derive(Debug)]
+    struct Fixed;
+
+    impl Collector for Fixed {
+        fn encode(&self, encoder: DescriptorEncoder) -> std::fmt::Result {
+            let mut m = Series::new(encoder);
+            m.gauge("memdb_seq", "h", 7u64);
+            m.counter("memdb_things_total", "h", 3u64);
+            m.gauges("memdb_lag", "h", "replica", [("x\ny\"\\".to_owned(), -1.0)]);
+            m.counters(
+                "memdb_loads_total",
+                "h",
+                "source",
+                [("poll".to_owned(), 2u64)],
+            );
+            m.result
+        }
+    }
+
+    fn metrics() -> NodeMetrics {
+        NodeMetrics::new(["/wordcount".to_owned(), "/post".to_owned()], Fixed)
     }
 
     #[test]
-    fn recorded_requests_show_in_the_exposition() {
-        record(route_index("/wordcount"), 200, Instant::now());
-        record(route_index("/nope"), 404, Instant::now());
-        let mut out = String::new();
-        write_http(&mut out);
-        assert!(out.contains("memdb_requests_total{route=\"/wordcount\",status=\"2xx\"}"));
-        assert!(out.contains("memdb_requests_total{route=\"other\",status=\"4xx\"}"));
+    fn label_values_are_escaped() {
+        let out = metrics().encode();
         assert!(
-            out.contains("memdb_request_duration_seconds_bucket{route=\"/wordcount\",le=\"+Inf\"}")
+            out.contains("memdb_lag{replica=\"x\\ny\\\"\\\\\"} -1"),
+            "{out}"
         );
-        let mut g = String::new();
-        write_labelled(
-            &mut g,
-            "x",
-            "gauge",
-            "h",
-            "replica",
-            [("a\"b".to_owned(), 1.0)],
-        );
-        assert!(g.contains("x{replica=\"a\\\"b\"} 1"));
+        assert!(!out.contains("x\ny"), "{out}");
+    }
+
+    #[test]
+    fn a_roles_series_are_typed_and_counters_end_in_total() {
+        let out = metrics().encode();
+        for line in [
+            "# TYPE memdb_seq gauge",
+            "memdb_seq 7",
+            "# TYPE memdb_things counter",
+            "memdb_things_total 3",
+            "memdb_loads_total{source=\"poll\"} 2",
+        ] {
+            assert!(out.lines().any(|l| l.starts_with(line)), "{line} in {out}");
+        }
+        assert!(out.ends_with("# EOF\n"), "{out}");
+    }
+
+    #[test]
+    fn requests_are_counted_under_the_routers_routes_or_other() {
+        let m = metrics();
+        m.record(m.route_index("/wordcount"), 200, Instant::now());
+        m.record(m.route_index("/wordcount"), 200, Instant::now());
+        m.record(m.route_index("/nope"), 404, Instant::now());
+        let out = m.encode();
+        for line in [
+            "memdb_requests_total{route=\"/wordcount\",status=\"2xx\"} 2",
+            "memdb_requests_total{route=\"other\",status=\"4xx\"} 1",
+            "memdb_request_duration_seconds_count{route=\"/wordcount\"} 2",
+            "memdb_request_duration_seconds_bucket{le=\"+Inf\",route=\"/post\"} 0",
+        ] {
+            assert!(out.lines().any(|l| l.starts_with(line)), "{line} in {out}");
+        }
+        // Only the classes a route answered with are exposed.
+        assert!(!out.contains("status=\"5xx\""), "{out}");
     }
 }

@@ -161,7 +161,7 @@ pub async fn openapi_json(spec: Bytes) -> Response {
 
 /// Adds `GET /openapi.json` to `api` and to `router`, serving `api` (which then
 /// documents its own route too).
-pub fn serve_document<S>(router: axum::Router<S>, mut api: OpenApi) -> axum::Router<S>
+pub fn serve_document<S>(router: axum::Router<S>, mut api: OpenApi) -> (axum::Router<S>, OpenApi)
 where
     S: Clone + Send + Sync + 'static,
 {
@@ -180,5 +180,5 @@ where
         let spec = spec.clone();
         r.on(m.to_method_filter(), move || openapi_json(spec.clone()))
     });
-    router.route(&__path_openapi_json::path(), route)
+    (router.route(&__path_openapi_json::path(), route), api)
 }

@@ -2,6 +2,7 @@
 //! `min_seq`), `GET /sync`, and the `x-memdb-seq` header on every response.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -13,10 +14,11 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
 
 use crate::config::{Limits, Serving};
-use crate::protocol::INCARNATION;
 use crate::protocol::SEQ;
 use crate::protocol::TOKENIZER;
+use crate::protocol::{INCARNATION, Incarnation};
 use crate::server::error::ApiError;
+use crate::server::metrics::{NodeMetrics, Series};
 use crate::words::Tokenizer;
 
 /// A node whose counts can be read.
@@ -38,8 +40,8 @@ pub trait CountSource: Clone + Send + Sync + 'static {
     fn sync_body(&self) -> SyncBody;
     /// Distinct words in the table the node serves.
     fn distinct_words(&self) -> u64;
-    /// Appends the role's own Prometheus series (beyond seq and distinct words).
-    fn write_metrics(&self, out: &mut String);
+    /// Writes the role's own series (beyond seq and distinct words) at scrape time.
+    fn collect(&self, m: &mut Series<'_>);
 }
 
 /// Waits until `rx` reaches `min`, for at most `max_wait`; `Err` holds the seq reached.
@@ -126,66 +128,19 @@ pub async fn wordcount<S: CountSource>(
     tag = "operations",
     summary = "Prometheus metrics",
     responses(
-        (status = 200, description = "Series prefixed memdb_, in Prometheus text format 0.0.4",
-         body = String, content_type = "text/plain"),
+        (status = 200, description = "Series prefixed memdb_, in the OpenMetrics text format 1.0",
+         body = String, content_type = "application/openmetrics-text"),
         (status = 401, description = "Missing or wrong token (with --protect-reads)",
          body = crate::server::openapi::ErrorBody),
     )
 )]
-pub async fn metrics<S: CountSource>(State(node): State<S>) -> Response {
-    let mut out = String::with_capacity(8 << 10);
-    crate::server::metrics::write_http(&mut out);
-    let (seq, words) = (node.seq(), node.distinct_words());
-    crate::server::metrics::write_metric(
-        &mut out,
-        "memdb_seq",
-        "gauge",
-        "Seq the node's table reflects.",
-        seq as f64,
-    );
-    crate::server::metrics::write_metric(
-        &mut out,
-        "memdb_distinct_words",
-        "gauge",
-        "Distinct words in the node's table.",
-        words as f64,
-    );
-    use std::sync::atomic::Ordering::Relaxed;
-    for (name, kind, help, value) in [
-        (
-            "memdb_connections_open",
-            "gauge",
-            "Client connections open now.",
-            &crate::server::listen::CONNECTIONS_OPEN,
-        ),
-        (
-            "memdb_connections_refused_total",
-            "counter",
-            "Connections closed at once because the connection cap was reached.",
-            &crate::server::listen::CONNECTIONS_REFUSED,
-        ),
-        (
-            "memdb_body_budget_refusals_total",
-            "counter",
-            "Requests answered 503 because --max-body-in-flight was spent.",
-            &crate::server::budget::REFUSED,
-        ),
-    ] {
-        crate::server::metrics::write_metric(
-            &mut out,
-            name,
-            kind,
-            help,
-            value.load(Relaxed) as f64,
-        );
-    }
-    node.write_metrics(&mut out);
+pub async fn metrics(axum::Extension(metrics): axum::Extension<Arc<NodeMetrics>>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4"),
+            HeaderValue::from_static(crate::server::metrics::CONTENT_TYPE),
         )],
-        out,
+        metrics.encode(),
     )
         .into_response()
 }
@@ -216,30 +171,30 @@ pub async fn sync<S: CountSource>(State(node): State<S>) -> Result<Response, Api
         incarnation,
         tokenizer,
     } = node.sync_body();
-    Ok((
+    let mut resp = (
         [
             (
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             ),
             (SEQ, crate::protocol::seq_value(seq)),
-            (
-                INCARNATION,
-                HeaderValue::from_str(&crate::protocol::incarnation_string(incarnation))
-                    .expect("hex is a valid header value"),
-            ),
             (TOKENIZER, HeaderValue::from_static(tokenizer.as_str())),
         ],
         body,
     )
-        .into_response())
+        .into_response();
+    if let Some(inc) = incarnation {
+        resp.headers_mut().insert(INCARNATION, inc.header_value());
+    }
+    Ok(resp)
 }
 
 /// The whole table as `GET /sync` answers it: the JSON object and what it belongs to.
 pub struct SyncBody {
     pub json: Vec<u8>,
     pub seq: u64,
-    pub incarnation: u64,
+    /// `None` only for a local replica's snapshot whose header names none.
+    pub incarnation: Option<Incarnation>,
     pub tokenizer: Tokenizer,
 }
 
@@ -250,7 +205,7 @@ impl SyncBody {
         table: &impl serde::Serialize,
         size_hint: usize,
         seq: u64,
-        incarnation: u64,
+        incarnation: Option<Incarnation>,
         tokenizer: Tokenizer,
     ) -> Self {
         let mut json = Vec::with_capacity(size_hint + 2);
@@ -330,7 +285,7 @@ pub fn node_router<S: CountSource>(
     let guarded = guarded.routes(documented::<__path_sync, _, _, _>(sync::<S>));
     let lookups = OpenApiRouter::new()
         .routes(documented::<__path_wordcount, _, _, _>(wordcount::<S>))
-        .routes(documented::<__path_metrics, _, _, _>(metrics::<S>));
+        .routes(utoipa_axum::routes!(metrics));
     let open = OpenApiRouter::new().routes(health);
     let mut routes = serving.apply(guarded, lookups, open);
     if let Some(max) = max_body {
@@ -338,9 +293,16 @@ pub fn node_router<S: CountSource>(
     }
     let (routes, mut api) = routes.split_for_parts();
     crate::server::openapi::finish_document(&mut api, role, serving.auth_token.is_some());
+    let (routes, api) = crate::server::openapi::serve_document(routes, api);
+    // Requests are counted under the routes the document (and so the router) has.
+    let metrics = Arc::new(NodeMetrics::new(
+        api.paths.paths.keys().cloned(),
+        crate::server::metrics::NodeCollector(node.clone()),
+    ));
     finish(
-        crate::server::openapi::serve_document(routes, api),
+        routes.layer(axum::Extension(metrics.clone())),
         node,
+        metrics,
         serving.limits,
         max_body,
     )
@@ -350,9 +312,10 @@ pub fn node_router<S: CountSource>(
 /// seq header on every response (refusals included), the rate limit, the body-bytes
 /// budget, the concurrency cap and request timeout (answered with JSON 429s and 503s,
 /// so overload is refused rather than queued without bound), and the node as state.
-pub fn finish<S: CountSource>(
+fn finish<S: CountSource>(
     routes: Router<S>,
     node: S,
+    metrics: Arc<NodeMetrics>,
     limits: Limits,
     max_body: Option<usize>,
 ) -> Router {
@@ -377,7 +340,7 @@ pub fn finish<S: CountSource>(
     // Counted outermost, so refusals for overload and timeouts are counted too.
     let counted = ServiceBuilder::new()
         .layer(seq)
-        .layer(crate::server::metrics::CountRequests)
+        .layer(crate::server::metrics::CountRequests(metrics))
         .layer(crate::server::ratelimit::RateLimit::new(limits.rate_limit))
         .layer(crate::server::budget::BodyBudgetLayer(
             crate::server::budget::BodyBudget::new(limits.max_body_in_flight, max_body),

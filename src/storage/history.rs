@@ -18,8 +18,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::incarnation_string;
-use crate::protocol::parse_incarnation;
+use crate::protocol::Incarnation;
 
 /// The file in the data directory.
 pub const FILE_NAME: &str = "history.json";
@@ -29,23 +28,20 @@ const TEMP_NAME: &str = "history.json.tmp";
 const MAX_ANCESTORS: usize = 32;
 
 /// The current incarnation and the earlier ones it continues.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Stored as `history.json`: `{"incarnation": "<hex>", "ancestors":
+/// [{"incarnation": "<hex>", "until_seq": N}, ...]}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct History {
-    pub incarnation: u64,
-    /// (incarnation, the last seq it shares with the current one), newest first.
-    pub ancestors: Vec<(u64, u64)>,
+    pub incarnation: Incarnation,
+    /// Newest first.
+    pub ancestors: Vec<Ancestor>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct OnDisk {
-    incarnation: String,
-    ancestors: Vec<Ancestor>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Ancestor {
-    incarnation: String,
-    until_seq: u64,
+/// An earlier incarnation and the last seq it shares with the current one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ancestor {
+    pub incarnation: Incarnation,
+    pub until_seq: u64,
 }
 
 impl History {
@@ -67,13 +63,19 @@ impl History {
         if let Some(prev) = previous {
             // What the previous process recovered, and everything it had in common
             // with its own ancestors, is shared up to what this process recovered.
-            ancestors.push((prev.incarnation, seq));
-            ancestors.extend(prev.ancestors.into_iter().map(|(i, u)| (i, u.min(seq))));
+            ancestors.push(Ancestor {
+                incarnation: prev.incarnation,
+                until_seq: seq,
+            });
+            ancestors.extend(prev.ancestors.into_iter().map(|a| Ancestor {
+                until_seq: a.until_seq.min(seq),
+                ..a
+            }));
             ancestors.truncate(MAX_ANCESTORS);
         }
         let incarnation = loop {
-            let i: u64 = rand::random();
-            if i != 0 && !ancestors.iter().any(|(a, _)| *a == i) {
+            let i = Incarnation::random();
+            if !ancestors.iter().any(|a| a.incarnation == i) {
                 break i;
             }
         };
@@ -86,45 +88,22 @@ impl History {
     }
 
     /// Whether a replica at `seq` of `incarnation` holds a prefix of this history.
-    pub fn continues(&self, incarnation: u64, seq: u64) -> bool {
+    pub fn continues(&self, incarnation: Incarnation, seq: u64) -> bool {
         incarnation == self.incarnation
             || self
                 .ancestors
                 .iter()
-                .any(|(i, until)| *i == incarnation && seq <= *until)
+                .any(|a| a.incarnation == incarnation && seq <= a.until_seq)
     }
 
     fn load(dir: &Path) -> io::Result<Option<History>> {
         let bytes = fs::read(dir.join(FILE_NAME))?;
-        let disk: OnDisk = serde_json::from_slice(&bytes).map_err(io::Error::other)?;
-        let parse = |s: &str| {
-            parse_incarnation(s)
-                .ok_or_else(|| io::Error::other(format!("bad incarnation {s:?} in {FILE_NAME}")))
-        };
-        let mut ancestors = Vec::new();
-        for a in &disk.ancestors {
-            ancestors.push((parse(&a.incarnation)?, a.until_seq));
-        }
-        Ok(Some(History {
-            incarnation: parse(&disk.incarnation)?,
-            ancestors,
-        }))
+        serde_json::from_slice(&bytes).map_err(io::Error::other)
     }
 
     /// Writes the file durably (it must be on disk before the leader accepts writes).
     fn store(&self, dir: &Path) -> io::Result<()> {
-        let disk = OnDisk {
-            incarnation: incarnation_string(self.incarnation),
-            ancestors: self
-                .ancestors
-                .iter()
-                .map(|(i, u)| Ancestor {
-                    incarnation: incarnation_string(*i),
-                    until_seq: *u,
-                })
-                .collect(),
-        };
-        let mut bytes = serde_json::to_vec_pretty(&disk).map_err(io::Error::other)?;
+        let mut bytes = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
         bytes.push(b'\n');
         crate::storage::snapshot::write_atomically(dir, FILE_NAME, TEMP_NAME, &bytes).map(|_| ())
     }
@@ -154,8 +133,25 @@ mod tests {
         assert!(!third.continues(second.incarnation, 61));
         assert!(third.continues(first.incarnation, 60));
         assert!(!third.continues(first.incarnation, 80));
-        assert!(!third.continues(12345, 1), "an unknown history");
+        let unknown = Incarnation::from_raw(12345).unwrap();
+        assert!(!third.continues(unknown, 1), "an unknown history");
         assert_eq!(History::load(dir.path()).unwrap().unwrap(), third);
+    }
+
+    #[test]
+    fn the_file_format_is_hex_ids_and_seqs() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = r#"{"incarnation": "00000000000000ff",
+            "ancestors": [{"incarnation": "0000000000000010", "until_seq": 7}]}"#;
+        fs::write(dir.path().join(FILE_NAME), text).unwrap();
+        let h = History::load(dir.path()).unwrap().unwrap();
+        assert_eq!(h.incarnation.to_string(), "00000000000000ff");
+        assert_eq!(h.ancestors[0].incarnation.to_string(), "0000000000000010");
+        assert_eq!(h.ancestors[0].until_seq, 7);
+        h.store(dir.path()).unwrap();
+        let again: serde_json::Value =
+            serde_json::from_slice(&fs::read(dir.path().join(FILE_NAME)).unwrap()).unwrap();
+        assert_eq!(again["ancestors"][0]["incarnation"], "0000000000000010");
     }
 
     #[test]

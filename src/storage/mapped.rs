@@ -106,6 +106,7 @@ fn file_id(m: &std::fs::Metadata) -> FileId {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::Incarnation;
     use crate::storage::snapshot::{Meta, encode, publish};
     use crate::storage::table::WordMap;
     use crate::words::Tokenizer;
@@ -118,7 +119,7 @@ mod tests {
         let meta = Meta {
             tokenizer: Tokenizer::Unicode,
             seq: 1,
-            incarnation: 9,
+            incarnation: Incarnation::from_raw(9).unwrap(),
         };
         let path = publish(dir.path(), &encode(&m, meta).unwrap()).unwrap();
         let first = MappedSnapshot::open(&path).unwrap();
@@ -163,7 +164,7 @@ mod tests {
             Meta {
                 tokenizer: Tokenizer::Unicode,
                 seq: 1,
-                incarnation: 1,
+                incarnation: Incarnation::from_raw(1).unwrap(),
             },
         )
         .unwrap();

@@ -26,6 +26,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::leader::backlog::Backlog;
+use crate::protocol::Incarnation;
 use crate::words::Tokenizer;
 
 /// At most this many batches are coalesced into one push...
@@ -107,7 +108,7 @@ impl Link {
 struct Ctx {
     backlog: Arc<Mutex<Backlog>>,
     seq_rx: watch::Receiver<u64>,
-    incarnation: u64,
+    incarnation: Incarnation,
     tokenizer: Tokenizer,
     http: reqwest::Client,
     /// Bumped whenever any replica acknowledges something (wakes `min_acks` waiters).
@@ -176,7 +177,7 @@ impl ReplicaSet {
         backlog: Arc<Mutex<Backlog>>,
         log: Option<LogSource>,
         seq_rx: watch::Receiver<u64>,
-        incarnation: u64,
+        incarnation: Incarnation,
         tokenizer: Tokenizer,
         linger: Duration,
         token: Option<crate::server::auth::Token>,

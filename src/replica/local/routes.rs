@@ -21,6 +21,7 @@ use utoipa_axum::routes;
 
 use crate::config::LocalReplicaConfig;
 use crate::server::error::ApiError;
+use crate::server::metrics::Series;
 use crate::server::router::{self, CountSource, SyncBody};
 use crate::storage::mapped::MappedSnapshot;
 use crate::words::Tokenizer;
@@ -78,7 +79,7 @@ impl LocalReplica {
             "loading_ms": s.loading_since.lock().map(|t| t.elapsed().as_millis() as u64),
             "ready": cur.is_some(),
             "seq": cur.as_ref().map(|m| m.header().seq).unwrap_or(0),
-            "incarnation": cur.as_ref().map(|m| crate::protocol::incarnation_string(m.header().incarnation)),
+            "incarnation": cur.as_ref().map(|m| m.header().incarnation),
             "tokenizer": cur.as_ref().map(|m| m.header().tokenizer),
             "words": cur.as_ref().map(|m| m.header().words).unwrap_or(0),
             "snapshot_age_ms": cur.as_ref().map(|m| now_ms.saturating_sub(m.header().written_unix_ms)),
@@ -128,41 +129,28 @@ impl CountSource for LocalReplica {
         self.current().map(|m| m.header().words).unwrap_or(0)
     }
 
-    fn write_metrics(&self, out: &mut String) {
-        use crate::server::metrics::{write_labelled, write_metric};
+    fn collect(&self, m: &mut Series<'_>) {
         let cur = self.current();
         let h = cur.as_ref().map(|m| *m.header());
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        write_metric(
-            out,
-            "memdb_ready",
-            "gauge",
-            "1 once a snapshot is mapped.",
-            cur.is_some() as u8 as f64,
-        );
-        write_metric(
-            out,
+        m.gauge("memdb_ready", "1 once a snapshot is mapped.", cur.is_some());
+        m.gauge(
             "memdb_snapshot_age_seconds",
-            "gauge",
             "Age of the mapped snapshot (-1 if none).",
             h.map(|h| now_ms.saturating_sub(h.written_unix_ms) as f64 / 1e3)
                 .unwrap_or(-1.0),
         );
         let st = self.shared.stats.lock();
-        write_metric(
-            out,
+        m.counter(
             "memdb_rejected_snapshots_total",
-            "counter",
             "Snapshot files that failed validation.",
-            st.rejected as f64,
+            st.rejected,
         );
-        write_labelled(
-            out,
+        m.counters(
             "memdb_snapshot_loads_total",
-            "counter",
             "Snapshots mapped, by what announced them.",
             "source",
             [
@@ -220,7 +208,7 @@ impl CountSource for LocalReplica {
                 )
             }
             // Not reached: /sync answers 503 before asking while nothing is mapped.
-            None => SyncBody::of(&serde_json::Map::new(), 0, 0, 0, Tokenizer::default()),
+            None => SyncBody::of(&serde_json::Map::new(), 0, 0, None, Tokenizer::default()),
         }
     }
 }

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::client::{Client, ClientError};
 use crate::config::ReplicaConfig;
+use crate::protocol::Incarnation;
 use crate::storage::table::Table;
 use crate::words::Tokenizer;
 
@@ -42,8 +43,8 @@ pub struct Replica {
 /// The table and what it belongs to; they change together.
 struct Data {
     table: Table,
-    /// The incarnation of the leader whose history `table` follows; 0 for none.
-    incarnation: u64,
+    /// The incarnation of the leader whose history `table` follows.
+    incarnation: Option<Incarnation>,
     tokenizer: Tokenizer,
 }
 
@@ -70,7 +71,7 @@ struct Shared {
     /// Leader restarts followed without a full sync.
     adoptions: AtomicU64,
     /// The leader's incarnation and push secret, as its registration reply gave them.
-    leader_secret: Mutex<Option<(u64, String)>>,
+    leader_secret: Mutex<Option<(Incarnation, String)>>,
     /// Pushes refused for claiming the leader's incarnation without its secret.
     forged_pushes: AtomicU64,
     /// Pushes after which this replica's digest differed from the leader's.
@@ -87,7 +88,7 @@ impl Replica {
             shared: Arc::new(Shared {
                 data: RwLock::new(Data {
                     table: Table::new(),
-                    incarnation: 0,
+                    incarnation: None,
                     tokenizer: Tokenizer::default(),
                 }),
                 seq_tx: watch::Sender::new(0),
@@ -135,7 +136,7 @@ impl Replica {
                 {
                     let mut d = s.data.write();
                     d.table.replace(reply.map, reply.seq);
-                    d.incarnation = reply.incarnation;
+                    d.incarnation = Some(reply.incarnation);
                     d.tokenizer = reply.tokenizer;
                 }
                 self.set_seq(reply.seq);
@@ -144,7 +145,7 @@ impl Replica {
                 stats.syncs += 1;
                 stats.last_sync_ms = Some(ms);
                 stats.last_sync_error = None;
-                tracing::info!(seq = reply.seq, words, ms, incarnation = %crate::protocol::incarnation_string(reply.incarnation), "full sync done");
+                tracing::info!(seq = reply.seq, words, ms, incarnation = %reply.incarnation, "full sync done");
                 Ok(())
             }
             Err(e) => {
@@ -166,7 +167,9 @@ impl Replica {
         loop {
             let at = {
                 let d = s.data.read();
-                (self.is_ready() && d.incarnation != 0).then(|| (d.table.seq(), d.incarnation))
+                d.incarnation
+                    .filter(|_| self.is_ready())
+                    .map(|inc| (d.table.seq(), inc))
             };
             let healthy = match s.leader.register(&s.advertise, at).await {
                 Ok(reply) => {
@@ -178,8 +181,7 @@ impl Replica {
                         st.leader_reachable = true;
                         st.last_heartbeat = Some(Instant::now());
                     }
-                    let leader_inc =
-                        crate::protocol::parse_incarnation(&reply.incarnation).unwrap_or(0);
+                    let leader_inc = reply.incarnation;
                     if let Some(secret) = &reply.push_secret {
                         *s.leader_secret.lock() = Some((leader_inc, secret.clone()));
                     }
@@ -187,7 +189,7 @@ impl Replica {
                     let asked = s.resync_requested.swap(false, Ordering::AcqRel);
                     if let Some((seq, inc)) = at
                         && !asked
-                        && leader_inc != ours
+                        && ours != Some(leader_inc)
                         && reply.continues
                         && self.adopt(inc, seq, leader_inc)
                     {
@@ -195,8 +197,8 @@ impl Replica {
                         // Register again now, reporting the seq in the new incarnation, so
                         // the leader resumes pushing at once.
                         continue;
-                    } else if !self.is_ready() || leader_inc != ours || asked {
-                        if ours != 0 && leader_inc != ours {
+                    } else if !self.is_ready() || ours != Some(leader_inc) || asked {
+                        if ours.is_some_and(|o| o != leader_inc) {
                             tracing::info!(leader_incarnation = %reply.incarnation, "leader has a new incarnation: re-syncing");
                         }
                         self.full_sync().await.is_ok()
@@ -229,12 +231,12 @@ impl Replica {
 
     /// Switches to the leader's new incarnation `to`, if the data is still at `seq` of
     /// `from` (what the leader judged a prefix of its history).
-    fn adopt(&self, from: u64, seq: u64, to: u64) -> bool {
+    fn adopt(&self, from: Incarnation, seq: u64, to: Incarnation) -> bool {
         let mut d = self.shared.data.write();
-        if d.incarnation != from || d.table.seq() != seq {
+        if d.incarnation != Some(from) || d.table.seq() != seq {
             return false;
         }
-        d.incarnation = to;
+        d.incarnation = Some(to);
         self.shared.adoptions.fetch_add(1, Ordering::Relaxed);
         true
     }

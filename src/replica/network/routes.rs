@@ -20,6 +20,7 @@ use utoipa_axum::routes;
 
 use crate::config::ReplicaConfig;
 use crate::server::error::ApiError;
+use crate::server::metrics::Series;
 use crate::server::router::{self, CountSource, SyncBody};
 
 use super::{Replica, ReplicaError};
@@ -50,7 +51,7 @@ impl Replica {
             "words": words,
             "tokenizer": tok,
             "leader": s.leader.base(),
-            "leader_incarnation": crate::protocol::incarnation_string(inc),
+            "leader_incarnation": inc,
             "leader_reachable": st.leader_reachable,
             "advertise": s.advertise,
             "updates_applied": s.updates.load(Ordering::Relaxed),
@@ -76,51 +77,38 @@ impl CountSource for Replica {
         self.shared.data.read().table.len() as u64
     }
 
-    fn write_metrics(&self, out: &mut String) {
-        use crate::server::metrics::write_metric;
+    fn collect(&self, m: &mut Series<'_>) {
         let s = &self.shared;
         let syncs = s.stats.lock().syncs;
-        write_metric(
-            out,
+        m.gauge(
             "memdb_ready",
-            "gauge",
             "1 once the replica has synced.",
-            self.is_ready() as u8 as f64,
+            self.is_ready(),
         );
-        write_metric(
-            out,
+        m.counter(
             "memdb_updates_applied_total",
-            "counter",
             "Pushed batches applied.",
-            s.updates.load(Ordering::Relaxed) as f64,
+            s.updates.load(Ordering::Relaxed),
         );
-        write_metric(
-            out,
+        m.counter(
             "memdb_update_gaps_total",
-            "counter",
             "Pushes refused because they did not start at the replica's seq.",
-            s.gaps.load(Ordering::Relaxed) as f64,
+            s.gaps.load(Ordering::Relaxed),
         );
-        write_metric(
-            out,
+        m.counter(
             "memdb_digest_mismatches_total",
-            "counter",
             "Pushes after which the replica's table digest differed from the leader's.",
-            s.digest_mismatches.load(Ordering::Relaxed) as f64,
+            s.digest_mismatches.load(Ordering::Relaxed),
         );
-        write_metric(
-            out,
+        m.counter(
             "memdb_forged_pushes_total",
-            "counter",
             "Pushes refused for claiming the leader's incarnation without its secret.",
-            s.forged_pushes.load(Ordering::Relaxed) as f64,
+            s.forged_pushes.load(Ordering::Relaxed),
         );
-        write_metric(
-            out,
+        m.counter(
             "memdb_full_syncs_total",
-            "counter",
             "Full syncs from the leader.",
-            syncs as f64,
+            syncs,
         );
     }
 

@@ -11,6 +11,7 @@ use serde_json::json;
 use crate::protocol::DIGEST;
 use crate::protocol::FROM_SEQ;
 use crate::protocol::INCARNATION;
+use crate::protocol::Incarnation;
 use crate::protocol::PUSH_SECRET;
 use crate::protocol::RESYNC;
 use crate::protocol::TO_SEQ;
@@ -28,7 +29,7 @@ impl Replica {
         let s = &self.shared;
         let inc = match crate::server::parse::header_str(headers, &INCARNATION) {
             None => None,
-            Some(v) => Some(crate::protocol::parse_incarnation(v).ok_or_else(|| {
+            Some(v) => Some(v.parse::<Incarnation>().map_err(|_| {
                 ApiError::bad_request("header x-memdb-incarnation must be 16 hex digits")
             })?),
         };
@@ -100,7 +101,7 @@ impl Replica {
         }
         let mut d = s.data.write();
         let seq = d.table.seq();
-        if d.incarnation != inc {
+        if d.incarnation != Some(inc) {
             drop(d);
             // Ask the leader at once whether our data continues its history (then we
             // adopt its incarnation) or not (then we full-sync).
@@ -192,7 +193,7 @@ impl Replica {
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
         let seq = d.table.seq() + 1;
         d.table.set_seq(seq);
-        d.incarnation = 0;
+        d.incarnation = None;
         drop(d);
         self.set_seq(seq);
         tracing::warn!(

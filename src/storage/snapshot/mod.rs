@@ -33,6 +33,7 @@ use std::io;
 pub use file::{load, open_regular, publish, write_atomically};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::protocol::Incarnation;
 use rkyv::collections::swiss_table::ArchivedHashMap;
 use rkyv::rancor;
 use rkyv::string::ArchivedString;
@@ -60,7 +61,8 @@ pub struct Header {
     pub version: u32,
     pub tokenizer: Tokenizer,
     pub seq: u64,
-    pub incarnation: u64,
+    /// The leader incarnation that wrote it; `None` for a zero field.
+    pub incarnation: Option<Incarnation>,
     pub payload_len: u64,
     pub words: u64,
     pub written_unix_ms: u64,
@@ -111,7 +113,7 @@ pub enum SnapshotError {
 pub struct Meta {
     pub tokenizer: Tokenizer,
     pub seq: u64,
-    pub incarnation: u64,
+    pub incarnation: Incarnation,
 }
 
 fn le_u32(b: &[u8], at: usize) -> u32 {
@@ -155,7 +157,7 @@ pub fn encode(map: &WordMap, meta: Meta) -> Result<AlignedVec, SnapshotError> {
     h[8..12].copy_from_slice(&VERSION.to_le_bytes());
     h[12..16].copy_from_slice(&meta.tokenizer.code().to_le_bytes());
     h[16..24].copy_from_slice(&meta.seq.to_le_bytes());
-    h[24..32].copy_from_slice(&meta.incarnation.to_le_bytes());
+    h[24..32].copy_from_slice(&meta.incarnation.raw().to_le_bytes());
     h[32..40].copy_from_slice(&payload_len.to_le_bytes());
     h[40..48].copy_from_slice(&(map.len() as u64).to_le_bytes());
     h[48..56].copy_from_slice(&written.to_le_bytes());
@@ -194,7 +196,7 @@ pub fn read_header(bytes: &[u8], file_len: u64) -> Result<Header, SnapshotError>
         version,
         tokenizer,
         seq: le_u64(bytes, 16),
-        incarnation: le_u64(bytes, 24),
+        incarnation: Incarnation::from_raw(le_u64(bytes, 24)),
         payload_len,
         words: le_u64(bytes, 40),
         written_unix_ms: le_u64(bytes, 48),
@@ -264,7 +266,7 @@ pub(super) mod tests {
         Meta {
             tokenizer: Tokenizer::Whitespace,
             seq: 42,
-            incarnation: 0xdead_beef,
+            incarnation: Incarnation::from_raw(0xdead_beef).unwrap(),
         }
     }
 
@@ -281,7 +283,7 @@ pub(super) mod tests {
         let img = encode(&map, meta()).unwrap();
         let (h, archived) = validate(&img).unwrap();
         assert_eq!(h.seq, 42);
-        assert_eq!(h.incarnation, 0xdead_beef);
+        assert_eq!(h.incarnation, Incarnation::from_raw(0xdead_beef));
         assert_eq!(h.tokenizer, Tokenizer::Whitespace);
         assert_eq!(h.words, map.len() as u64);
         assert_eq!(h.payload_len as usize + HEADER_LEN, img.len());

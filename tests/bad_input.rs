@@ -1,5 +1,11 @@
 //! Bad input gets a 4xx with a JSON `{"error": ...}` body and changes nothing.
+//!
+//! The leader's answers are checked in-process through its router; the replica's
+//! through the binary, since it needs a leader to sync from.
 
+use std::time::Duration;
+
+use crate::inproc::{App, InLeader};
 use crate::util::*;
 
 async fn expect_error(method: &str, url: &str, ct: Option<&str>, body: &[u8], status: u16) {
@@ -11,77 +17,66 @@ async fn expect_error(method: &str, url: &str, ct: Option<&str>, body: &[u8], st
     );
 }
 
-#[tokio::test]
-async fn the_leader_rejects_bad_input_and_changes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let leader = Node::leader(dir.path(), &["--max-body", "1KiB"]);
-    let u = &leader.url;
-    leader.client().post_text("baseline").await.unwrap();
-    let before = leader.table().await;
-    let form = Some("application/x-www-form-urlencoded");
-    let post = format!("{u}/post");
-    expect_error("POST", &post, form, b"", 400).await;
-    expect_error("POST", &post, form, b"other=1", 400).await;
-    expect_error("POST", &post, form, b"text=", 400).await;
-    expect_error("POST", &post, form, b"text=%20%20", 400).await;
-    expect_error("POST", &post, form, b"text=%FF%FE", 400).await;
-    expect_error("POST", &post, Some("text/plain"), b"\xff\xfe bad", 400).await;
-    expect_error("POST", &post, Some("application/json"), b"{\"text\":", 400).await;
-    expect_error("POST", &post, Some("image/png"), b"text=a", 415).await;
-    let big = format!("text={}", "a ".repeat(2048));
-    expect_error("POST", &post, form, big.as_bytes(), 413).await;
-    expect_error("GET", &post, None, b"", 405).await;
-    expect_error("GET", &format!("{u}/wordcount"), None, b"", 400).await;
-    expect_error("GET", &format!("{u}/wordcount?word="), None, b"", 400).await;
-    expect_error("GET", &format!("{u}/wordcount?word=a+b"), None, b"", 400).await;
-    expect_error(
-        "GET",
-        &format!("{u}/wordcount?word=a&min_seq=x"),
-        None,
-        b"",
-        400,
-    )
-    .await;
-    expect_error("GET", &format!("{u}/nope"), None, b"", 404).await;
-    let reg = format!("{u}/replicas");
-    expect_error("POST", &reg, Some("application/json"), b"{", 400).await;
-    expect_error(
-        "POST",
-        &reg,
-        Some("application/json"),
-        br#"{"url":"ftp://x"}"#,
-        400,
-    )
-    .await;
-    expect_error(
-        "POST",
-        &reg,
-        Some("application/json"),
-        br#"{"url":"not a url"}"#,
-        400,
-    )
-    .await;
-    assert_eq!(leader.seq().await, 1, "bad input took no seq");
-    assert_eq!(leader.table().await, before);
+async fn expect_refusal(
+    app: &App,
+    method: &str,
+    uri: &str,
+    ct: Option<&str>,
+    body: &[u8],
+    status: u16,
+) {
+    let (got, json) = app.call(method, uri, ct, body.to_vec()).await;
+    assert_eq!(got, status, "{method} {uri} {body:?}: {json}");
     assert!(
-        leader.health().await["replicas"]
-            .as_array()
-            .unwrap()
-            .is_empty()
+        json["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "error body for {method} {uri}: {json}"
     );
 }
 
 #[tokio::test]
+async fn the_leader_rejects_bad_input_and_changes_nothing() {
+    let node = InLeader::open(|c| c.max_body = 1024);
+    let app = &node.app;
+    app.post_text("baseline").await;
+    let before = app.table().await;
+    let form = Some("application/x-www-form-urlencoded");
+    let json = Some("application/json");
+    for (method, uri, ct, body, status) in [
+        ("POST", "/post", form, &b""[..], 400),
+        ("POST", "/post", form, b"other=1", 400),
+        ("POST", "/post", form, b"text=", 400),
+        ("POST", "/post", form, b"text=%20%20", 400),
+        ("POST", "/post", form, b"text=%FF%FE", 400),
+        ("POST", "/post", Some("text/plain"), b"\xff\xfe bad", 400),
+        ("POST", "/post", json, b"{\"text\":", 400),
+        ("POST", "/post", Some("image/png"), b"text=a", 415),
+        ("GET", "/post", None, b"", 405),
+        ("GET", "/wordcount", None, b"", 400),
+        ("GET", "/wordcount?word=", None, b"", 400),
+        ("GET", "/wordcount?word=a+b", None, b"", 400),
+        ("GET", "/wordcount?word=a&min_seq=x", None, b"", 400),
+        ("GET", "/nope", None, b"", 404),
+        ("POST", "/replicas", json, b"{", 400),
+        ("POST", "/replicas", json, br#"{"url":"ftp://x"}"#, 400),
+        ("POST", "/replicas", json, br#"{"url":"not a url"}"#, 400),
+    ] {
+        expect_refusal(app, method, uri, ct, body, status).await;
+    }
+    let big = format!("text={}", "a ".repeat(2048));
+    expect_refusal(app, "POST", "/post", form, big.as_bytes(), 413).await;
+    let health = app.health().await;
+    assert_eq!(health["seq"], 1, "bad input took no seq");
+    assert_eq!(app.table().await, before);
+    assert!(health["replicas"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn text_without_words_is_accepted_but_takes_no_seq() {
-    let dir = tempfile::tempdir().unwrap();
-    let leader = Node::leader(dir.path(), &[]);
-    let (status, body) = raw(
-        "POST",
-        &format!("{}/post", leader.url),
-        Some("text/plain"),
-        b"!!! ... ???".to_vec(),
-    )
-    .await;
+    let node = InLeader::open(|_| {});
+    let (status, body) = node
+        .app
+        .call("POST", "/post", Some("text/plain"), "!!! ... ???")
+        .await;
     assert_eq!(status, 202);
     assert_eq!(
         (body["seq"].as_u64(), body["words"].as_u64()),
@@ -156,25 +151,17 @@ async fn the_go_leaders_unsequenced_update_is_applied_then_healed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_is_refused_with_503_and_the_node_survives() {
-    let dir = tempfile::tempdir().unwrap();
     // Writes wait for an acknowledgement no replica will give: each holds its slot 5 s,
     // a window wide enough for a loaded machine.
-    let leader = Node::leader(
-        dir.path(),
-        &[
-            "--max-concurrent",
-            "2",
-            "--min-acks",
-            "1",
-            "--ack-timeout",
-            "5s",
-        ],
-    );
-    let post = format!("{}/post", leader.url);
-    let health = format!("{}/health", leader.url);
+    let node = InLeader::open(|c| {
+        c.serving.limits.max_concurrent = 2;
+        c.min_acks = 1;
+        c.ack_timeout = Duration::from_secs(5);
+    });
+    let app = node.app.clone();
     let spawn_slow = || {
-        let post = post.clone();
-        tokio::spawn(async move { raw("POST", &post, Some("text/plain"), b"busy".to_vec()).await })
+        let app = app.clone();
+        tokio::spawn(async move { app.call("POST", "/post", Some("text/plain"), "busy").await })
     };
     // Fill both slots. A health probe can itself take the second slot for a moment and
     // get the second write shed: then send it again.
@@ -182,7 +169,7 @@ async fn overload_is_refused_with_503_and_the_node_survives() {
     let deadline = std::time::Instant::now() + DEADLINE;
     loop {
         // The cap is for the whole node: with both slots taken even /health is refused.
-        if raw("GET", &health, None, vec![]).await.0 == 503 {
+        if app.get("/health").await.0 == 503 {
             break;
         }
         for s in slow.iter_mut() {
@@ -195,9 +182,9 @@ async fn overload_is_refused_with_503_and_the_node_survives() {
             std::time::Instant::now() < deadline,
             "never saw both slots taken"
         );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let (status, body) = raw("POST", &post, Some("text/plain"), b"extra".to_vec()).await;
+    let (status, body) = app.call("POST", "/post", Some("text/plain"), "extra").await;
     assert_eq!(status, 503, "{body}");
     let msg = body["error"].as_str().unwrap();
     assert!(msg.contains("--max-concurrent"), "{body}");
@@ -207,33 +194,24 @@ async fn overload_is_refused_with_503_and_the_node_survives() {
     }
     // Once the slow writes are answered, the node serves again; refused writes changed
     // nothing.
-    wait_ready(&leader).await;
-    let posts = leader.health().await["posts"].as_u64().unwrap();
-    assert_eq!(counts(&leader, &["busy"]).await["busy"], posts);
+    crate::inproc::wait_ready(&app).await;
+    let posts = app.health().await["posts"].as_u64().unwrap();
+    let (_, counts) = app.get("/wordcount?word=busy").await;
+    assert_eq!(counts["busy"], posts);
 }
 
 #[tokio::test]
 async fn a_request_over_the_timeout_gets_503() {
-    let dir = tempfile::tempdir().unwrap();
-    let leader = Node::leader(
-        dir.path(),
-        &[
-            "--request-timeout",
-            "200ms",
-            "--min-acks",
-            "1",
-            "--ack-timeout",
-            "10s",
-        ],
-    );
+    let node = InLeader::open(|c| {
+        c.serving.limits.request_timeout = Duration::from_millis(200);
+        c.min_acks = 1;
+        c.ack_timeout = Duration::from_secs(10);
+    });
     let started = std::time::Instant::now();
-    let (status, body) = raw(
-        "POST",
-        &format!("{}/post", leader.url),
-        Some("text/plain"),
-        b"slow".to_vec(),
-    )
-    .await;
+    let (status, body) = node
+        .app
+        .call("POST", "/post", Some("text/plain"), "slow")
+        .await;
     assert_eq!(status, 503, "{body}");
     assert!(
         body["error"]
@@ -242,19 +220,18 @@ async fn a_request_over_the_timeout_gets_503() {
             .contains("--request-timeout"),
         "{body}"
     );
-    assert!(started.elapsed() < std::time::Duration::from_secs(5));
-    wait_ready(&leader).await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    crate::inproc::wait_ready(&node.app).await;
 }
 
 #[tokio::test]
 async fn requests_over_the_rate_limit_get_429() {
-    let dir = tempfile::tempdir().unwrap();
     // One request a second: a burst of ten cannot all pass.
-    let leader = Node::leader(dir.path(), &["--rate-limit", "1"]);
-    let url = format!("{}/wordcount?word=a", leader.url);
+    let node = InLeader::open(|c| c.serving.limits.rate_limit = Some(1));
+    let app = &node.app;
     let mut limited = None;
     for _ in 0..10 {
-        let (status, body) = raw("GET", &url, None, vec![]).await;
+        let (status, body) = app.get("/wordcount?word=a").await;
         if status == 429 {
             limited = Some(body);
             break;
@@ -268,7 +245,7 @@ async fn requests_over_the_rate_limit_get_429() {
     );
     // The bucket refills: within a few seconds a request passes again.
     eventually("a request passes after the refill", || async {
-        (raw("GET", &url, None, vec![]).await.0 == 200).then_some(())
+        (app.get("/wordcount?word=a").await.0 == 200).then_some(())
     })
     .await;
 }

@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
-use crate::util::*;
+use axum::body::Body;
+
+use crate::inproc::{App, InLeader, InLocal, InReplica, wait_ready};
 
 const TOKEN: &str = "openapi-t0ken";
 
@@ -59,56 +61,51 @@ fn assert_refs_resolve(spec: &Value, v: &Value) {
 
 /// A request that reaches the handler of `method path` (a word to look up, a body to
 /// post); the status it gets.
-async fn call(base: &str, method: &str, path: &str, token: Option<&str>) -> u16 {
-    let http = reqwest::Client::new();
+async fn call(app: &App, method: &str, path: &str, token: Option<&str>) -> u16 {
     if (method, path) == ("DELETE", "/replicas") {
         // Something to remove: register it first (as the caller may).
-        Box::pin(call(base, "POST", path, token)).await;
+        Box::pin(call(app, "POST", path, token)).await;
     }
-    let (url, ctype, body) = match (method, path) {
-        ("GET", "/wordcount") => (format!("{base}{path}?word=x"), None, ""),
-        ("POST", "/post") => (format!("{base}{path}"), Some("text/plain"), "openapi"),
+    let (uri, ctype, body) = match (method, path) {
+        ("GET", "/wordcount") => (format!("{path}?word=x"), None, ""),
+        ("POST", "/post") => (path.to_owned(), Some("text/plain"), "openapi"),
         ("POST" | "DELETE", "/replicas") => (
-            format!("{base}{path}"),
+            path.to_owned(),
             Some("application/json"),
             r#"{"url":"http://127.0.0.1:9"}"#,
         ),
-        ("POST", "/update") => (format!("{base}{path}"), Some("application/json"), "{}"),
-        _ => (format!("{base}{path}"), None, ""),
+        ("POST", "/update") => (path.to_owned(), Some("application/json"), "{}"),
+        _ => (path.to_owned(), None, ""),
     };
-    let mut req = http.request(method.parse().unwrap(), url).body(body);
-    if let Some(c) = ctype {
-        req = req.header("content-type", c);
-    }
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    req.send().await.expect("request").status().as_u16()
+    app.send(method, &uri, ctype, token, body).await.status
 }
 
 #[tokio::test]
 async fn each_node_documents_exactly_the_routes_it_serves() {
-    let dir = tempfile::tempdir().unwrap();
-    let auth = ["--auth-token", TOKEN];
-    let leader = Node::leader(dir.path(), &auth);
-    let replica = Node::replica(&leader.url, &auth);
-    let local = Node::local(dir.path(), &[&auth[..], &["--protect-reads"]].concat());
-    wait_ready(&replica).await;
-    wait_ready(&local).await;
+    let token = || memdb::server::auth::Token::new(TOKEN);
+    let leader = InLeader::open(|c| c.serving.auth_token = token());
+    let url = leader.listen().await;
+    let replica = InReplica::start(&url, |c| c.serving.auth_token = token());
+    let local = InLocal::start(&leader.data_dir(), |c| {
+        c.serving.auth_token = token();
+        c.serving.protect_reads = true;
+    });
+    wait_ready(&replica.app).await;
+    wait_ready(&local.app).await;
 
     let mut docs = Vec::new();
     for (node, role, contract) in [
-        (&leader, "leader", LEADER),
-        (&replica, "replica", REPLICA),
-        (&local, "local replica", LOCAL),
+        (&leader.app, "leader", LEADER),
+        (&replica.app, "replica", REPLICA),
+        (&local.app, "local replica", LOCAL),
     ] {
         // The document is open, like /health: it describes the API, not the data.
-        let resp = reqwest::get(format!("{}/openapi.json", node.url))
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        assert_eq!(resp.headers()["content-type"], "application/json");
-        let spec: Value = resp.json().await.unwrap();
+        let resp = node
+            .send("GET", "/openapi.json", None, None, Body::empty())
+            .await;
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.headers["content-type"], "application/json");
+        let spec = resp.json();
         assert!(
             spec["openapi"].as_str().unwrap().starts_with("3."),
             "{spec}"
@@ -140,7 +137,7 @@ async fn each_node_documents_exactly_the_routes_it_serves() {
         // Every documented operation is served, needs the token exactly when the
         // document says so, and answers with it.
         for ((method, path), &secured) in ops {
-            let without = call(&node.url, method, path, None).await;
+            let without = call(node, method, path, None).await;
             assert!(
                 without != 404 && without != 405,
                 "{role}: documented {method} {path} is not routed ({without})"
@@ -151,7 +148,7 @@ async fn each_node_documents_exactly_the_routes_it_serves() {
                 "{role}: {method} {path} answered {without} without a token, but the \
                  document says secured = {secured}"
             );
-            let with = call(&node.url, method, path, Some(TOKEN)).await;
+            let with = call(node, method, path, Some(TOKEN)).await;
             assert!(
                 (200..300).contains(&with),
                 "{role}: {method} {path} with the token answered {with}"
@@ -168,7 +165,7 @@ async fn each_node_documents_exactly_the_routes_it_serves() {
                 if documented.contains(&method) {
                     continue;
                 }
-                let code = call(&node.url, method, path, Some(TOKEN)).await;
+                let code = call(node, method, path, Some(TOKEN)).await;
                 let want = if documented.is_empty() { 404 } else { 405 };
                 assert_eq!(
                     code, want,

@@ -133,14 +133,16 @@ async fn protect_reads_extends_the_token_to_lookups() {
 
 #[tokio::test]
 async fn data_files_are_owner_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let leader = Node::leader(&data, &["--snapshot-interval", "20ms", "--fsync", "always"]);
-    leader.client().post_text("private").await.unwrap();
+    let node = crate::inproc::InLeader::open(|c| {
+        c.snapshot_interval = std::time::Duration::from_millis(20);
+        c.wal.fsync = memdb::storage::log::FsyncPolicy::Always;
+    });
+    node.app.post_text("private").await;
     eventually("a snapshot with the write", || async {
-        (leader.health().await["snapshot"]["seq"] == 1).then_some(())
+        (node.app.health().await["snapshot"]["seq"] == 1).then_some(())
     })
     .await;
+    let data = node.data_dir();
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&data), 0o700);
     for name in ["snapshot.memdb", "memdb.sock", "LOCK", "history.json"] {

@@ -1,6 +1,8 @@
-//! Integration tests: the real `memdb` binary on ephemeral ports and temp dirs.
-//! One test binary (one link step) with a module per area.
+//! Integration tests: the real `memdb` binary on ephemeral ports and temp dirs, and
+//! request-level tests through a role's router in-process. One test binary (one link
+//! step) with a module per area.
 
+mod inproc;
 mod util;
 
 mod bad_input;

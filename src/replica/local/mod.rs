@@ -115,6 +115,18 @@ impl LocalReplica {
         self.shared.current.read().clone()
     }
 
+    /// Starts following the leader's snapshots: maps the current one now, then
+    /// reloads on notifications, file events and polls until `cancel`. `run` calls
+    /// it; tests that drive the router in-process call it themselves.
+    pub fn follow(&self, cancel: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+        self.trigger(Source::Start);
+        vec![
+            tokio::spawn(self.clone().loader(cancel.clone())),
+            tokio::spawn(self.clone().socket_follower(cancel.clone())),
+            tokio::spawn(self.clone().watch_and_poll(cancel.clone())),
+        ]
+    }
+
     fn trigger(&self, source: Source) {
         self.shared.pending.lock().get_or_insert(source);
         self.shared.check.notify_one();

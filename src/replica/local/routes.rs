@@ -26,7 +26,7 @@ use crate::server::router::{self, CountSource, SyncBody};
 use crate::storage::mapped::MappedSnapshot;
 use crate::words::Tokenizer;
 
-use super::{LocalReplica, STALE_AFTER, Source};
+use super::{LocalReplica, STALE_AFTER};
 
 impl LocalReplica {
     /// Why the mapping cannot be trusted to be fresh, if it cannot.
@@ -251,12 +251,7 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let replica = LocalReplica::new(config);
     let cancel = CancellationToken::new();
-    replica.trigger(Source::Start);
-    let tasks = [
-        tokio::spawn(replica.clone().loader(cancel.clone())),
-        tokio::spawn(replica.clone().socket_follower(cancel.clone())),
-        tokio::spawn(replica.clone().watch_and_poll(cancel.clone())),
-    ];
+    let tasks = replica.follow(&cancel);
     let conns = replica.shared.config.serving.limits.connections;
     let served = crate::server::listen::serve(
         listener,

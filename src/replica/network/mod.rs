@@ -161,6 +161,12 @@ impl Replica {
     /// Registers with the leader on every heartbeat (idempotent) and full-syncs when
     /// this replica has no data yet, the leader's incarnation changed, or the leader
     /// asked for it.
+    /// Starts registering with the leader and syncing from it until `cancel`. `run`
+    /// calls it; tests that drive the router in-process call it themselves.
+    pub fn follow(&self, cancel: &CancellationToken) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(self.clone().control(cancel.clone()))
+    }
+
     async fn control(self, cancel: CancellationToken) {
         let s = &self.shared;
         let mut retry = Backoff::new(RETRY_START, RETRY_MAX);

@@ -240,7 +240,7 @@ pub async fn run(
     };
     let replica = Replica::new(config, advertise);
     let cancel = CancellationToken::new();
-    let control = tokio::spawn(replica.clone().control(cancel.clone()));
+    let control = replica.follow(&cancel);
     let conns = replica.shared.config.serving.limits.connections;
     let served =
         crate::server::listen::serve(listener, replica_router(replica), shutdown, conns).await;

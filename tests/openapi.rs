@@ -125,6 +125,21 @@ async fn each_node_documents_exactly_the_routes_it_serves() {
             );
         }
         assert!(ops.contains_key(&("GET".into(), "/openapi.json".into())));
+        // /health is typed: its schema names exactly the fields it answers with.
+        let schema = &spec["paths"]["/health"]["get"]["responses"]["200"]["content"]["application/json"]
+            ["schema"]["$ref"];
+        let name = schema
+            .as_str()
+            .and_then(|r| r.strip_prefix("#/components/schemas/"))
+            .unwrap_or_else(|| panic!("{role}: /health has no named schema: {schema}"));
+        let documented: BTreeSet<&String> = spec["components"]["schemas"][name]["properties"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{role}: schema {name} has no properties"))
+            .keys()
+            .collect();
+        let health = node.get("/health").await.1;
+        let answered: BTreeSet<&String> = health.as_object().unwrap().keys().collect();
+        assert_eq!(documented, answered, "{role}: {name} against {health}");
         docs.push((node, role, ops));
     }
 

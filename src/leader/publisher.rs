@@ -49,7 +49,7 @@ pub enum PublishError {
 }
 
 /// What the publisher has done, for `/health`.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct PublishStats {
     /// Seq of the newest snapshot on disk.
     pub seq: u64,

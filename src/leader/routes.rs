@@ -144,11 +144,11 @@ async fn post_handler(
     responses(
         (status = 200, description = "The leader's seq, its replicas (acked seq, lag, \
                                       last error), snapshot and log statistics",
-         body = Object),
+         body = super::status::LeaderHealth),
         (status = 503, description = "Something is failing (the write-ahead log, a log \
                                       segment roll, the snapshot): `problems` says what; \
                                       same body",
-         body = Object),
+         body = super::status::LeaderHealth),
     ),
 )]
 async fn health_handler(State(leader): State<Leader>) -> Response {

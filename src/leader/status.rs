@@ -6,14 +6,78 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use serde_json::{Value, json};
+use serde::Serialize;
 use tokio::sync::watch;
+use utoipa::ToSchema;
 
+use crate::leader::publisher::PublishStats;
+use crate::leader::replication::LinkReport;
+use crate::protocol::Incarnation;
 use crate::server::error::ApiError;
 use crate::server::metrics::Series;
 use crate::server::router::{CountSource, SyncBody};
 
+use crate::words::Tokenizer;
+
 use super::Leader;
+
+/// The leader's `GET /health`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LeaderHealth {
+    /// `leader`.
+    role: &'static str,
+    pid: u32,
+    /// `ok`, or `failing` while something in `problems` is.
+    status: &'static str,
+    /// What is failing now, each with its reason.
+    problems: Vec<String>,
+    /// The seq of the last write applied.
+    seq: u64,
+    /// The table's digest at `seq` (16 hex digits); equal tables have equal digests.
+    digest: String,
+    /// This process's incarnation (16 hex digits).
+    #[schema(value_type = String)]
+    incarnation: Incarnation,
+    /// `unicode` or `whitespace`.
+    #[schema(value_type = String)]
+    tokenizer: Tokenizer,
+    /// Distinct words.
+    words: usize,
+    /// Words counted since start.
+    words_ingested: u64,
+    /// Accepted `POST /post` requests since start.
+    posts: u64,
+    backlog: BacklogHealth,
+    /// Network replicas that must acknowledge a write before it is answered.
+    min_acks: usize,
+    replicas: Vec<LinkReport>,
+    snapshot: PublishStats,
+    wal: WalHealth,
+    uptime_s: u64,
+}
+
+/// The batches kept in memory for network replicas that fall behind.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BacklogHealth {
+    batches: usize,
+    /// The oldest seq held, if any.
+    first_seq: Option<u64>,
+}
+
+/// The write-ahead log.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WalHealth {
+    /// `always`, `everysec` or `no`.
+    fsync: &'static str,
+    /// The highest seq on disk (fsynced, or written with `no`).
+    durable_seq: u64,
+    /// Why the log cannot be written (writes are refused meanwhile), if it cannot.
+    failed: Option<String>,
+    /// Why a full segment cannot be closed, if it cannot.
+    roll_error: Option<String>,
+    /// Writes refused because the log failed.
+    writes_refused: u64,
+}
 
 impl Leader {
     /// What is failing now, each with its reason; empty when all is well.
@@ -34,7 +98,7 @@ impl Leader {
         out
     }
 
-    pub(super) fn health(&self) -> (StatusCode, Value) {
+    pub(super) fn health(&self) -> (StatusCode, LeaderHealth) {
         let s = &self.shared;
         let problems = self.problems();
         let (seq, words, digest) = {
@@ -50,34 +114,34 @@ impl Leader {
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         };
-        let body = json!({
-            "role": "leader",
-            "pid": std::process::id(),
-            "status": if problems.is_empty() { "ok" } else { "failing" },
-            "problems": problems,
-            "seq": seq,
-            "digest": format!("{digest:016x}"),
-            "incarnation": s.incarnation,
-            "tokenizer": s.config.tokenizer,
-            "words": words,
-            "words_ingested": s.words_ingested.load(Ordering::Relaxed),
-            "posts": s.posts.load(Ordering::Relaxed),
-            "backlog": {
-                "batches": backlog_len,
-                "first_seq": backlog_first,
+        let body = LeaderHealth {
+            role: "leader",
+            pid: std::process::id(),
+            status: if problems.is_empty() { "ok" } else { "failing" },
+            problems,
+            seq,
+            digest: format!("{digest:016x}"),
+            incarnation: s.incarnation,
+            tokenizer: s.config.tokenizer,
+            words,
+            words_ingested: s.words_ingested.load(Ordering::Relaxed),
+            posts: s.posts.load(Ordering::Relaxed),
+            backlog: BacklogHealth {
+                batches: backlog_len,
+                first_seq: backlog_first,
             },
-            "min_acks": s.config.min_acks,
-            "replicas": s.replicas.reports(),
-            "snapshot": s.publisher.stats(),
-            "wal": {
-                "fsync": s.config.wal.fsync.as_str(),
-                "durable_seq": s.wal.durable_seq(),
-                "failed": s.wal.health().failure(),
-                "roll_error": s.wal.health().roll_error(),
-                "writes_refused": s.refused.load(Ordering::Relaxed),
+            min_acks: s.config.min_acks,
+            replicas: s.replicas.reports(),
+            snapshot: s.publisher.stats(),
+            wal: WalHealth {
+                fsync: s.config.wal.fsync.as_str(),
+                durable_seq: s.wal.durable_seq(),
+                failed: s.wal.health().failure(),
+                roll_error: s.wal.health().roll_error(),
+                writes_refused: s.refused.load(Ordering::Relaxed),
             },
-            "uptime_s": s.started.elapsed().as_secs(),
-        });
+            uptime_s: s.started.elapsed().as_secs(),
+        };
         (code, body)
     }
 }

@@ -38,7 +38,7 @@ const BACKOFF_START: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// How a link to a replica is doing, as `/health` reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LinkStatus {
     /// Not reached yet.
@@ -81,7 +81,7 @@ pub struct Link {
 }
 
 /// A replica's line in the leader's `/health`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LinkReport {
     pub url: String,
     pub status: LinkStatus,

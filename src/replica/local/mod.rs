@@ -44,8 +44,9 @@ enum Source {
     Poll = 3,
 }
 
-#[derive(Debug, Default, Serialize)]
-struct LoadsBySource {
+/// Snapshots mapped, by what announced them.
+#[derive(Debug, Default, Clone, Copy, Serialize, utoipa::ToSchema)]
+pub struct LoadsBySource {
     start: u64,
     socket: u64,
     watch: u64,

@@ -12,7 +12,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -20,13 +19,52 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::config::LocalReplicaConfig;
+use crate::protocol::Incarnation;
 use crate::server::error::ApiError;
 use crate::server::metrics::Series;
 use crate::server::router::{self, CountSource, SyncBody};
 use crate::storage::mapped::MappedSnapshot;
 use crate::words::Tokenizer;
 
-use super::{LocalReplica, STALE_AFTER};
+use super::{LoadsBySource, LocalReplica, STALE_AFTER};
+
+/// The local replica's `GET /health`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LocalReplicaHealth {
+    /// `local-replica`.
+    role: &'static str,
+    pid: u32,
+    /// `ok`, `stale`, or `waiting for a snapshot`.
+    status: &'static str,
+    /// Why it is not `ok`, if it is stale.
+    problem: Option<String>,
+    /// How long the load under way has taken, if one is.
+    loading_ms: Option<u64>,
+    /// A snapshot is mapped.
+    ready: bool,
+    /// The mapped snapshot's seq (0 if none).
+    seq: u64,
+    /// The incarnation of the leader that wrote it (16 hex digits).
+    #[schema(value_type = Option<String>)]
+    incarnation: Option<Incarnation>,
+    #[schema(value_type = Option<String>)]
+    tokenizer: Option<Tokenizer>,
+    /// Distinct words in the mapped snapshot.
+    words: u64,
+    /// Age of the mapped snapshot.
+    snapshot_age_ms: Option<u64>,
+    mapped_bytes: usize,
+    /// The leader's data directory it maps from.
+    data_dir: String,
+    /// The leader's notification socket.
+    socket: String,
+    socket_connected: bool,
+    loads: LoadsBySource,
+    /// Files examined.
+    checks: u64,
+    rejected_snapshots: u64,
+    last_rejection: Option<String>,
+}
 
 impl LocalReplica {
     /// Why the mapping cannot be trusted to be fresh, if it cannot.
@@ -57,7 +95,7 @@ impl LocalReplica {
         }
     }
 
-    fn health(&self) -> (StatusCode, Value) {
+    fn health(&self) -> (StatusCode, LocalReplicaHealth) {
         let s = &self.shared;
         let cur = self.current();
         let now_ms = SystemTime::now()
@@ -71,28 +109,33 @@ impl LocalReplica {
             (Some(_), Some(_)) => "stale",
             (Some(_), None) => "ok",
         };
-        let body = json!({
-            "role": "local-replica",
-            "pid": std::process::id(),
-            "status": status,
-            "problem": problem,
-            "loading_ms": s.loading_since.lock().map(|t| t.elapsed().as_millis() as u64),
-            "ready": cur.is_some(),
-            "seq": cur.as_ref().map(|m| m.header().seq).unwrap_or(0),
-            "incarnation": cur.as_ref().map(|m| m.header().incarnation),
-            "tokenizer": cur.as_ref().map(|m| m.header().tokenizer),
-            "words": cur.as_ref().map(|m| m.header().words).unwrap_or(0),
-            "snapshot_age_ms": cur.as_ref().map(|m| now_ms.saturating_sub(m.header().written_unix_ms)),
-            "mapped_bytes": cur.as_ref().map(|m| m.len()).unwrap_or(0),
-            "data_dir": s.config.data_dir,
-            "socket": s.config.socket_path(),
-            "socket_connected": s.socket_connected.load(Ordering::Acquire),
-            "loads": st.loads,
-            "checks": s.checks.load(Ordering::Relaxed),
-            "rejected_snapshots": st.rejected,
-            "last_rejection": st.last_rejection,
-        });
-        let code = if cur.is_some() && problem.is_none() {
+        let body = LocalReplicaHealth {
+            role: "local-replica",
+            pid: std::process::id(),
+            status,
+            problem,
+            loading_ms: s
+                .loading_since
+                .lock()
+                .map(|t| t.elapsed().as_millis() as u64),
+            ready: cur.is_some(),
+            seq: cur.as_ref().map(|m| m.header().seq).unwrap_or(0),
+            incarnation: cur.as_ref().and_then(|m| m.header().incarnation),
+            tokenizer: cur.as_ref().map(|m| m.header().tokenizer),
+            words: cur.as_ref().map(|m| m.header().words).unwrap_or(0),
+            snapshot_age_ms: cur
+                .as_ref()
+                .map(|m| now_ms.saturating_sub(m.header().written_unix_ms)),
+            mapped_bytes: cur.as_ref().map(|m| m.len()).unwrap_or(0),
+            data_dir: s.config.data_dir.display().to_string(),
+            socket: s.config.socket_path().display().to_string(),
+            socket_connected: s.socket_connected.load(Ordering::Acquire),
+            loads: st.loads,
+            checks: s.checks.load(Ordering::Relaxed),
+            rejected_snapshots: st.rejected,
+            last_rejection: st.last_rejection.clone(),
+        };
+        let code = if body.ready && body.problem.is_none() {
             StatusCode::OK
         } else {
             StatusCode::SERVICE_UNAVAILABLE
@@ -220,8 +263,10 @@ impl CountSource for LocalReplica {
     summary = "Readiness and the mapped snapshot",
     responses(
         (status = 200, description = "A snapshot is mapped: its seq, age and size, the \
-                                      socket's state and loads by source", body = Object),
-        (status = 503, description = "No snapshot mapped yet (same body)", body = Object),
+                                      socket's state and loads by source",
+         body = LocalReplicaHealth),
+        (status = 503, description = "No snapshot mapped yet, or it is stale: `problem` \
+                                      says why (same body)", body = LocalReplicaHealth),
     )
 )]
 async fn health_handler(State(r): State<LocalReplica>) -> Response {

@@ -11,7 +11,6 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -19,14 +18,57 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::config::ReplicaConfig;
+use crate::protocol::Incarnation;
 use crate::server::error::ApiError;
 use crate::server::metrics::Series;
 use crate::server::router::{self, CountSource, SyncBody};
+use crate::words::Tokenizer;
 
 use super::{Replica, ReplicaError};
 
+/// The network replica's `GET /health`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ReplicaHealth {
+    /// `replica`.
+    role: &'static str,
+    pid: u32,
+    /// `ok` once synced, `syncing` before.
+    status: &'static str,
+    ready: bool,
+    /// A full sync is under way.
+    syncing: bool,
+    seq: u64,
+    /// The table's digest at `seq` (16 hex digits).
+    digest: String,
+    /// Distinct words.
+    words: usize,
+    #[schema(value_type = String)]
+    tokenizer: Tokenizer,
+    /// The leader's URL.
+    leader: String,
+    /// The incarnation of the leader whose history the data follows (16 hex digits).
+    #[schema(value_type = Option<String>)]
+    leader_incarnation: Option<Incarnation>,
+    leader_reachable: bool,
+    /// The URL the leader pushes to.
+    advertise: String,
+    updates_applied: u64,
+    /// Pushes refused because they did not start at this replica's seq.
+    gaps: u64,
+    /// Pushes after which this table's digest differed from the leader's.
+    digest_mismatches: u64,
+    /// Pushes refused for claiming the leader's incarnation without its secret.
+    forged_pushes_refused: u64,
+    /// Full syncs from the leader.
+    syncs: u64,
+    /// Leader restarts followed without a full sync.
+    continued_across_restarts: u64,
+    last_sync_ms: Option<f64>,
+    last_sync_error: Option<String>,
+}
+
 impl Replica {
-    fn health(&self) -> (StatusCode, Value) {
+    fn health(&self) -> (StatusCode, ReplicaHealth) {
         let s = &self.shared;
         let ready = self.is_ready();
         let (seq, words, inc, tok, digest) = {
@@ -40,29 +82,29 @@ impl Replica {
             )
         };
         let st = s.stats.lock();
-        let body = json!({
-            "role": "replica",
-            "pid": std::process::id(),
-            "status": if ready { "ok" } else { "syncing" },
-            "ready": ready,
-            "syncing": s.syncing.load(Ordering::Acquire),
-            "seq": seq,
-            "digest": format!("{digest:016x}"),
-            "words": words,
-            "tokenizer": tok,
-            "leader": s.leader.base(),
-            "leader_incarnation": inc,
-            "leader_reachable": st.leader_reachable,
-            "advertise": s.advertise,
-            "updates_applied": s.updates.load(Ordering::Relaxed),
-            "gaps": s.gaps.load(Ordering::Relaxed),
-            "digest_mismatches": s.digest_mismatches.load(Ordering::Relaxed),
-            "forged_pushes_refused": s.forged_pushes.load(Ordering::Relaxed),
-            "syncs": st.syncs,
-            "continued_across_restarts": s.adoptions.load(Ordering::Relaxed),
-            "last_sync_ms": st.last_sync_ms,
-            "last_sync_error": st.last_sync_error,
-        });
+        let body = ReplicaHealth {
+            role: "replica",
+            pid: std::process::id(),
+            status: if ready { "ok" } else { "syncing" },
+            ready,
+            syncing: s.syncing.load(Ordering::Acquire),
+            seq,
+            digest: format!("{digest:016x}"),
+            words,
+            tokenizer: tok,
+            leader: s.leader.base().to_owned(),
+            leader_incarnation: inc,
+            leader_reachable: st.leader_reachable,
+            advertise: s.advertise.clone(),
+            updates_applied: s.updates.load(Ordering::Relaxed),
+            gaps: s.gaps.load(Ordering::Relaxed),
+            digest_mismatches: s.digest_mismatches.load(Ordering::Relaxed),
+            forged_pushes_refused: s.forged_pushes.load(Ordering::Relaxed),
+            syncs: st.syncs,
+            continued_across_restarts: s.adoptions.load(Ordering::Relaxed),
+            last_sync_ms: st.last_sync_ms,
+            last_sync_error: st.last_sync_error.clone(),
+        };
         let code = if ready {
             StatusCode::OK
         } else {
@@ -203,8 +245,8 @@ async fn update_handler(
     tag = "operations",
     summary = "Readiness and replication status",
     responses(
-        (status = 200, description = "Synced: seq, leader, incarnation, lag", body = Object),
-        (status = 503, description = "Not synced yet (same body)", body = Object),
+        (status = 200, description = "Synced: seq, leader, incarnation, lag", body = ReplicaHealth),
+        (status = 503, description = "Not synced yet (same body)", body = ReplicaHealth),
     )
 )]
 async fn health_handler(State(replica): State<Replica>) -> Response {

@@ -19,6 +19,13 @@ use crate::server::error::ApiError;
 
 use super::Replica;
 
+/// A sequenced push: the batch taking the replica from `from` to `to` in `inc`.
+struct Range {
+    from: u64,
+    to: u64,
+    inc: Incarnation,
+}
+
 impl Replica {
     /// Applies a pushed batch. See the module docs of `replication` for the protocol.
     pub(super) fn apply_update(
@@ -26,21 +33,34 @@ impl Replica {
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<Response, ApiError> {
-        let s = &self.shared;
-        let inc = match crate::server::parse::header_str(headers, &INCARNATION) {
-            None => None,
-            Some(v) => Some(v.parse::<Incarnation>().map_err(|_| {
-                ApiError::bad_request("header x-memdb-incarnation must be 16 hex digits")
-            })?),
-        };
-        // A push that claims the incarnation we know the secret of must carry it.
-        let known = s.leader_secret.lock().clone();
-        if let Some((ki, secret)) = &known
+        let inc = parse_incarnation(headers)?;
+        let known = self.shared.leader_secret.lock().clone();
+        self.check_secret(headers, inc, known.as_ref())?;
+        let digest = parse_digest(headers)?;
+        if headers.contains_key(RESYNC) {
+            return Ok(self.resync_asked(inc, known.as_ref()));
+        }
+        let range = parse_range(headers, inc)?;
+        let deltas = parse_deltas(body)?;
+        match range {
+            None => self.apply_unsequenced(&deltas),
+            Some(range) => self.apply_sequenced(range, &deltas, digest),
+        }
+    }
+
+    /// A push that claims the incarnation we know the secret of must carry it.
+    fn check_secret(
+        &self,
+        headers: &HeaderMap,
+        inc: Option<Incarnation>,
+        known: Option<&(Incarnation, String)>,
+    ) -> Result<(), ApiError> {
+        if let Some((ki, secret)) = known
             && inc == Some(*ki)
             && !crate::server::parse::header_str(headers, &PUSH_SECRET)
                 .is_some_and(|p| crate::server::auth::secrets_match(p, secret))
         {
-            s.forged_pushes.fetch_add(1, Ordering::Relaxed);
+            self.shared.forged_pushes.fetch_add(1, Ordering::Relaxed);
             tracing::warn!("refused a push without the leader's secret");
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -49,49 +69,39 @@ impl Replica {
             )
             .with("reason", "secret"));
         }
-        let digest = match crate::server::parse::header_str(headers, &DIGEST) {
-            None => None,
-            Some(v) => Some(
-                (v.len() == 16)
-                    .then(|| u64::from_str_radix(v, 16).ok())
-                    .flatten()
-                    .ok_or_else(|| {
-                        ApiError::bad_request("header x-memdb-digest must be 16 hex digits")
-                    })?,
-            ),
-        };
-        if headers.contains_key(RESYNC) {
-            match (&known, inc) {
-                // From our leader (its secret was checked above), or we know none yet.
-                (Some((ki, _)), Some(i)) if i == *ki => self.request_resync(),
-                (None, _) => self.request_resync(),
-                // Another incarnation, or none: ask the leader rather than obey.
-                _ => s.wake.notify_one(),
-            }
-            let seq = s.data.read().table.seq();
-            return Ok((
-                StatusCode::ACCEPTED,
-                axum::Json(json!({"seq": seq, "resyncing": true})),
-            )
-                .into_response());
+        Ok(())
+    }
+
+    /// The leader says it cannot resend what we missed.
+    fn resync_asked(
+        &self,
+        inc: Option<Incarnation>,
+        known: Option<&(Incarnation, String)>,
+    ) -> Response {
+        match (known, inc) {
+            // From our leader (its secret was checked), or we know none yet.
+            (Some((ki, _)), Some(i)) if i == *ki => self.request_resync(),
+            (None, _) => self.request_resync(),
+            // Another incarnation, or none: ask the leader rather than obey.
+            _ => self.shared.wake.notify_one(),
         }
-        let from = crate::server::parse::header_u64(headers, &FROM_SEQ)?;
-        let to = crate::server::parse::header_u64(headers, &TO_SEQ)?;
-        let deltas = parse_deltas(body)?;
-        let (from, to, inc) = match (from, to, inc) {
-            (Some(f), Some(t), Some(i)) if f <= t => (f, t, i),
-            (Some(_), Some(_), Some(_)) => {
-                return Err(ApiError::bad_request(
-                    "x-memdb-from-seq is greater than x-memdb-to-seq",
-                ));
-            }
-            (None, None, None) => return self.apply_unsequenced(&deltas),
-            _ => {
-                return Err(ApiError::bad_request(
-                    "x-memdb-from-seq, x-memdb-to-seq and x-memdb-incarnation go together",
-                ));
-            }
-        };
+        let seq = self.shared.data.read().table.seq();
+        (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({"seq": seq, "resyncing": true})),
+        )
+            .into_response()
+    }
+
+    /// Applies a batch at `from`, acknowledges one already applied, refuses a gap or
+    /// another incarnation, and checks the digest at `to`.
+    fn apply_sequenced(
+        &self,
+        Range { from, to, inc }: Range,
+        deltas: &[(String, i64)],
+        digest: Option<u64>,
+    ) -> Result<Response, ApiError> {
+        let s = &self.shared;
         if !self.is_ready() {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -136,7 +146,7 @@ impl Replica {
             .with("reason", "gap")
             .with("seq", seq));
         }
-        if let Err(e) = d.table.apply_signed(&deltas) {
+        if let Err(e) = d.table.apply_signed(deltas) {
             drop(d);
             // The leader only sends what it applied: our state cannot be trusted.
             self.request_resync();
@@ -201,6 +211,44 @@ impl Replica {
             "applied an unsequenced /update: this replica now diverges from its leader until the next re-sync"
         );
         Ok(axum::Json(json!({"seq": seq})).into_response())
+    }
+}
+
+fn parse_incarnation(headers: &HeaderMap) -> Result<Option<Incarnation>, ApiError> {
+    crate::server::parse::header_str(headers, &INCARNATION)
+        .map(|v| {
+            v.parse::<Incarnation>().map_err(|_| {
+                ApiError::bad_request("header x-memdb-incarnation must be 16 hex digits")
+            })
+        })
+        .transpose()
+}
+
+fn parse_digest(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    crate::server::parse::header_str(headers, &DIGEST)
+        .map(|v| {
+            (v.len() == 16)
+                .then(|| u64::from_str_radix(v, 16).ok())
+                .flatten()
+                .ok_or_else(|| ApiError::bad_request("header x-memdb-digest must be 16 hex digits"))
+        })
+        .transpose()
+}
+
+/// The batch's range, or `None` for the Go original's unsequenced form (no seq
+/// headers at all).
+fn parse_range(headers: &HeaderMap, inc: Option<Incarnation>) -> Result<Option<Range>, ApiError> {
+    let from = crate::server::parse::header_u64(headers, &FROM_SEQ)?;
+    let to = crate::server::parse::header_u64(headers, &TO_SEQ)?;
+    match (from, to, inc) {
+        (Some(from), Some(to), Some(inc)) if from <= to => Ok(Some(Range { from, to, inc })),
+        (Some(_), Some(_), Some(_)) => Err(ApiError::bad_request(
+            "x-memdb-from-seq is greater than x-memdb-to-seq",
+        )),
+        (None, None, None) => Ok(None),
+        _ => Err(ApiError::bad_request(
+            "x-memdb-from-seq, x-memdb-to-seq and x-memdb-incarnation go together",
+        )),
     }
 }
 

@@ -161,18 +161,6 @@ async fn fill_under_writers(
     (seen, filler)
 }
 
-async fn scrape_metric(node: &Node, name: &str) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", node.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in /metrics"))
-}
-
 /// Every acknowledged word is in `leader`'s table exactly once.
 async fn all_kept(leader: &Node, acked: &[String]) {
     let table = leader.table().await;

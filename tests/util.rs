@@ -314,3 +314,16 @@ pub async fn concurrent_posts(leader: &Node, n: usize, text: fn(usize, usize) ->
         t.await.unwrap();
     }
 }
+
+/// The value of the unlabelled series `name` in `node`'s `/metrics`.
+pub async fn scrape_metric(node: &Node, name: &str) -> f64 {
+    let text = reqwest::get(format!("{}/metrics", node.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}

@@ -120,6 +120,44 @@ fn io_err<'a>(
     }
 }
 
+/// The network replicas' senders, with the configured replicas added and the expiry
+/// of silent ones running.
+fn replica_set(
+    config: &LeaderConfig,
+    backlog: Arc<Mutex<Backlog>>,
+    wal: &Wal,
+    seq_rx: watch::Receiver<u64>,
+    incarnation: Incarnation,
+    push_secret: &str,
+) -> Result<Arc<ReplicaSet>, LeaderError> {
+    // With acknowledgements awaited, batches go out at once instead of coalescing.
+    let linger = if config.min_acks > 0 {
+        Duration::ZERO
+    } else {
+        config.replication_linger
+    };
+    let replicas = Arc::new(ReplicaSet::new(
+        backlog,
+        Some(LogSource {
+            dir: config.data_dir.clone(),
+            written: wal.written(),
+        }),
+        seq_rx,
+        incarnation,
+        config.tokenizer,
+        linger,
+        config.serving.auth_token.clone(),
+        push_secret.to_owned(),
+        config.max_replicas,
+        config.replica_timeout,
+    ));
+    for url in &config.replicas {
+        replicas.add(url, true)?;
+    }
+    replicas.spawn_expiry();
+    Ok(replicas)
+}
+
 /// Creates the data directory (0700) if needed and takes its lock (flock, held for the
 /// process's life, with our pid written in it). Removes a temp snapshot a crash left.
 fn lock_data_dir(dir: &Path) -> Result<File, LeaderError> {
@@ -271,30 +309,14 @@ impl Leader {
             .clone()
             .unwrap_or_else(|| dir.join(notifier::SOCKET_NAME));
         let socket = notifier::bind(&socket_path)?;
-        let linger = if config.min_acks > 0 {
-            Duration::ZERO
-        } else {
-            config.replication_linger
-        };
-        let replicas = Arc::new(ReplicaSet::new(
+        let replicas = replica_set(
+            &config,
             backlog.clone(),
-            Some(LogSource {
-                dir: dir.clone(),
-                written: wal.written(),
-            }),
+            &wal,
             seq_rx,
             incarnation,
-            config.tokenizer,
-            linger,
-            config.serving.auth_token.clone(),
-            push_secret.clone(),
-            config.max_replicas,
-            config.replica_timeout,
-        ));
-        for url in &config.replicas {
-            replicas.add(url, true)?;
-        }
-        replicas.spawn_expiry();
+            &push_secret,
+        )?;
         tracing::info!(
             incarnation = %incarnation,
             seq,
@@ -323,9 +345,16 @@ impl Leader {
                 _lock: lock,
             }),
         };
+        leader.serve_socket(socket, published);
+        Ok(leader)
+    }
+
+    /// Announces publications on the notification socket and takes local replicas'
+    /// requests for an early one.
+    fn serve_socket(&self, socket: tokio::net::UnixListener, published: watch::Receiver<u64>) {
         // A weak handle: the socket's tasks must not keep the leader (and so the
         // publisher thread) alive.
-        let weak = Arc::downgrade(&leader.shared);
+        let weak = Arc::downgrade(&self.shared);
         tokio::spawn(notifier::serve(
             socket,
             published,
@@ -334,9 +363,8 @@ impl Leader {
                     s.publisher.publish_soon(want);
                 }
             }),
-            leader.shared.notifier_stop.clone(),
+            self.shared.notifier_stop.clone(),
         ));
-        Ok(leader)
     }
 
     pub fn incarnation(&self) -> Incarnation {

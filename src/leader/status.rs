@@ -158,6 +158,51 @@ impl CountSource for Leader {
             "Words counted since start.",
             s.words_ingested.load(Ordering::Relaxed),
         );
+        self.collect_replicas(m);
+        self.collect_snapshot(m);
+        self.collect_wal(m);
+    }
+
+    fn seq(&self) -> u64 {
+        self.shared.table.read().seq()
+    }
+
+    fn seq_watch(&self) -> watch::Receiver<u64> {
+        self.shared.seq_tx.subscribe()
+    }
+
+    fn max_wait(&self) -> Duration {
+        self.shared.config.max_wait
+    }
+
+    fn ready(&self) -> Result<(), ApiError> {
+        Ok(())
+    }
+
+    fn lookup(&self, words: &[Cow<'_, str>]) -> Result<(Vec<u8>, u64), ApiError> {
+        let t = self.shared.table.read();
+        let body =
+            crate::server::parse::lookup_body(self.shared.config.tokenizer, words, |w| t.get(w))?;
+        Ok((body, t.seq()))
+    }
+
+    fn sync_body(&self) -> SyncBody {
+        // Serialised under the read lock so the body and its seq agree; writers wait
+        // for this (a full sync is rare: replica start and recovery).
+        let t = self.shared.table.read();
+        SyncBody::of(
+            t.map(),
+            t.len() * 16,
+            t.seq(),
+            Some(self.shared.incarnation),
+            self.shared.config.tokenizer,
+        )
+    }
+}
+
+impl Leader {
+    fn collect_replicas(&self, m: &mut Series<'_>) {
+        let s = &self.shared;
         let reports = s.replicas.reports();
         m.gauges(
             "memdb_replica_lag_batches",
@@ -195,6 +240,10 @@ impl CountSource for Leader {
             "replica",
             reports.iter().map(|r| (r.url.clone(), r.resyncs as f64)),
         );
+    }
+
+    fn collect_snapshot(&self, m: &mut Series<'_>) {
+        let s = &self.shared;
         let snap = s.publisher.stats();
         m.gauge(
             "memdb_snapshot_seq",
@@ -216,6 +265,15 @@ impl CountSource for Leader {
             "Size of the last published snapshot.",
             snap.last_bytes.unwrap_or(0),
         );
+        m.gauge(
+            "memdb_snapshot_failing",
+            "1 while the last snapshot publish failed.",
+            snap.last_error.is_some(),
+        );
+    }
+
+    fn collect_wal(&self, m: &mut Series<'_>) {
+        let s = &self.shared;
         let f = s.wal.fsync_stats();
         m.gauge(
             "memdb_wal_durable_seq",
@@ -254,51 +312,10 @@ impl CountSource for Leader {
             s.refused.load(Ordering::Relaxed),
         );
         m.gauge(
-            "memdb_snapshot_failing",
-            "1 while the last snapshot publish failed.",
-            snap.last_error.is_some(),
-        );
-        m.gauge(
             "memdb_wal_last_fsync_seconds",
             "Duration of the last write-ahead log fsync.",
             f.last_nanos.load(Ordering::Relaxed) as f64 / 1e9,
         );
-    }
-
-    fn seq(&self) -> u64 {
-        self.shared.table.read().seq()
-    }
-
-    fn seq_watch(&self) -> watch::Receiver<u64> {
-        self.shared.seq_tx.subscribe()
-    }
-
-    fn max_wait(&self) -> Duration {
-        self.shared.config.max_wait
-    }
-
-    fn ready(&self) -> Result<(), ApiError> {
-        Ok(())
-    }
-
-    fn lookup(&self, words: &[Cow<'_, str>]) -> Result<(Vec<u8>, u64), ApiError> {
-        let t = self.shared.table.read();
-        let body =
-            crate::server::parse::lookup_body(self.shared.config.tokenizer, words, |w| t.get(w))?;
-        Ok((body, t.seq()))
-    }
-
-    fn sync_body(&self) -> SyncBody {
-        // Serialised under the read lock so the body and its seq agree; writers wait
-        // for this (a full sync is rare: replica start and recovery).
-        let t = self.shared.table.read();
-        SyncBody::of(
-            t.map(),
-            t.len() * 16,
-            t.seq(),
-            Some(self.shared.incarnation),
-            self.shared.config.tokenizer,
-        )
     }
 }
 

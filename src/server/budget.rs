@@ -43,6 +43,14 @@ impl BodyBudget {
     }
 }
 
+impl BodyBudget {
+    /// Request-body bytes charged now (in whole KiB).
+    pub fn in_flight_bytes(&self) -> u64 {
+        let free = self.kib.available_permits() as u64;
+        (self.total_kib as u64).saturating_sub(free) << 10
+    }
+}
+
 /// The layer (see the module docs).
 #[derive(Clone)]
 pub struct BodyBudgetLayer(pub Arc<BodyBudget>);

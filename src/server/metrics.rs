@@ -147,7 +147,11 @@ fn latency_histogram() -> Histogram {
 }
 
 /// Reads a node's series at scrape time: those every node has, then the role's own.
-pub struct NodeCollector<S>(pub S);
+pub struct NodeCollector<S> {
+    pub node: S,
+    /// The node's `--max-body-in-flight` budget.
+    pub budget: Arc<crate::server::budget::BodyBudget>,
+}
 
 impl<S> std::fmt::Debug for NodeCollector<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -159,7 +163,7 @@ impl<S: CountSource> Collector for NodeCollector<S> {
     fn encode(&self, encoder: DescriptorEncoder) -> std::fmt::Result {
         use crate::server::{budget, listen};
         let mut m = Series::new(encoder);
-        let node = &self.0;
+        let node = &self.node;
         m.gauge("memdb_seq", "Seq the node's table reflects.", node.seq());
         m.gauge(
             "memdb_distinct_words",
@@ -175,6 +179,11 @@ impl<S: CountSource> Collector for NodeCollector<S> {
             "memdb_connections_refused_total",
             "Connections closed at once because the connection cap was reached.",
             listen::CONNECTIONS_REFUSED.load(Ordering::Relaxed),
+        );
+        m.gauge(
+            "memdb_body_bytes_in_flight",
+            "Request-body bytes being received now, charged against --max-body-in-flight.",
+            self.budget.in_flight_bytes(),
         );
         m.counter(
             "memdb_body_budget_refusals_total",

@@ -17,8 +17,9 @@ use crate::config::{Limits, Serving};
 use crate::protocol::SEQ;
 use crate::protocol::TOKENIZER;
 use crate::protocol::{INCARNATION, Incarnation};
+use crate::server::budget::{BodyBudget, BodyBudgetLayer};
 use crate::server::error::ApiError;
-use crate::server::metrics::{NodeMetrics, Series};
+use crate::server::metrics::{NodeCollector, NodeMetrics, Series};
 use crate::words::Tokenizer;
 
 /// A node whose counts can be read.
@@ -295,16 +296,20 @@ pub fn node_router<S: CountSource>(
     crate::server::openapi::finish_document(&mut api, role, serving.auth_token.is_some());
     let (routes, api) = crate::server::openapi::serve_document(routes, api);
     // Requests are counted under the routes the document (and so the router) has.
+    let budget = BodyBudget::new(serving.limits.max_body_in_flight, max_body);
     let metrics = Arc::new(NodeMetrics::new(
         api.paths.paths.keys().cloned(),
-        crate::server::metrics::NodeCollector(node.clone()),
+        NodeCollector {
+            node: node.clone(),
+            budget: budget.clone(),
+        },
     ));
     finish(
         routes.layer(axum::Extension(metrics.clone())),
         node,
         metrics,
+        budget,
         serving.limits,
-        max_body,
     )
 }
 
@@ -316,8 +321,8 @@ fn finish<S: CountSource>(
     routes: Router<S>,
     node: S,
     metrics: Arc<NodeMetrics>,
+    budget: Arc<BodyBudget>,
     limits: Limits,
-    max_body: Option<usize>,
 ) -> Router {
     use tower::ServiceBuilder;
     // Every response carries the node's seq, unless the handler set a more precise
@@ -342,9 +347,7 @@ fn finish<S: CountSource>(
         .layer(seq)
         .layer(crate::server::metrics::CountRequests(metrics))
         .layer(crate::server::ratelimit::RateLimit::new(limits.rate_limit))
-        .layer(crate::server::budget::BodyBudgetLayer(
-            crate::server::budget::BodyBudget::new(limits.max_body_in_flight, max_body),
-        ));
+        .layer(BodyBudgetLayer(budget));
     if limits.request_timeout.is_zero() {
         Router::new().fallback_service(counted.service(limited.service(inner)))
     } else {

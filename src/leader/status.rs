@@ -1,5 +1,5 @@
 //! What the leader says about itself: `/health` (with what is failing) and its
-//! Prometheus series.
+//! series for `/metrics`.
 
 use std::borrow::Cow;
 use std::sync::atomic::Ordering;

@@ -122,7 +122,7 @@ pub async fn wordcount<S: CountSource>(
         .into_response())
 }
 
-/// `GET /metrics` → Prometheus text format.
+/// `GET /metrics` → the OpenMetrics text format (which Prometheus scrapes).
 #[utoipa::path(
     get,
     path = "/metrics",

@@ -14,7 +14,7 @@ use memdb::leader::Leader;
 use memdb::replica::local::LocalReplica;
 use memdb::replica::network::Replica;
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tower::ServiceExt;
 
 /// What a router answered.
@@ -144,14 +144,15 @@ impl InLeader {
     }
 }
 
-/// A network replica of `leader_url` in this process, following it until dropped.
+/// A replica in this process (network or local), following its leader until dropped.
 pub struct InReplica {
     pub app: App,
-    stop: CancellationToken,
+    _stop: DropGuard,
 }
 
 impl InReplica {
-    pub fn start(leader_url: &str, configure: impl FnOnce(&mut ReplicaConfig)) -> InReplica {
+    /// A network replica of `leader_url`.
+    pub fn network(leader_url: &str, configure: impl FnOnce(&mut ReplicaConfig)) -> InReplica {
         let mut config = ReplicaConfig::new(leader_url);
         configure(&mut config);
         // Pushes are not what these tests are about: the leader is told of an address
@@ -159,38 +160,23 @@ impl InReplica {
         let replica = Replica::new(config, "http://127.0.0.1:9".to_owned());
         let stop = CancellationToken::new();
         replica.follow(&stop);
-        let app = App(memdb::replica::network::replica_router(replica));
-        InReplica { app, stop }
+        InReplica {
+            app: App(memdb::replica::network::replica_router(replica)),
+            _stop: stop.drop_guard(),
+        }
     }
-}
 
-impl Drop for InReplica {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-/// A local replica of the leader whose data directory is `data_dir`, in this process.
-pub struct InLocal {
-    pub app: App,
-    stop: CancellationToken,
-}
-
-impl InLocal {
-    pub fn start(data_dir: &Path, configure: impl FnOnce(&mut LocalReplicaConfig)) -> InLocal {
+    /// A local replica of the leader whose data directory is `data_dir`.
+    pub fn local(data_dir: &Path, configure: impl FnOnce(&mut LocalReplicaConfig)) -> InReplica {
         let mut config = LocalReplicaConfig::new(data_dir);
         configure(&mut config);
         let replica = LocalReplica::new(config);
         let stop = CancellationToken::new();
         replica.follow(&stop);
-        let app = App(memdb::replica::local::local_replica_router(replica));
-        InLocal { app, stop }
-    }
-}
-
-impl Drop for InLocal {
-    fn drop(&mut self) {
-        self.stop.cancel();
+        InReplica {
+            app: App(memdb::replica::local::local_replica_router(replica)),
+            _stop: stop.drop_guard(),
+        }
     }
 }
 

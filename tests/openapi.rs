@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use axum::body::Body;
 
-use crate::inproc::{App, InLeader, InLocal, InReplica, wait_ready};
+use crate::inproc::{App, InLeader, InReplica, wait_ready};
 
 const TOKEN: &str = "openapi-t0ken";
 
@@ -85,8 +85,8 @@ async fn each_node_documents_exactly_the_routes_it_serves() {
     let token = || memdb::server::auth::Token::new(TOKEN);
     let leader = InLeader::open(|c| c.serving.auth_token = token());
     let url = leader.listen().await;
-    let replica = InReplica::start(&url, |c| c.serving.auth_token = token());
-    let local = InLocal::start(&leader.data_dir(), |c| {
+    let replica = InReplica::network(&url, |c| c.serving.auth_token = token());
+    let local = InReplica::local(&leader.data_dir(), |c| {
         c.serving.auth_token = token();
         c.serving.protect_reads = true;
     });

@@ -19,6 +19,7 @@ use axum::extract::Request;
 use axum::response::Response;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::TypedMetric;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -282,7 +283,7 @@ impl<'a> Series<'a> {
         }
     }
 
-    fn labelled<V: Value, M: EncodeMetric>(
+    fn labelled<V: Value, M: EncodeMetric + TypedMetric>(
         &mut self,
         name: &str,
         help: &str,
@@ -293,9 +294,8 @@ impl<'a> Series<'a> {
         if self.result.is_err() {
             return;
         }
-        let kind = make(0.0).metric_type();
         self.result = (|| {
-            let mut family = self.encoder.encode_descriptor(name, help, None, kind)?;
+            let mut family = self.encoder.encode_descriptor(name, help, None, M::TYPE)?;
             for (l, v) in values {
                 let labels = [(label, l.as_str())];
                 make(v.as_f64()).encode(family.encode_family(&labels)?)?;

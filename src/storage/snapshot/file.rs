@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 
 use rkyv::util::AlignedVec;
 
-use super::{FILE_NAME, Header, SnapshotError, TEMP_NAME, to_word_map, validate};
+use super::{
+    BaseRef, Checksum, FILE_NAME, HEADER_LEN, Header, Kind, Meta, SnapshotError, TEMP_NAME,
+    delta_prefix, encode, header_fields, read_header, to_word_map, validate,
+};
 use crate::storage::table::WordMap;
 
 /// Opens `path` for reading only if it is a regular file, without ever blocking (a FIFO
@@ -98,6 +101,94 @@ pub fn write_atomically(
     Ok(dest)
 }
 
+/// A snapshot written and synced under its temp name, not yet published.
+#[derive(Debug)]
+pub struct Staged {
+    pub path: PathBuf,
+    pub header: Header,
+}
+
+/// Writes `entries` as a snapshot (a base when `base` is `None`, else a delta on it)
+/// into `dir/temp_name`, streaming: the archive goes to the file as it is built, and the
+/// checksum is read back from the file. Synced; publish it with [`install`]. A failed
+/// write removes the temp file.
+pub fn stage<'a, I>(
+    dir: &Path,
+    temp_name: &str,
+    meta: Meta,
+    base: Option<BaseRef>,
+    entries: I,
+) -> Result<Staged, SnapshotError>
+where
+    I: Iterator<Item = (&'a str, u64)> + Clone,
+{
+    let path = dir.join(temp_name);
+    let staged = (|| {
+        use std::os::unix::fs::FileExt;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)?;
+        let kind = if base.is_some() {
+            Kind::Delta
+        } else {
+            Kind::Base
+        };
+        let mut out = io::BufWriter::with_capacity(1 << 20, &file);
+        out.write_all(&[0u8; HEADER_LEN])?;
+        if let Some(b) = base {
+            out.write_all(&delta_prefix(b))?;
+        }
+        let (writer, words) =
+            encode::write_entries(rkyv::ser::writer::IoWriter::new(out), entries)?;
+        writer
+            .into_inner()
+            .into_inner()
+            .map_err(|e| e.into_error())?;
+        let payload_len = file.metadata()?.len() - HEADER_LEN as u64;
+        let mut head = header_fields(kind, meta, payload_len, words as u64);
+        let mut sum = Checksum::new(&head);
+        let mut chunk = vec![0u8; 1 << 20];
+        let mut at = HEADER_LEN as u64;
+        loop {
+            let n = file.read_at(&mut chunk, at)?;
+            if n == 0 {
+                break;
+            }
+            sum.0.update(&chunk[..n]);
+            at += n as u64;
+        }
+        head[56..64].copy_from_slice(&sum.0.digest().to_le_bytes());
+        file.write_all_at(&head, 0)?;
+        file.sync_all()?;
+        let mut first = head.to_vec();
+        if let Some(b) = base {
+            first.extend_from_slice(&delta_prefix(b));
+        }
+        let header = read_header(&first, payload_len + HEADER_LEN as u64)?;
+        Ok(Staged {
+            path: path.clone(),
+            header,
+        })
+    })();
+    if staged.is_err() {
+        // A part-written temp file would only hold on to the space a full disk lacks.
+        let _ = fs::remove_file(&path);
+    }
+    staged
+}
+
+/// Publishes a staged snapshot as `dir/name`: rename, then fsync the directory.
+pub fn install(dir: &Path, staged: &Staged, name: &str) -> io::Result<PathBuf> {
+    let dest = dir.join(name);
+    fs::rename(&staged.path, &dest)?;
+    File::open(dir)?.sync_all()?;
+    Ok(dest)
+}
+
 /// Reads and validates `dir/FILE_NAME`. `Ok(None)` when there is no snapshot yet.
 pub fn load(dir: &Path) -> Result<Option<(Header, WordMap)>, SnapshotError> {
     let path = dir.join(FILE_NAME);
@@ -139,6 +230,67 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn staged_files_stream_what_encode_builds_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let map = sample(3_000);
+        let entries = || map.iter().map(|(w, n)| (w.as_str(), *n));
+        let base = stage(dir.path(), TEMP_NAME, meta(), None, entries()).unwrap();
+        assert_eq!(base.header.kind, Kind::Base);
+        assert_eq!(base.header.words, map.len() as u64);
+        let path = install(dir.path(), &base, FILE_NAME).unwrap();
+        assert!(!dir.path().join(TEMP_NAME).exists());
+        let bytes = read_aligned(&path);
+        let (h, archived) = validate(&bytes).unwrap();
+        assert_eq!(h, base.header);
+        assert_eq!(to_word_map(archived), map);
+        // A delta on it: the prefix names the base, the archive holds the changes.
+        let base_ref = BaseRef {
+            checksum: h.checksum,
+            seq: h.seq,
+            total_words: 3_002,
+        };
+        let changes = [("w1é", 99u64), ("fresh", 1)];
+        let m = Meta { seq: 50, ..meta() };
+        let delta = stage(
+            dir.path(),
+            crate::storage::snapshot::DELTA_TEMP_NAME,
+            m,
+            Some(base_ref),
+            changes.iter().copied(),
+        )
+        .unwrap();
+        let path = install(dir.path(), &delta, crate::storage::snapshot::DELTA_NAME).unwrap();
+        let bytes = read_aligned(&path);
+        let (h, archived) = validate(&bytes).unwrap();
+        assert_eq!(
+            (h.kind, h.seq, h.words, h.base),
+            (Kind::Delta, 50, 2, Some(base_ref))
+        );
+        assert_eq!(h.total_words(), 3_002);
+        assert_eq!(archived.get("w1é").map(|v| v.to_native()), Some(99));
+        // The same bytes as the in-memory encoder, but for the time written.
+        let img =
+            crate::storage::snapshot::encode_entries(changes.iter().copied(), m, Some(base_ref))
+                .unwrap();
+        assert_eq!(img[HEADER_LEN..], bytes[HEADER_LEN..]);
+    }
+
+    fn read_aligned(path: &Path) -> AlignedVec {
+        let mut v = AlignedVec::<16>::new();
+        v.extend_from_slice(&fs::read(path).unwrap());
+        v
+    }
+
+    #[test]
+    fn a_failed_stage_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("gone");
+        let err = stage(&gone, TEMP_NAME, meta(), None, std::iter::empty()).unwrap_err();
+        assert!(matches!(err, SnapshotError::Io(_)), "{err}");
+        assert!(!gone.join(TEMP_NAME).exists());
     }
 
     #[test]

@@ -1,36 +1,55 @@
-//! The snapshot file: the leader's whole table as an rkyv archive behind a fixed header.
+//! Snapshot files: the leader's table as rkyv archives behind a fixed header, in two
+//! kinds that together make one state.
 //!
-//! The same file is the leader's checkpoint (restored at start) and what local replicas
-//! memory-map and read in place, so its layout is a contract:
+//! - The **base** (`snapshot.memdb`) is a whole table at its seq. It is rewritten only
+//!   by a compaction, in the background.
+//! - The **delta** (`delta.memdb`) holds the current count of every word changed since
+//!   the base, and names that base by its checksum. It is what every interval
+//!   republishes: its cost follows the words changed, not the table's size.
+//!
+//! A reader looks a word up in the delta, then in the base (two probes at most). A
+//! delta whose base is not the one on disk (a compaction renamed a new base in
+//! between) is not paired with it: the base alone is then a whole, newer state.
+//!
+//! The same files are the leader's checkpoint (restored at start) and what local
+//! replicas memory-map and read in place, so their layout is a contract:
 //!
 //! ```text
 //! offset  size  field
-//!      0     8  magic  b"MEMDBSNP"
+//!      0     8  magic  b"MEMDBSNP" (base) or b"MEMDBDLT" (delta)
 //!      8     4  format version, u32 LE (currently 1)
 //!     12     4  tokenizer code, u32 LE (0 unicode, 1 whitespace)
 //!     16     8  seq: the last batch included, u64 LE
 //!     24     8  incarnation of the leader that wrote it, u64 LE
 //!     32     8  payload length in bytes, u64 LE (file length = 64 + this, exactly)
-//!     40     8  distinct words, u64 LE
+//!     40     8  words in the archive, u64 LE
 //!     48     8  written at, Unix milliseconds, u64 LE
 //!     56     8  checksum: xxh3-64 of bytes 0..56 followed by the payload
 //!     64     …  payload: rkyv archive of HashMap<String, u64> (an ArchivedHashMap)
+//!
+//! a delta's payload starts with 32 bytes before its archive:
+//!     64     8  the base's checksum, u64 LE
+//!     72     8  the base's seq, u64 LE
+//!     80     8  distinct words in base and delta together, u64 LE
+//!     88     8  zero (reserved)
+//!     96     …  rkyv archive of the changed words' counts
 //! ```
 //!
-//! The header is 64 bytes, a multiple of 16, so a payload that starts page- or
-//! 16-aligned stays aligned for rkyv. The checksum covers the header fields too, so a
-//! flipped bit in `seq` is caught as surely as one in the payload. rkyv finds its root
-//! from the end of the buffer, so trailing garbage could validate as some other map: the
-//! exact length check is what rejects it.
+//! The header is 64 bytes and the delta's prefix 32, multiples of 16, so an archive
+//! that starts page- or 16-aligned stays aligned for rkyv. The checksum covers the
+//! header fields too, so a flipped bit in `seq` is caught as surely as one in the
+//! payload. rkyv finds its root from the end of the buffer, so trailing garbage could
+//! validate as some other map: the exact length check is what rejects it.
 //!
 //! Publishing never modifies a file a reader may have mapped: write a temp file in the
-//! same directory, fsync it, rename it over [`FILE_NAME`], fsync the directory.
+//! same directory, fsync it, rename it over the published name, fsync the directory.
 
+mod encode;
 mod file;
 
 use std::io;
 
-pub use file::{load, open_regular, publish, write_atomically};
+pub use file::{Staged, install, load, open_regular, publish, stage, write_atomically};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::protocol::Incarnation;
@@ -44,29 +63,82 @@ use crate::storage::table::WordMap;
 use crate::words::Tokenizer;
 
 pub const MAGIC: [u8; 8] = *b"MEMDBSNP";
+pub const DELTA_MAGIC: [u8; 8] = *b"MEMDBDLT";
 pub const VERSION: u32 = 1;
 pub const HEADER_LEN: usize = 64;
-/// The published snapshot in a data directory.
+/// Bytes of a delta's payload before its archive.
+pub const DELTA_PREFIX_LEN: usize = 32;
+/// The published base in a data directory.
 pub const FILE_NAME: &str = "snapshot.memdb";
-/// Where the next snapshot is written before it is renamed over [`FILE_NAME`].
+/// Where the next base is written before it is renamed over [`FILE_NAME`].
 pub const TEMP_NAME: &str = ".snapshot.memdb.tmp";
+/// The published delta in a data directory.
+pub const DELTA_NAME: &str = "delta.memdb";
+/// Where the next delta is written before it is renamed over [`DELTA_NAME`].
+pub const DELTA_TEMP_NAME: &str = ".delta.memdb.tmp";
 const CHECKSUM_OFFSET: usize = 56;
 
 /// The archived table as it lies in the file.
 pub type ArchivedWordMap = ArchivedHashMap<ArchivedString, rkyv::Archived<u64>>;
 
+/// Which of the two files a snapshot is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A whole table.
+    Base,
+    /// The words changed since a base.
+    Delta,
+}
+
+impl Kind {
+    fn magic(self) -> [u8; 8] {
+        match self {
+            Kind::Base => MAGIC,
+            Kind::Delta => DELTA_MAGIC,
+        }
+    }
+
+    /// Where the archive starts, from the start of the file.
+    pub fn archive_offset(self) -> usize {
+        match self {
+            Kind::Base => HEADER_LEN,
+            Kind::Delta => HEADER_LEN + DELTA_PREFIX_LEN,
+        }
+    }
+}
+
+/// The base a delta applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BaseRef {
+    pub checksum: u64,
+    pub seq: u64,
+    /// Distinct words in the base and the delta together.
+    pub total_words: u64,
+}
+
 /// The header fields, decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
+    pub kind: Kind,
     pub version: u32,
     pub tokenizer: Tokenizer,
     pub seq: u64,
     /// The leader incarnation that wrote it; `None` for a zero field.
     pub incarnation: Option<Incarnation>,
     pub payload_len: u64,
+    /// Words in this file's archive.
     pub words: u64,
     pub written_unix_ms: u64,
     pub checksum: u64,
+    /// A delta's base (`None` for a base).
+    pub base: Option<BaseRef>,
+}
+
+impl Header {
+    /// Distinct words in the state this file completes (for a delta, with its base).
+    pub fn total_words(&self) -> u64 {
+        self.base.map_or(self.words, |b| b.total_words)
+    }
 }
 
 /// Why a snapshot could not be written or was rejected.
@@ -75,10 +147,12 @@ pub struct Header {
 pub enum SnapshotError {
     #[error("snapshot I/O: {0}")]
     Io(#[from] io::Error),
-    #[error("file is {len} bytes, shorter than the {HEADER_LEN}-byte header")]
+    #[error("file is {len} bytes, shorter than its header")]
     TooShort { len: usize },
     #[error("not a memdb snapshot (bad magic)")]
     BadMagic,
+    #[error("a {found:?} file where a {expected:?} was expected")]
+    WrongKind { expected: Kind, found: Kind },
     #[error("snapshot format version {0} is not supported (this build reads version {VERSION})")]
     UnsupportedVersion(u32),
     #[error("unknown tokenizer code {0} in snapshot header")]
@@ -93,6 +167,8 @@ pub enum SnapshotError {
     Archive(String),
     #[error("header says {expected} words, archive holds {actual}")]
     WordCount { expected: u64, actual: u64 },
+    #[error("the delta's reserved field is not zero")]
+    Reserved,
     #[error("serializing the table failed: {0}")]
     Serialize(String),
     #[error("{0} is not a regular file")]
@@ -124,43 +200,86 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
-/// The checksum of a snapshot: xxh3 of the header fields before it, then the payload,
-/// fed in chunks so that `stop` can end a long one (`None` then).
+/// A checksum in the making: xxh3 of the header fields before it, then the payload,
+/// fed in chunks so that a long one can be stopped.
+struct Checksum(Xxh3);
+
+impl Checksum {
+    fn new(header_fields: &[u8]) -> Self {
+        let mut h = Xxh3::new();
+        h.update(&header_fields[..CHECKSUM_OFFSET]);
+        Checksum(h)
+    }
+}
+
+/// The checksum of a snapshot, giving up (`None`) when `stop` says so.
 fn checksum(header_fields: &[u8], payload: &[u8], stop: &dyn Fn() -> bool) -> Option<u64> {
     const CHUNK: usize = 64 << 20;
-    let mut h = Xxh3::new();
-    h.update(&header_fields[..CHECKSUM_OFFSET]);
+    let mut h = Checksum::new(header_fields);
     for chunk in payload.chunks(CHUNK) {
         if stop() {
             return None;
         }
-        h.update(chunk);
+        h.0.update(chunk);
     }
-    Some(h.digest())
+    Some(h.0.digest())
 }
 
-/// Serializes `map` into a complete snapshot image (header + archive) in one buffer.
-pub fn encode(map: &WordMap, meta: Meta) -> Result<AlignedVec, SnapshotError> {
-    let mut buf = AlignedVec::<16>::with_capacity(HEADER_LEN + map.len() * 48 + 64);
-    buf.extend_from_slice(&[0u8; HEADER_LEN]);
-    // rkyv writes after what the buffer holds; its relative pointers do not care where
-    // the archive starts, and 64 keeps it 16-aligned.
-    let mut buf = rkyv::api::high::to_bytes_in::<_, rancor::Error>(map, buf)
-        .map_err(|e| SnapshotError::Serialize(e.to_string()))?;
-    let payload_len = (buf.len() - HEADER_LEN) as u64;
-    let written = SystemTime::now()
+fn now_unix_ms() -> u64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    let h = buf.as_mut_slice();
-    h[0..8].copy_from_slice(&MAGIC);
+        .unwrap_or(0)
+}
+
+/// The header's fields before the checksum.
+fn header_fields(kind: Kind, meta: Meta, payload_len: u64, words: u64) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[0..8].copy_from_slice(&kind.magic());
     h[8..12].copy_from_slice(&VERSION.to_le_bytes());
     h[12..16].copy_from_slice(&meta.tokenizer.code().to_le_bytes());
     h[16..24].copy_from_slice(&meta.seq.to_le_bytes());
     h[24..32].copy_from_slice(&meta.incarnation.raw().to_le_bytes());
     h[32..40].copy_from_slice(&payload_len.to_le_bytes());
-    h[40..48].copy_from_slice(&(map.len() as u64).to_le_bytes());
-    h[48..56].copy_from_slice(&written.to_le_bytes());
+    h[40..48].copy_from_slice(&words.to_le_bytes());
+    h[48..56].copy_from_slice(&now_unix_ms().to_le_bytes());
+    h
+}
+
+fn delta_prefix(base: BaseRef) -> [u8; DELTA_PREFIX_LEN] {
+    let mut p = [0u8; DELTA_PREFIX_LEN];
+    p[0..8].copy_from_slice(&base.checksum.to_le_bytes());
+    p[8..16].copy_from_slice(&base.seq.to_le_bytes());
+    p[16..24].copy_from_slice(&base.total_words.to_le_bytes());
+    p
+}
+
+/// A complete snapshot image (header + archive) of `entries` in one buffer: a base
+/// when `base` is `None`, else a delta on it.
+pub fn encode_entries<'a, I>(
+    entries: I,
+    meta: Meta,
+    base: Option<BaseRef>,
+) -> Result<AlignedVec, SnapshotError>
+where
+    I: Iterator<Item = (&'a str, u64)> + Clone,
+{
+    let kind = if base.is_some() {
+        Kind::Delta
+    } else {
+        Kind::Base
+    };
+    let mut buf = AlignedVec::<16>::with_capacity(kind.archive_offset() + 64);
+    buf.extend_from_slice(&[0u8; HEADER_LEN]);
+    if let Some(b) = base {
+        buf.extend_from_slice(&delta_prefix(b));
+    }
+    // rkyv writes after what the buffer holds; its relative pointers do not care where
+    // the archive starts, and 64 or 96 keeps it 16-aligned.
+    let (mut buf, words) = encode::write_entries(buf, entries)?;
+    let payload_len = (buf.len() - HEADER_LEN) as u64;
+    let h = buf.as_mut_slice();
+    h[..HEADER_LEN].copy_from_slice(&header_fields(kind, meta, payload_len, words as u64));
     let sum = {
         let (head, payload) = h.split_at(HEADER_LEN);
         checksum(head, payload, &|| false).expect("never stopped")
@@ -169,15 +288,22 @@ pub fn encode(map: &WordMap, meta: Meta) -> Result<AlignedVec, SnapshotError> {
     Ok(buf)
 }
 
-/// Decodes and checks the header alone (magic, version, tokenizer, exact file length).
-/// Cheap: a replica may poll this to see whether a newer snapshot exists.
+/// A base snapshot image of the whole `map`.
+pub fn encode(map: &WordMap, meta: Meta) -> Result<AlignedVec, SnapshotError> {
+    encode_entries(map.iter().map(|(w, n)| (w.as_str(), *n)), meta, None)
+}
+
+/// Decodes and checks the header (and a delta's prefix): magic, version, tokenizer,
+/// exact file length. `bytes` is the whole file.
 pub fn read_header(bytes: &[u8], file_len: u64) -> Result<Header, SnapshotError> {
     if bytes.len() < HEADER_LEN {
         return Err(SnapshotError::TooShort { len: bytes.len() });
     }
-    if bytes[0..8] != MAGIC {
-        return Err(SnapshotError::BadMagic);
-    }
+    let kind = match <[u8; 8]>::try_from(&bytes[0..8]).expect("8 bytes") {
+        MAGIC => Kind::Base,
+        DELTA_MAGIC => Kind::Delta,
+        _ => return Err(SnapshotError::BadMagic),
+    };
     let version = le_u32(bytes, 8);
     if version != VERSION {
         return Err(SnapshotError::UnsupportedVersion(version));
@@ -192,7 +318,22 @@ pub fn read_header(bytes: &[u8], file_len: u64) -> Result<Header, SnapshotError>
             actual: file_len,
         });
     }
+    let base = match kind {
+        Kind::Base => None,
+        Kind::Delta => {
+            if bytes.len() < kind.archive_offset() {
+                return Err(SnapshotError::TooShort { len: bytes.len() });
+            }
+            let p = HEADER_LEN;
+            Some(BaseRef {
+                checksum: le_u64(bytes, p),
+                seq: le_u64(bytes, p + 8),
+                total_words: le_u64(bytes, p + 16),
+            })
+        }
+    };
     Ok(Header {
+        kind,
         version,
         tokenizer,
         seq: le_u64(bytes, 16),
@@ -201,12 +342,13 @@ pub fn read_header(bytes: &[u8], file_len: u64) -> Result<Header, SnapshotError>
         words: le_u64(bytes, 40),
         written_unix_ms: le_u64(bytes, 48),
         checksum: le_u64(bytes, 56),
+        base,
     })
 }
 
-/// Fully validates a snapshot image: header, exact length, checksum, and the archive
-/// itself (rkyv bytecheck). Once this has passed for a buffer that is never modified,
-/// reading the archive needs no further checks.
+/// Fully validates a snapshot image of either kind: header, exact length, checksum,
+/// and the archive itself (rkyv bytecheck). Once this has passed for a buffer that is
+/// never modified, reading the archive needs no further checks.
 pub fn validate(bytes: &[u8]) -> Result<(Header, &ArchivedWordMap), SnapshotError> {
     validate_until(bytes, &|| false)
 }
@@ -226,10 +368,14 @@ pub fn validate_until<'a>(
             actual,
         });
     }
-    if payload.as_ptr().align_offset(16) != 0 {
+    if header.kind == Kind::Delta && le_u64(bytes, HEADER_LEN + 24) != 0 {
+        return Err(SnapshotError::Reserved);
+    }
+    let archive = &bytes[header.kind.archive_offset()..];
+    if archive.as_ptr().align_offset(16) != 0 {
         return Err(SnapshotError::Misaligned);
     }
-    let map = rkyv::access::<ArchivedWordMap, rancor::Error>(payload)
+    let map = rkyv::access::<ArchivedWordMap, rancor::Error>(archive)
         .map_err(|e| SnapshotError::Archive(e.to_string()))?;
     if map.len() as u64 != header.words {
         return Err(SnapshotError::WordCount {
@@ -371,6 +517,53 @@ pub(super) mod tests {
                 "flip at byte {i} accepted"
             );
         }
+    }
+
+    fn delta_image() -> AlignedVec {
+        let base = BaseRef {
+            checksum: 0x1234,
+            seq: 40,
+            total_words: 7,
+        };
+        encode_entries([("a", 3u64), ("bé", 9)].into_iter(), meta(), Some(base)).unwrap()
+    }
+
+    #[test]
+    fn a_delta_round_trips_and_every_flipped_byte_is_rejected() {
+        let img = delta_image();
+        let (h, archived) = validate(&img).unwrap();
+        assert_eq!((h.kind, h.words, h.total_words()), (Kind::Delta, 2, 7));
+        assert_eq!(h.base.map(|b| (b.checksum, b.seq)), Some((0x1234, 40)));
+        assert_eq!(archived.get("bé").map(|v| v.to_native()), Some(9));
+        for i in 0..img.len() {
+            let mut bad = img.to_vec();
+            bad[i] ^= 0x10;
+            assert!(
+                validate(&aligned(&bad)).is_err(),
+                "flip at byte {i} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn a_delta_with_a_nonzero_reserved_field_is_rejected() {
+        let img = delta_image();
+        let mut bad = img.to_vec();
+        bad[HEADER_LEN + 24] = 1;
+        // Re-sign it, so that only the reserved field is wrong.
+        let sum = checksum(&bad[..HEADER_LEN], &bad[HEADER_LEN..], &|| false).unwrap();
+        bad[56..64].copy_from_slice(&sum.to_le_bytes());
+        assert!(matches!(
+            validate(&aligned(&bad)).unwrap_err(),
+            SnapshotError::Reserved
+        ));
+        // A delta cut inside its prefix.
+        let mut short = img[..HEADER_LEN + 8].to_vec();
+        short[32..40].copy_from_slice(&8u64.to_le_bytes());
+        assert!(matches!(
+            validate(&aligned(&short)).unwrap_err(),
+            SnapshotError::TooShort { .. }
+        ));
     }
 
     #[test]

@@ -62,6 +62,9 @@ pub struct LeaderConfig {
     pub replica_timeout: Duration,
     /// How often the table is published as a snapshot when it changed. Default 1s.
     pub snapshot_interval: Duration,
+    /// Compact (merge the delta into a new base) once the delta holds this many words
+    /// or an eighth of the base, whichever is more. Default 65 536.
+    pub compact_after: usize,
     /// How many replicas must apply a write before `POST /post` answers. Default 0.
     pub min_acks: usize,
     /// How long a write waits for `min_acks` before answering 504. Default 2s.
@@ -105,6 +108,7 @@ impl LeaderConfig {
             max_replicas: 64,
             replica_timeout: Duration::from_secs(10),
             snapshot_interval: Duration::from_secs(1),
+            compact_after: 65_536,
             min_acks: 0,
             ack_timeout: Duration::from_secs(2),
             tokenizer: Tokenizer::Unicode,

@@ -23,18 +23,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::LeaderConfig;
 use crate::leader::backlog::Backlog;
-use crate::leader::publisher::{PublishError, Publisher};
+use crate::leader::publisher::{PublishError, Publisher, Setup};
 use crate::leader::replication::ReplicaSet;
 use crate::protocol::Incarnation;
 use crate::server::router::CountSource;
 use crate::storage::batch::Batch;
+use crate::storage::delta::Changes;
 use crate::storage::history::History;
 use crate::storage::log::Wal;
 use crate::storage::snapshot::{self, SnapshotError};
 use crate::storage::table::Table;
 use crate::words::Tokenizer;
 
-use open::{lock_data_dir, recover, replica_set};
+use open::{base_or_empty, lock_data_dir, recover, replica_set};
 
 pub const LOCK_FILE: &str = "LOCK";
 
@@ -180,7 +181,9 @@ impl Leader {
     pub fn open(config: LeaderConfig) -> Result<Leader, LeaderError> {
         let dir = config.data_dir.clone();
         let lock = lock_data_dir(&dir)?;
-        let (table, snap_seq) = recover(&dir, config.tokenizer)?;
+        let recovered = recover(&dir, config.tokenizer)?;
+        let table = recovered.table;
+        let published_seq = recovered.state.as_ref().map_or(0, |s| s.seq());
         let seq = table.seq();
         let wal = Wal::open(&dir, seq, config.wal).map_err(io_err("opening the log in", &dir))?;
         // A new incarnation with every process, continuing the recorded history up to
@@ -195,16 +198,23 @@ impl Leader {
             config.backlog_batches,
             config.backlog_bytes,
         )));
-        let publisher = Publisher::spawn(
-            dir.clone(),
-            table.map().clone(),
+        let meta = snapshot::Meta {
+            tokenizer: config.tokenizer,
             seq,
-            snap_seq,
-            config.tokenizer,
             incarnation,
-            config.snapshot_interval,
-            Box::new(wal.checkpointer()),
-        );
+        };
+        let base = base_or_empty(&dir, recovered.state, meta)?;
+        let publisher = Publisher::spawn(Setup {
+            dir: dir.clone(),
+            changes: Changes::new(base, recovered.changed),
+            seq,
+            published_seq,
+            tokenizer: config.tokenizer,
+            incarnation,
+            interval: config.snapshot_interval,
+            compact_after: config.compact_after,
+            on_published: Box::new(wal.checkpointer()),
+        });
         let socket_path = config
             .socket
             .clone()

@@ -16,8 +16,9 @@ use crate::leader::backlog::Backlog;
 use crate::leader::replication::{LogSource, ReplicaSet};
 use crate::protocol::Incarnation;
 use crate::storage::log::{self, Wal};
-use crate::storage::snapshot::{self};
-use crate::storage::table::Table;
+use crate::storage::mapped::{MappedSnapshot, MappedState};
+use crate::storage::snapshot::{self, SnapshotError};
+use crate::storage::table::{Table, WordMap};
 use crate::words::Tokenizer;
 
 use super::{LOCK_FILE, LeaderError, io_err};
@@ -81,36 +82,79 @@ pub(super) fn lock_data_dir(dir: &Path) -> Result<File, LeaderError> {
         .map_err(|_| LeaderError::Locked(dir.to_owned()))?;
     lock.set_len(0).map_err(io_err("writing", &lock_path))?;
     writeln!(lock, "{}", std::process::id()).map_err(io_err("writing", &lock_path))?;
-    // A temp file left by a crash mid-publish is never valid: remove it.
+    // A temp file left by a crash mid-publish or mid-compaction is never valid.
     let _ = fs::remove_file(dir.join(snapshot::TEMP_NAME));
+    let _ = fs::remove_file(dir.join(snapshot::DELTA_TEMP_NAME));
     Ok(lock)
 }
 
-/// The table as the data directory holds it: the snapshot, then every log record
-/// past it. Returns it with the snapshot's seq.
-pub(super) fn recover(dir: &Path, tokenizer: Tokenizer) -> Result<(Table, u64), LeaderError> {
-    let (map, snap_seq) = match snapshot::load(dir) {
-        Ok(Some((header, map))) => {
-            if header.tokenizer != tokenizer {
-                return Err(LeaderError::TokenizerMismatch {
-                    dir: dir.to_owned(),
-                    data: header.tokenizer,
-                    configured: tokenizer,
-                });
-            }
-            tracing::info!(seq = header.seq, words = map.len(), "restored snapshot");
-            (map, header.seq)
-        }
-        Ok(None) => (Default::default(), 0),
-        Err(source) => {
-            return Err(LeaderError::Snapshot {
-                path: dir.join(snapshot::FILE_NAME),
-                source,
+/// What the data directory holds, restored.
+pub(super) struct Recovered {
+    /// The whole table: base, delta, then every log record past them.
+    pub table: Table,
+    /// The state on disk (base and paired delta), if a base exists.
+    pub state: Option<MappedState>,
+    /// Every word changed since the base, with its count in `table`.
+    pub changed: WordMap,
+}
+
+/// The table as the data directory holds it: the base, the delta on it if one pairs
+/// with it, then every log record past them.
+pub(super) fn recover(dir: &Path, tokenizer: Tokenizer) -> Result<Recovered, LeaderError> {
+    let state =
+        MappedState::open(dir, u64::MAX, &|| false, None).map_err(|e| LeaderError::Snapshot {
+            path: dir.join(e.file),
+            source: e.source,
+        })?;
+    if state.is_none() && dir.join(snapshot::DELTA_NAME).exists() {
+        return Err(LeaderError::Snapshot {
+            path: dir.join(snapshot::FILE_NAME),
+            source: SnapshotError::Io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "missing, but a delta on it is there: restore the base, or move both away",
+            )),
+        });
+    }
+    let mut table = Table::new();
+    let mut changed = WordMap::default();
+    if let Some(state) = &state {
+        let header = state.header();
+        if header.tokenizer != tokenizer {
+            return Err(LeaderError::TokenizerMismatch {
+                dir: dir.to_owned(),
+                data: header.tokenizer,
+                configured: tokenizer,
             });
         }
-    };
-    let mut table = Table::from_parts(map, snap_seq);
-    let replayed = log::replay(dir, &mut table).map_err(io_err("replaying the log in", dir))?;
+        let mut map = snapshot::to_word_map(state.base.map());
+        if let Some(delta) = &state.delta {
+            for (w, n) in delta.map().iter() {
+                changed.insert(w.as_str().to_owned(), n.to_native());
+                map.insert(w.as_str().to_owned(), n.to_native());
+            }
+        } else if dir.join(snapshot::DELTA_NAME).exists() {
+            tracing::info!(
+                "the delta on disk is on an earlier base (a compaction was cut short); \
+                 replaying the log from the base"
+            );
+        }
+        tracing::info!(
+            seq = state.seq(),
+            base_seq = state.base.header().seq,
+            words = map.len(),
+            "restored snapshot"
+        );
+        table = Table::from_parts(map, state.seq());
+    }
+    let mut touched = Vec::new();
+    let replayed = log::replay_observed(dir, &mut table, &mut |deltas| {
+        touched.extend(deltas.iter().map(|(w, _)| w.clone()));
+    })
+    .map_err(io_err("replaying the log in", dir))?;
+    for w in touched {
+        let n = table.get(&w);
+        changed.insert(w, n);
+    }
     if replayed.applied > 0 || replayed.cut.is_some() {
         tracing::info!(
             applied = replayed.applied,
@@ -119,5 +163,31 @@ pub(super) fn recover(dir: &Path, tokenizer: Tokenizer) -> Result<(Table, u64), 
             "replayed the write-ahead log"
         );
     }
-    Ok((table, snap_seq))
+    Ok(Recovered {
+        table,
+        state,
+        changed,
+    })
+}
+
+/// The base on disk, or (in a new data directory) an empty one written now at seq 0:
+/// the publisher's deltas need a base to name.
+pub(super) fn base_or_empty(
+    dir: &Path,
+    state: Option<MappedState>,
+    meta: snapshot::Meta,
+) -> Result<Arc<MappedSnapshot>, LeaderError> {
+    if let Some(s) = state {
+        return Ok(s.base);
+    }
+    let path = dir.join(snapshot::FILE_NAME);
+    let fail = |source| LeaderError::Snapshot {
+        path: path.clone(),
+        source,
+    };
+    let meta = snapshot::Meta { seq: 0, ..meta };
+    let staged =
+        snapshot::stage(dir, snapshot::TEMP_NAME, meta, None, std::iter::empty()).map_err(fail)?;
+    snapshot::install(dir, &staged, snapshot::FILE_NAME).map_err(|e| fail(SnapshotError::Io(e)))?;
+    Ok(Arc::new(MappedSnapshot::open(&path).map_err(fail)?))
 }

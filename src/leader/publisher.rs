@@ -1,9 +1,20 @@
-//! The leader's snapshot publisher: a thread that keeps its own copy of the table and
-//! publishes it as a snapshot file every interval when it changed.
+//! The leader's snapshot publisher: a thread that publishes, every interval when the
+//! table changed, the delta of the words changed since the base (see
+//! [`crate::storage::snapshot`]), and compacts in the background when the delta grows.
 //!
-//! The copy is fed the same ordered batches as the live table, so serialising never
-//! takes the live table's lock: writers are not slowed by a publish however big the
-//! table is. The cost is a second copy of the table in memory.
+//! It keeps no copy of the table: a word's count is the delta's if it changed since
+//! the base, else the base's, read from the leader's own mapping of the base file
+//! ([`Changes`]). It is fed the same ordered batches as the live table, so publishing
+//! never takes the live table's lock. A publication costs what changed since the last
+//! compaction, whatever the table's size.
+//!
+//! A compaction freezes the changes, and a second thread streams the mapped base and
+//! the frozen changes into a new base file (never the whole archive in memory) while
+//! this thread goes on publishing deltas on the old base. When the new base is written
+//! and validated, this thread renames it into place and at once publishes a delta on
+//! it. The log's checkpoint stays at the compaction's seq until then: a crash between
+//! the two renames leaves the new base and a delta on the old one, which does not pair
+//! with it, and recovery replays the log from the new base's seq.
 //!
 //! Batches are handed over through a mutex-guarded queue that the thread drains every
 //! few milliseconds, not one channel message per batch: waking a thread per write cost
@@ -13,6 +24,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -21,13 +33,18 @@ use serde::Serialize;
 
 use crate::protocol::Incarnation;
 use crate::storage::batch::Batch;
-use crate::storage::snapshot::{self, Meta};
-use crate::storage::table::{Table, WordMap};
+use crate::storage::delta::{Changes, merged};
+use crate::storage::mapped::MappedSnapshot;
+use crate::storage::snapshot::{self, BaseRef, Meta, Staged};
 use crate::words::Tokenizer;
 
-/// How often the thread applies handed-over batches to its copy when it has nothing
-/// else to do: bounds the queue's memory whatever the snapshot interval.
+/// How often the thread applies handed-over batches to its changes when it has
+/// nothing else to do: bounds the queue's memory whatever the snapshot interval.
 const DRAIN_EVERY: Duration = Duration::from_millis(20);
+
+/// A compaction starts once the delta holds an eighth of the base's words (or the
+/// configured minimum, if that is more).
+const COMPACT_FRACTION: u64 = 8;
 
 enum Msg {
     /// Publish now if anything changed, then answer with the published seq.
@@ -51,12 +68,27 @@ pub enum PublishError {
 /// What the publisher has done, for `/health`.
 #[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct PublishStats {
-    /// Seq of the newest snapshot on disk.
+    /// Seq of the newest snapshot on disk (base and delta).
     pub seq: u64,
+    /// Deltas (and bases) published since start.
     pub publishes: u64,
     pub last_duration_ms: Option<f64>,
+    /// Size of the last delta published.
     pub last_bytes: Option<u64>,
     pub last_error: Option<String>,
+    /// Seq of the base on disk (the last compaction's).
+    pub base_seq: u64,
+    /// Words in the base on disk.
+    pub base_words: u64,
+    /// Words in the last delta published.
+    pub delta_words: u64,
+    /// Compactions finished since start.
+    pub compactions: u64,
+    /// Duration of the last compaction, from freezing the changes to the new base
+    /// in place.
+    pub last_compaction_ms: Option<f64>,
+    /// A compaction is under way.
+    pub compacting: bool,
 }
 
 /// Handle to the publisher thread. Dropping it stops the thread after a final publish.
@@ -68,38 +100,50 @@ pub struct Publisher {
     published: tokio::sync::watch::Receiver<u64>,
 }
 
+/// What the publisher starts from.
+pub struct Setup {
+    pub dir: PathBuf,
+    /// The base on disk and the changes since, up to `seq`.
+    pub changes: Changes,
+    pub seq: u64,
+    /// The seq of the state on disk (base and delta) now.
+    pub published_seq: u64,
+    pub tokenizer: Tokenizer,
+    pub incarnation: Incarnation,
+    pub interval: Duration,
+    /// See [`crate::config::LeaderConfig::compact_after`].
+    pub compact_after: usize,
+    /// Told the seq of every state made durable (the log drops what it covers).
+    pub on_published: Box<dyn Fn(u64) + Send>,
+}
+
 impl Publisher {
-    /// Starts the thread with a copy of the table as it stands at `seq`, whose snapshot
-    /// (if any) is already on disk as `published_seq`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn spawn(
-        dir: PathBuf,
-        map: WordMap,
-        seq: u64,
-        published_seq: u64,
-        tokenizer: Tokenizer,
-        incarnation: Incarnation,
-        interval: Duration,
-        on_published: Box<dyn Fn(u64) + Send>,
-    ) -> Self {
+    /// Starts the thread.
+    pub fn spawn(setup: Setup) -> Self {
+        let base = *setup.changes.base().header();
         let stats = Arc::new(Mutex::new(PublishStats {
-            seq: published_seq,
+            seq: setup.published_seq,
+            base_seq: base.seq,
+            base_words: base.words,
             ..Default::default()
         }));
-        let (published_tx, published) = tokio::sync::watch::channel(published_seq);
+        let (published_tx, published) = tokio::sync::watch::channel(setup.published_seq);
         let queue = Arc::new(Mutex::new(Vec::new()));
         let worker = Worker {
-            dir,
-            shadow: Table::from_parts(map, seq),
-            published: published_seq,
-            tokenizer,
-            incarnation,
-            interval,
+            dir: setup.dir,
+            changes: setup.changes,
+            seq: setup.seq,
+            published: setup.published_seq,
+            tokenizer: setup.tokenizer,
+            incarnation: setup.incarnation,
+            interval: setup.interval,
+            compact_after: setup.compact_after,
+            compaction: None,
             stats: stats.clone(),
             published_tx,
             queue: queue.clone(),
             scratch: Vec::new(),
-            on_published,
+            on_published: setup.on_published,
         };
         let thread = crate::worker::Worker::spawn("memdb-publisher", move |rx| worker.run(rx))
             .expect("spawning the publisher thread");
@@ -145,25 +189,39 @@ impl Publisher {
 
 struct Worker {
     dir: PathBuf,
-    shadow: Table,
+    changes: Changes,
+    /// The seq the changes are at.
+    seq: u64,
+    /// The seq of the state on disk.
     published: u64,
     tokenizer: Tokenizer,
     incarnation: Incarnation,
     interval: Duration,
+    compact_after: usize,
+    compaction: Option<Compaction>,
     stats: Arc<Mutex<PublishStats>>,
     published_tx: tokio::sync::watch::Sender<u64>,
     queue: Arc<Mutex<Vec<Arc<Batch>>>>,
     /// Swapped with the queue so that draining holds its lock for a moment only.
     scratch: Vec<Arc<Batch>>,
-    /// Told the seq of every snapshot made durable (the log drops what it covers).
     on_published: Box<dyn Fn(u64) + Send>,
+}
+
+/// A compaction under way on its own thread.
+struct Compaction {
+    /// The seq of the base it writes.
+    seq: u64,
+    started: Instant,
+    stop: Arc<AtomicBool>,
+    done: Receiver<Result<(Staged, MappedSnapshot), String>>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl Worker {
     fn run(mut self, rx: Receiver<Msg>) {
-        // A data directory without a snapshot gets one at once, even of an empty table:
-        // local replicas serve from the file and have nothing to map until it exists.
-        if !self.dir.join(snapshot::FILE_NAME).exists() {
+        // Recovered writes (the log replayed past the state on disk) are published at
+        // once: local replicas see what the leader serves.
+        if self.seq != self.published {
             let _ = self.publish();
         }
         let mut next_tick = Instant::now() + self.interval;
@@ -171,13 +229,14 @@ impl Worker {
             let wake = next_tick.min(Instant::now() + DRAIN_EVERY);
             let msg = rx.recv_deadline(wake);
             self.drain();
+            self.finish_compaction();
             match msg {
                 Ok(Msg::Flush(reply)) => {
                     let _ = reply.send(self.publish_if_changed());
                 }
                 // Every batch up to the wanted seq was handed over before this request
                 // (the write was acknowledged before a reader could ask for it), so the
-                // copy holds it after the drain above.
+                // changes hold it after the drain above.
                 Ok(Msg::Soon(want)) => {
                     if self.published < want {
                         let _ = self.publish_if_changed();
@@ -185,6 +244,7 @@ impl Worker {
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
+                    self.abandon_compaction();
                     if let Err(e) = self.publish_if_changed() {
                         tracing::error!(error = %e, "final snapshot failed");
                     }
@@ -193,58 +253,82 @@ impl Worker {
             }
             if Instant::now() >= next_tick {
                 let _ = self.publish_if_changed();
+                self.maybe_compact();
                 next_tick = Instant::now() + self.interval;
             }
         }
     }
 
-    /// Applies every handed-over batch to the copy, in order.
+    /// Applies every handed-over batch to the changes, in order.
     fn drain(&mut self) {
         std::mem::swap(&mut *self.queue.lock(), &mut self.scratch);
         for b in self.scratch.drain(..) {
-            self.shadow.apply(&b.deltas, b.seq);
+            self.changes.apply(&b.deltas);
+            self.seq = b.seq;
         }
     }
 
     fn publish_if_changed(&mut self) -> Result<u64, PublishError> {
-        if self.shadow.seq() == self.published {
+        if self.seq == self.published {
             return Ok(self.published);
         }
         self.publish()
     }
 
+    /// Publishes the delta as it stands.
     fn publish(&mut self) -> Result<u64, PublishError> {
         let started = Instant::now();
         let meta = Meta {
             tokenizer: self.tokenizer,
-            seq: self.shadow.seq(),
+            seq: self.seq,
             incarnation: self.incarnation,
         };
-        let result = snapshot::encode(self.shadow.map(), meta)
-            .map_err(|e| PublishError::Encode(e.to_string()))
-            .and_then(|img| {
-                snapshot::publish(&self.dir, &img)
-                    .map(|_| img.len())
-                    .map_err(|e| PublishError::Write(e.to_string()))
-            });
+        let base = self.changes.base().header();
+        let base_ref = BaseRef {
+            checksum: base.checksum,
+            seq: base.seq,
+            total_words: self.changes.total_words(),
+        };
+        let result = snapshot::stage(
+            &self.dir,
+            snapshot::DELTA_TEMP_NAME,
+            meta,
+            Some(base_ref),
+            self.changes.entries(),
+        )
+        .map_err(|e| PublishError::Encode(e.to_string()))
+        .and_then(|staged| {
+            snapshot::install(&self.dir, &staged, snapshot::DELTA_NAME)
+                .map(|_| staged.header)
+                .map_err(|e| PublishError::Write(e.to_string()))
+        });
         let mut stats = self.stats.lock();
         match result {
-            Ok(bytes) => {
+            Ok(header) => {
                 let ms = started.elapsed().as_secs_f64() * 1e3;
                 self.published = meta.seq;
                 self.published_tx.send_replace(meta.seq);
-                (self.on_published)(meta.seq);
+                // While a compaction is under way, the log must still hold what
+                // follows its base: a crash before the delta on the new base is
+                // published recovers from the new base alone.
+                let durable = match &self.compaction {
+                    Some(c) => c.seq.min(meta.seq),
+                    None => meta.seq,
+                };
+                (self.on_published)(durable);
+                let bytes = header.payload_len + snapshot::HEADER_LEN as u64;
                 stats.seq = meta.seq;
                 stats.publishes += 1;
                 stats.last_duration_ms = Some(ms);
-                stats.last_bytes = Some(bytes as u64);
+                stats.last_bytes = Some(bytes);
+                stats.delta_words = header.words;
                 stats.last_error = None;
                 tracing::debug!(
                     seq = meta.seq,
-                    words = self.shadow.len(),
+                    words = header.words,
                     bytes,
                     ms,
-                    "snapshot published"
+                    "delta published"
                 );
                 Ok(meta.seq)
             }
@@ -253,6 +337,129 @@ impl Worker {
                 stats.last_error = Some(e.to_string());
                 Err(e)
             }
+        }
+    }
+
+    /// Starts a compaction if the delta has grown past its share of the base and none
+    /// is under way.
+    fn maybe_compact(&mut self) {
+        let base_words = self.changes.base().header().words;
+        let limit = (self.compact_after as u64).max(base_words / COMPACT_FRACTION);
+        if self.compaction.is_some() || (self.changes.len() as u64) < limit {
+            return;
+        }
+        let Some((frozen, _)) = self.changes.freeze() else {
+            return;
+        };
+        let base = self.changes.base().clone();
+        let dir = self.dir.clone();
+        let meta = Meta {
+            tokenizer: self.tokenizer,
+            seq: self.seq,
+            incarnation: self.incarnation,
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let (done_tx, done) = crossbeam_channel::bounded(1);
+        let stopped = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("memdb-compactor".into())
+            .spawn(move || {
+                let stop = || stopped.load(Ordering::Acquire);
+                let result = snapshot::stage_until(
+                    &dir,
+                    snapshot::TEMP_NAME,
+                    meta,
+                    None,
+                    merged(base.map(), &frozen),
+                    &stop,
+                )
+                .and_then(|staged| {
+                    // Validated here, off the publisher's thread, as a replica will.
+                    let mapped = MappedSnapshot::open_until(&staged.path, u64::MAX, &stop)?;
+                    Ok((staged, mapped))
+                })
+                .map_err(|e| e.to_string());
+                if result.is_err() {
+                    let _ = std::fs::remove_file(dir.join(snapshot::TEMP_NAME));
+                }
+                let _ = done_tx.send(result);
+            })
+            .expect("spawning the compaction thread");
+        tracing::debug!(seq = self.seq, "compaction started");
+        self.stats.lock().compacting = true;
+        self.compaction = Some(Compaction {
+            seq: self.seq,
+            started: Instant::now(),
+            stop,
+            done,
+            thread,
+        });
+    }
+
+    /// Puts a finished compaction's base in place and publishes a delta on it.
+    fn finish_compaction(&mut self) {
+        let Some(c) = &self.compaction else {
+            return;
+        };
+        let result = match c.done.try_recv() {
+            Ok(r) => r,
+            Err(crossbeam_channel::TryRecvError::Empty) => return,
+            Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                Err("the compaction thread died".to_owned())
+            }
+        };
+        let c = self.compaction.take().expect("checked above");
+        let _ = c.thread.join();
+        let installed = result.and_then(|(staged, mapped)| {
+            snapshot::install(&self.dir, &staged, snapshot::FILE_NAME)
+                .map(|_| mapped)
+                .map_err(|e| {
+                    let _ = std::fs::remove_file(&staged.path);
+                    e.to_string()
+                })
+        });
+        match installed {
+            Ok(mapped) => {
+                let h = *mapped.header();
+                self.changes.rebase(Arc::new(mapped));
+                let ms = c.started.elapsed().as_secs_f64() * 1e3;
+                {
+                    let mut st = self.stats.lock();
+                    st.compacting = false;
+                    st.compactions += 1;
+                    st.last_compaction_ms = Some(ms);
+                    st.base_seq = h.seq;
+                    st.base_words = h.words;
+                }
+                tracing::info!(
+                    seq = h.seq,
+                    words = h.words,
+                    ms,
+                    "compacted into a new base"
+                );
+                // The delta on disk names the old base: replace it now.
+                let _ = self.publish();
+            }
+            Err(e) => {
+                self.changes.thaw();
+                tracing::error!(error = %e, "compaction failed; the delta keeps growing on the old base");
+                let mut st = self.stats.lock();
+                st.compacting = false;
+                st.last_error = Some(format!("compaction: {e}"));
+            }
+        }
+    }
+
+    /// Stops a compaction under way (at shutdown): the delta on the old base is
+    /// published instead.
+    fn abandon_compaction(&mut self) {
+        if let Some(c) = self.compaction.take() {
+            c.stop.store(true, Ordering::Release);
+            let _ = c.thread.join();
+            // A base it finished but nobody installed.
+            let _ = std::fs::remove_file(self.dir.join(snapshot::TEMP_NAME));
+            self.changes.thaw();
+            self.stats.lock().compacting = false;
         }
     }
 }

@@ -11,10 +11,11 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use memmap2::Mmap;
 
-use crate::storage::snapshot::{self, ArchivedWordMap, HEADER_LEN, Header, SnapshotError};
+use crate::storage::snapshot::{self, ArchivedWordMap, HEADER_LEN, Header, Kind, SnapshotError};
 
 /// A validated, memory-mapped snapshot. Lookups read the mapping directly.
 pub struct MappedSnapshot {
@@ -49,6 +50,7 @@ impl MappedSnapshot {
         // replaces the name by rename), so the mapped bytes do not change under us.
         let mmap = unsafe { Mmap::map(&file)? };
         let (header, _) = snapshot::validate_until(&mmap, stop)?;
+        // Page-aligned, so the archive at 64 or 96 is 16-aligned (validate checked).
         Ok(MappedSnapshot {
             mmap,
             header,
@@ -70,7 +72,11 @@ impl MappedSnapshot {
         // (`snapshot::validate`), the mapping is read-only and page-aligned (so the
         // payload at offset 64 is 16-aligned), and the file is never modified (module
         // docs), so the archive is still valid: no need to check it per lookup.
-        unsafe { rkyv::access_unchecked::<ArchivedWordMap>(&self.mmap[HEADER_LEN..]) }
+        unsafe {
+            rkyv::access_unchecked::<ArchivedWordMap>(
+                &self.mmap[self.header.kind.archive_offset()..],
+            )
+        }
     }
 
     /// The count of an (already normalised) word.
@@ -85,6 +91,160 @@ impl MappedSnapshot {
 
     pub fn is_empty(&self) -> bool {
         self.mmap.is_empty()
+    }
+}
+
+/// One whole state as readers see it: a base and, when one pairs with it, the delta
+/// of the words changed since. Immutable; a newer state is a new value.
+#[derive(Clone)]
+pub struct MappedState {
+    pub base: Arc<MappedSnapshot>,
+    pub delta: Option<Arc<MappedSnapshot>>,
+}
+
+/// Why a state could not be mapped: which file, and what was wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {source}")]
+pub struct StateError {
+    pub file: &'static str,
+    #[source]
+    pub source: SnapshotError,
+}
+
+/// Whether `delta` completes `base`: it names this base (checksum and seq), is not
+/// older, and was counted with the same tokenizer.
+pub fn pairs(base: &Header, delta: &Header) -> bool {
+    delta
+        .base
+        .is_some_and(|b| b.checksum == base.checksum && b.seq == base.seq)
+        && delta.seq >= base.seq
+        && delta.tokenizer == base.tokenizer
+}
+
+impl MappedState {
+    /// The count of an (already normalised) word: the delta's if it has the word,
+    /// else the base's.
+    pub fn get(&self, word: &str) -> u64 {
+        if let Some(d) = &self.delta
+            && let Some(n) = d.map().get(word)
+        {
+            return n.to_native();
+        }
+        self.base.get(word)
+    }
+
+    /// The header of the newest file: the delta's when there is one. Its seq, time and
+    /// incarnation are the state's.
+    pub fn header(&self) -> &Header {
+        self.delta.as_deref().unwrap_or(&self.base).header()
+    }
+
+    pub fn seq(&self) -> u64 {
+        self.header().seq
+    }
+
+    /// Distinct words in the state.
+    pub fn words(&self) -> u64 {
+        self.header().total_words()
+    }
+
+    /// Bytes mapped, both files.
+    pub fn len(&self) -> usize {
+        self.base.len() + self.delta.as_ref().map_or(0, |d| d.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Which files these are.
+    pub fn identity(&self) -> (FileId, Option<FileId>) {
+        (
+            self.base.identity(),
+            self.delta.as_ref().map(|d| d.identity()),
+        )
+    }
+
+    /// Every word once with its count: the delta's words, then the base's that the
+    /// delta does not hold.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> {
+        let delta = self.delta.as_deref().map(|d| d.map());
+        let changed = delta
+            .into_iter()
+            .flat_map(|m| m.iter().map(|(k, v)| (k.as_str(), v.to_native())));
+        let rest = self
+            .base
+            .map()
+            .iter()
+            .filter(move |(k, _)| delta.is_none_or(|d| !d.contains_key(k.as_str())))
+            .map(|(k, v)| (k.as_str(), v.to_native()));
+        changed.chain(rest)
+    }
+
+    /// Maps the state published in `dir` (files of at most `max_bytes`), reusing the
+    /// files of `current` that are still the published ones. A delta that does not
+    /// pair with the base on disk is left out: the base alone is then a whole state
+    /// (a compaction renamed it in after the delta was written; a paired delta
+    /// follows). `Ok(None)` when no base is published yet.
+    pub fn open(
+        dir: &Path,
+        max_bytes: u64,
+        stop: &dyn Fn() -> bool,
+        current: Option<&MappedState>,
+    ) -> Result<Option<MappedState>, StateError> {
+        let open = |name: &'static str, kind: Kind, reuse: Option<&Arc<MappedSnapshot>>| {
+            let path = dir.join(name);
+            let err = |source| StateError { file: name, source };
+            let Some(id) = identity_of(&path) else {
+                return Ok(None);
+            };
+            if let Some(m) = reuse.filter(|m| m.identity() == id) {
+                return Ok(Some(m.clone()));
+            }
+            let m = match MappedSnapshot::open_until(&path, max_bytes, stop) {
+                Ok(m) => m,
+                // Replaced or removed between the two looks: as if never there.
+                Err(SnapshotError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Ok(None);
+                }
+                Err(e) => return Err(err(e)),
+            };
+            if m.header().kind != kind {
+                return Err(err(SnapshotError::WrongKind {
+                    expected: kind,
+                    found: m.header().kind,
+                }));
+            }
+            Ok(Some(Arc::new(m)))
+        };
+        // A delta read before a compaction's rename may name the base that the rename
+        // replaced, and a base read before it may be older than the delta read after:
+        // look again, a few times, for a pair.
+        let mut last = None;
+        for _ in 0..3 {
+            let delta = open(
+                snapshot::DELTA_NAME,
+                Kind::Delta,
+                current.and_then(|c| c.delta.as_ref()),
+            )?;
+            let Some(base) = open(snapshot::FILE_NAME, Kind::Base, current.map(|c| &c.base))?
+            else {
+                return Ok(None);
+            };
+            match delta {
+                Some(d) if pairs(base.header(), d.header()) => {
+                    return Ok(Some(MappedState {
+                        base,
+                        delta: Some(d),
+                    }));
+                }
+                Some(d) if d.header().seq > base.header().seq => {
+                    last = Some(base);
+                }
+                _ => return Ok(Some(MappedState { base, delta: None })),
+            }
+        }
+        Ok(last.map(|base| MappedState { base, delta: None }))
     }
 }
 

@@ -241,6 +241,10 @@ pub struct LeaderArgs {
     /// How often to publish a snapshot when the table changed.
     #[arg(long, env = "MEMDB_SNAPSHOT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub snapshot_interval: Duration,
+    /// Merge the delta into a new base once it holds this many words or an eighth of
+    /// the base, whichever is more.
+    #[arg(long, env = "MEMDB_COMPACT_AFTER", default_value_t = 65_536)]
+    pub compact_after: usize,
     /// Replicas that must apply a write before POST /post answers (0 = asynchronous).
     #[arg(long, env = "MEMDB_MIN_ACKS", default_value_t = 0)]
     pub min_acks: usize,

@@ -10,7 +10,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::protocol::{parse_socket_line, socket_line};
-use crate::storage::mapped::identity_of;
 use crate::storage::snapshot;
 
 use super::{LocalReplica, RECONNECT_MAX, RECONNECT_START, Source};
@@ -94,8 +93,7 @@ impl LocalReplica {
             if watcher.is_none() {
                 watcher = self.start_watcher(&dir);
             }
-            let path = dir.join(snapshot::FILE_NAME);
-            let now = identity_of(&path);
+            let now = self.published_identity();
             let mapped = self.current().map(|m| m.identity());
             if now.is_some() && now != mapped {
                 self.trigger(Source::Poll);
@@ -112,10 +110,10 @@ impl LocalReplica {
                 return;
             }
             if let Ok(ev) = res
-                && ev
-                    .paths
-                    .iter()
-                    .any(|p| p.file_name().is_some_and(|n| n == snapshot::FILE_NAME))
+                && ev.paths.iter().any(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n == snapshot::FILE_NAME || n == snapshot::DELTA_NAME)
+                })
             {
                 me.trigger(Source::Watch);
             }

@@ -1,9 +1,10 @@
-//! A local replica: serves reads straight from the leader's memory-mapped snapshot.
+//! A local replica: serves reads straight from the leader's memory-mapped snapshots.
 //!
 //! No HTTP and no deserialization on the replication path: the leader publishes
-//! `snapshot.memdb` in its data directory and says so on its Unix socket; this replica
-//! maps the new file, validates it once, and swaps an `Arc` so in-flight reads finish
-//! on the old mapping. Three sources tell it to look at the file, any of which suffices:
+//! `delta.memdb` (the words changed since the base) every interval and, after a
+//! compaction, a new `snapshot.memdb` (the base), and says so on its Unix socket; this
+//! replica maps the new file, validates it once, and swaps an `Arc` to the new
+//! (base, delta) pair so in-flight reads finish on the old mappings. Three sources tell it to look at the file, any of which suffices:
 //! the leader's socket (immediate); while the socket is down, a `notify` watch on the
 //! directory (rename events); and a slow poll of the file's identity (the last resort,
 //! always on, for a socket that is up but silent). A file that fails
@@ -24,7 +25,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::LocalReplicaConfig;
-use crate::storage::mapped::{MappedSnapshot, identity_of};
+use crate::storage::mapped::{FileId, MappedState, identity_of};
 use crate::storage::snapshot;
 
 /// Reconnect delays to the leader's socket: from the first to the cap.
@@ -58,14 +59,14 @@ struct Stats {
     loads: LoadsBySource,
     rejected: u64,
     last_rejection: Option<String>,
-    /// The file last rejected, so the same bad file is not validated again and again.
-    rejected_identity: Option<crate::storage::mapped::FileId>,
+    /// The files last rejected, so the same bad files are not validated again and again.
+    rejected_identity: Option<(FileId, Option<FileId>)>,
 }
 
 struct Shared {
-    /// The mapping reads are served from. Swapped whole; readers clone the `Arc` and
+    /// The mappings reads are served from. Swapped whole; readers clone the `Arc` and
     /// never hold the lock while answering.
-    current: RwLock<Option<Arc<MappedSnapshot>>>,
+    current: RwLock<Option<Arc<MappedState>>>,
     seq_tx: watch::Sender<u64>,
     /// The highest seq a reader is waiting for, for the socket task to ask the leader.
     want_tx: watch::Sender<u64>,
@@ -111,8 +112,8 @@ impl LocalReplica {
         }
     }
 
-    /// The mapping reads are served from now, if any.
-    pub fn current(&self) -> Option<Arc<MappedSnapshot>> {
+    /// The state reads are served from now, if any.
+    pub fn current(&self) -> Option<Arc<MappedState>> {
         self.shared.current.read().clone()
     }
 
@@ -133,52 +134,71 @@ impl LocalReplica {
         self.shared.check.notify_one();
     }
 
-    /// Maps the published file if it is not the one mapped now. Blocking (it reads and
-    /// checksums the whole file): call from a blocking context.
+    /// The published files' identities now (`None` without a base).
+    fn published_identity(&self) -> Option<(FileId, Option<FileId>)> {
+        let dir = &self.shared.config.data_dir;
+        let base = identity_of(&dir.join(snapshot::FILE_NAME))?;
+        Some((base, identity_of(&dir.join(snapshot::DELTA_NAME))))
+    }
+
+    /// Maps the published files if they are not the ones mapped now. Blocking (it
+    /// reads and checksums a new file whole): call from a blocking context.
     fn reload_if_changed(&self, source: Source) {
         let s = &self.shared;
         s.checks.fetch_add(1, Ordering::Relaxed);
-        let path = s.config.data_dir.join(snapshot::FILE_NAME);
-        let Some(id) = identity_of(&path) else {
+        let Some(id) = self.published_identity() else {
             return;
         };
-        let current_id = self.current().map(|m| m.identity());
+        let current = self.current();
+        let current_id = current.as_ref().map(|m| m.identity());
         if current_id == Some(id) || s.stats.lock().rejected_identity == Some(id) {
             return;
         }
         *s.loading_since.lock() = Some(Instant::now());
-        let opened = MappedSnapshot::open_until(&path, s.config.max_snapshot_bytes, &|| {
-            s.stopping.load(Ordering::Acquire)
-        })
+        let opened = MappedState::open(
+            &s.config.data_dir,
+            s.config.max_snapshot_bytes,
+            &|| s.stopping.load(Ordering::Acquire),
+            current.as_deref(),
+        )
         .map_err(|e| e.to_string())
         .and_then(|m| {
             // Never back in time within one history: an older file renamed into place
-            // (a restored backup, a mistake) is not the leader's newest state.
-            match self.current() {
-                Some(cur)
+            // (a restored backup, a mistake), or a new base seen before the delta that
+            // follows it, is not the leader's newest state.
+            match (&current, m) {
+                (_, None) => Ok(None),
+                (Some(cur), Some(m))
                     if cur.header().incarnation == m.header().incarnation
-                        && m.header().seq < cur.header().seq =>
+                        && m.seq() < cur.seq() =>
                 {
-                    Err(format!(
-                        "snapshot of seq {} is older than the mapped seq {} of the same \
-                         leader incarnation",
-                        m.header().seq,
-                        cur.header().seq
-                    ))
+                    if m.base.header().seq >= cur.base.header().seq {
+                        // A compaction's base ahead of its delta: not an error.
+                        Ok(None)
+                    } else {
+                        Err(format!(
+                            "snapshot of seq {} is older than the mapped seq {} of the \
+                             same leader incarnation",
+                            m.seq(),
+                            cur.seq()
+                        ))
+                    }
                 }
-                _ => Ok(m),
+                (_, Some(m)) => Ok(Some(m)),
             }
         });
         *s.loading_since.lock() = None;
         match opened {
-            Ok(m) if Some(m.identity()) == current_id => {}
-            Ok(m) => {
-                let h = *m.header();
+            Ok(None) => {}
+            Ok(Some(m)) if Some(m.identity()) == current_id => {}
+            Ok(Some(m)) => {
+                let seq = m.seq();
+                let words = m.words();
                 *s.current.write() = Some(Arc::new(m));
-                s.seq_tx.send_replace(h.seq);
+                s.seq_tx.send_replace(seq);
                 {
                     let mut a = s.announced.lock();
-                    if a.0 <= h.seq {
+                    if a.0 <= seq {
                         a.1 = None;
                     }
                 }
@@ -189,15 +209,10 @@ impl LocalReplica {
                     Source::Watch => st.loads.watch += 1,
                     Source::Poll => st.loads.poll += 1,
                 }
-                tracing::debug!(
-                    seq = h.seq,
-                    words = h.words,
-                    ?source,
-                    "mapped a new snapshot"
-                );
+                tracing::debug!(seq, words, ?source, "mapped a new snapshot");
             }
             Err(e) => {
-                tracing::warn!(error = %e, path = %path.display(), "rejected a snapshot; still serving the previous one");
+                tracing::warn!(error = %e, dir = %s.config.data_dir.display(), "rejected a snapshot; still serving the previous one");
                 let mut st = s.stats.lock();
                 st.rejected += 1;
                 st.last_rejection = Some(e);

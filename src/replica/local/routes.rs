@@ -23,7 +23,7 @@ use crate::protocol::Incarnation;
 use crate::server::error::ApiError;
 use crate::server::metrics::Series;
 use crate::server::router::{self, CountSource, SyncBody};
-use crate::storage::mapped::MappedSnapshot;
+use crate::storage::mapped::MappedState;
 use crate::words::Tokenizer;
 
 use super::{LoadsBySource, LocalReplica, STALE_AFTER};
@@ -49,8 +49,12 @@ pub struct LocalReplicaHealth {
     incarnation: Option<Incarnation>,
     #[schema(value_type = Option<String>)]
     tokenizer: Option<Tokenizer>,
-    /// Distinct words in the mapped snapshot.
+    /// Distinct words in the mapped state.
     words: u64,
+    /// Words in the mapped delta (changed since the base).
+    delta_words: u64,
+    /// The seq of the mapped base (the last compaction).
+    base_seq: u64,
     /// Age of the mapped snapshot.
     snapshot_age_ms: Option<u64>,
     mapped_bytes: usize,
@@ -122,7 +126,12 @@ impl LocalReplica {
             seq: cur.as_ref().map(|m| m.header().seq).unwrap_or(0),
             incarnation: cur.as_ref().and_then(|m| m.header().incarnation),
             tokenizer: cur.as_ref().map(|m| m.header().tokenizer),
-            words: cur.as_ref().map(|m| m.header().words).unwrap_or(0),
+            words: cur.as_ref().map(|m| m.words()).unwrap_or(0),
+            delta_words: cur
+                .as_ref()
+                .and_then(|m| m.delta.as_ref())
+                .map_or(0, |d| d.header().words),
+            base_seq: cur.as_ref().map_or(0, |m| m.base.header().seq),
             snapshot_age_ms: cur
                 .as_ref()
                 .map(|m| now_ms.saturating_sub(m.header().written_unix_ms)),
@@ -143,7 +152,7 @@ impl LocalReplica {
         (code, body)
     }
 
-    fn mapped(&self) -> Result<Arc<MappedSnapshot>, ApiError> {
+    fn mapped(&self) -> Result<Arc<MappedState>, ApiError> {
         self.current().ok_or_else(|| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -153,23 +162,18 @@ impl LocalReplica {
     }
 }
 
-/// Serialises an archived map as a JSON object without building an owned copy.
-struct ArchivedJson<'a>(&'a MappedSnapshot);
+/// Serialises the mapped state as a JSON object without building an owned copy.
+struct ArchivedJson<'a>(&'a MappedState);
 
 impl Serialize for ArchivedJson<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(
-            self.0
-                .map()
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.to_native())),
-        )
+        s.collect_map(self.0.iter())
     }
 }
 
 impl CountSource for LocalReplica {
     fn distinct_words(&self) -> u64 {
-        self.current().map(|m| m.header().words).unwrap_or(0)
+        self.current().map(|m| m.words()).unwrap_or(0)
     }
 
     fn collect(&self, m: &mut Series<'_>) {

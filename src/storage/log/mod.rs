@@ -50,7 +50,7 @@ use std::str::FromStr;
 pub use format::encode;
 pub use handle::{FsyncStats, LogHealth, Wal, WalError};
 pub use reader::LogReader;
-pub use replay::{Replayed, replay};
+pub use replay::{Replayed, replay, replay_observed};
 
 /// How the log is written and kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -21,6 +21,15 @@ pub struct Replayed {
 /// Applies every valid record after `table.seq()` from the segments in `dir`, cutting
 /// a torn or corrupt tail.
 pub fn replay(dir: &Path, table: &mut Table) -> io::Result<Replayed> {
+    replay_observed(dir, table, &mut |_| {})
+}
+
+/// [`replay`], showing `observe` every batch applied.
+pub fn replay_observed(
+    dir: &Path,
+    table: &mut Table,
+    observe: &mut dyn FnMut(&crate::words::Deltas),
+) -> io::Result<Replayed> {
     let mut out = Replayed::default();
     let segs = segments(dir)?;
     let mut stop = false;
@@ -60,6 +69,7 @@ pub fn replay(dir: &Path, table: &mut Table) -> io::Result<Replayed> {
                 Next::Record(batch, used) => {
                     if batch.seq > table.seq() {
                         table.apply(&batch.deltas, batch.seq);
+                        observe(&batch.deltas);
                         out.applied += 1;
                     }
                     at += used as u64;

@@ -122,6 +122,39 @@ pub fn stage<'a, I>(
 where
     I: Iterator<Item = (&'a str, u64)> + Clone,
 {
+    stage_until(dir, temp_name, meta, base, entries, &|| false)
+}
+
+/// Passes writes on until `stop` says otherwise: a long write can be stopped.
+struct Stoppable<'s, W> {
+    inner: W,
+    stop: &'s dyn Fn() -> bool,
+}
+
+impl<W: Write> Write for Stoppable<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if (self.stop)() {
+            return Err(io::Error::other("stopped"));
+        }
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// [`stage`], giving up (with [`SnapshotError::Cancelled`]) when `stop` says so.
+pub fn stage_until<'a, I>(
+    dir: &Path,
+    temp_name: &str,
+    meta: Meta,
+    base: Option<BaseRef>,
+    entries: I,
+    stop: &dyn Fn() -> bool,
+) -> Result<Staged, SnapshotError>
+where
+    I: Iterator<Item = (&'a str, u64)> + Clone,
+{
     let path = dir.join(temp_name);
     let staged = (|| {
         use std::os::unix::fs::FileExt;
@@ -142,10 +175,15 @@ where
         if let Some(b) = base {
             out.write_all(&delta_prefix(b))?;
         }
+        let out = Stoppable { inner: out, stop };
         let (writer, words) =
-            encode::write_entries(rkyv::ser::writer::IoWriter::new(out), entries)?;
+            match encode::write_entries(rkyv::ser::writer::IoWriter::new(out), entries) {
+                Err(_) if stop() => return Err(SnapshotError::Cancelled),
+                r => r?,
+            };
         writer
             .into_inner()
+            .inner
             .into_inner()
             .map_err(|e| e.into_error())?;
         let payload_len = file.metadata()?.len() - HEADER_LEN as u64;

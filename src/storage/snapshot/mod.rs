@@ -49,7 +49,9 @@ mod file;
 
 use std::io;
 
-pub use file::{Staged, install, load, open_regular, publish, stage, write_atomically};
+pub use file::{
+    Staged, install, load, open_regular, publish, stage, stage_until, write_atomically,
+};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::protocol::Incarnation;

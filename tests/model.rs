@@ -1,6 +1,7 @@
 //! Model-based test: random write batches through the real leader and replication,
-//! with replicas joining late and crashing, compared after each phase with a plain
-//! HashMap that saw the same batches.
+//! with replicas joining late and crashing, a local replica following deltas across
+//! many compactions, and the leader restarting, compared after each phase with a
+//! plain HashMap that saw the same batches.
 
 use std::collections::HashMap;
 
@@ -62,7 +63,20 @@ async fn random_batches_leave_every_replica_equal_to_the_model() {
     eprintln!("model test seed: {seed} (rerun with MEMDB_TEST_SEED={seed})");
     let mut rng = StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
-    let leader = Node::leader(dir.path(), &["--tokenizer", "whitespace"]);
+    // A small compaction threshold: the delta is merged into a new base again and
+    // again while the phases run.
+    let mut leader = Node::leader(
+        dir.path(),
+        &[
+            "--tokenizer",
+            "whitespace",
+            "--compact-after",
+            "30",
+            "--snapshot-interval",
+            "5ms",
+        ],
+    );
+    let local = Node::local(dir.path(), &[]);
     let mut model = HashMap::new();
     let batches = |rng: &mut StdRng, n| (0..n).map(|_| random_batch(rng)).collect::<Vec<_>>();
 
@@ -71,6 +85,11 @@ async fn random_batches_leave_every_replica_equal_to_the_model() {
     apply(&leader, batches(&mut rng, 100), &mut model).await;
     assert_eq!(leader.table().await, model, "leader vs model (seed {seed})");
     assert_eq!(converged(&leader, &r1).await, model);
+    assert_eq!(
+        converged(&leader, &local).await,
+        model,
+        "local (seed {seed})"
+    );
 
     // A replica joins while writes continue.
     let r2 = Node::replica(&leader.url, &[]);
@@ -86,14 +105,28 @@ async fn random_batches_leave_every_replica_equal_to_the_model() {
     r1.restart();
     apply(&leader, batches(&mut rng, 100), &mut model).await;
     wait_ready(&r1).await;
-    for r in [&r1, &r2] {
+    for r in [&r1, &r2, &local] {
         assert_eq!(converged(&leader, r).await, model, "seed {seed}");
     }
     assert_eq!(leader.seq().await, 400);
+    let compactions = leader.health().await["snapshot"]["compactions"]
+        .as_u64()
+        .unwrap();
+    assert!(compactions >= 3, "only {compactions} compactions");
     // Nothing was lost on the way, so nothing should have needed a full sync: every
     // replica followed through pushes alone.
     let h = leader.health().await;
     for rep in h["replicas"].as_array().unwrap() {
         assert_eq!(rep["resyncs"], 0, "needless full sync: {rep}");
     }
+    // The leader restarts from its base, delta and log, exactly.
+    assert!(leader.terminate().success());
+    leader.restart();
+    assert_eq!(
+        leader.table().await,
+        model,
+        "restarted leader (seed {seed})"
+    );
+    apply(&leader, batches(&mut rng, 50), &mut model).await;
+    assert_eq!(converged(&leader, &local).await, model, "seed {seed}");
 }

@@ -7,6 +7,7 @@ mod util;
 
 mod bad_input;
 mod cluster;
+mod compaction;
 mod diskfull;
 mod durability;
 mod limits;

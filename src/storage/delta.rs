@@ -204,3 +204,90 @@ impl<'a> Iterator for ArchivedIter<'a> {
         Some((k.as_str(), v.to_native()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Incarnation;
+    use crate::storage::snapshot::{self, FILE_NAME, Meta, TEMP_NAME};
+    use crate::storage::table::Table;
+    use crate::words::Tokenizer;
+
+    fn write_base(
+        dir: &std::path::Path,
+        seq: u64,
+        entries: Vec<(&str, u64)>,
+    ) -> Arc<MappedSnapshot> {
+        let meta = Meta {
+            tokenizer: Tokenizer::Unicode,
+            seq,
+            incarnation: Incarnation::from_raw(1).unwrap(),
+        };
+        let staged = snapshot::stage(dir, TEMP_NAME, meta, None, entries.into_iter()).unwrap();
+        let path = snapshot::install(dir, &staged, FILE_NAME).unwrap();
+        Arc::new(MappedSnapshot::open(&path).unwrap())
+    }
+
+    /// The whole table the changes stand for, as a base and its delta would give it.
+    fn table_of(c: &Changes) -> WordMap {
+        let delta: WordMap = c.entries().map(|(w, n)| (w.to_owned(), n)).collect();
+        assert_eq!(delta.len(), c.len(), "len counts each word once");
+        let mut all = snapshot::to_word_map(c.base().map());
+        all.extend(delta);
+        assert_eq!(all.len() as u64, c.total_words());
+        all
+    }
+
+    #[test]
+    fn changes_follow_a_table_across_freezes_rebases_and_thaws() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut table = Table::new();
+        table.apply(&vec![("a".into(), 2), ("b".into(), 1)], 1);
+        let base = write_base(dir.path(), 1, vec![("a", 2), ("b", 1)]);
+        let mut c = Changes::new(base, WordMap::default());
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        for seq in 2..400u64 {
+            let deltas: Vec<(String, u64)> = (0..4)
+                .map(|_| {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    (format!("w{}", rng % 60), rng % 3 + 1)
+                })
+                .collect();
+            table.apply(&deltas, seq);
+            c.apply(&deltas);
+            match seq % 50 {
+                // A compaction starts: the frozen layer is written as the next base.
+                10 => {
+                    let (frozen, _) = c.freeze().unwrap();
+                    assert!(c.freeze().is_none(), "one compaction at a time");
+                    let merged: Vec<(String, u64)> = merged(c.base().map(), &frozen)
+                        .map(|(w, n)| (w.to_owned(), n))
+                        .collect();
+                    let next = write_base(
+                        dir.path(),
+                        seq,
+                        merged.iter().map(|(w, n)| (w.as_str(), *n)).collect(),
+                    );
+                    // Writes go on meanwhile; then the new base goes in.
+                    let more = vec![("a".to_owned(), 1), ("late".to_owned(), 1)];
+                    table.apply(&more, seq);
+                    c.apply(&more);
+                    c.rebase(next);
+                }
+                // A compaction fails: the frozen layer goes back under the live one.
+                30 => {
+                    c.freeze().unwrap();
+                    let more = vec![("a".to_owned(), 1), (format!("t{seq}"), 2)];
+                    table.apply(&more, seq);
+                    c.apply(&more);
+                    c.thaw();
+                }
+                _ => {}
+            }
+            assert_eq!(&table_of(&c), table.map(), "after seq {seq}");
+            assert_eq!(c.get("a"), table.get("a"));
+        }
+    }
+}

@@ -17,7 +17,7 @@ use crate::protocol::RESYNC;
 use crate::protocol::SEQ;
 use crate::protocol::TO_SEQ;
 use crate::protocol::TOKENIZER;
-use crate::storage::table::WordMap;
+use crate::storage::table::CountMap;
 use crate::words::Tokenizer;
 
 /// How long to wait for a connection to a node before calling it down.
@@ -63,7 +63,7 @@ pub struct PostReply {
 /// A whole table, as `GET /sync` returns it.
 #[derive(Debug, Clone)]
 pub struct SyncReply {
-    pub map: WordMap,
+    pub map: CountMap,
     pub seq: u64,
     pub incarnation: Incarnation,
     pub tokenizer: Tokenizer,
@@ -250,7 +250,7 @@ impl Client {
             url: url.clone(),
             what: what.to_owned(),
         };
-        let map: WordMap = Self::ok_json(resp, &url).await?;
+        let map: CountMap = Self::ok_json(resp, &url).await?;
         let seq = h
             .get(SEQ.as_str())
             .and_then(|v| v.to_str().ok()?.parse().ok())

@@ -206,7 +206,8 @@ impl Node {
             .await
             .expect("sync")
             .map
-            .into_iter()
+            .iter()
+            .map(|(w, n)| (w.to_owned(), n))
             .collect()
     }
 }
@@ -265,7 +266,7 @@ pub async fn converged(leader: &Node, replica: &Node) -> HashMap<String, u64> {
     )
     .await;
     let got = replica.table().await;
-    let want: HashMap<String, u64> = want.map.into_iter().collect();
+    let want: HashMap<String, u64> = want.map.iter().map(|(w, n)| (w.to_owned(), n)).collect();
     assert_eq!(got, want, "replica {} differs from the leader", replica.url);
     got
 }

@@ -426,7 +426,8 @@ impl Leader {
             seq: t.seq(),
             incarnation: s.incarnation,
         };
-        let image = snapshot::encode(t.map(), meta).map_err(std::io::Error::other)?;
+        let image =
+            snapshot::encode_entries(t.map().iter(), meta, None).map_err(std::io::Error::other)?;
         drop(t);
         let name = format!("memdb-rescue-{}-seq{}.memdb", s.incarnation, meta.seq);
         snapshot::write_atomically(&dir, &name, &format!(".{name}.tmp"), &image)

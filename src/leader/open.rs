@@ -18,7 +18,7 @@ use crate::protocol::Incarnation;
 use crate::storage::log::{self, Wal};
 use crate::storage::mapped::{MappedSnapshot, MappedState};
 use crate::storage::snapshot::{self, SnapshotError};
-use crate::storage::table::{Table, WordMap};
+use crate::storage::table::{CountMap, Table, WordMap};
 use crate::words::Tokenizer;
 
 use super::{LOCK_FILE, LeaderError, io_err};
@@ -126,11 +126,16 @@ pub(super) fn recover(dir: &Path, tokenizer: Tokenizer) -> Result<Recovered, Lea
                 configured: tokenizer,
             });
         }
-        let mut map = snapshot::to_word_map(state.base.map());
+        let mut map: CountMap = state
+            .base
+            .map()
+            .iter()
+            .map(|(w, n)| (w.as_str(), n.to_native()))
+            .collect();
         if let Some(delta) = &state.delta {
             for (w, n) in delta.map().iter() {
                 changed.insert(w.as_str().to_owned(), n.to_native());
-                map.insert(w.as_str().to_owned(), n.to_native());
+                map.set(w.as_str(), n.to_native());
             }
         } else if dir.join(snapshot::DELTA_NAME).exists() {
             tracing::info!(

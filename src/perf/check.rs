@@ -42,7 +42,7 @@ pub(super) async fn compare(
     let converge_ms = not_converged
         .is_empty()
         .then(|| converge_started.elapsed().as_secs_f64() * 1e3);
-    let mut words: Vec<&String> = leader_table.map.keys().collect();
+    let mut words: Vec<(&str, u64)> = leader_table.map.iter().collect();
     words.sort();
     let mut differences = Vec::new();
     let mut inconsistencies = 0;
@@ -51,16 +51,15 @@ pub(super) async fn compare(
             continue;
         }
         for chunk in words.chunks(CHECK_BATCH) {
-            let ws: Vec<&str> = chunk.iter().map(|w| w.as_str()).collect();
+            let ws: Vec<&str> = chunk.iter().map(|(w, _)| *w).collect();
             let got: Result<HashMap<String, u64>, _> = r.wordcount(&ws, Some(seq)).await;
-            for w in chunk {
-                let want = leader_table.map[w.as_str()];
-                let have = got.as_ref().ok().and_then(|g| g.get(w.as_str()).copied());
+            for &(w, want) in chunk {
+                let have = got.as_ref().ok().and_then(|g| g.get(w).copied());
                 if have != Some(want) {
                     inconsistencies += 1;
                     if differences.len() < MAX_PRINTED_DIFFS {
                         differences.push(Difference {
-                            word: (*w).clone(),
+                            word: w.to_owned(),
                             replica: r.base().to_owned(),
                             leader: want,
                             got: have,

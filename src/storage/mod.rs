@@ -4,6 +4,7 @@
 //! Nothing here knows about HTTP.
 
 pub mod batch;
+pub mod counts;
 pub mod delta;
 pub mod history;
 pub mod log;

@@ -2,10 +2,12 @@
 
 use std::collections::HashMap;
 
+pub use crate::storage::counts::CountMap;
 use crate::words::Deltas;
 
-/// The map every node keeps. foldhash is randomly seeded per process, so crafted words
-/// cannot force collisions (the words come from untrusted clients).
+/// A plain map of words, for what is not the table itself (a sync body, a snapshot's
+/// changes). foldhash is randomly seeded per process, so crafted words cannot force
+/// collisions (the words come from untrusted clients).
 pub type WordMap = HashMap<String, u64, foldhash::fast::RandomState>;
 
 /// Why a batch of signed deltas was refused. Nothing was applied.
@@ -31,7 +33,7 @@ pub enum DeltaError {
 /// lock and keep `seq` and `map` changing together.
 #[derive(Debug, Default, Clone)]
 pub struct Table {
-    map: WordMap,
+    map: CountMap,
     seq: u64,
     /// [`digest_of`] the map, kept up to date with every change.
     digest: u64,
@@ -69,8 +71,8 @@ impl Table {
         Self::default()
     }
 
-    pub fn from_parts(map: WordMap, seq: u64) -> Self {
-        let digest = digest_of(map.iter().map(|(w, n)| (w.as_str(), *n)));
+    pub fn from_parts(map: CountMap, seq: u64) -> Self {
+        let digest = digest_of(map.iter());
         Table { map, seq, digest }
     }
 
@@ -83,7 +85,7 @@ impl Table {
         self.seq
     }
 
-    pub fn map(&self) -> &WordMap {
+    pub fn map(&self) -> &CountMap {
         &self.map
     }
 
@@ -96,7 +98,7 @@ impl Table {
     }
 
     pub fn get(&self, word: &str) -> u64 {
-        self.map.get(word).copied().unwrap_or(0)
+        self.map.get(word).unwrap_or(0)
     }
 
     /// Applies the positive deltas of batch `seq`. Counts saturate at `u64::MAX` rather
@@ -113,19 +115,10 @@ impl Table {
         debug_assert_eq!(deltas.len(), hashes.len());
         let mut digest = self.digest;
         for ((word, n), &h) in deltas.iter().zip(hashes) {
-            match self.map.get_mut(word.as_str()) {
-                Some(c) => {
-                    let next = c.saturating_add(*n);
-                    digest = digest
-                        .wrapping_sub(entry_digest(h, *c))
-                        .wrapping_add(entry_digest(h, next));
-                    *c = next;
-                }
-                None => {
-                    digest = digest.wrapping_add(entry_digest(h, *n));
-                    self.map.insert(word.clone(), *n);
-                }
-            }
+            let (before, after) = self.map.add(word, *n);
+            digest = digest
+                .wrapping_sub(entry_digest(h, before))
+                .wrapping_add(entry_digest(h, after));
         }
         self.digest = digest;
         self.seq = seq;
@@ -153,13 +146,7 @@ impl Table {
                 .digest
                 .wrapping_sub(entry_digest(h, self.get(word)))
                 .wrapping_add(entry_digest(h, count));
-            if count == 0 {
-                self.map.remove(word);
-            } else if let Some(c) = self.map.get_mut(word) {
-                *c = count;
-            } else {
-                self.map.insert(word.to_owned(), count);
-            }
+            self.map.set(word, count);
         }
         Ok(())
     }
@@ -168,7 +155,7 @@ impl Table {
         self.seq = seq;
     }
 
-    pub fn replace(&mut self, map: WordMap, seq: u64) {
+    pub fn replace(&mut self, map: CountMap, seq: u64) {
         *self = Table::from_parts(map, seq);
     }
 }
@@ -194,7 +181,7 @@ mod tests {
     use super::*;
 
     fn recomputed(t: &Table) -> u64 {
-        digest_of(t.map().iter().map(|(w, n)| (w.as_str(), *n)))
+        digest_of(t.map().iter())
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::protocol::Incarnation;
 use crate::storage::log::{self, Wal};
 use crate::storage::mapped::{MappedSnapshot, MappedState};
 use crate::storage::snapshot::{self, SnapshotError};
-use crate::storage::table::{CountMap, Table, WordMap};
+use crate::storage::table::{CountMap, Table};
 use crate::words::Tokenizer;
 
 use super::{LOCK_FILE, LeaderError, io_err};
@@ -95,7 +95,7 @@ pub(super) struct Recovered {
     /// The state on disk (base and paired delta), if a base exists.
     pub state: Option<MappedState>,
     /// Every word changed since the base, with its count in `table`.
-    pub changed: WordMap,
+    pub changed: CountMap,
 }
 
 /// The table as the data directory holds it: the base, the delta on it if one pairs
@@ -116,7 +116,7 @@ pub(super) fn recover(dir: &Path, tokenizer: Tokenizer) -> Result<Recovered, Lea
         });
     }
     let mut table = Table::new();
-    let mut changed = WordMap::default();
+    let mut changed = CountMap::new();
     if let Some(state) = &state {
         let header = state.header();
         if header.tokenizer != tokenizer {
@@ -134,7 +134,7 @@ pub(super) fn recover(dir: &Path, tokenizer: Tokenizer) -> Result<Recovered, Lea
             .collect();
         if let Some(delta) = &state.delta {
             for (w, n) in delta.map().iter() {
-                changed.insert(w.as_str().to_owned(), n.to_native());
+                changed.set(w.as_str(), n.to_native());
                 map.set(w.as_str(), n.to_native());
             }
         } else if dir.join(snapshot::DELTA_NAME).exists() {
@@ -158,7 +158,7 @@ pub(super) fn recover(dir: &Path, tokenizer: Tokenizer) -> Result<Recovered, Lea
     .map_err(io_err("replaying the log in", dir))?;
     for w in touched {
         let n = table.get(&w);
-        changed.insert(w, n);
+        changed.set(&w, n);
     }
     if replayed.applied > 0 || replayed.cut.is_some() {
         tracing::info!(

@@ -15,8 +15,14 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// Approximate heap bytes, for the backlog's byte budget.
+    /// Heap bytes held, for the backlog's byte budget: each word's `(String, u64)`
+    /// and its own allocation as malloc rounds it (16-byte steps, 8 bytes of header,
+    /// 32 at least).
     pub fn cost(&self) -> usize {
-        64 + self.deltas.iter().map(|(w, _)| w.len() + 32).sum::<usize>()
+        64 + self
+            .deltas
+            .iter()
+            .map(|(w, _)| 32 + (w.len() + 8).next_multiple_of(16).max(32))
+            .sum::<usize>()
     }
 }

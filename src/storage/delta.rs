@@ -9,20 +9,20 @@
 
 use std::sync::Arc;
 
+use crate::storage::counts::CountMap;
 use crate::storage::mapped::MappedSnapshot;
 use crate::storage::snapshot::ArchivedWordMap;
-use crate::storage::table::WordMap;
 use crate::words::Deltas;
 
 /// The changes since a base, in one or two layers.
 pub struct Changes {
     base: Arc<MappedSnapshot>,
     /// Being merged into the next base by a compaction.
-    frozen: Option<Arc<WordMap>>,
+    frozen: Option<Arc<CountMap>>,
     /// Words of the frozen layer that the base lacks.
     frozen_new: u64,
     /// Changed since the frozen layer (or the base) was taken.
-    live: WordMap,
+    live: CountMap,
     /// Words of the live layer in neither the base nor the frozen layer.
     live_new: u64,
     /// Words of the live layer that the frozen layer holds too.
@@ -31,10 +31,10 @@ pub struct Changes {
 
 impl Changes {
     /// Changes `live` (current counts) on top of `base`.
-    pub fn new(base: Arc<MappedSnapshot>, live: WordMap) -> Self {
+    pub fn new(base: Arc<MappedSnapshot>, live: CountMap) -> Self {
         let live_new = live
-            .keys()
-            .filter(|w| base.map().get(w.as_str()).is_none())
+            .iter()
+            .filter(|(w, _)| base.map().get(*w).is_none())
             .count() as u64;
         Changes {
             base,
@@ -55,30 +55,28 @@ impl Changes {
         self.live
             .get(word)
             .or_else(|| self.frozen.as_ref().and_then(|f| f.get(word)))
-            .copied()
             .unwrap_or_else(|| self.base.get(word))
     }
 
     /// Adds one batch's counts (saturating, as the table does).
     pub fn apply(&mut self, deltas: &Deltas) {
         for (word, n) in deltas {
-            if let Some(c) = self.live.get_mut(word.as_str()) {
-                *c = c.saturating_add(*n);
+            if self.live.get(word).is_some() {
+                self.live.add(word, *n);
                 continue;
             }
             let frozen = self.frozen.as_ref().and_then(|f| f.get(word.as_str()));
             let prev = match frozen {
                 Some(c) => {
                     self.live_over_frozen += 1;
-                    Some(*c)
+                    Some(c)
                 }
                 None => self.base.map().get(word.as_str()).map(|c| c.to_native()),
             };
             if prev.is_none() && frozen.is_none() {
                 self.live_new += 1;
             }
-            self.live
-                .insert(word.clone(), prev.unwrap_or(0).saturating_add(*n));
+            self.live.add(word, prev.unwrap_or(0).saturating_add(*n));
         }
     }
 
@@ -103,8 +101,8 @@ impl Changes {
             .frozen
             .iter()
             .flat_map(|f| f.iter())
-            .filter(move |(w, _)| !live.contains_key(w.as_str()));
-        live.iter().chain(over).map(|(w, n)| (w.as_str(), *n))
+            .filter(move |(w, _)| live.get(w).is_none());
+        live.iter().chain(over)
     }
 
     /// Whether a compaction's layer is frozen now.
@@ -115,7 +113,7 @@ impl Changes {
     /// Freezes the changes for a compaction: returns them (with the number of their
     /// words the base lacks) and starts an empty live layer. `None` while a compaction
     /// already holds a frozen layer.
-    pub fn freeze(&mut self) -> Option<(Arc<WordMap>, u64)> {
+    pub fn freeze(&mut self) -> Option<(Arc<CountMap>, u64)> {
         if self.frozen.is_some() {
             return None;
         }
@@ -143,8 +141,8 @@ impl Changes {
         };
         let frozen = Arc::try_unwrap(frozen).unwrap_or_else(|f| (*f).clone());
         let live = std::mem::replace(&mut self.live, frozen);
-        for (w, n) in live {
-            self.live.insert(w, n);
+        for (w, n) in live.iter() {
+            self.live.set(w, n);
         }
         self.live_new += self.frozen_new;
         self.frozen_new = 0;
@@ -156,11 +154,11 @@ impl Changes {
 /// `changes`. Each word once; re-iterable, as the archive writer needs.
 pub fn merged<'a>(
     base: &'a ArchivedWordMap,
-    changes: &'a WordMap,
+    changes: &'a CountMap,
 ) -> impl Iterator<Item = (&'a str, u64)> + Clone {
     ArchivedIter::new(base)
-        .filter(move |(w, _)| !changes.contains_key(*w))
-        .chain(changes.iter().map(|(w, n)| (w.as_str(), *n)))
+        .filter(move |(w, _)| changes.get(w).is_none())
+        .chain(changes.iter())
 }
 
 /// An archived map's entries, clonable (rkyv's iterator is not): a clone starts over
@@ -210,7 +208,7 @@ mod tests {
     use super::*;
     use crate::protocol::Incarnation;
     use crate::storage::snapshot::{self, FILE_NAME, Meta, TEMP_NAME};
-    use crate::storage::table::Table;
+    use crate::storage::table::{Table, WordMap};
     use crate::words::Tokenizer;
 
     fn write_base(
@@ -244,7 +242,7 @@ mod tests {
         let mut table = Table::new();
         table.apply(&vec![("a".into(), 2), ("b".into(), 1)], 1);
         let base = write_base(dir.path(), 1, vec![("a", 2), ("b", 1)]);
-        let mut c = Changes::new(base, WordMap::default());
+        let mut c = Changes::new(base, CountMap::new());
         let mut rng = 0x9e37_79b9_7f4a_7c15u64;
         for seq in 2..400u64 {
             let deltas: Vec<(String, u64)> = (0..4)

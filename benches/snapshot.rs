@@ -1,7 +1,9 @@
 //! Snapshot cost vs table size: encode (rkyv), publish (write + fsync + rename), and a
-//! replica's one-time validation of a new file.
+//! replica's one-time validation of a new file; and what a publication costs now, a
+//! delta of changed words over a large base, beside a whole base's rewrite.
 //!
 //!     cargo bench --bench snapshot
+//!     cargo bench --bench snapshot -- delta      # only the delta group (builds a 10M base)
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -46,5 +48,64 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// Publishing `changed` words (half already in the base, half new) over a base of
+/// `base` words: what the leader's publisher does every interval.
+fn delta(c: &mut Criterion) {
+    use memdb::storage::counts::CountMap;
+    use memdb::storage::delta::Changes;
+    use memdb::storage::mapped::MappedSnapshot;
+    use std::sync::Arc;
+    let mut g = c.benchmark_group("delta");
+    g.sample_size(10).measurement_time(Duration::from_secs(5));
+    for (base_words, changed) in [(1_000_000usize, 100_000usize), (10_000_000, 100_000)] {
+        let dir = tempfile::tempdir().unwrap();
+        let base: CountMap = (0..base_words)
+            .map(|i| (format!("word{i:08}"), (i as u64 % 1000) + 1))
+            .collect();
+        let staged =
+            snapshot::stage(dir.path(), snapshot::TEMP_NAME, META, None, base.iter()).unwrap();
+        let path = snapshot::install(dir.path(), &staged, snapshot::FILE_NAME).unwrap();
+        drop(base);
+        let mapped = Arc::new(MappedSnapshot::open(&path).unwrap());
+        let mut changes = Changes::new(mapped, CountMap::new());
+        let deltas: Vec<(String, u64)> = (0..changed)
+            .map(|i| {
+                // Every other word is new; the rest are spread over the base.
+                if i % 2 == 0 {
+                    (format!("new{i:08}"), 1)
+                } else {
+                    (format!("word{:08}", i * (base_words / changed)), 3)
+                }
+            })
+            .collect();
+        changes.apply(&deltas);
+        let head = *changes.base().header();
+        let id = format!("{changed}-over-{base_words}");
+        g.bench_function(BenchmarkId::new("publish", &id), |b| {
+            b.iter(|| {
+                let base_ref = snapshot::BaseRef {
+                    checksum: head.checksum,
+                    seq: head.seq,
+                    total_words: changes.total_words(),
+                };
+                let staged = snapshot::stage(
+                    dir.path(),
+                    snapshot::DELTA_TEMP_NAME,
+                    META,
+                    Some(base_ref),
+                    changes.entries(),
+                )
+                .unwrap();
+                snapshot::install(dir.path(), &staged, snapshot::DELTA_NAME).unwrap()
+            })
+        });
+        // Applying the same words again (the publisher's per-batch work).
+        g.bench_function(BenchmarkId::new("apply", &id), |b| {
+            b.iter(|| changes.apply(&deltas))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, delta);
 criterion_main!(benches);

@@ -4,10 +4,18 @@
 For each size N (distinct words, posted as unique words in bodies of --chunk words):
 
 memdb (a release build): a leader in a temp dir, then
-  - leader RSS once the table holds N words and its snapshot covers them,
-  - the last snapshot publish (its duration and file size, from /health),
+  - leader memory once the table holds N words, its snapshot covers them and no
+    compaction runs: RSS (anonymous + file-backed: the leader maps its own base file),
+    and the peak (VmHWM) so far,
+  - the snapshot files: the base's size, the last compaction's duration,
   - a network replica joining: spawn to serving the leader's seq, and its RSS,
-  - a leader restart (SIGTERM, then start on the same data dir): spawn to healthy.
+  - freshness: a local replica follows while ingest goes on at full speed with a
+    Zipf-like mix of repeated and new words (--fresh-seconds); every 10 ms the
+    sampler compares the replica's seq with the leader's: staleness is how long ago
+    the leader passed the replica's state (median, p99, max), with the delta publish
+    time and the ingest rate,
+  - a leader restart (SIGTERM, then start on the same data dir): spawn to healthy,
+    then the freshness run again with --snapshot-interval 100ms.
 Redis (redis-server from Debian, persistence off, on a loopback port): the same N words
 as fields of one hash (HINCRBY, pipelined), then used_memory, RSS, and a SAVE's
 duration and RDB size.
@@ -51,12 +59,76 @@ def health(url):
         return None, {}
 
 
-def rss_mib(pid):
+def rss_mib(pid, field="VmRSS"):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def zipf_bodies(n, chunk, count=12, seed=7):
+    """Bodies of --chunk words drawn with density ~ 1/rank over 2n ranks (Zipf, s=1):
+    mostly repeats of frequent words, a tail of rare and new ones."""
+    import math
+    import random
+    rng = random.Random(seed)
+    top = math.log(2 * n)
+    return [" ".join(word(int(math.exp(rng.random() * top))) for _ in range(chunk))
+            for _ in range(count)]
+
+
+def freshness(leader, local, bodies, seconds):
+    """Ingests `bodies` (plus 2% never-seen words per post) from two threads for
+    `seconds` while sampling the local replica's staleness every 10 ms."""
+    import threading
+    stop = threading.Event()
+    posted = [0]
+    lock = threading.Lock()
+
+    per_body = bodies[0].count(" ") + 1
+
+    def poster(k):
+        i = 0
+        while not stop.is_set():
+            body = bodies[(i + k) % len(bodies)]
+            fresh = " ".join("z%dx%dx%d" % (k, i, j) for j in range(per_body // 50))
+            req = urllib.request.Request(leader.url + "/post", data=(body + " " + fresh).encode(),
+                                         headers={"content-type": "text/plain"})
+            urllib.request.urlopen(req, timeout=120).read()
+            with lock:
+                posted[0] += per_body + per_body // 50
+            i += 2
+
+    threads = [threading.Thread(target=poster, args=(k,)) for k in range(2)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    history = []  # (time, leader seq)
+    stale = []
+    while time.monotonic() - started < seconds:
+        now = time.monotonic()
+        lseq = health(leader.url)[1].get("seq", 0)
+        history.append((now, lseq))
+        rseq = health(local.url)[1].get("seq", 0)
+        passed = next((t for t, s in history if s > rseq), None)
+        stale.append(0.0 if passed is None else time.monotonic() - passed)
+        time.sleep(0.01)
+    stop.set()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - started
+    stale.sort()
+    snap = health(leader.url)[1].get("snapshot", {})
+    return {
+        "rate": posted[0] / elapsed,
+        "stale_p50": stale[len(stale) // 2] * 1e3,
+        "stale_p99": stale[int(len(stale) * 0.99)] * 1e3,
+        "stale_max": stale[-1] * 1e3,
+        "delta_ms": snap.get("last_duration_ms") or 0,
+        "delta_words": snap.get("delta_words", 0),
+        "compactions": snap.get("compactions", 0),
+    }
 
 
 class Proc:
@@ -99,12 +171,13 @@ class Proc:
                 self.p.wait()
 
 
-def memdb(binary, n, chunk):
+def memdb(binary, n, chunk, fresh_seconds):
     tmp = tempfile.mkdtemp(prefix="memdb-scale-")
     data = os.path.join(tmp, "data")
     procs = []
+    args = ["leader", "--data-dir", data, "--max-body", "8MiB"]
     try:
-        leader = Proc(binary, ["leader", "--data-dir", data, "--max-body", "8MiB"], tmp, "leader")
+        leader = Proc(binary, args, tmp, "leader")
         procs.append(leader)
         for start in range(0, n, chunk):
             body = " ".join(word(i) for i in range(start, min(n, start + chunk))).encode()
@@ -112,12 +185,18 @@ def memdb(binary, n, chunk):
                                          headers={"content-type": "text/plain"})
             urllib.request.urlopen(req, timeout=120).read()
         seq = health(leader.url)[1]["seq"]
-        h = leader.wait(lambda c, h: h.get("snapshot", {}).get("seq") == seq,
-                        "a snapshot of the whole table")
+        h = leader.wait(lambda c, h: h.get("snapshot", {}).get("seq") == seq
+                        and not h["snapshot"].get("compacting"),
+                        "a snapshot of the whole table, no compaction under way")
+        time.sleep(1)
+        pid = leader.p.pid
         out = {
-            "leader_rss": rss_mib(leader.p.pid),
-            "publish_s": (h["snapshot"]["last_duration_ms"] or 0) / 1e3,
-            "snapshot_mib": (h["snapshot"]["last_bytes"] or 0) / 2**20,
+            "leader_rss": rss_mib(pid),
+            "leader_anon": rss_mib(pid, "RssAnon"),
+            "leader_file": rss_mib(pid, "RssFile"),
+            "leader_peak": rss_mib(pid, "VmHWM"),
+            "compaction_s": (h["snapshot"].get("last_compaction_ms") or 0) / 1e3,
+            "base_mib": os.path.getsize(os.path.join(data, "snapshot.memdb")) / 2**20,
         }
         replica = Proc(binary, ["replica", "--leader", leader.url], tmp, "replica")
         procs.append(replica)
@@ -125,11 +204,23 @@ def memdb(binary, n, chunk):
         out["join_s"] = time.monotonic() - replica.started
         out["replica_rss"] = rss_mib(replica.p.pid)
         replica.stop()
+        bodies = zipf_bodies(n, chunk) if fresh_seconds else None
+        local = Proc(binary, ["local-replica", "--data-dir", data], tmp, "local")
+        procs.append(local)
+        local.wait(lambda c, h: c == 200, "the local replica")
+        if fresh_seconds:
+            out["fresh_1s"] = freshness(leader, local, bodies, fresh_seconds)
+        seq = health(leader.url)[1]["seq"]
         leader.stop()
-        leader = Proc(binary, ["leader", "--data-dir", data, "--max-body", "8MiB"], tmp, "leader")
+        leader = Proc(binary, args + ["--snapshot-interval", "100ms"], tmp, "leader")
         procs.append(leader)
         leader.wait(lambda c, h: c == 200 and h.get("seq") == seq, "the restarted leader")
         out["restart_s"] = time.monotonic() - leader.started
+        if fresh_seconds:
+            local.wait(lambda c, h: h.get("socket_connected"), "the local replica's socket")
+            out["fresh_100ms"] = freshness(leader, local, bodies, fresh_seconds)
+            out["leader_rss_after"] = rss_mib(leader.p.pid)
+            out["leader_peak_after"] = rss_mib(leader.p.pid, "VmHWM")
         return out
     finally:
         for p in procs:
@@ -219,21 +310,44 @@ def main():
     ap.add_argument("--words", default="1000000")
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/memdb"))
     ap.add_argument("--chunk", type=int, default=70_000)
+    ap.add_argument("--fresh-seconds", type=float, default=20)
     a = ap.parse_args()
     sizes = [int(w) for w in a.words.split(",")]
-    print("| distinct words | leader RSS MiB (B/word) | Redis used_memory MiB (RSS) | leader / Redis "
-          "| snapshot publish s | snapshot MiB (B/word) | Redis SAVE s | RDB MiB (B/word) "
-          "| replica join s (RSS MiB) | leader restart s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    rows, fresh = [], []
     for n in sizes:
-        m = memdb(a.bin, n, a.chunk)
+        m = memdb(a.bin, n, a.chunk, a.fresh_seconds)
         r = redis(n, a.chunk)
         per = lambda mib: mib * 2**20 / n  # noqa: E731
-        print(f"| {n:,} | {m['leader_rss']:.0f} ({per(m['leader_rss']):.0f}) "
-              f"| {r['used_mib']:.0f} ({r['rss_mib']:.0f}) | {m['leader_rss'] / r['used_mib']:.1f}× "
-              f"| {m['publish_s']:.2f} | {m['snapshot_mib']:.0f} ({per(m['snapshot_mib']):.0f}) "
-              f"| {r['save_s']:.2f} | {r['rdb_mib']:.0f} ({per(r['rdb_mib']):.0f}) "
-              f"| {m['join_s']:.1f} ({m['replica_rss']:.0f}) | {m['restart_s']:.1f} |", flush=True)
+        rows.append(
+            f"| {n:,} | {m['leader_rss']:.0f} ({per(m['leader_rss']):.0f}) "
+            f"| {m['leader_anon']:.0f} + {m['leader_file']:.0f} | {m['leader_peak']:.0f} "
+            f"| {r['used_mib']:.0f} ({r['rss_mib']:.0f}) | {m['leader_rss'] / r['used_mib']:.2f}x "
+            f"| {m['base_mib']:.0f} ({per(m['base_mib']):.0f}) | {m['compaction_s']:.2f} "
+            f"| {r['save_s']:.2f} | {r['rdb_mib']:.0f} ({per(r['rdb_mib']):.0f}) "
+            f"| {m['join_s']:.1f} ({m['replica_rss']:.0f}) | {m['restart_s']:.1f} |")
+        for key, interval in (("fresh_1s", "1s"), ("fresh_100ms", "100ms")):
+            f = m.get(key)
+            if f:
+                fresh.append(
+                    f"| {n:,} | {interval} | {f['rate'] / 1e6:.2f} | {f['stale_p50']:.0f} "
+                    f"| {f['stale_p99']:.0f} | {f['stale_max']:.0f} | {f['delta_ms']:.0f} "
+                    f"({f['delta_words']:,} words) | {f['compactions']} |")
+        if "leader_rss_after" in m:
+            rows[-1] += f" after churn: RSS {m['leader_rss_after']:.0f}, peak {m['leader_peak_after']:.0f}"
+        print(rows[-1], flush=True)
+    print()
+    print("| distinct words | leader RSS MiB (B/word) | anon + file MiB | peak MiB "
+          "| Redis used_memory MiB (RSS) | leader / Redis used | base file MiB (B/word) "
+          "| compaction s | Redis SAVE s | RDB MiB (B/word) | replica join s (RSS MiB) "
+          "| leader restart s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    if fresh:
+        print()
+        print("| distinct words | snapshot interval | ingest M words/s | staleness p50 ms "
+              "| p99 ms | max ms | last delta publish ms | compactions |")
+        print("|---|---|---|---|---|---|---|---|")
+        print("\n".join(fresh))
 
 
 if __name__ == "__main__":

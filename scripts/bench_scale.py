@@ -220,6 +220,7 @@ def memdb(binary, n, chunk, fresh_seconds):
             local.wait(lambda c, h: h.get("socket_connected"), "the local replica's socket")
             out["fresh_100ms"] = freshness(leader, local, bodies, fresh_seconds)
             out["leader_rss_after"] = rss_mib(leader.p.pid)
+            out["words_after"] = health(leader.url)[1].get("words", 0)
             out["leader_peak_after"] = rss_mib(leader.p.pid, "VmHWM")
         return out
     finally:
@@ -333,7 +334,8 @@ def main():
                     f"| {f['stale_p99']:.0f} | {f['stale_max']:.0f} | {f['delta_ms']:.0f} "
                     f"({f['delta_words']:,} words) | {f['compactions']} |")
         if "leader_rss_after" in m:
-            rows[-1] += f" after churn: RSS {m['leader_rss_after']:.0f}, peak {m['leader_peak_after']:.0f}"
+            rows[-1] += (f" after the freshness runs ({m['words_after']:,} words): "
+                         f"RSS {m['leader_rss_after']:.0f}, peak {m['leader_peak_after']:.0f}")
         print(rows[-1], flush=True)
     print()
     print("| distinct words | leader RSS MiB (B/word) | anon + file MiB | peak MiB "

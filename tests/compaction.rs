@@ -244,3 +244,42 @@ async fn corrupt_deltas_and_bases_are_rejected_while_the_last_good_pair_serves()
     assert_eq!(local.seq().await, 21, "kept the newer pair");
     assert_eq!(counts(&local, &["w2"]).await["w2"], 9);
 }
+
+#[tokio::test]
+async fn sync_streams_the_published_state_under_the_words_written_since() {
+    let dir = tempfile::tempdir().unwrap();
+    // No publication during the test but the first: every later word comes from the
+    // overlay read from the table; with a 2-batch backlog, later from the fallback.
+    let leader = Node::leader(dir.path(), &["--snapshot-interval", "1h", "--backlog", "2"]);
+    let c = leader.client();
+    let mut model = HashMap::new();
+    for (i, text) in ["a b", "b c", "c d", "d e e"].iter().enumerate() {
+        c.post_text(text).await.unwrap();
+        for w in text.split(' ') {
+            *model.entry(w.to_owned()).or_insert(0u64) += 1;
+        }
+        assert_eq!(leader.table().await, model, "after post {i}");
+    }
+    let resp = reqwest::get(format!("{}/sync", leader.url)).await.unwrap();
+    assert_eq!(resp.headers()["x-memdb-seq"], "4");
+    let log = leader.log();
+    assert!(
+        log.contains("serving /sync from the table under its lock"),
+        "a backlog of 2 batches cannot reach back to the published seq 0"
+    );
+    // Once published, the body streams from the files (chunked, no length).
+    c.post_text("f").await.unwrap();
+    *model.entry("f".into()).or_insert(0) += 1;
+    let local = Node::local(dir.path(), &[]);
+    wait_ready(&local).await;
+    // A reader on a local replica waiting for seq 5 makes the leader publish it.
+    local.client().wordcount(&["f"], Some(5)).await.unwrap();
+    let resp = reqwest::get(format!("{}/sync", leader.url)).await.unwrap();
+    assert!(
+        resp.headers().get("content-length").is_none(),
+        "{:?}",
+        resp.headers()
+    );
+    let got: HashMap<String, u64> = resp.json().await.unwrap();
+    assert_eq!(got, model);
+}

@@ -34,7 +34,7 @@ use serde::Serialize;
 use crate::protocol::Incarnation;
 use crate::storage::batch::Batch;
 use crate::storage::delta::{Changes, merged};
-use crate::storage::mapped::MappedSnapshot;
+use crate::storage::mapped::{MappedSnapshot, MappedState};
 use crate::storage::snapshot::{self, BaseRef, Meta, Staged};
 use crate::words::Tokenizer;
 
@@ -98,6 +98,9 @@ pub struct Publisher {
     queue: Arc<Mutex<Vec<Arc<Batch>>>>,
     stats: Arc<Mutex<PublishStats>>,
     published: tokio::sync::watch::Receiver<u64>,
+    dir: PathBuf,
+    /// The base on disk, as the thread maps it.
+    base: Arc<Mutex<Arc<MappedSnapshot>>>,
 }
 
 /// What the publisher starts from.
@@ -129,7 +132,10 @@ impl Publisher {
         }));
         let (published_tx, published) = tokio::sync::watch::channel(setup.published_seq);
         let queue = Arc::new(Mutex::new(Vec::new()));
+        let base = Arc::new(Mutex::new(setup.changes.base().clone()));
+        let dir = setup.dir.clone();
         let worker = Worker {
+            base: base.clone(),
             dir: setup.dir,
             changes: setup.changes,
             seq: setup.seq,
@@ -152,7 +158,21 @@ impl Publisher {
             queue,
             stats,
             published,
+            dir,
+            base,
         }
+    }
+
+    /// The state on disk, mapped: the base the publisher maps (validated once, when it
+    /// was written) and the delta on disk (validated now). For `GET /sync`.
+    pub fn published_state(&self) -> Result<MappedState, String> {
+        let current = MappedState {
+            base: self.base.lock().clone(),
+            delta: None,
+        };
+        MappedState::open(&self.dir, u64::MAX, &|| false, Some(&current))
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "no snapshot is published".to_owned())
     }
 
     /// Follows the seq of the snapshot on disk.
@@ -189,6 +209,8 @@ impl Publisher {
 
 struct Worker {
     dir: PathBuf,
+    /// The base on disk, shared with the handle (for `GET /sync`).
+    base: Arc<Mutex<Arc<MappedSnapshot>>>,
     changes: Changes,
     /// The seq the changes are at.
     seq: u64,
@@ -410,9 +432,12 @@ impl Worker {
         };
         let c = self.compaction.take().expect("checked above");
         let _ = c.thread.join();
-        let installed = result.and_then(|(staged, mapped)| {
+        let installed = result.and_then(|(staged, mut mapped)| {
             snapshot::install(&self.dir, &staged, snapshot::FILE_NAME)
-                .map(|_| mapped)
+                .map(|path| {
+                    mapped.follow_rename(&path);
+                    mapped
+                })
                 .map_err(|e| {
                     let _ = std::fs::remove_file(&staged.path);
                     e.to_string()
@@ -421,7 +446,9 @@ impl Worker {
         match installed {
             Ok(mapped) => {
                 let h = *mapped.header();
-                self.changes.rebase(Arc::new(mapped));
+                let mapped = Arc::new(mapped);
+                *self.base.lock() = mapped.clone();
+                self.changes.rebase(mapped);
                 let ms = c.started.elapsed().as_secs_f64() * 1e3;
                 {
                     let mut st = self.stats.lock();

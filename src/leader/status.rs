@@ -2,6 +2,7 @@
 //! series for `/metrics`.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -10,12 +11,15 @@ use serde::Serialize;
 use tokio::sync::watch;
 use utoipa::ToSchema;
 
+use crate::leader::backlog::Since;
 use crate::leader::publisher::PublishStats;
 use crate::leader::replication::LinkReport;
 use crate::protocol::Incarnation;
 use crate::server::error::ApiError;
 use crate::server::metrics::Series;
 use crate::server::router::{CountSource, SyncBody};
+use crate::storage::mapped::MappedState;
+use crate::storage::table::CountMap;
 
 use crate::words::Tokenizer;
 
@@ -146,6 +150,40 @@ impl Leader {
     }
 }
 
+impl super::Shared {
+    /// The published state, the words written since with their counts now, and the
+    /// seq that makes. `Err` if the backlog no longer holds every batch since the
+    /// published seq.
+    fn published_now(&self) -> Result<(MappedState, CountMap, u64), String> {
+        let state = self.publisher.published_state()?;
+        let published = state.seq();
+        let t = self.table.read();
+        let seq = t.seq();
+        let mut overlay = CountMap::new();
+        if seq > published {
+            let since = self.backlog.lock().since(published, usize::MAX, usize::MAX);
+            let Since::Batches(batches) = since else {
+                return Err(format!(
+                    "the backlog lacks the batches after seq {published}"
+                ));
+            };
+            if batches.first().map(|b| b.seq) != Some(published + 1)
+                || batches.last().map(|b| b.seq) != Some(seq)
+            {
+                return Err(format!(
+                    "the backlog lacks batches between {published} and {seq}"
+                ));
+            }
+            for b in &batches {
+                for (w, _) in &b.deltas {
+                    overlay.set(w, t.get(w));
+                }
+            }
+        }
+        Ok((state, overlay, seq))
+    }
+}
+
 impl CountSource for Leader {
     fn distinct_words(&self) -> u64 {
         self.shared.table.read().len() as u64
@@ -186,9 +224,27 @@ impl CountSource for Leader {
         Ok((body, t.seq()))
     }
 
-    fn sync_body(&self) -> SyncBody {
-        // Serialised under the read lock so the body and its seq agree; writers wait
-        // for this (a full sync is rare: replica start and recovery).
+    /// The table now, streamed: the state on disk from its mappings, under the words
+    /// written since it was published (their counts read from the table, under its
+    /// read lock for just those words). No whole body in memory, and writers wait only
+    /// for the words of the last interval, not for the whole table.
+    async fn sync_body(&self) -> SyncBody {
+        let s = &self.shared;
+        let shared = s.clone();
+        let published = tokio::task::spawn_blocking(move || shared.published_now())
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+        match published {
+            Ok((state, overlay, seq)) => {
+                return SyncBody::streamed(Arc::new(state), overlay, seq, s.incarnation);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "serving /sync from the table under its lock")
+            }
+        }
+        // The fallback: serialised under the read lock so the body and its seq agree;
+        // writers wait for this.
         let t = self.shared.table.read();
         SyncBody::of(
             t.map(),

@@ -38,7 +38,7 @@ pub trait CountSource: Clone + Send + Sync + 'static {
     /// The JSON answer for `words` (as the client wrote them) and the seq it reflects.
     fn lookup(&self, words: &[Cow<'_, str>]) -> Result<(Vec<u8>, u64), ApiError>;
     /// The whole table as a JSON object, with its seq, incarnation and tokenizer.
-    fn sync_body(&self) -> SyncBody;
+    fn sync_body(&self) -> impl std::future::Future<Output = SyncBody> + Send;
     /// Distinct words in the table the node serves.
     fn distinct_words(&self) -> u64;
     /// Writes the role's own series (beyond seq and distinct words) at scrape time.
@@ -167,11 +167,11 @@ pub async fn metrics(axum::Extension(metrics): axum::Extension<Arc<NodeMetrics>>
 pub async fn sync<S: CountSource>(State(node): State<S>) -> Result<Response, ApiError> {
     node.ready()?;
     let SyncBody {
-        json: body,
+        body,
         seq,
         incarnation,
         tokenizer,
-    } = node.sync_body();
+    } = node.sync_body().await;
     let mut resp = (
         [
             (
@@ -190,9 +190,10 @@ pub async fn sync<S: CountSource>(State(node): State<S>) -> Result<Response, Api
     Ok(resp)
 }
 
-/// The whole table as `GET /sync` answers it: the JSON object and what it belongs to.
+/// The whole table as `GET /sync` answers it: the JSON object (built, or streamed) and
+/// what it belongs to.
 pub struct SyncBody {
-    pub json: Vec<u8>,
+    pub body: axum::body::Body,
     pub seq: u64,
     /// `None` only for a local replica's snapshot whose header names none.
     pub incarnation: Option<Incarnation>,
@@ -212,9 +213,56 @@ impl SyncBody {
         let mut json = Vec::with_capacity(size_hint + 2);
         serde_json::to_writer(&mut json, table).expect("serialising to a Vec cannot fail");
         SyncBody {
-            json,
+            body: json.into(),
             seq,
             incarnation,
+            tokenizer,
+        }
+    }
+
+    /// Streams a mapped state, with `overlay`'s words over it (the table at `seq`), as
+    /// the JSON object, in chunks written by a blocking thread: never the whole body in
+    /// memory, and no lock held.
+    pub fn streamed(
+        state: std::sync::Arc<crate::storage::mapped::MappedState>,
+        overlay: crate::storage::table::CountMap,
+        seq: u64,
+        incarnation: impl Into<Option<Incarnation>>,
+    ) -> Self {
+        const CHUNK: usize = 256 << 10;
+        let tokenizer = state.header().tokenizer;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+        tokio::task::spawn_blocking(move || {
+            let mut buf = Vec::with_capacity(CHUNK + 4096);
+            buf.push(b'{');
+            let mut n = itoa::Buffer::new();
+            let under = state.iter().filter(|(w, _)| overlay.get(w).is_none());
+            for (i, (word, count)) in overlay.iter().chain(under).enumerate() {
+                if i > 0 {
+                    buf.push(b',');
+                }
+                serde_json::to_writer(&mut buf, word).expect("a str serialises");
+                buf.push(b':');
+                buf.extend_from_slice(n.format(count).as_bytes());
+                if buf.len() >= CHUNK {
+                    let chunk = std::mem::replace(&mut buf, Vec::with_capacity(CHUNK + 4096));
+                    if tx.blocking_send(Ok(chunk.into())).is_err() {
+                        return; // The client went away.
+                    }
+                }
+            }
+            buf.push(b'}');
+            let _ = tx.blocking_send(Ok(buf.into()));
+        });
+        let chunks =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|c| (c, rx)) },
+            );
+        SyncBody {
+            body: axum::body::Body::from_stream(chunks),
+            seq,
+            incarnation: incarnation.into(),
             tokenizer,
         }
     }

@@ -62,6 +62,17 @@ impl MappedSnapshot {
         &self.header
     }
 
+    /// After the mapped file was renamed to `path` (the leader installing a base it
+    /// wrote and mapped under its temp name): take the identity it has there, so that
+    /// it is known for the published file. Nothing changes if `path` is another file.
+    pub fn follow_rename(&mut self, path: &Path) {
+        if let Some(id) = identity_of(path)
+            && (id.0, id.1) == (self.identity.0, self.identity.1)
+        {
+            self.identity = id;
+        }
+    }
+
     pub fn identity(&self) -> FileId {
         self.identity
     }

@@ -24,6 +24,7 @@ use crate::server::error::ApiError;
 use crate::server::metrics::Series;
 use crate::server::router::{self, CountSource, SyncBody};
 use crate::storage::mapped::MappedState;
+use crate::storage::table::CountMap;
 use crate::words::Tokenizer;
 
 use super::{LoadsBySource, LocalReplica, STALE_AFTER};
@@ -162,15 +163,6 @@ impl LocalReplica {
     }
 }
 
-/// Serialises the mapped state as a JSON object without building an owned copy.
-struct ArchivedJson<'a>(&'a MappedState);
-
-impl Serialize for ArchivedJson<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(self.0.iter())
-    }
-}
-
 impl CountSource for LocalReplica {
     fn distinct_words(&self) -> u64 {
         self.current().map(|m| m.words()).unwrap_or(0)
@@ -242,17 +234,12 @@ impl CountSource for LocalReplica {
         Ok((body, h.seq))
     }
 
-    fn sync_body(&self) -> SyncBody {
+    async fn sync_body(&self) -> SyncBody {
         match self.current() {
             Some(m) => {
                 let h = *m.header();
-                SyncBody::of(
-                    &ArchivedJson(&m),
-                    m.len(),
-                    h.seq,
-                    h.incarnation,
-                    h.tokenizer,
-                )
+                let inc = h.incarnation;
+                SyncBody::streamed(m, CountMap::new(), h.seq, inc)
             }
             // Not reached: /sync answers 503 before asking while nothing is mapped.
             None => SyncBody::of(&serde_json::Map::new(), 0, 0, None, Tokenizer::default()),

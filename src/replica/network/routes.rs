@@ -183,7 +183,7 @@ impl CountSource for Replica {
         Ok((body, d.table.seq()))
     }
 
-    fn sync_body(&self) -> SyncBody {
+    async fn sync_body(&self) -> SyncBody {
         let d = self.shared.data.read();
         let t = &d.table;
         SyncBody::of(t.map(), t.len() * 16, t.seq(), d.incarnation, d.tokenizer)

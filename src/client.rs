@@ -17,6 +17,7 @@ use crate::protocol::RESYNC;
 use crate::protocol::SEQ;
 use crate::protocol::TO_SEQ;
 use crate::protocol::TOKENIZER;
+use crate::storage::counts::WithCapacity;
 use crate::storage::table::CountMap;
 use crate::words::Tokenizer;
 
@@ -180,6 +181,15 @@ impl Client {
         resp: reqwest::Response,
         url: &str,
     ) -> Result<T, ClientError> {
+        Self::ok_json_with(resp, url, |bytes| serde_json::from_slice(bytes)).await
+    }
+
+    /// [`Client::ok_json`] with the body parsed by `parse`.
+    async fn ok_json_with<T>(
+        resp: reqwest::Response,
+        url: &str,
+        parse: impl FnOnce(&[u8]) -> serde_json::Result<T>,
+    ) -> Result<T, ClientError> {
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|source| ClientError::Http {
             url: url.to_owned(),
@@ -192,7 +202,7 @@ impl Client {
                 body: String::from_utf8_lossy(&bytes).into_owned(),
             });
         }
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
+        parse(&bytes).map_err(|e| ClientError::Protocol {
             url: url.to_owned(),
             what: e.to_string(),
         })
@@ -250,7 +260,20 @@ impl Client {
             url: url.clone(),
             what: what.to_owned(),
         };
-        let map: CountMap = Self::ok_json(resp, &url).await?;
+        // The hint is the leader's word; a cap keeps a forged one from reserving more
+        // than a large table needs.
+        let hint = h
+            .get(crate::protocol::WORDS.as_str())
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+            .unwrap_or(0)
+            .min(1 << 26);
+        let map: CountMap = Self::ok_json_with(resp, &url, |bytes| {
+            let mut de = serde_json::Deserializer::from_slice(bytes);
+            let m = serde::de::DeserializeSeed::deserialize(WithCapacity(hint), &mut de)?;
+            de.end()?;
+            Ok(m)
+        })
+        .await?;
         let seq = h
             .get(SEQ.as_str())
             .and_then(|v| v.to_str().ok()?.parse().ok())

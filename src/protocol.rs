@@ -10,6 +10,8 @@ pub const SEQ: HeaderName = HeaderName::from_static("x-memdb-seq");
 pub const INCARNATION: HeaderName = HeaderName::from_static("x-memdb-incarnation");
 /// The tokenizer the data was counted with, on `/sync` replies and `/update` requests.
 pub const TOKENIZER: HeaderName = HeaderName::from_static("x-memdb-tokenizer");
+/// On `GET /sync`: about how many words the body holds (a reader's capacity hint).
+pub const WORDS: HeaderName = HeaderName::from_static("x-memdb-words");
 /// `/update`: the seq the replica must be at for the deltas to apply...
 pub const FROM_SEQ: HeaderName = HeaderName::from_static("x-memdb-from-seq");
 /// ...and the seq it is at afterwards.

@@ -126,12 +126,11 @@ pub(super) fn recover(dir: &Path, tokenizer: Tokenizer) -> Result<Recovered, Lea
                 configured: tokenizer,
             });
         }
-        let mut map: CountMap = state
-            .base
-            .map()
-            .iter()
-            .map(|(w, n)| (w.as_str(), n.to_native()))
-            .collect();
+        let base = state.base.map();
+        let mut map = CountMap::with_capacity(state.words() as usize);
+        for (w, n) in base.iter() {
+            map.insert_new(w.as_str(), n.to_native());
+        }
         if let Some(delta) = &state.delta {
             for (w, n) in delta.map().iter() {
                 changed.set(w.as_str(), n.to_native());

@@ -159,6 +159,8 @@ pub async fn metrics(axum::Extension(metrics): axum::Extension<Arc<NodeMetrics>>
              ("x-memdb-seq" = u64, description = "The seq the table reflects"),
              ("x-memdb-incarnation" = String, description = "The leader history it belongs to (16 hex digits)"),
              ("x-memdb-tokenizer" = String, description = "The tokenizer it was counted with"),
+             ("x-memdb-words" = u64, description = "About how many words the body holds \
+              (a capacity hint; the body is streamed, without a length)"),
          )),
         (status = 401, description = "Missing or wrong token", body = crate::server::openapi::ErrorBody),
         (status = 503, description = "No data yet", body = crate::server::openapi::ErrorBody),
@@ -171,6 +173,7 @@ pub async fn sync<S: CountSource>(State(node): State<S>) -> Result<Response, Api
         seq,
         incarnation,
         tokenizer,
+        words,
     } = node.sync_body().await;
     let mut resp = (
         [
@@ -187,6 +190,8 @@ pub async fn sync<S: CountSource>(State(node): State<S>) -> Result<Response, Api
     if let Some(inc) = incarnation {
         resp.headers_mut().insert(INCARNATION, inc.header_value());
     }
+    resp.headers_mut()
+        .insert(crate::protocol::WORDS, crate::protocol::seq_value(words));
     Ok(resp)
 }
 
@@ -198,11 +203,13 @@ pub struct SyncBody {
     /// `None` only for a local replica's snapshot whose header names none.
     pub incarnation: Option<Incarnation>,
     pub tokenizer: Tokenizer,
+    /// About how many words the body holds (sent as a capacity hint).
+    pub words: u64,
 }
 
 impl SyncBody {
     /// Serialises `table` (anything that serialises as a JSON object of word → count;
-    /// `size_hint` presizes the buffer) with what it belongs to.
+    /// `size_hint` presizes the buffer: 16 bytes a word) with what it belongs to.
     pub fn of(
         table: &impl serde::Serialize,
         size_hint: usize,
@@ -217,6 +224,7 @@ impl SyncBody {
             seq,
             incarnation,
             tokenizer,
+            words: (size_hint / 16) as u64,
         }
     }
 
@@ -231,6 +239,7 @@ impl SyncBody {
     ) -> Self {
         const CHUNK: usize = 256 << 10;
         let tokenizer = state.header().tokenizer;
+        let words = state.words() + overlay.len() as u64;
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
         tokio::task::spawn_blocking(move || {
             let mut buf = Vec::with_capacity(CHUNK + 4096);
@@ -264,6 +273,7 @@ impl SyncBody {
             seq,
             incarnation: incarnation.into(),
             tokenizer,
+            words,
         }
     }
 }

@@ -42,6 +42,16 @@ fn bytes_at(arena: &[u8], loc: u64) -> &[u8] {
     &arena[off..off + len]
 }
 
+/// A word's hash: what `str`'s `Hash` writes (its bytes, then 0xff), from the bytes
+/// alone, so a rehash need not check them again as UTF-8.
+fn hash_of(hasher: &foldhash::fast::RandomState, bytes: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let mut h = hasher.build_hasher();
+    h.write(bytes);
+    h.write_u8(0xff);
+    h.finish()
+}
+
 fn word_at(arena: &[u8], loc: u64) -> &str {
     // The bytes were copied from a `&str` and are never modified.
     std::str::from_utf8(bytes_at(arena, loc)).expect("the arena holds whole words")
@@ -76,7 +86,7 @@ impl CountMap {
     }
 
     fn find(&self, word: &str) -> Option<usize> {
-        let h = self.hasher.hash_one(word);
+        let h = hash_of(&self.hasher, word.as_bytes());
         self.index
             .find(h, |&i| {
                 bytes_at(&self.arena, self.entries[i as usize].loc) == word.as_bytes()
@@ -113,6 +123,15 @@ impl CountMap {
         }
     }
 
+    /// Adds a word known to be absent (a base's words are distinct), without looking
+    /// for it first.
+    pub fn insert_new(&mut self, word: &str, count: u64) {
+        debug_assert!(self.find(word).is_none(), "{word:?} is already in the map");
+        if count > 0 {
+            self.push(word, count);
+        }
+    }
+
     fn push(&mut self, word: &str, count: u64) {
         let id = u32::try_from(self.entries.len()).expect("under 2^32 words");
         let off = self.arena.len() as u64;
@@ -126,16 +145,16 @@ impl CountMap {
             loc: off << 24 | len.min(LONG),
             count,
         });
-        let h = self.hasher.hash_one(word);
+        let h = hash_of(&self.hasher, word.as_bytes());
         let (entries, arena, hasher) = (&self.entries, &self.arena, &self.hasher);
         self.index.insert_unique(h, id, |&i| {
-            hasher.hash_one(word_at(arena, entries[i as usize].loc))
+            hash_of(hasher, bytes_at(arena, entries[i as usize].loc))
         });
     }
 
     /// Removes `word`; returns its count if it was there.
     pub fn remove(&mut self, word: &str) -> Option<u64> {
-        let h = self.hasher.hash_one(word);
+        let h = hash_of(&self.hasher, word.as_bytes());
         let (entries, arena) = (&self.entries, &self.arena);
         let slot = self
             .index
@@ -149,8 +168,7 @@ impl CountMap {
         self.dead += word.len() + if word.len() as u64 >= LONG { 8 } else { 0 };
         // The last entry moved into `i`: point its index slot there.
         if i < self.entries.len() {
-            let moved = word_at(&self.arena, self.entries[i].loc);
-            let hm = self.hasher.hash_one(moved);
+            let hm = hash_of(&self.hasher, bytes_at(&self.arena, self.entries[i].loc));
             let last = self.entries.len() as u32;
             *self
                 .index
@@ -223,7 +241,18 @@ impl serde::Serialize for CountMap {
 /// A word given twice keeps its last count; a zero count is an absent word.
 impl<'de> serde::Deserialize<'de> for CountMap {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
+        serde::de::DeserializeSeed::deserialize(WithCapacity(0), d)
+    }
+}
+
+/// Reads a [`CountMap`] sized for about this many words up front (growing a large
+/// index step by step rehashes every word each time).
+pub struct WithCapacity(pub usize);
+
+impl<'de> serde::de::DeserializeSeed<'de> for WithCapacity {
+    type Value = CountMap;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<CountMap, D::Error> {
+        struct Visitor(usize);
         impl<'de> serde::de::Visitor<'de> for Visitor {
             type Value = CountMap;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -233,14 +262,14 @@ impl<'de> serde::Deserialize<'de> for CountMap {
                 self,
                 mut a: A,
             ) -> Result<CountMap, A::Error> {
-                let mut m = CountMap::with_capacity(a.size_hint().unwrap_or(0));
+                let mut m = CountMap::with_capacity(a.size_hint().unwrap_or(self.0));
                 while let Some((w, n)) = a.next_entry::<std::borrow::Cow<'de, str>, u64>()? {
                     m.set(&w, n);
                 }
                 Ok(m)
             }
         }
-        d.deserialize_map(Visitor)
+        d.deserialize_map(Visitor(self.0))
     }
 }
 

@@ -106,5 +106,75 @@ fn over_http(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, in_memory, over_http);
+/// What a local replica does now: a probe in the mapped delta, then in the mapped base,
+/// over a 10M-word base with a 100k-word delta; beside the base alone at the same size.
+fn base_and_delta(c: &mut Criterion) {
+    use memdb::storage::counts::CountMap;
+    use memdb::storage::mapped::MappedState;
+    use std::sync::Arc;
+    let mut g = c.benchmark_group("lookup");
+    g.measurement_time(Duration::from_secs(3));
+    let dir = tempfile::tempdir().unwrap();
+    let n = 10_000_000;
+    let meta = Meta {
+        tokenizer: Tokenizer::Unicode,
+        seq: 1,
+        incarnation: memdb::protocol::Incarnation::from_raw(1).unwrap(),
+    };
+    let base: CountMap = (0..n)
+        .map(|i| (format!("word{i:07}"), (i as u64 % 1000) + 1))
+        .collect();
+    let staged = snapshot::stage(dir.path(), snapshot::TEMP_NAME, meta, None, base.iter()).unwrap();
+    snapshot::install(dir.path(), &staged, snapshot::FILE_NAME).unwrap();
+    // Every hundredth word changed, and as many new ones.
+    let changed: Vec<(String, u64)> = (0..n / 100)
+        .map(|i| (format!("word{:07}", i * 100), 5))
+        .chain((0..n / 200).map(|i| (format!("new{i:07}"), 1)))
+        .collect();
+    let base_ref = snapshot::BaseRef {
+        checksum: staged.header.checksum,
+        seq: 1,
+        total_words: (n + n / 200) as u64,
+    };
+    let dmeta = Meta { seq: 2, ..meta };
+    let delta = snapshot::stage(
+        dir.path(),
+        snapshot::DELTA_TEMP_NAME,
+        dmeta,
+        Some(base_ref),
+        changed.iter().map(|(w, c)| (w.as_str(), *c)),
+    )
+    .unwrap();
+    snapshot::install(dir.path(), &delta, snapshot::DELTA_NAME).unwrap();
+    let state = Arc::new(
+        MappedState::open(dir.path(), u64::MAX, &|| false, None)
+            .unwrap()
+            .unwrap(),
+    );
+    assert!(state.delta.is_some(), "the delta pairs with its base");
+    let words = probes(n);
+    let mut i = 0;
+    g.bench_function(BenchmarkId::new("mmap-base+delta", n), |b| {
+        b.iter(|| {
+            i = (i + 1) % words.len();
+            black_box(state.get(&words[i]))
+        })
+    });
+    g.bench_function(BenchmarkId::new("mmap-archive", n), |b| {
+        b.iter(|| {
+            i = (i + 1) % words.len();
+            black_box(state.base.get(&words[i]))
+        })
+    });
+    // The leader's in-memory table at the same size: what a DRAM-bound probe costs.
+    g.bench_function(BenchmarkId::new("count-map", n), |b| {
+        b.iter(|| {
+            i = (i + 1) % words.len();
+            black_box(base.get(&words[i]))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, in_memory, base_and_delta, over_http);
 criterion_main!(benches);

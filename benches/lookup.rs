@@ -147,7 +147,7 @@ fn base_and_delta(c: &mut Criterion) {
     .unwrap();
     snapshot::install(dir.path(), &delta, snapshot::DELTA_NAME).unwrap();
     let state = Arc::new(
-        MappedState::open(dir.path(), u64::MAX, &|| false, None)
+        MappedState::open(dir.path(), u64::MAX, &|| false, &[])
             .unwrap()
             .unwrap(),
     );

@@ -102,7 +102,7 @@ pub(super) struct Recovered {
 /// with it, then every log record past them.
 pub(super) fn recover(dir: &Path, tokenizer: Tokenizer) -> Result<Recovered, LeaderError> {
     let state =
-        MappedState::open(dir, u64::MAX, &|| false, None).map_err(|e| LeaderError::Snapshot {
+        MappedState::open(dir, u64::MAX, &|| false, &[]).map_err(|e| LeaderError::Snapshot {
             path: dir.join(e.file),
             source: e.source,
         })?;

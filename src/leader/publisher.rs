@@ -166,11 +166,8 @@ impl Publisher {
     /// The state on disk, mapped: the base the publisher maps (validated once, when it
     /// was written) and the delta on disk (validated now). For `GET /sync`.
     pub fn published_state(&self) -> Result<MappedState, String> {
-        let current = MappedState {
-            base: self.base.lock().clone(),
-            delta: None,
-        };
-        MappedState::open(&self.dir, u64::MAX, &|| false, Some(&current))
+        let base = self.base.lock().clone();
+        MappedState::open(&self.dir, u64::MAX, &|| false, &[base])
             .map_err(|e| e.to_string())?
             .ok_or_else(|| "no snapshot is published".to_owned())
     }

@@ -192,8 +192,8 @@ impl MappedState {
         changed.chain(rest)
     }
 
-    /// Maps the state published in `dir` (files of at most `max_bytes`), reusing the
-    /// files of `current` that are still the published ones. A delta that does not
+    /// Maps the state published in `dir` (files of at most `max_bytes`), reusing any
+    /// mapping in `reuse` that is still a published file (no validation again). A delta that does not
     /// pair with the base on disk is left out: the base alone is then a whole state
     /// (a compaction renamed it in after the delta was written; a paired delta
     /// follows). `Ok(None)` when no base is published yet.
@@ -201,15 +201,18 @@ impl MappedState {
         dir: &Path,
         max_bytes: u64,
         stop: &dyn Fn() -> bool,
-        current: Option<&MappedState>,
+        reuse: &[Arc<MappedSnapshot>],
     ) -> Result<Option<MappedState>, StateError> {
-        let open = |name: &'static str, kind: Kind, reuse: Option<&Arc<MappedSnapshot>>| {
+        let open = |name: &'static str, kind: Kind| {
             let path = dir.join(name);
             let err = |source| StateError { file: name, source };
             let Some(id) = identity_of(&path) else {
                 return Ok(None);
             };
-            if let Some(m) = reuse.filter(|m| m.identity() == id) {
+            if let Some(m) = reuse
+                .iter()
+                .find(|m| m.identity() == id && m.header().kind == kind)
+            {
                 return Ok(Some(m.clone()));
             }
             let m = match MappedSnapshot::open_until(&path, max_bytes, stop) {
@@ -233,13 +236,8 @@ impl MappedState {
         // look again, a few times, for a pair.
         let mut last = None;
         for _ in 0..3 {
-            let delta = open(
-                snapshot::DELTA_NAME,
-                Kind::Delta,
-                current.and_then(|c| c.delta.as_ref()),
-            )?;
-            let Some(base) = open(snapshot::FILE_NAME, Kind::Base, current.map(|c| &c.base))?
-            else {
+            let delta = open(snapshot::DELTA_NAME, Kind::Delta)?;
+            let Some(base) = open(snapshot::FILE_NAME, Kind::Base)? else {
                 return Ok(None);
             };
             match delta {

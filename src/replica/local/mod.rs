@@ -81,6 +81,8 @@ struct Shared {
     /// The newest seq the leader announced on its socket, and since when it has been
     /// newer than the mapping.
     announced: Mutex<(u64, Option<Instant>)>,
+    /// A new base mapped and validated before the delta that pairs with it appeared.
+    spare_base: Mutex<Option<Arc<crate::storage::mapped::MappedSnapshot>>>,
     /// Set at shutdown: a validation in progress gives up.
     stopping: AtomicBool,
     config: LocalReplicaConfig,
@@ -106,6 +108,7 @@ impl LocalReplica {
                 stats: Mutex::new(Stats::default()),
                 loading_since: Mutex::new(None),
                 announced: Mutex::new((0, None)),
+                spare_base: Mutex::new(None),
                 stopping: AtomicBool::new(false),
                 config,
             }),
@@ -155,11 +158,17 @@ impl LocalReplica {
             return;
         }
         *s.loading_since.lock() = Some(Instant::now());
+        // The mapped files, and a base validated earlier that was ahead of its delta.
+        let mut reuse: Vec<_> = current
+            .iter()
+            .flat_map(|c| std::iter::once(c.base.clone()).chain(c.delta.clone()))
+            .collect();
+        reuse.extend(s.spare_base.lock().clone());
         let opened = MappedState::open(
             &s.config.data_dir,
             s.config.max_snapshot_bytes,
             &|| s.stopping.load(Ordering::Acquire),
-            current.as_deref(),
+            &reuse,
         )
         .map_err(|e| e.to_string())
         .and_then(|m| {
@@ -173,7 +182,9 @@ impl LocalReplica {
                         && m.seq() < cur.seq() =>
                 {
                     if m.base.header().seq >= cur.base.header().seq {
-                        // A compaction's base ahead of its delta: not an error.
+                        // A compaction's base ahead of its delta: not an error. Keep
+                        // its mapping: the delta that pairs with it follows.
+                        *s.spare_base.lock() = Some(m.base.clone());
                         Ok(None)
                     } else {
                         Err(format!(
@@ -192,6 +203,7 @@ impl LocalReplica {
             Ok(None) => {}
             Ok(Some(m)) if Some(m.identity()) == current_id => {}
             Ok(Some(m)) => {
+                s.spare_base.lock().take();
                 let seq = m.seq();
                 let words = m.words();
                 *s.current.write() = Some(Arc::new(m));

@@ -16,9 +16,15 @@ use rkyv::{Archive, Place, Serialize};
 
 use super::{ArchivedWordMap, SnapshotError};
 
-/// rkyv's load factor for its hash maps: the archive's layout must match what
-/// `HashMap`'s own `Serialize` would write, as lookups assume it.
-const LOAD_FACTOR: (usize, usize) = (7, 8);
+/// How full an archived table is. The capacity is stored in the archive (readers probe
+/// with it, and validation checks only that the length is below it), so each file may
+/// choose. A base is written as full as rkyv's own maps (7/8): it is large and most
+/// lookups find their word. A delta is written half full: most lookups do not find
+/// their word there, and a miss in a 7/8-full table walks several groups before it
+/// meets an empty slot.
+pub(super) fn load_factor(delta: bool) -> (usize, usize) {
+    if delta { (1, 2) } else { (7, 8) }
+}
 
 /// A borrowed word that archives as an `ArchivedString` and hashes as a `str` does
 /// (lookups hash the `&str` they are given).
@@ -58,6 +64,7 @@ where
 struct Entries<I> {
     iter: I,
     len: usize,
+    load_factor: (usize, usize),
 }
 
 /// The source's pairs, stopping at the announced length (rkyv sizes its tables from
@@ -89,7 +96,7 @@ impl<'a, I: Iterator<Item = (&'a str, u64)> + Clone> Archive for Entries<I> {
     type Resolver = HashMapResolver;
 
     fn resolve(&self, resolver: Self::Resolver, out: Place<Self::Archived>) {
-        ArchivedHashMap::resolve_from_len(self.len, LOAD_FACTOR, resolver, out);
+        ArchivedHashMap::resolve_from_len(self.len, self.load_factor, resolver, out);
     }
 }
 
@@ -106,7 +113,7 @@ where
         };
         ArchivedWordMap::serialize_from_iter::<_, Key<'a>, u64, Key<'a>, u64, _>(
             items,
-            LOAD_FACTOR,
+            self.load_factor,
             serializer,
         )
     }
@@ -115,7 +122,11 @@ where
 /// Writes the pairs of `entries` (each word once) as an archived map after whatever
 /// `writer` already holds, which must end 16-aligned. Returns the writer and the
 /// number of pairs.
-pub(super) fn write_entries<'a, W, I>(writer: W, entries: I) -> Result<(W, usize), SnapshotError>
+pub(super) fn write_entries<'a, W, I>(
+    writer: W,
+    entries: I,
+    load_factor: (usize, usize),
+) -> Result<(W, usize), SnapshotError>
 where
     W: Writer<rancor::Error>,
     I: Iterator<Item = (&'a str, u64)> + Clone,
@@ -126,7 +137,11 @@ where
     let mut arena = Arena::new();
     let mut serializer = Serializer::new(writer, arena.acquire(), ());
     rkyv::api::serialize_using::<_, rancor::Error>(
-        &Entries { iter: entries, len },
+        &Entries {
+            iter: entries,
+            len,
+            load_factor,
+        },
         &mut serializer,
     )
     .map_err(|e| SnapshotError::Serialize(e.to_string()))?;

@@ -176,11 +176,14 @@ where
             out.write_all(&delta_prefix(b))?;
         }
         let out = Stoppable { inner: out, stop };
-        let (writer, words) =
-            match encode::write_entries(rkyv::ser::writer::IoWriter::new(out), entries) {
-                Err(_) if stop() => return Err(SnapshotError::Cancelled),
-                r => r?,
-            };
+        let (writer, words) = match encode::write_entries(
+            rkyv::ser::writer::IoWriter::new(out),
+            entries,
+            encode::load_factor(base.is_some()),
+        ) {
+            Err(_) if stop() => return Err(SnapshotError::Cancelled),
+            r => r?,
+        };
         writer
             .into_inner()
             .inner

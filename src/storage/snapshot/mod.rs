@@ -278,7 +278,8 @@ where
     }
     // rkyv writes after what the buffer holds; its relative pointers do not care where
     // the archive starts, and 64 or 96 keeps it 16-aligned.
-    let (mut buf, words) = encode::write_entries(buf, entries)?;
+    let (mut buf, words) =
+        encode::write_entries(buf, entries, encode::load_factor(base.is_some()))?;
     let payload_len = (buf.len() - HEADER_LEN) as u64;
     let h = buf.as_mut_slice();
     h[..HEADER_LEN].copy_from_slice(&header_fields(kind, meta, payload_len, words as u64));

@@ -8,8 +8,9 @@
 //! The data flow — POST text → [`words`] → the table and its seq → the log, the backlog
 //! and the publisher → network and local replicas — in folders:
 //! - [`words`]: text → words (the Unicode and whitespace tokenizers).
-//! - [`storage`]: the table, the write batch, the write-ahead log, the snapshot format,
-//!   the memory-mapped snapshot (the crate's one `unsafe` module besides `main`'s
+//! - [`storage`]: the table (a word arena), the write batch, the write-ahead log, the
+//!   snapshot format (a base and a delta), the publisher's changes since the base, the
+//!   memory-mapped snapshot (the crate's one `unsafe` module besides `main`'s
 //!   config-file setup), the incarnation history. Knows nothing of HTTP.
 //! - [`leader`]: open and recover, ingest, shutdown, its routes and status; the
 //!   publisher thread, the notification socket, the backlog, the replication senders.

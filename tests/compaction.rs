@@ -36,14 +36,7 @@ async fn readers_see_whole_monotone_states_across_deltas_and_compactions() {
             let url = format!("{}/wordcount?{}", local.url, q.join("&"));
             let (mut last, mut reads) = (0u64, 0u64);
             while !done.load(Ordering::Acquire) {
-                let resp = http.get(&url).send().await.unwrap();
-                assert_eq!(resp.status(), 200);
-                let seq: u64 = resp.headers()["x-memdb-seq"]
-                    .to_str()
-                    .unwrap()
-                    .parse()
-                    .unwrap();
-                let body: HashMap<String, u64> = resp.json().await.unwrap();
+                let (seq, body) = counts_with_seq(&http, &url).await;
                 let v = body["pa"];
                 assert!(body.values().all(|&x| x == v), "a torn state: {body:?}");
                 assert_eq!(v, seq, "counts and seq from one state");

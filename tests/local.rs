@@ -1,7 +1,6 @@
 //! Local replicas: reads from the leader's memory-mapped snapshot, notified over the
 //! leader's Unix socket, with the file watch and poll as fallbacks.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -275,14 +274,7 @@ async fn readers_see_only_whole_monotonic_states_across_100_publishes() {
             let mut last = 0u64;
             let mut states = std::collections::BTreeSet::new();
             while !done.load(Ordering::Acquire) {
-                let resp = http.get(&url).send().await.unwrap();
-                assert_eq!(resp.status(), 200);
-                let seq: u64 = resp.headers()["x-memdb-seq"]
-                    .to_str()
-                    .unwrap()
-                    .parse()
-                    .unwrap();
-                let body: HashMap<String, u64> = resp.json().await.unwrap();
+                let (seq, body) = counts_with_seq(&http, &url).await;
                 let v = body["w0"];
                 assert!(body.values().all(|&x| x == v), "a mixed state: {body:?}");
                 assert_eq!(v, seq, "counts and seq header from one snapshot");

@@ -328,3 +328,15 @@ pub async fn scrape_metric(node: &Node, name: &str) -> f64 {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or_else(|| panic!("{name} not in /metrics"))
 }
+
+/// A `GET /wordcount` that must succeed: the seq header and the counts.
+pub async fn counts_with_seq(http: &reqwest::Client, url: &str) -> (u64, HashMap<String, u64>) {
+    let resp = http.get(url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let seq: u64 = resp.headers()["x-memdb-seq"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (seq, resp.json().await.unwrap())
+}

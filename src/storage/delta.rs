@@ -34,7 +34,7 @@ impl Changes {
     pub fn new(base: Arc<MappedSnapshot>, live: CountMap) -> Self {
         let live_new = live
             .iter()
-            .filter(|(w, _)| base.map().get(*w).is_none())
+            .filter(|(w, _)| base.lookup(w).is_none())
             .count() as u64;
         Changes {
             base,
@@ -71,7 +71,7 @@ impl Changes {
                     self.live_over_frozen += 1;
                     Some(c)
                 }
-                None => self.base.map().get(word.as_str()).map(|c| c.to_native()),
+                None => self.base.lookup(word),
             };
             if prev.is_none() && frozen.is_none() {
                 self.live_new += 1;
@@ -169,7 +169,7 @@ struct ArchivedIter<'a> {
         'a,
         rkyv::string::ArchivedString,
         rkyv::Archived<u64>,
-        rkyv::hash::FxHasher64,
+        crate::storage::snapshot::hasher::ArchiveHasher,
     >,
     taken: usize,
 }

@@ -84,15 +84,22 @@ impl MappedSnapshot {
         // payload at offset 64 is 16-aligned), and the file is never modified (module
         // docs), so the archive is still valid: no need to check it per lookup.
         unsafe {
-            rkyv::access_unchecked::<ArchivedWordMap>(
-                &self.mmap[self.header.kind.archive_offset()..],
-            )
+            rkyv::access_unchecked::<ArchivedWordMap>(&self.mmap[self.header.archive_offset()..])
         }
     }
 
-    /// The count of an (already normalised) word.
+    /// The count of an (already normalised) word: 0 if absent.
     pub fn get(&self, word: &str) -> u64 {
-        self.map().get(word).map(|v| v.to_native()).unwrap_or(0)
+        self.lookup(word).unwrap_or(0)
+    }
+
+    /// The count of a word, if the file holds it. Looks it up with the file's hash
+    /// key (every lookup in an archived table must: see
+    /// [`crate::storage::snapshot::hasher`]).
+    pub fn lookup(&self, word: &str) -> Option<u64> {
+        snapshot::hasher::with_key(self.header.key, || {
+            self.map().get(word).map(|v| v.to_native())
+        })
     }
 
     /// Bytes mapped.
@@ -137,9 +144,9 @@ impl MappedState {
     /// else the base's.
     pub fn get(&self, word: &str) -> u64 {
         if let Some(d) = &self.delta
-            && let Some(n) = d.map().get(word)
+            && let Some(n) = d.lookup(word)
         {
-            return n.to_native();
+            return n;
         }
         self.base.get(word)
     }
@@ -179,15 +186,15 @@ impl MappedState {
     /// Every word once with its count: the delta's words, then the base's that the
     /// delta does not hold.
     pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> {
-        let delta = self.delta.as_deref().map(|d| d.map());
+        let delta = self.delta.as_deref();
         let changed = delta
             .into_iter()
-            .flat_map(|m| m.iter().map(|(k, v)| (k.as_str(), v.to_native())));
+            .flat_map(|d| d.map().iter().map(|(k, v)| (k.as_str(), v.to_native())));
         let rest = self
             .base
             .map()
             .iter()
-            .filter(move |(k, _)| delta.is_none_or(|d| !d.contains_key(k.as_str())))
+            .filter(move |(k, _)| delta.is_none_or(|d| d.lookup(k.as_str()).is_none()))
             .map(|(k, v)| (k.as_str(), v.to_native()));
         changed.chain(rest)
     }

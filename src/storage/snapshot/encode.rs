@@ -126,6 +126,7 @@ pub(super) fn write_entries<'a, W, I>(
     writer: W,
     entries: I,
     load_factor: (usize, usize),
+    key: (u64, u64),
 ) -> Result<(W, usize), SnapshotError>
 where
     W: Writer<rancor::Error>,
@@ -136,14 +137,17 @@ where
     // stay with the thread.
     let mut arena = Arena::new();
     let mut serializer = Serializer::new(writer, arena.acquire(), ());
-    rkyv::api::serialize_using::<_, rancor::Error>(
-        &Entries {
-            iter: entries,
-            len,
-            load_factor,
-        },
-        &mut serializer,
-    )
+    // The table is laid out by each word's hash under the file's key.
+    super::hasher::with_key(Some(key), || {
+        rkyv::api::serialize_using::<_, rancor::Error>(
+            &Entries {
+                iter: entries,
+                len,
+                load_factor,
+            },
+            &mut serializer,
+        )
+    })
     .map_err(|e| SnapshotError::Serialize(e.to_string()))?;
     Ok((serializer.into_writer(), len))
 }

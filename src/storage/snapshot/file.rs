@@ -11,7 +11,7 @@ use rkyv::util::AlignedVec;
 
 use super::{
     BaseRef, Checksum, FILE_NAME, HEADER_LEN, Header, Kind, Meta, SnapshotError, TEMP_NAME,
-    delta_prefix, encode, header_fields, read_header, to_word_map, validate,
+    delta_prefix, encode, header_fields, key_bytes, new_key, read_header, to_word_map, validate,
 };
 use crate::storage::table::WordMap;
 
@@ -170,8 +170,10 @@ where
         } else {
             Kind::Base
         };
+        let key = new_key();
         let mut out = io::BufWriter::with_capacity(1 << 20, &file);
         out.write_all(&[0u8; HEADER_LEN])?;
+        out.write_all(&key_bytes(key))?;
         if let Some(b) = base {
             out.write_all(&delta_prefix(b))?;
         }
@@ -180,6 +182,7 @@ where
             rkyv::ser::writer::IoWriter::new(out),
             entries,
             encode::load_factor(base.is_some()),
+            key,
         ) {
             Err(_) if stop() => return Err(SnapshotError::Cancelled),
             r => r?,
@@ -206,6 +209,7 @@ where
         file.write_all_at(&head, 0)?;
         file.sync_all()?;
         let mut first = head.to_vec();
+        first.extend_from_slice(&key_bytes(key));
         if let Some(b) = base {
             first.extend_from_slice(&delta_prefix(b));
         }
@@ -311,11 +315,19 @@ mod tests {
             (Kind::Delta, 50, 2, Some(base_ref))
         );
         assert_eq!(h.total_words(), 3_002);
-        assert_eq!(archived.get("w1é").map(|v| v.to_native()), Some(99));
-        // The same bytes as the in-memory encoder, but for the time written.
-        let img =
-            crate::storage::snapshot::encode_entries(changes.iter().copied(), m, Some(base_ref))
-                .unwrap();
+        let got = crate::storage::snapshot::hasher::with_key(h.key, || {
+            archived.get("w1é").map(|v| v.to_native())
+        });
+        assert_eq!(got, Some(99));
+        // The same bytes as the in-memory encoder under the same key, but for the time
+        // written.
+        let img = crate::storage::snapshot::encode_keyed(
+            changes.iter().copied(),
+            m,
+            Some(base_ref),
+            h.key.unwrap(),
+        )
+        .unwrap();
         assert_eq!(img[HEADER_LEN..], bytes[HEADER_LEN..]);
     }
 

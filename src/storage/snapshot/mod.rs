@@ -25,17 +25,21 @@
 //!     40     8  words in the archive, u64 LE
 //!     48     8  written at, Unix milliseconds, u64 LE
 //!     56     8  checksum: xxh3-64 of bytes 0..56 followed by the payload
-//!     64     …  payload: rkyv archive of HashMap<String, u64> (an ArchivedHashMap)
+//!     64    16  version 2: the key its table is hashed with (see [`hasher`])
+//!     80     …  rkyv archive of HashMap<String, u64> (an ArchivedHashMap)
 //!
-//! a delta's payload starts with 32 bytes before its archive:
-//!     64     8  the base's checksum, u64 LE
-//!     72     8  the base's seq, u64 LE
-//!     80     8  distinct words in base and delta together, u64 LE
-//!     88     8  zero (reserved)
-//!     96     …  rkyv archive of the changed words' counts
+//! a delta's payload has 32 more bytes before its archive:
+//!     80     8  the base's checksum, u64 LE
+//!     88     8  the base's seq, u64 LE
+//!     96     8  distinct words in base and delta together, u64 LE
+//!    104     8  zero (reserved)
+//!    112     …  rkyv archive of the changed words' counts
 //! ```
 //!
-//! The header is 64 bytes and the delta's prefix 32, multiples of 16, so an archive
+//! Version 1 (still read) had no key: its archive starts at 64 and is hashed with
+//! rkyv's FxHash. The payload is everything after byte 64.
+//!
+//! The header is 64 bytes, the key 16 and the delta's prefix 32, multiples of 16, so an archive
 //! that starts page- or 16-aligned stays aligned for rkyv. The checksum covers the
 //! header fields too, so a flipped bit in `seq` is caught as surely as one in the
 //! payload. rkyv finds its root from the end of the buffer, so trailing garbage could
@@ -46,6 +50,7 @@
 
 mod encode;
 mod file;
+pub mod hasher;
 
 use std::io;
 
@@ -66,8 +71,11 @@ use crate::words::Tokenizer;
 
 pub const MAGIC: [u8; 8] = *b"MEMDBSNP";
 pub const DELTA_MAGIC: [u8; 8] = *b"MEMDBDLT";
-pub const VERSION: u32 = 1;
+/// The version written; version 1 files are read too.
+pub const VERSION: u32 = 2;
 pub const HEADER_LEN: usize = 64;
+/// A version 2 file's hash key, after the header.
+pub const KEY_LEN: usize = 16;
 /// Bytes of a delta's payload before its archive.
 pub const DELTA_PREFIX_LEN: usize = 32;
 /// The published base in a data directory.
@@ -81,7 +89,8 @@ pub const DELTA_TEMP_NAME: &str = ".delta.memdb.tmp";
 const CHECKSUM_OFFSET: usize = 56;
 
 /// The archived table as it lies in the file.
-pub type ArchivedWordMap = ArchivedHashMap<ArchivedString, rkyv::Archived<u64>>;
+pub type ArchivedWordMap =
+    ArchivedHashMap<ArchivedString, rkyv::Archived<u64>, hasher::ArchiveHasher>;
 
 /// Which of the two files a snapshot is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,14 +106,6 @@ impl Kind {
         match self {
             Kind::Base => MAGIC,
             Kind::Delta => DELTA_MAGIC,
-        }
-    }
-
-    /// Where the archive starts, from the start of the file.
-    pub fn archive_offset(self) -> usize {
-        match self {
-            Kind::Base => HEADER_LEN,
-            Kind::Delta => HEADER_LEN + DELTA_PREFIX_LEN,
         }
     }
 }
@@ -134,9 +135,25 @@ pub struct Header {
     pub checksum: u64,
     /// A delta's base (`None` for a base).
     pub base: Option<BaseRef>,
+    /// The key the table is hashed with (`None`: version 1, FxHash).
+    pub key: Option<(u64, u64)>,
 }
 
 impl Header {
+    /// Where a delta's prefix starts (after the header and the key).
+    fn prefix_offset(&self) -> usize {
+        HEADER_LEN + if self.key.is_some() { KEY_LEN } else { 0 }
+    }
+
+    /// Where the archive starts, from the start of the file.
+    pub fn archive_offset(&self) -> usize {
+        self.prefix_offset()
+            + match self.kind {
+                Kind::Base => 0,
+                Kind::Delta => DELTA_PREFIX_LEN,
+            }
+    }
+
     /// Distinct words in the state this file completes (for a delta, with its base).
     pub fn total_words(&self) -> u64 {
         self.base.map_or(self.words, |b| b.total_words)
@@ -155,7 +172,9 @@ pub enum SnapshotError {
     BadMagic,
     #[error("a {found:?} file where a {expected:?} was expected")]
     WrongKind { expected: Kind, found: Kind },
-    #[error("snapshot format version {0} is not supported (this build reads version {VERSION})")]
+    #[error(
+        "snapshot format version {0} is not supported (this build reads versions 1 and {VERSION})"
+    )]
     UnsupportedVersion(u32),
     #[error("unknown tokenizer code {0} in snapshot header")]
     UnknownTokenizer(u32),
@@ -266,20 +285,46 @@ pub fn encode_entries<'a, I>(
 where
     I: Iterator<Item = (&'a str, u64)> + Clone,
 {
+    encode_keyed(entries, meta, base, new_key())
+}
+
+/// A fresh random key for a file's table.
+fn new_key() -> (u64, u64) {
+    rand::random()
+}
+
+fn key_bytes(key: (u64, u64)) -> [u8; KEY_LEN] {
+    let mut b = [0u8; KEY_LEN];
+    b[0..8].copy_from_slice(&key.0.to_le_bytes());
+    b[8..16].copy_from_slice(&key.1.to_le_bytes());
+    b
+}
+
+/// [`encode_entries`] with the hash key given.
+fn encode_keyed<'a, I>(
+    entries: I,
+    meta: Meta,
+    base: Option<BaseRef>,
+    key: (u64, u64),
+) -> Result<AlignedVec, SnapshotError>
+where
+    I: Iterator<Item = (&'a str, u64)> + Clone,
+{
     let kind = if base.is_some() {
         Kind::Delta
     } else {
         Kind::Base
     };
-    let mut buf = AlignedVec::<16>::with_capacity(kind.archive_offset() + 64);
+    let mut buf = AlignedVec::<16>::with_capacity(HEADER_LEN + KEY_LEN + DELTA_PREFIX_LEN + 64);
     buf.extend_from_slice(&[0u8; HEADER_LEN]);
+    buf.extend_from_slice(&key_bytes(key));
     if let Some(b) = base {
         buf.extend_from_slice(&delta_prefix(b));
     }
     // rkyv writes after what the buffer holds; its relative pointers do not care where
-    // the archive starts, and 64 or 96 keeps it 16-aligned.
+    // the archive starts, and 80 or 112 keeps it 16-aligned.
     let (mut buf, words) =
-        encode::write_entries(buf, entries, encode::load_factor(base.is_some()))?;
+        encode::write_entries(buf, entries, encode::load_factor(base.is_some()), key)?;
     let payload_len = (buf.len() - HEADER_LEN) as u64;
     let h = buf.as_mut_slice();
     h[..HEADER_LEN].copy_from_slice(&header_fields(kind, meta, payload_len, words as u64));
@@ -308,9 +353,18 @@ pub fn read_header(bytes: &[u8], file_len: u64) -> Result<Header, SnapshotError>
         _ => return Err(SnapshotError::BadMagic),
     };
     let version = le_u32(bytes, 8);
-    if version != VERSION {
+    if version != 1 && version != VERSION {
         return Err(SnapshotError::UnsupportedVersion(version));
     }
+    let key = if version >= 2 {
+        if bytes.len() < HEADER_LEN + KEY_LEN {
+            return Err(SnapshotError::TooShort { len: bytes.len() });
+        }
+        Some((le_u64(bytes, HEADER_LEN), le_u64(bytes, HEADER_LEN + 8)))
+    } else {
+        None
+    };
+    let prefix = HEADER_LEN + if key.is_some() { KEY_LEN } else { 0 };
     let code = le_u32(bytes, 12);
     let tokenizer = Tokenizer::from_code(code).ok_or(SnapshotError::UnknownTokenizer(code))?;
     let payload_len = le_u64(bytes, 32);
@@ -324,10 +378,10 @@ pub fn read_header(bytes: &[u8], file_len: u64) -> Result<Header, SnapshotError>
     let base = match kind {
         Kind::Base => None,
         Kind::Delta => {
-            if bytes.len() < kind.archive_offset() {
+            if bytes.len() < prefix + DELTA_PREFIX_LEN {
                 return Err(SnapshotError::TooShort { len: bytes.len() });
             }
-            let p = HEADER_LEN;
+            let p = prefix;
             Some(BaseRef {
                 checksum: le_u64(bytes, p),
                 seq: le_u64(bytes, p + 8),
@@ -346,6 +400,7 @@ pub fn read_header(bytes: &[u8], file_len: u64) -> Result<Header, SnapshotError>
         written_unix_ms: le_u64(bytes, 48),
         checksum: le_u64(bytes, 56),
         base,
+        key,
     })
 }
 
@@ -371,10 +426,10 @@ pub fn validate_until<'a>(
             actual,
         });
     }
-    if header.kind == Kind::Delta && le_u64(bytes, HEADER_LEN + 24) != 0 {
+    if header.kind == Kind::Delta && le_u64(bytes, header.prefix_offset() + 24) != 0 {
         return Err(SnapshotError::Reserved);
     }
-    let archive = &bytes[header.kind.archive_offset()..];
+    let archive = &bytes[header.archive_offset()..];
     if archive.as_ptr().align_offset(16) != 0 {
         return Err(SnapshotError::Misaligned);
     }
@@ -436,15 +491,50 @@ pub(super) mod tests {
         assert_eq!(h.tokenizer, Tokenizer::Whitespace);
         assert_eq!(h.words, map.len() as u64);
         assert_eq!(h.payload_len as usize + HEADER_LEN, img.len());
+        let get = |w: &str| hasher::with_key(h.key, || archived.get(w).map(|v| v.to_native()));
         for (k, v) in &map {
-            assert_eq!(
-                archived.get(k.as_str()).map(|v| v.to_native()),
-                Some(*v),
-                "{k}"
-            );
+            assert_eq!(get(k), Some(*v), "{k}");
         }
-        assert!(archived.get("absent").is_none());
+        assert!(get("absent").is_none());
+        // Looked up without the file's key, a word is (almost always) not found.
+        let unkeyed = map
+            .keys()
+            .filter(|k| archived.get(k.as_str()).is_some())
+            .count();
+        assert!(unkeyed < map.len() / 10, "{unkeyed} found without the key");
         assert_eq!(to_word_map(archived), map);
+    }
+
+    /// A version 1 file, as the previous format wrote it: no key, the archive at 64,
+    /// laid out by rkyv's own `HashMap` serializer with FxHash.
+    fn version_1_image(map: &WordMap) -> AlignedVec {
+        let mut buf = AlignedVec::<16>::new();
+        buf.extend_from_slice(&[0u8; HEADER_LEN]);
+        let std_map: std::collections::HashMap<String, u64> =
+            map.iter().map(|(w, n)| (w.clone(), *n)).collect();
+        let mut buf = rkyv::api::high::to_bytes_in::<_, rancor::Error>(&std_map, buf).unwrap();
+        let payload_len = (buf.len() - HEADER_LEN) as u64;
+        let mut head = header_fields(Kind::Base, meta(), payload_len, map.len() as u64);
+        head[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let sum = checksum(&head, &buf[HEADER_LEN..], &|| false).unwrap();
+        head[56..64].copy_from_slice(&sum.to_le_bytes());
+        buf.as_mut_slice()[..HEADER_LEN].copy_from_slice(&head);
+        buf
+    }
+
+    #[test]
+    fn a_version_1_file_is_still_read() {
+        let map = sample(500);
+        let img = version_1_image(&map);
+        let (h, archived) = validate(&img).unwrap();
+        assert_eq!(
+            (h.version, h.key, h.archive_offset()),
+            (1, None, HEADER_LEN)
+        );
+        for (k, v) in &map {
+            let got = hasher::with_key(h.key, || archived.get(k.as_str()).map(|v| v.to_native()));
+            assert_eq!(got, Some(*v), "{k}");
+        }
     }
 
     #[test]
@@ -495,10 +585,10 @@ pub(super) mod tests {
             SnapshotError::BadMagic
         ));
         let mut bad = img.to_vec();
-        bad[8..12].copy_from_slice(&2u32.to_le_bytes());
+        bad[8..12].copy_from_slice(&3u32.to_le_bytes());
         assert!(matches!(
             validate(&aligned(&bad)).unwrap_err(),
-            SnapshotError::UnsupportedVersion(2)
+            SnapshotError::UnsupportedVersion(3)
         ));
         let mut bad = img.to_vec();
         bad[12..16].copy_from_slice(&9u32.to_le_bytes());
@@ -540,7 +630,8 @@ pub(super) mod tests {
         let (h, archived) = validate(&img).unwrap();
         assert_eq!((h.kind, h.words, h.total_words()), (Kind::Delta, 2, 7));
         assert_eq!(h.base.map(|b| (b.checksum, b.seq)), Some((0x1234, 40)));
-        assert_eq!(archived.get("bé").map(|v| v.to_native()), Some(9));
+        let got = hasher::with_key(h.key, || archived.get("bé").map(|v| v.to_native()));
+        assert_eq!(got, Some(9));
         assert_every_flip_rejected(&img);
     }
 
@@ -548,7 +639,7 @@ pub(super) mod tests {
     fn a_delta_with_a_nonzero_reserved_field_is_rejected() {
         let img = delta_image();
         let mut bad = img.to_vec();
-        bad[HEADER_LEN + 24] = 1;
+        bad[HEADER_LEN + KEY_LEN + 24] = 1;
         // Re-sign it, so that only the reserved field is wrong.
         let sum = checksum(&bad[..HEADER_LEN], &bad[HEADER_LEN..], &|| false).unwrap();
         bad[56..64].copy_from_slice(&sum.to_le_bytes());
@@ -557,8 +648,8 @@ pub(super) mod tests {
             SnapshotError::Reserved
         ));
         // A delta cut inside its prefix.
-        let mut short = img[..HEADER_LEN + 8].to_vec();
-        short[32..40].copy_from_slice(&8u64.to_le_bytes());
+        let mut short = img[..HEADER_LEN + KEY_LEN + 8].to_vec();
+        short[32..40].copy_from_slice(&((KEY_LEN + 8) as u64).to_le_bytes());
         assert!(matches!(
             validate(&aligned(&short)).unwrap_err(),
             SnapshotError::TooShort { .. }

@@ -1,0 +1,215 @@
+//! The snapshot format's unit tests: round trips, every kind of damage rejected, both
+//! versions read.
+
+use super::*;
+
+pub(super) fn sample(n: usize) -> WordMap {
+    let mut m = WordMap::default();
+    for i in 0..n {
+        m.insert(format!("w{i}é"), i as u64 * 7 + 1);
+    }
+    m.insert(String::new() + "hello", 2);
+    m
+}
+
+pub(super) fn meta() -> Meta {
+    Meta {
+        tokenizer: Tokenizer::Whitespace,
+        seq: 42,
+        incarnation: Incarnation::from_raw(0xdead_beef).unwrap(),
+    }
+}
+
+/// Copies into a 16-aligned buffer, as a mapping or `load` would provide.
+fn aligned(bytes: &[u8]) -> AlignedVec {
+    let mut v = AlignedVec::<16>::new();
+    v.extend_from_slice(bytes);
+    v
+}
+
+#[test]
+fn round_trip_keeps_every_key_and_the_header() {
+    let map = sample(10_000);
+    let img = encode(&map, meta()).unwrap();
+    let (h, archived) = validate(&img).unwrap();
+    assert_eq!(h.seq, 42);
+    assert_eq!(h.incarnation, Incarnation::from_raw(0xdead_beef));
+    assert_eq!(h.tokenizer, Tokenizer::Whitespace);
+    assert_eq!(h.words, map.len() as u64);
+    assert_eq!(h.payload_len as usize + HEADER_LEN, img.len());
+    let get = |w: &str| hasher::with_key(h.key, || archived.get(w).map(|v| v.to_native()));
+    for (k, v) in &map {
+        assert_eq!(get(k), Some(*v), "{k}");
+    }
+    assert!(get("absent").is_none());
+    // Looked up without the file's key, a word is (almost always) not found.
+    let unkeyed = map
+        .keys()
+        .filter(|k| archived.get(k.as_str()).is_some())
+        .count();
+    assert!(unkeyed < map.len() / 10, "{unkeyed} found without the key");
+    assert_eq!(to_word_map(archived), map);
+}
+
+/// A version 1 file, as the previous format wrote it: no key, the archive at 64,
+/// laid out by rkyv's own `HashMap` serializer with FxHash.
+fn version_1_image(map: &WordMap) -> AlignedVec {
+    let mut buf = AlignedVec::<16>::new();
+    buf.extend_from_slice(&[0u8; HEADER_LEN]);
+    let std_map: std::collections::HashMap<String, u64> =
+        map.iter().map(|(w, n)| (w.clone(), *n)).collect();
+    let mut buf = rkyv::api::high::to_bytes_in::<_, rancor::Error>(&std_map, buf).unwrap();
+    let payload_len = (buf.len() - HEADER_LEN) as u64;
+    let mut head = header_fields(Kind::Base, meta(), payload_len, map.len() as u64);
+    head[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let sum = checksum(&head, &buf[HEADER_LEN..], &|| false).unwrap();
+    head[56..64].copy_from_slice(&sum.to_le_bytes());
+    buf.as_mut_slice()[..HEADER_LEN].copy_from_slice(&head);
+    buf
+}
+
+#[test]
+fn a_version_1_file_is_still_read() {
+    let map = sample(500);
+    let img = version_1_image(&map);
+    let (h, archived) = validate(&img).unwrap();
+    assert_eq!(
+        (h.version, h.key, h.archive_offset()),
+        (1, None, HEADER_LEN)
+    );
+    for (k, v) in &map {
+        let got = hasher::with_key(h.key, || archived.get(k.as_str()).map(|v| v.to_native()));
+        assert_eq!(got, Some(*v), "{k}");
+    }
+}
+
+#[test]
+fn empty_table_round_trips() {
+    let img = encode(&WordMap::default(), meta()).unwrap();
+    let (h, archived) = validate(&img).unwrap();
+    assert_eq!((h.words, archived.len()), (0, 0));
+}
+
+#[test]
+fn truncated_files_are_rejected() {
+    let img = encode(&sample(100), meta()).unwrap();
+    for cut in [
+        0,
+        10,
+        HEADER_LEN - 1,
+        HEADER_LEN,
+        img.len() / 2,
+        img.len() - 1,
+    ] {
+        let err = validate(&aligned(&img[..cut])).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SnapshotError::TooShort { .. } | SnapshotError::LengthMismatch { .. }
+            ),
+            "cut at {cut}: {err}"
+        );
+    }
+}
+
+#[test]
+fn trailing_garbage_is_rejected() {
+    let img = encode(&sample(100), meta()).unwrap();
+    let mut longer = img.to_vec();
+    longer.extend_from_slice(&encode(&WordMap::default(), meta()).unwrap()[HEADER_LEN..]);
+    let err = validate(&aligned(&longer)).unwrap_err();
+    assert!(matches!(err, SnapshotError::LengthMismatch { .. }), "{err}");
+}
+
+#[test]
+fn wrong_magic_and_version_are_rejected() {
+    let img = encode(&sample(10), meta()).unwrap();
+    let mut bad = img.to_vec();
+    bad[0] = b'X';
+    assert!(matches!(
+        validate(&aligned(&bad)).unwrap_err(),
+        SnapshotError::BadMagic
+    ));
+    let mut bad = img.to_vec();
+    bad[8..12].copy_from_slice(&3u32.to_le_bytes());
+    assert!(matches!(
+        validate(&aligned(&bad)).unwrap_err(),
+        SnapshotError::UnsupportedVersion(3)
+    ));
+    let mut bad = img.to_vec();
+    bad[12..16].copy_from_slice(&9u32.to_le_bytes());
+    assert!(matches!(
+        validate(&aligned(&bad)).unwrap_err(),
+        SnapshotError::UnknownTokenizer(9)
+    ));
+}
+
+/// Every position, header included: a flip anywhere must fail validation.
+fn assert_every_flip_rejected(img: &[u8]) {
+    for i in 0..img.len() {
+        let mut bad = img.to_vec();
+        bad[i] ^= 0x10;
+        assert!(
+            validate(&aligned(&bad)).is_err(),
+            "flip at byte {i} accepted"
+        );
+    }
+}
+
+#[test]
+fn every_flipped_byte_is_rejected() {
+    assert_every_flip_rejected(&encode(&sample(20), meta()).unwrap());
+}
+
+fn delta_image() -> AlignedVec {
+    let base = BaseRef {
+        checksum: 0x1234,
+        seq: 40,
+        total_words: 7,
+    };
+    encode_entries([("a", 3u64), ("bé", 9)].into_iter(), meta(), Some(base)).unwrap()
+}
+
+#[test]
+fn a_delta_round_trips_and_every_flipped_byte_is_rejected() {
+    let img = delta_image();
+    let (h, archived) = validate(&img).unwrap();
+    assert_eq!((h.kind, h.words, h.total_words()), (Kind::Delta, 2, 7));
+    assert_eq!(h.base.map(|b| (b.checksum, b.seq)), Some((0x1234, 40)));
+    let got = hasher::with_key(h.key, || archived.get("bé").map(|v| v.to_native()));
+    assert_eq!(got, Some(9));
+    assert_every_flip_rejected(&img);
+}
+
+#[test]
+fn a_delta_with_a_nonzero_reserved_field_is_rejected() {
+    let img = delta_image();
+    let mut bad = img.to_vec();
+    bad[HEADER_LEN + KEY_LEN + 24] = 1;
+    // Re-sign it, so that only the reserved field is wrong.
+    let sum = checksum(&bad[..HEADER_LEN], &bad[HEADER_LEN..], &|| false).unwrap();
+    bad[56..64].copy_from_slice(&sum.to_le_bytes());
+    assert!(matches!(
+        validate(&aligned(&bad)).unwrap_err(),
+        SnapshotError::Reserved
+    ));
+    // A delta cut inside its prefix.
+    let mut short = img[..HEADER_LEN + KEY_LEN + 8].to_vec();
+    short[32..40].copy_from_slice(&((KEY_LEN + 8) as u64).to_le_bytes());
+    assert!(matches!(
+        validate(&aligned(&short)).unwrap_err(),
+        SnapshotError::TooShort { .. }
+    ));
+}
+
+#[test]
+fn misaligned_payload_is_refused_not_misread() {
+    let img = encode(&sample(10), meta()).unwrap();
+    let mut shifted = AlignedVec::<16>::new();
+    shifted.extend_from_slice(&[0u8]);
+    shifted.extend_from_slice(&img);
+    assert!(matches!(
+        validate(&shifted[1..]).unwrap_err(),
+        SnapshotError::Misaligned
+    ));
+}

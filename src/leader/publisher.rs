@@ -363,8 +363,8 @@ impl Worker {
     /// is under way.
     fn maybe_compact(&mut self) {
         let base_words = self.changes.base().header().words;
-        let limit = (self.compact_after as u64).max(base_words / COMPACT_FRACTION);
-        if self.compaction.is_some() || (self.changes.len() as u64) < limit {
+        let due = compaction_due(self.changes.len(), base_words, self.compact_after);
+        if self.compaction.is_some() || !due {
             return;
         }
         let Some((frozen, _)) = self.changes.freeze() else {
@@ -485,5 +485,35 @@ impl Worker {
             self.changes.thaw();
             self.stats.lock().compacting = false;
         }
+    }
+}
+
+/// Whether a delta of `delta_words` over a base of `base_words` should be merged into
+/// a new base: once it holds an eighth of the base or `compact_after` words, whichever
+/// is more. An empty delta never is (a `compact_after` of 0 must not rewrite the base
+/// every interval).
+fn compaction_due(delta_words: usize, base_words: u64, compact_after: usize) -> bool {
+    let limit = (compact_after as u64)
+        .max(base_words / COMPACT_FRACTION)
+        .max(1);
+    delta_words as u64 >= limit
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compaction_due;
+
+    #[test]
+    fn a_compaction_is_due_at_an_eighth_of_the_base_or_the_minimum_never_when_empty() {
+        assert!(
+            !compaction_due(0, 0, 0),
+            "an empty delta over an empty base"
+        );
+        assert!(!compaction_due(0, 1_000, 0), "an empty delta");
+        assert!(compaction_due(1, 0, 0));
+        assert!(!compaction_due(99, 0, 100));
+        assert!(compaction_due(100, 0, 100));
+        assert!(!compaction_due(124_999, 1_000_000, 100), "under an eighth");
+        assert!(compaction_due(125_000, 1_000_000, 100));
     }
 }

@@ -111,6 +111,18 @@ impl CountMap {
         (0, n)
     }
 
+    /// Adds `n` to `word`'s count (saturating) if the word is there; `false` if not.
+    pub fn add_if_present(&mut self, word: &str, n: u64) -> bool {
+        match self.find(word) {
+            Some(i) => {
+                let e = &mut self.entries[i];
+                e.count = e.count.saturating_add(n);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Sets `word`'s count; a zero count removes it.
     pub fn set(&mut self, word: &str, count: u64) {
         match self.find(word) {

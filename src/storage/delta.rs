@@ -61,8 +61,7 @@ impl Changes {
     /// Adds one batch's counts (saturating, as the table does).
     pub fn apply(&mut self, deltas: &Deltas) {
         for (word, n) in deltas {
-            if self.live.get(word).is_some() {
-                self.live.add(word, *n);
+            if self.live.add_if_present(word, *n) {
                 continue;
             }
             let frozen = self.frozen.as_ref().and_then(|f| f.get(word.as_str()));

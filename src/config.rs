@@ -98,6 +98,43 @@ pub struct LeaderConfig {
     /// Where a leader that cannot write its data directory at shutdown saves the
     /// table instead; default the system's temp directory.
     pub rescue_dir: Option<PathBuf>,
+    /// Set: this node is a voter of a raft group (see [`crate::consensus`]).
+    pub raft: Option<RaftConfig>,
+}
+
+/// A voter's raft settings.
+#[derive(Debug, Clone)]
+pub struct RaftConfig {
+    /// This node's id in the group (each voter's differs).
+    pub node_id: u64,
+    /// The group's voters, id → URL, to form it at first start; empty: wait to be
+    /// formed (`POST /raft/init`) or added (`POST /raft/learners` on the leader).
+    pub peers: std::collections::BTreeMap<u64, String>,
+    /// The group's name: RPCs naming another are refused. Default `memdb`.
+    pub cluster: String,
+    /// A follower that hears no leader for this long (to twice it, at random) starts
+    /// an election. Default 500ms.
+    pub election_timeout: Duration,
+    /// How often the leader sends heartbeats. Default 100ms.
+    pub heartbeat: Duration,
+    /// Take a raft snapshot after this many log entries. Default 20 000.
+    pub snapshot_every: u64,
+    /// How long a write waits to be committed before answering 503. Default 5s.
+    pub write_timeout: Duration,
+}
+
+impl RaftConfig {
+    pub fn new(node_id: u64) -> Self {
+        RaftConfig {
+            node_id,
+            peers: Default::default(),
+            cluster: "memdb".into(),
+            election_timeout: Duration::from_millis(500),
+            heartbeat: Duration::from_millis(100),
+            snapshot_every: 20_000,
+            write_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 impl LeaderConfig {
@@ -122,6 +159,7 @@ impl LeaderConfig {
             wal: crate::storage::log::WalOptions::default(),
             serving: Serving::default(),
             rescue_dir: None,
+            raft: None,
         }
     }
 }

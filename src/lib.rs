@@ -28,6 +28,7 @@
 pub mod backoff;
 pub mod client;
 pub mod config;
+pub mod consensus;
 pub mod leader;
 pub mod perf;
 pub mod protocol;

@@ -69,6 +69,16 @@ impl Backlog {
         }
     }
 
+    /// Starts over at `batch`, whose seq may skip ahead (a raft snapshot installed):
+    /// replicas behind it re-sync.
+    pub fn restart(&mut self, batch: Arc<Batch>) {
+        self.batches.clear();
+        self.applied.clear();
+        self.bytes = 0;
+        self.last_seq = batch.seq - 1;
+        self.push(batch);
+    }
+
     /// When the oldest batch a replica at `acked` lacks was applied: `None` if it lacks
     /// nothing. If that batch was already evicted, the oldest held (so the lag it
     /// gives is a lower bound); if none is held (a restarted leader), `None`.

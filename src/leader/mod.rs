@@ -32,8 +32,8 @@ use crate::storage::delta::Changes;
 use crate::storage::history::History;
 use crate::storage::log::Wal;
 use crate::storage::snapshot::{self, SnapshotError};
-use crate::storage::table::Table;
-use crate::words::Tokenizer;
+use crate::storage::table::{CountMap, Table};
+use crate::words::{Deltas, Tokenizer};
 
 use open::{base_or_empty, lock_data_dir, recover, replica_set};
 
@@ -74,6 +74,8 @@ pub enum LeaderError {
     Shutdown(#[from] ShutdownError),
     #[error("--replica: {0}")]
     Replica(#[from] crate::leader::replication::ReplicaUrlError),
+    #[error("raft: {0}")]
+    Raft(String),
 }
 
 /// Why a shutdown could not leave every applied write in the data directory.
@@ -143,7 +145,13 @@ struct Shared {
     /// Declared before `wal`: fields drop in order, and the publisher holds a handle
     /// to the log that must be gone before the log's writer can stop.
     publisher: Publisher,
-    wal: Wal,
+    /// The single-leader write-ahead log; `None` in a raft group, whose raft log is
+    /// the node's log.
+    wal: Option<Wal>,
+    /// Set once the raft engine runs (a voter of a raft group).
+    consensus: std::sync::OnceLock<crate::consensus::Consensus>,
+    /// The raft snapshot the table was restored from, for the raft engine to take.
+    raft_boot: Mutex<Option<crate::consensus::state_machine::StoredMeta>>,
     replicas: Arc<ReplicaSet>,
     config: LeaderConfig,
     incarnation: Incarnation,
@@ -181,15 +189,32 @@ impl Leader {
     pub fn open(config: LeaderConfig) -> Result<Leader, LeaderError> {
         let dir = config.data_dir.clone();
         let lock = lock_data_dir(&dir)?;
-        let recovered = recover(&dir, config.tokenizer)?;
+        let (recovered, raft_boot) = if config.raft.is_some() {
+            let (r, boot) = open::recover_voter(&dir, config.tokenizer)?;
+            (r, boot)
+        } else {
+            (recover(&dir, config.tokenizer)?, None)
+        };
         let table = recovered.table;
         let published_seq = recovered.state.as_ref().map_or(0, |s| s.seq());
         let seq = table.seq();
-        let wal = Wal::open(&dir, seq, config.wal).map_err(io_err("opening the log in", &dir))?;
+        let wal = if config.raft.is_some() {
+            None
+        } else {
+            Some(Wal::open(&dir, seq, config.wal).map_err(io_err("opening the log in", &dir))?)
+        };
         // A new incarnation with every process, continuing the recorded history up to
         // what was recovered: replicas within it catch up; those ahead full-sync.
-        let history =
-            History::begin(&dir, seq).map_err(io_err("recording the history in", &dir))?;
+        let history = match &config.raft {
+            // Every voter numbers the same batches the same way: one history for the
+            // group, named by it, so local replicas never step back across restarts
+            // and failovers.
+            Some(r) => History {
+                incarnation: crate::consensus::group_incarnation(&r.cluster),
+                ancestors: Vec::new(),
+            },
+            None => History::begin(&dir, seq).map_err(io_err("recording the history in", &dir))?,
+        };
         let incarnation = history.incarnation;
         let push_secret = format!("{:032x}", rand::random::<u128>());
         let (seq_tx, seq_rx) = watch::channel(seq);
@@ -213,7 +238,10 @@ impl Leader {
             incarnation,
             interval: config.snapshot_interval,
             compact_after: config.compact_after,
-            on_published: Box::new(wal.checkpointer()),
+            on_published: match &wal {
+                Some(w) => Box::new(w.checkpointer()),
+                None => Box::new(|_| {}),
+            },
         });
         let socket_path = config
             .socket
@@ -223,7 +251,7 @@ impl Leader {
         let replicas = replica_set(
             &config,
             backlog.clone(),
-            &wal,
+            wal.as_ref(),
             seq_rx,
             incarnation,
             &push_secret,
@@ -242,6 +270,8 @@ impl Leader {
                 seq_tx,
                 publisher,
                 wal,
+                consensus: std::sync::OnceLock::new(),
+                raft_boot: Mutex::new(raft_boot),
                 replicas,
                 config,
                 incarnation,
@@ -299,31 +329,46 @@ impl Leader {
                 words: 0,
             });
         }
+        let wal = s.wal.as_ref().expect("a single leader has a log");
         let hashes: Vec<u64> = deltas
             .iter()
             .map(|(w, _)| crate::storage::table::word_hash(w))
             .collect();
         let seq = {
             let mut table = s.table.write();
-            if s.wal.health().is_failed() {
+            if wal.health().is_failed() {
                 drop(table);
                 s.refused.fetch_add(1, Ordering::Relaxed);
                 return Err(IngestError::LogFailed(
-                    s.wal.health().failure().unwrap_or_default(),
+                    wal.health().failure().unwrap_or_default(),
                 ));
             }
-            let seq = table.seq() + 1;
-            table.apply_hashed(&deltas, &hashes, seq);
-            let batch = Arc::new(Batch {
-                seq,
-                deltas,
-                digest: Some(table.digest()),
-            });
-            s.backlog.lock().push(batch.clone());
-            s.wal.append(batch.clone());
-            s.publisher.push(batch);
-            seq
+            let batch = self.apply_locked(&mut table, deltas, &hashes);
+            wal.append(batch.clone());
+            s.publisher.push(batch.clone());
+            batch.seq
         };
+        self.advance(seq, words);
+        Ok(Ingested { seq, words })
+    }
+
+    /// Applies `deltas` as the next seq under the table's write lock and queues the
+    /// batch for the replicas.
+    fn apply_locked(&self, table: &mut Table, deltas: Deltas, hashes: &[u64]) -> Arc<Batch> {
+        let seq = table.seq() + 1;
+        table.apply_hashed(&deltas, hashes, seq);
+        let batch = Arc::new(Batch {
+            seq,
+            deltas,
+            digest: Some(table.digest()),
+        });
+        self.shared.backlog.lock().push(batch.clone());
+        batch
+    }
+
+    /// Tells `min_seq` readers and the senders about `seq`, and counts the write.
+    fn advance(&self, seq: u64, words: u64) {
+        let s = &self.shared;
         s.seq_tx.send_if_modified(|cur| {
             let newer = seq > *cur;
             if newer {
@@ -333,7 +378,111 @@ impl Leader {
         });
         s.words_ingested.fetch_add(words, Ordering::Relaxed);
         s.posts.fetch_add(1, Ordering::Relaxed);
-        Ok(Ingested { seq, words })
+    }
+
+    /// A voter applies a committed raft entry: the next seq (the raft log is the
+    /// write-ahead log here). Returns the seq.
+    pub fn apply_committed(&self, deltas: Deltas) -> u64 {
+        let s = &self.shared;
+        let words = deltas.iter().map(|(_, n)| *n).sum();
+        let hashes: Vec<u64> = deltas
+            .iter()
+            .map(|(w, _)| crate::storage::table::word_hash(w))
+            .collect();
+        let seq = {
+            let mut table = s.table.write();
+            let batch = self.apply_locked(&mut table, deltas, &hashes);
+            s.publisher.push(batch.clone());
+            batch.seq
+        };
+        self.advance(seq, words);
+        seq
+    }
+
+    /// A voter installs a raft snapshot from the leader: the table becomes `map` at
+    /// `seq`. Counts only grow, so the difference is a batch of additions, which the
+    /// publisher and replicas take like any other (the backlog restarts at it).
+    pub fn install_table(&self, map: CountMap, seq: u64) {
+        let s = &self.shared;
+        let mut table = s.table.write();
+        if seq <= table.seq() {
+            return;
+        }
+        let mut deltas = Deltas::new();
+        for (w, n) in map.iter() {
+            let old = table.map().get(w).unwrap_or(0);
+            if n > old {
+                deltas.push((w.to_owned(), n - old));
+            }
+        }
+        let hashes: Vec<u64> = deltas
+            .iter()
+            .map(|(w, _)| crate::storage::table::word_hash(w))
+            .collect();
+        table.apply_hashed(&deltas, &hashes, seq);
+        let batch = Arc::new(Batch {
+            seq,
+            deltas,
+            digest: Some(table.digest()),
+        });
+        s.backlog.lock().restart(batch.clone());
+        s.publisher.push(batch);
+        drop(table);
+        self.advance(seq, 0);
+    }
+
+    /// A copy of the table and its seq (for a raft snapshot, taken off the lock).
+    pub fn table_copy(&self) -> (CountMap, u64) {
+        let t = self.shared.table.read();
+        (t.map().clone(), t.seq())
+    }
+
+    /// What a snapshot of this node's table at `seq` says about itself.
+    pub fn snapshot_meta(&self, seq: u64) -> snapshot::Meta {
+        snapshot::Meta {
+            tokenizer: self.shared.config.tokenizer,
+            seq,
+            incarnation: self.shared.incarnation,
+        }
+    }
+
+    /// The seq the table reflects now.
+    pub fn current_seq(&self) -> u64 {
+        self.shared.table.read().seq()
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.shared.config.data_dir
+    }
+
+    /// The raft engine, on a voter of a raft group.
+    pub fn consensus(&self) -> Option<&crate::consensus::Consensus> {
+        self.shared.consensus.get()
+    }
+
+    /// Starts the raft engine (a voter: `config.raft` is set). Call once, after
+    /// [`Leader::open`].
+    pub async fn start_consensus(&self) -> Result<(), LeaderError> {
+        let s = &self.shared;
+        let Some(cfg) = s.config.raft.clone() else {
+            return Ok(());
+        };
+        let boot = s.raft_boot.lock().take();
+        let c = crate::consensus::Consensus::start(
+            self.clone(),
+            cfg,
+            boot,
+            s.config.wal.fsync,
+            s.config
+                .serving
+                .auth_token
+                .as_ref()
+                .map(|t| t.header_value()),
+        )
+        .await
+        .map_err(LeaderError::Raft)?;
+        let _ = s.consensus.set(c);
+        Ok(())
     }
 
     /// Publishes a snapshot now (if anything changed); returns the seq on disk.
@@ -352,6 +501,10 @@ impl Leader {
     /// or what was lost: never a quiet success with lost data.
     pub async fn shutdown(&self) -> Result<u64, ShutdownError> {
         let s = &self.shared;
+        if let Some(c) = s.consensus.get() {
+            return self.shutdown_voter(c).await;
+        }
+        let wal = s.wal.as_ref().expect("a single leader has a log");
         let seq = self.seq();
         if !s.replicas.is_empty() && !s.replicas.drain(seq, s.config.drain_timeout).await {
             tracing::warn!(seq, "not every replica caught up before the drain timeout");
@@ -363,7 +516,15 @@ impl Leader {
             Err(e) => tracing::error!(error = %e, "final snapshot failed"),
         }
         let me = self.clone();
-        let synced = match tokio::task::spawn_blocking(move || me.shared.wal.sync()).await {
+        let synced = match tokio::task::spawn_blocking(move || {
+            me.shared
+                .wal
+                .as_ref()
+                .expect("a single leader has a log")
+                .sync()
+        })
+        .await
+        {
             Ok(r) => r.map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
@@ -386,7 +547,7 @@ impl Leader {
             .ok()
             .copied()
             .max(synced.as_ref().ok().copied())
-            .unwrap_or_else(|| s.wal.durable_seq())
+            .unwrap_or_else(|| wal.durable_seq())
             .max(s.publisher.stats().seq);
         Err(match self.rescue() {
             Ok(path) => ShutdownError::Rescued {
@@ -410,6 +571,23 @@ impl Leader {
                 error: e.to_string(),
             },
         })
+    }
+
+    /// A voter's shutdown: stop the raft engine (nothing more is applied), publish the
+    /// final snapshot for the local replicas. What it applied is in its raft log.
+    async fn shutdown_voter(&self, c: &crate::consensus::Consensus) -> Result<u64, ShutdownError> {
+        let s = &self.shared;
+        if let Err(e) = c.raft.shutdown().await {
+            tracing::error!(error = %e, "stopping the raft engine");
+        }
+        s.replicas.shutdown().await;
+        match self.flush_snapshot().await {
+            Ok(p) => tracing::info!(seq = p, "final snapshot published"),
+            Err(e) => tracing::error!(error = %e, "final snapshot failed"),
+        }
+        s.notifier_stop.cancel();
+        let _ = fs::remove_file(&s.socket_path);
+        Ok(self.seq())
     }
 
     /// Writes the whole table as a snapshot file into the rescue directory.

@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use crate::config::LeaderConfig;
+use crate::consensus::state_machine::StoredMeta;
 use crate::leader::backlog::Backlog;
 use crate::leader::replication::{LogSource, ReplicaSet};
 use crate::protocol::Incarnation;
@@ -28,7 +29,7 @@ use super::{LOCK_FILE, LeaderError, io_err};
 pub(super) fn replica_set(
     config: &LeaderConfig,
     backlog: Arc<Mutex<Backlog>>,
-    wal: &Wal,
+    wal: Option<&Wal>,
     seq_rx: watch::Receiver<u64>,
     incarnation: Incarnation,
     push_secret: &str,
@@ -41,7 +42,7 @@ pub(super) fn replica_set(
     };
     let replicas = Arc::new(ReplicaSet::new(
         backlog,
-        Some(LogSource {
+        wal.map(|wal| LogSource {
             dir: config.data_dir.clone(),
             written: wal.written(),
         }),
@@ -172,6 +173,53 @@ pub(super) fn recover(dir: &Path, tokenizer: Tokenizer) -> Result<Recovered, Lea
         state,
         changed,
     })
+}
+
+/// A voter's table at start: the raft snapshot (whose file becomes the publisher's
+/// base), or empty; the raft engine then applies the committed log past it. The
+/// publisher's own files are output here, never input: a delta is removed, and
+/// without a raft snapshot an empty base replaces the base.
+pub(super) fn recover_voter(
+    dir: &Path,
+    tokenizer: Tokenizer,
+) -> Result<(Recovered, Option<StoredMeta>), LeaderError> {
+    if !log::segments(dir)
+        .map_err(io_err("listing the log in", dir))?
+        .is_empty()
+    {
+        return Err(LeaderError::Raft(format!(
+            "{} holds a single leader's write-ahead log: a raft voter needs its own data \
+             directory (to move a single leader's data into a group, start the group empty \
+             and ingest the table from GET /sync)",
+            dir.display()
+        )));
+    }
+    let raft_dir = dir.join("raft");
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&raft_dir)
+        .map_err(io_err("creating", &raft_dir))?;
+    let loaded = crate::consensus::state_machine::load(&raft_dir).map_err(LeaderError::Raft)?;
+    let _ = fs::remove_file(dir.join(snapshot::DELTA_NAME));
+    let Some(loaded) = loaded else {
+        let recovered = Recovered {
+            table: Table::new(),
+            state: None,
+            changed: CountMap::new(),
+        };
+        return Ok((recovered, None));
+    };
+    // The raft snapshot's file is immutable: link it in as the base.
+    let link = dir.join(".snapshot.memdb.link");
+    let _ = fs::remove_file(&link);
+    fs::hard_link(&loaded.image, &link).map_err(io_err("linking", &loaded.image))?;
+    fs::rename(&link, dir.join(snapshot::FILE_NAME)).map_err(io_err("renaming", &link))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("syncing", dir))?;
+    let recovered = recover(dir, tokenizer)?;
+    Ok((recovered, Some(loaded.stored)))
 }
 
 /// The base on disk, or (in a new data directory) an empty one written now at seq 0:

@@ -86,6 +86,9 @@ async fn post_handler(
 ) -> Result<Response, ApiError> {
     let body = body?;
     let text = crate::server::parse::post_text(&headers, &body)?;
+    if let Some(c) = leader.consensus() {
+        return post_to_group(&leader, c, &headers, &text).await;
+    }
     let ingested = leader.ingest(&text).map_err(|e| match e {
         IngestError::LogFailed(_) => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string())
             .with("reason", "log_failed")
@@ -94,7 +97,8 @@ async fn post_handler(
     let cfg = &leader.shared.config;
     if cfg.wal.fsync == FsyncPolicy::Always
         && ingested.words > 0
-        && let Err(e) = leader.shared.wal.wait_durable(ingested.seq).await
+        && let Some(wal) = &leader.shared.wal
+        && let Err(e) = wal.wait_durable(ingested.seq).await
     {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -134,6 +138,107 @@ async fn post_handler(
         axum::Json(ingested),
     )
         .into_response())
+}
+
+/// The `Idempotency-Key` request header.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The header's value, if sent: 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let ok = (1..=255).contains(&v.len()) && v.as_bytes().iter().all(|b| b.is_ascii_graphic());
+    if !ok {
+        return Err(ApiError::bad_request(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+        ));
+    }
+    Ok(Some(v.to_str().expect("ASCII").to_owned()))
+}
+
+/// `POST /post` on a voter of a raft group: proposes the batch, and answers once it is
+/// committed on a majority and applied here; a follower redirects to the leader.
+async fn post_to_group(
+    leader: &Leader,
+    c: &crate::consensus::Consensus,
+    headers: &HeaderMap,
+    text: &str,
+) -> Result<Response, ApiError> {
+    use crate::consensus::{Outcome, Proposal, WriteError};
+    let key = idempotency_key(headers)?;
+    let (deltas, words) = leader.shared.config.tokenizer.count(text);
+    if words == 0 {
+        let seq = leader.current_seq();
+        return Ok((
+            StatusCode::ACCEPTED,
+            [(SEQ, crate::protocol::seq_value(seq))],
+            axum::Json(json!({ "seq": seq, "words": 0 })),
+        )
+            .into_response());
+    }
+    let applied = c.write(Proposal::new(deltas, key)).await;
+    let applied = match applied {
+        Ok(a) => a,
+        Err(WriteError::NotLeader(Some((id, url)))) => {
+            let location = format!("{}/post", url.trim_end_matches('/'));
+            let body = ApiError::new(
+                StatusCode::TEMPORARY_REDIRECT,
+                format!("node {id} leads the group: post to {location}"),
+            )
+            .with("leader_id", id)
+            .with("leader_url", url);
+            let mut resp = body.into_response();
+            if let Ok(v) = axum::http::HeaderValue::from_str(&location) {
+                resp.headers_mut().insert(axum::http::header::LOCATION, v);
+            }
+            return Ok(resp);
+        }
+        Err(WriteError::NotLeader(None)) | Err(WriteError::Unavailable(_)) => {
+            let why = match applied {
+                Err(WriteError::Unavailable(e)) => e,
+                _ => "no leader is elected now".into(),
+            };
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the group cannot take writes now ({why}); nothing was counted"),
+            )
+            .with("reason", "no_leader")
+            .with("retry_after", 1));
+        }
+        Err(WriteError::Timeout) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "not committed within {:?}: the outcome is unknown; retry with the \
+                     same Idempotency-Key to have it counted exactly once",
+                    c.config.write_timeout
+                ),
+            )
+            .with("reason", "not_committed")
+            .with("retry_after", 1));
+        }
+    };
+    match applied.outcome {
+        Outcome::KeyReused => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "this Idempotency-Key was used for a write of other words; nothing was counted",
+        )
+        .with("seq", applied.seq)),
+        outcome => {
+            let duplicate = outcome == Outcome::Duplicate;
+            Ok((
+                StatusCode::ACCEPTED,
+                [(SEQ, crate::protocol::seq_value(applied.seq))],
+                axum::Json(json!({
+                    "seq": applied.seq,
+                    "words": words,
+                    "duplicate": duplicate,
+                })),
+            )
+                .into_response())
+        }
+    }
 }
 
 #[utoipa::path(
@@ -280,13 +385,23 @@ async fn unregister_handler(
 /// The leader's routes.
 pub fn leader_router(leader: Leader) -> Router {
     let cfg = &leader.shared.config;
-    let guarded = OpenApiRouter::new()
+    let mut guarded = OpenApiRouter::new()
         .routes(routes!(post_handler))
         .routes(routes!(
             register_handler,
             list_replicas_handler,
             unregister_handler
         ));
+    if cfg.raft.is_some() {
+        use crate::consensus::routes as raft;
+        guarded = guarded
+            .routes(routes!(raft::append))
+            .routes(routes!(raft::vote))
+            .routes(routes!(raft::snapshot))
+            .routes(routes!(raft::init))
+            .routes(routes!(raft::add_learner))
+            .routes(routes!(raft::membership));
+    }
     router::node_router(
         leader.clone(),
         "leader",

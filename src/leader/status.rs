@@ -56,7 +56,10 @@ pub struct LeaderHealth {
     min_acks: usize,
     replicas: Vec<LinkReport>,
     snapshot: PublishStats,
-    wal: WalHealth,
+    /// The single leader's write-ahead log (absent on a raft voter).
+    wal: Option<WalHealth>,
+    /// The raft group, on a voter.
+    raft: Option<crate::consensus::RaftStatus>,
     uptime_s: u64,
 }
 
@@ -88,13 +91,20 @@ impl Leader {
     pub fn problems(&self) -> Vec<String> {
         let s = &self.shared;
         let mut out = Vec::new();
-        if let Some(e) = s.wal.health().failure() {
-            out.push(format!(
-                "write-ahead log cannot be written, writes are refused: {e}"
-            ));
+        if let Some(wal) = &s.wal {
+            if let Some(e) = wal.health().failure() {
+                out.push(format!(
+                    "write-ahead log cannot be written, writes are refused: {e}"
+                ));
+            }
+            if let Some(e) = wal.health().roll_error() {
+                out.push(e);
+            }
         }
-        if let Some(e) = s.wal.health().roll_error() {
-            out.push(e);
+        if let Some(e) = self.consensus().and_then(|c| c.log.failure()) {
+            out.push(format!(
+                "raft log cannot be written, writes are refused: {e}"
+            ));
         }
         if let Some(e) = s.publisher.stats().last_error {
             out.push(format!("snapshot cannot be published: {e}"));
@@ -137,13 +147,14 @@ impl Leader {
             min_acks: s.config.min_acks,
             replicas: s.replicas.reports(),
             snapshot: s.publisher.stats(),
-            wal: WalHealth {
+            wal: s.wal.as_ref().map(|wal| WalHealth {
                 fsync: s.config.wal.fsync.as_str(),
-                durable_seq: s.wal.durable_seq(),
-                failed: s.wal.health().failure(),
-                roll_error: s.wal.health().roll_error(),
+                durable_seq: wal.durable_seq(),
+                failed: wal.health().failure(),
+                roll_error: wal.health().roll_error(),
                 writes_refused: s.refused.load(Ordering::Relaxed),
-            },
+            }),
+            raft: self.consensus().map(|c| c.status()),
             uptime_s: s.started.elapsed().as_secs(),
         };
         (code, body)
@@ -330,11 +341,17 @@ impl Leader {
 
     fn collect_wal(&self, m: &mut Series<'_>) {
         let s = &self.shared;
-        let f = s.wal.fsync_stats();
+        if let Some(c) = self.consensus() {
+            c.collect(m);
+        }
+        let Some(wal) = &s.wal else {
+            return;
+        };
+        let f = wal.fsync_stats();
         m.gauge(
             "memdb_wal_durable_seq",
             "Highest seq the write-ahead log has made durable.",
-            s.wal.durable_seq(),
+            wal.durable_seq(),
         );
         m.counter(
             "memdb_wal_fsyncs_total",
@@ -346,7 +363,7 @@ impl Leader {
             "Time spent in write-ahead log fsyncs.",
             f.total_nanos.load(Ordering::Relaxed) as f64 / 1e9,
         );
-        let h = s.wal.health();
+        let h = wal.health();
         m.gauge(
             "memdb_wal_failed",
             "1 while the write-ahead log cannot be written (writes are refused).",

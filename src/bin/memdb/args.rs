@@ -51,7 +51,7 @@ pub enum LogFormat {
 #[derive(Subcommand)]
 pub enum Command {
     /// Ingest text, count words, replicate to replicas, publish snapshots.
-    Leader(LeaderArgs),
+    Leader(Box<LeaderArgs>),
     /// Serve reads from a copy kept in step by the leader over HTTP.
     Replica(ReplicaArgs),
     /// Serve reads straight from the leader's memory-mapped snapshot (same host).
@@ -289,6 +289,58 @@ pub struct LeaderArgs {
     /// system temp directory].
     #[arg(long, env = "MEMDB_RESCUE_DIR")]
     pub rescue_dir: Option<PathBuf>,
+    /// Run as voter N of a raft group (automatic failover). Without it: a single
+    /// leader, no election.
+    #[arg(long, env = "MEMDB_NODE_ID", help_heading = "Raft group")]
+    pub node_id: Option<u64>,
+    /// The group's voters, to form it at first start: id=url,... (the same list on
+    /// every voter). Without it the node waits to be formed (POST /raft/init) or added.
+    #[arg(long, env = "MEMDB_PEERS", value_delimiter = ',', value_parser = parse_peer,
+          requires = "node_id", help_heading = "Raft group")]
+    pub peers: Vec<(u64, String)>,
+    /// The group's name; RPCs naming another group are refused.
+    #[arg(
+        long,
+        env = "MEMDB_CLUSTER",
+        default_value = "memdb",
+        help_heading = "Raft group"
+    )]
+    pub cluster: String,
+    /// A follower that hears no leader for this long (up to twice it, at random)
+    /// starts an election.
+    #[arg(long, env = "MEMDB_ELECTION_TIMEOUT", default_value = "500ms",
+          value_parser = parse_duration, help_heading = "Raft group")]
+    pub election_timeout: Duration,
+    /// How often the raft leader sends heartbeats (well under --election-timeout).
+    #[arg(long, env = "MEMDB_RAFT_HEARTBEAT", default_value = "100ms",
+          value_parser = parse_duration, help_heading = "Raft group")]
+    pub raft_heartbeat: Duration,
+    /// Take a raft snapshot (and drop the log before it) every this many entries.
+    #[arg(
+        long,
+        env = "MEMDB_RAFT_SNAPSHOT_EVERY",
+        default_value_t = 20_000,
+        help_heading = "Raft group"
+    )]
+    pub raft_snapshot_every: u64,
+    /// How long a write waits to be committed before answering 503 (outcome unknown).
+    #[arg(long, env = "MEMDB_WRITE_TIMEOUT", default_value = "5s",
+          value_parser = parse_duration, help_heading = "Raft group")]
+    pub write_timeout: Duration,
+}
+
+/// `id=url`.
+fn parse_peer(s: &str) -> Result<(u64, String), String> {
+    let (id, url) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected id=url, e.g. 1=http://127.0.0.1:8080"))?;
+    let id = id
+        .trim()
+        .parse()
+        .map_err(|e| format!("{s:?}: node id: {e}"))?;
+    let url = memdb::leader::replication::replica_origin(url.trim())
+        .map_err(|e| format!("{s:?}: {e}"))?;
+    Ok((id, url))
 }
 
 #[derive(Args)]

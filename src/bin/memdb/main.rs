@@ -102,12 +102,28 @@ async fn run(cli: Cli, fds: std::io::Result<u64>) -> anyhow::Result<()> {
                 },
                 serving: a.server.serving()?,
                 rescue_dir: a.rescue_dir,
+                raft: a.node_id.map(|id| memdb::config::RaftConfig {
+                    peers: a.peers.iter().cloned().collect(),
+                    cluster: a.cluster.clone(),
+                    election_timeout: a.election_timeout,
+                    heartbeat: a.raft_heartbeat,
+                    snapshot_every: a.raft_snapshot_every.max(1),
+                    write_timeout: a.write_timeout,
+                    ..memdb::config::RaftConfig::new(id)
+                }),
                 ..LeaderConfig::new(a.data_dir)
             };
+            if let Some(r) = &config.raft
+                && !r.peers.is_empty()
+                && !r.peers.contains_key(&r.node_id)
+            {
+                anyhow::bail!("--peers must include this node's --node-id {}", r.node_id);
+            }
             // Open the data directory first: a locked or unreadable one fails before a
             // port is bound, and "listening" means the data is loaded.
             let leader = memdb::leader::Leader::open(config)?;
             let listener = bind(&a.server.listen, "leader").await?;
+            leader.start_consensus().await?;
             memdb::leader::serve(listener, leader, shutdown).await?;
         }
         Command::Replica(a) => {

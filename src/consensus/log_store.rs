@@ -1,0 +1,425 @@
+//! The raft log on disk: one append-only file of checksummed records (entries, the
+//! vote, the commit point, truncations and purges), replayed into memory at start.
+//! In a raft group this is the node's write-ahead log: the single-leader log
+//! ([`crate::storage::log`]) is not opened.
+//!
+//! Record: `u32` payload length, `u64` xxh3 of the payload, the payload (JSON of a
+//! [`Record`]). A torn or corrupt tail is cut at the last whole record. Appending
+//! entries at index `i` drops every entry from `i` on (a raft append implies the
+//! truncation), so a lost truncation record cannot bring stale entries back.
+//!
+//! Durability follows `--fsync`: `always` reports entries flushed only after an
+//! fsync (one fsync covers every append waiting for it); `everysec` reports them at
+//! once and fsyncs every second; `no` leaves it to the kernel. A vote is fsynced
+//! before it is reported, whatever the policy: raft's safety depends on it.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::ops::RangeBounds;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{LogId, LogState, RaftLogReader, StorageError, StorageIOError, Vote};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use super::{Entry, NodeId, TypeConfig};
+use crate::storage::log::FsyncPolicy;
+
+pub const LOG_NAME: &str = "raft.log";
+const RECORD_HEAD: usize = 12;
+/// Rewrite the file when it holds this many bytes and four times what is live.
+const REWRITE_AT: u64 = 32 << 20;
+
+#[derive(Serialize, Deserialize)]
+enum Record {
+    Entries(Vec<Entry>),
+    Vote(Vote<NodeId>),
+    Committed(Option<LogId<NodeId>>),
+    Purged(LogId<NodeId>),
+    TruncatedFrom(u64),
+}
+
+/// The raft log (cheap to clone: the reader and the writer share it).
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Mutex<Inner>>,
+}
+
+struct Inner {
+    path: PathBuf,
+    file: File,
+    /// Bytes in the file.
+    len: u64,
+    /// Bytes of the records the state below needs (an estimate: entries' records).
+    live: u64,
+    entries: BTreeMap<u64, Entry>,
+    sizes: BTreeMap<u64, u64>,
+    vote: Option<Vote<NodeId>>,
+    committed: Option<LogId<NodeId>>,
+    purged: Option<LogId<NodeId>>,
+    policy: FsyncPolicy,
+    flusher: Sender<Flush>,
+    /// The first write error: the log refuses everything after it.
+    failed: Option<String>,
+}
+
+enum Flush {
+    /// fsync, then report these appends done.
+    Wait(LogFlushed<TypeConfig>),
+    /// The file was rewritten: sync this handle from now on.
+    Reopen(File),
+}
+
+fn encode(record: &Record) -> Vec<u8> {
+    let payload = serde_json::to_vec(record).expect("records serialize");
+    let mut out = Vec::with_capacity(RECORD_HEAD + payload.len());
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// The records of `bytes` up to the first torn or corrupt one, and where that is.
+fn decode_all(bytes: &[u8]) -> (Vec<(Record, u64)>, usize) {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while bytes.len() - at >= RECORD_HEAD {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4")) as usize;
+        let sum = u64::from_le_bytes(bytes[at + 4..at + 12].try_into().expect("8"));
+        let end = at + RECORD_HEAD + len;
+        if end > bytes.len() {
+            break;
+        }
+        let payload = &bytes[at + RECORD_HEAD..end];
+        if xxhash_rust::xxh3::xxh3_64(payload) != sum {
+            break;
+        }
+        let Ok(record) = serde_json::from_slice::<Record>(payload) else {
+            break;
+        };
+        out.push((record, (end - at) as u64));
+        at = end;
+    }
+    (out, at)
+}
+
+fn io_error(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::write_logs(&e).into()
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl LogStore {
+    /// Opens (or creates) the log in `dir`, replaying it; a torn tail is cut off.
+    pub fn open(dir: &Path, policy: FsyncPolicy) -> io::Result<LogStore> {
+        let path = dir.join(LOG_NAME);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        let (records, good) = decode_all(&bytes);
+        if good < bytes.len() {
+            tracing::warn!(
+                path = %path.display(),
+                cut = bytes.len() - good,
+                "the raft log ends in a torn or corrupt record; cutting it off"
+            );
+            file.set_len(good as u64)?;
+            file.sync_all()?;
+        }
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut inner = Inner {
+            path,
+            file,
+            len: good as u64,
+            live: 0,
+            entries: BTreeMap::new(),
+            sizes: BTreeMap::new(),
+            vote: None,
+            committed: None,
+            purged: None,
+            policy,
+            flusher: tx,
+            failed: None,
+        };
+        for (record, size) in records {
+            inner.replay(record, size);
+        }
+        let sync = inner.file.try_clone()?;
+        std::thread::Builder::new()
+            .name("raft-log-sync".into())
+            .spawn(move || flusher(sync, rx, policy))?;
+        Ok(LogStore {
+            inner: Arc::new(Mutex::new(inner)),
+        })
+    }
+
+    /// Entries held (after the last purge).
+    pub fn len(&self) -> usize {
+        self.inner.lock().entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The first write error, if the log failed.
+    pub fn failure(&self) -> Option<String> {
+        self.inner.lock().failed.clone()
+    }
+}
+
+/// fsyncs for `always` (grouping every waiting append into one fsync) and every
+/// second for `everysec`.
+fn flusher(mut file: File, rx: Receiver<Flush>, policy: FsyncPolicy) {
+    let tick = Duration::from_secs(1);
+    loop {
+        let first = match policy {
+            FsyncPolicy::EverySec => match rx.recv_timeout(tick) {
+                Ok(f) => Some(f),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+                Err(_) => return,
+            },
+            _ => match rx.recv() {
+                Ok(f) => Some(f),
+                Err(_) => return,
+            },
+        };
+        let mut waiting = Vec::new();
+        for f in first.into_iter().chain(rx.try_iter()) {
+            match f {
+                Flush::Wait(cb) => waiting.push(cb),
+                Flush::Reopen(f) => file = f,
+            }
+        }
+        if policy == FsyncPolicy::No && waiting.is_empty() {
+            continue;
+        }
+        let result = file.sync_data();
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "fsync of the raft log failed");
+        }
+        for cb in waiting {
+            cb.log_io_completed(
+                result
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|e| io::Error::new(e.kind(), e.to_string())),
+            );
+        }
+    }
+}
+
+impl Inner {
+    fn replay(&mut self, record: Record, size: u64) {
+        match record {
+            Record::Entries(es) => {
+                if let Some(first) = es.first() {
+                    self.drop_from(first.log_id.index);
+                }
+                let each = size / es.len().max(1) as u64;
+                for e in es {
+                    self.sizes.insert(e.log_id.index, each);
+                    self.live += each;
+                    self.entries.insert(e.log_id.index, e);
+                }
+            }
+            Record::Vote(v) => self.vote = Some(v),
+            Record::Committed(c) => self.committed = c,
+            Record::Purged(id) => self.drop_until(id),
+            Record::TruncatedFrom(i) => self.drop_from(i),
+        }
+    }
+
+    fn drop_from(&mut self, index: u64) {
+        self.entries.split_off(&index);
+        for (_, s) in self.sizes.split_off(&index) {
+            self.live -= s;
+        }
+    }
+
+    fn drop_until(&mut self, id: LogId<NodeId>) {
+        let keep = self.entries.split_off(&(id.index + 1));
+        self.entries = keep;
+        let keep = self.sizes.split_off(&(id.index + 1));
+        for (_, s) in std::mem::replace(&mut self.sizes, keep) {
+            self.live -= s;
+        }
+        if self.purged < Some(id) {
+            self.purged = Some(id);
+        }
+    }
+
+    fn check(&self) -> Result<(), StorageError<NodeId>> {
+        match &self.failed {
+            Some(e) => Err(io_error(io::Error::other(e.clone()))),
+            None => Ok(()),
+        }
+    }
+
+    /// Appends one record (no fsync).
+    fn write(&mut self, record: &Record) -> Result<u64, StorageError<NodeId>> {
+        self.check()?;
+        let bytes = encode(record);
+        if let Err(e) = self.file.write_all(&bytes) {
+            // A partial record is cut at the next start; nothing after it may land.
+            self.failed = Some(e.to_string());
+            tracing::error!(error = %e, "writing the raft log failed; it refuses writes now");
+            return Err(io_error(e));
+        }
+        self.len += bytes.len() as u64;
+        Ok(bytes.len() as u64)
+    }
+
+    /// Rewrites the file with only what is live, when it has grown well past that.
+    fn maybe_rewrite(&mut self) -> io::Result<()> {
+        if self.len < REWRITE_AT || self.len < self.live.saturating_mul(4) {
+            return Ok(());
+        }
+        let dir = self.path.parent().expect("in a directory").to_owned();
+        let tmp = dir.join(format!(".{LOG_NAME}.tmp"));
+        let mut out = Vec::new();
+        out.extend(encode(&Record::Vote(self.vote.unwrap_or_default())));
+        out.extend(encode(&Record::Committed(self.committed)));
+        if let Some(p) = self.purged {
+            out.extend(encode(&Record::Purged(p)));
+        }
+        let entries: Vec<Entry> = self.entries.values().cloned().collect();
+        for chunk in entries.chunks(1024) {
+            out.extend(encode(&Record::Entries(chunk.to_vec())));
+        }
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        f.write_all(&out)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.path)?;
+        sync_dir(&dir)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&self.path)?;
+        let _ = self.flusher.send(Flush::Reopen(file.try_clone()?));
+        self.file = file;
+        tracing::info!(
+            before = self.len,
+            after = out.len(),
+            "rewrote the raft log without its purged entries"
+        );
+        self.len = out.len() as u64;
+        Ok(())
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError<NodeId>> {
+        let inner = self.inner.lock();
+        Ok(inner.entries.range(range).map(|(_, e)| e.clone()).collect())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+        let inner = self.inner.lock();
+        let last = inner
+            .entries
+            .values()
+            .next_back()
+            .map(|e| e.log_id)
+            .or(inner.purged);
+        Ok(LogState {
+            last_purged_log_id: inner.purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let mut inner = self.inner.lock();
+        inner.write(&Record::Vote(*vote))?;
+        inner.file.sync_data().map_err(io_error)?;
+        inner.vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
+        Ok(self.inner.lock().vote)
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<NodeId>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let mut inner = self.inner.lock();
+        // Not synced: a lost commit point only delays applying at the next start
+        // until a leader says what is committed.
+        inner.write(&Record::Committed(committed))?;
+        inner.committed = committed;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        Ok(self.inner.lock().committed)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let mut inner = self.inner.lock();
+        let size = inner.write(&Record::Entries(entries.clone()))?;
+        inner.replay(Record::Entries(entries), size);
+        match inner.policy {
+            FsyncPolicy::Always => {
+                let _ = inner.flusher.send(Flush::Wait(callback));
+            }
+            _ => callback.log_io_completed(Ok(())),
+        }
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let mut inner = self.inner.lock();
+        inner.write(&Record::TruncatedFrom(log_id.index))?;
+        inner.drop_from(log_id.index);
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let mut inner = self.inner.lock();
+        inner.write(&Record::Purged(log_id))?;
+        inner.drop_until(log_id);
+        if let Err(e) = inner.maybe_rewrite() {
+            // The old file is still whole: purging is only an optimisation.
+            tracing::warn!(error = %e, "rewriting the raft log failed; keeping the old file");
+        }
+        Ok(())
+    }
+}

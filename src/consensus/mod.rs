@@ -1,0 +1,365 @@
+//! Failover: leader-capable nodes form an openraft group. A write batch is a raft log
+//! entry; `POST /post` answers once the entry is committed on a majority and applied.
+//! Every voter applies committed entries to its own table (so every voter numbers the
+//! same batches with the same seqs, and publishes snapshots for the local replicas on
+//! its host); followers answer writes with a redirect to the leader.
+//!
+//! - [`log_store`]: the raft log on disk (the node's write-ahead log in a group).
+//! - [`state_machine`]: applying entries to the table, idempotency keys, snapshots.
+//! - [`network`]: raft's RPCs over HTTP to the other voters.
+//! - [`routes`]: the RPC endpoints and the membership routes.
+
+// openraft's error types are large by design and every storage call returns them.
+#![allow(clippy::result_large_err)]
+
+pub mod log_store;
+pub mod network;
+pub mod routes;
+pub mod state_machine;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+
+use crate::config::RaftConfig;
+use crate::leader::Leader;
+use crate::server::metrics::Series;
+use crate::words::Deltas;
+
+pub type NodeId = u64;
+
+use std::io::Cursor;
+
+openraft::declare_raft_types!(
+    /// memdb's raft types: a proposal counts words; applying it answers a seq.
+    pub TypeConfig:
+        D = Proposal,
+        R = Applied,
+);
+
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// The header every raft RPC carries: a node refuses RPCs of another group.
+pub const CLUSTER_HEADER: &str = "x-memdb-cluster";
+
+/// The incarnation every voter of group `cluster` serves under.
+pub fn group_incarnation(cluster: &str) -> crate::protocol::Incarnation {
+    let h = xxhash_rust::xxh3::xxh3_64(format!("memdb raft group {cluster}").as_bytes());
+    crate::protocol::Incarnation::from_raw(h | 1).expect("non-zero")
+}
+
+/// A write batch as a log entry: the words to count, and the client's idempotency key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Proposal {
+    pub deltas: Deltas,
+    pub key: Option<String>,
+    /// A digest of the words and their counts (in any order), so that a key reused
+    /// for other words is refused.
+    pub fingerprint: u64,
+}
+
+impl Proposal {
+    pub fn new(deltas: Deltas, key: Option<String>) -> Proposal {
+        // Order-independent: the tokenizer's order of words is not fixed.
+        let fingerprint = deltas.iter().fold(0u64, |acc, (w, n)| {
+            acc.wrapping_add(xxhash_rust::xxh3::xxh3_64_with_seed(w.as_bytes(), *n))
+        });
+        Proposal {
+            deltas,
+            key,
+            fingerprint,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Counted,
+    /// The key was seen with the same words: not counted again; `seq` is the first's.
+    Duplicate,
+    /// The key was seen with other words: refused; `seq` is the first write's.
+    KeyReused,
+}
+
+/// What applying an entry answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Applied {
+    pub seq: u64,
+    pub outcome: Outcome,
+}
+
+/// Why a write was not applied here.
+#[derive(Debug)]
+pub enum WriteError {
+    /// Another node leads (its id and URL, if known).
+    NotLeader(Option<(NodeId, String)>),
+    /// No leader now (an election), or the engine stopped.
+    Unavailable(String),
+    /// Not committed within the write timeout: its outcome is unknown.
+    Timeout,
+}
+
+/// A voter's raft handle, kept by its [`Leader`].
+#[derive(Clone)]
+pub struct Consensus {
+    pub raft: Raft,
+    pub node_id: NodeId,
+    pub config: Arc<RaftConfig>,
+    pub log: log_store::LogStore,
+    pub state: state_machine::StateMachine,
+    elections: Arc<AtomicU64>,
+}
+
+/// One member as `/health` shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MemberStatus {
+    pub id: NodeId,
+    pub url: String,
+    pub voter: bool,
+    /// The last log index known to be on it (on the leader only).
+    pub matched: Option<u64>,
+    /// How many entries it lacks (on the leader only).
+    pub lag: Option<u64>,
+}
+
+/// The raft part of `/health`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RaftStatus {
+    pub node_id: NodeId,
+    pub cluster: String,
+    /// `leader`, `follower`, `candidate` or `learner`.
+    pub state: &'static str,
+    pub leader_id: Option<NodeId>,
+    pub leader_url: Option<String>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub elections_seen: u64,
+    pub members: Vec<MemberStatus>,
+    /// Idempotency keys remembered.
+    pub keys: usize,
+    /// The raft log's write error, if it failed.
+    pub log_failed: Option<String>,
+}
+
+fn state_name(s: ServerState) -> &'static str {
+    match s {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+impl Consensus {
+    /// Starts the raft engine for `leader`'s table. With `--peers`, forms the group
+    /// (every voter may do it with the same list; a formed group ignores it).
+    pub async fn start(
+        leader: Leader,
+        config: RaftConfig,
+        boot: Option<state_machine::StoredMeta>,
+        fsync: crate::storage::log::FsyncPolicy,
+        token: Option<String>,
+    ) -> Result<Consensus, String> {
+        let dir = leader.data_dir().join("raft");
+        let raft_config = openraft::Config {
+            cluster_name: config.cluster.clone(),
+            heartbeat_interval: config.heartbeat.as_millis() as u64,
+            election_timeout_min: config.election_timeout.as_millis() as u64,
+            election_timeout_max: config.election_timeout.as_millis() as u64 * 2,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            max_in_snapshot_log_to_keep: 1000,
+            install_snapshot_timeout: 10_000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| format!("raft settings: {e}"))?;
+        let log = log_store::LogStore::open(&dir, fsync)
+            .map_err(|e| format!("opening the raft log in {}: {e}", dir.display()))?;
+        let state = state_machine::StateMachine::new(leader.clone(), dir, boot.as_ref());
+        let network = network::Network::new(
+            config.cluster.clone(),
+            token,
+            config.election_timeout.max(Duration::from_millis(200)),
+        );
+        let raft = Raft::new(
+            config.node_id,
+            Arc::new(raft_config),
+            network,
+            log.clone(),
+            state.clone(),
+        )
+        .await
+        .map_err(|e| format!("starting raft: {e}"))?;
+        let c = Consensus {
+            raft,
+            node_id: config.node_id,
+            config: Arc::new(config),
+            log,
+            state,
+            elections: Arc::new(AtomicU64::new(0)),
+        };
+        if !c.config.peers.is_empty() {
+            c.initialize(c.config.peers.clone()).await?;
+        }
+        c.watch_elections();
+        Ok(c)
+    }
+
+    /// Forms the group with `members` as voters, if this node is pristine.
+    pub async fn initialize(&self, members: BTreeMap<NodeId, String>) -> Result<bool, String> {
+        if self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            return Ok(false);
+        }
+        let nodes: BTreeMap<NodeId, BasicNode> = members
+            .into_iter()
+            .map(|(id, url)| (id, BasicNode::new(url)))
+            .collect();
+        match self.raft.initialize(nodes).await {
+            Ok(()) => Ok(true),
+            Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(false),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Counts the elections this node sees start (as candidate or by a term change).
+    fn watch_elections(&self) {
+        let mut rx = self.raft.metrics();
+        let n = self.elections.clone();
+        let id = self.node_id;
+        tokio::spawn(async move {
+            let (mut term, mut leader) = {
+                let m = rx.borrow();
+                (m.current_term, m.current_leader)
+            };
+            while rx.changed().await.is_ok() {
+                let m = rx.borrow().clone();
+                if m.current_term > term {
+                    n.fetch_add(m.current_term - term, Ordering::Relaxed);
+                    term = m.current_term;
+                }
+                if m.current_leader != leader {
+                    leader = m.current_leader;
+                    tracing::info!(node = id, term, leader = ?leader, state = ?m.state, "raft leadership changed");
+                }
+            }
+        });
+    }
+
+    /// Proposes a batch and waits (at most the write timeout) until it is applied.
+    pub async fn write(&self, proposal: Proposal) -> Result<Applied, WriteError> {
+        let timeout = self.config.write_timeout;
+        match tokio::time::timeout(timeout, self.raft.client_write(proposal)).await {
+            Err(_) => Err(WriteError::Timeout),
+            Ok(Ok(resp)) => Ok(resp.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(
+                WriteError::NotLeader(f.leader_id.zip(f.leader_node.map(|n| n.addr))),
+            ),
+            Ok(Err(e)) => Err(WriteError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// The current leader's id and URL, as this node knows it.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let url = m.membership_config.membership().get_node(&id)?.addr.clone();
+        Some((id, url))
+    }
+
+    pub fn elections(&self) -> u64 {
+        self.elections.load(Ordering::Relaxed)
+    }
+
+    /// The raft series of `/metrics`.
+    pub fn collect(&self, m: &mut Series<'_>) {
+        let r = self.raft.metrics().borrow().clone();
+        m.gauge(
+            "memdb_raft_term",
+            "The raft term this node is in.",
+            r.current_term,
+        );
+        m.gauge(
+            "memdb_raft_is_leader",
+            "1 while this node leads the raft group.",
+            r.state == ServerState::Leader,
+        );
+        m.counter(
+            "memdb_raft_elections_total",
+            "Elections this node has seen start (term changes).",
+            self.elections(),
+        );
+        m.gauge(
+            "memdb_raft_last_log_index",
+            "The last raft log index this node holds.",
+            r.last_log_index.unwrap_or(0),
+        );
+        m.gauge(
+            "memdb_raft_applied_index",
+            "The last raft log index applied to the table.",
+            r.last_applied.map_or(0, |l| l.index),
+        );
+        m.gauge(
+            "memdb_raft_log_failed",
+            "1 while the raft log cannot be written.",
+            self.log.failure().is_some(),
+        );
+    }
+
+    /// The raft part of `/health`.
+    pub fn status(&self) -> RaftStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let last = m.last_log_index;
+        let members = membership
+            .nodes()
+            .map(|(id, node)| {
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).cloned())
+                    .map(|l| l.map_or(0, |l| l.index));
+                MemberStatus {
+                    id: *id,
+                    url: node.addr.clone(),
+                    voter: voters.contains(id),
+                    matched,
+                    lag: matched.map(|x| last.unwrap_or(0).saturating_sub(x)),
+                }
+            })
+            .collect();
+        let leader_url = m
+            .current_leader
+            .and_then(|id| membership.get_node(&id))
+            .map(|n| n.addr.clone());
+        RaftStatus {
+            node_id: self.node_id,
+            cluster: self.config.cluster.clone(),
+            state: state_name(m.state),
+            leader_id: m.current_leader,
+            leader_url,
+            term: m.current_term,
+            last_log_index: last,
+            applied_index: m.last_applied.map(|l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            elections_seen: self.elections(),
+            members,
+            keys: self.state.keys_held(),
+            log_failed: self.log.failure(),
+        }
+    }
+}

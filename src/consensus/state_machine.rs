@@ -1,0 +1,397 @@
+//! The raft state machine: the leader's table. Applying a committed entry counts its
+//! words as the next seq (blank and membership entries take none, so every node
+//! numbers the same batches the same way), unless its idempotency key was seen within
+//! the window, in which case it answers the first write's seq and counts nothing.
+//!
+//! A raft snapshot is a memdb base snapshot file (the rkyv archive local replicas map)
+//! plus a JSON record of the raft log id it reflects, the membership and the key
+//! window. On disk: `raft/snapshot-<index>.memdb` and `raft/snapshot.json`, which names
+//! it; the JSON is renamed in last, so it always names a whole file. Sent to a node
+//! that fell behind as one stream: [`CONTAINER_MAGIC`], the JSON's length, the JSON,
+//! then the file.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs;
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    BasicNode, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership,
+};
+use rkyv::util::AlignedVec;
+use serde::{Deserialize, Serialize};
+
+use super::{Applied, Entry, NodeId, Outcome, TypeConfig};
+use crate::leader::Leader;
+use crate::storage::counts::CountMap;
+use crate::storage::snapshot;
+
+pub const META_NAME: &str = "snapshot.json";
+pub const CONTAINER_MAGIC: [u8; 8] = *b"MEMDBRS1";
+/// Idempotency keys remembered: the last this many keyed writes.
+pub const KEY_WINDOW: usize = 100_000;
+
+/// The keys of the last [`KEY_WINDOW`] keyed writes, each with its seq and a
+/// fingerprint of its words (a key reused for other words is refused).
+#[derive(Default, Clone)]
+pub struct Keys {
+    order: VecDeque<(String, u64, u64)>,
+    index: HashMap<String, (u64, u64)>,
+}
+
+impl Keys {
+    fn from_list(list: Vec<(String, u64, u64)>) -> Keys {
+        let mut k = Keys::default();
+        for (key, seq, fp) in list {
+            k.insert(key, seq, fp);
+        }
+        k
+    }
+
+    fn get(&self, key: &str) -> Option<(u64, u64)> {
+        self.index.get(key).copied()
+    }
+
+    fn insert(&mut self, key: String, seq: u64, fp: u64) {
+        self.index.insert(key.clone(), (seq, fp));
+        self.order.push_back((key, seq, fp));
+        while self.order.len() > KEY_WINDOW {
+            let (old, _, _) = self.order.pop_front().expect("non-empty");
+            self.index.remove(&old);
+        }
+    }
+
+    fn list(&self) -> Vec<(String, u64, u64)> {
+        self.order.iter().cloned().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+}
+
+/// What `snapshot.json` holds (and what travels before the file).
+#[derive(Serialize, Deserialize, Clone)]
+pub struct StoredMeta {
+    pub meta: SnapshotMeta<NodeId, BasicNode>,
+    /// The memdb snapshot file beside it (in the raft directory).
+    pub file: String,
+    pub keys: Vec<(String, u64, u64)>,
+}
+
+/// What the state machine had on disk at start.
+pub struct Loaded {
+    pub stored: StoredMeta,
+    /// The memdb snapshot file: the table at `stored.meta.last_log_id`.
+    pub image: PathBuf,
+}
+
+/// Reads the raft snapshot in `dir`, if one was taken.
+pub fn load(dir: &Path) -> Result<Option<Loaded>, String> {
+    let meta_path = dir.join(META_NAME);
+    let bytes = match fs::read(&meta_path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("reading {}: {e}", meta_path.display())),
+    };
+    let stored: StoredMeta = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{} is not a raft snapshot record: {e}", meta_path.display()))?;
+    if stored.file.contains('/') {
+        return Err(format!("{} names a file outside it", meta_path.display()));
+    }
+    let image = dir.join(&stored.file);
+    Ok(Some(Loaded { stored, image }))
+}
+
+struct Inner {
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, BasicNode>,
+    keys: Keys,
+}
+
+/// The state machine handle openraft drives (cheap to clone).
+#[derive(Clone)]
+pub struct StateMachine {
+    leader: Leader,
+    dir: PathBuf,
+    inner: Arc<tokio::sync::Mutex<Inner>>,
+    keys_len: Arc<AtomicUsize>,
+}
+
+fn sm_error(e: impl std::fmt::Display) -> StorageError<NodeId> {
+    StorageIOError::write_state_machine(&std::io::Error::other(e.to_string())).into()
+}
+
+fn snap_error(e: impl std::fmt::Display) -> StorageError<NodeId> {
+    StorageIOError::read_snapshot(None, &std::io::Error::other(e.to_string())).into()
+}
+
+impl StateMachine {
+    pub fn new(leader: Leader, dir: PathBuf, loaded: Option<&StoredMeta>) -> StateMachine {
+        let inner = match loaded {
+            Some(s) => Inner {
+                last_applied: s.meta.last_log_id,
+                membership: s.meta.last_membership.clone(),
+                keys: Keys::from_list(s.keys.clone()),
+            },
+            None => Inner {
+                last_applied: None,
+                membership: StoredMembership::default(),
+                keys: Keys::default(),
+            },
+        };
+        StateMachine {
+            leader,
+            dir,
+            keys_len: Arc::new(AtomicUsize::new(inner.keys.len())),
+            inner: Arc::new(tokio::sync::Mutex::new(inner)),
+        }
+    }
+
+    /// Idempotency keys held now.
+    pub fn keys_held(&self) -> usize {
+        self.keys_len.load(Ordering::Relaxed)
+    }
+
+    /// Writes a snapshot's file and record into the raft directory, replacing the
+    /// previous one (whose file is removed once the record no longer names it).
+    fn store(&self, stored: &StoredMeta, image: &[u8]) -> std::io::Result<()> {
+        let previous = load(&self.dir).ok().flatten().map(|l| l.stored.file);
+        snapshot::write_atomically(
+            &self.dir,
+            &stored.file,
+            &format!(".{}.tmp", stored.file),
+            image,
+        )?;
+        let json = serde_json::to_vec(stored).map_err(std::io::Error::other)?;
+        snapshot::write_atomically(&self.dir, META_NAME, &format!(".{META_NAME}.tmp"), &json)?;
+        if let Some(old) = previous
+            && old != stored.file
+        {
+            let _ = fs::remove_file(self.dir.join(old));
+        }
+        Ok(())
+    }
+
+    fn container(stored: &StoredMeta, image: &[u8]) -> Vec<u8> {
+        let json = serde_json::to_vec(stored).expect("metadata serializes");
+        let mut out = Vec::with_capacity(16 + json.len() + image.len());
+        out.extend_from_slice(&CONTAINER_MAGIC);
+        out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+        out.extend_from_slice(&json);
+        out.extend_from_slice(image);
+        out
+    }
+}
+
+/// Splits a received snapshot stream into its record and a validated table.
+pub fn open_container(bytes: &[u8]) -> Result<(StoredMeta, AlignedVec<16>, CountMap), String> {
+    if bytes.len() < 16 || bytes[..8] != CONTAINER_MAGIC {
+        return Err("not a memdb raft snapshot (bad magic)".into());
+    }
+    let len = u64::from_le_bytes(bytes[8..16].try_into().expect("8")) as usize;
+    let json = bytes
+        .get(16..16usize.saturating_add(len))
+        .ok_or("raft snapshot truncated in its record")?;
+    let stored: StoredMeta =
+        serde_json::from_slice(json).map_err(|e| format!("raft snapshot record: {e}"))?;
+    let mut image = AlignedVec::<16>::with_capacity(bytes.len() - 16 - len);
+    image.extend_from_slice(&bytes[16 + len..]);
+    let map = decode_image(&image)?;
+    Ok((stored, image, map))
+}
+
+/// Validates a memdb base snapshot image and copies its table out.
+pub fn decode_image(image: &[u8]) -> Result<CountMap, String> {
+    let (header, archived) = snapshot::validate(image).map_err(|e| e.to_string())?;
+    if header.kind != snapshot::Kind::Base {
+        return Err("a raft snapshot must be a base snapshot".into());
+    }
+    let mut map = CountMap::with_capacity(archived.len());
+    for (w, n) in archived.iter() {
+        map.insert_new(w.as_str(), n.to_native());
+    }
+    Ok(map)
+}
+
+fn file_name(last: Option<LogId<NodeId>>) -> String {
+    let index = last.map_or(0, |l| l.index);
+    format!("snapshot-{index:020}.memdb")
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        // The table and the raft state at one point: applying holds `inner`.
+        let (map, seq, stored) = {
+            let inner = self.inner.lock().await;
+            let (map, seq) = self.leader.table_copy();
+            let meta = SnapshotMeta {
+                last_log_id: inner.last_applied,
+                last_membership: inner.membership.clone(),
+                snapshot_id: format!(
+                    "{}-{}",
+                    inner.last_applied.map_or(0, |l| l.index),
+                    rand::random::<u32>()
+                ),
+            };
+            let stored = StoredMeta {
+                file: file_name(inner.last_applied),
+                meta,
+                keys: inner.keys.list(),
+            };
+            (map, seq, stored)
+        };
+        let me = self.clone();
+        let meta = stored.meta.clone();
+        let bytes = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
+            let image = snapshot::encode_entries(map.iter(), me.leader.snapshot_meta(seq), None)
+                .map_err(|e| e.to_string())?;
+            me.store(&stored, &image).map_err(|e| e.to_string())?;
+            tracing::info!(seq, words = map.len(), file = %stored.file, "raft snapshot taken");
+            Ok(StateMachine::container(&stored, &image))
+        })
+        .await
+        .map_err(sm_error)?
+        .map_err(sm_error)?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), StorageError<NodeId>>
+    {
+        let inner = self.inner.lock().await;
+        Ok((inner.last_applied, inner.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut inner = self.inner.lock().await;
+        let mut out = Vec::new();
+        for entry in entries {
+            inner.last_applied = Some(entry.log_id);
+            let applied = match entry.payload {
+                EntryPayload::Blank => Applied {
+                    seq: self.leader.current_seq(),
+                    outcome: Outcome::Counted,
+                },
+                EntryPayload::Membership(m) => {
+                    inner.membership = StoredMembership::new(Some(entry.log_id), m);
+                    Applied {
+                        seq: self.leader.current_seq(),
+                        outcome: Outcome::Counted,
+                    }
+                }
+                EntryPayload::Normal(p) => {
+                    let seen = p.key.as_deref().and_then(|k| inner.keys.get(k));
+                    match seen {
+                        Some((seq, fp)) if fp == p.fingerprint => Applied {
+                            seq,
+                            outcome: Outcome::Duplicate,
+                        },
+                        Some((seq, _)) => Applied {
+                            seq,
+                            outcome: Outcome::KeyReused,
+                        },
+                        None => {
+                            let seq = self.leader.apply_committed(p.deltas);
+                            if let Some(k) = p.key {
+                                inner.keys.insert(k, seq, p.fingerprint);
+                            }
+                            Applied {
+                                seq,
+                                outcome: Outcome::Counted,
+                            }
+                        }
+                    }
+                }
+            };
+            out.push(applied);
+        }
+        self.keys_len.store(inner.keys.len(), Ordering::Relaxed);
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let bytes = snapshot.into_inner();
+        let mut inner = self.inner.lock().await;
+        let me = self.clone();
+        let meta = meta.clone();
+        let (stored, map, seq) = tokio::task::spawn_blocking(move || {
+            let (mut stored, image, map) = open_container(&bytes)?;
+            let seq = snapshot::read_header(&image, image.len() as u64)
+                .map_err(|e| e.to_string())?
+                .seq;
+            stored.meta = meta;
+            stored.file = file_name(stored.meta.last_log_id);
+            me.store(&stored, &image).map_err(|e| e.to_string())?;
+            Ok::<_, String>((stored, map, seq))
+        })
+        .await
+        .map_err(snap_error)?
+        .map_err(snap_error)?;
+        tracing::info!(
+            seq,
+            words = map.len(),
+            "installing a raft snapshot from the leader"
+        );
+        self.leader.install_table(map, seq);
+        inner.last_applied = stored.meta.last_log_id;
+        inner.membership = stored.meta.last_membership.clone();
+        inner.keys = Keys::from_list(stored.keys);
+        self.keys_len.store(inner.keys.len(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || -> Result<Option<Snapshot<TypeConfig>>, String> {
+            let Some(loaded) = load(&dir)? else {
+                return Ok(None);
+            };
+            let image = fs::read(&loaded.image)
+                .map_err(|e| format!("reading {}: {e}", loaded.image.display()))?;
+            Ok(Some(Snapshot {
+                meta: loaded.stored.meta.clone(),
+                snapshot: Box::new(Cursor::new(StateMachine::container(&loaded.stored, &image))),
+            }))
+        })
+        .await
+        .map_err(snap_error)?
+        .map_err(snap_error)
+    }
+}

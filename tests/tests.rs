@@ -10,6 +10,7 @@ mod cluster;
 mod compaction;
 mod diskfull;
 mod durability;
+mod failover;
 mod limits;
 mod local;
 mod model;

@@ -176,7 +176,7 @@ impl Consensus {
             election_timeout_min: config.election_timeout.as_millis() as u64,
             election_timeout_max: config.election_timeout.as_millis() as u64 * 2,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
-            max_in_snapshot_log_to_keep: 1000,
+            max_in_snapshot_log_to_keep: config.snapshot_every.min(1000),
             install_snapshot_timeout: 10_000,
             ..Default::default()
         }

@@ -1,0 +1,645 @@
+//! Raft groups: three (or four) voters of the real binary on ephemeral ports, formed
+//! with `POST /raft/init`, under kills, pauses and membership changes. Every write
+//! carries an Idempotency-Key and is retried through any node until acknowledged, so
+//! the expected table is exact: every acknowledged write counted once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+use crate::util::{DEADLINE, Node, eventually};
+
+pub const TOKEN: &str = "group-secret";
+
+/// Voters 1..=n, each with its own data directory, formed into one group.
+pub struct Group {
+    pub nodes: Vec<Node>,
+    /// Whether each node runs (not killed); a paused node still counts as running.
+    pub up: Vec<bool>,
+    pub dirs: Vec<TempDir>,
+    pub http: reqwest::Client,
+}
+
+pub fn voter_args(id: usize, dir: &TempDir, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "leader",
+        "--port",
+        "0",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--node-id",
+        &id.to_string(),
+        "--election-timeout",
+        "300ms",
+        "--raft-heartbeat",
+        "50ms",
+        "--auth-token",
+        TOKEN,
+        "--snapshot-interval",
+        "100ms",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+pub fn http() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {TOKEN}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap()
+}
+
+impl Group {
+    /// Starts `n` voters and forms the group through voter 1.
+    pub async fn start(n: usize, extra: &[&str]) -> Group {
+        let dirs: Vec<TempDir> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
+        let nodes: Vec<Node> = dirs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let args = voter_args(i + 1, d, extra);
+                Node::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            })
+            .collect();
+        let g = Group {
+            up: vec![true; n],
+            nodes,
+            dirs,
+            http: http(),
+        };
+        let members: BTreeMap<String, String> = g
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| ((i + 1).to_string(), n.url.clone()))
+            .collect();
+        let r = g
+            .http
+            .post(format!("{}/raft/init", g.nodes[0].url))
+            .json(&json!({ "members": members }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        g.leader().await;
+        g
+    }
+
+    pub async fn raft(&self, i: usize) -> Option<Value> {
+        let h: Value = self
+            .http
+            .get(format!("{}/health", self.nodes[i].url))
+            .timeout(Duration::from_millis(500))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        Some(h)
+    }
+
+    /// The index of the node every running node agrees leads (waits for it).
+    pub async fn leader(&self) -> usize {
+        eventually("every running voter to agree on a leader", || async {
+            let mut agreed = None;
+            for i in (0..self.nodes.len()).filter(|i| self.up[*i]) {
+                let h = self.raft(i).await?;
+                let id = h["raft"]["leader_id"].as_u64()? as usize;
+                if agreed.is_some_and(|a| a != id) {
+                    return None;
+                }
+                agreed = Some(id);
+            }
+            let l = agreed? - 1;
+            let h = self.raft(l).await?;
+            (self.up[l] && h["raft"]["state"] == "leader").then_some(l)
+        })
+        .await
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.url.clone()).collect()
+    }
+
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].kill();
+        self.up[i] = false;
+    }
+
+    pub fn restart(&mut self, i: usize) {
+        self.nodes[i].restart();
+        self.up[i] = true;
+    }
+
+    /// Waits until every running node has applied the same seq with the same digest
+    /// and holds exactly `want`; returns the seq.
+    pub async fn converged(&self, want: &HashMap<String, u64>) -> u64 {
+        let seq = eventually("every running voter at one seq and digest", || async {
+            let mut seen = None;
+            for i in (0..self.nodes.len()).filter(|i| self.up[*i]) {
+                let h = self.raft(i).await?;
+                let at = (h["seq"].as_u64()?, h["digest"].as_str()?.to_owned());
+                if seen.as_ref().is_some_and(|s| *s != at) {
+                    return None;
+                }
+                seen = Some(at);
+            }
+            seen.map(|s| s.0)
+        })
+        .await;
+        for i in (0..self.nodes.len()).filter(|i| self.up[*i]) {
+            let got = table(&self.http, &self.nodes[i].url).await;
+            assert_eq!(&got, want, "voter {} holds another table", i + 1);
+        }
+        seq
+    }
+}
+
+pub async fn table(http: &reqwest::Client, url: &str) -> HashMap<String, u64> {
+    http.get(format!("{url}/sync"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+pub fn signal(node: &Node, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &node.pid().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+/// Posts `text` with `key` until some node acknowledges it (202), trying the nodes
+/// in turn from `from` and following redirects. Returns the seq.
+pub async fn post_until_acked(
+    http: &reqwest::Client,
+    urls: &[String],
+    from: usize,
+    text: &str,
+    key: &str,
+    deadline: Duration,
+) -> u64 {
+    let give_up = Instant::now() + deadline;
+    let mut i = from;
+    loop {
+        let r = http
+            .post(format!("{}/post", urls[i % urls.len()]))
+            .header("idempotency-key", key)
+            .form(&[("text", text)])
+            .send()
+            .await;
+        if let Ok(r) = r
+            && r.status() == 202
+        {
+            let v: Value = r.json().await.unwrap();
+            return v["seq"].as_u64().unwrap();
+        }
+        assert!(
+            Instant::now() < give_up,
+            "write {key} not acknowledged within {deadline:?}"
+        );
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `writers` clients each writing `per` texts "wW nI shared" with key "W-I", each
+/// retried until acknowledged. Returns the table that must result.
+pub fn expected(writers: usize, per: usize) -> HashMap<String, u64> {
+    let mut want = HashMap::new();
+    for w in 0..writers {
+        for i in 0..per {
+            for word in [format!("w{w}"), format!("n{i}"), "shared".to_string()] {
+                *want.entry(word).or_insert(0) += 1;
+            }
+        }
+    }
+    want
+}
+
+/// Runs the writers; `acked` counts acknowledgements as they come.
+pub fn spawn_writers(
+    urls: Vec<String>,
+    writers: usize,
+    per: usize,
+    acked: Arc<AtomicU64>,
+    last_ack: Arc<parking_lot::Mutex<Option<Instant>>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..writers)
+        .map(|w| {
+            let urls = urls.clone();
+            let acked = acked.clone();
+            let last_ack = last_ack.clone();
+            tokio::spawn(async move {
+                let http = http();
+                for i in 0..per {
+                    let text = format!("w{w} n{i} shared");
+                    post_until_acked(
+                        &http,
+                        &urls,
+                        w + i,
+                        &text,
+                        &format!("{w}-{i}"),
+                        DEADLINE * 2,
+                    )
+                    .await;
+                    acked.fetch_add(1, Ordering::Relaxed);
+                    *last_ack.lock() = Some(Instant::now());
+                }
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_leader_under_writers_loses_and_doubles_nothing() {
+    let mut g = Group::start(3, &[]).await;
+    let leader = g.leader().await;
+    // A local replica beside the leader (to be killed) and beside a follower.
+    let follower = (leader + 1) % 3;
+    let local_leader = Node::local(g.dirs[leader].path(), &[]);
+    let local_follower = Node::local(g.dirs[follower].path(), &[]);
+    let (writers, per) = (8, 40);
+    let acked = Arc::new(AtomicU64::new(0));
+    let last_ack = Arc::new(parking_lot::Mutex::new(None));
+    let tasks = spawn_writers(g.urls(), writers, per, acked.clone(), last_ack.clone());
+    eventually("a third of the writes acknowledged", || async {
+        (acked.load(Ordering::Relaxed) >= (writers * per / 3) as u64).then_some(())
+    })
+    .await;
+    g.kill(leader);
+    let killed = Instant::now();
+    let new_leader = g.leader().await;
+    assert_ne!(new_leader, leader);
+    let first_after = eventually("a write acknowledged after the kill", || async {
+        last_ack.lock().filter(|t| *t > killed)
+    })
+    .await;
+    let failover = first_after - killed;
+    eprintln!("failover: first acknowledged write {failover:?} after the kill");
+    assert!(
+        failover < Duration::from_secs(2),
+        "a new leader took {failover:?} to acknowledge a write (election timeout 300ms)"
+    );
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let want = expected(writers, per);
+    g.converged(&want).await;
+    // The old leader comes back as a follower and catches up exactly.
+    g.restart(leader);
+    g.converged(&want).await;
+    assert_eq!(g.raft(leader).await.unwrap()["raft"]["state"], "follower");
+    for local in [&local_leader, &local_follower] {
+        eventually("the local replica to hold the whole table", || async {
+            let got = table(&g.http, &local.url).await;
+            (got == want).then_some(())
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_leader_steps_down_and_its_unacknowledged_write_is_applied_nowhere() {
+    let mut g = Group::start(3, &[]).await;
+    let urls = g.urls();
+    post_until_acked(&g.http, &urls, 0, "before", "b", DEADLINE).await;
+    let old = g.leader().await;
+    signal(&g.nodes[old], "-STOP");
+    // A write sent to the paused leader waits in its socket until it resumes.
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .default_headers(
+            [(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {TOKEN}").parse().unwrap(),
+            )]
+            .into_iter()
+            .collect(),
+        )
+        .build()
+        .unwrap();
+    let paused_write = {
+        let url = format!("{}/post", urls[old]);
+        tokio::spawn(async move {
+            no_redirects
+                .post(url)
+                .form(&[("text", "stranded")])
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        })
+    };
+    g.up[old] = false; // Not counted while it cannot answer.
+    let new = g.leader().await;
+    assert_ne!(new, old);
+    post_until_acked(&g.http, &urls, new, "after", "a", DEADLINE).await;
+    signal(&g.nodes[old], "-CONT");
+    g.up[old] = true;
+    let status = tokio::time::timeout(DEADLINE, paused_write)
+        .await
+        .expect("the paused write is answered once the node resumes")
+        .unwrap();
+    assert!(
+        !matches!(status, Ok(202)),
+        "the deposed leader acknowledged a write it could not commit"
+    );
+    assert_eq!(g.leader().await, new, "the old leader stepped down");
+    let want: HashMap<String, u64> = [("before", 1), ("after", 1)]
+        .into_iter()
+        .map(|(w, n)| (w.to_string(), n))
+        .collect();
+    g.converged(&want).await;
+}
+
+/// A small xorshift generator: a seed reproduces the faults.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn random_kills_pauses_and_restarts_converge_exactly() {
+    let seed = std::env::var("MEMDB_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_2026_u64);
+    eprintln!("fault seed {seed} (MEMDB_FAULT_SEED={seed} reproduces this run)");
+    let mut rng = Rng(seed | 1);
+    let mut g = Group::start(3, &["--raft-snapshot-every", "100"]).await;
+    let (writers, per) = (4, 60);
+    let acked = Arc::new(AtomicU64::new(0));
+    let last_ack = Arc::new(parking_lot::Mutex::new(None));
+    let tasks = spawn_writers(g.urls(), writers, per, acked.clone(), last_ack);
+    for round in 0..6 {
+        let before = acked.load(Ordering::Relaxed);
+        let victim = rng.below(3) as usize;
+        match rng.below(3) {
+            0 => {
+                eprintln!("round {round}: kill -9 and restart voter {}", victim + 1);
+                g.kill(victim);
+                tokio::time::sleep(Duration::from_millis(rng.below(400))).await;
+                g.restart(victim);
+            }
+            1 => {
+                eprintln!("round {round}: pause voter {}", victim + 1);
+                signal(&g.nodes[victim], "-STOP");
+                tokio::time::sleep(Duration::from_millis(300 + rng.below(700))).await;
+                signal(&g.nodes[victim], "-CONT");
+            }
+            _ => {
+                let other = (victim + 1 + rng.below(2) as usize) % 3;
+                eprintln!(
+                    "round {round}: kill voters {} and {} (no majority), then restart both",
+                    victim + 1,
+                    other + 1
+                );
+                g.kill(victim);
+                g.kill(other);
+                tokio::time::sleep(Duration::from_millis(200 + rng.below(400))).await;
+                g.restart(victim);
+                g.restart(other);
+            }
+        }
+        // Each round lets some writes through before the next fault.
+        eventually("writes to go on after the fault", || async {
+            (acked.load(Ordering::Relaxed) >= before + 5
+                || acked.load(Ordering::Relaxed) == (writers * per) as u64)
+                .then_some(())
+        })
+        .await;
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    g.converged(&expected(writers, per)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_added_at_run_time_catches_up_from_a_snapshot_and_a_removed_one_gets_no_writes() {
+    let g = Group::start(3, &["--raft-snapshot-every", "20"]).await;
+    let urls = g.urls();
+    for i in 0..60 {
+        post_until_acked(
+            &g.http,
+            &urls,
+            i,
+            &format!("early{} shared", i % 7),
+            &format!("e{i}"),
+            DEADLINE,
+        )
+        .await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let args = voter_args(4, &dir, &["--raft-snapshot-every", "20"]);
+    let fourth = Node::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let leader = g.leader().await;
+    let r = g
+        .http
+        .post(format!("{}/raft/learners", urls[leader]))
+        .json(&json!({ "id": 4, "url": fourth.url }))
+        .timeout(DEADLINE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let r = g
+        .http
+        .post(format!("{}/raft/membership", urls[leader]))
+        .json(&json!({ "voters": [1, 2, 3, 4] }))
+        .timeout(DEADLINE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let want_early = table(&g.http, &urls[leader]).await;
+    eventually("the new voter to hold the whole table", || async {
+        (table(&g.http, &fourth.url).await == want_early).then_some(())
+    })
+    .await;
+    let log = fourth.log();
+    assert!(
+        log.contains("installing a raft snapshot"),
+        "the new voter should have caught up from a snapshot (the log before it was purged)"
+    );
+    // Remove voter 1 (or, if it leads, voter 2): it no longer receives writes.
+    let gone = if leader == 0 { 1 } else { 0 };
+    let voters: Vec<u64> = (1..=4).filter(|id| *id != gone as u64 + 1).collect();
+    let r = g
+        .http
+        .post(format!("{}/raft/membership", urls[leader]))
+        .json(&json!({ "voters": voters }))
+        .timeout(DEADLINE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let gone_seq = g.raft(gone).await.unwrap()["seq"].as_u64().unwrap();
+    let mut all = urls.clone();
+    all.push(fourth.url.clone());
+    let remaining: Vec<String> = all
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != gone)
+        .map(|(_, u)| u.clone())
+        .collect();
+    let mut last = 0;
+    for i in 0..10 {
+        last = post_until_acked(&g.http, &remaining, i, "late", &format!("l{i}"), DEADLINE).await;
+    }
+    eventually("the new voter to apply the late writes", || async {
+        let h: Value = g
+            .http
+            .get(format!("{}/health", fourth.url))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (h["seq"].as_u64()? >= last).then_some(())
+    })
+    .await;
+    assert_eq!(
+        g.raft(gone).await.unwrap()["seq"].as_u64().unwrap(),
+        gone_seq,
+        "a removed voter still receives writes"
+    );
+    assert_eq!(table(&g.http, &fourth.url).await["late"], 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forged_raft_requests_change_nothing() {
+    let g = Group::start(3, &[]).await;
+    let urls = g.urls();
+    post_until_acked(&g.http, &urls, 0, "kept", "k", DEADLINE).await;
+    let leader = g.leader().await;
+    let target = (leader + 1) % 3;
+    let before = g.raft(target).await.unwrap();
+    let anon = reqwest::Client::new();
+    let url = |p: &str| format!("{}{p}", urls[target]);
+    // A stale-term append carrying a write, with every credential.
+    let forged = json!({
+        "vote": {"leader_id": {"term": 0, "node_id": 9}, "committed": true},
+        "prev_log_id": null,
+        "leader_commit": null,
+        "entries": [{"log_id": {"leader_id": {"term": 0, "node_id": 9}, "index": 1},
+                     "payload": {"Normal": {"deltas": [["forged", 1000]], "key": null, "fingerprint": 0}}}],
+    });
+    let cases: Vec<(reqwest::RequestBuilder, u16)> = vec![
+        // No token.
+        (
+            anon.post(url("/raft/append"))
+                .header("x-memdb-cluster", "memdb")
+                .json(&forged),
+            401,
+        ),
+        (
+            anon.post(url("/raft/vote"))
+                .header("x-memdb-cluster", "memdb")
+                .json(&json!({})),
+            401,
+        ),
+        (
+            anon.post(url("/raft/init"))
+                .json(&json!({"members": {"9": "http://127.0.0.1:1"}})),
+            401,
+        ),
+        // Another group.
+        (
+            g.http
+                .post(url("/raft/append"))
+                .header("x-memdb-cluster", "other")
+                .json(&forged),
+            403,
+        ),
+        (g.http.post(url("/raft/vote")).json(&json!({})), 403),
+        // Not a raft request.
+        (
+            g.http
+                .post(url("/raft/append"))
+                .header("x-memdb-cluster", "memdb")
+                .body("{nonsense"),
+            400,
+        ),
+        (
+            g.http
+                .post(url("/raft/snapshot"))
+                .header("x-memdb-cluster", "memdb")
+                .json(&json!({"x": 1})),
+            400,
+        ),
+        // A learner without its URL.
+        (
+            g.http.post(url("/raft/learners")).json(&json!({"id": 9})),
+            400,
+        ),
+    ];
+    for (req, want) in cases {
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, want, "{body}");
+        assert!(body["error"].is_string(), "a JSON error: {body}");
+    }
+    // The stale-term append is well-formed and authenticated: the engine refuses it.
+    let r = g
+        .http
+        .post(url("/raft/append"))
+        .header("x-memdb-cluster", "memdb")
+        .json(&forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let answer: Value = r.json().await.unwrap();
+    assert!(
+        answer
+            .get("Ok")
+            .is_some_and(|ok| ok.get("HigherVote").is_some()),
+        "{answer}"
+    );
+    let r = g
+        .http
+        .post(url("/raft/init"))
+        .json(&json!({"members": {(target + 1).to_string(): urls[target]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["formed"], false);
+    let after = g.raft(target).await.unwrap();
+    for k in ["seq", "digest"] {
+        assert_eq!(before[k], after[k], "{k} changed");
+    }
+    assert_eq!(before["raft"]["term"], after["raft"]["term"]);
+    assert_eq!(g.leader().await, leader);
+    let want: HashMap<String, u64> = [("kept".to_string(), 1)].into_iter().collect();
+    g.converged(&want).await;
+}

@@ -1,6 +1,7 @@
 # memdb: everything a newcomer needs is a target here.
 .PHONY: build start-servers stop-servers start-servers-local-replicas stop-servers-local-replicas \
-	perf run-perf run-perf-local-replicas bench-http test fmt clean
+	start-servers-ha stop-servers-ha run-perf-ha perf run-perf run-perf-local-replicas \
+	bench-http test fmt clean
 
 CARGO ?= cargo
 
@@ -21,6 +22,14 @@ start-servers-local-replicas: build
 stop-servers-local-replicas:
 	scripts/cluster.sh stop local
 
+## A raft group: three voters on :8080 :8180 :8280 (automatic failover), a local
+## replica beside each (:8081 :8181 :8281); waits for the election, prints who leads.
+start-servers-ha: build
+	scripts/cluster.sh start ha
+
+stop-servers-ha:
+	scripts/cluster.sh stop ha
+
 ## The load tool: ./target/release/memdb perf LEADER_URL REPLICA_URL...
 perf: build
 
@@ -33,6 +42,11 @@ run-perf: build
 
 run-perf-local-replicas: build
 	scripts/run-perf.sh local $(PERF_ARGS)
+
+## Fresh raft group, keyed writes through any voter, the leader SIGKILLed mid-run and
+## restarted; fails unless every node and replica holds exactly what was acknowledged.
+run-perf-ha: build
+	scripts/run-perf.sh ha $(PERF_ARGS)
 
 ## wrk side by side: network vs local replicas (needs wrk).
 bench-http: build
@@ -55,7 +69,7 @@ fmt:
 
 ## Refuses while any cluster started from here still runs (its data is under run/).
 clean:
-	@for m in network local; do \
+	@for m in network local ha; do \
 		if scripts/cluster.sh running $$m || MEMDB_RUN_DIR=run/perf scripts/cluster.sh running $$m; then \
 			echo "a $$m cluster is running; stop it before 'make clean' deletes run/" >&2; exit 1; \
 		fi; \

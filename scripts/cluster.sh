@@ -3,8 +3,12 @@
 #
 #   scripts/cluster.sh start network   # leader :8080 + network replicas :8081-8083
 #   scripts/cluster.sh start local     # leader :8080 + local (mmap) replicas :8081-8083
-#   scripts/cluster.sh stop network|local
-#   scripts/cluster.sh running network|local   # exit 0 if any of its processes runs
+#   scripts/cluster.sh start ha        # raft group: voters :8080 :8180 :8280, each with
+#                                      # a local replica one port up (:8081 :8181 :8281)
+#   scripts/cluster.sh stop network|local|ha
+#   scripts/cluster.sh running network|local|ha   # exit 0 if any of its processes runs
+#   scripts/cluster.sh revive ha N     # start voter N again (after it was killed)
+#   scripts/cluster.sh leader ha       # print the id of the voter that leads
 #
 # Everything lives under $MEMDB_RUN_DIR/<mode> (default ./run/<mode>): data/, logs/,
 # pids/. Processes are stopped by the PIDs recorded at start, never by name.
@@ -14,7 +18,8 @@ action=${1:-}
 mode=${2:-network}
 case "$action:$mode" in
   start:network | stop:network | start:local | stop:local | running:network | running:local) ;;
-  *) echo "usage: $0 start|stop|running network|local" >&2; exit 2 ;;
+  start:ha | stop:ha | running:ha | revive:ha | leader:ha) ;;
+  *) echo "usage: $0 start|stop|running network|local|ha; $0 revive ha N; $0 leader ha" >&2; exit 2 ;;
 esac
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -93,9 +98,49 @@ port_taken() {
   (exec 3<>"/dev/tcp/$host/$1") 2>/dev/null
 }
 
+voter_ports=${MEMDB_VOTER_PORTS:-"8080 8180 8280"}
+peers=""
+id=0
+for p in $voter_ports; do
+  id=$((id + 1))
+  peers="$peers${peers:+,}$id=http://$host:$p"
+done
+
+# The id of the voter every running voter names as leader, or nothing.
+current_leader() {
+  local p
+  for p in $voter_ports; do
+    curl -sS --max-time 1 "http://$host:$p/health" 2>/dev/null |
+      grep -o '"leader_id":[0-9]*' | head -n 1 | cut -d: -f2 && return 0
+  done
+  return 1
+}
+
+start_voter() {
+  local id=$1 port
+  port=$(echo $voter_ports | cut -d' ' -f"$id")
+  start_one "voter-$id" leader --host "$host" --port "$port" --data-dir "$run/data/voter-$id" \
+    --node-id "$id" --peers "$peers"
+}
+
 if [ "$action" = stop ]; then
   stop_all
   exit 0
+fi
+if [ "$action" = leader ]; then
+  l=$(current_leader) && [ -n "$l" ] && echo "$l"
+  exit $?
+fi
+if [ "$action" = revive ]; then
+  n=${3:?usage: $0 revive ha N}
+  f="$run/pids/voter-$n.pid"
+  if [ -e "$f" ] && pid_alive "$(cat "$f")"; then
+    echo "voter $n (pid $(cat "$f")) is running" >&2
+    exit 1
+  fi
+  start_voter "$n"
+  wait_healthy "voter-$n" "http://$host:$(echo $voter_ports | cut -d' ' -f"$n")"
+  exit $?
 fi
 if [ "$action" = running ]; then
   any_running
@@ -113,12 +158,58 @@ for f in "$run"/pids/*.pid; do
   fi
   rm -f "$f"
 done
-for p in $leader_port $replica_ports; do
+if [ "$mode" = ha ]; then
+  all_ports=""
+  for p in $voter_ports; do all_ports="$all_ports $p $((p + 1))"; done
+else
+  all_ports="$leader_port $replica_ports"
+fi
+for p in $all_ports; do
   if port_taken "$p"; then
     echo "port $p on $host is already in use (another memdb cluster? 'make stop-servers' or 'make stop-servers-local-replicas'); nothing was started" >&2
     exit 1
   fi
 done
+
+if [ "$mode" = ha ]; then
+  n=0
+  for p in $voter_ports; do n=$((n + 1)); start_voter "$n"; done
+  n=0
+  for p in $voter_ports; do
+    n=$((n + 1))
+    if ! wait_healthy "voter-$n" "http://$host:$p"; then stop_all; exit 1; fi
+    start_one "local-$((p + 1))" local-replica --host "$host" --port "$((p + 1))" \
+      --data-dir "$run/data/voter-$n"
+  done
+  for p in $voter_ports; do
+    if ! wait_healthy "local-$((p + 1))" "http://$host:$((p + 1))"; then stop_all; exit 1; fi
+  done
+  leader=""
+  for _ in $(seq 1 100); do
+    leader=$(current_leader || true)
+    [ -n "$leader" ] && break
+    sleep 0.1
+  done
+  if [ -z "$leader" ]; then
+    echo "no leader was elected within 10s; logs in $run/logs" >&2
+    stop_all
+    exit 1
+  fi
+  echo "memdb raft group is up; voter $leader leads:"
+  n=0
+  for p in $voter_ports; do
+    n=$((n + 1))
+    role=$([ "$n" = "$leader" ] && echo "leader  " || echo "follower")
+    echo "  voter $n ($role)  http://$host:$p   local replica http://$host:$((p + 1))"
+  done
+  echo "  data      $run/data"
+  echo "  logs      $run/logs"
+  echo "  pids      $run/pids"
+  echo "write to any voter (a follower redirects with 307 to the leader):"
+  echo "try:  curl -sL -H 'Idempotency-Key: k1' -d text='hello world' http://$host:8080/post"
+  echo "      curl -s 'http://$host:8181/wordcount?word=hello'"
+  exit 0
+fi
 
 leader_url="http://$host:$leader_port"
 start_one leader leader --host "$host" --port "$leader_port" --data-dir "$run/data/leader"

@@ -117,6 +117,9 @@ impl Client {
             // Below the servers' --idle-timeout (30 s): a pooled connection is dropped
             // here before the server closes it under a request.
             .pool_idle_timeout(Duration::from_secs(20))
+            // Redirects (a raft follower's 307) are followed by the calls that expect
+            // them, with the token; see `post_keyed`.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("building an HTTP client without TLS cannot fail");
         Self::with_http(http, base)
@@ -231,6 +234,37 @@ impl Client {
             )
             .await?;
         Self::ok_json(resp, &url).await
+    }
+
+    /// `POST /post` with an `Idempotency-Key` (a raft group counts it once however often
+    /// it is sent). A `307` from a follower is followed here, once, with the token
+    /// (an HTTP client drops credentials on a redirect to another port).
+    pub async fn post_keyed(&self, text: &str, key: &str) -> Result<PostReply, ClientError> {
+        let body = format!("text={}", form_encode(text));
+        let mut url = self.url("/post");
+        for hop in 0..2 {
+            let req = self
+                .authorize(self.http.post(&url).timeout(REQUEST_TIMEOUT))
+                .header(
+                    reqwest::header::CONTENT_TYPE,
+                    "application/x-www-form-urlencoded",
+                )
+                .header("idempotency-key", key)
+                .body(body.clone());
+            let resp = self.send(req, &url).await?;
+            if resp.status() == StatusCode::TEMPORARY_REDIRECT
+                && hop == 0
+                && let Some(next) = resp
+                    .headers()
+                    .get(reqwest::header::LOCATION)
+                    .and_then(|v| v.to_str().ok())
+            {
+                url = next.to_owned();
+                continue;
+            }
+            return Self::ok_json(resp, &url).await;
+        }
+        unreachable!("the loop returns on its second pass")
     }
 
     /// `GET /wordcount?word=..&word=..` (with `min_seq` if given).

@@ -92,3 +92,35 @@ async fn wait_for_seq(replica: &Client, seq: u64, deadline: Instant) -> bool {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// With keys: how the leader's table grew since `before`, against `posted`.
+pub(super) async fn exact(
+    leader: &Client,
+    before: &crate::client::SyncReply,
+    posted: &HashMap<String, u64>,
+    retries: u64,
+) -> anyhow::Result<super::report::Exact> {
+    let after = leader.sync().await?;
+    let mut mismatched = 0;
+    let mut examples = Vec::new();
+    let mut words: Vec<&str> = after.map.iter().map(|(w, _)| w).collect();
+    words.extend(posted.keys().map(String::as_str));
+    words.sort_unstable();
+    words.dedup();
+    for w in words {
+        let grown = after.map.get(w).unwrap_or(0) as i64 - before.map.get(w).unwrap_or(0) as i64;
+        let want = posted.get(w).copied().unwrap_or(0);
+        if grown != want as i64 {
+            mismatched += 1;
+            if examples.len() < MAX_PRINTED_DIFFS {
+                examples.push((w.to_owned(), want, grown));
+            }
+        }
+    }
+    Ok(super::report::Exact {
+        words_expected: posted.len(),
+        mismatched,
+        examples,
+        retries,
+    })
+}

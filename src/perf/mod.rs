@@ -11,6 +11,7 @@ mod report;
 use report::Recorder;
 pub use report::{Difference, Latency, Report, TargetReport, print_report};
 
+use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -57,7 +58,17 @@ pub struct PerfConfig {
     pub progress: bool,
     /// Sent with every request.
     pub auth_token: Option<crate::server::auth::Token>,
+    /// Nodes to send the writes to, in turn (default: the leader). For a raft group:
+    /// its voters.
+    pub write_to: Vec<String>,
+    /// Send every POST with an Idempotency-Key and retry it (through the next node of
+    /// `write_to`) until it is acknowledged; then check that the leader's table grew
+    /// by exactly the words posted: nothing lost, nothing counted twice.
+    pub retry_with_keys: bool,
 }
+
+/// How long one keyed POST is retried before it counts as failed.
+const RETRY_FOR: Duration = Duration::from_secs(60);
 
 /// The load's texts: phrases, or random words from their vocabulary.
 struct Workload {
@@ -174,11 +185,35 @@ where
 pub async fn run(cfg: PerfConfig) -> anyhow::Result<Report> {
     anyhow::ensure!(!cfg.replicas.is_empty(), "name at least one replica URL");
     let workload = Arc::new(Workload::load(&cfg)?);
-    let (leader, replicas) = connect(&cfg).await?;
+    let (leader, replicas, writers) = connect(&cfg).await?;
+    let baseline = if cfg.retry_with_keys {
+        Some(leader.sync().await?)
+    } else {
+        None
+    };
     let started = Instant::now();
-    let (posts, post_elapsed) = write_phase(&cfg, &leader, &workload).await;
+    let posted = Arc::new(parking_lot::Mutex::new(HashMap::<String, u64>::new()));
+    let retries = Arc::new(AtomicU64::new(0));
+    let (posts, post_elapsed) = match &baseline {
+        Some(b) => {
+            let keyed = Keyed {
+                writers: Arc::new(writers),
+                tokenizer: b.tokenizer,
+                posted: posted.clone(),
+                retries: retries.clone(),
+            };
+            keyed_write_phase(&cfg, keyed, &workload).await
+        }
+        None => write_phase(&cfg, &leader, &workload).await,
+    };
     let (gets, get_elapsed) = read_phase(&cfg, &replicas, &workload).await;
     let check = check::compare(&cfg, &leader, &replicas).await?;
+    let exact = match &baseline {
+        Some(b) => {
+            Some(check::exact(&leader, b, &posted.lock(), retries.load(Ordering::Relaxed)).await?)
+        }
+        None => None,
+    };
     Ok(Report {
         leader: posts.report(&cfg.leader, "leader", post_elapsed),
         replicas: replicas
@@ -193,19 +228,77 @@ pub async fn run(cfg: PerfConfig) -> anyhow::Result<Report> {
         not_converged: check.not_converged,
         inconsistencies: check.inconsistencies,
         differences: check.differences,
+        exact,
     })
+}
+
+/// What the keyed writers share.
+#[derive(Clone)]
+struct Keyed {
+    writers: Arc<Vec<Client>>,
+    tokenizer: crate::words::Tokenizer,
+    /// The words of every acknowledged POST.
+    posted: Arc<parking_lot::Mutex<HashMap<String, u64>>>,
+    retries: Arc<AtomicU64>,
+}
+
+/// Phase 1 with keys: each POST is retried through the next node until acknowledged.
+async fn keyed_write_phase(
+    cfg: &PerfConfig,
+    keyed: Keyed,
+    workload: &Arc<Workload>,
+) -> (Arc<Recorder>, Duration) {
+    let rec = Arc::new(Recorder::new());
+    let (r, workload, seed) = (rec.clone(), workload.clone(), cfg.seed);
+    let run = format!("{:08x}", rand::random::<u32>());
+    let elapsed = drive(cfg, "POST", move |i| {
+        let (rec, workload, k, run) = (r.clone(), workload.clone(), keyed.clone(), run.clone());
+        async move {
+            let mut rng = StdRng::seed_from_u64(seed ^ i.wrapping_mul(0x9e37_79b9));
+            let text = workload.text(i, &mut rng);
+            let key = format!("perf-{run}-{i}");
+            let t = Instant::now();
+            let mut attempt = 0usize;
+            let res = loop {
+                let node = &k.writers[(i as usize + attempt) % k.writers.len()];
+                match node.post_keyed(&text, &key).await {
+                    Ok(_) => break Ok(()),
+                    Err(e) if t.elapsed() > RETRY_FOR => break Err(e),
+                    Err(_) => {
+                        attempt += 1;
+                        k.retries.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            };
+            if res.is_ok() {
+                let (deltas, _) = k.tokenizer.count(&text);
+                let mut posted = k.posted.lock();
+                for (w, n) in deltas {
+                    *posted.entry(w).or_insert(0) += n;
+                }
+            }
+            rec.record(t, res);
+        }
+    })
+    .await;
+    (rec, elapsed)
 }
 
 /// Clients for the leader and the replicas, sharing one pool sized for the
 /// concurrency. Host names are resolved once here: otherwise each of a thousand
 /// concurrent connections resolves `localhost` on the blocking pool (measured: a fifth
 /// of the default run's time).
-async fn connect(cfg: &PerfConfig) -> anyhow::Result<(Client, Vec<Client>)> {
+async fn connect(cfg: &PerfConfig) -> anyhow::Result<(Client, Vec<Client>, Vec<Client>)> {
     let mut builder = reqwest::Client::builder()
         .pool_max_idle_per_host(cfg.concurrency.max(1))
         .tcp_nodelay(true)
+        .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(5));
-    for url in std::iter::once(&cfg.leader).chain(&cfg.replicas) {
+    for url in std::iter::once(&cfg.leader)
+        .chain(&cfg.replicas)
+        .chain(&cfg.write_to)
+    {
         let parsed = reqwest::Url::parse(url).map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
         if let (Some(host), Some(port)) = (parsed.host_str(), parsed.port_or_known_default())
             && let Ok(addrs) = tokio::net::lookup_host((host, port)).await
@@ -217,9 +310,15 @@ async fn connect(cfg: &PerfConfig) -> anyhow::Result<(Client, Vec<Client>)> {
     let http = builder.build()?;
     let client =
         |url: &str| Client::with_http(http.clone(), url).with_token(cfg.auth_token.clone());
+    let writers = if cfg.write_to.is_empty() {
+        vec![client(&cfg.leader)]
+    } else {
+        cfg.write_to.iter().map(|w| client(w)).collect()
+    };
     Ok((
         client(&cfg.leader),
         cfg.replicas.iter().map(|r| client(r)).collect(),
+        writers,
     ))
 }
 

@@ -55,12 +55,30 @@ pub struct Report {
     pub not_converged: Vec<String>,
     pub inconsistencies: usize,
     pub differences: Vec<Difference>,
+    /// With `--retry-with-keys`: the leader's growth against what was acknowledged.
+    pub exact: Option<Exact>,
+}
+
+/// The leader's table after a keyed run, minus the one before, against the words of
+/// every acknowledged POST: words lost or counted twice.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Exact {
+    pub words_expected: usize,
+    /// Words whose growth differs from what was acknowledged.
+    pub mismatched: usize,
+    /// Examples: (word, acknowledged, grown by).
+    pub examples: Vec<(String, u64, i64)>,
+    /// POSTs sent again (to the next node) after a failure or an unknown outcome.
+    pub retries: u64,
 }
 
 impl Report {
-    /// True when every replica converged and matched the leader word for word.
+    /// True when every replica converged and matched the leader word for word (and,
+    /// with keys, the leader grew by exactly what was acknowledged).
     pub fn consistent(&self) -> bool {
-        self.inconsistencies == 0 && self.not_converged.is_empty()
+        self.inconsistencies == 0
+            && self.not_converged.is_empty()
+            && self.exact.as_ref().is_none_or(|e| e.mismatched == 0)
     }
 }
 
@@ -191,6 +209,15 @@ pub fn print_report(r: &Report) {
                 .map(|g| g.to_string())
                 .unwrap_or_else(|| "no answer".into())
         );
+    }
+    if let Some(e) = &r.exact {
+        println!(
+            "Exactly once: {} words acknowledged, {} counted otherwise, {} retries.",
+            e.words_expected, e.mismatched, e.retries
+        );
+        for (w, want, got) in &e.examples {
+            println!("  {w:?}: acknowledged {want}, counted {got}");
+        }
     }
     if r.consistent() {
         println!(

@@ -104,6 +104,14 @@ pub struct PerfArgs {
     /// Bearer token to send with every request.
     #[arg(long, env = "MEMDB_AUTH_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
+    /// Send the writes to these nodes in turn instead of the leader (a raft group's
+    /// voters; repeatable or comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub write_to: Vec<String>,
+    /// Give every POST an Idempotency-Key and retry it through the next node until it
+    /// is acknowledged; fail unless the leader grew by exactly the words acknowledged.
+    #[arg(long)]
+    pub retry_with_keys: bool,
 }
 
 #[derive(Args)]

@@ -179,6 +179,8 @@ async fn perf(a: PerfArgs) -> anyhow::Result<()> {
         converge_timeout: a.converge_timeout,
         progress: !a.json,
         auth_token: a.auth_token.as_deref().and_then(Token::new),
+        write_to: a.write_to,
+        retry_with_keys: a.retry_with_keys,
     };
     let report = memdb::perf::run(cfg).await?;
     if a.json {

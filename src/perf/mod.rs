@@ -210,7 +210,8 @@ pub async fn run(cfg: PerfConfig) -> anyhow::Result<Report> {
     let check = check::compare(&cfg, &leader, &replicas).await?;
     let exact = match &baseline {
         Some(b) => {
-            Some(check::exact(&leader, b, &posted.lock(), retries.load(Ordering::Relaxed)).await?)
+            let posted = std::mem::take(&mut *posted.lock());
+            Some(check::exact(&leader, b, &posted, retries.load(Ordering::Relaxed)).await?)
         }
         None => None,
     };

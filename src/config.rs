@@ -169,6 +169,10 @@ impl LeaderConfig {
 pub struct ReplicaConfig {
     /// The leader's base URL, e.g. `http://127.0.0.1:8080`.
     pub leader: String,
+    /// Other voters of the leader's raft group: while the one followed cannot be
+    /// reached, the replica registers with the next (every voter pushes the same
+    /// batches with the same seqs, so it continues without a full sync).
+    pub fallbacks: Vec<String>,
     /// The URL the leader should push to; default `http://<bound address>`.
     pub advertise: Option<String>,
     /// How often the replica re-registers with the leader, which is also how it notices
@@ -186,6 +190,7 @@ impl ReplicaConfig {
     pub fn new(leader: impl Into<String>) -> Self {
         ReplicaConfig {
             leader: leader.into(),
+            fallbacks: Vec::new(),
             advertise: None,
             heartbeat: Duration::from_secs(1),
             max_body: 64 << 20,

@@ -643,3 +643,69 @@ async fn forged_raft_requests_change_nothing() {
     let want: HashMap<String, u64> = [("kept".to_string(), 1)].into_iter().collect();
     g.converged(&want).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_network_replica_follows_the_next_voter_without_a_full_sync() {
+    let mut g = Group::start(3, &[]).await;
+    let leader = g.leader().await;
+    // The replica follows the leader first, then the others.
+    let mut order = vec![g.nodes[leader].url.clone()];
+    order.extend(
+        (0..3)
+            .filter(|i| *i != leader)
+            .map(|i| g.nodes[i].url.clone()),
+    );
+    let replica = Node::replica(&order.join(","), &["--auth-token", TOKEN]);
+    let urls = g.urls();
+    for i in 0..20 {
+        post_until_acked(
+            &g.http,
+            &urls,
+            i,
+            "before shared",
+            &format!("b{i}"),
+            DEADLINE,
+        )
+        .await;
+    }
+    g.kill(leader);
+    let alive: Vec<String> = (0..3)
+        .filter(|i| *i != leader)
+        .map(|i| g.nodes[i].url.clone())
+        .collect();
+    for i in 0..20 {
+        post_until_acked(
+            &g.http,
+            &alive,
+            i,
+            "after shared",
+            &format!("a{i}"),
+            DEADLINE,
+        )
+        .await;
+    }
+    let want: HashMap<String, u64> = [("before", 20), ("after", 20), ("shared", 40)]
+        .into_iter()
+        .map(|(w, n)| (w.to_string(), n))
+        .collect();
+    let seq = g.converged(&want).await;
+    let h = eventually("the replica to reach the group's seq", || async {
+        let h: Value = g
+            .http
+            .get(format!("{}/health", replica.url))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (h["seq"].as_u64()? == seq).then_some(h)
+    })
+    .await;
+    assert_eq!(table(&g.http, &replica.url).await, want);
+    assert_ne!(
+        h["leader"], g.nodes[leader].url,
+        "it moved to another voter"
+    );
+    assert_eq!(h["syncs"], 1, "only the first sync was a full one: {h}");
+}

@@ -376,9 +376,10 @@ pub struct LocalReplicaArgs {
 pub struct ReplicaArgs {
     #[command(flatten)]
     pub server: ServerArgs,
-    /// The leader's URL.
-    #[arg(long, env = "MEMDB_LEADER")]
-    pub leader: String,
+    /// The leader's URL; for a raft group, every voter's, comma-separated: the replica
+    /// follows the first it reaches and moves on when that one fails.
+    #[arg(long, env = "MEMDB_LEADER", value_delimiter = ',', required = true)]
+    pub leader: Vec<String>,
     /// The URL the leader should push to (default: http://<bound address>).
     #[arg(long, env = "MEMDB_ADVERTISE")]
     pub advertise: Option<String>,

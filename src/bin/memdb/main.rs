@@ -134,7 +134,8 @@ async fn run(cli: Cli, fds: std::io::Result<u64>) -> anyhow::Result<()> {
                 max_body: a.max_body,
                 max_wait: a.max_wait,
                 serving: a.server.serving()?,
-                ..ReplicaConfig::new(a.leader)
+                fallbacks: a.leader[1..].to_vec(),
+                ..ReplicaConfig::new(a.leader[0].clone())
             };
             memdb::replica::network::run(listener, config, shutdown).await?;
         }

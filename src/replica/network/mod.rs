@@ -77,7 +77,10 @@ struct Shared {
     /// Pushes after which this replica's digest differed from the leader's.
     digest_mismatches: AtomicU64,
     stats: Mutex<Stats>,
-    leader: Client,
+    /// The leader, then the fallbacks (the other voters of a raft group).
+    leaders: Vec<Client>,
+    /// Which of `leaders` is followed now.
+    current: std::sync::atomic::AtomicUsize,
     advertise: String,
     config: ReplicaConfig,
 }
@@ -103,11 +106,35 @@ impl Replica {
                 forged_pushes: AtomicU64::new(0),
                 digest_mismatches: AtomicU64::new(0),
                 stats: Mutex::new(Stats::default()),
-                leader: Client::new(&config.leader).with_token(config.serving.auth_token.clone()),
+                leaders: std::iter::once(&config.leader)
+                    .chain(&config.fallbacks)
+                    .map(|url| Client::new(url).with_token(config.serving.auth_token.clone()))
+                    .collect(),
+                current: std::sync::atomic::AtomicUsize::new(0),
                 advertise,
                 config,
             }),
         }
+    }
+
+    /// The node followed now.
+    fn leader(&self) -> &Client {
+        let s = &self.shared;
+        &s.leaders[s.current.load(Ordering::Relaxed) % s.leaders.len()]
+    }
+
+    /// Moves on to the next node of the group (after the one followed failed).
+    fn next_leader(&self) {
+        let s = &self.shared;
+        if s.leaders.len() > 1 {
+            s.current.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(node = %self.leader().base(), "following the next voter of the group");
+        }
+    }
+
+    /// The URL of the node followed now.
+    pub fn leader_url(&self) -> &str {
+        self.leader().base()
     }
 
     pub fn is_ready(&self) -> bool {
@@ -128,7 +155,7 @@ impl Replica {
         let s = &self.shared;
         s.syncing.store(true, Ordering::Release);
         let started = Instant::now();
-        let result = s.leader.sync().await;
+        let result = self.leader().sync().await;
         let mut stats = s.stats.lock();
         let out = match result {
             Ok(reply) => {
@@ -177,12 +204,12 @@ impl Replica {
                     .filter(|_| self.is_ready())
                     .map(|inc| (d.table.seq(), inc))
             };
-            let healthy = match s.leader.register(&s.advertise, at).await {
+            let healthy = match self.leader().register(&s.advertise, at).await {
                 Ok(reply) => {
                     {
                         let mut st = s.stats.lock();
                         if !st.leader_reachable {
-                            tracing::info!(leader = %s.leader.base(), seq = reply.seq, "leader reachable");
+                            tracing::info!(leader = %self.leader().base(), seq = reply.seq, "leader reachable");
                         }
                         st.leader_reachable = true;
                         st.last_heartbeat = Some(Instant::now());
@@ -218,6 +245,8 @@ impl Replica {
                         tracing::warn!(error = %e, "leader unreachable; serving what we have and retrying");
                     }
                     st.leader_reachable = false;
+                    drop(st);
+                    self.next_leader();
                     false
                 }
             };

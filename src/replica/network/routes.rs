@@ -92,7 +92,7 @@ impl Replica {
             digest: format!("{digest:016x}"),
             words,
             tokenizer: tok,
-            leader: s.leader.base().to_owned(),
+            leader: self.leader_url().to_owned(),
             leader_incarnation: inc,
             leader_reachable: st.leader_reachable,
             advertise: s.advertise.clone(),

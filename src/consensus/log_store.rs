@@ -174,6 +174,11 @@ impl LogStore {
         self.len() == 0
     }
 
+    /// The last commit point recorded (what a majority holds, as this node knows).
+    pub fn committed_index(&self) -> Option<u64> {
+        self.inner.lock().committed.map(|c| c.index)
+    }
+
     /// The first write error, if the log failed.
     pub fn failure(&self) -> Option<String> {
         self.inner.lock().failed.clone()
@@ -421,5 +426,83 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             tracing::warn!(error = %e, "rewriting the raft log failed; keeping the old file");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn entry(term: u64, index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    fn indexes(inner: &Inner) -> Vec<(u64, u64)> {
+        inner
+            .entries
+            .values()
+            .map(|e| (e.log_id.leader_id.term, e.log_id.index))
+            .collect()
+    }
+
+    fn replayed(records: &[Record]) -> Inner {
+        let bytes: Vec<u8> = records.iter().flat_map(encode).collect();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(LOG_NAME), &bytes).unwrap();
+        let store = LogStore::open(dir.path(), FsyncPolicy::No).unwrap();
+        let inner = Arc::try_unwrap(store.inner).ok().unwrap().into_inner();
+        inner
+    }
+
+    #[test]
+    fn appending_at_an_index_drops_what_followed_it_even_without_a_truncation_record() {
+        let inner = replayed(&[
+            Record::Entries(vec![entry(1, 1), entry(1, 2), entry(1, 3)]),
+            // A new leader's entries from index 2 on: the old 2 and 3 are gone.
+            Record::Entries(vec![entry(2, 2)]),
+        ]);
+        assert_eq!(indexes(&inner), vec![(1, 1), (2, 2)]);
+    }
+
+    #[test]
+    fn truncation_purge_vote_and_commit_are_replayed() {
+        let vote = Vote::new(3, 2);
+        let inner = replayed(&[
+            Record::Entries((1..=5).map(|i| entry(1, i)).collect()),
+            Record::TruncatedFrom(5),
+            Record::Purged(LogId::new(CommittedLeaderId::new(1, 1), 2)),
+            Record::Vote(vote),
+            Record::Committed(Some(LogId::new(CommittedLeaderId::new(1, 1), 4))),
+        ]);
+        assert_eq!(indexes(&inner), vec![(1, 3), (1, 4)]);
+        assert_eq!(inner.purged.map(|p| p.index), Some(2));
+        assert_eq!(inner.vote, Some(vote));
+        assert_eq!(inner.committed.map(|c| c.index), Some(4));
+    }
+
+    #[test]
+    fn a_torn_or_corrupt_tail_is_cut_at_the_last_whole_record() {
+        let whole = encode(&Record::Entries(vec![entry(1, 1)]));
+        let next = encode(&Record::Entries(vec![entry(1, 2)]));
+        for tail in [
+            next[..next.len() - 1].to_vec(), // torn
+            {
+                let mut c = next.clone();
+                let last = c.len() - 1;
+                c[last] ^= 0x40; // a flipped bit
+                c
+            },
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(LOG_NAME);
+            std::fs::write(&path, [whole.clone(), tail].concat()).unwrap();
+            let store = LogStore::open(dir.path(), FsyncPolicy::No).unwrap();
+            assert_eq!(store.len(), 1);
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), whole.len() as u64);
+        }
     }
 }

@@ -139,6 +139,7 @@ pub struct RaftStatus {
     pub leader_url: Option<String>,
     pub term: u64,
     pub last_log_index: Option<u64>,
+    pub commit_index: Option<u64>,
     pub applied_index: Option<u64>,
     pub snapshot_index: Option<u64>,
     pub elections_seen: u64,
@@ -308,6 +309,11 @@ impl Consensus {
             r.last_log_index.unwrap_or(0),
         );
         m.gauge(
+            "memdb_raft_commit_index",
+            "The last raft log index known committed (on a majority).",
+            self.log.committed_index().unwrap_or(0),
+        );
+        m.gauge(
             "memdb_raft_applied_index",
             "The last raft log index applied to the table.",
             r.last_applied.map_or(0, |l| l.index),
@@ -354,6 +360,7 @@ impl Consensus {
             leader_url,
             term: m.current_term,
             last_log_index: last,
+            commit_index: self.log.committed_index(),
             applied_index: m.last_applied.map(|l| l.index),
             snapshot_index: m.snapshot.map(|l| l.index),
             elections_seen: self.elections(),
@@ -361,5 +368,19 @@ impl Consensus {
             keys: self.state.keys_held(),
             log_failed: self.log.failure(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_proposals_fingerprint_ignores_word_order_but_not_counts() {
+        let a = Proposal::new(vec![("a".into(), 1), ("b".into(), 2)], None);
+        let b = Proposal::new(vec![("b".into(), 2), ("a".into(), 1)], None);
+        let c = Proposal::new(vec![("a".into(), 2), ("b".into(), 1)], None);
+        assert_eq!(a.fingerprint, b.fingerprint);
+        assert_ne!(a.fingerprint, c.fingerprint);
     }
 }

@@ -395,3 +395,51 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .map_err(snap_error)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_window_forgets_the_oldest_keys_only() {
+        let mut k = Keys::default();
+        for i in 0..KEY_WINDOW as u64 + 10 {
+            k.insert(format!("k{i}"), i + 1, i);
+        }
+        assert_eq!(k.len(), KEY_WINDOW);
+        assert_eq!(k.get("k9"), None);
+        assert_eq!(k.get("k10"), Some((11, 10)));
+        let again = Keys::from_list(k.list());
+        assert_eq!(again.get("k10"), Some((11, 10)));
+        assert_eq!(again.len(), KEY_WINDOW);
+    }
+
+    #[test]
+    fn a_container_round_trips_and_a_damaged_one_is_refused() {
+        let mut map = CountMap::new();
+        map.add("hello", 3);
+        map.add("world", 1);
+        let meta = snapshot::Meta {
+            tokenizer: crate::words::Tokenizer::Unicode,
+            seq: 7,
+            incarnation: crate::consensus::group_incarnation("memdb"),
+        };
+        let image = snapshot::encode_entries(map.iter(), meta, None).unwrap();
+        let stored = StoredMeta {
+            meta: SnapshotMeta::default(),
+            file: "snapshot-x.memdb".into(),
+            keys: vec![("key".into(), 7, 42)],
+        };
+        let bytes = StateMachine::container(&stored, &image);
+        let (back, _, decoded) = open_container(&bytes).unwrap();
+        assert_eq!(back.keys, stored.keys);
+        assert_eq!(decoded.get("hello"), Some(3));
+        assert_eq!(decoded.len(), 2);
+        let mut bad = bytes.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(open_container(&bad).is_err());
+        assert!(open_container(&bytes[..20]).is_err());
+        assert!(open_container(b"not a snapshot at all").is_err());
+    }
+}

@@ -454,8 +454,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(LOG_NAME), &bytes).unwrap();
         let store = LogStore::open(dir.path(), FsyncPolicy::No).unwrap();
-        let inner = Arc::try_unwrap(store.inner).ok().unwrap().into_inner();
-        inner
+        Arc::try_unwrap(store.inner).ok().unwrap().into_inner()
     }
 
     #[test]

@@ -112,8 +112,8 @@ pub struct RaftConfig {
     pub peers: std::collections::BTreeMap<u64, String>,
     /// The group's name: RPCs naming another are refused. Default `memdb`.
     pub cluster: String,
-    /// A follower that hears no leader for this long (to twice it, at random) starts
-    /// an election. Default 500ms.
+    /// A follower that hears no leader for this long (to 1.5 times it, at random, after
+    /// the old leader's lease of 1.5 times it) starts an election. Default 300ms.
     pub election_timeout: Duration,
     /// How often the leader sends heartbeats. Default 100ms.
     pub heartbeat: Duration,
@@ -129,7 +129,7 @@ impl RaftConfig {
             node_id,
             peers: Default::default(),
             cluster: "memdb".into(),
-            election_timeout: Duration::from_millis(500),
+            election_timeout: Duration::from_millis(300),
             heartbeat: Duration::from_millis(100),
             snapshot_every: 20_000,
             write_timeout: Duration::from_secs(5),

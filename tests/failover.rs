@@ -35,7 +35,7 @@ pub fn voter_args(id: usize, dir: &TempDir, extra: &[&str]) -> Vec<String> {
         "--node-id",
         &id.to_string(),
         "--election-timeout",
-        "300ms",
+        "200ms",
         "--raft-heartbeat",
         "50ms",
         "--auth-token",
@@ -299,7 +299,7 @@ async fn killing_the_leader_under_writers_loses_and_doubles_nothing() {
     eprintln!("failover: first acknowledged write {failover:?} after the kill");
     assert!(
         failover < Duration::from_secs(2),
-        "a new leader took {failover:?} to acknowledge a write (election timeout 300ms)"
+        "a new leader took {failover:?} to acknowledge a write (election timeout 200ms)"
     );
     for t in tasks {
         t.await.unwrap();
@@ -708,4 +708,44 @@ async fn a_network_replica_follows_the_next_voter_without_a_full_sync() {
         "it moved to another voter"
     );
     assert_eq!(h["syncs"], 1, "only the first sync was a full one: {h}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_refuses_a_single_leaders_data_directory_and_a_peer_list_without_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let single = Node::leader(dir.path(), &[]);
+    single.client().post_text("kept").await.unwrap();
+    drop(single); // SIGKILL: the write is only in the log.
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_memdb"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let d = dir.path().to_str().unwrap();
+    let out = run(&["leader", "--port", "0", "--data-dir", d, "--node-id", "1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("single leader's write-ahead log"), "{err}");
+    let other = tempfile::tempdir().unwrap();
+    let out = run(&[
+        "leader",
+        "--port",
+        "0",
+        "--data-dir",
+        other.path().to_str().unwrap(),
+        "--node-id",
+        "1",
+        "--peers",
+        "2=http://127.0.0.1:1,3=http://127.0.0.1:2",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("must include this node"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The single leader's data is untouched: it starts again with its write.
+    let single = Node::leader(dir.path(), &[]);
+    assert_eq!(crate::util::counts(&single, &["kept"]).await["kept"], 1);
 }

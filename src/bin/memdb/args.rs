@@ -314,9 +314,9 @@ pub struct LeaderArgs {
         help_heading = "Raft group"
     )]
     pub cluster: String,
-    /// A follower that hears no leader for this long (up to twice it, at random)
-    /// starts an election.
-    #[arg(long, env = "MEMDB_ELECTION_TIMEOUT", default_value = "500ms",
+    /// A follower that hears no leader for this long (up to 1.5 times it, at random,
+    /// after the old leader's lease of 1.5 times it) starts an election.
+    #[arg(long, env = "MEMDB_ELECTION_TIMEOUT", default_value = "300ms",
           value_parser = parse_duration, help_heading = "Raft group")]
     pub election_timeout: Duration,
     /// How often the raft leader sends heartbeats (well under --election-timeout).

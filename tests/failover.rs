@@ -708,6 +708,21 @@ async fn a_network_replica_follows_the_next_voter_without_a_full_sync() {
         "it moved to another voter"
     );
     assert_eq!(h["syncs"], 1, "only the first sync was a full one: {h}");
+    // min_seq means the same on every node: a write acknowledged at seq s is read at s
+    // on any voter or replica.
+    let s = post_until_acked(&g.http, &alive, 0, "fresh", "f", DEADLINE).await;
+    for url in alive.iter().chain([&replica.url]) {
+        let got: HashMap<String, u64> = g
+            .http
+            .get(format!("{url}/wordcount?word=fresh&min_seq={s}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(got["fresh"], 1, "{url} at min_seq {s}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,8 +25,18 @@ pub struct Group {
     pub http: reqwest::Client,
 }
 
+/// `--election-timeout 200ms --raft-heartbeat 50ms` unless `extra` sets them.
 pub fn voter_args(id: usize, dir: &TempDir, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
+    let mut args: Vec<String> = vec![
+        "--election-timeout".into(),
+        "200ms".into(),
+        "--raft-heartbeat".into(),
+        "50ms".into(),
+    ];
+    if extra.contains(&"--election-timeout") {
+        args.clear();
+    }
+    let mut head: Vec<String> = [
         "leader",
         "--port",
         "0",
@@ -34,10 +44,6 @@ pub fn voter_args(id: usize, dir: &TempDir, extra: &[&str]) -> Vec<String> {
         dir.path().to_str().unwrap(),
         "--node-id",
         &id.to_string(),
-        "--election-timeout",
-        "200ms",
-        "--raft-heartbeat",
-        "50ms",
         "--auth-token",
         TOKEN,
         "--snapshot-interval",
@@ -46,8 +52,9 @@ pub fn voter_args(id: usize, dir: &TempDir, extra: &[&str]) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
+    head.append(&mut args);
+    head.extend(extra.iter().map(|s| s.to_string()));
+    head
 }
 
 pub fn http() -> reqwest::Client {
@@ -130,6 +137,32 @@ impl Group {
             (self.up[l] && h["raft"]["state"] == "leader").then_some(l)
         })
         .await
+    }
+
+    /// A membership change, sent to whoever leads, retried while leadership moves.
+    pub async fn admin(&self, path: &str, body: Value) {
+        let give_up = Instant::now() + DEADLINE;
+        loop {
+            let leader = self.leader().await;
+            let r = self
+                .http
+                .post(format!("{}{path}", self.nodes[leader].url))
+                .json(&body)
+                .timeout(DEADLINE)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            let text = r.text().await.unwrap();
+            if status == 200 {
+                return;
+            }
+            assert!(
+                [421, 503].contains(&status.as_u16()) && Instant::now() < give_up,
+                "{path} {body}: {status} {text}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn urls(&self) -> Vec<String> {
@@ -443,41 +476,40 @@ async fn random_kills_pauses_and_restarts_converge_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_added_at_run_time_catches_up_from_a_snapshot_and_a_removed_one_gets_no_writes() {
-    let g = Group::start(3, &["--raft-snapshot-every", "20"]).await;
+    // A debug build takes tens of milliseconds for an append of 16 such entries: the
+    // append's timeout (the heartbeat interval) must allow it.
+    let slow = [
+        "--raft-snapshot-every",
+        "20",
+        "--election-timeout",
+        "500ms",
+        "--raft-heartbeat",
+        "150ms",
+    ];
+    let g = Group::start(3, &slow).await;
     let urls = g.urls();
+    // 60,000 distinct words: the snapshot (a 1 MiB file, 4 MiB as JSON) is far larger
+    // than the 1 MiB --max-body of client posts.
     for i in 0..60 {
+        let text: Vec<String> = (0..1000).map(|j| format!("e{i}x{j}")).collect();
         post_until_acked(
             &g.http,
             &urls,
             i,
-            &format!("early{} shared", i % 7),
+            &format!("{} shared", text.join(" ")),
             &format!("e{i}"),
             DEADLINE,
         )
         .await;
     }
     let dir = tempfile::tempdir().unwrap();
-    let args = voter_args(4, &dir, &["--raft-snapshot-every", "20"]);
+    let args = voter_args(4, &dir, &slow);
     let fourth = Node::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let leader = g.leader().await;
-    let r = g
-        .http
-        .post(format!("{}/raft/learners", urls[leader]))
-        .json(&json!({ "id": 4, "url": fourth.url }))
-        .timeout(DEADLINE)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    let r = g
-        .http
-        .post(format!("{}/raft/membership", urls[leader]))
-        .json(&json!({ "voters": [1, 2, 3, 4] }))
-        .timeout(DEADLINE)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    g.admin("/raft/learners", json!({ "id": 4, "url": fourth.url }))
+        .await;
+    g.admin("/raft/membership", json!({ "voters": [1, 2, 3, 4] }))
+        .await;
     let want_early = table(&g.http, &urls[leader]).await;
     eventually("the new voter to hold the whole table", || async {
         (table(&g.http, &fourth.url).await == want_early).then_some(())
@@ -491,15 +523,8 @@ async fn a_node_added_at_run_time_catches_up_from_a_snapshot_and_a_removed_one_g
     // Remove voter 1 (or, if it leads, voter 2): it no longer receives writes.
     let gone = if leader == 0 { 1 } else { 0 };
     let voters: Vec<u64> = (1..=4).filter(|id| *id != gone as u64 + 1).collect();
-    let r = g
-        .http
-        .post(format!("{}/raft/membership", urls[leader]))
-        .json(&json!({ "voters": voters }))
-        .timeout(DEADLINE)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    g.admin("/raft/membership", json!({ "voters": voters }))
+        .await;
     let gone_seq = g.raft(gone).await.unwrap()["seq"].as_u64().unwrap();
     let mut all = urls.clone();
     all.push(fourth.url.clone());
@@ -550,7 +575,7 @@ async fn forged_raft_requests_change_nothing() {
         "prev_log_id": null,
         "leader_commit": null,
         "entries": [{"log_id": {"leader_id": {"term": 0, "node_id": 9}, "index": 1},
-                     "payload": {"Normal": {"deltas": [["forged", 1000]], "key": null, "fingerprint": 0}}}],
+                     "payload": {"Normal": {"deltas": "forged 1000\n", "key": null, "fingerprint": 0}}}],
     });
     let cases: Vec<(reqwest::RequestBuilder, u16)> = vec![
         // No token.
@@ -642,6 +667,13 @@ async fn forged_raft_requests_change_nothing() {
     assert_eq!(g.leader().await, leader);
     let want: HashMap<String, u64> = [("kept".to_string(), 1)].into_iter().collect();
     g.converged(&want).await;
+    // The raft log and snapshots are the owner's only.
+    use std::os::unix::fs::PermissionsExt;
+    for e in std::fs::read_dir(g.dirs[target].path().join("raft")).unwrap() {
+        let e = e.unwrap();
+        let mode = e.metadata().unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{:?} is {mode:o}", e.path());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -728,9 +760,9 @@ async fn a_network_replica_follows_the_next_voter_without_a_full_sync() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_voter_refuses_a_single_leaders_data_directory_and_a_peer_list_without_itself() {
     let dir = tempfile::tempdir().unwrap();
-    let single = Node::leader(dir.path(), &[]);
+    let single = Node::leader(dir.path(), &["--fsync", "always"]);
     single.client().post_text("kept").await.unwrap();
-    drop(single); // SIGKILL: the write is only in the log.
+    drop(single); // SIGKILL: the write is only in the log (fsynced before the answer).
     let run = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_memdb"))
             .args(args)

@@ -18,6 +18,7 @@ use std::fmt::Debug;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::ops::RangeBounds;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -125,6 +126,7 @@ impl LogStore {
             .read(true)
             .append(true)
             .create(true)
+            .mode(0o600)
             .open(&path)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
@@ -308,6 +310,7 @@ impl Inner {
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
             .open(&tmp)?;
         f.write_all(&out)?;
         f.sync_all()?;

@@ -385,13 +385,22 @@ async fn unregister_handler(
 /// The leader's routes.
 pub fn leader_router(leader: Leader) -> Router {
     let cfg = &leader.shared.config;
-    let mut guarded = OpenApiRouter::new()
+    // A voter takes raft RPCs far larger than a client's text (a batch of entries, a
+    // snapshot chunk): the node's limit is theirs, and --max-body stays the limit of
+    // POST /post.
+    let max_body = if cfg.raft.is_some() {
+        cfg.max_body.max(crate::consensus::MAX_RPC_BODY)
+    } else {
+        cfg.max_body
+    };
+    let post = OpenApiRouter::new()
         .routes(routes!(post_handler))
-        .routes(routes!(
-            register_handler,
-            list_replicas_handler,
-            unregister_handler
-        ));
+        .layer(axum::extract::DefaultBodyLimit::max(cfg.max_body));
+    let mut guarded = OpenApiRouter::new().merge(post).routes(routes!(
+        register_handler,
+        list_replicas_handler,
+        unregister_handler
+    ));
     if cfg.raft.is_some() {
         use crate::consensus::routes as raft;
         guarded = guarded
@@ -408,7 +417,7 @@ pub fn leader_router(leader: Leader) -> Router {
         guarded,
         routes!(health_handler),
         &cfg.serving,
-        Some(cfg.max_body),
+        Some(max_body),
     )
 }
 

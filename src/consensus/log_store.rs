@@ -37,6 +37,12 @@ const RECORD_HEAD: usize = 12;
 /// Rewrite the file when it holds this many bytes and four times what is live.
 const REWRITE_AT: u64 = 32 << 20;
 
+/// [`Record::Entries`] written from a borrowed slice (the same JSON).
+#[derive(Serialize)]
+enum EntriesRef<'a> {
+    Entries(&'a [Entry]),
+}
+
 #[derive(Serialize, Deserialize)]
 enum Record {
     Entries(Vec<Entry>),
@@ -78,7 +84,10 @@ enum Flush {
 }
 
 fn encode(record: &Record) -> Vec<u8> {
-    let payload = serde_json::to_vec(record).expect("records serialize");
+    frame(serde_json::to_vec(record).expect("records serialize"))
+}
+
+fn frame(payload: Vec<u8>) -> Vec<u8> {
     let mut out = Vec::with_capacity(RECORD_HEAD + payload.len());
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&payload).to_le_bytes());
@@ -277,8 +286,11 @@ impl Inner {
 
     /// Appends one record (no fsync).
     fn write(&mut self, record: &Record) -> Result<u64, StorageError<NodeId>> {
+        self.write_bytes(encode(record))
+    }
+
+    fn write_bytes(&mut self, bytes: Vec<u8>) -> Result<u64, StorageError<NodeId>> {
         self.check()?;
-        let bytes = encode(record);
         if let Err(e) = self.file.write_all(&bytes) {
             // A partial record is cut at the next start; nothing after it may land.
             self.failed = Some(e.to_string());
@@ -401,8 +413,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
+        let bytes =
+            frame(serde_json::to_vec(&EntriesRef::Entries(&entries)).expect("entries serialize"));
         let mut inner = self.inner.lock();
-        let size = inner.write(&Record::Entries(entries.clone()))?;
+        let size = inner.write_bytes(bytes)?;
         inner.replay(Record::Entries(entries), size);
         match inner.policy {
             FsyncPolicy::Always => {
@@ -458,6 +472,13 @@ mod tests {
         std::fs::write(dir.path().join(LOG_NAME), &bytes).unwrap();
         let store = LogStore::open(dir.path(), FsyncPolicy::No).unwrap();
         Arc::try_unwrap(store.inner).ok().unwrap().into_inner()
+    }
+
+    #[test]
+    fn entries_written_borrowed_read_back_as_records() {
+        let es = vec![entry(1, 1), entry(1, 2)];
+        let borrowed = serde_json::to_vec(&EntriesRef::Entries(&es)).unwrap();
+        assert_eq!(borrowed, serde_json::to_vec(&Record::Entries(es)).unwrap());
     }
 
     #[test]

@@ -68,8 +68,9 @@ pub struct Proposal {
     /// On the wire and in the log: one string of `word count` lines (words hold no
     /// white space), which is several times faster to write and parse than a JSON array
     /// of pairs, and smaller.
+    /// Shared: the engine clones entries for the log and for every follower.
     #[serde(with = "packed")]
-    pub deltas: Deltas,
+    pub deltas: Arc<Deltas>,
     pub key: Option<String>,
     /// A digest of the words and their counts (in any order), so that a key reused
     /// for other words is refused.
@@ -83,7 +84,7 @@ impl Proposal {
             acc.wrapping_add(xxhash_rust::xxh3::xxh3_64_with_seed(w.as_bytes(), *n))
         });
         Proposal {
-            deltas,
+            deltas: Arc::new(deltas),
             key,
             fingerprint,
         }
@@ -95,12 +96,14 @@ mod packed {
     use serde::de::Error;
     use serde::{Deserialize, Deserializer, Serializer};
 
+    use std::sync::Arc;
+
     use crate::words::Deltas;
 
-    pub fn serialize<S: Serializer>(deltas: &Deltas, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(deltas: &Arc<Deltas>, s: S) -> Result<S::Ok, S::Error> {
         let mut out = String::with_capacity(deltas.iter().map(|(w, _)| w.len() + 4).sum());
         let mut n = itoa::Buffer::new();
-        for (w, c) in deltas {
+        for (w, c) in deltas.iter() {
             out.push_str(w);
             out.push(' ');
             out.push_str(n.format(*c));
@@ -109,9 +112,10 @@ mod packed {
         s.serialize_str(&out)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Deltas, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<Deltas>, D::Error> {
         let text = std::borrow::Cow::<'de, str>::deserialize(d)?;
-        text.lines()
+        let deltas: Result<Deltas, D::Error> = text
+            .lines()
             .map(|line| {
                 let (w, c) = line
                     .rsplit_once(' ')
@@ -125,7 +129,8 @@ mod packed {
                 }
                 Ok((w.to_owned(), c))
             })
-            .collect()
+            .collect();
+        deltas.map(Arc::new)
     }
 }
 

@@ -312,7 +312,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             outcome: Outcome::KeyReused,
                         },
                         None => {
-                            let seq = self.leader.apply_committed(p.deltas);
+                            let deltas = Arc::try_unwrap(p.deltas).unwrap_or_else(|d| (*d).clone());
+                            let seq = self.leader.apply_committed(deltas);
                             if let Some(k) = p.key {
                                 inner.keys.insert(k, seq, p.fingerprint);
                             }

@@ -107,17 +107,7 @@ impl Group {
     }
 
     pub async fn raft(&self, i: usize) -> Option<Value> {
-        let h: Value = self
-            .http
-            .get(format!("{}/health", self.nodes[i].url))
-            .timeout(Duration::from_millis(500))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        Some(h)
+        health(&self.http, &self.nodes[i].url).await
     }
 
     /// The index of the node every running node agrees leads (waits for it).
@@ -201,6 +191,18 @@ impl Group {
         }
         seq
     }
+}
+
+/// `/health` as JSON, if the node answers within half a second.
+pub async fn health(http: &reqwest::Client, url: &str) -> Option<Value> {
+    http.get(format!("{url}/health"))
+        .timeout(Duration::from_millis(500))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
 }
 
 pub async fn table(http: &reqwest::Client, url: &str) -> HashMap<String, u64> {
@@ -539,15 +541,7 @@ async fn a_node_added_at_run_time_catches_up_from_a_snapshot_and_a_removed_one_g
         last = post_until_acked(&g.http, &remaining, i, "late", &format!("l{i}"), DEADLINE).await;
     }
     eventually("the new voter to apply the late writes", || async {
-        let h: Value = g
-            .http
-            .get(format!("{}/health", fourth.url))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let h = health(&g.http, &fourth.url).await?;
         (h["seq"].as_u64()? >= last).then_some(())
     })
     .await;
@@ -722,15 +716,7 @@ async fn a_network_replica_follows_the_next_voter_without_a_full_sync() {
         .collect();
     let seq = g.converged(&want).await;
     let h = eventually("the replica to reach the group's seq", || async {
-        let h: Value = g
-            .http
-            .get(format!("{}/health", replica.url))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let h = health(&g.http, &replica.url).await?;
         (h["seq"].as_u64()? == seq).then_some(h)
     })
     .await;

@@ -123,10 +123,6 @@ fn io_error(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
     StorageIOError::write_logs(&e).into()
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 impl LogStore {
     /// Opens (or creates) the log in `dir`, replaying it; a torn tail is cut off.
     pub fn open(dir: &Path, policy: FsyncPolicy) -> io::Result<LogStore> {
@@ -307,7 +303,6 @@ impl Inner {
             return Ok(());
         }
         let dir = self.path.parent().expect("in a directory").to_owned();
-        let tmp = dir.join(format!(".{LOG_NAME}.tmp"));
         let mut out = Vec::new();
         out.extend(encode(&Record::Vote(self.vote.unwrap_or_default())));
         out.extend(encode(&Record::Committed(self.committed)));
@@ -318,16 +313,12 @@ impl Inner {
         for chunk in entries.chunks(1024) {
             out.extend(encode(&Record::Entries(chunk.to_vec())));
         }
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&out)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &self.path)?;
-        sync_dir(&dir)?;
+        crate::storage::snapshot::write_atomically(
+            &dir,
+            LOG_NAME,
+            &format!(".{LOG_NAME}.tmp"),
+            &out,
+        )?;
         let file = OpenOptions::new()
             .read(true)
             .append(true)

@@ -8,6 +8,7 @@ pub mod publisher;
 pub mod replication;
 mod routes;
 mod status;
+mod voter;
 
 pub use routes::{leader_router, run, serve};
 
@@ -32,7 +33,7 @@ use crate::storage::delta::Changes;
 use crate::storage::history::History;
 use crate::storage::log::Wal;
 use crate::storage::snapshot::{self, SnapshotError};
-use crate::storage::table::{CountMap, Table};
+use crate::storage::table::Table;
 use crate::words::{Deltas, Tokenizer};
 
 use open::{base_or_empty, lock_data_dir, recover, replica_set};
@@ -122,6 +123,14 @@ pub(super) fn io_err<'a>(
         path: path.to_owned(),
         source,
     }
+}
+
+/// Each word's hash, computed before the table's lock is taken.
+fn word_hashes(deltas: &Deltas) -> Vec<u64> {
+    deltas
+        .iter()
+        .map(|(w, _)| crate::storage::table::word_hash(w))
+        .collect()
 }
 
 /// A cheap-clone handle to the leader's state.
@@ -330,10 +339,7 @@ impl Leader {
             });
         }
         let wal = s.wal.as_ref().expect("a single leader has a log");
-        let hashes: Vec<u64> = deltas
-            .iter()
-            .map(|(w, _)| crate::storage::table::word_hash(w))
-            .collect();
+        let hashes = word_hashes(&deltas);
         let seq = {
             let mut table = s.table.write();
             if wal.health().is_failed() {
@@ -354,7 +360,12 @@ impl Leader {
 
     /// Applies `deltas` as the next seq under the table's write lock and queues the
     /// batch for the replicas.
-    fn apply_locked(&self, table: &mut Table, deltas: Deltas, hashes: &[u64]) -> Arc<Batch> {
+    pub(super) fn apply_locked(
+        &self,
+        table: &mut Table,
+        deltas: Deltas,
+        hashes: &[u64],
+    ) -> Arc<Batch> {
         let seq = table.seq() + 1;
         table.apply_hashed(&deltas, hashes, seq);
         let batch = Arc::new(Batch {
@@ -367,7 +378,7 @@ impl Leader {
     }
 
     /// Tells `min_seq` readers and the senders about `seq`, and counts the write.
-    fn advance(&self, seq: u64, words: u64) {
+    pub(super) fn advance(&self, seq: u64, words: u64) {
         let s = &self.shared;
         s.seq_tx.send_if_modified(|cur| {
             let newer = seq > *cur;
@@ -378,111 +389,6 @@ impl Leader {
         });
         s.words_ingested.fetch_add(words, Ordering::Relaxed);
         s.posts.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// A voter applies a committed raft entry: the next seq (the raft log is the
-    /// write-ahead log here). Returns the seq.
-    pub fn apply_committed(&self, deltas: Deltas) -> u64 {
-        let s = &self.shared;
-        let words = deltas.iter().map(|(_, n)| *n).sum();
-        let hashes: Vec<u64> = deltas
-            .iter()
-            .map(|(w, _)| crate::storage::table::word_hash(w))
-            .collect();
-        let seq = {
-            let mut table = s.table.write();
-            let batch = self.apply_locked(&mut table, deltas, &hashes);
-            s.publisher.push(batch.clone());
-            batch.seq
-        };
-        self.advance(seq, words);
-        seq
-    }
-
-    /// A voter installs a raft snapshot from the leader: the table becomes `map` at
-    /// `seq`. Counts only grow, so the difference is a batch of additions, which the
-    /// publisher and replicas take like any other (the backlog restarts at it).
-    pub fn install_table(&self, map: CountMap, seq: u64) {
-        let s = &self.shared;
-        let mut table = s.table.write();
-        if seq <= table.seq() {
-            return;
-        }
-        let mut deltas = Deltas::new();
-        for (w, n) in map.iter() {
-            let old = table.map().get(w).unwrap_or(0);
-            if n > old {
-                deltas.push((w.to_owned(), n - old));
-            }
-        }
-        let hashes: Vec<u64> = deltas
-            .iter()
-            .map(|(w, _)| crate::storage::table::word_hash(w))
-            .collect();
-        table.apply_hashed(&deltas, &hashes, seq);
-        let batch = Arc::new(Batch {
-            seq,
-            deltas,
-            digest: Some(table.digest()),
-        });
-        s.backlog.lock().restart(batch.clone());
-        s.publisher.push(batch);
-        drop(table);
-        self.advance(seq, 0);
-    }
-
-    /// A copy of the table and its seq (for a raft snapshot, taken off the lock).
-    pub fn table_copy(&self) -> (CountMap, u64) {
-        let t = self.shared.table.read();
-        (t.map().clone(), t.seq())
-    }
-
-    /// What a snapshot of this node's table at `seq` says about itself.
-    pub fn snapshot_meta(&self, seq: u64) -> snapshot::Meta {
-        snapshot::Meta {
-            tokenizer: self.shared.config.tokenizer,
-            seq,
-            incarnation: self.shared.incarnation,
-        }
-    }
-
-    /// The seq the table reflects now.
-    pub fn current_seq(&self) -> u64 {
-        self.shared.table.read().seq()
-    }
-
-    pub fn data_dir(&self) -> &Path {
-        &self.shared.config.data_dir
-    }
-
-    /// The raft engine, on a voter of a raft group.
-    pub fn consensus(&self) -> Option<&crate::consensus::Consensus> {
-        self.shared.consensus.get()
-    }
-
-    /// Starts the raft engine (a voter: `config.raft` is set). Call once, after
-    /// [`Leader::open`].
-    pub async fn start_consensus(&self) -> Result<(), LeaderError> {
-        let s = &self.shared;
-        let Some(cfg) = s.config.raft.clone() else {
-            return Ok(());
-        };
-        let boot = s.raft_boot.lock().take();
-        let c = crate::consensus::Consensus::start(
-            self.clone(),
-            cfg,
-            boot,
-            s.config.wal.fsync,
-            s.config
-                .serving
-                .auth_token
-                .as_ref()
-                .map(|t| t.header_value()),
-        )
-        .await
-        .map_err(LeaderError::Raft)?;
-        let _ = s.consensus.set(c);
-        Ok(())
     }
 
     /// Publishes a snapshot now (if anything changed); returns the seq on disk.
@@ -571,23 +477,6 @@ impl Leader {
                 error: e.to_string(),
             },
         })
-    }
-
-    /// A voter's shutdown: stop the raft engine (nothing more is applied), publish the
-    /// final snapshot for the local replicas. What it applied is in its raft log.
-    async fn shutdown_voter(&self, c: &crate::consensus::Consensus) -> Result<u64, ShutdownError> {
-        let s = &self.shared;
-        if let Err(e) = c.raft.shutdown().await {
-            tracing::error!(error = %e, "stopping the raft engine");
-        }
-        s.replicas.shutdown().await;
-        match self.flush_snapshot().await {
-            Ok(p) => tracing::info!(seq = p, "final snapshot published"),
-            Err(e) => tracing::error!(error = %e, "final snapshot failed"),
-        }
-        s.notifier_stop.cancel();
-        let _ = fs::remove_file(&s.socket_path);
-        Ok(self.seq())
     }
 
     /// Writes the whole table as a snapshot file into the rescue directory.

@@ -782,3 +782,28 @@ async fn a_voter_refuses_a_single_leaders_data_directory_and_a_peer_list_without
     let single = Node::leader(dir.path(), &[]);
     assert_eq!(crate::util::counts(&single, &["kept"]).await["kept"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_whole_group_killed_under_writers_with_fsync_always_keeps_every_acknowledged_write() {
+    let mut g = Group::start(3, &["--fsync", "always"]).await;
+    let (writers, per) = (4, 40);
+    let acked = Arc::new(AtomicU64::new(0));
+    let last_ack = Arc::new(parking_lot::Mutex::new(None));
+    let tasks = spawn_writers(g.urls(), writers, per, acked.clone(), last_ack);
+    eventually("some writes acknowledged", || async {
+        (acked.load(Ordering::Relaxed) >= 40).then_some(())
+    })
+    .await;
+    for i in 0..3 {
+        g.kill(i);
+    }
+    let at_crash = acked.load(Ordering::Relaxed);
+    for i in 0..3 {
+        g.restart(i);
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(at_crash < (writers * per) as u64, "the crash came mid-run");
+    g.converged(&expected(writers, per)).await;
+}

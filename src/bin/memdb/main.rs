@@ -113,6 +113,9 @@ async fn run(cli: Cli, fds: std::io::Result<u64>) -> anyhow::Result<()> {
                 }),
                 ..LeaderConfig::new(a.data_dir)
             };
+            if config.raft.as_ref().is_some_and(|r| r.node_id == 0) {
+                anyhow::bail!("--node-id must be 1 or more (0 means \"no node\" to raft)");
+            }
             if let Some(r) = &config.raft
                 && !r.peers.is_empty()
                 && !r.peers.contains_key(&r.node_id)

@@ -241,16 +241,37 @@ impl Client {
     /// (an HTTP client drops credentials on a redirect to another port).
     pub async fn post_keyed(&self, text: &str, key: &str) -> Result<PostReply, ClientError> {
         let body = format!("text={}", form_encode(text));
+        self.post_following(body, "application/x-www-form-urlencoded", Some(key))
+            .await
+    }
+
+    /// `POST /post` of `text` as `text/plain` (no encoding), with an `Idempotency-Key`
+    /// if given; a `307` is followed once, with the token.
+    pub async fn post_plain(
+        &self,
+        text: String,
+        key: Option<&str>,
+    ) -> Result<PostReply, ClientError> {
+        self.post_following(text, "text/plain; charset=utf-8", key)
+            .await
+    }
+
+    async fn post_following(
+        &self,
+        body: String,
+        content_type: &'static str,
+        key: Option<&str>,
+    ) -> Result<PostReply, ClientError> {
+        let body = bytes::Bytes::from(body);
         let mut url = self.url("/post");
         for hop in 0..2 {
-            let req = self
+            let mut req = self
                 .authorize(self.http.post(&url).timeout(REQUEST_TIMEOUT))
-                .header(
-                    reqwest::header::CONTENT_TYPE,
-                    "application/x-www-form-urlencoded",
-                )
-                .header("idempotency-key", key)
+                .header(reqwest::header::CONTENT_TYPE, content_type)
                 .body(body.clone());
+            if let Some(key) = key {
+                req = req.header("idempotency-key", key);
+            }
             let resp = self.send(req, &url).await?;
             if resp.status() == StatusCode::TEMPORARY_REDIRECT
                 && hop == 0

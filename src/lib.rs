@@ -29,6 +29,7 @@ pub mod backoff;
 pub mod client;
 pub mod config;
 pub mod consensus;
+pub mod ingest;
 pub mod leader;
 pub mod perf;
 pub mod protocol;

@@ -11,6 +11,7 @@ mod compaction;
 mod diskfull;
 mod durability;
 mod failover;
+mod ingest;
 mod limits;
 mod local;
 mod model;

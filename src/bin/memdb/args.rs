@@ -58,6 +58,9 @@ pub enum Command {
     LocalReplica(LocalReplicaArgs),
     /// Load a running cluster (POSTs to the leader, GETs on the replicas), then check
     /// that every replica holds exactly the leader's counts. Exits 1 if one does not.
+    /// Stream text files (or stdin) of any size to the leader, in chunks cut at white
+    /// space; directories are walked, globs expanded, .gz read.
+    Ingest(IngestArgs),
     Perf(PerfArgs),
     /// A bare axum server with no work behind its routes: the benchmarks' baseline.
     #[command(hide = true)]
@@ -112,6 +115,30 @@ pub struct PerfArgs {
     /// is acknowledged; fail unless the leader grew by exactly the words acknowledged.
     #[arg(long)]
     pub retry_with_keys: bool,
+}
+
+#[derive(Args)]
+pub struct IngestArgs {
+    /// Files, directories (walked, sorted), glob patterns, or - for stdin [default: stdin].
+    pub paths: Vec<String>,
+    /// The leader's URL (a raft group: any voter; writes follow its redirect).
+    #[arg(long, env = "MEMDB_LEADER", default_value = "http://127.0.0.1:8080")]
+    pub leader: String,
+    /// Largest chunk, one request body: at most the leader's --max-body.
+    #[arg(long, default_value = "256KiB", value_parser = parse_size)]
+    pub chunk_size: usize,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// How long one chunk is retried (where a retry cannot count twice) before the run fails.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub retry_for: Duration,
+    /// Print one JSON summary instead of a progress bar and a line.
+    #[arg(long)]
+    pub json: bool,
+    /// Bearer token to send with every request.
+    #[arg(long, env = "MEMDB_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
 }
 
 #[derive(Args)]

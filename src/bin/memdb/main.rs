@@ -65,6 +65,9 @@ async fn run(cli: Cli, fds: std::io::Result<u64>) -> anyhow::Result<()> {
     if let Command::Perf(a) = cli.command {
         return perf(a).await;
     }
+    if let Command::Ingest(a) = cli.command {
+        return ingest(a).await;
+    }
     let role_format = match &cli.command {
         Command::Leader(a) => a.server.common.log_format,
         Command::Replica(a) => a.server.common.log_format,
@@ -142,7 +145,7 @@ async fn run(cli: Cli, fds: std::io::Result<u64>) -> anyhow::Result<()> {
             };
             memdb::replica::network::run(listener, config, shutdown).await?;
         }
-        Command::Perf(_) => unreachable!("handled above"),
+        Command::Perf(_) | Command::Ingest(_) => unreachable!("handled above"),
         Command::Baseline(a) => {
             let listener = bind(&a.listen, "baseline").await?;
             memdb::server::listen::serve(
@@ -194,6 +197,40 @@ async fn perf(a: PerfArgs) -> anyhow::Result<()> {
     }
     if !report.consistent() {
         std::process::exit(1);
+    }
+    Ok(())
+}
+
+async fn ingest(a: args::IngestArgs) -> anyhow::Result<()> {
+    let cfg = memdb::ingest::IngestConfig {
+        leader: a.leader,
+        paths: a.paths,
+        chunk_size: a.chunk_size,
+        concurrency: a.concurrency,
+        auth_token: a.auth_token.as_deref().and_then(Token::new),
+        progress: !a.json,
+        retry_for: a.retry_for,
+    };
+    match memdb::ingest::run(cfg).await {
+        Ok(s) if a.json => println!("{}", serde_json::to_string_pretty(&s)?),
+        Ok(s) => println!(
+            "ingested {} file(s), {} in {:.1} s: {} words ({:.0} words/s, {}/s), {} chunks, \
+             {} retries, seq {}{}",
+            s.files,
+            bytesize::ByteSize(s.bytes),
+            s.seconds,
+            s.words,
+            s.words_per_second,
+            bytesize::ByteSize(s.bytes_per_second as u64),
+            s.chunks,
+            s.retries,
+            s.seq,
+            if s.keyed { " (idempotency keys)" } else { "" }
+        ),
+        Err(e) => {
+            eprintln!("memdb ingest: {e}");
+            std::process::exit(1);
+        }
     }
     Ok(())
 }

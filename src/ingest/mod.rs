@@ -1,0 +1,426 @@
+//! `memdb ingest`: streams files (or stdin) of any size to the leader in chunks cut at
+//! white space ([`chunker`]), several requests in flight.
+//!
+//! Retries are safe only where a retry cannot count twice. A raft group remembers an
+//! `Idempotency-Key` per chunk, so every failure is retried (through the redirect to
+//! whoever leads). A single leader does not, so only refusals that applied nothing
+//! are retried there (connection refused, `429`, `507`, a `503` that names no seq); a
+//! chunk whose outcome is unknown (the answer lost) stops the run with its offset, so
+//! that the operator knows exactly what was and was not counted.
+
+pub mod chunker;
+
+use std::fs::File;
+use std::io::{BufReader, IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::backoff::Backoff;
+use crate::client::{Client, ClientError};
+use chunker::{ChunkError, Chunker};
+
+/// What to ingest, and how.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    pub leader: String,
+    /// Files, directories (walked), glob patterns, or `-` for stdin; empty: stdin.
+    pub paths: Vec<String>,
+    /// Largest chunk (request body); must fit the leader's `--max-body`.
+    pub chunk_size: usize,
+    /// Requests in flight.
+    pub concurrency: usize,
+    pub auth_token: Option<crate::server::auth::Token>,
+    /// Show a progress bar (only on a terminal).
+    pub progress: bool,
+    /// How long one chunk is retried before the run fails.
+    pub retry_for: Duration,
+}
+
+/// One input: a file or stdin.
+#[derive(Debug, Clone)]
+enum Source {
+    Stdin,
+    File(PathBuf),
+}
+
+impl Source {
+    fn name(&self) -> String {
+        match self {
+            Source::Stdin => "<stdin>".into(),
+            Source::File(p) => p.display().to_string(),
+        }
+    }
+
+    fn open(&self) -> std::io::Result<Box<dyn Read + Send>> {
+        let raw: Box<dyn Read + Send> = match self {
+            Source::Stdin => Box::new(std::io::stdin()),
+            Source::File(p) => Box::new(File::open(p)?),
+        };
+        let gz = matches!(self, Source::File(p) if p.extension().is_some_and(|e| e == "gz"));
+        let buffered = BufReader::with_capacity(1 << 20, raw);
+        Ok(if gz {
+            Box::new(flate2::read::MultiGzDecoder::new(buffered))
+        } else {
+            Box::new(buffered)
+        })
+    }
+
+    /// Bytes of text it holds, if known before reading (not for stdin or gzip).
+    fn len(&self) -> Option<u64> {
+        match self {
+            Source::File(p) if p.extension().is_none_or(|e| e != "gz") => {
+                std::fs::metadata(p).ok().map(|m| m.len())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Why the run stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("{0}")]
+    Input(String),
+    #[error("{source_name}: chunk {chunk} (bytes {offset}..{end}) was refused: {reason}")]
+    Refused {
+        source_name: String,
+        chunk: u64,
+        offset: u64,
+        end: u64,
+        reason: String,
+    },
+    #[error(
+        "{source_name}: chunk {chunk} (bytes {offset}..{end}): its outcome is unknown \
+         ({reason}); the leader does not take Idempotency-Keys, so it was not retried. \
+         The chunks before it were counted, and those sent alongside it may have been: \
+         check the leader's table before resuming from byte {offset}"
+    )]
+    Unknown {
+        source_name: String,
+        chunk: u64,
+        offset: u64,
+        end: u64,
+        reason: String,
+    },
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Summary {
+    pub files: usize,
+    pub bytes: u64,
+    pub chunks: u64,
+    pub words: u64,
+    pub seconds: f64,
+    pub words_per_second: f64,
+    pub bytes_per_second: f64,
+    /// Chunks sent again after a failure.
+    pub retries: u64,
+    /// The highest seq an answer named.
+    pub seq: u64,
+    /// Whether chunks carried Idempotency-Keys (the leader is a raft group).
+    pub keyed: bool,
+}
+
+/// Files named by `paths`, in order: directories walked (sorted), glob patterns
+/// expanded, `-` for stdin.
+fn sources(paths: &[String]) -> Result<Vec<Source>, IngestError> {
+    if paths.is_empty() {
+        return Ok(vec![Source::Stdin]);
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        if p == "-" {
+            out.push(Source::Stdin);
+            continue;
+        }
+        let path = Path::new(p);
+        let matches: Vec<PathBuf> = if !path.exists() && p.contains(['*', '?', '[']) {
+            let found: Vec<PathBuf> = glob::glob(p)
+                .map_err(|e| IngestError::Input(format!("{p}: {e}")))?
+                .filter_map(Result::ok)
+                .collect();
+            if found.is_empty() {
+                return Err(IngestError::Input(format!("{p}: no file matches")));
+            }
+            found
+        } else {
+            vec![path.to_owned()]
+        };
+        for m in matches {
+            walk(&m, &mut out)?;
+        }
+    }
+    Ok(out)
+}
+
+fn walk(path: &Path, out: &mut Vec<Source>) -> Result<(), IngestError> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| IngestError::Input(format!("{}: {e}", path.display())))?;
+    if meta.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| IngestError::Input(format!("{}: {e}", path.display())))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for e in entries {
+            walk(&e, out)?;
+        }
+    } else if meta.is_file() {
+        out.push(Source::File(path.to_owned()));
+    }
+    Ok(())
+}
+
+/// A chunk on its way: where it came from and its text.
+struct Piece {
+    source: usize,
+    chunk: u64,
+    offset: u64,
+    text: String,
+}
+
+/// Reads every source on a blocking thread and hands out chunks.
+fn spawn_reader(sources: Vec<Source>, max: usize, tx: mpsc::Sender<Result<Piece, IngestError>>) {
+    std::thread::spawn(move || {
+        let mut n = 0u64;
+        for (i, s) in sources.iter().enumerate() {
+            let input = match s.open() {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(IngestError::Input(format!("{}: {e}", s.name()))));
+                    return;
+                }
+            };
+            for c in Chunker::new(input, max) {
+                let piece = c
+                    .map(|c| {
+                        n += 1;
+                        Piece {
+                            source: i,
+                            chunk: n,
+                            offset: c.offset,
+                            text: c.text,
+                        }
+                    })
+                    .map_err(|e: ChunkError| IngestError::Input(format!("{}: {e}", s.name())));
+                let stop = piece.is_err();
+                if tx.blocking_send(piece).is_err() || stop {
+                    return;
+                }
+            }
+        }
+    });
+}
+
+/// Counters the senders share.
+#[derive(Default)]
+struct Counters {
+    bytes: AtomicU64,
+    chunks: AtomicU64,
+    words: AtomicU64,
+    retries: AtomicU64,
+    seq: AtomicU64,
+}
+
+/// Whether the leader takes Idempotency-Keys: a raft voter's `/health` has `raft`.
+async fn takes_keys(leader: &Client) -> Result<bool, IngestError> {
+    let (_, h) = leader
+        .health()
+        .await
+        .map_err(|e| IngestError::Input(format!("the leader cannot be reached: {e}")))?;
+    Ok(h.get("raft").is_some_and(|r| !r.is_null()))
+}
+
+/// Whether an error may be retried: always with a key; without one, only when the
+/// leader certainly applied nothing.
+fn retryable(e: &ClientError, keyed: bool) -> Result<(), bool> {
+    match e {
+        ClientError::Http { source, .. } => {
+            if keyed || source.is_connect() {
+                Ok(())
+            } else {
+                Err(true) // Sent, and the answer lost: unknown.
+            }
+        }
+        ClientError::Status { status, body, .. } => {
+            let applied_nothing = *status == StatusCode::TOO_MANY_REQUESTS
+                || *status == StatusCode::INSUFFICIENT_STORAGE
+                || (*status == StatusCode::SERVICE_UNAVAILABLE && !body.contains("\"seq\""));
+            if applied_nothing || (keyed && status.is_server_error()) {
+                Ok(())
+            } else {
+                Err(*status == StatusCode::SERVICE_UNAVAILABLE
+                    || *status == StatusCode::GATEWAY_TIMEOUT)
+            }
+        }
+        ClientError::Protocol { .. } => Err(true),
+    }
+}
+
+/// Posts one piece until it is acknowledged, or fails the run.
+async fn send(
+    leader: &Client,
+    piece: &Piece,
+    key: Option<String>,
+    names: &[String],
+    retry_for: Duration,
+    counters: &Counters,
+) -> Result<(u64, u64), IngestError> {
+    let started = Instant::now();
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    let end = piece.offset + piece.text.len() as u64;
+    loop {
+        let e = match leader.post_plain(piece.text.clone(), key.as_deref()).await {
+            Ok(r) => return Ok((r.seq, r.words)),
+            Err(e) => e,
+        };
+        let fail = |unknown: bool| {
+            let (source_name, chunk, offset, reason) = (
+                names[piece.source].clone(),
+                piece.chunk,
+                piece.offset,
+                e.to_string(),
+            );
+            if unknown {
+                IngestError::Unknown {
+                    source_name,
+                    chunk,
+                    offset,
+                    end,
+                    reason,
+                }
+            } else {
+                IngestError::Refused {
+                    source_name,
+                    chunk,
+                    offset,
+                    end,
+                    reason,
+                }
+            }
+        };
+        match retryable(&e, key.is_some()) {
+            Ok(()) if started.elapsed() < retry_for => {
+                counters.retries.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Ok(()) => return Err(fail(key.is_none() && matches!(e, ClientError::Http { .. }))),
+            Err(unknown) => return Err(fail(unknown)),
+        }
+    }
+}
+
+fn progress_bar(cfg: &IngestConfig, total: Option<u64>) -> indicatif::ProgressBar {
+    if !cfg.progress || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = match total {
+        Some(t) => indicatif::ProgressBar::new(t),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    let template = if total.is_some() {
+        "{bytes}/{total_bytes} [{bar:30}] {bytes_per_sec} {msg} ETA {eta}"
+    } else {
+        "{spinner} {bytes} {bytes_per_sec} {msg}"
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(template)
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+/// Runs the ingest. See the module docs.
+pub async fn run(cfg: IngestConfig) -> Result<Summary, IngestError> {
+    let sources = sources(&cfg.paths)?;
+    let names: Arc<Vec<String>> = Arc::new(sources.iter().map(Source::name).collect());
+    let total = sources
+        .iter()
+        .map(Source::len)
+        .try_fold(0u64, |acc, l| l.map(|l| acc + l));
+    let leader = Client::new(&cfg.leader).with_token(cfg.auth_token.clone());
+    let keyed = takes_keys(&leader).await?;
+    let run_id = format!("{:016x}", rand::random::<u64>());
+    let files = sources.len();
+    let (tx, mut rx) = mpsc::channel(cfg.concurrency.max(1) * 2);
+    spawn_reader(sources, cfg.chunk_size, tx);
+    let counters = Arc::new(Counters::default());
+    let slots = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
+    let bar = progress_bar(&cfg, total);
+    let started = Instant::now();
+    let (err_tx, mut err_rx) = mpsc::unbounded_channel::<IngestError>();
+    let mut failure = None;
+    let mut tasks = tokio::task::JoinSet::new();
+    while let Some(piece) = rx.recv().await {
+        if let Ok(e) = err_rx.try_recv() {
+            failure = Some(e);
+            break;
+        }
+        let piece = match piece {
+            Ok(p) => p,
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        };
+        let permit = slots.clone().acquire_owned().await.expect("never closed");
+        let (leader, names, counters, err_tx, bar) = (
+            leader.clone(),
+            names.clone(),
+            counters.clone(),
+            err_tx.clone(),
+            bar.clone(),
+        );
+        let key = keyed.then(|| format!("ingest-{run_id}-{}", piece.chunk));
+        let retry_for = cfg.retry_for;
+        tasks.spawn(async move {
+            let _permit = permit;
+            match send(&leader, &piece, key, &names, retry_for, &counters).await {
+                Ok((seq, words)) => {
+                    let len = piece.text.len() as u64;
+                    counters.bytes.fetch_add(len, Ordering::Relaxed);
+                    counters.chunks.fetch_add(1, Ordering::Relaxed);
+                    let all = counters.words.fetch_add(words, Ordering::Relaxed) + words;
+                    counters.seq.fetch_max(seq, Ordering::Relaxed);
+                    bar.inc(len);
+                    let secs = started.elapsed().as_secs_f64().max(1e-3);
+                    bar.set_message(format!("{:.0} words/s", all as f64 / secs));
+                }
+                Err(e) => {
+                    let _ = err_tx.send(e);
+                }
+            }
+        });
+    }
+    drop(rx);
+    while tasks.join_next().await.is_some() {}
+    bar.finish_and_clear();
+    if let Some(e) = failure.or_else(|| err_rx.try_recv().ok()) {
+        return Err(e);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let c = &counters;
+    let (bytes, words) = (
+        c.bytes.load(Ordering::Relaxed),
+        c.words.load(Ordering::Relaxed),
+    );
+    Ok(Summary {
+        files,
+        bytes,
+        chunks: c.chunks.load(Ordering::Relaxed),
+        words,
+        seconds,
+        words_per_second: words as f64 / seconds.max(1e-9),
+        bytes_per_second: bytes as f64 / seconds.max(1e-9),
+        retries: c.retries.load(Ordering::Relaxed),
+        seq: c.seq.load(Ordering::Relaxed),
+        keyed,
+    })
+}

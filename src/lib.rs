@@ -23,6 +23,9 @@
 //! - [`worker`]: a thread fed by a channel that stops when its handle drops.
 //! - [`client`]: the typed HTTP client replicas, `perf` and the tests use.
 //! - [`perf`]: the load tool behind `memdb perf`, a client only.
+//! - [`ingest`]: `memdb ingest`, streaming files of any size to the leader, a client only.
+//! - [`consensus`]: a raft group of leaders (openraft): the log, the state machine,
+//!   the RPCs between voters.
 //! - [`config`]: every role's validated configuration, with documented defaults.
 
 pub mod backoff;

@@ -28,10 +28,11 @@ pub struct Network {
 }
 
 impl Network {
-    pub fn new(cluster: String, token: Option<String>, timeout: Duration) -> Network {
+    /// Each RPC's own deadline is the engine's (`RPCOption`); `connect_timeout` bounds
+    /// reaching a peer.
+    pub fn new(cluster: String, token: Option<String>, connect_timeout: Duration) -> Network {
         let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
+            .connect_timeout(connect_timeout)
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .expect("an HTTP client");

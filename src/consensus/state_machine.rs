@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Applied, Entry, NodeId, Outcome, TypeConfig};
 use crate::leader::Leader;
+use crate::server::router::CountSource;
 use crate::storage::counts::CountMap;
 use crate::storage::snapshot;
 
@@ -290,13 +291,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             inner.last_applied = Some(entry.log_id);
             let applied = match entry.payload {
                 EntryPayload::Blank => Applied {
-                    seq: self.leader.current_seq(),
+                    seq: self.leader.seq(),
                     outcome: Outcome::Counted,
                 },
                 EntryPayload::Membership(m) => {
                     inner.membership = StoredMembership::new(Some(entry.log_id), m);
                     Applied {
-                        seq: self.leader.current_seq(),
+                        seq: self.leader.seq(),
                         outcome: Outcome::Counted,
                     }
                 }

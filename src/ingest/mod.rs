@@ -249,9 +249,12 @@ fn retryable(e: &ClientError, keyed: bool) -> Result<(), bool> {
             }
         }
         ClientError::Status { status, body, .. } => {
+            // A 503 that names a seq (a write applied but not made durable) applied it.
+            let names_seq = serde_json::from_str::<serde_json::Value>(body)
+                .is_ok_and(|v| v.get("seq").is_some());
             let applied_nothing = *status == StatusCode::TOO_MANY_REQUESTS
                 || *status == StatusCode::INSUFFICIENT_STORAGE
-                || (*status == StatusCode::SERVICE_UNAVAILABLE && !body.contains("\"seq\""));
+                || (*status == StatusCode::SERVICE_UNAVAILABLE && !names_seq);
             if applied_nothing || (keyed && status.is_server_error()) {
                 Ok(())
             } else {

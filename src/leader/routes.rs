@@ -169,7 +169,7 @@ async fn post_to_group(
     let key = idempotency_key(headers)?;
     let (deltas, words) = leader.shared.config.tokenizer.count(text);
     if words == 0 {
-        let seq = leader.current_seq();
+        let seq = leader.seq();
         return Ok((
             StatusCode::ACCEPTED,
             [(SEQ, crate::protocol::seq_value(seq))],
@@ -387,30 +387,34 @@ pub fn leader_router(leader: Leader) -> Router {
     let cfg = &leader.shared.config;
     // A voter takes raft RPCs far larger than a client's text (a batch of entries, a
     // snapshot chunk): the node's limit is theirs, and --max-body stays the limit of
-    // POST /post.
+    // every route a client calls.
     let max_body = if cfg.raft.is_some() {
         cfg.max_body.max(crate::consensus::MAX_RPC_BODY)
     } else {
         cfg.max_body
     };
-    let post = OpenApiRouter::new()
+    let mut clients = OpenApiRouter::new()
         .routes(routes!(post_handler))
-        .layer(axum::extract::DefaultBodyLimit::max(cfg.max_body));
-    let mut guarded = OpenApiRouter::new().merge(post).routes(routes!(
-        register_handler,
-        list_replicas_handler,
-        unregister_handler
-    ));
+        .routes(routes!(
+            register_handler,
+            list_replicas_handler,
+            unregister_handler
+        ));
+    let mut rpcs = OpenApiRouter::new();
     if cfg.raft.is_some() {
         use crate::consensus::routes as raft;
-        guarded = guarded
-            .routes(routes!(raft::append))
-            .routes(routes!(raft::vote))
-            .routes(routes!(raft::snapshot))
+        clients = clients
             .routes(routes!(raft::init))
             .routes(routes!(raft::add_learner))
             .routes(routes!(raft::membership));
+        rpcs = rpcs
+            .routes(routes!(raft::append))
+            .routes(routes!(raft::vote))
+            .routes(routes!(raft::snapshot));
     }
+    let guarded = clients
+        .layer(axum::extract::DefaultBodyLimit::max(cfg.max_body))
+        .merge(rpcs);
     router::node_router(
         leader.clone(),
         "leader",

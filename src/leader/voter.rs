@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::{Leader, LeaderError, ShutdownError, word_hashes};
+use crate::server::router::CountSource;
 use crate::storage::batch::Batch;
 use crate::storage::snapshot;
 use crate::storage::table::CountMap;
@@ -34,18 +35,25 @@ impl Leader {
     /// publisher and replicas take like any other (the backlog restarts at it).
     pub fn install_table(&self, map: CountMap, seq: u64) {
         let s = &self.shared;
-        let mut table = s.table.write();
-        if seq <= table.seq() {
-            return;
-        }
-        let mut deltas = Deltas::new();
-        for (w, n) in map.iter() {
-            let old = table.map().get(w).unwrap_or(0);
-            if n > old {
-                deltas.push((w.to_owned(), n - old));
+        // The difference is found under the read lock (readers go on meanwhile): only
+        // the state machine writes a voter's table, one entry or snapshot at a time, so
+        // nothing changes it before the write lock below.
+        let deltas = {
+            let table = s.table.read();
+            if seq <= table.seq() {
+                return;
             }
-        }
+            let mut deltas = Deltas::new();
+            for (w, n) in map.iter() {
+                let old = table.map().get(w).unwrap_or(0);
+                if n > old {
+                    deltas.push((w.to_owned(), n - old));
+                }
+            }
+            deltas
+        };
         let hashes = word_hashes(&deltas);
+        let mut table = s.table.write();
         table.apply_hashed(&deltas, &hashes, seq);
         let batch = Arc::new(Batch {
             seq,
@@ -71,11 +79,6 @@ impl Leader {
             seq,
             incarnation: self.shared.incarnation,
         }
-    }
-
-    /// The seq the table reflects now.
-    pub fn current_seq(&self) -> u64 {
-        self.shared.table.read().seq()
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -129,6 +132,6 @@ impl Leader {
         }
         s.notifier_stop.cancel();
         let _ = fs::remove_file(&s.socket_path);
-        Ok(self.current_seq())
+        Ok(self.seq())
     }
 }

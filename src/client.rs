@@ -306,6 +306,47 @@ impl Client {
         Self::ok_json(resp, &url).await
     }
 
+    /// `GET /top`: the first `n` words in rank order (starting with `prefix`, if not
+    /// empty) and the seq they reflect.
+    pub async fn top(
+        &self,
+        n: usize,
+        prefix: &str,
+        min_seq: Option<u64>,
+    ) -> Result<TopReply, ClientError> {
+        let mut path = format!("/top?n={n}");
+        if !prefix.is_empty() {
+            path.push_str(&format!("&prefix={}", form_encode(prefix)));
+        }
+        if let Some(s) = min_seq {
+            path.push_str(&format!("&min_seq={s}"));
+        }
+        let (url, req) = self.get(&path, REQUEST_TIMEOUT);
+        let resp = self.send(req, &url).await?;
+        let seq = seq_of(&resp);
+        let words = Self::ok_json(resp, &url).await?;
+        Ok(TopReply { seq, words })
+    }
+
+    /// [`Client::wordcount`], with the seq the counts reflect.
+    pub async fn wordcount_at(
+        &self,
+        words: &[&str],
+        min_seq: Option<u64>,
+    ) -> Result<(Option<u64>, HashMap<String, u64>), ClientError> {
+        let mut q: Vec<String> = words
+            .iter()
+            .map(|w| format!("word={}", form_encode(w)))
+            .collect();
+        if let Some(s) = min_seq {
+            q.push(format!("min_seq={s}"));
+        }
+        let (url, req) = self.get(&format!("/wordcount?{}", q.join("&")), REQUEST_TIMEOUT);
+        let resp = self.send(req, &url).await?;
+        let seq = seq_of(&resp);
+        Ok((seq, Self::ok_json(resp, &url).await?))
+    }
+
     /// `GET /sync`: the whole table with its seq, incarnation and tokenizer.
     pub async fn sync(&self) -> Result<SyncReply, ClientError> {
         let (url, req) = self.get("/sync", SYNC_TIMEOUT);
@@ -440,6 +481,28 @@ impl Client {
 }
 
 /// Percent-encodes for a form or query component.
+/// The `x-memdb-seq` of an answer, if it has one.
+fn seq_of(resp: &reqwest::Response) -> Option<u64> {
+    resp.headers()
+        .get(SEQ.as_str())
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+}
+
+/// One word of a `GET /top` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub struct TopWord {
+    pub word: String,
+    pub count: u64,
+}
+
+/// A `GET /top` answer.
+#[derive(Debug, Clone)]
+pub struct TopReply {
+    /// `None` only from a node that sent no seq.
+    pub seq: Option<u64>,
+    pub words: Vec<TopWord>,
+}
+
 pub fn form_encode(s: &str) -> String {
     use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
     utf8_percent_encode(s, NON_ALPHANUMERIC).to_string()

@@ -22,3 +22,4 @@ mod persistence;
 mod registry;
 mod repair;
 mod security;
+mod top;

@@ -17,6 +17,7 @@ use crate::leader::replication::LinkReport;
 use crate::protocol::Incarnation;
 use crate::server::error::ApiError;
 use crate::server::metrics::Series;
+use crate::server::parse::TopQuery;
 use crate::server::router::{CountSource, SyncBody};
 use crate::storage::mapped::MappedState;
 use crate::storage::table::CountMap;
@@ -226,6 +227,13 @@ impl CountSource for Leader {
 
     fn ready(&self) -> Result<(), ApiError> {
         Ok(())
+    }
+
+    fn top(&self, q: &TopQuery<'_>) -> Result<(Vec<u8>, u64), ApiError> {
+        let prefix = q.prefix_for(self.shared.config.tokenizer);
+        let t = self.shared.table.read();
+        let body = t.with_top_words(q.n, &prefix, crate::server::parse::top_body);
+        Ok((body, t.seq()))
     }
 
     fn lookup(&self, words: &[Cow<'_, str>]) -> Result<(Vec<u8>, u64), ApiError> {

@@ -33,6 +33,16 @@ pub struct ErrorBody {
 /// Counts by word: `{"word": count, ...}`.
 pub type WordCounts = BTreeMap<String, u64>;
 
+/// One entry of `GET /top`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Only its schema is used: the answer is written directly.
+pub struct TopWord {
+    /// The word, as the table holds it (normalised).
+    word: String,
+    /// Its count.
+    count: u64,
+}
+
 /// A handler and the operation documenting it (`P`, the struct `#[utoipa::path]`
 /// generates), registered together under the methods the document names. This is what
 /// [`utoipa_axum::routes!`] does, for handlers it cannot name (generic ones, such as

@@ -208,9 +208,117 @@ pub fn lookup_body<W: AsRef<str>>(
     Ok(out)
 }
 
+/// The parsed query of `GET /top`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TopQuery<'a> {
+    pub n: usize,
+    /// As the client wrote it (normalise with [`TopQuery::prefix_for`]).
+    pub prefix: Cow<'a, str>,
+    pub min_seq: Option<u64>,
+}
+
+/// The longest `prefix=` taken, in bytes.
+pub const MAX_PREFIX: usize = 1024;
+
+impl TopQuery<'_> {
+    /// The prefix as the tokenizer would have written it in the table: lowercased by
+    /// the Unicode tokenizer, unchanged by the whitespace one.
+    pub fn prefix_for(&self, tokenizer: Tokenizer) -> Cow<'_, str> {
+        match tokenizer {
+            Tokenizer::Unicode if self.prefix.chars().any(char::is_uppercase) => {
+                Cow::Owned(self.prefix.to_lowercase())
+            }
+            _ => Cow::Borrowed(&*self.prefix),
+        }
+    }
+}
+
+/// Parses `n=K&prefix=P&min_seq=N` (all optional).
+pub fn top_query(raw: Option<&str>) -> Result<TopQuery<'_>, ApiError> {
+    use crate::storage::top::{DEFAULT_TOP, MAX_TOP};
+    let mut q = TopQuery {
+        n: DEFAULT_TOP,
+        prefix: Cow::Borrowed(""),
+        min_seq: None,
+    };
+    for pair in query_pairs(raw.unwrap_or("")) {
+        let (k, v) = pair?;
+        match k.as_ref() {
+            "n" => {
+                q.n = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_TOP).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "query parameter \"n\" must be an integer from 1 to {MAX_TOP}"
+                        ))
+                    })?
+            }
+            "prefix" => {
+                if v.len() > MAX_PREFIX {
+                    return Err(ApiError::bad_request(format!(
+                        "query parameter \"prefix\" is over {MAX_PREFIX} bytes"
+                    )));
+                }
+                q.prefix = v;
+            }
+            "min_seq" => {
+                q.min_seq = Some(v.parse().map_err(|_| {
+                    ApiError::bad_request("query parameter \"min_seq\" must be an integer")
+                })?)
+            }
+            _ => {}
+        }
+    }
+    Ok(q)
+}
+
+/// Answers `GET /top`: `[{"word": "the", "count": 12}, ...]`, written directly.
+pub fn top_body(entries: &[(&str, u64)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + entries.iter().map(|(w, _)| w.len() + 32).sum::<usize>());
+    out.push(b'[');
+    let mut num = itoa::Buffer::new();
+    for (i, (word, count)) in entries.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"word\":");
+        serde_json::to_writer(&mut out, word).expect("writing a string to a Vec cannot fail");
+        out.extend_from_slice(b",\"count\":");
+        out.extend_from_slice(num.format(*count).as_bytes());
+        out.push(b'}');
+    }
+    out.push(b']');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn top_queries_are_checked_and_answered_as_a_json_array() {
+        let q = top_query(None).unwrap();
+        assert_eq!((q.n, q.prefix.as_ref(), q.min_seq), (10, "", None));
+        let q = top_query(Some("n=3&prefix=H%C3%89l&min_seq=7&x=1")).unwrap();
+        assert_eq!((q.n, q.prefix.as_ref(), q.min_seq), (3, "HÉl", Some(7)));
+        assert_eq!(q.prefix_for(Tokenizer::Unicode), "hél");
+        assert_eq!(q.prefix_for(Tokenizer::Whitespace), "HÉl");
+        for bad in ["n=0", "n=10001", "n=-1", "n=x", "min_seq=y", "prefix=%FF"] {
+            let e = top_query(Some(bad)).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");
+        }
+        let long = format!("prefix={}", "a".repeat(MAX_PREFIX + 1));
+        assert!(top_query(Some(&long)).is_err());
+        let body = top_body(&[("the", 5), ("\"q\"", 1)]);
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v,
+            json!([{"word": "the", "count": 5}, {"word": "\"q\"", "count": 1}])
+        );
+        assert_eq!(top_body(&[]), b"[]");
+    }
 
     #[test]
     fn form_decoding_is_strict() {

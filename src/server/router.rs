@@ -20,6 +20,7 @@ use crate::protocol::{INCARNATION, Incarnation};
 use crate::server::budget::{BodyBudget, BodyBudgetLayer};
 use crate::server::error::ApiError;
 use crate::server::metrics::{NodeCollector, NodeMetrics, Series};
+use crate::server::parse::TopQuery;
 use crate::words::Tokenizer;
 
 /// A node whose counts can be read.
@@ -37,6 +38,9 @@ pub trait CountSource: Clone + Send + Sync + 'static {
     fn want_seq(&self, _seq: u64) {}
     /// The JSON answer for `words` (as the client wrote them) and the seq it reflects.
     fn lookup(&self, words: &[Cow<'_, str>]) -> Result<(Vec<u8>, u64), ApiError>;
+    /// The JSON answer of `GET /top` (see [`crate::server::parse::top_body`]) and the
+    /// seq it reflects.
+    fn top(&self, q: &TopQuery<'_>) -> Result<(Vec<u8>, u64), ApiError>;
     /// The whole table as a JSON object, with its seq, incarnation and tokenizer.
     fn sync_body(&self) -> impl std::future::Future<Output = SyncBody> + Send;
     /// Distinct words in the table the node serves.
@@ -89,8 +93,15 @@ pub async fn wordcount<S: CountSource>(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let q = crate::server::parse::word_query(query.as_deref())?;
-    // A node with no data yet may still answer a min_seq read once the data arrives.
-    if let Some(min) = q.min_seq {
+    reach(&node, q.min_seq).await?;
+    let (body, seq) = node.lookup(&q.words)?;
+    Ok(json_at(body, seq))
+}
+
+/// Waits for `min_seq` if there is one (a node with no data yet may still answer once
+/// the data arrives), then checks the node has data to serve.
+async fn reach<S: CountSource>(node: &S, min_seq: Option<u64>) -> Result<(), ApiError> {
+    if let Some(min) = min_seq {
         let mut rx = node.seq_watch();
         if *rx.borrow() < min {
             node.want_seq(min);
@@ -107,9 +118,53 @@ pub async fn wordcount<S: CountSource>(
             .with("min_seq", min));
         }
     }
-    node.ready()?;
-    let (body, seq) = node.lookup(&q.words)?;
-    Ok((
+    node.ready()
+}
+
+/// `GET /top?n=K[&prefix=P][&min_seq=N]` → `[{"word": "the", "count": 12}, ...]`.
+#[utoipa::path(
+    get,
+    path = "/top",
+    tag = "reads",
+    summary = "The most frequent words",
+    description = "Exact: the first `n` words by count (highest first), ties in byte \
+                   order of the word, as of the seq in `x-memdb-seq`. Every node keeps \
+                   its top 10,000 words ranked (a local replica reads them from the \
+                   snapshot files in place), so the answer costs about `n` entries; a \
+                   `prefix` that fewer than `n` of those 10,000 words start with is \
+                   answered by a pass over the whole table.",
+    params(
+        ("n" = Option<usize>, Query, description = "How many words, 1 to 10000 (default 10)"),
+        ("prefix" = Option<String>, Query, description = "Only words that start with this \
+          (normalised as ingested text is: lowercased by the unicode tokenizer)"),
+        ("min_seq" = Option<u64>, Query, description = "Answer only once the node has \
+          reached this seq (read-your-writes), waiting at most the node's --max-wait"),
+    ),
+    responses(
+        (status = 200, description = "The words in rank order, and the seq they reflect",
+         body = inline(Vec<crate::server::openapi::TopWord>),
+         headers(("x-memdb-seq" = u64, description = "The seq the answer reflects"))),
+        (status = 400, description = "n out of range, or a bad prefix or min_seq",
+         body = crate::server::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong token (with --protect-reads)",
+         body = crate::server::openapi::ErrorBody),
+        (status = 503, description = "No data yet, or min_seq not reached within --max-wait",
+         body = crate::server::openapi::ErrorBody),
+    )
+)]
+pub async fn top<S: CountSource>(
+    State(node): State<S>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let q = crate::server::parse::top_query(query.as_deref())?;
+    reach(&node, q.min_seq).await?;
+    let (body, seq) = node.top(&q)?;
+    Ok(json_at(body, seq))
+}
+
+/// A JSON answer with the seq it reflects.
+fn json_at(body: Vec<u8>, seq: u64) -> Response {
+    (
         [
             (
                 header::CONTENT_TYPE,
@@ -119,7 +174,7 @@ pub async fn wordcount<S: CountSource>(
         ],
         body,
     )
-        .into_response())
+        .into_response()
 }
 
 /// `GET /metrics` → the OpenMetrics text format (which Prometheus scrapes).
@@ -344,6 +399,7 @@ pub fn node_router<S: CountSource>(
     let guarded = guarded.routes(documented::<__path_sync, _, _, _>(sync::<S>));
     let lookups = OpenApiRouter::new()
         .routes(documented::<__path_wordcount, _, _, _>(wordcount::<S>))
+        .routes(documented::<__path_top, _, _, _>(top::<S>))
         .routes(utoipa_axum::routes!(metrics));
     let open = OpenApiRouter::new().routes(health);
     let mut routes = serving.apply(guarded, lookups, open);

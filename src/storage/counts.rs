@@ -111,6 +111,25 @@ impl CountMap {
         (0, n)
     }
 
+    /// [`CountMap::add`], also returning the word's entry number (see
+    /// [`CountMap::entry_at`]; stable until a word is removed).
+    pub fn add_indexed(&mut self, word: &str, n: u64) -> (u32, u64, u64) {
+        if let Some(i) = self.find(word) {
+            let e = &mut self.entries[i];
+            let before = e.count;
+            e.count = before.saturating_add(n);
+            return (i as u32, before, e.count);
+        }
+        self.push(word, n);
+        (self.entries.len() as u32 - 1, 0, n)
+    }
+
+    /// The word and count of entry number `i`.
+    pub fn entry_at(&self, i: u32) -> (&str, u64) {
+        let e = &self.entries[i as usize];
+        (word_at(&self.arena, e.loc), e.count)
+    }
+
     /// Adds `n` to `word`'s count (saturating) if the word is there; `false` if not.
     pub fn add_if_present(&mut self, word: &str, n: u64) -> bool {
         match self.find(word) {

@@ -24,6 +24,9 @@ pub struct MappedSnapshot {
     /// (device, inode) of the file mapped: tells whether the published name now points
     /// at another file.
     identity: FileId,
+    /// The top list of a file that carries none (versions 1 and 2), ranked once when
+    /// it was mapped.
+    ranked: Option<Vec<(Box<str>, u64)>>,
 }
 
 impl MappedSnapshot {
@@ -49,12 +52,20 @@ impl MappedSnapshot {
         // SAFETY: the leader never modifies or truncates a published snapshot (it
         // replaces the name by rename), so the mapped bytes do not change under us.
         let mmap = unsafe { Mmap::map(&file)? };
-        let (header, _) = snapshot::validate_until(&mmap, stop)?;
+        let (header, map) = snapshot::validate_until(&mmap, stop)?;
+        let ranked = header.top.is_none().then(|| {
+            let all = map.iter().map(|(k, v)| (k.as_str(), v.to_native()));
+            crate::storage::top::best_of(all, crate::storage::top::MAX_TOP)
+                .into_iter()
+                .map(|(w, c)| (w.into(), c))
+                .collect()
+        });
         // Page-aligned, so the archive at 64 or 96 is 16-aligned (validate checked).
         Ok(MappedSnapshot {
             mmap,
             header,
             identity: file_id(&meta),
+            ranked,
         })
     }
 
@@ -91,6 +102,16 @@ impl MappedSnapshot {
     /// The count of an (already normalised) word: 0 if absent.
     pub fn get(&self, word: &str) -> u64 {
         self.lookup(word).unwrap_or(0)
+    }
+
+    /// The file's top list in rank order: its top [`crate::storage::top::MAX_TOP`]
+    /// words, or all of them. Read in place.
+    pub fn top(&self) -> Box<dyn Iterator<Item = (&str, u64)> + '_> {
+        match (&self.ranked, self.header.top) {
+            (Some(r), _) => Box::new(r.iter().map(|(w, c)| (&**w, *c))),
+            (None, Some(s)) => Box::new(snapshot::toplist::entries(&self.mmap, s)),
+            (None, None) => Box::new(std::iter::empty()),
+        }
     }
 
     /// The count of a word, if the file holds it. Looks it up with the file's hash
@@ -181,6 +202,26 @@ impl MappedState {
             self.base.identity(),
             self.delta.as_ref().map(|d| d.identity()),
         )
+    }
+
+    /// The state's top list in rank order (see [`crate::storage::top::merged`]), and
+    /// whether it lists every word of the state.
+    pub fn top(&self) -> (impl Iterator<Item = (&str, u64)>, bool) {
+        let delta = self.delta.as_deref();
+        let over = delta.into_iter().flat_map(|d| d.top());
+        // Each file's list is whole then too, and the merge keeps all of them.
+        let complete = self.words() <= crate::storage::top::MAX_TOP as u64;
+        let merged = crate::storage::top::merged(over, self.base.top(), move |w| {
+            delta.is_some_and(|d| d.lookup(w).is_some())
+        });
+        (merged, complete)
+    }
+
+    /// The first `n` words in rank order that start with `prefix` (see
+    /// [`crate::storage::top::select`]).
+    pub fn top_words(&self, n: usize, prefix: &str) -> Vec<(&str, u64)> {
+        let (ranked, complete) = self.top();
+        crate::storage::top::select(ranked, complete, n, prefix, || self.iter())
     }
 
     /// Every word once with its count: the delta's words, then the base's that the

@@ -11,3 +11,4 @@ pub mod log;
 pub mod mapped;
 pub mod snapshot;
 pub mod table;
+pub mod top;

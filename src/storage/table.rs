@@ -3,6 +3,9 @@
 use std::collections::HashMap;
 
 pub use crate::storage::counts::CountMap;
+use parking_lot::Mutex;
+
+use crate::storage::top::TopWords;
 use crate::words::Deltas;
 
 /// A plain map of words, for what is not the table itself (a sync body, a snapshot's
@@ -31,12 +34,76 @@ pub enum DeltaError {
 
 /// Counts and the sequence number they reflect. Not synchronised: callers wrap it in a
 /// lock and keep `seq` and `map` changing together.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct Table {
     map: CountMap,
     seq: u64,
     /// [`digest_of`] the map, kept up to date with every change.
     digest: u64,
+    /// The most frequent words, as of `pending[..settled]`.
+    top: Mutex<Settled>,
+    /// Counts raised since the top list was last settled with the writer's lock: each
+    /// word's entry number and its count after the raise. A write only appends here;
+    /// the work of ranking is done once per word for many writes, by the next reader
+    /// of the top list (under the caller's read lock) or by a writer every
+    /// [`PENDING_MAX`] raises.
+    pending: Vec<(u32, u64)>,
+}
+
+/// Raises a writer settles into the top list itself.
+const PENDING_MAX: usize = 1 << 18;
+
+/// The top list and how much of `pending` it includes.
+#[derive(Debug, Default, Clone)]
+struct Settled {
+    list: TopWords,
+    /// `pending[..done]` are in the list.
+    done: usize,
+    /// Entry numbers seen while settling (cleared after), so that each word is ranked
+    /// once, with its last count.
+    seen: Vec<u64>,
+}
+
+impl Settled {
+    /// Brings the list up to date with `pending`, each word once with its last count
+    /// (counts only grow, so the last is the highest).
+    fn settle(&mut self, map: &CountMap, pending: &[(u32, u64)]) {
+        let fresh = &pending[self.done.min(pending.len())..];
+        if fresh.is_empty() {
+            return;
+        }
+        let words = map.len().div_ceil(64);
+        if self.seen.len() < words {
+            self.seen.resize(words, 0);
+        }
+        for &(i, count) in fresh.iter().rev() {
+            if !self.list.may_enter(count) {
+                continue;
+            }
+            let (slot, bit) = (i as usize / 64, 1u64 << (i % 64));
+            if self.seen[slot] & bit != 0 {
+                continue;
+            }
+            self.seen[slot] |= bit;
+            self.list.raised(map.entry_at(i).0, count);
+        }
+        for &(i, _) in fresh {
+            self.seen[i as usize / 64] = 0;
+        }
+        self.done = pending.len();
+    }
+}
+
+impl Clone for Table {
+    fn clone(&self) -> Self {
+        Table {
+            map: self.map.clone(),
+            seq: self.seq,
+            digest: self.digest,
+            top: Mutex::new(self.top.lock().clone()),
+            pending: self.pending.clone(),
+        }
+    }
 }
 
 /// A word's part of the digest: a fixed (unseeded) hash, the same on every node.
@@ -73,7 +140,53 @@ impl Table {
 
     pub fn from_parts(map: CountMap, seq: u64) -> Self {
         let digest = digest_of(map.iter());
-        Table { map, seq, digest }
+        let top = Mutex::new(Settled {
+            list: TopWords::of(map.iter()),
+            ..Default::default()
+        });
+        Table {
+            map,
+            seq,
+            digest,
+            top,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Calls `f` with the table's top list (see [`TopWords`]), brought up to date
+    /// first, and whether it holds every word of the table.
+    pub fn with_top<R>(&self, f: impl FnOnce(&TopWords, bool) -> R) -> R {
+        let mut top = self.top.lock();
+        top.settle(&self.map, &self.pending);
+        f(&top.list, top.list.len() == self.map.len())
+    }
+
+    /// Calls `f` with the first `n` words in rank order that start with `prefix` (see
+    /// [`crate::storage::top::select`]).
+    pub fn with_top_words<R>(
+        &self,
+        n: usize,
+        prefix: &str,
+        f: impl FnOnce(&[(&str, u64)]) -> R,
+    ) -> R {
+        self.with_top(|top, complete| {
+            f(&crate::storage::top::select(
+                top.iter(),
+                complete,
+                n,
+                prefix,
+                || self.map.iter(),
+            ))
+        })
+    }
+
+    /// Settles the pending raises into the top list with the writer's lock, and
+    /// forgets them.
+    fn settle_top(&mut self) {
+        let top = self.top.get_mut();
+        top.settle(&self.map, &self.pending);
+        top.done = 0;
+        self.pending.clear();
     }
 
     /// The table's digest (see [`digest_of`]).
@@ -115,13 +228,17 @@ impl Table {
         debug_assert_eq!(deltas.len(), hashes.len());
         let mut digest = self.digest;
         for ((word, n), &h) in deltas.iter().zip(hashes) {
-            let (before, after) = self.map.add(word, *n);
+            let (i, before, after) = self.map.add_indexed(word, *n);
+            self.pending.push((i, after));
             digest = digest
                 .wrapping_sub(entry_digest(h, before))
                 .wrapping_add(entry_digest(h, after));
         }
         self.digest = digest;
         self.seq = seq;
+        if self.pending.len() >= PENDING_MAX {
+            self.settle_top();
+        }
     }
 
     /// Applies signed deltas atomically: either every delta is applied or none is.
@@ -140,13 +257,29 @@ impl Table {
             let next = check_delta(word, count, *delta)?;
             staged.insert(word.as_str(), next);
         }
+        // Entry numbers change when a word goes: none may be pending past here.
+        self.settle_top();
+        let mut lowered = false;
         for (word, count) in staged {
+            let before = self.get(word);
+            if count < before {
+                // A count that falls may fall below words the top list never kept.
+                lowered |= self.top.get_mut().list.contains(word);
+            } else {
+                self.top.get_mut().list.raised(word, count);
+            }
             let h = word_hash(word);
             self.digest = self
                 .digest
                 .wrapping_sub(entry_digest(h, self.get(word)))
                 .wrapping_add(entry_digest(h, count));
             self.map.set(word, count);
+        }
+        if lowered {
+            *self.top.get_mut() = Settled {
+                list: TopWords::of(self.map.iter()),
+                ..Default::default()
+            };
         }
         Ok(())
     }
@@ -215,6 +348,12 @@ mod tests {
         a.apply_signed(&[("w7".into(), -n), ("new".into(), 4)])
             .unwrap();
         assert_eq!((a.get("w7"), a.digest()), (0, recomputed(&a)));
+        // The top list followed every change, the fall to zero included.
+        let fresh = TopWords::of(a.map().iter());
+        a.with_top(|top, complete| {
+            assert!(top.iter().eq(fresh.iter()), "{top:?} vs {fresh:?}");
+            assert!(complete && !top.contains("w7"));
+        });
         // One forged count, or a word moved to another: a different digest.
         let mut forged = b.clone();
         forged.apply_signed(&[("w3".into(), 1)]).unwrap();
@@ -226,6 +365,42 @@ mod tests {
         assert_ne!(moved.digest(), b.digest());
         let rebuilt = Table::from_parts(b.map().clone(), 9);
         assert_eq!(rebuilt.digest(), b.digest());
+    }
+
+    /// The top list, settled by readers now and then and by the writer past
+    /// `PENDING_MAX` raises, is always the table's exact top.
+    #[test]
+    fn the_top_list_follows_the_table() {
+        use crate::storage::top::{MAX_TOP, best_of};
+        let mut t = Table::new();
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let words = MAX_TOP as u64 * 3 / 2;
+        for seq in 1..=3_000u64 {
+            let deltas: Vec<(String, u64)> = (0..100)
+                .map(|_| {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let i = (rng % words) * ((rng >> 32) % words) / words;
+                    (format!("w{i}"), 1 + (rng >> 62))
+                })
+                .collect::<std::collections::BTreeMap<_, _>>()
+                .into_iter()
+                .collect();
+            t.apply(&deltas, seq);
+            if seq % 700 == 0 || seq == 3_000 {
+                let want = best_of(t.map().iter(), MAX_TOP);
+                t.with_top(|top, complete| {
+                    assert!(top.iter().eq(want.iter().copied()), "at seq {seq}");
+                    assert!(!complete);
+                });
+            }
+        }
+        assert!(t.len() > MAX_TOP);
+        // A clone keeps what was pending.
+        t.apply(&vec![("zzz".into(), 1 << 40)], 3_001);
+        let c = t.clone();
+        c.with_top(|top, _| assert_eq!(top.iter().next(), Some(("zzz", 1 << 40))));
     }
 
     #[test]

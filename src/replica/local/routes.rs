@@ -22,6 +22,7 @@ use crate::config::LocalReplicaConfig;
 use crate::protocol::Incarnation;
 use crate::server::error::ApiError;
 use crate::server::metrics::Series;
+use crate::server::parse::TopQuery;
 use crate::server::router::{self, CountSource, SyncBody};
 use crate::storage::mapped::MappedState;
 use crate::storage::table::CountMap;
@@ -225,6 +226,13 @@ impl CountSource for LocalReplica {
             }
             newer
         });
+    }
+
+    fn top(&self, q: &TopQuery<'_>) -> Result<(Vec<u8>, u64), ApiError> {
+        let m = self.mapped()?;
+        let h = m.header();
+        let body = crate::server::parse::top_body(&m.top_words(q.n, &q.prefix_for(h.tokenizer)));
+        Ok((body, h.seq))
     }
 
     fn lookup(&self, words: &[Cow<'_, str>]) -> Result<(Vec<u8>, u64), ApiError> {

@@ -21,6 +21,7 @@ use crate::config::ReplicaConfig;
 use crate::protocol::Incarnation;
 use crate::server::error::ApiError;
 use crate::server::metrics::Series;
+use crate::server::parse::TopQuery;
 use crate::server::router::{self, CountSource, SyncBody};
 use crate::words::Tokenizer;
 
@@ -175,6 +176,15 @@ impl CountSource for Replica {
                 "replica has not synced from its leader yet",
             ))
         }
+    }
+
+    fn top(&self, q: &TopQuery<'_>) -> Result<(Vec<u8>, u64), ApiError> {
+        let d = self.shared.data.read();
+        let prefix = q.prefix_for(d.tokenizer);
+        let body = d
+            .table
+            .with_top_words(q.n, &prefix, crate::server::parse::top_body);
+        Ok((body, d.table.seq()))
     }
 
     fn lookup(&self, words: &[Cow<'_, str>]) -> Result<(Vec<u8>, u64), ApiError> {

@@ -119,12 +119,13 @@ where
     }
 }
 
-/// Writes the pairs of `entries` (each word once) as an archived map after whatever
-/// `writer` already holds, which must end 16-aligned. Returns the writer and the
-/// number of pairs.
+/// Writes the `len` pairs of `entries` (each word once; counted by the caller on the
+/// same source) as an archived map after whatever `writer` already holds, which must
+/// end 16-aligned. Returns the writer and the number of pairs.
 pub(super) fn write_entries<'a, W, I>(
     writer: W,
     entries: I,
+    len: usize,
     load_factor: (usize, usize),
     key: (u64, u64),
 ) -> Result<(W, usize), SnapshotError>
@@ -132,7 +133,6 @@ where
     W: Writer<rancor::Error>,
     I: Iterator<Item = (&'a str, u64)> + Clone,
 {
-    let len = entries.clone().count();
     // A fresh arena, dropped at the end: the scratch of a large compaction must not
     // stay with the thread.
     let mut arena = Arena::new();

@@ -11,7 +11,8 @@ use rkyv::util::AlignedVec;
 
 use super::{
     BaseRef, Checksum, FILE_NAME, HEADER_LEN, Header, Kind, Meta, SnapshotError, TEMP_NAME,
-    delta_prefix, encode, header_fields, key_bytes, new_key, read_header, to_word_map, validate,
+    delta_prefix, encode, header_fields, key_bytes, new_key, read_header, to_word_map, top_section,
+    validate,
 };
 use crate::storage::table::WordMap;
 
@@ -177,10 +178,13 @@ where
         if let Some(b) = base {
             out.write_all(&delta_prefix(b))?;
         }
+        let (top, len) = top_section(entries.clone());
+        out.write_all(&top)?;
         let out = Stoppable { inner: out, stop };
         let (writer, words) = match encode::write_entries(
             rkyv::ser::writer::IoWriter::new(out),
             entries,
+            len,
             encode::load_factor(base.is_some()),
             key,
         ) {
@@ -213,6 +217,7 @@ where
         if let Some(b) = base {
             first.extend_from_slice(&delta_prefix(b));
         }
+        first.extend_from_slice(&top[..super::toplist::HEAD_LEN]);
         let header = read_header(&first, payload_len + HEADER_LEN as u64)?;
         Ok(Staged {
             path: path.clone(),

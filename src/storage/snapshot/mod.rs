@@ -51,6 +51,7 @@
 mod encode;
 mod file;
 pub mod hasher;
+pub mod toplist;
 
 use std::io;
 
@@ -71,8 +72,8 @@ use crate::words::Tokenizer;
 
 pub const MAGIC: [u8; 8] = *b"MEMDBSNP";
 pub const DELTA_MAGIC: [u8; 8] = *b"MEMDBDLT";
-/// The version written; version 1 files are read too.
-pub const VERSION: u32 = 2;
+/// The version written; versions 1 and 2 are read too.
+pub const VERSION: u32 = 3;
 pub const HEADER_LEN: usize = 64;
 /// A version 2 file's hash key, after the header.
 pub const KEY_LEN: usize = 16;
@@ -137,6 +138,8 @@ pub struct Header {
     pub base: Option<BaseRef>,
     /// The key the table is hashed with (`None`: version 1, FxHash).
     pub key: Option<(u64, u64)>,
+    /// The file's top list (`None`: versions 1 and 2, which have none).
+    pub top: Option<toplist::Section>,
 }
 
 impl Header {
@@ -145,13 +148,18 @@ impl Header {
         HEADER_LEN + if self.key.is_some() { KEY_LEN } else { 0 }
     }
 
-    /// Where the archive starts, from the start of the file.
-    pub fn archive_offset(&self) -> usize {
+    /// Where the top list (version 3) starts, from the start of the file.
+    fn top_offset(&self) -> usize {
         self.prefix_offset()
             + match self.kind {
                 Kind::Base => 0,
                 Kind::Delta => DELTA_PREFIX_LEN,
             }
+    }
+
+    /// Where the archive starts, from the start of the file.
+    pub fn archive_offset(&self) -> usize {
+        self.top_offset() + self.top.map_or(0, |t| t.len)
     }
 
     /// Distinct words in the state this file completes (for a delta, with its base).
@@ -173,7 +181,7 @@ pub enum SnapshotError {
     #[error("a {found:?} file where a {expected:?} was expected")]
     WrongKind { expected: Kind, found: Kind },
     #[error(
-        "snapshot format version {0} is not supported (this build reads versions 1 and {VERSION})"
+        "snapshot format version {0} is not supported (this build reads versions 1 to {VERSION})"
     )]
     UnsupportedVersion(u32),
     #[error("unknown tokenizer code {0} in snapshot header")]
@@ -190,6 +198,8 @@ pub enum SnapshotError {
     WordCount { expected: u64, actual: u64 },
     #[error("the delta's reserved field is not zero")]
     Reserved,
+    #[error("the top list is damaged: {0}")]
+    TopList(String),
     #[error("serializing the table failed: {0}")]
     Serialize(String),
     #[error("{0} is not a regular file")]
@@ -321,10 +331,12 @@ where
     if let Some(b) = base {
         buf.extend_from_slice(&delta_prefix(b));
     }
+    let (top, len) = top_section(entries.clone());
+    buf.extend_from_slice(&top);
     // rkyv writes after what the buffer holds; its relative pointers do not care where
-    // the archive starts, and 80 or 112 keeps it 16-aligned.
+    // the archive starts, and the 16-multiples before it keep it 16-aligned.
     let (mut buf, words) =
-        encode::write_entries(buf, entries, encode::load_factor(base.is_some()), key)?;
+        encode::write_entries(buf, entries, len, encode::load_factor(base.is_some()), key)?;
     let payload_len = (buf.len() - HEADER_LEN) as u64;
     let h = buf.as_mut_slice();
     h[..HEADER_LEN].copy_from_slice(&header_fields(kind, meta, payload_len, words as u64));
@@ -334,6 +346,15 @@ where
     };
     h[56..64].copy_from_slice(&sum.to_le_bytes());
     Ok(buf)
+}
+
+/// The top list section of a file of `entries`, and how many entries there are (one
+/// pass for both).
+fn top_section<'a>(entries: impl Iterator<Item = (&'a str, u64)>) -> (Vec<u8>, usize) {
+    let mut len = 0;
+    let counted = entries.inspect(|_| len += 1);
+    let list = crate::storage::top::best_of(counted, crate::storage::top::MAX_TOP);
+    (toplist::encode(&list), len)
 }
 
 /// A base snapshot image of the whole `map`.
@@ -353,7 +374,7 @@ pub fn read_header(bytes: &[u8], file_len: u64) -> Result<Header, SnapshotError>
         _ => return Err(SnapshotError::BadMagic),
     };
     let version = le_u32(bytes, 8);
-    if version != 1 && version != VERSION {
+    if !(1..=VERSION).contains(&version) {
         return Err(SnapshotError::UnsupportedVersion(version));
     }
     let key = if version >= 2 {
@@ -389,7 +410,7 @@ pub fn read_header(bytes: &[u8], file_len: u64) -> Result<Header, SnapshotError>
             })
         }
     };
-    Ok(Header {
+    let mut header = Header {
         kind,
         version,
         tokenizer,
@@ -401,7 +422,12 @@ pub fn read_header(bytes: &[u8], file_len: u64) -> Result<Header, SnapshotError>
         checksum: le_u64(bytes, 56),
         base,
         key,
-    })
+        top: None,
+    };
+    if version >= 3 {
+        header.top = Some(toplist::section_at(bytes, header.top_offset(), file_len)?);
+    }
+    Ok(header)
 }
 
 /// Fully validates a snapshot image of either kind: header, exact length, checksum,
@@ -440,6 +466,11 @@ pub fn validate_until<'a>(
             expected: header.words,
             actual: map.len() as u64,
         });
+    }
+    if let Some(top) = header.top {
+        toplist::check(bytes, top, header.words, |w| {
+            hasher::with_key(header.key, || map.get(w).map(|v| v.to_native()))
+        })?;
     }
     Ok((header, map))
 }

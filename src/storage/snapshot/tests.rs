@@ -131,10 +131,10 @@ fn wrong_magic_and_version_are_rejected() {
         SnapshotError::BadMagic
     ));
     let mut bad = img.to_vec();
-    bad[8..12].copy_from_slice(&3u32.to_le_bytes());
+    bad[8..12].copy_from_slice(&4u32.to_le_bytes());
     assert!(matches!(
         validate(&aligned(&bad)).unwrap_err(),
-        SnapshotError::UnsupportedVersion(3)
+        SnapshotError::UnsupportedVersion(4)
     ));
     let mut bad = img.to_vec();
     bad[12..16].copy_from_slice(&9u32.to_le_bytes());
@@ -212,4 +212,91 @@ fn misaligned_payload_is_refused_not_misread() {
         validate(&shifted[1..]).unwrap_err(),
         SnapshotError::Misaligned
     ));
+}
+
+/// Re-signs an image after a deliberate change, so that only the change is wrong.
+fn resign(bad: &mut [u8]) {
+    let sum = checksum(&bad[..HEADER_LEN], &bad[HEADER_LEN..], &|| false).unwrap();
+    bad[56..64].copy_from_slice(&sum.to_le_bytes());
+}
+
+#[test]
+fn the_top_list_is_the_files_own_top_in_rank_order() {
+    use crate::storage::top::{MAX_TOP, best_of};
+    // Fewer words than the list holds: all of them.
+    let map = sample(500);
+    let img = encode(&map, meta()).unwrap();
+    let (h, _) = validate(&img).unwrap();
+    let top = h.top.expect("version 3 has a top list");
+    let listed: Vec<_> = toplist::entries(&img, top).collect();
+    let want = best_of(map.iter().map(|(w, n)| (w.as_str(), *n)), MAX_TOP);
+    assert_eq!(listed, want);
+    assert_eq!(listed.len(), map.len());
+    // More: the top MAX_TOP.
+    let map = sample(MAX_TOP + 300);
+    let img = encode(&map, meta()).unwrap();
+    let (h, _) = validate(&img).unwrap();
+    let listed: Vec<_> = toplist::entries(&img, h.top.unwrap()).collect();
+    let want = best_of(map.iter().map(|(w, n)| (w.as_str(), *n)), MAX_TOP);
+    assert_eq!(listed, want);
+    assert_eq!(h.archive_offset() % 16, 0);
+}
+
+#[test]
+fn a_top_list_that_lies_is_rejected_even_when_signed() {
+    let img = encode(&sample(50), meta()).unwrap();
+    let (h, _) = validate(&img).unwrap();
+    let top = h.top.unwrap();
+    let first = top.offset + toplist::HEAD_LEN;
+    // A count raised, a count zeroed, two entries swapped out of order, a word not in
+    // the table, a padding byte set, a section length past the file.
+    let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+    let mut raised = img.to_vec();
+    raised[first] ^= 1;
+    cases.push(("a wrong count", raised));
+    let mut zero = img.to_vec();
+    zero[first..first + 8].fill(0);
+    cases.push(("a zero count", zero));
+    let mut renamed = img.to_vec();
+    renamed[first + 12] = b'Z';
+    cases.push(("a word not in the table", renamed));
+    let mut padded = img.to_vec();
+    padded[top.offset + top.len - 1] = 1;
+    cases.push(("padding", padded));
+    let mut long = img.to_vec();
+    long[top.offset + 8..top.offset + 16].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    cases.push(("a section past the file", long));
+    let mut fewer = img.to_vec();
+    fewer[top.offset..top.offset + 8].copy_from_slice(&3u64.to_le_bytes());
+    cases.push(("fewer entries than words", fewer));
+    for (what, mut bad) in cases {
+        resign(&mut bad);
+        let err = validate(&aligned(&bad)).unwrap_err();
+        assert!(
+            matches!(err, SnapshotError::TopList(_) | SnapshotError::Archive(_)),
+            "{what}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_version_2_file_is_still_read() {
+    // Version 3 without its top list is version 2.
+    let map = sample(300);
+    let img = encode(&map, meta()).unwrap();
+    let (h, _) = validate(&img).unwrap();
+    let top = h.top.unwrap();
+    let mut v2 = img[..top.offset].to_vec();
+    v2.extend_from_slice(&img[top.offset + top.len..]);
+    v2[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let payload = (v2.len() - HEADER_LEN) as u64;
+    v2[32..40].copy_from_slice(&payload.to_le_bytes());
+    resign(&mut v2);
+    let v2 = aligned(&v2);
+    let (h, archived) = validate(&v2).unwrap();
+    assert_eq!((h.version, h.top), (2, None));
+    for (k, v) in &map {
+        let got = hasher::with_key(h.key, || archived.get(k.as_str()).map(|v| v.to_native()));
+        assert_eq!(got, Some(*v), "{k}");
+    }
 }

@@ -24,11 +24,13 @@
 //! - [`client`]: the typed HTTP client replicas, `perf` and the tests use.
 //! - [`perf`]: the load tool behind `memdb perf`, a client only.
 //! - [`ingest`]: `memdb ingest`, streaming files of any size to the leader, a client only.
+//! - [`cli`]: `memdb top`, `count` and `status`, what they print; clients only.
 //! - [`consensus`]: a raft group of leaders (openraft): the log, the state machine,
 //!   the RPCs between voters.
 //! - [`config`]: every role's validated configuration, with documented defaults.
 
 pub mod backoff;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod consensus;

@@ -155,3 +155,75 @@ async fn top_waits_for_min_seq_and_refuses_bad_queries() {
         assert_eq!(got.words.len(), 3);
     }
 }
+
+/// Runs `memdb <args>` with `env`; (exit code, stdout).
+fn memdb(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_memdb"))
+        .args(args)
+        .env_remove("MEMDB_URL")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let mut stdout = String::from_utf8(out.stdout).unwrap();
+    let code = out.status.code().unwrap_or(-1);
+    if code != 0 {
+        stdout.push_str(&String::from_utf8_lossy(&out.stderr));
+    }
+    (code, stdout)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_top_count_and_status_commands_talk_to_any_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Node::leader(dir.path(), &["--snapshot-interval", "20ms"]);
+    let replica = Node::replica(&leader.url, &[]);
+    wait_ready(&replica).await;
+    let seq = leader
+        .client()
+        .post_text("the cat and the hat and the bat")
+        .await
+        .unwrap()
+        .seq;
+    let s = seq.to_string();
+    // The URL from the flag, and from MEMDB_URL.
+    let (code, out) = memdb(
+        &["top", "-n", "2", "--url", &replica.url, "--min-seq", &s],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[1].split_whitespace().collect::<Vec<_>>(),
+        ["1", "the", "3"]
+    );
+    assert_eq!(
+        lines[2].split_whitespace().collect::<Vec<_>>(),
+        ["2", "and", "2"]
+    );
+    assert_eq!(lines[3], format!("at seq {seq} on {}", replica.url));
+    let (code, out) = memdb(
+        &["top", "--json", "--prefix", "Ha", "--min-seq", &s],
+        &[("MEMDB_URL", &replica.url)],
+    );
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v, serde_json::json!([{"word": "hat", "count": 1}]));
+    let (code, out) = memdb(
+        &["count", "--json", "cat", "dog", "--url", &leader.url],
+        &[],
+    );
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v, serde_json::json!({"cat": 1, "dog": 0}));
+    let (code, out) = memdb(&["status", "--url", &leader.url], &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.starts_with(&format!("{}: leader ok", leader.url)),
+        "{out}"
+    );
+    assert!(out.contains(&format!("replica {}", replica.url)), "{out}");
+    // A node that is not there: a clear failure, not a table.
+    drop(replica);
+    let (code, _) = memdb(&["top", "--url", "http://127.0.0.1:9"], &[]);
+    assert_ne!(code, 0);
+}

@@ -56,12 +56,19 @@ pub enum Command {
     Replica(ReplicaArgs),
     /// Serve reads straight from the leader's memory-mapped snapshot (same host).
     LocalReplica(LocalReplicaArgs),
-    /// Load a running cluster (POSTs to the leader, GETs on the replicas), then check
-    /// that every replica holds exactly the leader's counts. Exits 1 if one does not.
     /// Stream text files (or stdin) of any size to the leader, in chunks cut at white
     /// space; directories are walked, globs expanded, .gz read.
     Ingest(IngestArgs),
+    /// Load a running cluster (POSTs to the leader, GETs on the replicas), then check
+    /// that every replica holds exactly the leader's counts. Exits 1 if one does not.
     Perf(PerfArgs),
+    /// The most frequent words on a node (GET /top).
+    Top(TopArgs),
+    /// The counts of words on a node (GET /wordcount).
+    Count(CountArgs),
+    /// A node's state: role, seq, replicas and their lag, raft (GET /health). Exits 1
+    /// while the node reports a problem.
+    Status(NodeArgs),
     /// A bare axum server with no work behind its routes: the benchmarks' baseline.
     #[command(hide = true)]
     Baseline(BaselineArgs),
@@ -139,6 +146,47 @@ pub struct IngestArgs {
     /// Bearer token to send with every request.
     #[arg(long, env = "MEMDB_AUTH_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
+}
+
+/// Which node a client command talks to, and how it prints.
+#[derive(Args)]
+pub struct NodeArgs {
+    /// The node's URL (any role).
+    #[arg(long, env = "MEMDB_URL", default_value = memdb::cli::DEFAULT_URL)]
+    pub url: String,
+    /// Bearer token (needed with --protect-reads).
+    #[arg(long, env = "MEMDB_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+    /// Print the node's JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct TopArgs {
+    /// How many words (1 to 10000).
+    #[arg(short, long, default_value_t = 10)]
+    pub n: usize,
+    /// Only words that start with this.
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    /// Answer only once the node has reached this seq.
+    #[arg(long)]
+    pub min_seq: Option<u64>,
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+#[derive(Args)]
+pub struct CountArgs {
+    /// The words to count.
+    #[arg(required = true)]
+    pub words: Vec<String>,
+    /// Answer only once the node has reached this seq.
+    #[arg(long)]
+    pub min_seq: Option<u64>,
+    #[command(flatten)]
+    pub node: NodeArgs,
 }
 
 #[derive(Args)]

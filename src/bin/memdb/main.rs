@@ -65,9 +65,13 @@ async fn run(cli: Cli, fds: std::io::Result<u64>) -> anyhow::Result<()> {
     if let Command::Perf(a) = cli.command {
         return perf(a).await;
     }
-    if let Command::Ingest(a) = cli.command {
-        return ingest(a).await;
-    }
+    let cli = match cli.command {
+        Command::Ingest(a) => return ingest(a).await,
+        Command::Top(a) => return top(a).await,
+        Command::Count(a) => return count(a).await,
+        Command::Status(a) => return status(a).await,
+        _ => cli,
+    };
     let role_format = match &cli.command {
         Command::Leader(a) => a.server.common.log_format,
         Command::Replica(a) => a.server.common.log_format,
@@ -145,7 +149,11 @@ async fn run(cli: Cli, fds: std::io::Result<u64>) -> anyhow::Result<()> {
             };
             memdb::replica::network::run(listener, config, shutdown).await?;
         }
-        Command::Perf(_) | Command::Ingest(_) => unreachable!("handled above"),
+        Command::Perf(_)
+        | Command::Ingest(_)
+        | Command::Top(_)
+        | Command::Count(_)
+        | Command::Status(_) => unreachable!("handled above"),
         Command::Baseline(a) => {
             let listener = bind(&a.listen, "baseline").await?;
             memdb::server::listen::serve(
@@ -196,6 +204,53 @@ async fn perf(a: PerfArgs) -> anyhow::Result<()> {
         memdb::perf::print_report(&report);
     }
     if !report.consistent() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// The client of a `memdb top|count|status`.
+fn node_client(a: &args::NodeArgs) -> memdb::client::Client {
+    memdb::client::Client::new(a.url.trim_end_matches('/'))
+        .with_token(a.auth_token.as_deref().and_then(Token::new))
+}
+
+async fn top(a: args::TopArgs) -> anyhow::Result<()> {
+    let c = node_client(&a.node);
+    let reply = c.top(a.n, &a.prefix, a.min_seq).await?;
+    if a.node.json {
+        println!("{}", serde_json::to_string_pretty(&reply.words)?);
+    } else {
+        print!("{}", memdb::cli::top_table(c.base(), &reply));
+    }
+    Ok(())
+}
+
+async fn count(a: args::CountArgs) -> anyhow::Result<()> {
+    let c = node_client(&a.node);
+    let words: Vec<&str> = a.words.iter().map(String::as_str).collect();
+    let (seq, counts) = c.wordcount_at(&words, a.min_seq).await?;
+    let counts = serde_json::to_value(counts)?;
+    if a.node.json {
+        println!("{}", serde_json::to_string_pretty(&counts)?);
+    } else {
+        print!(
+            "{}",
+            memdb::cli::count_table(c.base(), &a.words, &counts, seq)
+        );
+    }
+    Ok(())
+}
+
+async fn status(a: args::NodeArgs) -> anyhow::Result<()> {
+    let c = node_client(&a);
+    let (code, health) = c.health().await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&health)?);
+    } else {
+        print!("{}", memdb::cli::status_text(c.base(), &health));
+    }
+    if !code.is_success() {
         std::process::exit(1);
     }
     Ok(())

@@ -23,3 +23,4 @@ mod registry;
 mod repair;
 mod security;
 mod top;
+mod ui;

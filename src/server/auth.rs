@@ -40,8 +40,23 @@ impl std::fmt::Debug for Token {
     }
 }
 
+/// The secret an `Authorization` header presents: a bearer token, or the password of
+/// HTTP Basic credentials (what a browser sends for the status page; the user name is
+/// not checked).
+fn presented(value: &str) -> Option<String> {
+    if let Some(t) = value.strip_prefix("Bearer ") {
+        return Some(t.to_owned());
+    }
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(value.strip_prefix("Basic ")?.trim())
+        .ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    Some(text.split_once(':')?.1.to_owned())
+}
+
 /// Middleware: answers 401 unless the request carries `Authorization: Bearer <token>`
-/// (compared in constant time).
+/// or Basic credentials with the token as password (compared in constant time).
 pub async fn require_token(
     axum::extract::State(token): axum::extract::State<Token>,
     req: axum::extract::Request,
@@ -51,8 +66,11 @@ pub async fn require_token(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if presented.is_some_and(|t| token.matches(t)) {
+        .map(presented);
+    if presented
+        .as_ref()
+        .is_some_and(|t| t.as_deref().is_some_and(|t| token.matches(t)))
+    {
         return next.run(req).await;
     }
     let why = if presented.is_some() {
@@ -61,9 +79,34 @@ pub async fn require_token(
         "this route needs an Authorization: Bearer <token> header"
     };
     let mut resp = ApiError::new(StatusCode::UNAUTHORIZED, why).into_response();
-    resp.headers_mut().insert(
+    // Both challenges: API clients use the bearer token; a browser asks its user for
+    // Basic credentials (only on the pages it navigates to, not on its fetches).
+    let h = resp.headers_mut();
+    h.append(
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static("Bearer realm=\"memdb\""),
     );
+    h.append(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"memdb\", charset=\"UTF-8\""),
+    );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bearer_and_basic_credentials_present_the_token() {
+        use super::presented;
+        assert_eq!(presented("Bearer s3cret").as_deref(), Some("s3cret"));
+        // base64("any:s3cret") and base64(":s3cret")
+        assert_eq!(
+            presented("Basic YW55OnMzY3JldA==").as_deref(),
+            Some("s3cret")
+        );
+        assert_eq!(presented("Basic OnMzY3JldA==").as_deref(), Some("s3cret"));
+        assert_eq!(presented("Basic !!!"), None);
+        assert_eq!(presented("Basic czNjcmV0"), None, "no colon: no password");
+        assert_eq!(presented("Digest x"), None);
+    }
 }

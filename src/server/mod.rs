@@ -14,5 +14,6 @@ pub mod parse;
 pub mod ratelimit;
 pub mod router;
 pub mod shutdown;
+pub mod ui;
 
 pub use error::ApiError;

@@ -400,6 +400,8 @@ pub fn node_router<S: CountSource>(
     let lookups = OpenApiRouter::new()
         .routes(documented::<__path_wordcount, _, _, _>(wordcount::<S>))
         .routes(documented::<__path_top, _, _, _>(top::<S>))
+        .routes(utoipa_axum::routes!(crate::server::ui::ui))
+        .routes(utoipa_axum::routes!(crate::server::ui::root))
         .routes(utoipa_axum::routes!(metrics));
     let open = OpenApiRouter::new().routes(health);
     let mut routes = serving.apply(guarded, lookups, open);

@@ -1,6 +1,7 @@
 //! One word's lookup three ways: in the mapped rkyv archive (a local replica), in a std
 //! HashMap (a network replica's table), and as an HTTP GET to a network replica on
-//! loopback (what a client of a network replica pays).
+//! loopback (what a client of a network replica pays); and `/top?n=100` beside a
+//! one-word `/wordcount` on each node kind's data at 10M words.
 //!
 //!     cargo bench --bench lookup
 
@@ -171,6 +172,60 @@ fn base_and_delta(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % words.len();
             black_box(base.get(&words[i]))
+        })
+    });
+    g.finish();
+
+    // GET /top?n=100 beside a one-word GET /wordcount, the answer's JSON included
+    // (the HTTP around both is the same): a local replica's mapped base and delta, and
+    // the table a leader or network replica keeps, at rest and right after a 4 KiB
+    // write (whose raises the next /top settles).
+    use memdb::server::parse::{lookup_body, top_body};
+    let mut g = c.benchmark_group("top-vs-wordcount");
+    g.measurement_time(Duration::from_secs(3));
+    let tok = Tokenizer::Unicode;
+    g.bench_function(BenchmarkId::new("wordcount-1/mmap-base+delta", n), |b| {
+        b.iter(|| {
+            i = (i + 1) % words.len();
+            black_box(lookup_body(tok, &[&words[i]], |w| state.get(w)).unwrap())
+        })
+    });
+    g.bench_function(BenchmarkId::new("top-100/mmap-base+delta", n), |b| {
+        b.iter(|| black_box(top_body(&state.top_words(100, ""))))
+    });
+    let mut table = memdb::storage::table::Table::from_parts(base, 1);
+    g.bench_function(BenchmarkId::new("wordcount-1/table", n), |b| {
+        b.iter(|| {
+            i = (i + 1) % words.len();
+            black_box(lookup_body(tok, &[&words[i]], |w| table.get(w)).unwrap())
+        })
+    });
+    g.bench_function(BenchmarkId::new("top-100/table", n), |b| {
+        b.iter(|| black_box(table.with_top_words(100, "", top_body)))
+    });
+    // A batch of 400 words, a quarter of them raised into the top list.
+    let batch: Vec<(String, u64)> = (0..400)
+        .map(|j| {
+            (
+                format!("word{:07}", (j * 24_989) % n),
+                if j % 4 == 0 { 2000 } else { 1 },
+            )
+        })
+        .collect();
+    let mut seq = 1;
+    g.bench_function(BenchmarkId::new("write-then-wordcount-1/table", n), |b| {
+        b.iter(|| {
+            seq += 1;
+            table.apply(&batch, seq);
+            i = (i + 1) % words.len();
+            black_box(lookup_body(tok, &[&words[i]], |w| table.get(w)).unwrap())
+        })
+    });
+    g.bench_function(BenchmarkId::new("write-then-top-100/table", n), |b| {
+        b.iter(|| {
+            seq += 1;
+            table.apply(&batch, seq);
+            black_box(table.with_top_words(100, "", top_body))
         })
     });
     g.finish();

@@ -278,7 +278,7 @@ pub struct AuthArgs {
     /// Read the token from this file instead (first line).
     #[arg(long, env = "MEMDB_AUTH_TOKEN_FILE", conflicts_with = "auth_token")]
     pub auth_token_file: Option<PathBuf>,
-    /// Require the token on GET /wordcount too.
+    /// Require the token on the reads too (GET /wordcount, /top, /metrics, the status page).
     #[arg(long, env = "MEMDB_PROTECT_READS")]
     pub protect_reads: bool,
 }

@@ -294,16 +294,7 @@ impl Client {
         words: &[&str],
         min_seq: Option<u64>,
     ) -> Result<HashMap<String, u64>, ClientError> {
-        let mut q: Vec<String> = words
-            .iter()
-            .map(|w| format!("word={}", form_encode(w)))
-            .collect();
-        if let Some(s) = min_seq {
-            q.push(format!("min_seq={s}"));
-        }
-        let (url, req) = self.get(&format!("/wordcount?{}", q.join("&")), REQUEST_TIMEOUT);
-        let resp = self.send(req, &url).await?;
-        Self::ok_json(resp, &url).await
+        Ok(self.wordcount_at(words, min_seq).await?.1)
     }
 
     /// `GET /top`: the first `n` words in rank order (starting with `prefix`, if not

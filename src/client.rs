@@ -30,7 +30,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("request to {url} failed: {source}")]
+    #[error("request to {url} failed: {}", crate::tls::error_chain(source))]
     Http {
         url: String,
         #[source]
@@ -111,8 +111,16 @@ pub struct Update<'a> {
 }
 
 impl Client {
+    /// A client that trusts the system's roots for `https://` (and presents no
+    /// certificate).
     pub fn new(base: &str) -> Self {
-        let http = reqwest::Client::builder()
+        Self::with_tls(base, &crate::tls::ClientTls::default())
+    }
+
+    /// A client that trusts (and presents) what `tls` says for `https://`.
+    pub fn with_tls(base: &str, tls: &crate::tls::ClientTls) -> Self {
+        let http = tls
+            .builder()
             .connect_timeout(CONNECT_TIMEOUT)
             // Below the servers' --idle-timeout (30 s): a pooled connection is dropped
             // here before the server closes it under a request.
@@ -121,7 +129,7 @@ impl Client {
             // them, with the token; see `post_keyed`.
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .expect("building an HTTP client without TLS cannot fail");
+            .expect("building an HTTP client with a built TLS config cannot fail");
         Self::with_http(http, base)
     }
 

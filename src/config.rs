@@ -16,6 +16,10 @@ pub struct Serving {
     /// Also require the token on `/wordcount` and `/metrics`.
     pub protect_reads: bool,
     pub limits: Limits,
+    /// Set: the node serves HTTPS only, with this certificate (see [`crate::tls`]).
+    pub tls: Option<std::sync::Arc<crate::tls::ServerTls>>,
+    /// What the node trusts (and presents) when it calls other nodes over `https://`.
+    pub client_tls: crate::tls::ClientTls,
 }
 
 /// Limits every node applies to its requests.

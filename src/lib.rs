@@ -41,5 +41,6 @@ pub mod protocol;
 pub mod replica;
 pub mod server;
 pub mod storage;
+pub mod tls;
 pub mod words;
 pub mod worker;

@@ -58,12 +58,17 @@ pub fn voter_args(id: usize, dir: &TempDir, extra: &[&str]) -> Vec<String> {
 }
 
 pub fn http() -> reqwest::Client {
+    http_with(reqwest::Client::builder())
+}
+
+/// The test's client of a group (with its token), built on `builder` (a TLS one).
+pub fn http_with(builder: reqwest::ClientBuilder) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(
         reqwest::header::AUTHORIZATION,
         format!("Bearer {TOKEN}").parse().unwrap(),
     );
-    reqwest::Client::builder()
+    builder
         .default_headers(headers)
         .timeout(Duration::from_secs(3))
         .build()
@@ -73,6 +78,11 @@ pub fn http() -> reqwest::Client {
 impl Group {
     /// Starts `n` voters and forms the group through voter 1.
     pub async fn start(n: usize, extra: &[&str]) -> Group {
+        Group::start_with(n, extra, http()).await
+    }
+
+    /// As [`Group::start`], the test talking to the voters through `http`.
+    pub async fn start_with(n: usize, extra: &[&str], http: reqwest::Client) -> Group {
         let dirs: Vec<TempDir> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
         let nodes: Vec<Node> = dirs
             .iter()
@@ -86,7 +96,7 @@ impl Group {
             up: vec![true; n],
             nodes,
             dirs,
-            http: http(),
+            http,
         };
         let members: BTreeMap<String, String> = g
             .nodes

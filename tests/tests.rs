@@ -22,5 +22,6 @@ mod persistence;
 mod registry;
 mod repair;
 mod security;
+mod tls;
 mod top;
 mod ui;

@@ -24,6 +24,8 @@ pub struct Node {
     pub url: String,
     pub args: Vec<String>,
     log: Arc<Mutex<Vec<String>>>,
+    /// What the test's clients trust (and present) for a node serving TLS.
+    pub client_tls: Option<memdb::tls::ClientTls>,
 }
 
 impl Node {
@@ -78,12 +80,18 @@ impl Node {
             }
             std::thread::sleep(Duration::from_millis(5));
         };
+        let scheme = if args.iter().any(|a| a == "--tls-cert") {
+            "https"
+        } else {
+            "http"
+        };
         Node {
             child: Some(child),
-            url: format!("http://{addr}"),
+            url: format!("{scheme}://{addr}"),
             addr,
             args,
             log,
+            client_tls: None,
         }
     }
 
@@ -145,6 +153,7 @@ impl Node {
         };
         let mut fresh = fresh;
         fresh.args = self.args.clone();
+        fresh.client_tls = self.client_tls.clone();
         std::mem::swap(self, &mut fresh);
     }
 
@@ -153,7 +162,16 @@ impl Node {
     }
 
     pub fn client(&self) -> Client {
-        Client::new(&self.url)
+        match &self.client_tls {
+            Some(tls) => Client::with_tls(&self.url, tls),
+            None => Client::new(&self.url),
+        }
+    }
+
+    /// The test's clients of this node trust (and present) `tls`.
+    pub fn with_client_tls(mut self, tls: memdb::tls::ClientTls) -> Node {
+        self.client_tls = Some(tls);
+        self
     }
 
     /// SIGKILL, and reap.

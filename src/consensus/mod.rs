@@ -225,6 +225,7 @@ impl Consensus {
         boot: Option<state_machine::StoredMeta>,
         fsync: crate::storage::log::FsyncPolicy,
         token: Option<String>,
+        tls: crate::tls::ClientTls,
     ) -> Result<Consensus, String> {
         let dir = leader.data_dir().join("raft");
         let raft_config = openraft::Config {
@@ -252,6 +253,7 @@ impl Consensus {
             config.cluster.clone(),
             token,
             config.election_timeout.max(Duration::from_millis(200)),
+            &tls,
         );
         let raft = Raft::new(
             config.node_id,

@@ -30,8 +30,14 @@ pub struct Network {
 impl Network {
     /// Each RPC's own deadline is the engine's (`RPCOption`); `connect_timeout` bounds
     /// reaching a peer.
-    pub fn new(cluster: String, token: Option<String>, connect_timeout: Duration) -> Network {
-        let http = reqwest::Client::builder()
+    pub fn new(
+        cluster: String,
+        token: Option<String>,
+        connect_timeout: Duration,
+        tls: &crate::tls::ClientTls,
+    ) -> Network {
+        let http = tls
+            .builder()
             .connect_timeout(connect_timeout)
             .pool_idle_timeout(Duration::from_secs(30))
             .build()

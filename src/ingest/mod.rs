@@ -39,6 +39,8 @@ pub struct IngestConfig {
     pub progress: bool,
     /// How long one chunk is retried before the run fails.
     pub retry_for: Duration,
+    /// What it trusts (and presents) for an `https://` leader.
+    pub tls: crate::tls::ClientTls,
 }
 
 /// One input: a file or stdin.
@@ -348,7 +350,7 @@ pub async fn run(cfg: IngestConfig) -> Result<Summary, IngestError> {
         .iter()
         .map(Source::len)
         .try_fold(0u64, |acc, l| l.map(|l| acc + l));
-    let leader = Client::new(&cfg.leader).with_token(cfg.auth_token.clone());
+    let leader = Client::with_tls(&cfg.leader, &cfg.tls).with_token(cfg.auth_token.clone());
     let keyed = takes_keys(&leader).await?;
     let run_id = format!("{:016x}", rand::random::<u64>());
     let files = sources.len();

@@ -54,6 +54,7 @@ pub(super) fn replica_set(
         push_secret.to_owned(),
         config.max_replicas,
         config.replica_timeout,
+        &config.serving.client_tls,
     ));
     for url in &config.replicas {
         replicas.add(url, true)?;

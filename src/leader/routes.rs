@@ -393,13 +393,14 @@ pub fn leader_router(leader: Leader) -> Router {
     } else {
         cfg.max_body
     };
-    let mut clients = OpenApiRouter::new()
+    let writes = OpenApiRouter::new()
         .routes(routes!(post_handler))
-        .routes(routes!(
-            register_handler,
-            list_replicas_handler,
-            unregister_handler
-        ));
+        .layer(axum::extract::DefaultBodyLimit::max(cfg.max_body));
+    let mut clients = OpenApiRouter::new().routes(routes!(
+        register_handler,
+        list_replicas_handler,
+        unregister_handler
+    ));
     let mut rpcs = OpenApiRouter::new();
     if cfg.raft.is_some() {
         use crate::consensus::routes as raft;
@@ -412,13 +413,16 @@ pub fn leader_router(leader: Leader) -> Router {
             .routes(routes!(raft::vote))
             .routes(routes!(raft::snapshot));
     }
-    let guarded = clients
+    // Replication (registration), membership and the raft RPCs: the routes mutual TLS
+    // guards.
+    let peers = clients
         .layer(axum::extract::DefaultBodyLimit::max(cfg.max_body))
         .merge(rpcs);
     router::node_router(
         leader.clone(),
         "leader",
-        guarded,
+        writes,
+        peers,
         routes!(health_handler),
         &cfg.serving,
         Some(max_body),
@@ -446,8 +450,9 @@ pub async fn serve(
         tracing::info!(%addr, "leader ready");
     }
     let app = leader_router(leader.clone());
-    let conns = leader.shared.config.serving.limits.connections;
-    let served = crate::server::listen::serve(listener, app, shutdown, conns)
+    let serving = &leader.shared.config.serving;
+    let (conns, tls) = (serving.limits.connections, serving.tls.clone());
+    let served = crate::server::listen::serve(listener, app, shutdown, conns, tls)
         .await
         .map_err(LeaderError::Serve);
     let stopped = leader.shutdown().await;

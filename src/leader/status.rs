@@ -62,6 +62,8 @@ pub struct LeaderHealth {
     /// The raft group, on a voter.
     raft: Option<crate::consensus::RaftStatus>,
     uptime_s: u64,
+    /// The certificate served, when the node serves TLS (null otherwise).
+    tls: Option<crate::tls::server::TlsHealth>,
 }
 
 /// The batches kept in memory for network replicas that fall behind.
@@ -110,6 +112,13 @@ impl Leader {
         if let Some(e) = s.publisher.stats().last_error {
             out.push(format!("snapshot cannot be published: {e}"));
         }
+        out.extend(
+            s.config
+                .serving
+                .tls
+                .as_ref()
+                .and_then(|t| t.health().problem()),
+        );
         out
     }
 
@@ -157,6 +166,7 @@ impl Leader {
             }),
             raft: self.consensus().map(|c| c.status()),
             uptime_s: s.started.elapsed().as_secs(),
+            tls: s.config.serving.tls.as_ref().map(|t| t.health()),
         };
         (code, body)
     }

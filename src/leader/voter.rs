@@ -108,6 +108,7 @@ impl Leader {
                 .auth_token
                 .as_ref()
                 .map(|t| t.header_value()),
+            s.config.serving.client_tls.clone(),
         )
         .await
         .map_err(LeaderError::Raft)?;

@@ -65,6 +65,8 @@ pub struct PerfConfig {
     /// `write_to`) until it is acknowledged; then check that the leader's table grew
     /// by exactly the words posted: nothing lost, nothing counted twice.
     pub retry_with_keys: bool,
+    /// What the load trusts (and presents) for `https://` nodes.
+    pub tls: crate::tls::ClientTls,
 }
 
 /// How long one keyed POST is retried before it counts as failed.
@@ -291,7 +293,9 @@ async fn keyed_write_phase(
 /// concurrent connections resolves `localhost` on the blocking pool (measured: a fifth
 /// of the default run's time).
 async fn connect(cfg: &PerfConfig) -> anyhow::Result<(Client, Vec<Client>, Vec<Client>)> {
-    let mut builder = reqwest::Client::builder()
+    let mut builder = cfg
+        .tls
+        .builder()
         .pool_max_idle_per_host(cfg.concurrency.max(1))
         .tcp_nodelay(true)
         .redirect(reqwest::redirect::Policy::none())

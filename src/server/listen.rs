@@ -82,15 +82,21 @@ const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 pub static CONNECTIONS_OPEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 pub static CONNECTIONS_REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// A TLS handshake must finish within this (or the idle timeout, if shorter).
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Serves `app` on `listener` until `shutdown`, then waits (at most
 /// [`SHUTDOWN_DRAIN`]) for requests in flight. Responses are small and latency
 /// matters, so Nagle's algorithm is off. Connections are capped and time out when idle
 /// (see [`Connections`]); a failed accept (out of descriptors) is logged and retried.
+/// With `tls`, every connection is HTTPS (see [`crate::tls::server`]), and SIGHUP
+/// reloads its certificate and key.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     conns: Connections,
+    tls: Option<std::sync::Arc<crate::tls::ServerTls>>,
 ) -> std::io::Result<()> {
     use std::sync::atomic::Ordering::Relaxed;
     use std::time::{Duration, Instant};
@@ -103,6 +109,11 @@ pub async fn serve(
     builder.timer(TokioTimer::new()).keep_alive(true);
     builder.header_read_timeout((!conns.idle_timeout.is_zero()).then_some(conns.idle_timeout));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let reloads = tokio::spawn(crate::tls::server::reload_on_sighup(tls.clone()));
+    let handshake_within = match conns.idle_timeout {
+        t if t.is_zero() => HANDSHAKE_TIMEOUT,
+        t => t.min(HANDSHAKE_TIMEOUT),
+    };
     let mut shutdown = std::pin::pin!(shutdown);
     // Refusals and accept errors are logged at most once a second, with a count.
     let mut last_report: Option<Instant> = None;
@@ -123,8 +134,8 @@ pub async fn serve(
             r = listener.accept() => r,
             _ = &mut shutdown => break,
         };
-        let tcp = match accepted {
-            Ok((tcp, _)) => tcp,
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
             Err(e) => {
                 // Out of descriptors (EMFILE) and the like: the connection waits in the
                 // backlog; try again shortly rather than spin.
@@ -144,15 +155,42 @@ pub async fn serve(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::trace!(error = %e, "cannot set TCP_NODELAY");
         }
-        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(tcp), svc));
         CONNECTIONS_OPEN.fetch_add(1, Relaxed);
+        let Some(tls) = &tls else {
+            let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+            let conn = graceful.watch(builder.serve_connection(TokioIo::new(tcp), svc));
+            tokio::spawn(async move {
+                let _ = conn.await;
+                CONNECTIONS_OPEN.fetch_sub(1, Relaxed);
+                drop(slot);
+            });
+            continue;
+        };
+        // The pair in use when the connection was accepted serves it to the end.
+        let acceptor = tls.acceptor();
+        let (app, builder, watcher) = (app.clone(), builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            let _ = conn.await;
+            let handshake = crate::tls::server::handshake(acceptor, tcp, peer, handshake_within);
+            if let Some((stream, cert)) = handshake.await {
+                // Each request learns whether its connection presented a client
+                // certificate (the replication routes may require one).
+                let app = tower::ServiceExt::map_request(
+                    app,
+                    move |mut req: axum::extract::Request<hyper::body::Incoming>| {
+                        req.extensions_mut().insert(cert);
+                        req
+                    },
+                );
+                let svc = hyper_util::service::TowerToHyperService::new(app);
+                let _ = watcher
+                    .watch(builder.serve_connection(TokioIo::new(stream), svc))
+                    .await;
+            }
             CONNECTIONS_OPEN.fetch_sub(1, Relaxed);
             drop(slot);
         });
     }
+    reloads.abort();
     drop(listener);
     tokio::select! {
         _ = graceful.shutdown() => {}

@@ -191,9 +191,44 @@ impl<S: CountSource> Collector for NodeCollector<S> {
             "Requests answered 503 because --max-body-in-flight was spent.",
             budget::REFUSED.load(Ordering::Relaxed),
         );
+        tls_series(&mut m);
         node.collect(&mut m);
         m.result
     }
+}
+
+/// The TLS series, on a node that serves TLS.
+fn tls_series(m: &mut Series<'_>) {
+    use crate::tls::server as tls;
+    let not_after = tls::CERT_NOT_AFTER.load(Ordering::Relaxed);
+    if not_after == 0 {
+        return;
+    }
+    m.gauge(
+        "memdb_tls_cert_not_after_seconds",
+        "When the TLS certificate in use expires (Unix seconds).",
+        not_after.max(0) as u64,
+    );
+    m.counter(
+        "memdb_tls_handshake_failures_total",
+        "TLS handshakes that failed (bad or missing certificates, wrong protocol, timeouts).",
+        tls::HANDSHAKE_FAILURES.load(Ordering::Relaxed),
+    );
+    m.counter(
+        "memdb_tls_plain_http_refused_total",
+        "Connections that spoke plain HTTP to the TLS port (answered 400).",
+        tls::PLAIN_HTTP_REFUSED.load(Ordering::Relaxed),
+    );
+    m.counter(
+        "memdb_tls_reloads_total",
+        "Reloads of the certificate and key (SIGHUP) that took effect.",
+        tls::RELOADS_OK.load(Ordering::Relaxed),
+    );
+    m.counter(
+        "memdb_tls_reload_failures_total",
+        "Reloads refused (the pair did not load); the old pair kept serving.",
+        tls::RELOADS_FAILED.load(Ordering::Relaxed),
+    );
 }
 
 /// A value a series can take: counts and seqs, or seconds and other measures.

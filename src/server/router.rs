@@ -334,17 +334,26 @@ impl SyncBody {
 }
 
 impl Serving {
-    /// Puts the token check on `guarded` (and on `reads` with `protect_reads`), marks
-    /// those operations in the document, and merges the three.
+    /// Puts the token check on `guarded` and `peers` (and on `reads` with
+    /// `protect_reads`), and with `--tls-client-ca` the client-certificate check on
+    /// `peers`; marks those operations in the document, and merges the four.
     fn apply<S: Clone + Send + Sync + 'static>(
         &self,
         guarded: OpenApiRouter<S>,
+        peers: OpenApiRouter<S>,
         reads: OpenApiRouter<S>,
         open: OpenApiRouter<S>,
     ) -> OpenApiRouter<S> {
         let token = self.auth_token.as_ref();
         let reads_token = if self.protect_reads { token } else { None };
+        let mut peers = protect(peers, token);
+        if self.tls.as_ref().is_some_and(|t| t.requires_client_certs()) {
+            peers = peers.route_layer(axum::middleware::from_fn(
+                crate::tls::server::require_client_cert,
+            ));
+        }
         protect(guarded, token)
+            .merge(peers)
             .merge(protect(reads, reads_token))
             .merge(open)
     }
@@ -354,6 +363,10 @@ fn protect<S: Clone + Send + Sync + 'static>(
     mut routes: OpenApiRouter<S>,
     token: Option<&crate::server::auth::Token>,
 ) -> OpenApiRouter<S> {
+    // A layer on no route is refused by axum (and would guard nothing).
+    if routes.get_openapi().paths.paths.is_empty() {
+        return routes;
+    }
     match token {
         Some(t) => {
             crate::server::openapi::require_bearer(routes.get_openapi_mut());
@@ -383,20 +396,24 @@ async fn limit_error(err: tower::BoxError) -> ApiError {
 }
 
 /// Builds a node's whole router and its OpenAPI document (served at `/openapi.json`):
-/// the role's `guarded` routes and `health` handler, plus the routes every role shares
-/// (`/wordcount`, `/metrics`), under `serving`'s access rules, with the body limit (if
-/// the role takes bodies) and [`finish`].
+/// the role's `guarded` routes (client writes), its `peers` routes (replication, raft,
+/// admin: with `--tls-client-ca` they also need a client certificate) and `health`
+/// handler, plus the routes every role shares (`/sync`, `/wordcount`, `/top`, the page,
+/// `/metrics`), under `serving`'s access rules, with the body limit (if the role takes
+/// bodies) and [`finish`].
+#[allow(clippy::too_many_arguments)]
 pub fn node_router<S: CountSource>(
     node: S,
     role: &str,
     guarded: OpenApiRouter<S>,
+    peers: OpenApiRouter<S>,
     health: UtoipaMethodRouter<S>,
     serving: &Serving,
     max_body: Option<usize>,
 ) -> Router {
     use crate::server::openapi::documented;
-    // Every role serves its whole table at /sync (guarded: it is a bulk read).
-    let guarded = guarded.routes(documented::<__path_sync, _, _, _>(sync::<S>));
+    // Every role serves its whole table at /sync (a bulk read: what replicas join by).
+    let peers = peers.routes(documented::<__path_sync, _, _, _>(sync::<S>));
     let lookups = OpenApiRouter::new()
         .routes(documented::<__path_wordcount, _, _, _>(wordcount::<S>))
         .routes(documented::<__path_top, _, _, _>(top::<S>))
@@ -404,7 +421,7 @@ pub fn node_router<S: CountSource>(
         .routes(utoipa_axum::routes!(crate::server::ui::root))
         .routes(utoipa_axum::routes!(metrics));
     let open = OpenApiRouter::new().routes(health);
-    let mut routes = serving.apply(guarded, lookups, open);
+    let mut routes = serving.apply(guarded, peers, lookups, open);
     if let Some(max) = max_body {
         routes = routes.layer(axum::extract::DefaultBodyLimit::max(max));
     }

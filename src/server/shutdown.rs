@@ -1,4 +1,5 @@
-//! The process-level shutdown signal: SIGINT (ctrl-c) or SIGTERM.
+//! The process-level shutdown signal: SIGINT (ctrl-c) or SIGTERM. (SIGHUP reloads TLS;
+//! see [`crate::tls::server::reload_on_sighup`].)
 
 use std::future::Future;
 
@@ -13,6 +14,11 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     let mut term = signal(SignalKind::terminate());
     if let Err(e) = int.as_ref().and(term.as_ref()) {
         tracing::error!(error = %e, "cannot listen for SIGINT/SIGTERM");
+    }
+    // From now on SIGHUP no longer kills the process (tokio's handler stays installed):
+    // one that arrives before the server listens for it is dropped, not fatal.
+    if let Err(e) = signal(SignalKind::hangup()) {
+        tracing::warn!(error = %e, "cannot catch SIGHUP");
     }
     async move {
         let int = async {

@@ -69,9 +69,33 @@ pub enum Command {
     /// A node's state: role, seq, replicas and their lag, raft (GET /health). Exits 1
     /// while the node reports a problem.
     Status(NodeArgs),
+    /// Issue a TLS certificate and key for a node or client from a throwaway private CA
+    /// in DIR (made on first use): for trials and local clusters, not production.
+    Certs(CertsArgs),
     /// A bare axum server with no work behind its routes: the benchmarks' baseline.
     #[command(hide = true)]
     Baseline(BaselineArgs),
+}
+
+#[derive(Args)]
+pub struct CertsArgs {
+    /// The directory: ca.pem and ca-key.pem (reused if there), NAME.pem, NAME-key.pem.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// The file name of the pair (and the certificate's common name).
+    #[arg(long, default_value = "node")]
+    pub name: String,
+    /// A DNS name or IP address the certificate is valid for (repeatable or
+    /// comma-separated).
+    #[arg(
+        long = "host",
+        value_delimiter = ',',
+        default_value = "127.0.0.1,localhost"
+    )]
+    pub hosts: Vec<String>,
+    /// Replace an existing NAME.pem (a rotation); without it, an existing pair is an error.
+    #[arg(long)]
+    pub replace: bool,
 }
 
 #[derive(Args)]
@@ -122,6 +146,8 @@ pub struct PerfArgs {
     /// is acknowledged; fail unless the leader grew by exactly the words acknowledged.
     #[arg(long)]
     pub retry_with_keys: bool,
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
 }
 
 #[derive(Args)]
@@ -146,6 +172,8 @@ pub struct IngestArgs {
     /// Bearer token to send with every request.
     #[arg(long, env = "MEMDB_AUTH_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
 }
 
 /// Which node a client command talks to, and how it prints.
@@ -160,6 +188,8 @@ pub struct NodeArgs {
     /// Print the node's JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
 }
 
 #[derive(Args)]
@@ -242,18 +272,96 @@ pub struct ServerArgs {
     pub listen: Listen,
     #[command(flatten)]
     pub auth: AuthArgs,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 impl ServerArgs {
-    /// Token, read protection and limits from these flags.
+    /// Token, read protection, limits and TLS from these flags.
     pub fn serving(&self) -> anyhow::Result<Serving> {
-        serving(&self.listen, &self.auth)
+        serving(&self.listen, &self.auth, &self.tls)
     }
 }
 
-/// Token, read protection and limits from a serving role's flags.
-fn serving(listen: &Listen, auth: &AuthArgs) -> anyhow::Result<Serving> {
+/// A serving role's TLS: what it serves with, and what it trusts when it calls others.
+#[derive(Args)]
+#[command(next_help_heading = "TLS")]
+pub struct TlsArgs {
+    /// Serve HTTPS only, with this certificate chain (PEM, the node's own first). The
+    /// node also presents it when it calls other nodes, so it should allow both server
+    /// and client authentication. SIGHUP reloads it and the key.
+    #[arg(long, env = "MEMDB_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "MEMDB_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require a client certificate signed by these CAs (PEM) on the routes that carry
+    /// replication, raft and admin traffic (mutual TLS); reads and writes keep the token.
+    #[arg(long, env = "MEMDB_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Trust only these CAs (PEM) when calling other nodes over https:// [default: the
+    /// system's roots].
+    #[arg(long, env = "MEMDB_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The node's TLS, and the client side of its calls to other nodes.
+    fn load(
+        &self,
+    ) -> anyhow::Result<(
+        Option<std::sync::Arc<memdb::tls::ServerTls>>,
+        memdb::tls::ClientTls,
+    )> {
+        let server = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(memdb::tls::ServerTls::load(memdb::tls::TlsPaths {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            })?),
+            _ => None,
+        };
+        let client = match (&self.tls_ca, &server) {
+            (None, None) => memdb::tls::ClientTls::default(),
+            (ca, server) => {
+                memdb::tls::ClientTls::new(ca.as_deref(), server.as_ref().map(|s| s.identity()))?
+            }
+        };
+        Ok((server, client))
+    }
+}
+
+/// What a client command trusts when it calls a node over https://.
+#[derive(Args)]
+#[command(next_help_heading = "TLS")]
+pub struct ClientTlsArgs {
+    /// Trust only these CAs (PEM) for https:// URLs [default: the system's roots].
+    #[arg(long, env = "MEMDB_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Present this client certificate (PEM) when a node asks (mutual TLS).
+    #[arg(long, env = "MEMDB_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "MEMDB_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl ClientTlsArgs {
+    pub fn client_tls(&self) -> anyhow::Result<memdb::tls::ClientTls> {
+        Ok(memdb::tls::ClientTls::from_files(
+            self.tls_ca.as_deref(),
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+        )?)
+    }
+}
+
+/// Token, read protection, limits and TLS from a serving role's flags.
+fn serving(listen: &Listen, auth: &AuthArgs, tls: &TlsArgs) -> anyhow::Result<Serving> {
+    let (tls, client_tls) = tls.load()?;
     Ok(Serving {
+        tls,
+        client_tls,
         auth_token: auth.token()?,
         protect_reads: auth.protect_reads,
         limits: memdb::config::Limits {

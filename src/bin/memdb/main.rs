@@ -70,6 +70,19 @@ async fn run(cli: Cli, fds: std::io::Result<u64>) -> anyhow::Result<()> {
         Command::Top(a) => return top(a).await,
         Command::Count(a) => return count(a).await,
         Command::Status(a) => return status(a).await,
+        Command::Certs(a) => {
+            let hosts: Vec<&str> = a.hosts.iter().map(String::as_str).collect();
+            let w = memdb::tls::certs::write_dir(&a.dir, &a.name, &hosts, a.replace)?;
+            println!(
+                "{}: {} and {} (for {}), signed by {}",
+                if w.new_ca { "new CA" } else { "CA reused" },
+                w.cert,
+                w.key,
+                a.hosts.join(", "),
+                w.ca
+            );
+            return Ok(());
+        }
         _ => cli,
     };
     let role_format = match &cli.command {
@@ -153,7 +166,8 @@ async fn run(cli: Cli, fds: std::io::Result<u64>) -> anyhow::Result<()> {
         | Command::Ingest(_)
         | Command::Top(_)
         | Command::Count(_)
-        | Command::Status(_) => unreachable!("handled above"),
+        | Command::Status(_)
+        | Command::Certs(_) => unreachable!("handled above"),
         Command::Baseline(a) => {
             let listener = bind(&a.listen, "baseline").await?;
             memdb::server::listen::serve(
@@ -161,6 +175,7 @@ async fn run(cli: Cli, fds: std::io::Result<u64>) -> anyhow::Result<()> {
                 memdb::server::baseline::baseline_router(),
                 shutdown,
                 Default::default(),
+                None,
             )
             .await?;
         }
@@ -196,6 +211,7 @@ async fn perf(a: PerfArgs) -> anyhow::Result<()> {
         auth_token: a.auth_token.as_deref().and_then(Token::new),
         write_to: a.write_to,
         retry_with_keys: a.retry_with_keys,
+        tls: a.tls.client_tls()?,
     };
     let report = memdb::perf::run(cfg).await?;
     if a.json {
@@ -210,13 +226,15 @@ async fn perf(a: PerfArgs) -> anyhow::Result<()> {
 }
 
 /// The client of a `memdb top|count|status`.
-fn node_client(a: &args::NodeArgs) -> memdb::client::Client {
-    memdb::client::Client::new(a.url.trim_end_matches('/'))
-        .with_token(a.auth_token.as_deref().and_then(Token::new))
+fn node_client(a: &args::NodeArgs) -> anyhow::Result<memdb::client::Client> {
+    Ok(
+        memdb::client::Client::with_tls(a.url.trim_end_matches('/'), &a.tls.client_tls()?)
+            .with_token(a.auth_token.as_deref().and_then(Token::new)),
+    )
 }
 
 async fn top(a: args::TopArgs) -> anyhow::Result<()> {
-    let c = node_client(&a.node);
+    let c = node_client(&a.node)?;
     let reply = c.top(a.n, &a.prefix, a.min_seq).await?;
     if a.node.json {
         println!("{}", serde_json::to_string_pretty(&reply.words)?);
@@ -227,7 +245,7 @@ async fn top(a: args::TopArgs) -> anyhow::Result<()> {
 }
 
 async fn count(a: args::CountArgs) -> anyhow::Result<()> {
-    let c = node_client(&a.node);
+    let c = node_client(&a.node)?;
     let words: Vec<&str> = a.words.iter().map(String::as_str).collect();
     let (seq, counts) = c.wordcount_at(&words, a.min_seq).await?;
     let counts = serde_json::to_value(counts)?;
@@ -243,7 +261,7 @@ async fn count(a: args::CountArgs) -> anyhow::Result<()> {
 }
 
 async fn status(a: args::NodeArgs) -> anyhow::Result<()> {
-    let c = node_client(&a);
+    let c = node_client(&a)?;
     let (code, health) = c.health().await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&health)?);
@@ -265,6 +283,7 @@ async fn ingest(a: args::IngestArgs) -> anyhow::Result<()> {
         auth_token: a.auth_token.as_deref().and_then(Token::new),
         progress: !a.json,
         retry_for: a.retry_for,
+        tls: a.tls.client_tls()?,
     };
     match memdb::ingest::run(cfg).await {
         Ok(s) if a.json => println!("{}", serde_json::to_string_pretty(&s)?),

@@ -184,15 +184,17 @@ impl ReplicaSet {
         secret: String,
         max: usize,
         timeout: Duration,
+        tls: &crate::tls::ClientTls,
     ) -> Self {
-        let http = reqwest::Client::builder()
+        let http = tls
+            .builder()
             .connect_timeout(Duration::from_secs(1))
             // Below the servers' --idle-timeout (30 s): a pooled connection is dropped
             // here before the server closes it under a request.
             .pool_idle_timeout(Duration::from_secs(20))
             .tcp_nodelay(true)
             .build()
-            .expect("an HTTP client without TLS always builds");
+            .expect("an HTTP client with a built TLS config always builds");
         ReplicaSet {
             ctx: Arc::new(Ctx {
                 backlog,

@@ -70,12 +70,23 @@ pub struct LocalReplicaHealth {
     checks: u64,
     rejected_snapshots: u64,
     last_rejection: Option<String>,
+    /// The certificate served, when the node serves TLS (null otherwise).
+    tls: Option<crate::tls::server::TlsHealth>,
 }
 
 impl LocalReplica {
     /// Why the mapping cannot be trusted to be fresh, if it cannot.
     fn problem(&self) -> Option<String> {
         let s = &self.shared;
+        if let Some(p) = s
+            .config
+            .serving
+            .tls
+            .as_ref()
+            .and_then(|t| t.health().problem())
+        {
+            return Some(p);
+        }
         if let Some(t) = *s.loading_since.lock()
             && t.elapsed() > STALE_AFTER
         {
@@ -145,6 +156,7 @@ impl LocalReplica {
             checks: s.checks.load(Ordering::Relaxed),
             rejected_snapshots: st.rejected,
             last_rejection: st.last_rejection.clone(),
+            tls: s.config.serving.tls.as_ref().map(|t| t.health()),
         };
         let code = if body.ready && body.problem.is_none() {
             StatusCode::OK
@@ -276,11 +288,11 @@ async fn health_handler(State(r): State<LocalReplica>) -> Response {
 /// The local replica's routes.
 pub fn local_replica_router(replica: LocalReplica) -> Router {
     let cfg = &replica.shared.config;
-    let guarded = OpenApiRouter::new();
     router::node_router(
         replica.clone(),
         "local replica",
-        guarded,
+        OpenApiRouter::new(),
+        OpenApiRouter::new(),
         routes!(health_handler),
         &cfg.serving,
         None,
@@ -296,12 +308,14 @@ pub async fn run(
     let replica = LocalReplica::new(config);
     let cancel = CancellationToken::new();
     let tasks = replica.follow(&cancel);
-    let conns = replica.shared.config.serving.limits.connections;
+    let serving = &replica.shared.config.serving;
+    let (conns, tls) = (serving.limits.connections, serving.tls.clone());
     let served = crate::server::listen::serve(
         listener,
         local_replica_router(replica.clone()),
         shutdown,
         conns,
+        tls,
     )
     .await;
     replica.shared.stopping.store(true, Ordering::Release);

@@ -108,7 +108,10 @@ impl Replica {
                 stats: Mutex::new(Stats::default()),
                 leaders: std::iter::once(&config.leader)
                     .chain(&config.fallbacks)
-                    .map(|url| Client::new(url).with_token(config.serving.auth_token.clone()))
+                    .map(|url| {
+                        Client::with_tls(url, &config.serving.client_tls)
+                            .with_token(config.serving.auth_token.clone())
+                    })
                     .collect(),
                 current: std::sync::atomic::AtomicUsize::new(0),
                 advertise,

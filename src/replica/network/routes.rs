@@ -33,8 +33,10 @@ pub struct ReplicaHealth {
     /// `replica`.
     role: &'static str,
     pid: u32,
-    /// `ok` once synced, `syncing` before.
+    /// `ok` once synced, `syncing` before, `failing` while something in `problems` is.
     status: &'static str,
+    /// What is failing now, each with its reason.
+    problems: Vec<String>,
     ready: bool,
     /// A full sync is under way.
     syncing: bool,
@@ -66,6 +68,8 @@ pub struct ReplicaHealth {
     continued_across_restarts: u64,
     last_sync_ms: Option<f64>,
     last_sync_error: Option<String>,
+    /// The certificate served, when the node serves TLS (null otherwise).
+    tls: Option<crate::tls::server::TlsHealth>,
 }
 
 impl Replica {
@@ -83,10 +87,16 @@ impl Replica {
             )
         };
         let st = s.stats.lock();
+        let tls = s.config.serving.tls.as_ref().map(|t| t.health());
+        let problems: Vec<String> = tls.as_ref().and_then(|t| t.problem()).into_iter().collect();
         let body = ReplicaHealth {
             role: "replica",
             pid: std::process::id(),
-            status: if ready { "ok" } else { "syncing" },
+            status: match (ready, problems.is_empty()) {
+                (false, _) => "syncing",
+                (true, false) => "failing",
+                (true, true) => "ok",
+            },
             ready,
             syncing: s.syncing.load(Ordering::Acquire),
             seq,
@@ -105,8 +115,10 @@ impl Replica {
             continued_across_restarts: s.adoptions.load(Ordering::Relaxed),
             last_sync_ms: st.last_sync_ms,
             last_sync_error: st.last_sync_error.clone(),
+            tls,
+            problems,
         };
-        let code = if ready {
+        let code = if ready && body.problems.is_empty() {
             StatusCode::OK
         } else {
             StatusCode::SERVICE_UNAVAILABLE
@@ -267,11 +279,13 @@ async fn health_handler(State(replica): State<Replica>) -> Response {
 /// The replica's routes.
 pub fn replica_router(replica: Replica) -> Router {
     let cfg = &replica.shared.config;
-    let guarded = OpenApiRouter::new().routes(routes!(update_handler));
+    // The leader's pushes: a route mutual TLS guards.
+    let peers = OpenApiRouter::new().routes(routes!(update_handler));
     router::node_router(
         replica.clone(),
         "replica",
-        guarded,
+        OpenApiRouter::new(),
+        peers,
         routes!(health_handler),
         &cfg.serving,
         Some(cfg.max_body),
@@ -288,14 +302,16 @@ pub async fn run(
     let advertise = match &config.advertise {
         Some(a) => a.trim_end_matches('/').to_owned(),
         None if addr.ip().is_unspecified() => return Err(ReplicaError::NeedAdvertise(addr)),
+        None if config.serving.tls.is_some() => format!("https://{addr}"),
         None => format!("http://{addr}"),
     };
     let replica = Replica::new(config, advertise);
     let cancel = CancellationToken::new();
     let control = replica.follow(&cancel);
-    let conns = replica.shared.config.serving.limits.connections;
+    let serving = &replica.shared.config.serving;
+    let (conns, tls) = (serving.limits.connections, serving.tls.clone());
     let served =
-        crate::server::listen::serve(listener, replica_router(replica), shutdown, conns).await;
+        crate::server::listen::serve(listener, replica_router(replica), shutdown, conns, tls).await;
     cancel.cancel();
     let _ = control.await;
     served.map_err(ReplicaError::Serve)

@@ -1,0 +1,204 @@
+//! TLS for every connection that leaves the host, with rustls (the `ring` provider):
+//! - [`server`]: a node's certificate and key (reloaded on SIGHUP), optional client
+//!   certificates (`--tls-client-ca`), the handshake in the accept loop, and the guard
+//!   that asks replication, raft and admin routes for a verified client certificate;
+//! - [`ClientTls`]: what a node or a tool trusts when it calls a node (`--tls-ca`, or
+//!   the system's roots) and the certificate it presents;
+//! - [`certs`]: throwaway CAs and certificates (rcgen) for the local TLS cluster and
+//!   the tests.
+
+pub mod certs;
+pub mod server;
+
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+pub use server::{ServerTls, TlsPaths};
+
+/// What went wrong loading TLS material.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {what}")]
+    File { path: String, what: String },
+    #[error("{0}")]
+    Config(String),
+}
+
+impl TlsError {
+    fn file(path: &Path, what: impl std::fmt::Display) -> TlsError {
+        TlsError::File {
+            path: path.display().to_string(),
+            what: what.to_string(),
+        }
+    }
+}
+
+/// The crypto provider every TLS config here is built with.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    static P: OnceLock<Arc<rustls::crypto::CryptoProvider>> = OnceLock::new();
+    P.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
+}
+
+/// Every certificate in a PEM file (at least one).
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| TlsError::file(path, pem_error(e)))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::file(path, pem_error(e)))?;
+    if certs.is_empty() {
+        return Err(TlsError::file(path, "holds no PEM certificate"));
+    }
+    Ok(certs)
+}
+
+/// The private key in a PEM file (PKCS#8, PKCS#1 or SEC1).
+pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            TlsError::file(path, "holds no PEM private key")
+        }
+        e => TlsError::file(path, pem_error(e)),
+    })
+}
+
+fn pem_error(e: rustls::pki_types::pem::Error) -> String {
+    match e {
+        rustls::pki_types::pem::Error::Io(e) => e.to_string(),
+        e => format!("not valid PEM ({e:?})"),
+    }
+}
+
+/// A root store of the certificates in `path` (a private CA).
+pub fn read_roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in read_certs(path)? {
+        roots
+            .add(cert)
+            .map_err(|e| TlsError::file(path, format!("not a usable CA certificate: {e}")))?;
+    }
+    Ok(roots)
+}
+
+/// What a client trusts when it calls a node over `https://`, and the certificate it
+/// presents when the node asks for one. Plain `http://` URLs are unaffected.
+#[derive(Clone)]
+pub struct ClientTls {
+    config: Arc<rustls::ClientConfig>,
+    /// Where the roots came from, for messages.
+    trusts: Arc<str>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("trusts", &self.trusts)
+            .field(
+                "presents_certificate",
+                &self.config.client_auth_cert_resolver.has_certs(),
+            )
+            .finish()
+    }
+}
+
+impl Default for ClientTls {
+    /// The system's roots, no client certificate.
+    fn default() -> Self {
+        static SYSTEM: OnceLock<ClientTls> = OnceLock::new();
+        SYSTEM
+            .get_or_init(|| {
+                ClientTls::new(None, None).expect("a client config with the system roots")
+            })
+            .clone()
+    }
+}
+
+impl ClientTls {
+    /// Trusts only the CA certificates in `ca` (a private CA; the system's roots are
+    /// not trusted then, so a certificate any public CA issued cannot pose as a node),
+    /// or else the system's roots; presents `identity`'s certificate when asked.
+    pub fn new(
+        ca: Option<&Path>,
+        identity: Option<Arc<dyn rustls::client::ResolvesClientCert>>,
+    ) -> Result<ClientTls, TlsError> {
+        let (roots, trusts) = match ca {
+            Some(path) => (read_roots(path)?, path.display().to_string()),
+            None => {
+                let found = rustls_native_certs::load_native_certs();
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add_parsable_certificates(found.certs);
+                (roots, "the system's roots".to_owned())
+            }
+        };
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_root_certificates(roots);
+        let mut config = match identity {
+            Some(id) => builder.with_client_cert_resolver(id),
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(ClientTls {
+            config: Arc::new(config),
+            trusts: trusts.into(),
+        })
+    }
+
+    /// A client for tools: trusts `ca` (or the system's roots) and presents the
+    /// certificate in `cert` with the key in `key`, if given.
+    pub fn from_files(
+        ca: Option<&Path>,
+        cert: Option<&Path>,
+        key: Option<&Path>,
+    ) -> Result<ClientTls, TlsError> {
+        let identity = match (cert, key) {
+            (Some(cert), Some(key)) => {
+                let ck = rustls::sign::CertifiedKey::from_der(
+                    read_certs(cert)?,
+                    read_key(key)?,
+                    &provider(),
+                )
+                .map_err(|e| {
+                    TlsError::file(key, format!("does not fit {}: {e}", cert.display()))
+                })?;
+                Some(Arc::new(rustls::sign::SingleCertAndKey::from(ck))
+                    as Arc<dyn rustls::client::ResolvesClientCert>)
+            }
+            (None, None) => None,
+            _ => {
+                return Err(TlsError::Config(
+                    "a client certificate needs both --tls-cert and --tls-key".into(),
+                ));
+            }
+        };
+        if ca.is_none() && identity.is_none() {
+            return Ok(ClientTls::default());
+        }
+        ClientTls::new(ca, identity)
+    }
+
+    /// A `reqwest` client builder that uses this config for `https://` URLs.
+    pub fn builder(&self) -> reqwest::ClientBuilder {
+        reqwest::Client::builder().use_preconfigured_tls((*self.config).clone())
+    }
+}
+
+/// An error with its causes, `: `-separated: what a TLS failure inside a request looks
+/// like in a log line (`reqwest`'s own message names only the URL).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}

@@ -1,6 +1,6 @@
 # memdb: everything a newcomer needs is a target here.
 .PHONY: build start-servers stop-servers start-servers-local-replicas stop-servers-local-replicas \
-	start-servers-ha stop-servers-ha run-perf-ha perf run-perf run-perf-local-replicas \
+	start-servers-ha stop-servers-ha start-servers-tls stop-servers-tls run-perf-ha perf run-perf run-perf-local-replicas \
 	bench-http test fmt clean
 
 CARGO ?= cargo
@@ -29,6 +29,15 @@ start-servers-ha: build
 
 stop-servers-ha:
 	scripts/cluster.sh stop ha
+
+## HTTPS everywhere: a leader on :8080, network replicas on :8081-8082 and a local
+## replica on :8083; mutual TLS between nodes, a token, certificates from a throwaway CA
+## (run/tls/certs, made on first start); prints the curl commands that work against it.
+start-servers-tls: build
+	scripts/cluster.sh start tls
+
+stop-servers-tls:
+	scripts/cluster.sh stop tls
 
 ## The load tool: ./target/release/memdb perf LEADER_URL REPLICA_URL...
 perf: build
@@ -69,7 +78,7 @@ fmt:
 
 ## Refuses while any cluster started from here still runs (its data is under run/).
 clean:
-	@for m in network local ha; do \
+	@for m in network local ha tls; do \
 		if scripts/cluster.sh running $$m || MEMDB_RUN_DIR=run/perf scripts/cluster.sh running $$m; then \
 			echo "a $$m cluster is running; stop it before 'make clean' deletes run/" >&2; exit 1; \
 		fi; \

@@ -5,8 +5,12 @@
 #   scripts/cluster.sh start local     # leader :8080 + local (mmap) replicas :8081-8083
 #   scripts/cluster.sh start ha        # raft group: voters :8080 :8180 :8280, each with
 #                                      # a local replica one port up (:8081 :8181 :8281)
-#   scripts/cluster.sh stop network|local|ha
-#   scripts/cluster.sh running network|local|ha   # exit 0 if any of its processes runs
+#   scripts/cluster.sh start tls       # leader :8080, network replicas :8081 :8082 and a
+#                                      # local replica :8083, all HTTPS with mutual TLS
+#                                      # between nodes and a token (certs from a throwaway
+#                                      # CA made by `memdb certs` on first start)
+#   scripts/cluster.sh stop network|local|ha|tls
+#   scripts/cluster.sh running network|local|ha|tls   # exit 0 if any of its processes runs
 #   scripts/cluster.sh revive ha N     # start voter N again (after it was killed)
 #   scripts/cluster.sh leader ha       # print the id of the voter that leads
 #
@@ -18,8 +22,9 @@ action=${1:-}
 mode=${2:-network}
 case "$action:$mode" in
   start:network | stop:network | start:local | stop:local | running:network | running:local) ;;
+  start:tls | stop:tls | running:tls) ;;
   start:ha | stop:ha | running:ha | revive:ha | leader:ha) ;;
-  *) echo "usage: $0 start|stop|running network|local|ha; $0 revive ha N; $0 leader ha" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|running network|local|ha|tls; $0 revive ha N; $0 leader ha" >&2; exit 2 ;;
 esac
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,6 +33,13 @@ run=${MEMDB_RUN_DIR:-$root/run}/$mode
 host=127.0.0.1
 leader_port=${MEMDB_LEADER_PORT:-8080}
 replica_ports=${MEMDB_REPLICA_PORTS:-"8081 8082 8083"}
+# The TLS cluster's certificates and token live beside its data; curl trusts its CA.
+scheme=http
+curl_tls=()
+if [ "$mode" = tls ]; then
+  scheme=https
+  curl_tls=(--cacert "$run/certs/ca.pem")
+fi
 
 pid_alive() {
   # Alive, and still our binary (a PID can be reused after a crash).
@@ -77,7 +89,7 @@ wait_healthy() {
       tail -n 20 "$run/logs/$name.log" >&2 || true
       return 1
     fi
-    if curl -sS --max-time 1 "$url/health" 2>/dev/null | grep -q "\"pid\":$pid[,}]"; then
+    if curl -sS --max-time 1 "${curl_tls[@]}" "$url/health" 2>/dev/null | grep -q "\"pid\":$pid[,}]"; then
       return 0
     fi
     sleep 0.1
@@ -211,28 +223,62 @@ if [ "$mode" = ha ]; then
   exit 0
 fi
 
-leader_url="http://$host:$leader_port"
-start_one leader leader --host "$host" --port "$leader_port" --data-dir "$run/data/leader"
+tls_flags=()
+if [ "$mode" = tls ]; then
+  # Made once; a second start reuses them (memdb certs never replaces a pair unasked).
+  certs="$run/certs"
+  if [ ! -e "$certs/node.pem" ]; then
+    "$bin" certs --dir "$certs" --name node --host "$host,localhost" >/dev/null
+  fi
+  if [ ! -e "$certs/client.pem" ]; then
+    "$bin" certs --dir "$certs" --name client --host client >/dev/null
+  fi
+  if [ ! -s "$run/token" ]; then
+    (umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$run/token")
+  fi
+  tls_flags=(--tls-cert "$certs/node.pem" --tls-key "$certs/node-key.pem"
+    --tls-ca "$certs/ca.pem" --tls-client-ca "$certs/ca.pem" --auth-token-file "$run/token")
+fi
+
+leader_url="$scheme://$host:$leader_port"
+start_one leader leader --host "$host" --port "$leader_port" --data-dir "$run/data/leader" \
+  "${tls_flags[@]}"
 if ! wait_healthy leader "$leader_url"; then stop_all; exit 1; fi
 urls=()
+kinds=()
+last_port=$(echo $replica_ports | awk '{print $NF}')
 for p in $replica_ports; do
-  if [ "$mode" = local ]; then
-    start_one "replica-$p" local-replica --host "$host" --port "$p" --data-dir "$run/data/leader"
+  # The TLS cluster shows both kinds: its last port is a local replica.
+  if [ "$mode" = local ] || { [ "$mode" = tls ] && [ "$p" = "$last_port" ]; }; then
+    start_one "replica-$p" local-replica --host "$host" --port "$p" \
+      --data-dir "$run/data/leader" "${tls_flags[@]}"
+    kinds+=("local replica (mmap)")
   else
-    start_one "replica-$p" replica --host "$host" --port "$p" --leader "$leader_url"
+    start_one "replica-$p" replica --host "$host" --port "$p" --leader "$leader_url" \
+      "${tls_flags[@]}"
+    kinds+=("network replica     ")
   fi
-  urls+=("http://$host:$p")
+  urls+=("$scheme://$host:$p")
 done
 for p in $replica_ports; do
-  if ! wait_healthy "replica-$p" "http://$host:$p"; then stop_all; exit 1; fi
+  if ! wait_healthy "replica-$p" "$scheme://$host:$p"; then stop_all; exit 1; fi
 done
 
 echo "memdb $mode cluster is up:"
 echo "  leader    $leader_url   (POST /post, GET /sync, GET /wordcount, GET /health)"
-kind=$([ "$mode" = local ] && echo "local replica (mmap)" || echo "network replica")
-for u in "${urls[@]}"; do echo "  $kind   $u   (GET /wordcount, GET /sync, GET /health)"; done
+for i in "${!urls[@]}"; do
+  echo "  ${kinds[$i]}   ${urls[$i]}   (GET /wordcount, GET /top, GET /health)"
+done
 echo "  data      $run/data"
 echo "  logs      $run/logs"
 echo "  pids      $run/pids"
-echo "try:  curl -s -d text='hello world' $leader_url/post"
-echo "      curl -s '${urls[0]}/wordcount?word=hello'"
+if [ "$mode" = tls ]; then
+  echo "  certs     $run/certs (throwaway CA: ca.pem; node and client pairs)"
+  echo "  token     $run/token"
+  echo "try:  curl -s --cacert $run/certs/ca.pem -H \"Authorization: Bearer \$(cat $run/token)\" -d text='hello world' $leader_url/post"
+  echo "      curl -s --cacert $run/certs/ca.pem '${urls[0]}/wordcount?word=hello'"
+  echo "      $bin status --url $leader_url --tls-ca $run/certs/ca.pem"
+else
+  echo "try:  curl -s -d text='hello world' $leader_url/post"
+  echo "      curl -s '${urls[0]}/wordcount?word=hello'"
+fi

@@ -126,6 +126,10 @@ fn load(paths: &TlsPaths) -> Result<Loaded, TlsError> {
     let mut config =
         builder.with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key.clone())));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // TLS 1.3 session tickets (keys in memory, rotated): a client that reconnects (a
+    // node after an idle pool drop, the CLI) resumes instead of a full handshake.
+    config.ticketer =
+        rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Config(e.to_string()))?;
     Ok(Loaded {
         config: Arc::new(config),
         key,

@@ -500,17 +500,22 @@ async fn refuse_plain_http(mut tcp: TcpStream, peer: SocketAddr) {
 mod tests {
     use super::*;
 
+    /// `node.pem` and `node-key.pem` in `dir`, no client CA.
+    fn paths_in(dir: &std::path::Path) -> TlsPaths {
+        TlsPaths {
+            cert: dir.join("node.pem"),
+            key: dir.join("node-key.pem"),
+            client_ca: None,
+        }
+    }
+
     #[test]
     fn a_pair_that_does_not_fit_is_refused_and_the_old_one_keeps_serving() {
         let dir = tempfile::tempdir().unwrap();
         let ca = crate::tls::certs::Ca::new("test CA").unwrap();
         let a = ca.issue("node a", &["127.0.0.1"]).unwrap();
         let b = ca.issue("node b", &["127.0.0.1"]).unwrap();
-        let paths = TlsPaths {
-            cert: dir.path().join("node.pem"),
-            key: dir.path().join("node-key.pem"),
-            client_ca: None,
-        };
+        let paths = paths_in(dir.path());
         a.write(&paths.cert, &paths.key).unwrap();
         let tls = ServerTls::load(paths.clone()).unwrap();
         assert_eq!(tls.health().subject, "CN=node a");
@@ -534,11 +539,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = crate::tls::certs::Ca::new("test CA").unwrap();
         let old = ca.issue_expired("old", &["127.0.0.1"]).unwrap();
-        let paths = TlsPaths {
-            cert: dir.path().join("node.pem"),
-            key: dir.path().join("node-key.pem"),
-            client_ca: None,
-        };
+        let paths = paths_in(dir.path());
         old.write(&paths.cert, &paths.key).unwrap();
         let err = ServerTls::load(paths).unwrap_err().to_string();
         assert!(err.contains("expired at"), "{err}");

@@ -92,6 +92,23 @@ pub fn status_text(url: &str, h: &Value) -> String {
     if let Some(l) = h["leader"].as_str() {
         out.push_str(&format!("  follows {l}\n"));
     }
+    let t = &h["tls"];
+    if t.is_object() {
+        out.push_str(&format!(
+            "  tls: {} (issued by {}), expires {}{}\n",
+            t["subject"].as_str().unwrap_or("?"),
+            t["issuer"].as_str().unwrap_or("?"),
+            t["not_after"].as_str().unwrap_or("?"),
+            if t["client_certificates_required"] == true {
+                ", client certificates required on replication routes"
+            } else {
+                ""
+            }
+        ));
+        if let Some(e) = t["last_reload"]["error"].as_str() {
+            out.push_str(&format!("  tls: last reload refused: {e}\n"));
+        }
+    }
     let r = &h["raft"];
     if r.is_object() {
         out.push_str(&format!(
@@ -229,5 +246,15 @@ mod tests {
             ),
             "{t}"
         );
+        assert!(!t.contains("tls"), "{t}");
+        let h = json!({"role": "replica", "tls": {"subject": "CN=db2", "issuer": "CN=ca",
+            "not_after": "2027-01-01T00:00:00Z", "client_certificates_required": true,
+            "last_reload": {"ok": false, "error": "bad key"}}});
+        let t = status_text("https://x", &h);
+        assert!(
+            t.contains("tls: CN=db2 (issued by CN=ca), expires 2027-01-01T00:00:00Z, client"),
+            "{t}"
+        );
+        assert!(t.contains("tls: last reload refused: bad key"), "{t}");
     }
 }

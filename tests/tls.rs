@@ -267,6 +267,17 @@ async fn mutual_tls_asks_replication_routes_for_a_certificate_from_its_ca() {
         seq,
         "the foreign post applied nothing"
     );
+    // A TLS leader will not push the token in clear to a replica on another host.
+    let (s, b) = call(
+        &ours,
+        "POST",
+        &format!("{url}/replicas"),
+        r#"{"url":"http://10.0.0.2:8081"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 400, "{b}");
+    assert!(b["error"].as_str().unwrap().contains("in clear"), "{b}");
 
     // A replica whose certificate another CA signed cannot join, and says why.
     let mut flags = other.node_flags("node", false);

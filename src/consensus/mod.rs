@@ -170,6 +170,8 @@ pub struct Consensus {
     pub log: log_store::LogStore,
     pub state: state_machine::StateMachine,
     elections: Arc<AtomicU64>,
+    /// This voter serves TLS: members at plain `http://` URLs of other hosts are refused.
+    serves_tls: bool,
 }
 
 /// One member as `/health` shows it.
@@ -226,6 +228,7 @@ impl Consensus {
         fsync: crate::storage::log::FsyncPolicy,
         token: Option<String>,
         tls: crate::tls::ClientTls,
+        serves_tls: bool,
     ) -> Result<Consensus, String> {
         let dir = leader.data_dir().join("raft");
         let raft_config = openraft::Config {
@@ -271,6 +274,7 @@ impl Consensus {
             log,
             state,
             elections: Arc::new(AtomicU64::new(0)),
+            serves_tls,
         };
         if !c.config.peers.is_empty() {
             c.initialize(c.config.peers.clone()).await?;
@@ -281,6 +285,9 @@ impl Consensus {
 
     /// Forms the group with `members` as voters, if this node is pristine.
     pub async fn initialize(&self, members: BTreeMap<NodeId, String>) -> Result<bool, String> {
+        for url in members.values() {
+            self.check_member_url(url)?;
+        }
         if self
             .raft
             .is_initialized()
@@ -297,6 +304,14 @@ impl Consensus {
             Ok(()) => Ok(true),
             Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(false),
             Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Refuses a member this voter must not call (see [`crate::tls::plain_peer`]).
+    pub fn check_member_url(&self, url: &str) -> Result<(), String> {
+        match crate::tls::plain_peer(url) {
+            Some(why) if self.serves_tls => Err(why),
+            _ => Ok(()),
         }
     }
 

@@ -158,7 +158,9 @@ pub async fn init(
     }
     let mut members = BTreeMap::new();
     for (id, url) in init.members {
-        members.insert(id, check_url(&url)?);
+        let url = check_url(&url)?;
+        c.check_member_url(&url).map_err(ApiError::bad_request)?;
+        members.insert(id, url);
     }
     let formed = c
         .initialize(members)
@@ -197,6 +199,7 @@ pub async fn add_learner(
     let c = consensus(&leader)?;
     let l: Learner = admin_body(body, "{\"id\": 4, \"url\": \"http://host:port\"}")?;
     let url = check_url(&l.url)?;
+    c.check_member_url(&url).map_err(ApiError::bad_request)?;
     let r = c
         .raft
         .add_learner(l.id, BasicNode::new(url), true)

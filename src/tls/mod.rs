@@ -187,6 +187,29 @@ impl ClientTls {
     }
 }
 
+/// `Some(why)` when a node that serves TLS must not call `url`: a plain `http://` URL
+/// of another host would carry the token, and every word, in clear. (Loopback is the
+/// same host: allowed.)
+pub fn plain_peer(url: &str) -> Option<String> {
+    let parsed = reqwest::Url::parse(url).ok()?;
+    if parsed.scheme() != "http" {
+        return None;
+    }
+    let host = parsed.host_str()?;
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    (!loopback).then(|| {
+        format!(
+            "{url}: this node serves TLS, and a plain http:// peer on another host would \
+             receive the token and the data in clear: use https://"
+        )
+    })
+}
+
 /// An error with its causes, `: `-separated: what a TLS failure inside a request looks
 /// like in a log line (`reqwest`'s own message names only the URL).
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -201,4 +224,30 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cause = c.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_tls_node_calls_plain_http_only_on_its_own_host() {
+        use super::plain_peer;
+        for ok in [
+            "https://db2:8081",
+            "http://127.0.0.1:8081",
+            "http://127.9.9.9:1",
+            "http://localhost:8081",
+            "http://LOCALHOST:1",
+            "http://[::1]:8081",
+        ] {
+            assert_eq!(plain_peer(ok), None, "{ok}");
+        }
+        for refused in [
+            "http://db2:8081",
+            "http://10.0.0.2:8081",
+            "http://[2001:db8::1]:1",
+        ] {
+            let why = plain_peer(refused).unwrap_or_else(|| panic!("{refused} allowed"));
+            assert!(why.contains("https://"), "{why}");
+        }
+    }
 }

@@ -150,13 +150,19 @@ async fn run(cli: Cli, fds: std::io::Result<u64>) -> anyhow::Result<()> {
             memdb::leader::serve(listener, leader, shutdown).await?;
         }
         Command::Replica(a) => {
+            let serving = a.server.serving()?;
+            if serving.tls.is_some()
+                && let Some(why) = a.leader.iter().find_map(|u| memdb::tls::plain_peer(u))
+            {
+                anyhow::bail!("--leader {why}");
+            }
             let listener = bind(&a.server.listen, "replica").await?;
             let config = ReplicaConfig {
                 advertise: a.advertise,
                 heartbeat: a.heartbeat,
                 max_body: a.max_body,
                 max_wait: a.max_wait,
-                serving: a.server.serving()?,
+                serving,
                 fallbacks: a.leader[1..].to_vec(),
                 ..ReplicaConfig::new(a.leader[0].clone())
             };

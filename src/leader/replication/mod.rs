@@ -117,6 +117,8 @@ struct Ctx {
     linger: Duration,
     /// Sent to replicas with every push.
     token: Option<crate::server::auth::Token>,
+    /// The leader serves TLS: plain `http://` replicas on other hosts are refused.
+    serves_tls: bool,
     /// This incarnation's push secret, sent with every push.
     secret: String,
     /// The write-ahead log that holds what the backlog no longer does.
@@ -148,6 +150,8 @@ pub enum ReplicaUrlError {
     NotAnOrigin(String),
     #[error("the leader already has its maximum of {0} replicas (--max-replicas)")]
     Full(usize),
+    #[error("{0}")]
+    Plain(String),
 }
 
 /// Checks that `url` is a plain origin (`http://host:port`) and returns it normalised
@@ -185,6 +189,7 @@ impl ReplicaSet {
         max: usize,
         timeout: Duration,
         tls: &crate::tls::ClientTls,
+        serves_tls: bool,
     ) -> Self {
         let http = tls
             .builder()
@@ -205,6 +210,7 @@ impl ReplicaSet {
                 acks: watch::Sender::new(0),
                 linger,
                 token,
+                serves_tls,
                 secret,
                 log,
                 abort: CancellationToken::new(),
@@ -221,6 +227,11 @@ impl ReplicaSet {
     /// within a tokio runtime. Returns whether it was new.
     pub fn add(&self, url: &str, static_: bool) -> Result<bool, ReplicaUrlError> {
         let url = replica_origin(url)?;
+        if self.ctx.serves_tls
+            && let Some(why) = crate::tls::plain_peer(&url)
+        {
+            return Err(ReplicaUrlError::Plain(why));
+        }
         let mut links = self.links.lock();
         if let Some(l) = links.iter().find(|l| l.url == url) {
             *l.last_seen.lock() = Instant::now();

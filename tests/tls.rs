@@ -418,6 +418,11 @@ async fn sighup_rotates_the_certificate_and_refuses_a_bad_pair_without_dropping_
     .await;
     let h = leader.health().await;
     assert_eq!(h["tls"]["last_reload"]["ok"], true, "{h}");
+    assert!(
+        leader
+            .log()
+            .contains("TLS CA for calls to other nodes reloaded")
+    );
 
     // A bad pair (another certificate with the old key): refused, the pair in use
     // keeps serving, and the node says so.

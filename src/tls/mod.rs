@@ -83,6 +83,80 @@ pub fn read_roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
     Ok(roots)
 }
 
+/// A private CA a client trusts, read again on [`Trust::reload`] (a node's SIGHUP): the
+/// CA can be rotated without a restart. Verification is webpki's, against the roots
+/// loaded last.
+#[derive(Debug)]
+pub struct Trust {
+    path: std::path::PathBuf,
+    current: parking_lot::RwLock<Arc<rustls::client::WebPkiServerVerifier>>,
+}
+
+impl Trust {
+    pub fn load(path: &Path) -> Result<Arc<Trust>, TlsError> {
+        Ok(Arc::new(Trust {
+            path: path.to_owned(),
+            current: parking_lot::RwLock::new(Trust::verifier(path)?),
+        }))
+    }
+
+    fn verifier(path: &Path) -> Result<Arc<rustls::client::WebPkiServerVerifier>, TlsError> {
+        rustls::client::WebPkiServerVerifier::builder_with_provider(
+            read_roots(path)?.into(),
+            provider(),
+        )
+        .build()
+        .map_err(|e| TlsError::file(path, e))
+    }
+
+    /// Reads the CA file again; on failure the roots in use stay.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let v = Trust::verifier(&self.path)?;
+        *self.current.write() = v;
+        Ok(())
+    }
+
+    fn now(&self) -> Arc<rustls::client::WebPkiServerVerifier> {
+        self.current.read().clone()
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for Trust {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.now()
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.now().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.now().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.now().supported_verify_schemes()
+    }
+}
+
 /// What a client trusts when it calls a node over `https://`, and the certificate it
 /// presents when the node asks for one. Plain `http://` URLs are unaffected.
 #[derive(Clone)]
@@ -90,6 +164,8 @@ pub struct ClientTls {
     config: Arc<rustls::ClientConfig>,
     /// Where the roots came from, for messages.
     trusts: Arc<str>,
+    /// A private CA (reloadable); `None`: the system's roots.
+    trust: Option<Arc<Trust>>,
 }
 
 impl std::fmt::Debug for ClientTls {
@@ -124,19 +200,25 @@ impl ClientTls {
         ca: Option<&Path>,
         identity: Option<Arc<dyn rustls::client::ResolvesClientCert>>,
     ) -> Result<ClientTls, TlsError> {
-        let (roots, trusts) = match ca {
-            Some(path) => (read_roots(path)?, path.display().to_string()),
+        let versions = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let (builder, trust, trusts) = match ca {
+            Some(path) => {
+                let trust = Trust::load(path)?;
+                let builder = versions
+                    .dangerous()
+                    .with_custom_certificate_verifier(trust.clone());
+                (builder, Some(trust), path.display().to_string())
+            }
             None => {
                 let found = rustls_native_certs::load_native_certs();
                 let mut roots = rustls::RootCertStore::empty();
                 roots.add_parsable_certificates(found.certs);
-                (roots, "the system's roots".to_owned())
+                let builder = versions.with_root_certificates(roots);
+                (builder, None, "the system's roots".to_owned())
             }
         };
-        let builder = rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Config(e.to_string()))?
-            .with_root_certificates(roots);
         let mut config = match identity {
             Some(id) => builder.with_client_cert_resolver(id),
             None => builder.with_no_client_auth(),
@@ -145,7 +227,13 @@ impl ClientTls {
         Ok(ClientTls {
             config: Arc::new(config),
             trusts: trusts.into(),
+            trust,
         })
+    }
+
+    /// The private CA it trusts, which a reload reads again (`None`: the system's roots).
+    pub fn trust(&self) -> Option<&Arc<Trust>> {
+        self.trust.as_ref()
     }
 
     /// A client for tools: trusts `ca` (or the system's roots) and presents the
@@ -228,6 +316,74 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    /// A TLS server on loopback that serves `pair` and completes handshakes.
+    async fn serve(pair: &super::certs::Issued) -> std::net::SocketAddr {
+        use rustls::pki_types::pem::PemObject;
+        let certs = rustls::pki_types::CertificateDer::pem_slice_iter(pair.cert_pem().as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key =
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(pair.key_pem().as_bytes()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(super::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut s) = acceptor.accept(tcp).await {
+                        use tokio::io::AsyncReadExt;
+                        let mut b = [0u8; 1];
+                        let _ = s.read(&mut b).await;
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    async fn handshake(tls: &super::ClientTls, addr: std::net::SocketAddr) -> Result<(), String> {
+        let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        connector
+            .connect(name, tcp)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    #[tokio::test]
+    async fn a_reload_of_the_trusted_ca_takes_effect_on_the_next_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (
+            super::certs::Ca::new("old CA").unwrap(),
+            super::certs::Ca::new("new CA").unwrap(),
+        );
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, old.cert_pem()).unwrap();
+        let tls = super::ClientTls::new(Some(&ca_file), None).unwrap();
+        let addr = serve(&new.issue("node", &["127.0.0.1"]).unwrap()).await;
+        let err = handshake(&tls, addr).await.unwrap_err();
+        assert!(err.contains("UnknownIssuer"), "{err}");
+        // Both CAs (a rotation under way), then reload: the new one's node is trusted.
+        std::fs::write(&ca_file, format!("{}{}", old.cert_pem(), new.cert_pem())).unwrap();
+        tls.trust().unwrap().reload().unwrap();
+        handshake(&tls, addr).await.unwrap();
+        // A broken file is refused and the roots in use stay.
+        std::fs::write(&ca_file, "garbage").unwrap();
+        assert!(tls.trust().unwrap().reload().is_err());
+        handshake(&tls, addr).await.unwrap();
+    }
+
     #[test]
     fn a_tls_node_calls_plain_http_only_on_its_own_host() {
         use super::plain_peer;

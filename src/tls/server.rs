@@ -152,6 +152,8 @@ pub struct ServerTls {
     paths: TlsPaths,
     current: RwLock<Loaded>,
     last_reload: Mutex<Option<Reload>>,
+    /// The CA the node's own calls trust, reloaded with the pair.
+    trust: std::sync::OnceLock<Arc<crate::tls::Trust>>,
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -206,6 +208,7 @@ impl ServerTls {
             paths,
             current: RwLock::new(loaded),
             last_reload: Mutex::new(None),
+            trust: std::sync::OnceLock::new(),
         }))
     }
 
@@ -213,37 +216,50 @@ impl ServerTls {
     /// pair (open ones keep theirs); on failure the pair in use keeps serving.
     pub fn reload(&self) -> Result<(), TlsError> {
         let at = rfc3339(now_secs());
-        match load(&self.paths) {
-            Ok(loaded) => {
-                tracing::info!(
-                    subject = %loaded.info.subject,
-                    not_after = %rfc3339(loaded.info.not_after),
-                    "TLS certificate and key reloaded: new connections use them"
-                );
-                CERT_NOT_AFTER.store(loaded.info.not_after, Relaxed);
-                *self.current.write() = loaded;
-                RELOADS_OK.fetch_add(1, Relaxed);
-                *self.last_reload.lock() = Some(Reload {
-                    at,
-                    ok: true,
-                    error: None,
-                });
-                Ok(())
-            }
-            Err(e) => {
-                tracing::error!(
-                    error = %e,
-                    "TLS reload refused: the certificate and key in use keep serving"
-                );
-                RELOADS_FAILED.fetch_add(1, Relaxed);
-                *self.last_reload.lock() = Some(Reload {
-                    at,
-                    ok: false,
-                    error: Some(e.to_string()),
-                });
-                Err(e)
-            }
+        let pair = load(&self.paths).map(|loaded| {
+            tracing::info!(
+                subject = %loaded.info.subject,
+                not_after = %rfc3339(loaded.info.not_after),
+                "TLS certificate and key reloaded: new connections use them"
+            );
+            CERT_NOT_AFTER.store(loaded.info.not_after, Relaxed);
+            *self.current.write() = loaded;
+        });
+        if let Err(e) = &pair {
+            tracing::error!(
+                error = %e,
+                "TLS reload refused: the certificate and key in use keep serving"
+            );
         }
+        // The CA this node trusts when it calls others (--tls-ca), read again too.
+        let trust = self.trust.get().map_or(Ok(()), |t| t.reload());
+        match &trust {
+            Ok(()) if self.trust.get().is_some() => {
+                tracing::info!("TLS CA for calls to other nodes reloaded (--tls-ca)")
+            }
+            Ok(()) => {}
+            Err(e) => tracing::error!(
+                error = %e,
+                "TLS CA reload refused (--tls-ca): the CA in use stays trusted"
+            ),
+        }
+        let result = pair.and(trust);
+        if result.is_ok() {
+            RELOADS_OK.fetch_add(1, Relaxed);
+        } else {
+            RELOADS_FAILED.fetch_add(1, Relaxed);
+        }
+        *self.last_reload.lock() = Some(Reload {
+            at,
+            ok: result.is_ok(),
+            error: result.as_ref().err().map(|e| e.to_string()),
+        });
+        result
+    }
+
+    /// Makes [`ServerTls::reload`] read `trust` (the node's `--tls-ca`) again too.
+    pub fn reload_trust_too(&self, trust: Arc<crate::tls::Trust>) {
+        let _ = self.trust.set(trust);
     }
 
     /// Whether the replication, raft and admin routes require a client certificate.

@@ -327,6 +327,10 @@ impl TlsArgs {
                 memdb::tls::ClientTls::new(ca.as_deref(), server.as_ref().map(|s| s.identity()))?
             }
         };
+        // SIGHUP reloads the CA the node trusts along with its own pair.
+        if let (Some(server), Some(trust)) = (&server, client.trust()) {
+            server.reload_trust_too(trust.clone());
+        }
         Ok((server, client))
     }
 }

@@ -18,6 +18,9 @@
 //! - [`server`]: what every node serves with — errors, auth, request parsing, the
 //!   router and its limits, the shared read routes, metrics, OpenAPI, the accept loop,
 //!   the shutdown signal.
+//! - [`tls`]: TLS on rustls — a node's certificate (reloaded on SIGHUP), the handshake,
+//!   mutual TLS on the replication routes, what a client trusts and presents, and
+//!   throwaway certificates for `memdb certs`.
 //! - [`protocol`]: what both ends share — header names, incarnation ids, socket lines.
 //! - [`backoff`]: exponential backoff with jitter, for every retry loop.
 //! - [`worker`]: a thread fed by a channel that stops when its handle drops.

@@ -510,3 +510,59 @@ async fn a_raft_group_over_mutual_tls_elects_replicates_and_fails_over() {
         );
     }
 }
+
+/// `/health` of `node`, read without verifying its certificate (it may have expired).
+async fn health_unverified(node: &Node) -> (u16, Value) {
+    let resp = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap()
+        .get(format!("{}/health", node.url))
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_that_expires_while_serving_fails_health_until_a_new_pair_is_loaded() {
+    let pki = Pki::new("cluster CA");
+    // Long enough for both nodes to start (a node refuses an expired pair at start).
+    let short = pki
+        .ca
+        .issue_expiring("node", &["127.0.0.1"], std::time::Duration::from_secs(6))
+        .unwrap();
+    short.write(&pki.cert("node"), &pki.key("node")).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let flags = pki.node_flags("node", false);
+    let leader = Node::leader(data.path(), &refs(&flags));
+    let local = Node::local(data.path(), &refs(&flags));
+    for node in [&leader, &local] {
+        // Not "stale" on the local replica: its mapping is fine, the certificate fails.
+        let (status, h) = eventually("the expiry reported as failing in /health", || async {
+            let (status, h) = health_unverified(node).await;
+            (h["status"] == "failing").then_some((status, h))
+        })
+        .await;
+        assert_eq!(status, 503, "{h}");
+        let problem = h["problem"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| h["problems"].to_string());
+        assert!(problem.contains("expired"), "{h}");
+        assert!(h["tls"]["expires_in_s"].as_i64().unwrap() <= 0, "{h}");
+    }
+
+    // A fresh pair and SIGHUP: both recover, with no restart.
+    pki.issue("node", &["127.0.0.1"]);
+    for node in [&leader, &local] {
+        signal(node, "-HUP");
+        let h = eventually("ok again after the reload", || async {
+            let (status, h) = health_unverified(node).await;
+            (status == 200).then_some(h)
+        })
+        .await;
+        assert_eq!(h["status"], "ok", "{h}");
+        assert_eq!(h["tls"]["last_reload"]["ok"], true, "{h}");
+    }
+}

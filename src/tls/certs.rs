@@ -113,6 +113,20 @@ impl Ca {
         self.sign(params)
     }
 
+    /// As [`Ca::issue`], but it expires `after` from now (for tests of expiry).
+    pub fn issue_expiring(
+        &self,
+        name: &str,
+        hosts: &[&str],
+        after: std::time::Duration,
+    ) -> Result<Issued, rcgen::Error> {
+        let mut params = leaf_params(name, hosts)?;
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::days(1);
+        params.not_after = now + after;
+        self.sign(params)
+    }
+
     fn issue_for(&self, name: &str, hosts: &[&str], days: i64) -> Result<Issued, rcgen::Error> {
         let mut params = leaf_params(name, hosts)?;
         validity(&mut params, days);

@@ -74,9 +74,18 @@ pub struct LocalReplicaHealth {
     tls: Option<crate::tls::server::TlsHealth>,
 }
 
+/// What `/health` reports beside the status word.
+enum Problem {
+    /// Something other than the mapping is wrong (an expired certificate).
+    Failing(String),
+    /// The mapping may be behind the leader, or the loader is stuck.
+    Stale(String),
+}
+
 impl LocalReplica {
-    /// Why the mapping cannot be trusted to be fresh, if it cannot.
-    fn problem(&self) -> Option<String> {
+    /// What is wrong with this node, if anything: its served certificate first, then
+    /// whether the mapping can be trusted to be fresh.
+    fn problem(&self) -> Option<Problem> {
         let s = &self.shared;
         if let Some(p) = s
             .config
@@ -85,8 +94,14 @@ impl LocalReplica {
             .as_ref()
             .and_then(|t| t.health().problem())
         {
-            return Some(p);
+            return Some(Problem::Failing(p));
         }
+        self.staleness().map(Problem::Stale)
+    }
+
+    /// Why the mapping cannot be trusted to be fresh, if it cannot.
+    fn staleness(&self) -> Option<String> {
+        let s = &self.shared;
         if let Some(t) = *s.loading_since.lock()
             && t.elapsed() > STALE_AFTER
         {
@@ -123,9 +138,11 @@ impl LocalReplica {
         let st = s.stats.lock();
         let status = match (&cur, &problem) {
             (None, _) => "waiting for a snapshot",
-            (Some(_), Some(_)) => "stale",
+            (Some(_), Some(Problem::Failing(_))) => "failing",
+            (Some(_), Some(Problem::Stale(_))) => "stale",
             (Some(_), None) => "ok",
         };
+        let problem = problem.map(|(Problem::Failing(p) | Problem::Stale(p))| p);
         let body = LocalReplicaHealth {
             role: "local-replica",
             pid: std::process::id(),

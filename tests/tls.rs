@@ -527,17 +527,25 @@ async fn health_unverified(node: &Node) -> (u16, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_that_expires_while_serving_fails_health_until_a_new_pair_is_loaded() {
     let pki = Pki::new("cluster CA");
-    // Long enough for both nodes to start (a node refuses an expired pair at start).
+    // Long enough for the three nodes to start (a node refuses an expired pair at start).
     let short = pki
         .ca
-        .issue_expiring("node", &["127.0.0.1"], std::time::Duration::from_secs(6))
+        .issue_expiring("node", &["127.0.0.1"], std::time::Duration::from_secs(12))
         .unwrap();
     short.write(&pki.cert("node"), &pki.key("node")).unwrap();
     let data = tempfile::tempdir().unwrap();
     let flags = pki.node_flags("node", false);
     let leader = Node::leader(data.path(), &refs(&flags));
     let local = Node::local(data.path(), &refs(&flags));
-    for node in [&leader, &local] {
+    let replica = Node::replica(&leader.url, &refs(&flags));
+    for node in [&leader, &local, &replica] {
+        eventually("ok before the expiry", || async {
+            let (status, h) = health_unverified(node).await;
+            (status == 200 && h["status"] == "ok").then_some(())
+        })
+        .await;
+    }
+    for node in [&leader, &local, &replica] {
         // Not "stale" on the local replica: its mapping is fine, the certificate fails.
         let (status, h) = eventually("the expiry reported as failing in /health", || async {
             let (status, h) = health_unverified(node).await;
@@ -553,9 +561,9 @@ async fn a_certificate_that_expires_while_serving_fails_health_until_a_new_pair_
         assert!(h["tls"]["expires_in_s"].as_i64().unwrap() <= 0, "{h}");
     }
 
-    // A fresh pair and SIGHUP: both recover, with no restart.
+    // A fresh pair and SIGHUP: each recovers, with no restart.
     pki.issue("node", &["127.0.0.1"]);
-    for node in [&leader, &local] {
+    for node in [&leader, &local, &replica] {
         signal(node, "-HUP");
         let h = eventually("ok again after the reload", || async {
             let (status, h) = health_unverified(node).await;

@@ -41,6 +41,28 @@ if [ "$mode" = tls ]; then
   curl_tls=(--cacert "$run/certs/ca.pem")
 fi
 
+# The make target that stops a cluster of this mode.
+stop_target() {
+  case "$1" in
+    network) echo stop-servers ;;
+    local) echo stop-servers-local-replicas ;;
+    *) echo "stop-servers-$1" ;;
+  esac
+}
+
+# " <mode> ('make <target>')" for each cluster of any mode with a live recorded PID.
+running_clusters() {
+  local m f
+  for m in network local ha tls; do
+    for f in "${MEMDB_RUN_DIR:-$root/run}/$m"/pids/*.pid; do
+      if [ -f "$f" ] && pid_alive "$(cat "$f")"; then
+        printf " %s ('make %s')" "$m" "$(stop_target "$m")"
+        break
+      fi
+    done
+  done
+}
+
 pid_alive() {
   # Alive, and still our binary (a PID can be reused after a crash).
   local pid=$1
@@ -165,7 +187,7 @@ chmod 700 "$run/data"
 shopt -s nullglob
 for f in "$run"/pids/*.pid; do
   if pid_alive "$(cat "$f")"; then
-    echo "a $mode cluster is already running (see $run/pids); stop it with 'scripts/cluster.sh stop $mode'" >&2
+    echo "a $mode cluster is already running (see $run/pids); stop it with 'make $(stop_target "$mode")'" >&2
     exit 1
   fi
   rm -f "$f"
@@ -178,7 +200,12 @@ else
 fi
 for p in $all_ports; do
   if port_taken "$p"; then
-    echo "port $p on $host is already in use (another memdb cluster? 'make stop-servers' or 'make stop-servers-local-replicas'); nothing was started" >&2
+    others=$(running_clusters)
+    if [ -n "$others" ]; then
+      echo "port $p on $host is already in use, and these memdb clusters are running:$others; nothing was started" >&2
+    else
+      echo "port $p on $host is already in use by something that is not a cluster this script started; nothing was started" >&2
+    fi
     exit 1
   fi
 done
@@ -218,8 +245,10 @@ if [ "$mode" = ha ]; then
   echo "  logs      $run/logs"
   echo "  pids      $run/pids"
   echo "write to any voter (a follower redirects with 307 to the leader):"
-  echo "try:  curl -sL -H 'Idempotency-Key: k1' -d text='hello world' http://$host:8080/post"
-  echo "      curl -s 'http://$host:8181/wordcount?word=hello'"
+  first=$(echo $voter_ports | cut -d' ' -f1)
+  second=$(echo $voter_ports | cut -d' ' -f2)
+  echo "try:  curl -sL -H 'Idempotency-Key: k1' -d text='hello world' http://$host:$first/post"
+  echo "      curl -s 'http://$host:$((second + 1))/wordcount?word=hello'"
   exit 0
 fi
 

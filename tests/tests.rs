@@ -21,6 +21,7 @@ mod perf;
 mod persistence;
 mod registry;
 mod repair;
+mod scripts;
 mod security;
 mod tls;
 mod top;

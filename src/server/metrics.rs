@@ -209,26 +209,31 @@ fn tls_series(m: &mut Series<'_>) {
         "When the TLS certificate in use expires (Unix seconds).",
         not_after.max(0) as u64,
     );
-    m.counter(
-        "memdb_tls_handshake_failures_total",
-        "TLS handshakes that failed (bad or missing certificates, wrong protocol, timeouts).",
-        tls::HANDSHAKE_FAILURES.load(Ordering::Relaxed),
-    );
-    m.counter(
-        "memdb_tls_plain_http_refused_total",
-        "Connections that spoke plain HTTP to the TLS port (answered 400).",
-        tls::PLAIN_HTTP_REFUSED.load(Ordering::Relaxed),
-    );
-    m.counter(
-        "memdb_tls_reloads_total",
-        "Reloads of the certificate and key (SIGHUP) that took effect.",
-        tls::RELOADS_OK.load(Ordering::Relaxed),
-    );
-    m.counter(
-        "memdb_tls_reload_failures_total",
-        "Reloads refused (the pair did not load); the old pair kept serving.",
-        tls::RELOADS_FAILED.load(Ordering::Relaxed),
-    );
+    let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 4] = [
+        (
+            "memdb_tls_handshake_failures_total",
+            "TLS handshakes that failed (bad or missing certificates, wrong protocol, timeouts).",
+            &tls::HANDSHAKE_FAILURES,
+        ),
+        (
+            "memdb_tls_plain_http_refused_total",
+            "Connections that spoke plain HTTP to the TLS port (answered 400).",
+            &tls::PLAIN_HTTP_REFUSED,
+        ),
+        (
+            "memdb_tls_reloads_total",
+            "Reloads of the certificate and key (SIGHUP) that took effect.",
+            &tls::RELOADS_OK,
+        ),
+        (
+            "memdb_tls_reload_failures_total",
+            "Reloads refused (the pair did not load); the old pair kept serving.",
+            &tls::RELOADS_FAILED,
+        ),
+    ];
+    for (name, help, value) in counters {
+        m.counter(name, help, value.load(Ordering::Relaxed));
+    }
 }
 
 /// A value a series can take: counts and seqs, or seconds and other measures.

@@ -170,8 +170,8 @@ pub struct Consensus {
     pub log: log_store::LogStore,
     pub state: state_machine::StateMachine,
     elections: Arc<AtomicU64>,
-    /// This voter serves TLS: members at plain `http://` URLs of other hosts are refused.
-    serves_tls: bool,
+    /// What this voter's calls to members trust and present; it vets members' URLs.
+    tls: crate::tls::ClientTls,
 }
 
 /// One member as `/health` shows it.
@@ -228,7 +228,6 @@ impl Consensus {
         fsync: crate::storage::log::FsyncPolicy,
         token: Option<String>,
         tls: crate::tls::ClientTls,
-        serves_tls: bool,
     ) -> Result<Consensus, String> {
         let dir = leader.data_dir().join("raft");
         let raft_config = openraft::Config {
@@ -274,7 +273,7 @@ impl Consensus {
             log,
             state,
             elections: Arc::new(AtomicU64::new(0)),
-            serves_tls,
+            tls,
         };
         if !c.config.peers.is_empty() {
             c.initialize(c.config.peers.clone()).await?;
@@ -307,12 +306,9 @@ impl Consensus {
         }
     }
 
-    /// Refuses a member this voter must not call (see [`crate::tls::plain_peer`]).
+    /// Refuses a member this voter must not call (see [`crate::tls::ClientTls::check_peer`]).
     pub fn check_member_url(&self, url: &str) -> Result<(), String> {
-        match crate::tls::plain_peer(url) {
-            Some(why) if self.serves_tls => Err(why),
-            _ => Ok(()),
-        }
+        self.tls.check_peer(url)
     }
 
     /// Counts the elections this node sees start (as candidate or by a term change).

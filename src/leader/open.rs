@@ -55,7 +55,6 @@ pub(super) fn replica_set(
         config.max_replicas,
         config.replica_timeout,
         &config.serving.client_tls,
-        config.serving.tls.is_some(),
     ));
     for url in &config.replicas {
         replicas.add(url, true)?;

@@ -109,7 +109,6 @@ impl Leader {
                 .as_ref()
                 .map(|t| t.header_value()),
             s.config.serving.client_tls.clone(),
-            s.config.serving.tls.is_some(),
         )
         .await
         .map_err(LeaderError::Raft)?;

@@ -156,35 +156,36 @@ pub async fn serve(
             tracing::trace!(error = %e, "cannot set TCP_NODELAY");
         }
         CONNECTIONS_OPEN.fetch_add(1, Relaxed);
-        let Some(tls) = &tls else {
-            let svc = hyper_util::service::TowerToHyperService::new(app.clone());
-            let conn = graceful.watch(builder.serve_connection(TokioIo::new(tcp), svc));
-            tokio::spawn(async move {
-                let _ = conn.await;
-                CONNECTIONS_OPEN.fetch_sub(1, Relaxed);
-                drop(slot);
-            });
-            continue;
-        };
-        // The pair in use when the connection was accepted serves it to the end.
-        let acceptor = tls.acceptor();
+        // With TLS, the pair in use when the connection was accepted serves it to the end.
+        let acceptor = tls.as_ref().map(|t| t.acceptor());
         let (app, builder, watcher) = (app.clone(), builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            let handshake = crate::tls::server::handshake(acceptor, tcp, peer, handshake_within);
-            if let Some((stream, cert)) = handshake.await {
-                // Each request learns whether its connection presented a client
-                // certificate (the replication routes may require one).
-                let app = tower::ServiceExt::map_request(
-                    app,
-                    move |mut req: axum::extract::Request<hyper::body::Incoming>| {
-                        req.extensions_mut().insert(cert);
-                        req
-                    },
-                );
-                let svc = hyper_util::service::TowerToHyperService::new(app);
-                let _ = watcher
-                    .watch(builder.serve_connection(TokioIo::new(stream), svc))
-                    .await;
+            match acceptor {
+                None => {
+                    let svc = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = watcher
+                        .watch(builder.serve_connection(TokioIo::new(tcp), svc))
+                        .await;
+                }
+                Some(acceptor) => {
+                    let handshake =
+                        crate::tls::server::handshake(acceptor, tcp, peer, handshake_within);
+                    if let Some((stream, cert)) = handshake.await {
+                        // Each request learns whether its connection presented a client
+                        // certificate (the replication routes may require one).
+                        let app = tower::ServiceExt::map_request(
+                            app,
+                            move |mut req: axum::extract::Request<hyper::body::Incoming>| {
+                                req.extensions_mut().insert(cert);
+                                req
+                            },
+                        );
+                        let svc = hyper_util::service::TowerToHyperService::new(app);
+                        let _ = watcher
+                            .watch(builder.serve_connection(TokioIo::new(stream), svc))
+                            .await;
+                    }
+                }
             }
             CONNECTIONS_OPEN.fetch_sub(1, Relaxed);
             drop(slot);

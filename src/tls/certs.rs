@@ -11,6 +11,8 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
+use crate::storage::snapshot::write_atomically_mode;
+
 /// How long a certificate made here is valid (from a day ago: clocks differ).
 pub const VALIDITY_DAYS: i64 = 365;
 
@@ -38,31 +40,25 @@ impl Issued {
     }
 }
 
+/// Replaces `path` with `text` atomically (see [`write_atomically_mode`]).
 fn write_file(path: &Path, text: &str, mode: u32) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    let invalid = || std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path");
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(invalid)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let temp = format!(".{name}.tmp");
+    write_atomically_mode(dir, name, &temp, text.as_bytes(), mode).map(|_| ())
 }
 
 /// A private certificate authority.
 pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
     cert: String,
-}
-
-fn validity(params: &mut CertificateParams, days: i64) {
-    let now = OffsetDateTime::now_utc();
-    params.not_before = now - Duration::days(1);
-    params.not_after = now + Duration::days(days);
 }
 
 impl Ca {
@@ -72,7 +68,9 @@ impl Ca {
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.distinguished_name.push(DnType::CommonName, name);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        validity(&mut params, VALIDITY_DAYS * 5);
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::days(1);
+        params.not_after = now + Duration::days(VALIDITY_DAYS * 5);
         let key = KeyPair::generate()?;
         let cert = params.self_signed(&key)?.pem();
         Ok(Ca {
@@ -101,16 +99,24 @@ impl Ca {
     /// A certificate for `name`, valid for `hosts` (DNS names or IP addresses), good
     /// for serving and for calling other nodes.
     pub fn issue(&self, name: &str, hosts: &[&str]) -> Result<Issued, rcgen::Error> {
-        self.issue_for(name, hosts, VALIDITY_DAYS)
+        let now = OffsetDateTime::now_utc();
+        self.issue_between(
+            name,
+            hosts,
+            now - Duration::days(1),
+            now + Duration::days(VALIDITY_DAYS),
+        )
     }
 
     /// As [`Ca::issue`], but it expired yesterday (for tests).
     pub fn issue_expired(&self, name: &str, hosts: &[&str]) -> Result<Issued, rcgen::Error> {
-        let mut params = leaf_params(name, hosts)?;
         let now = OffsetDateTime::now_utc();
-        params.not_before = now - Duration::days(30);
-        params.not_after = now - Duration::days(1);
-        self.sign(params)
+        self.issue_between(
+            name,
+            hosts,
+            now - Duration::days(30),
+            now - Duration::days(1),
+        )
     }
 
     /// As [`Ca::issue`], but it expires `after` from now (for tests of expiry).
@@ -120,20 +126,21 @@ impl Ca {
         hosts: &[&str],
         after: std::time::Duration,
     ) -> Result<Issued, rcgen::Error> {
-        let mut params = leaf_params(name, hosts)?;
         let now = OffsetDateTime::now_utc();
-        params.not_before = now - Duration::days(1);
-        params.not_after = now + after;
-        self.sign(params)
+        self.issue_between(name, hosts, now - Duration::days(1), now + after)
     }
 
-    fn issue_for(&self, name: &str, hosts: &[&str], days: i64) -> Result<Issued, rcgen::Error> {
+    /// A certificate for `name` and `hosts`, valid from `not_before` to `not_after`.
+    fn issue_between(
+        &self,
+        name: &str,
+        hosts: &[&str],
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<Issued, rcgen::Error> {
         let mut params = leaf_params(name, hosts)?;
-        validity(&mut params, days);
-        self.sign(params)
-    }
-
-    fn sign(&self, params: CertificateParams) -> Result<Issued, rcgen::Error> {
+        params.not_before = not_before;
+        params.not_after = not_after;
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Issued {

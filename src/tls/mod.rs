@@ -164,14 +164,15 @@ pub struct ClientTls {
     config: Arc<rustls::ClientConfig>,
     /// Where the roots came from, for messages.
     trusts: Arc<str>,
-    /// A private CA (reloadable); `None`: the system's roots.
-    trust: Option<Arc<Trust>>,
+    /// The calls of a node that serves TLS: see [`ClientTls::check_peer`].
+    refuses_plain_peers: bool,
 }
 
 impl std::fmt::Debug for ClientTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientTls")
             .field("trusts", &self.trusts)
+            .field("refuses_plain_peers", &self.refuses_plain_peers)
             .field(
                 "presents_certificate",
                 &self.config.client_auth_cert_resolver.has_certs(),
@@ -193,30 +194,29 @@ impl Default for ClientTls {
 }
 
 impl ClientTls {
-    /// Trusts only the CA certificates in `ca` (a private CA; the system's roots are
-    /// not trusted then, so a certificate any public CA issued cannot pose as a node),
-    /// or else the system's roots; presents `identity`'s certificate when asked.
+    /// Trusts only the CA certificates of `trust` (a private CA; the system's roots
+    /// are not trusted then, so a certificate any public CA issued cannot pose as a
+    /// node), or else the system's roots; presents `identity`'s certificate when asked.
     pub fn new(
-        ca: Option<&Path>,
+        trust: Option<Arc<Trust>>,
         identity: Option<Arc<dyn rustls::client::ResolvesClientCert>>,
     ) -> Result<ClientTls, TlsError> {
         let versions = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Config(e.to_string()))?;
-        let (builder, trust, trusts) = match ca {
-            Some(path) => {
-                let trust = Trust::load(path)?;
+        let (builder, trusts) = match &trust {
+            Some(t) => {
                 let builder = versions
                     .dangerous()
-                    .with_custom_certificate_verifier(trust.clone());
-                (builder, Some(trust), path.display().to_string())
+                    .with_custom_certificate_verifier(t.clone());
+                (builder, t.path.display().to_string())
             }
             None => {
                 let found = rustls_native_certs::load_native_certs();
                 let mut roots = rustls::RootCertStore::empty();
                 roots.add_parsable_certificates(found.certs);
                 let builder = versions.with_root_certificates(roots);
-                (builder, None, "the system's roots".to_owned())
+                (builder, "the system's roots".to_owned())
             }
         };
         let mut config = match identity {
@@ -227,13 +227,26 @@ impl ClientTls {
         Ok(ClientTls {
             config: Arc::new(config),
             trusts: trusts.into(),
-            trust,
+            refuses_plain_peers: false,
         })
     }
 
-    /// The private CA it trusts, which a reload reads again (`None`: the system's roots).
-    pub fn trust(&self) -> Option<&Arc<Trust>> {
-        self.trust.as_ref()
+    /// The client of a node that serves TLS: [`ClientTls::check_peer`] refuses plain
+    /// `http://` peers on other hosts.
+    pub fn for_tls_node(mut self) -> ClientTls {
+        self.refuses_plain_peers = true;
+        self
+    }
+
+    /// `Err(why)` when this client must not call `url`: it is a TLS node's, and `url` is
+    /// a plain `http://` URL of another host, which would receive the token, and every
+    /// word, in clear. (Loopback is the same host: allowed.) Checked wherever a node
+    /// takes a peer's URL: replicas, raft members, a replica's `--leader`.
+    pub fn check_peer(&self, url: &str) -> Result<(), String> {
+        match plain_peer(url) {
+            Some(why) if self.refuses_plain_peers => Err(why),
+            _ => Ok(()),
+        }
     }
 
     /// A client for tools: trusts `ca` (or the system's roots) and presents the
@@ -266,7 +279,7 @@ impl ClientTls {
         if ca.is_none() && identity.is_none() {
             return Ok(ClientTls::default());
         }
-        ClientTls::new(ca, identity)
+        ClientTls::new(ca.map(Trust::load).transpose()?, identity)
     }
 
     /// A `reqwest` client builder that uses this config for `https://` URLs.
@@ -275,10 +288,8 @@ impl ClientTls {
     }
 }
 
-/// `Some(why)` when a node that serves TLS must not call `url`: a plain `http://` URL
-/// of another host would carry the token, and every word, in clear. (Loopback is the
-/// same host: allowed.)
-pub fn plain_peer(url: &str) -> Option<String> {
+/// `Some(why)` when `url` is a plain `http://` URL of another host.
+fn plain_peer(url: &str) -> Option<String> {
     let parsed = reqwest::Url::parse(url).ok()?;
     if parsed.scheme() != "http" {
         return None;
@@ -370,17 +381,18 @@ mod tests {
         );
         let ca_file = dir.path().join("ca.pem");
         std::fs::write(&ca_file, old.cert_pem()).unwrap();
-        let tls = super::ClientTls::new(Some(&ca_file), None).unwrap();
+        let trust = super::Trust::load(&ca_file).unwrap();
+        let tls = super::ClientTls::new(Some(trust.clone()), None).unwrap();
         let addr = serve(&new.issue("node", &["127.0.0.1"]).unwrap()).await;
         let err = handshake(&tls, addr).await.unwrap_err();
         assert!(err.contains("UnknownIssuer"), "{err}");
         // Both CAs (a rotation under way), then reload: the new one's node is trusted.
         std::fs::write(&ca_file, format!("{}{}", old.cert_pem(), new.cert_pem())).unwrap();
-        tls.trust().unwrap().reload().unwrap();
+        trust.reload().unwrap();
         handshake(&tls, addr).await.unwrap();
         // A broken file is refused and the roots in use stay.
         std::fs::write(&ca_file, "garbage").unwrap();
-        assert!(tls.trust().unwrap().reload().is_err());
+        assert!(trust.reload().is_err());
         handshake(&tls, addr).await.unwrap();
     }
 
@@ -397,6 +409,7 @@ mod tests {
         ] {
             assert_eq!(plain_peer(ok), None, "{ok}");
         }
+        let node = super::ClientTls::default().for_tls_node();
         for refused in [
             "http://db2:8081",
             "http://10.0.0.2:8081",
@@ -404,6 +417,9 @@ mod tests {
         ] {
             let why = plain_peer(refused).unwrap_or_else(|| panic!("{refused} allowed"));
             assert!(why.contains("https://"), "{why}");
+            // Only the client of a node that serves TLS applies the rule.
+            assert_eq!(node.check_peer(refused), Err(why));
+            assert_eq!(super::ClientTls::default().check_peer(refused), Ok(()));
         }
     }
 }

@@ -152,8 +152,8 @@ pub struct ServerTls {
     paths: TlsPaths,
     current: RwLock<Loaded>,
     last_reload: Mutex<Option<Reload>>,
-    /// The CA the node's own calls trust, reloaded with the pair.
-    trust: std::sync::OnceLock<Arc<crate::tls::Trust>>,
+    /// The CA the node's own calls trust (`--tls-ca`), reloaded with the pair.
+    trust: Option<Arc<crate::tls::Trust>>,
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -194,7 +194,11 @@ impl TlsHealth {
 
 impl ServerTls {
     /// Loads the pair (and the client CAs): an error here stops the node at start.
-    pub fn load(paths: TlsPaths) -> Result<Arc<ServerTls>, TlsError> {
+    /// `trust`, the CA the node's own calls trust, is read again with the pair.
+    pub fn load(
+        paths: TlsPaths,
+        trust: Option<Arc<crate::tls::Trust>>,
+    ) -> Result<Arc<ServerTls>, TlsError> {
         let loaded = load(&paths)?;
         CERT_NOT_AFTER.store(loaded.info.not_after, Relaxed);
         tracing::info!(
@@ -208,7 +212,7 @@ impl ServerTls {
             paths,
             current: RwLock::new(loaded),
             last_reload: Mutex::new(None),
-            trust: std::sync::OnceLock::new(),
+            trust,
         }))
     }
 
@@ -232,9 +236,9 @@ impl ServerTls {
             );
         }
         // The CA this node trusts when it calls others (--tls-ca), read again too.
-        let trust = self.trust.get().map_or(Ok(()), |t| t.reload());
+        let trust = self.trust.as_ref().map_or(Ok(()), |t| t.reload());
         match &trust {
-            Ok(()) if self.trust.get().is_some() => {
+            Ok(()) if self.trust.is_some() => {
                 tracing::info!("TLS CA for calls to other nodes reloaded (--tls-ca)")
             }
             Ok(()) => {}
@@ -255,11 +259,6 @@ impl ServerTls {
             error: result.as_ref().err().map(|e| e.to_string()),
         });
         result
-    }
-
-    /// Makes [`ServerTls::reload`] read `trust` (the node's `--tls-ca`) again too.
-    pub fn reload_trust_too(&self, trust: Arc<crate::tls::Trust>) {
-        let _ = self.trust.set(trust);
     }
 
     /// Whether the replication, raft and admin routes require a client certificate.
@@ -533,7 +532,7 @@ mod tests {
         let b = ca.issue("node b", &["127.0.0.1"]).unwrap();
         let paths = paths_in(dir.path());
         a.write(&paths.cert, &paths.key).unwrap();
-        let tls = ServerTls::load(paths.clone()).unwrap();
+        let tls = ServerTls::load(paths.clone(), None).unwrap();
         assert_eq!(tls.health().subject, "CN=node a");
         // b's certificate with a's key.
         std::fs::write(&paths.cert, b.cert_pem()).unwrap();
@@ -557,7 +556,7 @@ mod tests {
         let old = ca.issue_expired("old", &["127.0.0.1"]).unwrap();
         let paths = paths_in(dir.path());
         old.write(&paths.cert, &paths.key).unwrap();
-        let err = ServerTls::load(paths).unwrap_err().to_string();
+        let err = ServerTls::load(paths, None).unwrap_err().to_string();
         assert!(err.contains("expired at"), "{err}");
     }
 

@@ -313,24 +313,25 @@ impl TlsArgs {
         Option<std::sync::Arc<memdb::tls::ServerTls>>,
         memdb::tls::ClientTls,
     )> {
+        use memdb::tls::{ClientTls, ServerTls, TlsPaths, Trust};
+        let trust = self.tls_ca.as_deref().map(Trust::load).transpose()?;
         let server = match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => Some(memdb::tls::ServerTls::load(memdb::tls::TlsPaths {
-                cert: cert.clone(),
-                key: key.clone(),
-                client_ca: self.tls_client_ca.clone(),
-            })?),
+            // SIGHUP reloads the CA the node trusts along with its own pair.
+            (Some(cert), Some(key)) => Some(ServerTls::load(
+                TlsPaths {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: self.tls_client_ca.clone(),
+                },
+                trust.clone(),
+            )?),
             _ => None,
         };
-        let client = match (&self.tls_ca, &server) {
-            (None, None) => memdb::tls::ClientTls::default(),
-            (ca, server) => {
-                memdb::tls::ClientTls::new(ca.as_deref(), server.as_ref().map(|s| s.identity()))?
-            }
+        let client = match &server {
+            None if trust.is_none() => ClientTls::default(),
+            None => ClientTls::new(trust, None)?,
+            Some(server) => ClientTls::new(trust, Some(server.identity()))?.for_tls_node(),
         };
-        // SIGHUP reloads the CA the node trusts along with its own pair.
-        if let (Some(server), Some(trust)) = (&server, client.trust()) {
-            server.reload_trust_too(trust.clone());
-        }
         Ok((server, client))
     }
 }

@@ -151,10 +151,10 @@ async fn run(cli: Cli, fds: std::io::Result<u64>) -> anyhow::Result<()> {
         }
         Command::Replica(a) => {
             let serving = a.server.serving()?;
-            if serving.tls.is_some()
-                && let Some(why) = a.leader.iter().find_map(|u| memdb::tls::plain_peer(u))
-            {
-                anyhow::bail!("--leader {why}");
+            for url in &a.leader {
+                if let Err(why) = serving.client_tls.check_peer(url) {
+                    anyhow::bail!("--leader {why}");
+                }
             }
             let listener = bind(&a.server.listen, "replica").await?;
             let config = ReplicaConfig {

@@ -117,8 +117,8 @@ struct Ctx {
     linger: Duration,
     /// Sent to replicas with every push.
     token: Option<crate::server::auth::Token>,
-    /// The leader serves TLS: plain `http://` replicas on other hosts are refused.
-    serves_tls: bool,
+    /// What the leader's calls trust and present; it vets replicas' URLs.
+    tls: crate::tls::ClientTls,
     /// This incarnation's push secret, sent with every push.
     secret: String,
     /// The write-ahead log that holds what the backlog no longer does.
@@ -189,7 +189,6 @@ impl ReplicaSet {
         max: usize,
         timeout: Duration,
         tls: &crate::tls::ClientTls,
-        serves_tls: bool,
     ) -> Self {
         let http = tls
             .builder()
@@ -210,7 +209,7 @@ impl ReplicaSet {
                 acks: watch::Sender::new(0),
                 linger,
                 token,
-                serves_tls,
+                tls: tls.clone(),
                 secret,
                 log,
                 abort: CancellationToken::new(),
@@ -227,11 +226,10 @@ impl ReplicaSet {
     /// within a tokio runtime. Returns whether it was new.
     pub fn add(&self, url: &str, static_: bool) -> Result<bool, ReplicaUrlError> {
         let url = replica_origin(url)?;
-        if self.ctx.serves_tls
-            && let Some(why) = crate::tls::plain_peer(&url)
-        {
-            return Err(ReplicaUrlError::Plain(why));
-        }
+        self.ctx
+            .tls
+            .check_peer(&url)
+            .map_err(ReplicaUrlError::Plain)?;
         let mut links = self.links.lock();
         if let Some(l) = links.iter().find(|l| l.url == url) {
             *l.last_seen.lock() = Instant::now();

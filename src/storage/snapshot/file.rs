@@ -80,6 +80,18 @@ pub fn write_atomically(
     temp_name: &str,
     bytes: &[u8],
 ) -> io::Result<PathBuf> {
+    write_atomically_mode(dir, name, temp_name, bytes, 0o600)
+}
+
+/// [`write_atomically`], creating the file with `mode` (e.g. 0644 for a certificate
+/// others may read).
+pub fn write_atomically_mode(
+    dir: &Path,
+    name: &str,
+    temp_name: &str,
+    bytes: &[u8],
+    mode: u32,
+) -> io::Result<PathBuf> {
     let tmp = dir.join(temp_name);
     let dest = dir.join(name);
     let written = (|| {
@@ -87,7 +99,7 @@ pub fn write_atomically(
             .write(true)
             .create(true)
             .truncate(true)
-            .mode(0o600)
+            .mode(mode)
             .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;

@@ -57,6 +57,7 @@ use std::io;
 
 pub use file::{
     Staged, install, load, open_regular, publish, stage, stage_until, write_atomically,
+    write_atomically_mode,
 };
 use std::time::{SystemTime, UNIX_EPOCH};
 

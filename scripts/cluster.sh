@@ -64,9 +64,11 @@ running_clusters() {
 }
 
 pid_alive() {
-  # Alive, and still our binary (a PID can be reused after a crash).
+  # Alive, and still our binary (a PID can be reused after a crash). The exe link,
+  # not cmdline: cmdline reads empty for a moment while a process execs, and a dead
+  # process (a zombie too) has no exe link at all.
   local pid=$1
-  kill -0 "$pid" 2>/dev/null && { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null | grep -q "memdb"
+  readlink "/proc/$pid/exe" 2>/dev/null | grep -q "memdb"
 }
 
 stop_all() {
@@ -122,9 +124,16 @@ wait_healthy() {
 }
 
 start_one() {
-  local name=$1; shift
+  local name=$1 pid; shift
   RUST_BACKTRACE=0 nohup "$bin" "$@" >"$run/logs/$name.log" 2>&1 &
-  echo $! >"$run/pids/$name.pid"
+  pid=$!
+  echo "$pid" >"$run/pids/$name.pid"
+  # Return once the child runs memdb (or has died): until its exec, /proc shows this
+  # shell and then nohup, which every later check would take for a dead process.
+  for _ in $(seq 1 500); do
+    if pid_alive "$pid" || ! kill -0 "$pid" 2>/dev/null; then return 0; fi
+    sleep 0.01
+  done
 }
 
 # Something (another cluster, another program) already listens on a port we need.

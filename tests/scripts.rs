@@ -5,6 +5,7 @@
 //! below the ephemeral range, so it never touches a developer's cluster on :8080.
 
 use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -20,6 +21,8 @@ struct Script {
     run: tempfile::TempDir,
     mode: &'static str,
     ports: Vec<u16>,
+    /// What the script runs as `memdb` (`MEMDB_BIN`); the test build's binary unless set.
+    bin: PathBuf,
 }
 
 impl Script {
@@ -30,6 +33,7 @@ impl Script {
             run: tempfile::tempdir().unwrap(),
             mode,
             ports,
+            bin: PathBuf::from(env!("CARGO_BIN_EXE_memdb")),
         }
     }
 
@@ -40,7 +44,7 @@ impl Script {
         cmd.arg(root.join("scripts/cluster.sh"))
             .args([action, self.mode])
             .current_dir(root)
-            .env("MEMDB_BIN", env!("CARGO_BIN_EXE_memdb"))
+            .env("MEMDB_BIN", &self.bin)
             .env("MEMDB_RUN_DIR", self.run.path())
             .stdin(Stdio::null());
         if self.mode == "ha" {
@@ -252,6 +256,27 @@ async fn make_start_servers_tls_runs_an_https_cluster_with_the_printed_ca_and_to
 #[tokio::test]
 async fn make_start_servers_ha_runs_a_raft_group_and_stops_it_by_pid() {
     lifecycle(Script::new("ha", free_ports(3, true))).await;
+}
+
+/// Between fork and exec a started process is still the shell (then nohup), and its
+/// /proc cmdline reads empty for a moment during the exec. The script once took that
+/// for a process that had died at start (a CI run failed so, 1 start in ~150 at rest).
+/// A launcher that takes 300 ms to exec memdb makes the window wide every time.
+#[tokio::test]
+async fn a_process_still_execing_memdb_is_not_taken_for_one_that_died() {
+    let mut script = Script::new("network", free_ports(3, false));
+    let launcher = script.run.path().join("slow-launcher");
+    std::fs::write(
+        &launcher,
+        format!(
+            "#!/bin/sh\nsleep 0.3\nexec '{}' \"$@\"\n",
+            env!("CARGO_BIN_EXE_memdb")
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&launcher, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script.bin = launcher;
+    lifecycle(script).await;
 }
 
 #[tokio::test]

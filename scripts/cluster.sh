@@ -149,14 +149,32 @@ for p in $voter_ports; do
   peers="$peers${peers:+,}$id=http://$host:$p"
 done
 
-# The id of the voter every running voter names as leader, or nothing.
+# The leader id voter $1 names in /health, or nothing.
+leader_named_by() {
+  curl -sS --max-time 1 "http://$host:$1/health" 2>/dev/null |
+    grep -o '"leader_id":[0-9]*' | head -n 1 | cut -d: -f2
+}
+
+# The id of the voter that the first voter answering names as leader, or nothing.
 current_leader() {
   local p
   for p in $voter_ports; do
-    curl -sS --max-time 1 "http://$host:$p/health" 2>/dev/null |
-      grep -o '"leader_id":[0-9]*' | head -n 1 | cut -d: -f2 && return 0
+    leader_named_by "$p" && return 0
   done
   return 1
+}
+
+# The leader's id once every voter names the same one, or nothing: until then a
+# follower that has not heard from the leader answers a write with 503 no_leader
+# rather than a redirect.
+agreed_leader() {
+  local p id agreed=""
+  for p in $voter_ports; do
+    id=$(leader_named_by "$p" || true)
+    [ -n "$id" ] && { [ -z "$agreed" ] || [ "$id" = "$agreed" ]; } || return 1
+    agreed=$id
+  done
+  echo "$agreed"
 }
 
 start_voter() {
@@ -234,12 +252,12 @@ if [ "$mode" = ha ]; then
   done
   leader=""
   for _ in $(seq 1 100); do
-    leader=$(current_leader || true)
+    leader=$(agreed_leader || true)
     [ -n "$leader" ] && break
     sleep 0.1
   done
   if [ -z "$leader" ]; then
-    echo "no leader was elected within 10s; logs in $run/logs" >&2
+    echo "the voters did not agree on an elected leader within 10s; logs in $run/logs" >&2
     stop_all
     exit 1
   fi

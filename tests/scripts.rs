@@ -260,7 +260,7 @@ async fn make_start_servers_ha_runs_a_raft_group_and_stops_it_by_pid() {
 
 /// Between fork and exec a started process is still the shell (then nohup), and its
 /// /proc cmdline reads empty for a moment during the exec. The script once took that
-/// for a process that had died at start (a CI run failed so, 1 start in ~150 at rest).
+/// for a process that had died at start (a CI run failed so; 1 start in 190 by hand).
 /// A launcher that takes 300 ms to exec memdb makes the window wide every time.
 #[tokio::test]
 async fn a_process_still_execing_memdb_is_not_taken_for_one_that_died() {

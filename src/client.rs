@@ -27,6 +27,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const SYNC_TIMEOUT: Duration = Duration::from_secs(120);
 /// Everything else is small.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Redirects a post follows. A follower names the leader it last heard from; while
+/// the group changes leader that node may redirect again, so one hop is not enough.
+/// A few bound a redirect loop.
+pub const REDIRECT_HOPS: usize = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -245,8 +249,9 @@ impl Client {
     }
 
     /// `POST /post` with an `Idempotency-Key` (a raft group counts it once however often
-    /// it is sent). A `307` from a follower is followed here, once, with the token
-    /// (an HTTP client drops credentials on a redirect to another port).
+    /// it is sent). A `307` from a follower is followed here, with the token (an HTTP
+    /// client drops credentials on a redirect to another port); see
+    /// [`REDIRECT_HOPS`].
     pub async fn post_keyed(&self, text: &str, key: &str) -> Result<PostReply, ClientError> {
         let body = format!("text={}", form_encode(text));
         self.post_following(body, "application/x-www-form-urlencoded", Some(key))
@@ -254,7 +259,7 @@ impl Client {
     }
 
     /// `POST /post` of `text` as `text/plain` (no encoding), with an `Idempotency-Key`
-    /// if given; a `307` is followed once, with the token.
+    /// if given; a `307` is followed with the token, as in [`Client::post_keyed`].
     pub async fn post_plain(
         &self,
         text: String,
@@ -272,7 +277,7 @@ impl Client {
     ) -> Result<PostReply, ClientError> {
         let body = bytes::Bytes::from(body);
         let mut url = self.url("/post");
-        for hop in 0..2 {
+        for hop in 0..=REDIRECT_HOPS {
             let mut req = self
                 .authorize(self.http.post(&url).timeout(REQUEST_TIMEOUT))
                 .header(reqwest::header::CONTENT_TYPE, content_type)
@@ -282,7 +287,7 @@ impl Client {
             }
             let resp = self.send(req, &url).await?;
             if resp.status() == StatusCode::TEMPORARY_REDIRECT
-                && hop == 0
+                && hop < REDIRECT_HOPS
                 && let Some(next) = resp
                     .headers()
                     .get(reqwest::header::LOCATION)
@@ -293,7 +298,7 @@ impl Client {
             }
             return Self::ok_json(resp, &url).await;
         }
-        unreachable!("the loop returns on its second pass")
+        unreachable!("the loop returns on its last pass")
     }
 
     /// `GET /wordcount?word=..&word=..` (with `min_seq` if given).
@@ -479,7 +484,6 @@ impl Client {
     }
 }
 
-/// Percent-encodes for a form or query component.
 /// The `x-memdb-seq` of an answer, if it has one.
 fn seq_of(resp: &reqwest::Response) -> Option<u64> {
     resp.headers()
@@ -502,7 +506,89 @@ pub struct TopReply {
     pub words: Vec<TopWord>,
 }
 
+/// Percent-encodes for a form or query component.
 pub fn form_encode(s: &str) -> String {
     use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
     utf8_percent_encode(s, NON_ALPHANUMERIC).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::http::HeaderMap;
+    use axum::response::IntoResponse;
+
+    use super::*;
+
+    /// Serves the router `make` builds for its own base URL on an ephemeral loopback
+    /// port; that URL.
+    async fn serve(make: impl FnOnce(&str) -> axum::Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let router = make(&url);
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        url
+    }
+
+    /// Redirects every post to `to`, counting them in `hits`.
+    fn redirect_to(to: &str, hits: Arc<AtomicUsize>) -> axum::Router {
+        let location = format!("{to}/post");
+        axum::Router::new().route(
+            "/post",
+            axum::routing::post(move || async move {
+                hits.fetch_add(1, Ordering::Relaxed);
+                (
+                    StatusCode::TEMPORARY_REDIRECT,
+                    [(reqwest::header::LOCATION, location)],
+                    r#"{"error":"another node leads"}"#,
+                )
+            }),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_post_follows_a_chain_of_redirects_with_its_token_and_key() {
+        // The leader: answers only a post that still carries the token and the key.
+        let leader = serve(|_| {
+            axum::Router::new().route(
+                "/post",
+                axum::routing::post(|headers: HeaderMap, body: String| async move {
+                    let header = |h: &str| headers.get(h).and_then(|v| v.to_str().ok());
+                    if header("authorization") != Some("Bearer s3cret")
+                        || header("idempotency-key") != Some("k1")
+                    {
+                        return (StatusCode::UNAUTHORIZED, "{}".to_owned()).into_response();
+                    }
+                    let words = body.split_whitespace().count();
+                    let reply = format!(r#"{{"seq":9,"words":{words}}}"#);
+                    (StatusCode::ACCEPTED, reply).into_response()
+                }),
+            )
+        })
+        .await;
+        // A follower that names a stale leader, which in turn names the new one.
+        let hits = Arc::new(AtomicUsize::new(0));
+        let stale = serve(|_| redirect_to(&leader, hits.clone())).await;
+        let follower = serve(|_| redirect_to(&stale, hits.clone())).await;
+        let token = crate::server::auth::Token::new("s3cret");
+        let client = Client::new(&follower).with_token(token);
+        let reply = client.post_plain("a b c".to_owned(), Some("k1")).await;
+        assert_eq!(reply.unwrap(), PostReply { seq: 9, words: 3 });
+        assert_eq!(hits.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_redirect_loop_ends_with_the_last_307() {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let looping = serve(|me| redirect_to(me, hits.clone())).await;
+        match Client::new(&looping).post_plain("x".to_owned(), None).await {
+            Err(ClientError::Status { status, .. }) => {
+                assert_eq!(status, StatusCode::TEMPORARY_REDIRECT)
+            }
+            other => panic!("expected the last 307, got {other:?}"),
+        }
+        assert_eq!(hits.load(Ordering::Relaxed), REDIRECT_HOPS + 1);
+    }
 }

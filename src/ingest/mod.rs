@@ -4,7 +4,7 @@
 //! Retries are safe only where a retry cannot count twice. A raft group remembers an
 //! `Idempotency-Key` per chunk, so every failure is retried (through the redirect to
 //! whoever leads). A single leader does not, so only refusals that applied nothing
-//! are retried there (connection refused, `429`, `507`, a `503` that names no seq); a
+//! are retried there (connection refused, `307`, `429`, `507`, a `503` that names no seq); a
 //! chunk whose outcome is unknown (the answer lost) stops the run with its offset, so
 //! that the operator knows exactly what was and was not counted.
 
@@ -254,7 +254,10 @@ fn retryable(e: &ClientError, keyed: bool) -> Result<(), bool> {
             // A 503 that names a seq (a write applied but not made durable) applied it.
             let names_seq = serde_json::from_str::<serde_json::Value>(body)
                 .is_ok_and(|v| v.get("seq").is_some());
+            // A 307 left over after the client's hops: the group is changing leader,
+            // and a node that redirects counted nothing.
             let applied_nothing = *status == StatusCode::TOO_MANY_REQUESTS
+                || *status == StatusCode::TEMPORARY_REDIRECT
                 || *status == StatusCode::INSUFFICIENT_STORAGE
                 || (*status == StatusCode::SERVICE_UNAVAILABLE && !names_seq);
             if applied_nothing || (keyed && status.is_server_error()) {
@@ -428,4 +431,50 @@ pub async fn run(cfg: IngestConfig) -> Result<Summary, IngestError> {
         seq: c.seq.load(Ordering::Relaxed),
         keyed,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16, body: &str) -> ClientError {
+        ClientError::Status {
+            url: "http://127.0.0.1:1/post".to_owned(),
+            status: StatusCode::from_u16(code).unwrap(),
+            body: body.to_owned(),
+        }
+    }
+
+    #[test]
+    fn refusals_that_applied_nothing_are_retried_with_or_without_a_key() {
+        for e in [
+            status(307, r#"{"error":"node 2 leads the group","leader_id":2}"#),
+            status(429, r#"{"error":"too many requests"}"#),
+            status(507, r#"{"error":"disk full"}"#),
+            status(503, r#"{"error":"no leader","reason":"no_leader"}"#),
+        ] {
+            assert_eq!(retryable(&e, false), Ok(()), "{e}");
+            assert_eq!(retryable(&e, true), Ok(()), "{e}");
+        }
+    }
+
+    #[test]
+    fn an_outcome_that_may_have_counted_is_retried_only_with_a_key() {
+        // Applied, not yet durable: a retry without a key would count it twice.
+        let applied = status(503, r#"{"error":"not durable","seq":7}"#);
+        assert_eq!(retryable(&applied, false), Err(true));
+        assert_eq!(retryable(&applied, true), Ok(()));
+        let timeout = status(504, r#"{"error":"commit timed out"}"#);
+        assert_eq!(retryable(&timeout, false), Err(true));
+        assert_eq!(retryable(&timeout, true), Ok(()));
+    }
+
+    #[test]
+    fn bad_input_is_never_retried() {
+        for code in [400, 401, 413, 422] {
+            let e = status(code, r#"{"error":"bad"}"#);
+            assert_eq!(retryable(&e, false), Err(false), "{code}");
+            assert_eq!(retryable(&e, true), Err(false), "{code}");
+        }
+    }
 }

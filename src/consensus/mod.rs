@@ -7,6 +7,7 @@
 //! - [`log_store`]: the raft log on disk (the node's write-ahead log in a group).
 //! - [`state_machine`]: applying entries to the table, idempotency keys, snapshots.
 //! - [`network`]: raft's RPCs over HTTP to the other voters.
+//! - [`pending`]: a retried keyed write joins the proposal in flight.
 //! - [`routes`]: the RPC endpoints and the membership routes.
 
 // openraft's error types are large by design and every storage call returns them.
@@ -14,6 +15,7 @@
 
 pub mod log_store;
 pub mod network;
+pub mod pending;
 pub mod routes;
 pub mod state_machine;
 
@@ -52,6 +54,26 @@ pub const MAX_RPC_BODY: usize = 256 << 20;
 const MAX_ENTRIES_PER_APPEND: u64 = 16;
 /// Bytes of snapshot per `/raft/snapshot` (a JSON array of numbers: up to 4x on the wire).
 const SNAPSHOT_CHUNK: u64 = 8 << 20;
+
+/// How many write timeouts a keyed proposal is waited for in the background before a
+/// retry of its key may propose it again (a bound, should the engine never answer).
+const PROPOSAL_LIMIT: u32 = 12;
+
+/// A `client_write`'s answer as [`Consensus::write`] gives it.
+fn write_outcome(
+    r: Result<
+        openraft::raft::ClientWriteResponse<TypeConfig>,
+        RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
+    >,
+) -> Result<Applied, WriteError> {
+    match r {
+        Ok(resp) => Ok(resp.data),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(
+            WriteError::NotLeader(f.leader_id.zip(f.leader_node.map(|n| n.addr))),
+        ),
+        Err(e) => Err(WriteError::Unavailable(e.to_string())),
+    }
+}
 
 /// The header every raft RPC carries: a node refuses RPCs of another group.
 pub const CLUSTER_HEADER: &str = "x-memdb-cluster";
@@ -151,7 +173,7 @@ pub struct Applied {
 }
 
 /// Why a write was not applied here.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum WriteError {
     /// Another node leads (its id and URL, if known).
     NotLeader(Option<(NodeId, String)>),
@@ -172,6 +194,8 @@ pub struct Consensus {
     elections: Arc<AtomicU64>,
     /// What this voter's calls to members trust and present; it vets members' URLs.
     tls: crate::tls::ClientTls,
+    /// Keyed writes proposed here and not yet answered.
+    pending: pending::Pending<Result<Applied, WriteError>>,
 }
 
 /// One member as `/health` shows it.
@@ -274,6 +298,7 @@ impl Consensus {
             state,
             elections: Arc::new(AtomicU64::new(0)),
             tls,
+            pending: pending::Pending::default(),
         };
         if !c.config.peers.is_empty() {
             c.initialize(c.config.peers.clone()).await?;
@@ -335,17 +360,28 @@ impl Consensus {
         });
     }
 
-    /// Proposes a batch and waits (at most the write timeout) until it is applied.
+    /// Proposes a batch and waits (at most the write timeout) until it is applied. A
+    /// keyed batch whose key is in flight here with the same words is not proposed
+    /// again: this waits for that proposal ([`pending`]).
     pub async fn write(&self, proposal: Proposal) -> Result<Applied, WriteError> {
         let timeout = self.config.write_timeout;
-        match tokio::time::timeout(timeout, self.raft.client_write(proposal)).await {
-            Err(_) => Err(WriteError::Timeout),
-            Ok(Ok(resp)) => Ok(resp.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(
-                WriteError::NotLeader(f.leader_id.zip(f.leader_node.map(|n| n.addr))),
-            ),
-            Ok(Err(e)) => Err(WriteError::Unavailable(e.to_string())),
-        }
+        let Some(key) = proposal.key.clone() else {
+            return match tokio::time::timeout(timeout, self.raft.client_write(proposal)).await {
+                Err(_) => Err(WriteError::Timeout),
+                Ok(r) => write_outcome(r),
+            };
+        };
+        let raft = self.raft.clone();
+        let done = self.pending.join_or_start(
+            key,
+            proposal.fingerprint,
+            timeout * PROPOSAL_LIMIT,
+            Err(WriteError::Timeout),
+            move || async move { write_outcome(raft.client_write(proposal).await) },
+        );
+        pending::wait(done, timeout)
+            .await
+            .unwrap_or(Err(WriteError::Timeout))
     }
 
     /// The current leader's id and URL, as this node knows it.
@@ -372,6 +408,11 @@ impl Consensus {
             "memdb_raft_is_leader",
             "1 while this node leads the raft group.",
             r.state == ServerState::Leader,
+        );
+        m.gauge(
+            "memdb_raft_keyed_writes_in_flight",
+            "Keyed writes proposed here and not yet answered (a retry of one joins it).",
+            self.pending.len() as u64,
         );
         m.counter(
             "memdb_raft_elections_total",

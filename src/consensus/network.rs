@@ -18,6 +18,31 @@ use serde::de::DeserializeOwned;
 
 use super::{CLUSTER_HEADER, NodeId, TypeConfig};
 
+/// The most entry bytes (roughly, the words) one `/raft/append` carries. openraft
+/// bounds an append only by its count of entries (16), and gives the whole RPC one
+/// heartbeat interval (100 ms by default) to be sent, decoded, written and answered.
+/// Sixteen large posts take longer than that on a loaded host, and a batch that times
+/// out is sent again whole, and times out again: the group stops committing at all.
+/// Smaller appends each fit in the interval, so the log keeps moving.
+pub const APPEND_BYTES: usize = 64 << 10;
+
+/// How many of `entries` to send: those within `budget` bytes, and at least one.
+fn entries_within(entries: &[openraft::Entry<TypeConfig>], budget: usize) -> usize {
+    let mut bytes = 0;
+    for (i, e) in entries.iter().enumerate() {
+        bytes += match &e.payload {
+            openraft::EntryPayload::Normal(p) => {
+                p.deltas.iter().map(|(w, _)| w.len() + 8).sum::<usize>()
+            }
+            _ => 64,
+        };
+        if bytes > budget {
+            return i.max(1);
+        }
+    }
+    entries.len()
+}
+
 /// Makes a connection per peer; all share one HTTP client (and its pool).
 #[derive(Clone)]
 pub struct Network {
@@ -113,12 +138,25 @@ impl Connection {
 }
 
 impl RaftNetwork<TypeConfig> for Connection {
+    /// Sends at most [`APPEND_BYTES`] of entries (at least one) and answers a partial
+    /// success for the prefix sent; the engine sends the rest next.
     async fn append_entries(
         &mut self,
-        req: AppendEntriesRequest<TypeConfig>,
+        mut req: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call("/raft/append", &req, option.hard_ttl()).await
+        let keep = entries_within(&req.entries, APPEND_BYTES);
+        if keep == req.entries.len() {
+            return self.call("/raft/append", &req, option.hard_ttl()).await;
+        }
+        req.entries.truncate(keep);
+        let sent = req.entries.last().map(|e| e.log_id);
+        // The follower commits no further than the last entry it was sent (openraft
+        // takes the least of that and the leader's commit), as raft requires.
+        match self.call("/raft/append", &req, option.hard_ttl()).await? {
+            AppendEntriesResponse::Success => Ok(AppendEntriesResponse::PartialSuccess(sent)),
+            other => Ok(other),
+        }
     }
 
     async fn install_snapshot(
@@ -138,5 +176,38 @@ impl RaftNetwork<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         self.call("/raft/vote", &req, option.hard_ttl()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consensus::Proposal;
+    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+
+    fn entry(index: u64, words: usize) -> openraft::Entry<TypeConfig> {
+        // Words of 8 bytes: 16 bytes each as counted.
+        let deltas = (0..words).map(|i| (format!("w{i:07}"), 1)).collect();
+        openraft::Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Proposal::new(deltas, None)),
+        }
+    }
+
+    #[test]
+    fn an_append_carries_the_entries_within_its_budget_and_at_least_one() {
+        // 1,000 words: 16,000 bytes an entry.
+        let entries: Vec<_> = (1..=10).map(|i| entry(i, 1000)).collect();
+        assert_eq!(entries_within(&entries, 64_000), 4);
+        assert_eq!(entries_within(&entries, 63_999), 3);
+        assert_eq!(entries_within(&entries, usize::MAX), 10);
+        // One entry larger than the budget still goes, alone.
+        assert_eq!(entries_within(&[entry(1, 100_000)], 64_000), 1);
+        assert_eq!(entries_within(&[], 64_000), 0);
+        let blank = openraft::Entry::<TypeConfig> {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
+            payload: EntryPayload::Blank,
+        };
+        assert_eq!(entries_within(&vec![blank; 100], APPEND_BYTES), 100);
     }
 }

@@ -417,6 +417,67 @@ async fn a_paused_leader_steps_down_and_its_unacknowledged_write_is_applied_nowh
     g.converged(&want).await;
 }
 
+/// A leader whose followers are paused cannot commit. The retries of a keyed write
+/// that timed out join the proposal already in its log instead of adding copies; once
+/// the followers resume, the retry is acknowledged and the words count once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retries_of_a_keyed_write_that_cannot_commit_add_no_copies_to_the_log() {
+    let mut g = Group::start(3, &["--write-timeout", "300ms"]).await;
+    let urls = g.urls();
+    post_until_acked(&g.http, &urls, 0, "before", "b", DEADLINE).await;
+    let leader = g.leader().await;
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let last_index = |h: Value| h["raft"]["last_log_index"].as_u64().unwrap();
+    let before = last_index(g.raft(leader).await.unwrap());
+    for &f in &followers {
+        signal(&g.nodes[f], "-STOP");
+    }
+    let keyed = || {
+        g.http
+            .post(format!("{}/post", urls[leader]))
+            .header("idempotency-key", "stuck-1")
+            .form(&[("text", "stuck write")])
+            .send()
+    };
+    for attempt in 0..4 {
+        let r = keyed().await.unwrap();
+        let status = r.status();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(status, 503, "attempt {attempt}: {body}");
+        assert_eq!(body["reason"], "not_committed", "attempt {attempt}: {body}");
+    }
+    let h = g.raft(leader).await.unwrap();
+    assert_eq!(
+        last_index(h.clone()),
+        before + 1,
+        "four attempts of one keyed write put one entry in the log: {h}"
+    );
+    let metrics = g
+        .http
+        .get(format!("{}/metrics", urls[leader]))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("memdb_raft_keyed_writes_in_flight 1"),
+        "{metrics}"
+    );
+    for &f in &followers {
+        signal(&g.nodes[f], "-CONT");
+    }
+    // Whoever leads now, the retry is acknowledged and the words count once.
+    post_until_acked(&g.http, &urls, leader, "stuck write", "stuck-1", DEADLINE).await;
+    let want: HashMap<String, u64> = [("before", 1), ("stuck", 1), ("write", 1)]
+        .into_iter()
+        .map(|(w, n)| (w.to_string(), n))
+        .collect();
+    g.up = vec![true; 3];
+    g.converged(&want).await;
+}
+
 /// A small xorshift generator: a seed reproduces the faults.
 struct Rng(u64);
 

@@ -362,7 +362,7 @@ impl Consensus {
 
     /// Proposes a batch and waits (at most the write timeout) until it is applied. A
     /// keyed batch whose key is in flight here with the same words is not proposed
-    /// again: this waits for that proposal ([`pending`]).
+    /// again: this waits for that proposal ([`pending`]), and answers a duplicate.
     pub async fn write(&self, proposal: Proposal) -> Result<Applied, WriteError> {
         let timeout = self.config.write_timeout;
         let Some(key) = proposal.key.clone() else {
@@ -372,16 +372,24 @@ impl Consensus {
             };
         };
         let raft = self.raft.clone();
-        let done = self.pending.join_or_start(
+        let (done, joined) = self.pending.join_or_start(
             key,
             proposal.fingerprint,
             timeout * PROPOSAL_LIMIT,
             Err(WriteError::Timeout),
             move || async move { write_outcome(raft.client_write(proposal).await) },
         );
-        pending::wait(done, timeout)
+        let mut outcome = pending::wait(done, timeout)
             .await
-            .unwrap_or(Err(WriteError::Timeout))
+            .unwrap_or(Err(WriteError::Timeout));
+        // The batch was counted for the request that proposed it, not for this one.
+        if joined
+            && let Ok(a) = &mut outcome
+            && a.outcome == Outcome::Counted
+        {
+            a.outcome = Outcome::Duplicate;
+        }
+        outcome
     }
 
     /// The current leader's id and URL, as this node knows it.

@@ -47,6 +47,7 @@ impl<T: Clone + Send + Sync + 'static> Pending<T> {
     /// its own, to its end whoever still waits, but for at most `limit`; `expired` is
     /// its outcome after that. A proposal in flight with the same key and other words
     /// is not joined: the new one goes ahead (the state machine refuses a reused key).
+    /// `true` with it: the proposal was already in flight (this call joined it).
     pub fn join_or_start<F>(
         &self,
         key: String,
@@ -54,13 +55,13 @@ impl<T: Clone + Send + Sync + 'static> Pending<T> {
         limit: Duration,
         expired: T,
         propose: impl FnOnce() -> F,
-    ) -> Done<T>
+    ) -> (Done<T>, bool)
     where
         F: Future<Output = T> + Send + 'static,
     {
         let mut by_key = self.by_key.lock();
         let registered = match by_key.get(&key) {
-            Some((fp, done)) if *fp == fingerprint => return done.clone(),
+            Some((fp, done)) if *fp == fingerprint => return (done.clone(), true),
             Some(_) => false,
             None => true,
         };
@@ -80,7 +81,7 @@ impl<T: Clone + Send + Sync + 'static> Pending<T> {
                 by_key.lock().remove(&key);
             }
         });
-        rx
+        (rx, false)
     }
 
     /// Proposals in flight with a key.
@@ -123,18 +124,21 @@ mod tests {
                 }
             })
         };
-        let first = start("k", 1, 7);
+        let (first, joined) = start("k", 1, 7);
+        assert!(!joined);
         // The first caller gives up after 5 s (its write timeout); the proposal runs on.
         assert_eq!(wait(first, Duration::from_secs(5)).await, None);
         // A retry joins it rather than proposing again, and gets its outcome.
-        let retry = start("k", 1, 99);
+        let (retry, joined) = start("k", 1, 99);
+        assert!(joined);
         assert_eq!(wait(retry, Duration::from_secs(5)).await, Some(7));
         assert_eq!(proposals.load(Ordering::Relaxed), 1);
         // Once answered, it is forgotten: the next use of the key proposes (and the
         // state machine answers it as a duplicate).
         tokio::task::yield_now().await;
         assert!(pending.is_empty());
-        let later = start("k", 1, 8);
+        let (later, joined) = start("k", 1, 8);
+        assert!(!joined);
         assert_eq!(wait(later, LONG).await, Some(8));
         assert_eq!(proposals.load(Ordering::Relaxed), 2);
     }
@@ -148,8 +152,9 @@ mod tests {
                 answer
             }
         };
-        let a = pending.join_or_start("k".into(), 1, LONG, 0, slow(1));
-        let b = pending.join_or_start("k".into(), 2, LONG, 0, slow(2));
+        let (a, _) = pending.join_or_start("k".into(), 1, LONG, 0, slow(1));
+        let (b, joined) = pending.join_or_start("k".into(), 2, LONG, 0, slow(2));
+        assert!(!joined);
         assert_eq!(wait(b, LONG).await, Some(2));
         assert_eq!(wait(a, LONG).await, Some(1));
         tokio::task::yield_now().await;
@@ -159,7 +164,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_proposal_that_never_ends_is_given_up_after_the_limit() {
         let pending: Pending<u64> = Pending::default();
-        let stuck = pending.join_or_start("k".into(), 1, Duration::from_secs(20), 0, || {
+        let (stuck, _) = pending.join_or_start("k".into(), 1, Duration::from_secs(20), 0, || {
             std::future::pending::<u64>()
         });
         assert_eq!(wait(stuck, LONG).await, Some(0));

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-use crate::util::{DEADLINE, Node, eventually};
+use crate::util::{DEADLINE, Node, eventually, scrape_metric};
 
 pub const TOKEN: &str = "group-secret";
 
@@ -452,18 +452,9 @@ async fn retries_of_a_keyed_write_that_cannot_commit_add_no_copies_to_the_log() 
         before + 1,
         "four attempts of one keyed write put one entry in the log: {h}"
     );
-    let metrics = g
-        .http
-        .get(format!("{}/metrics", urls[leader]))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("memdb_raft_keyed_writes_in_flight 1"),
-        "{metrics}"
+    assert_eq!(
+        scrape_metric(&g.nodes[leader], "memdb_raft_keyed_writes_in_flight").await,
+        1.0
     );
     for &f in &followers {
         signal(&g.nodes[f], "-CONT");

@@ -92,10 +92,7 @@ async fn replicas_survive_a_leader_sigkill_and_follow_its_successor() {
     leader.client().post_text("after crash").await.unwrap();
     let t = converged(&leader, &local).await;
     assert_eq!((t["before"], t["after"]), (1, 1));
-    eventually("socket reconnected", || async {
-        (local.health().await["socket_connected"] == true).then_some(())
-    })
-    .await;
+    wait_socket_connected(&local).await;
 }
 
 fn sample(value: u64, words: usize) -> WordMap {
@@ -321,10 +318,7 @@ async fn the_leader_removes_its_socket_on_sigterm_and_replaces_a_stale_one() {
     leader.restart();
     let local = Node::local(dir.path(), &[]);
     leader.client().post_text("fresh socket").await.unwrap();
-    eventually("local replica connected", || async {
-        (local.health().await["socket_connected"] == true).then_some(())
-    })
-    .await;
+    wait_socket_connected(&local).await;
 }
 
 /// Renames `path` over the published snapshot name, as a careless operator might.

@@ -72,11 +72,7 @@ async fn every_role_exposes_parseable_metrics_with_the_named_series() {
     // late under load would otherwise map seq 5 at start and count no socket load.
     let local = Node::local(dir.path(), &["--poll-interval", "1h"]);
     wait_ready(&replica).await;
-    eventually(
-        "the local replica connected to the leader's socket",
-        || async { (local.health().await["socket_connected"] == true).then_some(()) },
-    )
-    .await;
+    wait_socket_connected(&local).await;
     for i in 0..5 {
         leader
             .client()

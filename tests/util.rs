@@ -334,6 +334,15 @@ pub async fn concurrent_posts(leader: &Node, n: usize, text: fn(usize, usize) ->
     }
 }
 
+/// Waits until the local replica `local` is connected to its leader's socket.
+pub async fn wait_socket_connected(local: &Node) {
+    eventually(
+        &format!("{} connected to the leader's socket", local.url),
+        || async { (local.health().await["socket_connected"] == true).then_some(()) },
+    )
+    .await
+}
+
 /// The value of the unlabelled series `name` in `node`'s `/metrics`.
 pub async fn scrape_metric(node: &Node, name: &str) -> f64 {
     let text = reqwest::get(format!("{}/metrics", node.url))

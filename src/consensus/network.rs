@@ -146,17 +146,16 @@ impl RaftNetwork<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         let keep = entries_within(&req.entries, APPEND_BYTES);
-        if keep == req.entries.len() {
-            return self.call("/raft/append", &req, option.hard_ttl()).await;
-        }
+        let cut = keep < req.entries.len();
         req.entries.truncate(keep);
         let sent = req.entries.last().map(|e| e.log_id);
         // The follower commits no further than the last entry it was sent (openraft
         // takes the least of that and the leader's commit), as raft requires.
-        match self.call("/raft/append", &req, option.hard_ttl()).await? {
-            AppendEntriesResponse::Success => Ok(AppendEntriesResponse::PartialSuccess(sent)),
-            other => Ok(other),
-        }
+        let resp = self.call("/raft/append", &req, option.hard_ttl()).await?;
+        Ok(match resp {
+            AppendEntriesResponse::Success if cut => AppendEntriesResponse::PartialSuccess(sent),
+            other => other,
+        })
     }
 
     async fn install_snapshot(

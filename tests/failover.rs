@@ -689,12 +689,29 @@ async fn forged_raft_requests_change_nothing() {
         assert_eq!(status, want, "{body}");
         assert!(body["error"].is_string(), "a JSON error: {body}");
     }
-    // The stale-term append is well-formed and authenticated: the engine refuses it.
+    // Authenticated, the forged append is refused before the engine sees it: its entry
+    // at index 1 follows no previous entry.
     let r = g
         .http
         .post(url("/raft/append"))
         .header("x-memdb-cluster", "memdb")
         .json(&forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    // A well-formed append of a stale term (a heartbeat): the engine refuses it.
+    let stale = json!({
+        "vote": {"leader_id": {"term": 0, "node_id": 9}, "committed": true},
+        "prev_log_id": null,
+        "leader_commit": null,
+        "entries": [],
+    });
+    let r = g
+        .http
+        .post(url("/raft/append"))
+        .header("x-memdb-cluster", "memdb")
+        .json(&stale)
         .send()
         .await
         .unwrap();

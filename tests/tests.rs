@@ -19,6 +19,7 @@ mod openapi;
 mod ops;
 mod perf;
 mod persistence;
+mod raft_attacks;
 mod registry;
 mod repair;
 mod scripts;

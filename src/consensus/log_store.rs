@@ -190,6 +190,35 @@ impl LogStore {
     pub fn failure(&self) -> Option<String> {
         self.inner.lock().failed.clone()
     }
+
+    /// The id of the entry at `index`, if this log holds it (the last purged one's too).
+    pub fn log_id_at(&self, index: u64) -> Option<LogId<NodeId>> {
+        let inner = self.inner.lock();
+        match inner.entries.get(&index) {
+            Some(e) => Some(e.log_id),
+            None => inner.purged.filter(|p| p.index == index),
+        }
+    }
+}
+
+/// `range` as `[first, end)` over a log whose indexes end before `u64::MAX`.
+fn bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    use std::ops::Bound;
+    let first = match range.start_bound() {
+        Bound::Included(i) => *i,
+        Bound::Excluded(i) => i.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(i) => i.saturating_add(1),
+        Bound::Excluded(i) => *i,
+        Bound::Unbounded => u64::MAX,
+    };
+    (first, end)
+}
+
+fn read_error(e: String) -> StorageError<NodeId> {
+    StorageIOError::read_logs(&io::Error::other(e)).into()
 }
 
 /// fsyncs for `always` (grouping every waiting append into one fsync) and every
@@ -273,6 +302,44 @@ impl Inner {
         }
     }
 
+    /// Refuses entries that are not one run continuing this log (or replacing its
+    /// tail): the log stays contiguous by construction.
+    fn check_chain(&self, entries: &[Entry]) -> Result<(), StorageError<NodeId>> {
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        let next = self
+            .entries
+            .keys()
+            .next_back()
+            .copied()
+            .or(self.purged.map(|p| p.index))
+            .map_or(0, |last| last + 1);
+        let broken = if first.log_id.index > next {
+            Some(format!(
+                "entries from index {} would leave a gap after index {}",
+                first.log_id.index,
+                next.saturating_sub(1)
+            ))
+        } else {
+            entries
+                .windows(2)
+                .find(|w| w[1].log_id.index != w[0].log_id.index + 1)
+                .map(|w| {
+                    format!(
+                        "entries {} and {} are not consecutive",
+                        w[0].log_id.index, w[1].log_id.index
+                    )
+                })
+        };
+        match broken {
+            Some(why) => Err(io_error(io::Error::other(format!(
+                "refusing to append to the raft log: {why}"
+            )))),
+            None => Ok(()),
+        }
+    }
+
     fn check(&self) -> Result<(), StorageError<NodeId>> {
         match &self.failed {
             Some(e) => Err(io_error(io::Error::other(e.clone()))),
@@ -340,8 +407,30 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError<NodeId>> {
+        // Checked, not trusted: `BTreeMap::range` panics on an inverted range, and the
+        // engine applies what it is given as one run, so a hole must never reach it.
+        let (first, end) = bounds(&range);
+        if first > end {
+            return Err(read_error(format!(
+                "asked for raft log entries {range:?}, an inverted range"
+            )));
+        }
         let inner = self.inner.lock();
-        Ok(inner.entries.range(range).map(|(_, e)| e.clone()).collect())
+        let entries: Vec<Entry> = inner
+            .entries
+            .range(first..end)
+            .map(|(_, e)| e.clone())
+            .collect();
+        if let Some(w) = entries
+            .windows(2)
+            .find(|w| w[1].log_id.index != w[0].log_id.index + 1)
+        {
+            return Err(read_error(format!(
+                "the raft log has a gap between entries {} and {}",
+                w[0].log_id.index, w[1].log_id.index
+            )));
+        }
+        Ok(entries)
     }
 }
 
@@ -404,6 +493,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
+        self.inner.lock().check_chain(&entries)?;
         let bytes =
             frame(serde_json::to_vec(&EntriesRef::Entries(&entries)).expect("entries serialize"));
         let mut inner = self.inner.lock();
@@ -496,6 +586,44 @@ mod tests {
         assert_eq!(inner.purged.map(|p| p.index), Some(2));
         assert_eq!(inner.vote, Some(vote));
         assert_eq!(inner.committed.map(|c| c.index), Some(4));
+    }
+
+    fn store_with(indexes: std::ops::RangeInclusive<u64>) -> (tempfile::TempDir, LogStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(dir.path(), FsyncPolicy::No).unwrap();
+        {
+            let mut inner = store.inner.lock();
+            let es: Vec<Entry> = indexes.map(|i| entry(1, i)).collect();
+            inner.check_chain(&es).unwrap();
+            inner.replay(Record::Entries(es), 0);
+        }
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn an_inverted_range_or_a_gap_is_an_error_not_a_panic() {
+        let (_dir, mut store) = store_with(0..=5);
+        let got = store.try_get_log_entries(2..4).await.unwrap();
+        assert_eq!(got.len(), 2);
+        #[allow(clippy::reversed_empty_ranges)]
+        let inverted = store.try_get_log_entries(5..2).await;
+        assert!(inverted.is_err());
+        // A hole can only be made behind the log's back; reading across it fails.
+        store.inner.lock().entries.remove(&3);
+        let e = store.try_get_log_entries(1..6).await.unwrap_err();
+        assert!(e.to_string().contains("gap between entries 2 and 4"), "{e}");
+    }
+
+    #[test]
+    fn entries_that_do_not_continue_the_log_are_refused() {
+        let (_dir, store) = store_with(0..=5);
+        let inner = store.inner.lock();
+        // Replacing the tail, or continuing it: fine.
+        inner.check_chain(&[entry(2, 3), entry(2, 4)]).unwrap();
+        inner.check_chain(&[entry(1, 6)]).unwrap();
+        // Past a hole, or not one run.
+        assert!(inner.check_chain(&[entry(1, 8)]).is_err());
+        assert!(inner.check_chain(&[entry(1, 6), entry(1, 8)]).is_err());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! same batches with the same seqs, and publishes snapshots for the local replicas on
 //! its host); followers answer writes with a redirect to the leader.
 //!
+//! - [`identity`]: which node and group a data directory belongs to.
 //! - [`log_store`]: the raft log on disk (the node's write-ahead log in a group).
 //! - [`state_machine`]: applying entries to the table, idempotency keys, snapshots.
 //! - [`network`]: raft's RPCs over HTTP to the other voters.
@@ -13,6 +14,7 @@
 // openraft's error types are large by design and every storage call returns them.
 #![allow(clippy::result_large_err)]
 
+pub mod identity;
 pub mod log_store;
 pub mod network;
 pub mod pending;
@@ -398,6 +400,22 @@ impl Consensus {
         let id = m.current_leader?;
         let url = m.membership_config.membership().get_node(&id)?.addr.clone();
         Some((id, url))
+    }
+
+    /// Why the raft engine no longer runs, if it stopped: a fatal storage error, or a
+    /// panic inside it (its metrics channel then closes). Such a node takes no write
+    /// and applies nothing more until it is restarted, so `/health` must say so.
+    pub fn stopped(&self) -> Option<String> {
+        let rx = self.raft.metrics();
+        if rx.has_changed().is_err() {
+            return Some("the raft engine stopped (it panicked or was shut down)".into());
+        }
+        let m = rx.borrow();
+        match (&m.running_state, m.state) {
+            (Err(fatal), _) => Some(format!("the raft engine stopped: {fatal}")),
+            (Ok(()), ServerState::Shutdown) => Some("the raft engine is shut down".into()),
+            _ => None,
+        }
     }
 
     pub fn elections(&self) -> u64 {

@@ -47,6 +47,60 @@ fn rpc_body<T: serde::de::DeserializeOwned>(
         .map_err(|e| ApiError::bad_request(format!("not a raft request of this version: {e}")))
 }
 
+/// Refuses an append no leader of this group can send: entries that are not one run
+/// following `prev_log_id`, or that differ from an entry this node knows is committed
+/// (raft never rewrites a committed entry; an RPC that does comes from another group or
+/// a forger, and taken, would replace the log under the table built from it).
+fn check_append(c: &Consensus, req: &AppendEntriesRequest<TypeConfig>) -> Result<(), ApiError> {
+    let refuse = |why: String| {
+        tracing::warn!(claimed_leader = ?req.vote.leader_id, "refused a raft append: {why}");
+        Err(ApiError::new(StatusCode::CONFLICT, why))
+    };
+    let first = req.prev_log_id.map_or(0, |p| p.index + 1);
+    for (due, e) in (first..).zip(&req.entries) {
+        if e.log_id.index != due {
+            return refuse(format!(
+                "the append's entries are not one run after its prev_log_id: index {} where \
+                 {due} was due",
+                e.log_id.index
+            ));
+        }
+    }
+    let m = c.raft.metrics().borrow().clone();
+    let committed = [
+        c.log.committed_index(),
+        m.last_applied.map(|l| l.index),
+        m.snapshot.map(|l| l.index),
+    ]
+    .into_iter()
+    .flatten()
+    .max();
+    let Some(committed) = committed else {
+        return Ok(());
+    };
+    let claimed = req
+        .prev_log_id
+        .iter()
+        .chain(req.entries.iter().map(|e| &e.log_id));
+    for id in claimed.take_while(|id| id.index <= committed) {
+        let ours = c
+            .log
+            .log_id_at(id.index)
+            .or(m.snapshot.filter(|s| s.index == id.index));
+        if let Some(ours) = ours
+            && ours != *id
+        {
+            return refuse(format!(
+                "the append would rewrite committed entry {} (this node holds {ours}, the \
+                 append {id}): raft never changes a committed entry, so it comes from \
+                 another group or is forged",
+                id.index
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[utoipa::path(post, path = "/raft/append", tag = "raft",
     summary = "Raft AppendEntries (voter to voter)",
     request_body = Object,
@@ -55,6 +109,8 @@ fn rpc_body<T: serde::de::DeserializeOwned>(
         (status = 400, description = "Not an AppendEntries request", body = crate::server::openapi::ErrorBody),
         (status = 401, description = "Missing or wrong token", body = crate::server::openapi::ErrorBody),
         (status = 403, description = "Another raft group", body = crate::server::openapi::ErrorBody),
+        (status = 409, description = "Entries no leader of this group can send (not one run, or \
+                                      rewriting a committed entry): nothing was taken", body = crate::server::openapi::ErrorBody),
     ))]
 pub async fn append(
     State(leader): State<Leader>,
@@ -63,6 +119,7 @@ pub async fn append(
 ) -> Result<Response, ApiError> {
     let c = consensus(&leader)?;
     let req: AppendEntriesRequest<TypeConfig> = rpc_body(c, &headers, body)?;
+    check_append(c, &req)?;
     Ok(axum::Json(c.raft.append_entries(req).await).into_response())
 }
 

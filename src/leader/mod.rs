@@ -198,9 +198,8 @@ impl Leader {
     pub fn open(config: LeaderConfig) -> Result<Leader, LeaderError> {
         let dir = config.data_dir.clone();
         let lock = lock_data_dir(&dir)?;
-        let (recovered, raft_boot) = if config.raft.is_some() {
-            let (r, boot) = open::recover_voter(&dir, config.tokenizer)?;
-            (r, boot)
+        let (recovered, raft_boot) = if let Some(raft) = &config.raft {
+            open::recover_voter(&dir, config.tokenizer, raft)?
         } else {
             (recover(&dir, config.tokenizer)?, None)
         };

@@ -183,6 +183,7 @@ pub(super) fn recover(dir: &Path, tokenizer: Tokenizer) -> Result<Recovered, Lea
 pub(super) fn recover_voter(
     dir: &Path,
     tokenizer: Tokenizer,
+    raft: &crate::config::RaftConfig,
 ) -> Result<(Recovered, Option<StoredMeta>), LeaderError> {
     if !log::segments(dir)
         .map_err(io_err("listing the log in", dir))?
@@ -201,6 +202,9 @@ pub(super) fn recover_voter(
         .mode(0o700)
         .create(&raft_dir)
         .map_err(io_err("creating", &raft_dir))?;
+    // Before anything in the directory is touched.
+    crate::consensus::identity::check_or_record(&raft_dir, raft.node_id, &raft.cluster)
+        .map_err(LeaderError::Raft)?;
     let loaded = crate::consensus::state_machine::load(&raft_dir).map_err(LeaderError::Raft)?;
     let _ = fs::remove_file(dir.join(snapshot::DELTA_NAME));
     let Some(loaded) = loaded else {

@@ -104,6 +104,11 @@ impl Leader {
                 out.push(e);
             }
         }
+        if let Some(e) = self.consensus().and_then(|c| c.stopped()) {
+            out.push(format!(
+                "{e}: writes are refused until the node is restarted"
+            ));
+        }
         if let Some(e) = self.consensus().and_then(|c| c.log.failure()) {
             out.push(format!(
                 "raft log cannot be written, writes are refused: {e}"

@@ -13,6 +13,9 @@ use crate::words::Tokenizer;
 pub struct Serving {
     /// Required (as `Authorization: Bearer`) on guarded routes; None: no authentication.
     pub auth_token: Option<crate::server::auth::Token>,
+    /// Required instead of `auth_token` on the peer routes (replication, raft, admin),
+    /// and sent on this node's calls to its peers; None: the client token serves both.
+    pub peer_token: Option<crate::server::auth::Token>,
     /// Also require the token on `/wordcount` and `/metrics`.
     pub protect_reads: bool,
     pub limits: Limits,
@@ -20,6 +23,14 @@ pub struct Serving {
     pub tls: Option<std::sync::Arc<crate::tls::ServerTls>>,
     /// What the node trusts (and presents) when it calls other nodes over `https://`.
     pub client_tls: crate::tls::ClientTls,
+}
+
+impl Serving {
+    /// What the peer routes require and this node presents to its peers: the peer
+    /// token, or the client token when no peer token is set.
+    pub fn peer_credential(&self) -> Option<&crate::server::auth::Token> {
+        self.peer_token.as_ref().or(self.auth_token.as_ref())
+    }
 }
 
 /// Limits every node applies to its requests.

@@ -691,10 +691,12 @@ async fn forged_raft_requests_change_nothing() {
     }
     // Authenticated, the forged append is refused before the engine sees it: its entry
     // at index 1 follows no previous entry.
+    let group = before["raft"]["group"].as_str().unwrap().to_owned();
     let r = g
         .http
         .post(url("/raft/append"))
         .header("x-memdb-cluster", "memdb")
+        .header("x-memdb-group", &group)
         .json(&forged)
         .send()
         .await
@@ -711,6 +713,7 @@ async fn forged_raft_requests_change_nothing() {
         .http
         .post(url("/raft/append"))
         .header("x-memdb-cluster", "memdb")
+        .header("x-memdb-group", &group)
         .json(&stale)
         .send()
         .await

@@ -7,10 +7,19 @@ use std::collections::HashMap;
 use serde_json::{Value, json};
 
 use crate::failover::{Group, health, post_until_acked, table, voter_args};
-use crate::util::{DEADLINE, eventually};
+use crate::util::{DEADLINE, Node, eventually};
 
 fn log_id(term: u64, node: u64, index: u64) -> Value {
     json!({"leader_id": {"term": term, "node_id": node}, "index": index})
+}
+
+/// The group id voter `i` names its RPCs with (what a forger holding the peer
+/// credential would also know).
+async fn group_of(g: &Group, i: usize) -> String {
+    g.raft(i).await.unwrap()["raft"]["group"]
+        .as_str()
+        .expect("a formed group has an id")
+        .to_owned()
 }
 
 /// Words `w0`..`w{n-1}`, one each.
@@ -48,10 +57,23 @@ async fn an_append_that_would_rewrite_committed_entries_is_refused_and_the_group
         "leader_commit": log_id(7, claimed, 1),
     });
     let before = g.raft(target).await.unwrap();
+    // Another group's id (a second group sharing the cluster name), or none: refused.
+    for group in [Some("00000000000000aa"), None] {
+        let mut req = g
+            .http
+            .post(format!("{}/raft/append", urls[target]))
+            .header("x-memdb-cluster", "memdb");
+        if let Some(id) = group {
+            req = req.header("x-memdb-group", id);
+        }
+        let r = req.json(&stale_heartbeat()).send().await.unwrap();
+        assert_eq!(r.status(), 403, "{group:?}: {}", r.text().await.unwrap());
+    }
     let r = g
         .http
         .post(format!("{}/raft/append", urls[target]))
         .header("x-memdb-cluster", "memdb")
+        .header("x-memdb-group", group_of(&g, target).await)
         .json(&forged)
         .send()
         .await
@@ -205,4 +227,252 @@ async fn a_data_directory_is_refused_under_another_node_id_or_group() {
         (t.get("kept") == Some(&1)).then_some(())
     })
     .await;
+}
+
+const PEER: &str = "peer-secret-of-the-voters";
+
+/// A client that presents `token`.
+fn client_with(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .timeout(std::time::Duration::from_secs(3))
+        .build()
+        .unwrap()
+}
+
+/// A heartbeat of a stale term: well-formed, and harmless if taken.
+fn stale_heartbeat() -> Value {
+    json!({
+        "vote": {"leader_id": {"term": 0, "node_id": 1}, "committed": true},
+        "prev_log_id": null, "leader_commit": null, "entries": [],
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_a_peer_token_a_client_token_cannot_reach_the_peer_routes() {
+    // The group's own calls (and the test's admin calls) carry the peer token.
+    let g = Group::start_with(3, &["--peer-token", PEER], client_with(PEER)).await;
+    let urls = g.urls();
+    let writer = client_with(crate::failover::TOKEN);
+    post_until_acked(&writer, &urls, 0, "counted", "c1", DEADLINE).await;
+    let leader = g.leader().await;
+    let url = |p: &str| format!("{}{p}", urls[leader]);
+    let as_client = |req: reqwest::RequestBuilder| req.header("x-memdb-cluster", "memdb");
+    for (req, route) in [
+        (
+            as_client(writer.post(url("/raft/append"))).json(&stale_heartbeat()),
+            "append",
+        ),
+        (
+            as_client(writer.post(url("/raft/vote"))).json(&json!({})),
+            "vote",
+        ),
+        (
+            writer
+                .post(url("/raft/membership"))
+                .json(&json!({"voters": [1]})),
+            "membership",
+        ),
+        (
+            writer
+                .post(url("/raft/learners"))
+                .json(&json!({"id": 9, "url": "http://127.0.0.1:9"})),
+            "learners",
+        ),
+        (
+            writer
+                .post(url("/replicas"))
+                .json(&json!({"url": "http://127.0.0.1:9"})),
+            "replicas",
+        ),
+    ] {
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 401, "{route} with the client token");
+    }
+    // The peer token reaches them, and cannot write.
+    let r = as_client(g.http.post(url("/raft/append")))
+        .header("x-memdb-group", group_of(&g, leader).await)
+        .json(&stale_heartbeat())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = g
+        .http
+        .post(url("/post"))
+        .form(&[("text", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "a post with the peer token");
+    // /sync is a read: either token.
+    for c in [&writer, &g.http] {
+        assert_eq!(c.get(url("/sync")).send().await.unwrap().status(), 200);
+    }
+    // A network replica joins with the peer token, and follows.
+    let replica = Node::replica(
+        &urls.join(","),
+        &["--peer-token", PEER, "--auth-token", crate::failover::TOKEN],
+    );
+    post_until_acked(&writer, &urls, 0, "counted", "c2", DEADLINE).await;
+    eventually("the replica to follow the group", || async {
+        let t = table(&g.http, &replica.url).await;
+        (t.get("counted") == Some(&2)).then_some(())
+    })
+    .await;
+    // A node refuses one token for both roles.
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_memdb"))
+        .args([
+            "leader",
+            "--port",
+            "0",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ])
+        .args(["--auth-token", PEER, "--peer-token", PEER])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("must differ"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn vote_requests_from_a_node_outside_the_group_are_refused_and_writes_go_on() {
+    let g = Group::start(3, &[]).await;
+    let urls = g.urls();
+    post_until_acked(&g.http, &urls, 0, "w0", "k0", DEADLINE).await;
+    let term = |h: &Value| h["raft"]["term"].as_u64().unwrap();
+    let before: Vec<u64> = futures_term(&g, term).await;
+    // Node 9, a stranger, asks every voter for its vote with rising terms.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let group = group_of(&g, 0).await;
+    let flood = {
+        let (http, urls, stop) = (g.http.clone(), urls.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut refused = 0;
+            for t in 100u64.. {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                for u in &urls {
+                    let r = http
+                        .post(format!("{u}/raft/vote"))
+                        .header("x-memdb-cluster", "memdb")
+                        .header("x-memdb-group", &group)
+                        .json(&json!({"vote": {"leader_id": {"term": t, "node_id": 9},
+                                               "committed": false},
+                                      "last_log_id": log_id(t, 9, 1_000_000)}))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), 403, "{}", r.text().await.unwrap());
+                    refused += 1;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            refused
+        })
+    };
+    for i in 1..=20 {
+        post_until_acked(
+            &g.http,
+            &urls,
+            i,
+            &format!("w{i}"),
+            &format!("k{i}"),
+            DEADLINE,
+        )
+        .await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(flood.await.unwrap() > 0);
+    g.converged(&words(21)).await;
+    assert_eq!(
+        futures_term(&g, term).await,
+        before,
+        "the stranger moved a term"
+    );
+}
+
+/// Every voter's `/health` through `f`.
+async fn futures_term<T>(g: &Group, f: impl Fn(&Value) -> T) -> Vec<T> {
+    let mut out = Vec::new();
+    for i in 0..g.nodes.len() {
+        out.push(f(&g.raft(i).await.unwrap()));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_voter_that_applied_a_forged_entry_is_reported_as_diverged() {
+    let g = Group::start(3, &[]).await;
+    let urls = g.urls();
+    for i in 0..5 {
+        post_until_acked(
+            &g.http,
+            &urls,
+            i,
+            &format!("w{i}"),
+            &format!("k{i}"),
+            DEADLINE,
+        )
+        .await;
+    }
+    g.converged(&words(5)).await;
+    let leader = g.leader().await;
+    let target = (leader + 1) % 3;
+    let h = g.raft(target).await.unwrap();
+    let (term, lead, last) = (
+        h["raft"]["term"].as_u64().unwrap(),
+        h["raft"]["leader_id"].as_u64().unwrap(),
+        h["raft"]["last_log_index"].as_u64().unwrap(),
+    );
+    // Holding the peer credential, a forger appends the next entry as the leader would,
+    // with words of its own, and commits it.
+    let forged = json!({
+        "vote": {"leader_id": {"term": term, "node_id": lead}, "committed": true},
+        "prev_log_id": log_id(term, lead, last),
+        "entries": [{"log_id": log_id(term, lead, last + 1),
+                     "payload": {"Normal": {"deltas": "pwned 1000\n", "key": null, "fingerprint": 0}}}],
+        "leader_commit": log_id(term, lead, last + 1),
+    });
+    let r = g
+        .http
+        .post(format!("{}/raft/append", urls[target]))
+        .header("x-memdb-cluster", "memdb")
+        .header("x-memdb-group", group_of(&g, target).await)
+        .json(&forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    // The leader's own next entry takes the same index.
+    post_until_acked(&g.http, &urls, leader, "w5", "k5", DEADLINE).await;
+    for watcher in [target, leader] {
+        eventually("the divergence to show in /health", || async {
+            let h = health(&g.http, &urls[watcher]).await?;
+            let problems = h["problems"].as_array()?;
+            problems
+                .iter()
+                .any(|p| {
+                    p.as_str()
+                        .is_some_and(|p| p.contains("holds another table"))
+                })
+                .then_some(())
+        })
+        .await;
+    }
+    let h = health(&g.http, &urls[leader]).await.unwrap();
+    assert_eq!(h["status"], "failing", "{h}");
+    assert!(!h["raft"]["diverged"].as_array().unwrap().is_empty(), "{h}");
 }

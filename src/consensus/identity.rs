@@ -93,6 +93,68 @@ pub fn check_or_record(
     Ok(identity)
 }
 
+/// The header every raft RPC names its group's id in (once the sender knows it).
+pub const GROUP_HEADER: &str = "x-memdb-group";
+
+/// This voter's record, shared by the routes (which check RPCs against it) and the
+/// network (which names the group's id on every RPC).
+#[derive(Clone)]
+pub struct Group {
+    dir: std::path::PathBuf,
+    identity: std::sync::Arc<parking_lot::Mutex<Identity>>,
+}
+
+impl Group {
+    /// The record in `raft_dir` (see [`check_or_record`]).
+    pub fn open(raft_dir: &Path, node_id: NodeId, cluster: &str) -> Result<Group, String> {
+        Ok(Group {
+            dir: raft_dir.to_owned(),
+            identity: std::sync::Arc::new(parking_lot::Mutex::new(check_or_record(
+                raft_dir, node_id, cluster,
+            )?)),
+        })
+    }
+
+    /// The group's id, once known.
+    pub fn id(&self) -> Option<String> {
+        self.identity.lock().group.clone()
+    }
+
+    /// Records that this node formed the group `id` (it then refuses every other).
+    pub fn formed(&self, id: String) -> Result<(), String> {
+        let mut identity = self.identity.lock();
+        if identity.group.as_ref() == Some(&id) {
+            return Ok(());
+        }
+        let mut next = identity.clone();
+        next.group = Some(id);
+        write(&self.dir, &next)?;
+        *identity = next;
+        Ok(())
+    }
+
+    /// Whether an RPC naming group `named` may be taken: the same id, or any id while
+    /// this node knows none (a node being added learns it from its first RPC and keeps
+    /// it). An RPC that names none is taken only by a node that knows none either.
+    pub fn admit(&self, named: Option<&str>) -> Result<(), String> {
+        let ours = self.id();
+        match (ours.as_deref(), named) {
+            (Some(a), Some(b)) if a == b => Ok(()),
+            (None, None) => Ok(()),
+            (None, Some(b)) => {
+                tracing::info!(group = b, "joined raft group");
+                self.formed(b.to_owned())
+            }
+            (Some(a), b) => Err(format!(
+                "this node belongs to raft group id {a}; the request names {} (header \
+                 {GROUP_HEADER}): another group that shares this group's --cluster name, \
+                 or a node from before the group was formed",
+                b.map_or("none".to_string(), |b| format!("{b:?}"))
+            )),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,6 +171,21 @@ mod tests {
         assert!(e.contains("\"memdb\"") && e.contains("\"other\""), "{e}");
         std::fs::write(dir.path().join(IDENTITY_NAME), b"{not json").unwrap();
         assert!(check_or_record(dir.path(), 1, "memdb").is_err());
+    }
+
+    #[test]
+    fn a_node_learns_its_groups_id_once_and_refuses_any_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = Group::open(dir.path(), 3, "memdb").unwrap();
+        g.admit(None).unwrap();
+        g.admit(Some("aaaa")).unwrap();
+        assert_eq!(g.id().as_deref(), Some("aaaa"));
+        g.admit(Some("aaaa")).unwrap();
+        assert!(g.admit(Some("bbbb")).unwrap_err().contains("aaaa"));
+        assert!(g.admit(None).is_err());
+        // Kept across a restart.
+        let again = Group::open(dir.path(), 3, "memdb").unwrap();
+        assert_eq!(again.id().as_deref(), Some("aaaa"));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! same batches with the same seqs, and publishes snapshots for the local replicas on
 //! its host); followers answer writes with a redirect to the leader.
 //!
+//! - [`crosscheck`]: voters compare their tables' digests at equal seqs.
 //! - [`identity`]: which node and group a data directory belongs to.
 //! - [`log_store`]: the raft log on disk (the node's write-ahead log in a group).
 //! - [`state_machine`]: applying entries to the table, idempotency keys, snapshots.
@@ -14,6 +15,7 @@
 // openraft's error types are large by design and every storage call returns them.
 #![allow(clippy::result_large_err)]
 
+pub mod crosscheck;
 pub mod identity;
 pub mod log_store;
 pub mod network;
@@ -60,6 +62,9 @@ const SNAPSHOT_CHUNK: u64 = 8 << 20;
 /// How many write timeouts a keyed proposal is waited for in the background before a
 /// retry of its key may propose it again (a bound, should the engine never answer).
 const PROPOSAL_LIMIT: u32 = 12;
+
+/// How often a voter compares its table with its members' (see [`crosscheck`]).
+const CROSSCHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// A `client_write`'s answer as [`Consensus::write`] gives it.
 fn write_outcome(
@@ -198,6 +203,10 @@ pub struct Consensus {
     tls: crate::tls::ClientTls,
     /// Keyed writes proposed here and not yet answered.
     pending: pending::Pending<Result<Applied, WriteError>>,
+    /// Which group this voter belongs to (its RPCs are checked against it).
+    pub group: identity::Group,
+    /// Members whose table differs from this voter's at the same seq.
+    pub divergences: crosscheck::Divergences,
 }
 
 /// One member as `/health` shows it.
@@ -217,6 +226,9 @@ pub struct MemberStatus {
 pub struct RaftStatus {
     pub node_id: NodeId,
     pub cluster: String,
+    /// The group's id (16 hex digits), once this node formed or joined the group; every
+    /// RPC names it (header `x-memdb-group`).
+    pub group: Option<String>,
     /// `leader`, `follower`, `candidate` or `learner`.
     pub state: &'static str,
     pub leader_id: Option<NodeId>,
@@ -232,6 +244,8 @@ pub struct RaftStatus {
     pub keys: usize,
     /// The raft log's write error, if it failed.
     pub log_failed: Option<String>,
+    /// Members whose table differs from this voter's at the same seq.
+    pub diverged: Vec<crosscheck::Divergence>,
 }
 
 fn state_name(s: ServerState) -> &'static str {
@@ -274,12 +288,14 @@ impl Consensus {
         }
         .validate()
         .map_err(|e| format!("raft settings: {e}"))?;
+        let group = identity::Group::open(&dir, config.node_id, &config.cluster)?;
         let log = log_store::LogStore::open(&dir, fsync)
             .map_err(|e| format!("opening the raft log in {}: {e}", dir.display()))?;
         let state = state_machine::StateMachine::new(leader.clone(), dir, boot.as_ref());
         let network = network::Network::new(
             config.cluster.clone(),
             token,
+            group.clone(),
             config.election_timeout.max(Duration::from_millis(200)),
             &tls,
         );
@@ -301,7 +317,21 @@ impl Consensus {
             elections: Arc::new(AtomicU64::new(0)),
             tls,
             pending: pending::Pending::default(),
+            group,
+            divergences: crosscheck::Divergences::default(),
         };
+        crosscheck::spawn(
+            c.raft.clone(),
+            c.node_id,
+            leader,
+            c.tls
+                .builder()
+                .connect_timeout(Duration::from_secs(1))
+                .build()
+                .map_err(|e| format!("an HTTP client: {e}"))?,
+            CROSSCHECK_EVERY,
+            c.divergences.clone(),
+        );
         if !c.config.peers.is_empty() {
             c.initialize(c.config.peers.clone()).await?;
         }
@@ -322,12 +352,17 @@ impl Consensus {
         {
             return Ok(false);
         }
+        let group = identity::group_id(&self.config.cluster, &members);
         let nodes: BTreeMap<NodeId, BasicNode> = members
             .into_iter()
             .map(|(id, url)| (id, BasicNode::new(url)))
             .collect();
         match self.raft.initialize(nodes).await {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                self.group.formed(group.clone())?;
+                tracing::info!(group, "formed raft group");
+                Ok(true)
+            }
             Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(false),
             Err(e) => Err(e.to_string()),
         }
@@ -497,6 +532,7 @@ impl Consensus {
         RaftStatus {
             node_id: self.node_id,
             cluster: self.config.cluster.clone(),
+            group: self.group.id(),
             state: state_name(m.state),
             leader_id: m.current_leader,
             leader_url,
@@ -509,6 +545,7 @@ impl Consensus {
             members,
             keys: self.state.keys_held(),
             log_failed: self.log.failure(),
+            diverged: self.divergences.list(),
         }
     }
 }

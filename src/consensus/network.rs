@@ -50,6 +50,8 @@ pub struct Network {
     cluster: String,
     /// The `Authorization` header value, if the group has a token.
     token: Option<String>,
+    /// The group's id, named on every RPC once known.
+    group: super::identity::Group,
 }
 
 impl Network {
@@ -58,6 +60,7 @@ impl Network {
     pub fn new(
         cluster: String,
         token: Option<String>,
+        group: super::identity::Group,
         connect_timeout: Duration,
         tls: &crate::tls::ClientTls,
     ) -> Network {
@@ -71,6 +74,7 @@ impl Network {
             http,
             cluster,
             token,
+            group,
         }
     }
 }
@@ -114,6 +118,9 @@ impl Connection {
             .json(req);
         if let Some(t) = &self.net.token {
             r = r.header(reqwest::header::AUTHORIZATION, t);
+        }
+        if let Some(g) = self.net.group.id() {
+            r = r.header(super::identity::GROUP_HEADER, g);
         }
         let resp = r.send().await.map_err(|e| {
             if e.is_connect() {

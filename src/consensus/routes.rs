@@ -14,6 +14,7 @@ use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::identity::GROUP_HEADER;
 use super::{CLUSTER_HEADER, Consensus, NodeId, TypeConfig};
 use crate::leader::Leader;
 use crate::server::error::ApiError;
@@ -43,8 +44,15 @@ fn rpc_body<T: serde::de::DeserializeOwned>(
             ),
         ));
     }
-    serde_json::from_slice(&body?)
-        .map_err(|e| ApiError::bad_request(format!("not a raft request of this version: {e}")))
+    let req = serde_json::from_slice(&body?)
+        .map_err(|e| ApiError::bad_request(format!("not a raft request of this version: {e}")))?;
+    // Checked last: a node being added adopts the id of the first RPC it takes.
+    let group = headers.get(GROUP_HEADER).and_then(|v| v.to_str().ok());
+    c.group.admit(group).map_err(|why| {
+        tracing::warn!(named = ?group, "refused a raft RPC of another group");
+        ApiError::new(StatusCode::FORBIDDEN, why)
+    })?;
+    Ok(req)
 }
 
 /// Refuses an append no leader of this group can send: entries that are not one run
@@ -123,6 +131,29 @@ pub async fn append(
     Ok(axum::Json(c.raft.append_entries(req).await).into_response())
 }
 
+/// Refuses a vote request from a node that is not a voter of this node's membership:
+/// its terms would only disrupt the group (a stranger's rising terms keep it
+/// leaderless; a removed voter's too). Refusing a vote is always safe. Appends are not
+/// checked so: a follower that missed the change naming a new leader learns it from
+/// that leader's appends.
+fn check_candidate(c: &Consensus, req: &VoteRequest<NodeId>) -> Result<(), ApiError> {
+    let candidate = req.vote.leader_id.node_id;
+    let m = c.raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    let known = membership.nodes().next().is_some();
+    if known && !membership.voter_ids().any(|id| id == candidate) {
+        tracing::warn!(
+            candidate,
+            "refused a vote request from a node that is not a voter"
+        );
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("node {candidate} is not a voter of this group: its vote request is refused"),
+        ));
+    }
+    Ok(())
+}
+
 #[utoipa::path(post, path = "/raft/vote", tag = "raft",
     summary = "Raft RequestVote (voter to voter)",
     request_body = Object,
@@ -130,7 +161,7 @@ pub async fn append(
         (status = 200, description = "The engine's answer", body = Object),
         (status = 400, description = "Not a vote request", body = crate::server::openapi::ErrorBody),
         (status = 401, description = "Missing or wrong token", body = crate::server::openapi::ErrorBody),
-        (status = 403, description = "Another raft group", body = crate::server::openapi::ErrorBody),
+        (status = 403, description = "Another raft group, or a candidate that is not a voter", body = crate::server::openapi::ErrorBody),
     ))]
 pub async fn vote(
     State(leader): State<Leader>,
@@ -139,6 +170,7 @@ pub async fn vote(
 ) -> Result<Response, ApiError> {
     let c = consensus(&leader)?;
     let req: VoteRequest<NodeId> = rpc_body(c, &headers, body)?;
+    check_candidate(c, &req)?;
     Ok(axum::Json(c.raft.vote(req).await).into_response())
 }
 

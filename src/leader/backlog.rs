@@ -104,6 +104,14 @@ impl Backlog {
         self.batches.len()
     }
 
+    /// The table's digest right after batch `seq` was applied, if that batch is held
+    /// and recorded one.
+    pub fn digest_at(&self, seq: u64) -> Option<u64> {
+        let first = self.first_seq()?;
+        let i = usize::try_from(seq.checked_sub(first)?).ok()?;
+        self.batches.get(i).and_then(|b| b.digest)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.batches.is_empty()
     }

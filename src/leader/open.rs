@@ -50,7 +50,7 @@ pub(super) fn replica_set(
         incarnation,
         config.tokenizer,
         linger,
-        config.serving.auth_token.clone(),
+        config.serving.peer_credential().cloned(),
         push_secret.to_owned(),
         config.max_replicas,
         config.replica_timeout,

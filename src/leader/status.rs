@@ -104,6 +104,9 @@ impl Leader {
                 out.push(e);
             }
         }
+        if let Some(c) = self.consensus() {
+            out.extend(c.divergences.list().iter().map(|d| d.to_string()));
+        }
         if let Some(e) = self.consensus().and_then(|c| c.stopped()) {
             out.push(format!(
                 "{e}: writes are refused until the node is restarted"

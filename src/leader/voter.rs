@@ -66,6 +66,18 @@ impl Leader {
         self.advance(seq, 0);
     }
 
+    /// The table's digest as it was at `seq`: now, or from the backlog (if it still
+    /// holds that batch).
+    pub fn digest_at(&self, seq: u64) -> Option<u64> {
+        let s = &self.shared;
+        let t = s.table.read();
+        if t.seq() == seq {
+            return Some(t.digest());
+        }
+        drop(t);
+        s.backlog.lock().digest_at(seq)
+    }
+
     /// A copy of the table and its seq (for a raft snapshot, taken off the lock).
     pub fn table_copy(&self) -> (CountMap, u64) {
         let t = self.shared.table.read();
@@ -103,11 +115,7 @@ impl Leader {
             cfg,
             boot,
             s.config.wal.fsync,
-            s.config
-                .serving
-                .auth_token
-                .as_ref()
-                .map(|t| t.header_value()),
+            s.config.serving.peer_credential().map(|t| t.header_value()),
             s.config.serving.client_tls.clone(),
         )
         .await

@@ -6,6 +6,9 @@ use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 
+/// A token shorter than this is accepted with a warning: it can be guessed.
+pub const MIN_TOKEN_BYTES: usize = 16;
+
 /// Compares two secrets in constant time (for equal lengths).
 pub fn secrets_match(a: &str, b: &str) -> bool {
     use subtle::ConstantTimeEq;
@@ -26,6 +29,11 @@ impl Token {
     /// Compares in constant time (for equal lengths).
     pub fn matches(&self, presented: &str) -> bool {
         secrets_match(&self.0, presented)
+    }
+
+    /// Whether two tokens hold the same secret.
+    pub fn same_secret(&self, other: &Token) -> bool {
+        self.matches(&other.0)
     }
 
     /// The `Authorization` header value that carries it.
@@ -55,10 +63,23 @@ fn presented(value: &str) -> Option<String> {
     Some(text.split_once(':')?.1.to_owned())
 }
 
+/// The tokens a group of routes accepts (any one of them).
+#[derive(Clone, Debug)]
+pub struct Accepted(pub std::sync::Arc<[Token]>);
+
+impl Accepted {
+    fn matches(&self, presented: &str) -> bool {
+        // Every token is compared, so the time taken does not say which one matched.
+        self.0
+            .iter()
+            .fold(false, |hit, t| t.matches(presented) | hit)
+    }
+}
+
 /// Middleware: answers 401 unless the request carries `Authorization: Bearer <token>`
-/// or Basic credentials with the token as password (compared in constant time).
+/// or Basic credentials with an accepted token as password (compared in constant time).
 pub async fn require_token(
-    axum::extract::State(token): axum::extract::State<Token>,
+    axum::extract::State(token): axum::extract::State<Accepted>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {

@@ -336,47 +336,52 @@ impl SyncBody {
 impl Serving {
     /// Puts the token check on `guarded` and `peers` (and on `reads` with
     /// `protect_reads`), and with `--tls-client-ca` the client-certificate check on
-    /// `peers`; marks those operations in the document, and merges the four.
+    /// `peers` and `bulk`; marks those operations in the document, and merges them. `bulk` (the
+    /// whole table, `/sync`) is a read a replica joins by: it takes the peer credential
+    /// or the client token, which can read every word anyway.
     fn apply<S: Clone + Send + Sync + 'static>(
         &self,
         guarded: OpenApiRouter<S>,
         peers: OpenApiRouter<S>,
+        bulk: OpenApiRouter<S>,
         reads: OpenApiRouter<S>,
         open: OpenApiRouter<S>,
     ) -> OpenApiRouter<S> {
-        let token = self.auth_token.as_ref();
-        let reads_token = if self.protect_reads { token } else { None };
-        let mut peers = protect(peers, token);
+        let token = self.auth_token.iter();
+        let reads_token = token.clone().filter(|_| self.protect_reads);
+        let peer = self.peer_credential().into_iter();
+        let mut peers = protect(peers, peer.clone());
+        let mut bulk = protect(bulk, peer.chain(token.clone()));
         if self.tls.as_ref().is_some_and(|t| t.requires_client_certs()) {
-            peers = peers.route_layer(axum::middleware::from_fn(
-                crate::tls::server::require_client_cert,
-            ));
+            for routes in [&mut peers, &mut bulk] {
+                *routes = std::mem::take(routes).route_layer(axum::middleware::from_fn(
+                    crate::tls::server::require_client_cert,
+                ));
+            }
         }
         protect(guarded, token)
             .merge(peers)
+            .merge(bulk)
             .merge(protect(reads, reads_token))
             .merge(open)
     }
 }
 
-fn protect<S: Clone + Send + Sync + 'static>(
+/// Guards `routes` with `tokens` (any one of them); none: open.
+fn protect<'a, S: Clone + Send + Sync + 'static>(
     mut routes: OpenApiRouter<S>,
-    token: Option<&crate::server::auth::Token>,
+    tokens: impl Iterator<Item = &'a crate::server::auth::Token>,
 ) -> OpenApiRouter<S> {
+    let tokens: Vec<crate::server::auth::Token> = tokens.cloned().collect();
     // A layer on no route is refused by axum (and would guard nothing).
-    if routes.get_openapi().paths.paths.is_empty() {
+    if routes.get_openapi().paths.paths.is_empty() || tokens.is_empty() {
         return routes;
     }
-    match token {
-        Some(t) => {
-            crate::server::openapi::require_bearer(routes.get_openapi_mut());
-            routes.route_layer(axum::middleware::from_fn_with_state(
-                t.clone(),
-                crate::server::auth::require_token,
-            ))
-        }
-        None => routes,
-    }
+    crate::server::openapi::require_bearer(routes.get_openapi_mut());
+    routes.route_layer(axum::middleware::from_fn_with_state(
+        crate::server::auth::Accepted(tokens.into()),
+        crate::server::auth::require_token,
+    ))
 }
 
 async fn limit_error(err: tower::BoxError) -> ApiError {
@@ -413,7 +418,7 @@ pub fn node_router<S: CountSource>(
 ) -> Router {
     use crate::server::openapi::documented;
     // Every role serves its whole table at /sync (a bulk read: what replicas join by).
-    let peers = peers.routes(documented::<__path_sync, _, _, _>(sync::<S>));
+    let bulk = OpenApiRouter::new().routes(documented::<__path_sync, _, _, _>(sync::<S>));
     let lookups = OpenApiRouter::new()
         .routes(documented::<__path_wordcount, _, _, _>(wordcount::<S>))
         .routes(documented::<__path_top, _, _, _>(top::<S>))
@@ -421,7 +426,7 @@ pub fn node_router<S: CountSource>(
         .routes(utoipa_axum::routes!(crate::server::ui::root))
         .routes(utoipa_axum::routes!(metrics));
     let open = OpenApiRouter::new().routes(health);
-    let mut routes = serving.apply(guarded, peers, lookups, open);
+    let mut routes = serving.apply(guarded, peers, bulk, lookups, open);
     if let Some(max) = max_body {
         routes = routes.layer(axum::extract::DefaultBodyLimit::max(max));
     }

@@ -368,6 +368,7 @@ fn serving(listen: &Listen, auth: &AuthArgs, tls: &TlsArgs) -> anyhow::Result<Se
         tls,
         client_tls,
         auth_token: auth.token()?,
+        peer_token: auth.peer_token()?,
         protect_reads: auth.protect_reads,
         limits: memdb::config::Limits {
             max_concurrent: listen.max_concurrent,
@@ -394,26 +395,65 @@ pub struct AuthArgs {
     /// Require the token on the reads too (GET /wordcount, /top, /metrics, the status page).
     #[arg(long, env = "MEMDB_PROTECT_READS")]
     pub protect_reads: bool,
+    /// The nodes' own credential: required (instead of --auth-token) on the routes that
+    /// carry replication, raft and admin traffic (/sync, /update, /replicas, /raft/*),
+    /// and sent on a node's calls to its peers. Clients that may write cannot then
+    /// forge replication or raft traffic [default: the client token serves both].
+    #[arg(long, env = "MEMDB_PEER_TOKEN", hide_env_values = true)]
+    pub peer_token: Option<String>,
+    /// Read the peer token from this file instead (first line).
+    #[arg(long, env = "MEMDB_PEER_TOKEN_FILE", conflicts_with = "peer_token")]
+    pub peer_token_file: Option<PathBuf>,
+}
+
+/// A token from a flag or the first line of a file; `what` names it in errors.
+fn read_token(
+    value: &Option<String>,
+    file: &Option<PathBuf>,
+    what: &str,
+) -> anyhow::Result<Option<Token>> {
+    let raw = match (value, file) {
+        (Some(t), _) => t.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading the {what} file {}", path.display()))?
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_owned(),
+        (None, None) => return Ok(None),
+    };
+    let token = Token::new(&raw).ok_or_else(|| anyhow::anyhow!("the {what} is empty"))?;
+    if raw.trim().len() < memdb::server::auth::MIN_TOKEN_BYTES {
+        tracing::warn!(
+            "the {what} is {} bytes long: one shorter than {} bytes can be guessed; \
+             `head -c 24 /dev/urandom | base64` makes a good one",
+            raw.trim().len(),
+            memdb::server::auth::MIN_TOKEN_BYTES
+        );
+    }
+    Ok(Some(token))
 }
 
 impl AuthArgs {
     fn token(&self) -> anyhow::Result<Option<Token>> {
-        let raw = match (&self.auth_token, &self.auth_token_file) {
-            (Some(t), _) => t.clone(),
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .with_context(|| format!("reading the token file {}", path.display()))?
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_owned(),
-            (None, None) => {
-                anyhow::ensure!(!self.protect_reads, "--protect-reads needs --auth-token");
-                return Ok(None);
-            }
-        };
-        Token::new(&raw)
-            .map(Some)
-            .ok_or_else(|| anyhow::anyhow!("the auth token is empty"))
+        let token = read_token(&self.auth_token, &self.auth_token_file, "auth token")?;
+        anyhow::ensure!(
+            token.is_some() || !self.protect_reads,
+            "--protect-reads needs --auth-token"
+        );
+        Ok(token)
+    }
+
+    fn peer_token(&self) -> anyhow::Result<Option<Token>> {
+        let peer = read_token(&self.peer_token, &self.peer_token_file, "peer token")?;
+        if let (Some(p), Some(c)) = (&peer, self.token()?) {
+            anyhow::ensure!(
+                !p.same_secret(&c),
+                "--peer-token must differ from --auth-token: a client holding the auth \
+                 token could otherwise forge replication and raft traffic"
+            );
+        }
+        Ok(peer)
     }
 }
 

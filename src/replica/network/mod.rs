@@ -110,7 +110,7 @@ impl Replica {
                     .chain(&config.fallbacks)
                     .map(|url| {
                         Client::with_tls(url, &config.serving.client_tls)
-                            .with_token(config.serving.auth_token.clone())
+                            .with_token(config.serving.peer_credential().cloned())
                     })
                     .collect(),
                 current: std::sync::atomic::AtomicUsize::new(0),

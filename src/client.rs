@@ -114,6 +114,37 @@ pub struct Update<'a> {
     pub secret: &'a str,
 }
 
+/// Where a redirect from `from` to `location` (absolute, or relative to `from`) leads.
+/// A redirect from `https` to `http` is refused: it would send the text, and the
+/// token, in clear.
+fn redirect_target(from: &str, location: &str) -> Result<String, ClientError> {
+    let protocol = |what: String| ClientError::Protocol {
+        url: from.to_owned(),
+        what,
+    };
+    let base = reqwest::Url::parse(from).map_err(|e| protocol(e.to_string()))?;
+    let next = base
+        .join(location)
+        .map_err(|e| protocol(format!("a redirect to {location:?}: {e}")))?;
+    if base.scheme() == "https" && next.scheme() != "https" {
+        return Err(protocol(format!(
+            "refusing a redirect from https to {next}: it would carry the text and the \
+             token in clear"
+        )));
+    }
+    if !matches!(next.scheme(), "http" | "https") {
+        return Err(protocol(format!("refusing a redirect to {next}")));
+    }
+    Ok(next.to_string())
+}
+
+/// A URL's origin (scheme, host and port), as browsers and curl compare them before
+/// sending credentials along a redirect.
+fn origin(url: &str) -> Option<String> {
+    let u = reqwest::Url::parse(url).ok()?;
+    Some(u.origin().ascii_serialization())
+}
+
 impl Client {
     /// A client that trusts the system's roots for `https://` (and presents no
     /// certificate).
@@ -249,9 +280,9 @@ impl Client {
     }
 
     /// `POST /post` with an `Idempotency-Key` (a raft group counts it once however often
-    /// it is sent). A `307` from a follower is followed here, with the token (an HTTP
-    /// client drops credentials on a redirect to another port); see
-    /// [`REDIRECT_HOPS`].
+    /// it is sent). A `307` from a follower is followed here, with the token when the
+    /// target is a member of the group the base node lists in its `/health` (any other
+    /// origin gets no request; https never leads to http); see [`REDIRECT_HOPS`].
     pub async fn post_keyed(&self, text: &str, key: &str) -> Result<PostReply, ClientError> {
         let body = format!("text={}", form_encode(text));
         self.post_following(body, "application/x-www-form-urlencoded", Some(key))
@@ -277,6 +308,7 @@ impl Client {
     ) -> Result<PostReply, ClientError> {
         let body = bytes::Bytes::from(body);
         let mut url = self.url("/post");
+        let mut members: Option<Vec<String>> = None;
         for hop in 0..=REDIRECT_HOPS {
             let mut req = self
                 .authorize(self.http.post(&url).timeout(REQUEST_TIMEOUT))
@@ -293,12 +325,45 @@ impl Client {
                     .get(reqwest::header::LOCATION)
                     .and_then(|v| v.to_str().ok())
             {
-                url = next.to_owned();
+                let next = redirect_target(&url, next)?;
+                if self.token.is_some() && origin(&next) != origin(&self.base) {
+                    if members.is_none() {
+                        members = Some(self.group_members().await);
+                    }
+                    let known = members.as_deref().unwrap_or_default();
+                    if !known.iter().any(|m| origin(m) == origin(&next)) {
+                        return Err(ClientError::Protocol {
+                            url,
+                            what: format!(
+                                "redirected to {next}, which is not a member of the group \
+                                 {} belongs to (by its /health): the token is not sent there",
+                                self.base
+                            ),
+                        });
+                    }
+                }
+                url = next;
                 continue;
             }
             return Self::ok_json(resp, &url).await;
         }
         unreachable!("the loop returns on its last pass")
+    }
+
+    /// The URLs of the raft members the node at the base URL lists in its `/health`
+    /// (none if it is not a voter or does not answer).
+    async fn group_members(&self) -> Vec<String> {
+        let Ok((_, health)) = self.health().await else {
+            return Vec::new();
+        };
+        health["raft"]["members"]
+            .as_array()
+            .map(|ms| {
+                ms.iter()
+                    .filter_map(|m| m["url"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// `GET /wordcount?word=..&word=..` (with `min_seq` if given).
@@ -571,12 +636,90 @@ mod tests {
         // A follower that names a stale leader, which in turn names the new one.
         let hits = Arc::new(AtomicUsize::new(0));
         let stale = serve(|_| redirect_to(&leader, hits.clone())).await;
-        let follower = serve(|_| redirect_to(&stale, hits.clone())).await;
+        let members = [leader.clone(), stale.clone()];
+        let follower = serve(|me| {
+            listing(
+                redirect_to(&stale, hits.clone()),
+                &[&members[..], &[me.into()]].concat(),
+            )
+        })
+        .await;
         let token = crate::server::auth::Token::new("s3cret");
         let client = Client::new(&follower).with_token(token);
         let reply = client.post_plain("a b c".to_owned(), Some("k1")).await;
         assert_eq!(reply.unwrap(), PostReply { seq: 9, words: 3 });
         assert_eq!(hits.load(Ordering::Relaxed), 2);
+    }
+
+    /// `router`, plus a `/health` that lists `members` as its raft group.
+    fn listing(router: axum::Router, members: &[String]) -> axum::Router {
+        let members: Vec<serde_json::Value> = members
+            .iter()
+            .map(|u| serde_json::json!({ "url": u }))
+            .collect();
+        let health = serde_json::json!({ "raft": { "members": members } }).to_string();
+        router.route("/health", axum::routing::get(move || async move { health }))
+    }
+
+    #[tokio::test]
+    async fn the_token_never_follows_a_redirect_out_of_the_group() {
+        // A node (with or without a group) that sends posts to a stranger's origin.
+        let stolen = Arc::new(AtomicUsize::new(0));
+        let thief = {
+            let stolen = stolen.clone();
+            serve(move |_| {
+                axum::Router::new().route(
+                    "/post",
+                    axum::routing::post(move || async move {
+                        stolen.fetch_add(1, Ordering::Relaxed);
+                        (StatusCode::ACCEPTED, r#"{"seq":1,"words":1}"#)
+                    }),
+                )
+            })
+            .await
+        };
+        let hits = Arc::new(AtomicUsize::new(0));
+        for members in [vec![], vec!["http://127.0.0.1:1".to_string()]] {
+            let node = serve(|me| {
+                let mut listed = members.clone();
+                listed.push(me.into());
+                listing(redirect_to(&thief, hits.clone()), &listed)
+            })
+            .await;
+            let token = crate::server::auth::Token::new("s3cret");
+            let client = Client::new(&node).with_token(token);
+            let e = client
+                .post_plain("x".to_owned(), Some("k"))
+                .await
+                .unwrap_err();
+            assert!(e.to_string().contains("not a member of the group"), "{e}");
+        }
+        assert_eq!(stolen.load(Ordering::Relaxed), 0, "the stranger got a post");
+        // Without a token there is nothing to leak: the redirect is followed.
+        let node = serve(|_| redirect_to(&thief, hits.clone())).await;
+        Client::new(&node)
+            .post_plain("x".to_owned(), None)
+            .await
+            .unwrap();
+        assert_eq!(stolen.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_redirect_from_https_to_http_is_refused_and_relative_ones_resolve() {
+        let e = redirect_target("https://a:1/post", "http://a:1/post").unwrap_err();
+        assert!(e.to_string().contains("in clear"), "{e}");
+        assert!(redirect_target("http://a:1/post", "file:///etc/passwd").is_err());
+        assert_eq!(
+            redirect_target("http://a:1/post", "/x").unwrap(),
+            "http://a:1/x"
+        );
+        assert_eq!(
+            redirect_target("http://a:1/post", "https://b:2/post").unwrap(),
+            "https://b:2/post"
+        );
+        assert_ne!(origin("http://a:1/x"), origin("http://a:2/x"));
+        assert_ne!(origin("http://a:1/x"), origin("https://a:1/x"));
+        assert_eq!(origin("http://a:1/x"), origin("http://a:1/y"));
     }
 
     #[tokio::test]

@@ -353,10 +353,13 @@ impl Serving {
         let mut peers = protect(peers, peer.clone());
         let mut bulk = protect(bulk, peer.chain(token.clone()));
         if self.tls.as_ref().is_some_and(|t| t.requires_client_certs()) {
+            // A layer on no route is refused by axum (a role may have no peer routes).
             for routes in [&mut peers, &mut bulk] {
-                *routes = std::mem::take(routes).route_layer(axum::middleware::from_fn(
-                    crate::tls::server::require_client_cert,
-                ));
+                if !routes.get_openapi().paths.paths.is_empty() {
+                    *routes = std::mem::take(routes).route_layer(axum::middleware::from_fn(
+                        crate::tls::server::require_client_cert,
+                    ));
+                }
             }
         }
         protect(guarded, token)

@@ -201,17 +201,28 @@ async fn overload_is_refused_with_503_and_the_node_survives() {
 }
 
 #[tokio::test]
-async fn a_request_over_the_timeout_gets_503() {
+async fn a_request_over_the_timeout_gets_503_and_a_write_says_it_was_counted() {
     let node = InLeader::open(|c| {
         c.serving.limits.request_timeout = Duration::from_millis(200);
         c.min_acks = 1;
         c.ack_timeout = Duration::from_secs(10);
+        c.max_wait = Duration::from_secs(10);
     });
+    // A write waiting for an acknowledgement that does not come: answered at the
+    // request's deadline, saying that it was counted (and as which seq), so that no
+    // client sends it again.
     let started = std::time::Instant::now();
     let (status, body) = node
         .app
         .call("POST", "/post", Some("text/plain"), "slow")
         .await;
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(body["applied"], "yes", "{body}");
+    assert_eq!(body["seq"], 1, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // A read waiting past the deadline (for a seq that does not come) gets 503.
+    let started = std::time::Instant::now();
+    let (status, body) = node.app.get("/wordcount?word=slow&min_seq=99").await;
     assert_eq!(status, 503, "{body}");
     assert!(
         body["error"]

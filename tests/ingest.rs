@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use crate::failover::{Group, TOKEN, table};
-use crate::util::Node;
+use crate::util::{Node, counts};
 
 /// Writes `lines` lines of words (ASCII and accented) to `path`; returns their counts.
 fn write_text(path: &Path, seed: u64, lines: usize) -> HashMap<String, u64> {
@@ -206,4 +206,51 @@ async fn through_a_raft_follower_chunks_carry_keys_and_are_counted_once() {
     assert_eq!(summary["keyed"], true, "{summary}");
     g.converged(&want).await;
     assert_eq!(table(&g.http, &g.nodes[follower].url).await, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_chunk_counted_but_not_acknowledged_in_time_is_never_sent_again() {
+    // The request timeout ends the wait for the replica's acknowledgement, which never
+    // comes (the replica is stopped): the chunk was counted, and the answer says so.
+    let data = tempfile::tempdir().unwrap();
+    let leader = Node::leader(
+        data.path(),
+        &[
+            "--min-acks",
+            "1",
+            "--ack-timeout",
+            "10s",
+            "--request-timeout",
+            "1s",
+        ],
+    );
+    let replica = Node::replica(&leader.url, &[]);
+    crate::util::wait_ready(&replica).await;
+    crate::failover::signal(&replica, "-STOP");
+    let files = tempfile::tempdir().unwrap();
+    let path = files.path().join("one.txt");
+    std::fs::write(&path, "once\n").unwrap();
+    let out = ingest(
+        &[
+            path.to_str().unwrap(),
+            "--leader",
+            &leader.url,
+            "--retry-for",
+            "5s",
+            "--json",
+        ],
+        None,
+    );
+    crate::failover::signal(&replica, "-CONT");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("was counted as seq 1"), "{err}");
+    // What was counted is on stdout even so.
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["ok"], false, "{summary}");
+    assert_eq!(summary["chunks"], 1, "{summary}");
+    assert_eq!(summary["seq"], 1, "{summary}");
+    assert_eq!(summary["retries"], 0, "{summary}");
+    assert_eq!(counts(&leader, &["once"]).await["once"], 1);
+    assert_eq!(leader.seq().await, 1);
 }

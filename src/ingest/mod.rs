@@ -4,7 +4,8 @@
 //! Retries are safe only where a retry cannot count twice. A raft group remembers an
 //! `Idempotency-Key` per chunk, so every failure is retried (through the redirect to
 //! whoever leads). A single leader does not, so only refusals that applied nothing
-//! are retried there (connection refused, `307`, `429`, `507`, a `503` that names no seq); a
+//! are retried there (connection refused, `307`, `429`, `507`, a `503` that says
+//! `"applied": "no"`); a
 //! chunk whose outcome is unknown (the answer lost) stops the run with its offset, so
 //! that the operator knows exactly what was and was not counted.
 
@@ -109,6 +110,38 @@ pub enum IngestError {
         end: u64,
         reason: String,
     },
+    #[error(
+        "{source_name}: chunk {chunk} (bytes {offset}..{end}) was counted as seq {seq}, \
+         but: {reason}; it was not sent again. Resume from byte {end} once the leader \
+         is healthy"
+    )]
+    Unconfirmed {
+        source_name: String,
+        chunk: u64,
+        offset: u64,
+        end: u64,
+        seq: u64,
+        reason: String,
+    },
+}
+
+/// A run that stopped: what it had counted by then, and why it stopped.
+#[derive(Debug)]
+pub struct Failure {
+    pub summary: Summary,
+    pub error: IngestError,
+}
+
+/// The seq a refusal names when it says the write was counted (`"applied": "yes"`: not
+/// made durable in time, or not acknowledged by enough replicas).
+fn counted_anyway(e: &ClientError) -> Option<u64> {
+    let ClientError::Status { body, .. } = e else {
+        return None;
+    };
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    (v.get("applied")?.as_str()? == "yes")
+        .then(|| v.get("seq")?.as_u64())
+        .flatten()
 }
 
 /// What a run did.
@@ -251,15 +284,18 @@ fn retryable(e: &ClientError, keyed: bool) -> Result<(), bool> {
             }
         }
         ClientError::Status { status, body, .. } => {
-            // A 503 that names a seq (a write applied but not made durable) applied it.
-            let names_seq = serde_json::from_str::<serde_json::Value>(body)
-                .is_ok_and(|v| v.get("seq").is_some());
+            // A 503 proves nothing was counted only when it says so: a node answers
+            // `"applied": "no"` then, and `"yes"` (with the seq) or `"unknown"` when it
+            // was or may have been counted (a 503 without it, from a proxy, proves
+            // nothing either).
+            let says_no = serde_json::from_str::<serde_json::Value>(body)
+                .is_ok_and(|v| v.get("applied").and_then(|a| a.as_str()) == Some("no"));
             // A 307 left over after the client's hops: the group is changing leader,
             // and a node that redirects counted nothing.
             let applied_nothing = *status == StatusCode::TOO_MANY_REQUESTS
                 || *status == StatusCode::TEMPORARY_REDIRECT
                 || *status == StatusCode::INSUFFICIENT_STORAGE
-                || (*status == StatusCode::SERVICE_UNAVAILABLE && !names_seq);
+                || (*status == StatusCode::SERVICE_UNAVAILABLE && says_no);
             if applied_nothing || (keyed && status.is_server_error()) {
                 Ok(())
             } else {
@@ -288,6 +324,16 @@ async fn send(
             Ok(r) => return Ok((r.seq, r.words)),
             Err(e) => e,
         };
+        if let Some(seq) = counted_anyway(&e) {
+            return Err(IngestError::Unconfirmed {
+                source_name: names[piece.source].clone(),
+                chunk: piece.chunk,
+                offset: piece.offset,
+                end,
+                seq,
+                reason: e.to_string(),
+            });
+        }
         let fail = |unknown: bool| {
             let (source_name, chunk, offset, reason) = (
                 names[piece.source].clone(),
@@ -346,7 +392,43 @@ fn progress_bar(cfg: &IngestConfig, total: Option<u64>) -> indicatif::ProgressBa
 }
 
 /// Runs the ingest. See the module docs.
-pub async fn run(cfg: IngestConfig) -> Result<Summary, IngestError> {
+pub async fn run(cfg: IngestConfig) -> Result<Summary, Failure> {
+    let started = Instant::now();
+    let counters = Arc::new(Counters::default());
+    let mut keyed = false;
+    let mut files = 0;
+    let outcome = ingest(&cfg, &counters, &mut keyed, &mut files).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let c = &counters;
+    let (bytes, words) = (
+        c.bytes.load(Ordering::Relaxed),
+        c.words.load(Ordering::Relaxed),
+    );
+    let summary = Summary {
+        files,
+        bytes,
+        chunks: c.chunks.load(Ordering::Relaxed),
+        words,
+        seconds,
+        words_per_second: words as f64 / seconds.max(1e-9),
+        bytes_per_second: bytes as f64 / seconds.max(1e-9),
+        retries: c.retries.load(Ordering::Relaxed),
+        seq: c.seq.load(Ordering::Relaxed),
+        keyed,
+    };
+    match outcome {
+        Ok(()) => Ok(summary),
+        Err(error) => Err(Failure { summary, error }),
+    }
+}
+
+/// The run itself, counting into `counters` as chunks are acknowledged.
+async fn ingest(
+    cfg: &IngestConfig,
+    counters: &Arc<Counters>,
+    keyed_out: &mut bool,
+    files_out: &mut usize,
+) -> Result<(), IngestError> {
     let sources = sources(&cfg.paths)?;
     let names: Arc<Vec<String>> = Arc::new(sources.iter().map(Source::name).collect());
     let total = sources
@@ -355,11 +437,11 @@ pub async fn run(cfg: IngestConfig) -> Result<Summary, IngestError> {
         .try_fold(0u64, |acc, l| l.map(|l| acc + l));
     let leader = Client::with_tls(&cfg.leader, &cfg.tls).with_token(cfg.auth_token.clone());
     let keyed = takes_keys(&leader).await?;
+    *keyed_out = keyed;
     let run_id = format!("{:016x}", rand::random::<u64>());
-    let files = sources.len();
+    *files_out = sources.len();
     let (tx, mut rx) = mpsc::channel(cfg.concurrency.max(1) * 2);
     spawn_reader(sources, cfg.chunk_size, tx);
-    let counters = Arc::new(Counters::default());
     let slots = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
     let bar = progress_bar(&cfg, total);
     let started = Instant::now();
@@ -391,6 +473,15 @@ pub async fn run(cfg: IngestConfig) -> Result<Summary, IngestError> {
         tasks.spawn(async move {
             let _permit = permit;
             match send(&leader, &piece, key, &names, retry_for, &counters).await {
+                Err(e @ IngestError::Unconfirmed { seq, .. }) => {
+                    // Counted, though not as asked: it belongs in what the run counted.
+                    counters
+                        .bytes
+                        .fetch_add(piece.text.len() as u64, Ordering::Relaxed);
+                    counters.chunks.fetch_add(1, Ordering::Relaxed);
+                    counters.seq.fetch_max(seq, Ordering::Relaxed);
+                    let _ = err_tx.send(e);
+                }
                 Ok((seq, words)) => {
                     let len = piece.text.len() as u64;
                     counters.bytes.fetch_add(len, Ordering::Relaxed);
@@ -410,27 +501,10 @@ pub async fn run(cfg: IngestConfig) -> Result<Summary, IngestError> {
     drop(rx);
     while tasks.join_next().await.is_some() {}
     bar.finish_and_clear();
-    if let Some(e) = failure.or_else(|| err_rx.try_recv().ok()) {
-        return Err(e);
+    match failure.or_else(|| err_rx.try_recv().ok()) {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
-    let seconds = started.elapsed().as_secs_f64();
-    let c = &counters;
-    let (bytes, words) = (
-        c.bytes.load(Ordering::Relaxed),
-        c.words.load(Ordering::Relaxed),
-    );
-    Ok(Summary {
-        files,
-        bytes,
-        chunks: c.chunks.load(Ordering::Relaxed),
-        words,
-        seconds,
-        words_per_second: words as f64 / seconds.max(1e-9),
-        bytes_per_second: bytes as f64 / seconds.max(1e-9),
-        retries: c.retries.load(Ordering::Relaxed),
-        seq: c.seq.load(Ordering::Relaxed),
-        keyed,
-    })
 }
 
 #[cfg(test)]
@@ -451,7 +525,10 @@ mod tests {
             status(307, r#"{"error":"node 2 leads the group","leader_id":2}"#),
             status(429, r#"{"error":"too many requests"}"#),
             status(507, r#"{"error":"disk full"}"#),
-            status(503, r#"{"error":"no leader","reason":"no_leader"}"#),
+            status(
+                503,
+                r#"{"error":"no leader","reason":"no_leader","applied":"no"}"#,
+            ),
         ] {
             assert_eq!(retryable(&e, false), Ok(()), "{e}");
             assert_eq!(retryable(&e, true), Ok(()), "{e}");
@@ -467,6 +544,16 @@ mod tests {
         let timeout = status(504, r#"{"error":"commit timed out"}"#);
         assert_eq!(retryable(&timeout, false), Err(true));
         assert_eq!(retryable(&timeout, true), Ok(()));
+        // A 503 that does not say nothing was counted: unknown, or from a proxy.
+        for body in [
+            r#"{"error":"not committed","applied":"unknown"}"#,
+            r#"{"error":"the request took longer than the node's --request-timeout"}"#,
+            "<html>bad gateway</html>",
+        ] {
+            let e = status(503, body);
+            assert_eq!(retryable(&e, false), Err(true), "{body}");
+            assert_eq!(retryable(&e, true), Ok(()), "{body}");
+        }
     }
 
     #[test]

@@ -17,8 +17,9 @@ use utoipa_axum::routes;
 use crate::config::LeaderConfig;
 use crate::leader::replication::ReplicaUrlError;
 use crate::protocol::SEQ;
-use crate::server::error::ApiError;
+use crate::server::error::{ApiError, Applied};
 use crate::server::router::{self, CountSource};
+use crate::server::router::{Deadline, remaining};
 use crate::storage::log::FsyncPolicy;
 
 use super::{IngestError, Ingested, Leader, LeaderError};
@@ -81,56 +82,75 @@ struct Register {
 )]
 async fn post_handler(
     State(leader): State<Leader>,
+    deadline: Option<axum::Extension<Deadline>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body?;
-    let text = crate::server::parse::post_text(&headers, &body)?;
+    let deadline = deadline.map(|d| d.0);
+    let body = body.map_err(|e| ApiError::from(e).applied(Applied::No))?;
+    let text =
+        crate::server::parse::post_text(&headers, &body).map_err(|e| e.applied(Applied::No))?;
     if let Some(c) = leader.consensus() {
-        return post_to_group(&leader, c, &headers, &text).await;
+        return post_to_group(&leader, c, deadline, &headers, &text).await;
     }
     let ingested = leader.ingest(&text).map_err(|e| match e {
         IngestError::LogFailed(_) => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string())
             .with("reason", "log_failed")
-            .with("retry_after", 1),
+            .with("retry_after", 1)
+            .applied(Applied::No),
     })?;
     let cfg = &leader.shared.config;
+    let applied = |status, why: String| {
+        ApiError::new(status, why)
+            .with("seq", ingested.seq)
+            .with("words", ingested.words)
+            .applied(Applied::Yes)
+    };
     if cfg.wal.fsync == FsyncPolicy::Always
         && ingested.words > 0
         && let Some(wal) = &leader.shared.wal
-        && let Err(e) = wal.wait_durable(ingested.seq).await
     {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "write applied in memory as seq {} but not made durable: {e}; it is kept \
-                 and written when the log recovers (its outcome is not known: do not \
-                 simply retry it)",
-                ingested.seq
-            ),
-        )
-        .with("reason", "log_failed")
-        .with("seq", ingested.seq));
+        let durable = remaining(deadline, wal.wait_durable(ingested.seq)).await;
+        let why = match durable {
+            Some(Ok(_)) => None,
+            Some(Err(e)) => Some(format!("not made durable: {e}")),
+            None => Some("not yet durable within the node's --request-timeout".to_string()),
+        };
+        if let Some(why) = why {
+            return Err(applied(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "write applied in memory as seq {} but {why}; it is kept and written \
+                     when the log recovers (it was counted: do not send it again)",
+                    ingested.seq
+                ),
+            )
+            .with("reason", "log_failed"));
+        }
     }
-    if cfg.min_acks > 0
-        && ingested.words > 0
-        && let Err(confirmed) = leader
+    if cfg.min_acks > 0 && ingested.words > 0 {
+        let acks = leader
             .shared
             .replicas
-            .wait_acks(ingested.seq, cfg.min_acks, cfg.ack_timeout)
-            .await
-    {
-        return Err(ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            format!(
-                "write applied on the leader as seq {} but confirmed by only {confirmed} of \
-                 the {} replicas --min-acks requires within {:?}",
-                ingested.seq, cfg.min_acks, cfg.ack_timeout
-            ),
-        )
-        .with("seq", ingested.seq)
-        .with("words", ingested.words)
-        .with("confirmed", confirmed));
+            .wait_acks(ingested.seq, cfg.min_acks, cfg.ack_timeout);
+        let confirmed = match remaining(deadline, acks).await {
+            Some(Ok(())) => None,
+            Some(Err(confirmed)) => Some(confirmed),
+            // The request's own deadline came first: count what is confirmed now.
+            None => Some(leader.shared.replicas.count_acked(ingested.seq)),
+        };
+        if let Some(confirmed) = confirmed {
+            return Err(applied(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "write applied on the leader as seq {} but confirmed by only {confirmed} \
+                     of the {} replicas --min-acks requires in time (it was counted: do not \
+                     send it again)",
+                    ingested.seq, cfg.min_acks
+                ),
+            )
+            .with("confirmed", confirmed));
+        }
     }
     Ok((
         StatusCode::ACCEPTED,
@@ -162,11 +182,12 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 async fn post_to_group(
     leader: &Leader,
     c: &crate::consensus::Consensus,
+    deadline: Option<Deadline>,
     headers: &HeaderMap,
     text: &str,
 ) -> Result<Response, ApiError> {
     use crate::consensus::{Outcome, Proposal, WriteError};
-    let key = idempotency_key(headers)?;
+    let key = idempotency_key(headers).map_err(|e| e.applied(Applied::No))?;
     let (deltas, words) = leader.shared.config.tokenizer.count(text);
     if words == 0 {
         let seq = leader.seq();
@@ -177,7 +198,9 @@ async fn post_to_group(
         )
             .into_response());
     }
-    let applied = c.write(Proposal::new(deltas, key)).await;
+    let applied = remaining(deadline, c.write(Proposal::new(deltas, key)))
+        .await
+        .unwrap_or(Err(WriteError::Timeout));
     let applied = match applied {
         Ok(a) => a,
         Err(WriteError::NotLeader(Some((id, url)))) => {
@@ -188,35 +211,45 @@ async fn post_to_group(
             )
             .with("leader_id", id)
             .with("leader_url", url);
-            let mut resp = body.into_response();
+            let mut resp = body.applied(Applied::No).into_response();
             if let Ok(v) = axum::http::HeaderValue::from_str(&location) {
                 resp.headers_mut().insert(axum::http::header::LOCATION, v);
             }
             return Ok(resp);
         }
-        Err(WriteError::NotLeader(None)) | Err(WriteError::Unavailable(_)) => {
-            let why = match applied {
-                Err(WriteError::Unavailable(e)) => e,
-                _ => "no leader is elected now".into(),
-            };
+        Err(WriteError::NotLeader(None)) => {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("the group cannot take writes now ({why}); nothing was counted"),
+                "the group cannot take writes now (no leader is elected); nothing was counted",
             )
             .with("reason", "no_leader")
-            .with("retry_after", 1));
+            .with("retry_after", 1)
+            .applied(Applied::No));
+        }
+        // The engine failed with the proposal in hand (a log it cannot write, a stop):
+        // it may have reached the log, and other voters, first.
+        Err(WriteError::Unavailable(why)) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the group cannot take writes now ({why}); whether this write was \
+                     counted is unknown: retry with the same Idempotency-Key"
+                ),
+            )
+            .with("reason", "unavailable")
+            .with("retry_after", 1)
+            .applied(Applied::Unknown));
         }
         Err(WriteError::Timeout) => {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "not committed within {:?}: the outcome is unknown; retry with the \
-                     same Idempotency-Key to have it counted exactly once",
-                    c.config.write_timeout
-                ),
+                "not committed in time (--write-timeout or --request-timeout): the outcome \
+                 is unknown; retry with the same Idempotency-Key to have it counted exactly \
+                 once",
             )
             .with("reason", "not_committed")
-            .with("retry_after", 1));
+            .with("retry_after", 1)
+            .applied(Applied::Unknown));
         }
     };
     match applied.outcome {
@@ -224,7 +257,8 @@ async fn post_to_group(
             StatusCode::UNPROCESSABLE_ENTITY,
             "this Idempotency-Key was used for a write of other words; nothing was counted",
         )
-        .with("seq", applied.seq)),
+        .with("seq", applied.seq)
+        .applied(Applied::No)),
         outcome => {
             let duplicate = outcome == Outcome::Duplicate;
             Ok((

@@ -131,6 +131,7 @@ where
                 "too many request bytes in flight (--max-body-in-flight); retry shortly",
             )
             .with("retry_after", 1)
+            .applied(crate::server::error::Applied::No)
             .into_response();
             return Either::Right(Box::pin(std::future::ready(Ok(refused))));
         };

@@ -5,6 +5,28 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
+/// Whether a refused write was counted (see [`ApiError::applied`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Nothing was counted: sending it again counts it once.
+    No,
+    /// Counted (the answer names its seq); it only lacks durability or acknowledgements.
+    Yes,
+    /// The node cannot tell (a raft proposal not known committed): only a retry with
+    /// the same Idempotency-Key is safe.
+    Unknown,
+}
+
+impl Applied {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Applied::No => "no",
+            Applied::Yes => "yes",
+            Applied::Unknown => "unknown",
+        }
+    }
+}
+
 /// An error answer: a status and a JSON body `{"error": "...", ...}`.
 #[derive(Debug)]
 pub struct ApiError {
@@ -25,6 +47,13 @@ impl ApiError {
 
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// Says whether a write was counted: every refusal of `POST /post` carries
+    /// `"applied"` (`"no"`, `"yes"` with its `seq`, or `"unknown"`), so that a client
+    /// without an Idempotency-Key knows whether it may simply send it again.
+    pub fn applied(self, applied: Applied) -> Self {
+        self.with("applied", applied.as_str())
     }
 
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {

@@ -100,6 +100,7 @@ where
                     StatusCode::TOO_MANY_REQUESTS,
                     "request rate above the node's --rate-limit; retry shortly",
                 )
+                .applied(crate::server::error::Applied::No)
                 .into_response())))
             }
             _ => futures_util::future::Either::Left(self.inner.call(req)),

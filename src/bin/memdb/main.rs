@@ -291,11 +291,27 @@ async fn ingest(a: args::IngestArgs) -> anyhow::Result<()> {
         retry_for: a.retry_for,
         tls: a.tls.client_tls()?,
     };
-    match memdb::ingest::run(cfg).await {
-        Ok(s) if a.json => println!("{}", serde_json::to_string_pretty(&s)?),
-        Ok(s) => println!(
-            "ingested {} file(s), {} in {:.1} s: {} words ({:.0} words/s, {}/s), {} chunks, \
-             {} retries, seq {}{}",
+    let (s, failure) = match memdb::ingest::run(cfg).await {
+        Ok(s) => (s, None),
+        Err(f) => (f.summary, Some(f.error)),
+    };
+    // What was counted is said first, on stdout, whether the run finished or not.
+    if a.json {
+        let mut v = serde_json::to_value(&s)?;
+        v["ok"] = failure.is_none().into();
+        if let Some(e) = &failure {
+            v["error"] = e.to_string().into();
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "{} {} file(s), {} in {:.1} s: {} words ({:.0} words/s, {}/s), {} chunks \
+             acknowledged, {} retries, last seq {}{}",
+            if failure.is_none() {
+                "ingested"
+            } else {
+                "stopped after"
+            },
             s.files,
             bytesize::ByteSize(s.bytes),
             s.seconds,
@@ -306,11 +322,11 @@ async fn ingest(a: args::IngestArgs) -> anyhow::Result<()> {
             s.retries,
             s.seq,
             if s.keyed { " (idempotency keys)" } else { "" }
-        ),
-        Err(e) => {
-            eprintln!("memdb ingest: {e}");
-            std::process::exit(1);
-        }
+        );
+    }
+    if let Some(e) = failure {
+        eprintln!("memdb ingest: {e}");
+        std::process::exit(1);
     }
     Ok(())
 }

@@ -378,7 +378,8 @@ impl ReplicaSet {
         reports
     }
 
-    fn count_acked(&self, seq: u64) -> usize {
+    /// How many replicas have acknowledged `seq`.
+    pub fn count_acked(&self, seq: u64) -> usize {
         self.links
             .lock()
             .iter()

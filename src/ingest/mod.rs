@@ -443,7 +443,7 @@ async fn ingest(
     let (tx, mut rx) = mpsc::channel(cfg.concurrency.max(1) * 2);
     spawn_reader(sources, cfg.chunk_size, tx);
     let slots = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
-    let bar = progress_bar(&cfg, total);
+    let bar = progress_bar(cfg, total);
     let started = Instant::now();
     let (err_tx, mut err_rx) = mpsc::unbounded_channel::<IngestError>();
     let mut failure = None;

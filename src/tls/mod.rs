@@ -43,10 +43,41 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
         .clone()
 }
 
+/// The most a PEM file may hold: a certificate chain, a key or a CA bundle is a few
+/// kilobytes; the system's whole root store is under a megabyte.
+pub const MAX_PEM_BYTES: u64 = 4 << 20;
+
+/// The bytes of a PEM file, read by the snapshot loader's rules: a regular file only,
+/// opened without blocking (a FIFO or a device named as a certificate would otherwise
+/// hang or fill the node), no larger than [`MAX_PEM_BYTES`].
+fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
+    use crate::storage::snapshot::SnapshotError;
+    use std::io::Read;
+    let (file, meta) =
+        crate::storage::snapshot::open_regular(path, MAX_PEM_BYTES).map_err(|e| match e {
+            SnapshotError::TooLarge { len, max } => TlsError::file(
+                path,
+                format!("is {len} bytes, over the {max}-byte limit for a PEM file"),
+            ),
+            e => TlsError::file(path, e),
+        })?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_PEM_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| TlsError::file(path, e))?;
+    if bytes.len() as u64 > MAX_PEM_BYTES {
+        return Err(TlsError::file(
+            path,
+            "grew past the size a PEM file may have",
+        ));
+    }
+    Ok(bytes)
+}
+
 /// Every certificate in a PEM file (at least one).
 pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| TlsError::file(path, pem_error(e)))?
+    let bytes = read_pem(path)?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::file(path, pem_error(e)))?;
     if certs.is_empty() {
@@ -57,7 +88,8 @@ pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 
 /// The private key in a PEM file (PKCS#8, PKCS#1 or SEC1).
 pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
+    let bytes = read_pem(path)?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
         rustls::pki_types::pem::Error::NoItemsFound => {
             TlsError::file(path, "holds no PEM private key")
         }

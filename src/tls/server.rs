@@ -331,7 +331,9 @@ async fn reload_loop(hup: &mut tokio::signal::unix::Signal, tls: Option<Arc<Serv
         match &tls {
             Some(tls) => {
                 tracing::info!("SIGHUP: reloading the TLS certificate and key");
-                let _ = tls.reload();
+                // File reads, off the threads that serve.
+                let tls = tls.clone();
+                let _ = tokio::task::spawn_blocking(move || tls.reload()).await;
             }
             None => tracing::info!("SIGHUP: this node serves no TLS; nothing to reload"),
         }
@@ -547,6 +549,44 @@ mod tests {
         tls.reload().unwrap();
         assert_eq!(tls.health().subject, "CN=node b");
         assert!(tls.health().last_reload.unwrap().ok);
+    }
+
+    #[test]
+    fn a_fifo_a_device_or_a_huge_file_as_the_certificate_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::tls::certs::Ca::new("test CA").unwrap();
+        let a = ca.issue("node a", &["127.0.0.1"]).unwrap();
+        let paths = paths_in(dir.path());
+        a.write(&paths.cert, &paths.key).unwrap();
+        let tls = ServerTls::load(paths.clone(), None).unwrap();
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let huge = dir.path().join("huge.pem");
+        std::fs::write(&huge, vec![b'A'; (crate::tls::MAX_PEM_BYTES + 1) as usize]).unwrap();
+        for (target, says) in [
+            (fifo.as_path(), "a FIFO"),
+            (std::path::Path::new("/dev/zero"), "a device"),
+            (huge.as_path(), "limit for a PEM file"),
+        ] {
+            for path in [&paths.cert, &paths.key] {
+                std::fs::remove_file(path).unwrap();
+                std::os::unix::fs::symlink(target, path).unwrap();
+            }
+            let started = std::time::Instant::now();
+            let err = tls.reload().unwrap_err().to_string();
+            assert!(err.contains(says), "{target:?}: {err}");
+            assert!(started.elapsed() < std::time::Duration::from_secs(2));
+            assert_eq!(tls.health().subject, "CN=node a");
+            for path in [&paths.cert, &paths.key] {
+                std::fs::remove_file(path).unwrap();
+            }
+            a.write(&paths.cert, &paths.key).unwrap();
+        }
+        tls.reload().unwrap();
     }
 
     #[test]

@@ -482,3 +482,41 @@ async fn a_voter_that_applied_a_forged_entry_is_reported_as_diverged() {
     assert_eq!(h["status"], "failing", "{h}");
     assert!(!h["raft"]["diverged"].as_array().unwrap().is_empty(), "{h}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_are_one_per_write_and_kept_for_a_post_without_words() {
+    let g = Group::start(1, &[]).await;
+    let url = format!("{}/post", g.nodes[0].url);
+    post_until_acked(&g.http, &g.urls(), 0, "first", "k0", DEADLINE).await;
+    let seq = g.raft(0).await.unwrap()["seq"].as_u64().unwrap();
+    let post = |key: Vec<&'static str>, text: &'static str| {
+        let mut req = g.http.post(&url).form(&[("text", text)]);
+        for k in key {
+            req = req.header("idempotency-key", k);
+        }
+        req.send()
+    };
+    let r = post(vec!["a", "b"], "twice").await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("more than once"),
+        "{body}"
+    );
+    // No words: accepted at the same seq, and the key is kept.
+    let r = post(vec!["empty"], "!!! ... ???").await.unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.json::<Value>().await.unwrap()["seq"], seq);
+    let r = post(vec!["empty"], "now words").await.unwrap();
+    assert_eq!(r.status(), 422, "the key was used for a post without words");
+    let r = post(vec!["empty"], "!!! ... ???").await.unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.json::<Value>().await.unwrap()["duplicate"], true);
+    let h = g.raft(0).await.unwrap();
+    assert_eq!(h["seq"].as_u64().unwrap(), seq, "{h}");
+    assert_eq!(table(&g.http, &g.nodes[0].url).await, words_of(&["first"]));
+}
+
+fn words_of(ws: &[&str]) -> HashMap<String, u64> {
+    ws.iter().map(|w| (w.to_string(), 1)).collect()
+}

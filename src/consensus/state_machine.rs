@@ -314,7 +314,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         },
                         None => {
                             let deltas = Arc::try_unwrap(p.deltas).unwrap_or_else(|d| (*d).clone());
-                            let seq = self.leader.apply_committed(deltas);
+                            // No words: nothing to count, no seq taken; the key is kept.
+                            let seq = if deltas.is_empty() {
+                                self.leader.seq()
+                            } else {
+                                self.leader.apply_committed(deltas)
+                            };
                             if let Some(k) = p.key {
                                 inner.keys.insert(k, seq, p.fingerprint);
                             }

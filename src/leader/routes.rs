@@ -165,9 +165,15 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// The header's value, if sent: 1 to 255 visible ASCII characters.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(v) = headers.get(IDEMPOTENCY_KEY) else {
+    let mut all = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let Some(v) = all.next() else {
         return Ok(None);
     };
+    if all.next().is_some() {
+        return Err(ApiError::bad_request(
+            "Idempotency-Key is given more than once: send one key per write",
+        ));
+    }
     let ok = (1..=255).contains(&v.len()) && v.as_bytes().iter().all(|b| b.is_ascii_graphic());
     if !ok {
         return Err(ApiError::bad_request(
@@ -189,7 +195,9 @@ async fn post_to_group(
     use crate::consensus::{Outcome, Proposal, WriteError};
     let key = idempotency_key(headers).map_err(|e| e.applied(Applied::No))?;
     let (deltas, words) = leader.shared.config.tokenizer.count(text);
-    if words == 0 {
+    // A keyed post without words is still proposed: its key is kept (and a later use
+    // of it for other words refused), though it takes no seq.
+    if words == 0 && key.is_none() {
         let seq = leader.seq();
         return Ok((
             StatusCode::ACCEPTED,

@@ -137,12 +137,26 @@ pub struct WordQuery<'a> {
     pub min_seq: Option<u64>,
 }
 
+/// Refuses a query parameter given twice (which of the two would be meant?).
+fn once(seen: &mut bool, name: &str) -> Result<(), ApiError> {
+    if std::mem::replace(seen, true) {
+        return Err(ApiError::bad_request(format!(
+            "query parameter {name:?} is given more than once"
+        )));
+    }
+    Ok(())
+}
+
 /// Parses `word=a&word=b[&min_seq=N]`. Borrows from the query unless a value had
 /// escapes.
 pub fn word_query(raw: Option<&str>) -> Result<WordQuery<'_>, ApiError> {
     let mut q = WordQuery::default();
+    let mut seen_min_seq = false;
     for pair in query_pairs(raw.unwrap_or("")) {
         let (k, v) = pair?;
+        if k == "min_seq" {
+            once(&mut seen_min_seq, &k)?;
+        }
         match k.as_ref() {
             "word" => {
                 if v.is_empty() {
@@ -241,8 +255,12 @@ pub fn top_query(raw: Option<&str>) -> Result<TopQuery<'_>, ApiError> {
         prefix: Cow::Borrowed(""),
         min_seq: None,
     };
+    let mut seen = [false; 3];
     for pair in query_pairs(raw.unwrap_or("")) {
         let (k, v) = pair?;
+        if let Some(i) = ["n", "prefix", "min_seq"].iter().position(|p| *p == k) {
+            once(&mut seen[i], &k)?;
+        }
         match k.as_ref() {
             "n" => {
                 q.n = v
@@ -260,6 +278,11 @@ pub fn top_query(raw: Option<&str>) -> Result<TopQuery<'_>, ApiError> {
                     return Err(ApiError::bad_request(format!(
                         "query parameter \"prefix\" is over {MAX_PREFIX} bytes"
                     )));
+                }
+                if v.contains(char::is_whitespace) {
+                    return Err(ApiError::bad_request(
+                        "query parameter \"prefix\" holds white space, which no word does",
+                    ));
                 }
                 q.prefix = v;
             }
@@ -305,10 +328,25 @@ mod tests {
         assert_eq!((q.n, q.prefix.as_ref(), q.min_seq), (3, "HÉl", Some(7)));
         assert_eq!(q.prefix_for(Tokenizer::Unicode), "hél");
         assert_eq!(q.prefix_for(Tokenizer::Whitespace), "HÉl");
-        for bad in ["n=0", "n=10001", "n=-1", "n=x", "min_seq=y", "prefix=%FF"] {
+        for bad in [
+            "n=0",
+            "n=10001",
+            "n=-1",
+            "n=x",
+            "min_seq=y",
+            "prefix=%FF",
+            "n=3&n=4",
+            "prefix=a&prefix=b",
+            "min_seq=1&min_seq=2",
+            "prefix=a%20b",
+            "prefix=a+b",
+            "prefix=%E3%80%80",
+        ] {
             let e = top_query(Some(bad)).unwrap_err();
             assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");
         }
+        assert!(word_query(Some("word=a&min_seq=1&min_seq=2")).is_err());
+        assert_eq!(word_query(Some("word=a&word=b")).unwrap().words.len(), 2);
         let long = format!("prefix={}", "a".repeat(MAX_PREFIX + 1));
         assert!(top_query(Some(&long)).is_err());
         let body = top_body(&[("the", 5), ("\"q\"", 1)]);

@@ -254,3 +254,78 @@ async fn a_chunk_counted_but_not_acknowledged_in_time_is_never_sent_again() {
     assert_eq!(counts(&leader, &["once"]).await["once"], 1);
     assert_eq!(leader.seq().await, 1);
 }
+
+/// The counts the leader's tokenizer makes of `text`.
+fn counted(text: &str) -> HashMap<String, u64> {
+    let (deltas, _) = memdb::words::Tokenizer::Unicode.count(text);
+    deltas.into_iter().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_file_is_read_once_whatever_names_it_and_fifos_in_a_directory_are_skipped() {
+    let data = tempfile::tempdir().unwrap();
+    let leader = Node::leader(data.path(), &[]);
+    let files = tempfile::tempdir().unwrap();
+    let dir = files.path().join("d");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("a.txt"), "alpha beta\n").unwrap();
+    std::os::unix::fs::symlink(dir.join("a.txt"), dir.join("alias.txt")).unwrap();
+    std::os::unix::fs::symlink(&dir, dir.join("loop")).unwrap();
+    let fifo = dir.join("pipe");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let d = dir.to_str().unwrap();
+    let a = format!("{d}/a.txt");
+    let glob = format!("{d}/*.txt");
+    let out = ingest(&[d, &a, &glob, "--leader", &leader.url, "--json"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("pipe") && err.contains("not a regular file"),
+        "{err}"
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["files"], 1, "{summary}");
+    assert_eq!(
+        counts(&leader, &["alpha", "beta"]).await,
+        counted("alpha beta")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cjk_spaced_with_ideographic_spaces_and_a_long_csv_line_are_counted_exactly() {
+    let data = tempfile::tempdir().unwrap();
+    let leader = Node::leader(data.path(), &[]);
+    let files = tempfile::tempdir().unwrap();
+    let cjk: String = (0..20_000)
+        .map(|i| format!("語{}\u{3000}", i % 50))
+        .collect();
+    // 300 KB in one line without white space.
+    let csv: String = (0..70_000).map(|i| format!("f{},", i % 97)).collect();
+    assert!(csv.len() > 256 << 10);
+    let text = format!("{cjk}\n{csv}\nend\n");
+    let path = files.path().join("t.txt");
+    std::fs::write(&path, &text).unwrap();
+    let out = ingest(
+        &[
+            path.to_str().unwrap(),
+            "--leader",
+            &leader.url,
+            "--chunk-size",
+            "16KiB",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = counted(&text);
+    assert_eq!(table(&reqwest::Client::new(), &leader.url).await, want);
+}

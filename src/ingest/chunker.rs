@@ -1,6 +1,8 @@
-//! Cuts a stream of text into chunks of at most a given size at white space, so that
-//! no word (and so no UTF-8 sequence: white space is ASCII) is ever split between two
-//! requests. The chunks, concatenated, are the input byte for byte.
+//! Cuts a stream of text into chunks of about a given size at white space (any Unicode
+//! white space: CJK text is spaced with U+3000), so that no word, and no UTF-8
+//! sequence, is ever split between two requests. A run without white space longer
+//! than the size (a long CSV line) is taken whole, up to a hard limit (the leader's
+//! largest body). The chunks, concatenated, are the input byte for byte.
 
 use std::io::{self, Read};
 
@@ -10,8 +12,8 @@ pub enum ChunkError {
     #[error("reading: {0}")]
     Io(#[from] io::Error),
     #[error(
-        "a run of {len} bytes without white space at byte {offset}: longer than a chunk \
-         (--chunk-size); no word can be that long"
+        "a run of {len} bytes without white space at byte {offset}: longer than the \
+         leader takes in one request (its --max-body)"
     )]
     NoBoundary { offset: u64, len: usize },
     #[error("not UTF-8 text at byte {offset}")]
@@ -26,10 +28,12 @@ pub struct Chunk {
     pub text: String,
 }
 
-/// Reads `input` and yields chunks of at most `max` bytes.
+/// Reads `input` and yields chunks of at most `max` bytes, or up to `hard_max` for a
+/// run without white space.
 pub struct Chunker<R> {
     input: R,
     max: usize,
+    hard_max: usize,
     /// Read but not yet yielded.
     pending: Vec<u8>,
     offset: u64,
@@ -37,21 +41,23 @@ pub struct Chunker<R> {
 }
 
 impl<R: Read> Chunker<R> {
-    pub fn new(input: R, max: usize) -> Self {
+    pub fn new(input: R, max: usize, hard_max: usize) -> Self {
+        let max = max.max(16);
         Chunker {
             input,
-            max: max.max(16),
+            max,
+            hard_max: hard_max.max(max),
             pending: Vec::new(),
             offset: 0,
             eof: false,
         }
     }
 
-    /// Fills `pending` up to `max` bytes (less only at the end of the input).
-    fn fill(&mut self) -> io::Result<()> {
-        while !self.eof && self.pending.len() < self.max {
+    /// Fills `pending` up to `want` bytes (less only at the end of the input).
+    fn fill(&mut self, want: usize) -> io::Result<()> {
+        while !self.eof && self.pending.len() < want {
             let have = self.pending.len();
-            self.pending.resize(self.max, 0);
+            self.pending.resize(want, 0);
             match self.input.read(&mut self.pending[have..]) {
                 Ok(0) => {
                     self.pending.truncate(have);
@@ -70,21 +76,30 @@ impl<R: Read> Chunker<R> {
 
     /// The next chunk, `None` at the end.
     pub fn next_chunk(&mut self) -> Result<Option<Chunk>, ChunkError> {
-        self.fill()?;
+        self.fill(self.max)?;
         if self.pending.is_empty() {
             return Ok(None);
         }
-        let cut = if self.eof {
+        let cut = if self.eof && self.pending.len() <= self.max {
             self.pending.len()
         } else {
-            // After the last white space byte: the next chunk starts a word.
-            match self.pending.iter().rposition(|b| b.is_ascii_whitespace()) {
-                Some(i) => i + 1,
+            match last_white_space_end(&self.pending[..self.max.min(self.pending.len())]) {
+                Some(i) => i,
+                // A run without white space: read on, up to the hard limit, for the
+                // first white space after it.
                 None => {
-                    return Err(ChunkError::NoBoundary {
-                        offset: self.offset,
-                        len: self.pending.len(),
-                    });
+                    self.fill(self.hard_max)?;
+                    let first = first_white_space_end(&self.pending);
+                    match first {
+                        Some(i) => i,
+                        None if self.eof => self.pending.len(),
+                        None => {
+                            return Err(ChunkError::NoBoundary {
+                                offset: self.offset,
+                                len: self.pending.len(),
+                            });
+                        }
+                    }
                 }
             }
         };
@@ -97,6 +112,61 @@ impl<R: Read> Chunker<R> {
         })?;
         Ok(Some(Chunk { offset, text }))
     }
+}
+
+/// Where the white space character ending last in `bytes` ends (ASCII, or any Unicode
+/// white space whose UTF-8 sequence lies wholly in `bytes`).
+fn last_white_space_end(bytes: &[u8]) -> Option<usize> {
+    let mut end = bytes.len();
+    while end > 0 {
+        let b = bytes[end - 1];
+        if b.is_ascii_whitespace() {
+            return Some(end);
+        }
+        if b >= 0x80
+            && let Some(c) = char_ending_at(bytes, end)
+            && c.is_whitespace()
+        {
+            return Some(end);
+        }
+        end -= 1;
+    }
+    None
+}
+
+/// Where the first white space character in `bytes` ends.
+fn first_white_space_end(bytes: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b.is_ascii_whitespace() {
+            return Some(i + 1);
+        }
+        if b >= 0xC0 {
+            let len = match b {
+                0xC0..=0xDF => 2,
+                0xE0..=0xEF => 3,
+                _ => 4,
+            };
+            if let Some(seq) = bytes.get(i..i + len)
+                && let Ok(s) = std::str::from_utf8(seq)
+                && s.chars().next().is_some_and(char::is_whitespace)
+            {
+                return Some(i + len);
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The character whose UTF-8 sequence ends just before `end`, if it is whole.
+fn char_ending_at(bytes: &[u8], end: usize) -> Option<char> {
+    (2..=4usize.min(end)).find_map(|len| {
+        std::str::from_utf8(&bytes[end - len..end])
+            .ok()
+            .and_then(|s| s.chars().next())
+    })
 }
 
 impl<R: Read> Iterator for Chunker<R> {
@@ -124,7 +194,7 @@ mod tests {
     }
 
     fn chunks(text: &str, max: usize, step: usize) -> Vec<Chunk> {
-        Chunker::new(Trickle(text.as_bytes(), step), max)
+        Chunker::new(Trickle(text.as_bytes(), step), max, max)
             .collect::<Result<_, _>>()
             .unwrap()
     }
@@ -154,7 +224,7 @@ mod tests {
     #[test]
     fn an_overlong_word_and_bad_utf8_are_errors_with_their_offset() {
         let long = format!("ok {} tail", "x".repeat(100));
-        let err = Chunker::new(long.as_bytes(), 32)
+        let err = Chunker::new(long.as_bytes(), 32, 64)
             .collect::<Result<Vec<_>, _>>()
             .unwrap_err();
         assert!(
@@ -164,10 +234,47 @@ mod tests {
         let mut bad = b"fine words ".to_vec();
         bad.extend_from_slice(&[0xff, 0xfe]);
         bad.extend_from_slice(b" more");
-        let err = Chunker::new(&bad[..], 1024)
+        let err = Chunker::new(&bad[..], 1024, 1024)
             .collect::<Result<Vec<_>, _>>()
             .unwrap_err();
         assert!(matches!(err, ChunkError::NotUtf8 { offset: 11 }), "{err}");
         assert!(chunks("", 64, 8).is_empty());
+    }
+
+    fn rebuilt(cs: &[Chunk]) -> String {
+        cs.iter().map(|c| c.text.as_str()).collect()
+    }
+
+    #[test]
+    fn cjk_spaced_with_ideographic_spaces_is_cut_at_them() {
+        let text = "日本語\u{3000}".repeat(400);
+        let cs: Vec<Chunk> = Chunker::new(Trickle(text.as_bytes(), 5), 64, 64)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(cs.len() > 10);
+        for c in &cs[..cs.len() - 1] {
+            assert!(
+                c.text.len() <= 64 && c.text.ends_with('\u{3000}'),
+                "{:?}",
+                c.text
+            );
+        }
+        assert_eq!(rebuilt(&cs), text);
+    }
+
+    #[test]
+    fn a_run_longer_than_a_chunk_is_taken_whole_up_to_the_hard_limit() {
+        let line = "a,b,".repeat(100); // 400 bytes, no white space
+        let text = format!("head {line}\nnext words here\n{line}");
+        let cs: Vec<Chunk> = Chunker::new(Trickle(text.as_bytes(), 7), 64, 512)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rebuilt(&cs), text);
+        assert!(cs.iter().all(|c| c.text.len() <= 512));
+        assert!(cs.iter().any(|c| c.text.contains(&line)));
+        let err = Chunker::new(text.as_bytes(), 64, 256)
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap_err();
+        assert!(matches!(err, ChunkError::NoBoundary { .. }), "{err}");
     }
 }

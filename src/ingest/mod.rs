@@ -168,10 +168,10 @@ fn sources(paths: &[String]) -> Result<Vec<Source>, IngestError> {
     if paths.is_empty() {
         return Ok(vec![Source::Stdin]);
     }
-    let mut out = Vec::new();
+    let mut out = Walk::default();
     for p in paths {
         if p == "-" {
-            out.push(Source::Stdin);
+            out.sources.push(Source::Stdin);
             continue;
         }
         let path = Path::new(p);
@@ -188,28 +188,52 @@ fn sources(paths: &[String]) -> Result<Vec<Source>, IngestError> {
             vec![path.to_owned()]
         };
         for m in matches {
-            walk(&m, &mut out)?;
+            out.walk(&m, true)?;
         }
     }
-    Ok(out)
+    Ok(out.sources)
 }
 
-fn walk(path: &Path, out: &mut Vec<Source>) -> Result<(), IngestError> {
-    let meta = std::fs::metadata(path)
-        .map_err(|e| IngestError::Input(format!("{}: {e}", path.display())))?;
-    if meta.is_dir() {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(|e| IngestError::Input(format!("{}: {e}", path.display())))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        entries.sort();
-        for e in entries {
-            walk(&e, out)?;
+/// The files found so far, and every file and directory visited (by device and inode:
+/// a file named as a path, matched by a glob and found in a directory, or reached
+/// through a symlink, is read once; a symlink back up the tree ends there).
+#[derive(Default)]
+struct Walk {
+    sources: Vec<Source>,
+    seen: std::collections::HashSet<(u64, u64)>,
+}
+
+impl Walk {
+    /// `named`: the user named this path (a FIFO or device named so is read as a
+    /// stream; one found inside a directory is skipped, with a warning).
+    fn walk(&mut self, path: &Path, named: bool) -> Result<(), IngestError> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path)
+            .map_err(|e| IngestError::Input(format!("{}: {e}", path.display())))?;
+        if !self.seen.insert((meta.dev(), meta.ino())) {
+            tracing::info!(path = %path.display(), "already read (the same file by another name)");
+            return Ok(());
         }
-    } else if meta.is_file() {
-        out.push(Source::File(path.to_owned()));
+        if meta.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(|e| IngestError::Input(format!("{}: {e}", path.display())))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .collect();
+            entries.sort();
+            for e in entries {
+                self.walk(&e, false)?;
+            }
+        } else if meta.is_file() || named {
+            self.sources.push(Source::File(path.to_owned()));
+        } else {
+            tracing::warn!(
+                path = %path.display(),
+                "skipped: not a regular file (a FIFO, socket or device); name it on the \
+                 command line to read it as a stream"
+            );
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// A chunk on its way: where it came from and its text.
@@ -221,7 +245,12 @@ struct Piece {
 }
 
 /// Reads every source on a blocking thread and hands out chunks.
-fn spawn_reader(sources: Vec<Source>, max: usize, tx: mpsc::Sender<Result<Piece, IngestError>>) {
+fn spawn_reader(
+    sources: Vec<Source>,
+    max: usize,
+    hard_max: usize,
+    tx: mpsc::Sender<Result<Piece, IngestError>>,
+) {
     std::thread::spawn(move || {
         let mut n = 0u64;
         for (i, s) in sources.iter().enumerate() {
@@ -232,7 +261,7 @@ fn spawn_reader(sources: Vec<Source>, max: usize, tx: mpsc::Sender<Result<Piece,
                     return;
                 }
             };
-            for c in Chunker::new(input, max) {
+            for c in Chunker::new(input, max, hard_max) {
                 let piece = c
                     .map(|c| {
                         n += 1;
@@ -263,13 +292,22 @@ struct Counters {
     seq: AtomicU64,
 }
 
-/// Whether the leader takes Idempotency-Keys: a raft voter's `/health` has `raft`.
-async fn takes_keys(leader: &Client) -> Result<bool, IngestError> {
+/// The largest body a leader takes unless its `/health` says otherwise (the default
+/// `--max-body`).
+const DEFAULT_MAX_BODY: usize = 1 << 20;
+
+/// Whether the leader takes Idempotency-Keys (a raft voter's `/health` has `raft`), and
+/// the largest body it takes.
+async fn leader_terms(leader: &Client) -> Result<(bool, usize), IngestError> {
     let (_, h) = leader
         .health()
         .await
         .map_err(|e| IngestError::Input(format!("the leader cannot be reached: {e}")))?;
-    Ok(h.get("raft").is_some_and(|r| !r.is_null()))
+    let keyed = h.get("raft").is_some_and(|r| !r.is_null());
+    let max_body = h["max_body"]
+        .as_u64()
+        .map_or(DEFAULT_MAX_BODY, |m| m as usize);
+    Ok((keyed, max_body))
 }
 
 /// Whether an error may be retried: always with a key; without one, only when the
@@ -436,12 +474,14 @@ async fn ingest(
         .map(Source::len)
         .try_fold(0u64, |acc, l| l.map(|l| acc + l));
     let leader = Client::with_tls(&cfg.leader, &cfg.tls).with_token(cfg.auth_token.clone());
-    let keyed = takes_keys(&leader).await?;
+    let (keyed, max_body) = leader_terms(&leader).await?;
     *keyed_out = keyed;
     let run_id = format!("{:016x}", rand::random::<u64>());
     *files_out = sources.len();
     let (tx, mut rx) = mpsc::channel(cfg.concurrency.max(1) * 2);
-    spawn_reader(sources, cfg.chunk_size, tx);
+    // A run without white space may make a chunk larger than --chunk-size, up to what
+    // the leader takes (less a little for a form's framing, were it one).
+    spawn_reader(sources, cfg.chunk_size, max_body.saturating_sub(64), tx);
     let slots = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
     let bar = progress_bar(cfg, total);
     let started = Instant::now();

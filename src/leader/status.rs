@@ -52,6 +52,8 @@ pub struct LeaderHealth {
     words_ingested: u64,
     /// Accepted `POST /post` requests since start.
     posts: u64,
+    /// The largest `POST /post` body taken (`--max-body`), in bytes.
+    max_body: usize,
     backlog: BacklogHealth,
     /// Network replicas that must acknowledge a write before it is answered.
     min_acks: usize,
@@ -158,6 +160,7 @@ impl Leader {
             words,
             words_ingested: s.words_ingested.load(Ordering::Relaxed),
             posts: s.posts.load(Ordering::Relaxed),
+            max_body: s.config.max_body,
             backlog: BacklogHealth {
                 batches: backlog_len,
                 first_seq: backlog_first,

@@ -281,6 +281,13 @@ async fn status(a: args::NodeArgs) -> anyhow::Result<()> {
 }
 
 async fn ingest(a: args::IngestArgs) -> anyhow::Result<()> {
+    // Warnings (a file skipped) on stderr: stdout carries the summary.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("memdb=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let cfg = memdb::ingest::IngestConfig {
         leader: a.leader,
         paths: a.paths,

@@ -331,6 +331,9 @@ async fn a_replica_refuses_a_leader_it_cannot_verify() {
             (503, &Value::Bool(false)),
             "{h}"
         );
+        // Its /health says why it has no data, not `null`.
+        let err = h["last_sync_error"].as_str().unwrap_or_default();
+        assert!(err.contains(why), "{h}");
     }
     let h = leader.health().await;
     assert_eq!(h["replicas"].as_array().unwrap().len(), 0, "{h}");

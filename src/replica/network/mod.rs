@@ -248,6 +248,10 @@ impl Replica {
                         tracing::warn!(error = %e, "leader unreachable; serving what we have and retrying");
                     }
                     st.leader_reachable = false;
+                    // Without data, this is why it cannot sync: /health says so.
+                    if !self.is_ready() {
+                        st.last_sync_error = Some(format!("registering with the leader: {e}"));
+                    }
                     drop(st);
                     self.next_leader();
                     false

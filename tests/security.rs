@@ -227,3 +227,42 @@ async fn forged_pushes_are_refused_or_caught_by_the_digest() {
     assert_eq!(h["forged_pushes_refused"], 3, "{h}");
     assert_eq!(h["digest"], leader.health().await["digest"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_the_token_is_throttled_per_address_and_logged_once_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Node::leader(dir.path(), &["--auth-token", TOKEN]);
+    let post = format!("{}/post", leader.url);
+    // A client without any token is told so, and not throttled for it.
+    for _ in 0..40 {
+        assert_eq!(status("POST", &post, None, "{}").await.0, 401);
+    }
+    // Guesses: a burst is answered 401, then 429 with retry-after.
+    let mut codes = Vec::new();
+    for i in 0..60 {
+        codes.push(status("POST", &post, Some(&format!("guess-{i}")), "{}").await);
+    }
+    let first_429 = codes.iter().position(|(c, _)| *c == 429).expect("no 429");
+    assert!((10..=30).contains(&first_429), "{first_429}");
+    let (_, body) = &codes[first_429];
+    let wait = body["retry_after"].as_u64().unwrap();
+    assert!((1..=5).contains(&wait), "{body}");
+    assert!(codes[first_429..].iter().all(|(c, _)| *c == 429));
+    // While throttled, even the right token waits (the address is not believed).
+    let right = status("POST", &post, Some(TOKEN), r#"{"text":"ok"}"#).await.0;
+    assert_eq!(right, 429);
+    // Once the allowance returns, the token works again.
+    eventually("the address to be let try again", || async {
+        let code = status("POST", &post, Some(TOKEN), r#"{"text":"ok"}"#).await.0;
+        (code == 202).then_some(())
+    })
+    .await;
+    assert!(scrape_metric(&leader, "memdb_auth_failures_total").await >= 60.0);
+    assert!(scrape_metric(&leader, "memdb_auth_throttled_total").await >= 1.0);
+    let lines = leader
+        .log()
+        .lines()
+        .filter(|l| l.contains("refused a request with a wrong token"))
+        .count();
+    assert!((1..=5).contains(&lines), "{lines} log lines for the guesses");
+}

@@ -1,7 +1,13 @@
 //! Bearer-token authentication: the token, its constant-time comparison, and the
 //! middleware that guards routes with it.
 
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
 use axum::http::{HeaderValue, StatusCode, header};
+use parking_lot::Mutex;
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
@@ -76,13 +82,88 @@ impl Accepted {
     }
 }
 
+/// Failed authentications a client address may make at once, and how many more it
+/// earns a second: guessing a token is slowed to a few tries a second per address.
+const FAILURE_BURST: f64 = 20.0;
+const FAILURES_PER_SECOND: f64 = 5.0;
+/// Addresses tracked at once; past it the table is cleared (an attacker with more
+/// addresses than this gains a burst each, not a lock-out of real clients).
+const TRACKED_ADDRESSES: usize = 65_536;
+
+/// Requests refused 401 (a wrong or missing token).
+pub static AUTH_FAILURES: AtomicU64 = AtomicU64::new(0);
+/// Requests refused 429 because their address failed too often.
+pub static AUTH_THROTTLED: AtomicU64 = AtomicU64::new(0);
+static LOG: crate::tls::server::Throttle = crate::tls::server::Throttle::new();
+
+/// Each address's allowance of failures (a token bucket).
+static ALLOWANCE: std::sync::LazyLock<Mutex<HashMap<IpAddr, (f64, Instant)>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Whether `ip` may try a credential now (it has not failed too often lately).
+fn may_try(ip: IpAddr) -> Result<(), u64> {
+    let mut m = ALLOWANCE.lock();
+    let Some((left, at)) = m.get_mut(&ip) else {
+        return Ok(());
+    };
+    let now = Instant::now();
+    *left = (*left + now.duration_since(*at).as_secs_f64() * FAILURES_PER_SECOND)
+        .min(FAILURE_BURST);
+    *at = now;
+    if *left >= 1.0 {
+        Ok(())
+    } else {
+        Err(((1.0 - *left) / FAILURES_PER_SECOND).ceil().max(1.0) as u64)
+    }
+}
+
+/// Charges a failed authentication to `ip`.
+fn failed(ip: IpAddr) {
+    let mut m = ALLOWANCE.lock();
+    if m.len() >= TRACKED_ADDRESSES && !m.contains_key(&ip) {
+        m.clear();
+    }
+    let now = Instant::now();
+    let (left, at) = m.entry(ip).or_insert((FAILURE_BURST, now));
+    *left = (*left + now.duration_since(*at).as_secs_f64() * FAILURES_PER_SECOND)
+        .min(FAILURE_BURST)
+        - 1.0;
+    *at = now;
+}
+
 /// Middleware: answers 401 unless the request carries `Authorization: Bearer <token>`
 /// or Basic credentials with an accepted token as password (compared in constant time).
+/// An address that failed too often is answered 429 (with `retry-after`) without its
+/// credential being looked at, except on a connection that presented a verified client
+/// certificate (a peer under mutual TLS is never throttled into an election). The
+/// address is the connection's: `X-Forwarded-For` is not trusted.
 pub async fn require_token(
     axum::extract::State(token): axum::extract::State<Accepted>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let ip = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let verified_peer = req
+        .extensions()
+        .get::<crate::tls::server::ClientCertificate>()
+        .is_some_and(|c| c.0);
+    if let Some(ip) = ip.filter(|_| !verified_peer)
+        && let Err(wait) = may_try(ip)
+    {
+        AUTH_THROTTLED.fetch_add(1, Ordering::Relaxed);
+        let mut resp = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many failed authentications from {ip}; retry in {wait} s"),
+        )
+        .with("retry_after", wait)
+        .into_response();
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+        return resp;
+    }
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -93,6 +174,20 @@ pub async fn require_token(
         .is_some_and(|t| t.as_deref().is_some_and(|t| token.matches(t)))
     {
         return next.run(req).await;
+    }
+    AUTH_FAILURES.fetch_add(1, Ordering::Relaxed);
+    // A request without credentials is a client that has not been told of the token,
+    // not a guess: it is counted, not charged.
+    if let Some(ip) = ip.filter(|_| presented.is_some()) {
+        failed(ip);
+        if let Some(unlogged) = LOG.tick() {
+            tracing::warn!(
+                client = %ip,
+                path = req.uri().path(),
+                unlogged,
+                "refused a request with a wrong token"
+            );
+        }
     }
     let why = if presented.is_some() {
         "invalid bearer token"

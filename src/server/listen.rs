@@ -160,6 +160,16 @@ pub async fn serve(
         let acceptor = tls.as_ref().map(|t| t.acceptor());
         let (app, builder, watcher) = (app.clone(), builder.clone(), graceful.watcher());
         tokio::spawn(async move {
+            // Each request knows the address it came from (failed authentication is
+            // throttled per address).
+            let app = tower::ServiceExt::map_request(
+                app,
+                move |mut req: axum::extract::Request<hyper::body::Incoming>| {
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    req
+                },
+            );
             match acceptor {
                 None => {
                     let svc = hyper_util::service::TowerToHyperService::new(app);

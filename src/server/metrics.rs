@@ -191,6 +191,16 @@ impl<S: CountSource> Collector for NodeCollector<S> {
             "Requests answered 503 because --max-body-in-flight was spent.",
             budget::REFUSED.load(Ordering::Relaxed),
         );
+        m.counter(
+            "memdb_auth_failures_total",
+            "Requests refused 401: a wrong or missing token.",
+            crate::server::auth::AUTH_FAILURES.load(Ordering::Relaxed),
+        );
+        m.counter(
+            "memdb_auth_throttled_total",
+            "Requests refused 429 because their address failed authentication too often.",
+            crate::server::auth::AUTH_THROTTLED.load(Ordering::Relaxed),
+        );
         tls_series(&mut m);
         node.collect(&mut m);
         m.result

@@ -369,13 +369,13 @@ pub async fn require_client_cert(
 
 /// At most one log line a second for a kind of refused connection, with how many
 /// went unlogged since: a scanner must not flood the log.
-struct Throttle {
+pub struct Throttle {
     last_ms: AtomicU64,
     unlogged: AtomicU64,
 }
 
 impl Throttle {
-    const fn new() -> Throttle {
+    pub const fn new() -> Throttle {
         Throttle {
             last_ms: AtomicU64::new(0),
             unlogged: AtomicU64::new(0),
@@ -383,7 +383,7 @@ impl Throttle {
     }
 
     /// `Some(unlogged since the last line)` when a line may be logged now.
-    fn tick(&self) -> Option<u64> {
+    pub fn tick(&self) -> Option<u64> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);

@@ -249,11 +249,15 @@ async fn guessing_the_token_is_throttled_per_address_and_logged_once_a_second() 
     assert!((1..=5).contains(&wait), "{body}");
     assert!(codes[first_429..].iter().all(|(c, _)| *c == 429));
     // While throttled, even the right token waits (the address is not believed).
-    let right = status("POST", &post, Some(TOKEN), r#"{"text":"ok"}"#).await.0;
+    let right = status("POST", &post, Some(TOKEN), r#"{"text":"ok"}"#)
+        .await
+        .0;
     assert_eq!(right, 429);
     // Once the allowance returns, the token works again.
     eventually("the address to be let try again", || async {
-        let code = status("POST", &post, Some(TOKEN), r#"{"text":"ok"}"#).await.0;
+        let code = status("POST", &post, Some(TOKEN), r#"{"text":"ok"}"#)
+            .await
+            .0;
         (code == 202).then_some(())
     })
     .await;
@@ -264,5 +268,36 @@ async fn guessing_the_token_is_throttled_per_address_and_logged_once_a_second() 
         .lines()
         .filter(|l| l.contains("refused a request with a wrong token"))
         .count();
-    assert!((1..=5).contains(&lines), "{lines} log lines for the guesses");
+    assert!(
+        (1..=5).contains(&lines),
+        "{lines} log lines for the guesses"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_file_is_read_again_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let file = secrets.path().join("token");
+    let (old, new) = ("old-token-0123456789abcdef", "new-token-0123456789abcdef");
+    std::fs::write(&file, format!("{old}\n")).unwrap();
+    let leader = Node::leader(dir.path(), &["--auth-token-file", file.to_str().unwrap()]);
+    let post = format!("{}/post", leader.url);
+    let text = r#"{"text":"rotated"}"#;
+    assert_eq!(status("POST", &post, Some(old), text).await.0, 202);
+    std::fs::write(&file, format!("{new}\n")).unwrap();
+    crate::failover::signal(&leader, "-HUP");
+    eventually("the new token to be in force", || async {
+        (status("POST", &post, Some(new), text).await.0 == 202).then_some(())
+    })
+    .await;
+    assert_eq!(status("POST", &post, Some(old), text).await.0, 401);
+    // An empty file is refused: the token in force stays.
+    std::fs::write(&file, "").unwrap();
+    crate::failover::signal(&leader, "-HUP");
+    eventually("the refusal to be logged", || async {
+        leader.log().contains("stays in force").then_some(())
+    })
+    .await;
+    assert_eq!(status("POST", &post, Some(new), text).await.0, 202);
 }

@@ -266,7 +266,7 @@ impl Consensus {
         config: RaftConfig,
         boot: Option<state_machine::StoredMeta>,
         fsync: crate::storage::log::FsyncPolicy,
-        token: Option<String>,
+        token: Option<crate::server::auth::Token>,
         tls: crate::tls::ClientTls,
     ) -> Result<Consensus, String> {
         let dir = leader.data_dir().join("raft");

@@ -48,8 +48,8 @@ fn entries_within(entries: &[openraft::Entry<TypeConfig>], budget: usize) -> usi
 pub struct Network {
     http: reqwest::Client,
     cluster: String,
-    /// The `Authorization` header value, if the group has a token.
-    token: Option<String>,
+    /// The peer credential, if the group has one (read at each call: it may be reloaded).
+    token: Option<crate::server::auth::Token>,
     /// The group's id, named on every RPC once known.
     group: super::identity::Group,
 }
@@ -59,7 +59,7 @@ impl Network {
     /// reaching a peer.
     pub fn new(
         cluster: String,
-        token: Option<String>,
+        token: Option<crate::server::auth::Token>,
         group: super::identity::Group,
         connect_timeout: Duration,
         tls: &crate::tls::ClientTls,
@@ -117,7 +117,7 @@ impl Connection {
             .header(CLUSTER_HEADER, &self.net.cluster)
             .json(req);
         if let Some(t) = &self.net.token {
-            r = r.header(reqwest::header::AUTHORIZATION, t);
+            r = r.header(reqwest::header::AUTHORIZATION, t.header_value());
         }
         if let Some(g) = self.net.group.id() {
             r = r.header(super::identity::GROUP_HEADER, g);

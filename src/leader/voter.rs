@@ -115,7 +115,7 @@ impl Leader {
             cfg,
             boot,
             s.config.wal.fsync,
-            s.config.serving.peer_credential().map(|t| t.header_value()),
+            s.config.serving.peer_credential().cloned(),
             s.config.serving.client_tls.clone(),
         )
         .await

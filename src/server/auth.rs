@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use axum::http::{HeaderValue, StatusCode, header};
-use parking_lot::Mutex;
 use axum::response::{IntoResponse, Response};
+use parking_lot::Mutex;
 
 use super::error::ApiError;
 
@@ -22,29 +22,124 @@ pub fn secrets_match(a: &str, b: &str) -> bool {
 }
 
 /// A bearer token. Its `Debug` never shows the secret, so it cannot leak into logs.
+/// One read from a file is read again on SIGHUP ([`reload_token_files`]), so it
+/// rotates without a restart; clones share it.
 #[derive(Clone)]
-pub struct Token(std::sync::Arc<str>);
+pub struct Token(std::sync::Arc<TokenInner>);
+
+struct TokenInner {
+    secret: parking_lot::RwLock<std::sync::Arc<str>>,
+    /// The file it was read from, and what it is (for messages).
+    file: Option<(std::path::PathBuf, &'static str)>,
+}
+
+/// The tokens read from files, reloaded on SIGHUP.
+static FILE_TOKENS: Mutex<Vec<std::sync::Weak<TokenInner>>> = Mutex::new(Vec::new());
+
+/// The first line of a token file, trimmed.
+fn first_line(path: &std::path::Path) -> Result<String, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    Ok(text.lines().next().unwrap_or("").trim().to_owned())
+}
 
 impl Token {
     /// `None` for an empty token (which would protect nothing).
     pub fn new(secret: &str) -> Option<Token> {
         let secret = secret.trim();
-        (!secret.is_empty()).then(|| Token(secret.into()))
+        (!secret.is_empty()).then(|| {
+            Token(std::sync::Arc::new(TokenInner {
+                secret: parking_lot::RwLock::new(secret.into()),
+                file: None,
+            }))
+        })
+    }
+
+    /// The token in the first line of `path` (`what` names it in messages), read
+    /// again on SIGHUP.
+    pub fn from_file(path: &std::path::Path, what: &'static str) -> Result<Token, String> {
+        let secret = first_line(path)?;
+        if secret.is_empty() {
+            return Err(format!("the {what} file {} is empty", path.display()));
+        }
+        let t = Token(std::sync::Arc::new(TokenInner {
+            secret: parking_lot::RwLock::new(secret.into()),
+            file: Some((path.to_owned(), what)),
+        }));
+        FILE_TOKENS.lock().push(std::sync::Arc::downgrade(&t.0));
+        Ok(t)
+    }
+
+    /// Reads the token's file again: `Ok(true)` if the token changed. An empty or
+    /// unreadable file leaves the old token in force.
+    pub fn reload(&self) -> Result<bool, String> {
+        let Some((path, what)) = &self.0.file else {
+            return Ok(false);
+        };
+        let secret = first_line(path)?;
+        if secret.is_empty() {
+            return Err(format!("the {what} file {} is empty", path.display()));
+        }
+        let mut cur = self.0.secret.write();
+        if *cur.as_ref() == *secret {
+            return Ok(false);
+        }
+        *cur = secret.into();
+        Ok(true)
+    }
+
+    /// The secret's length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.secret.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Compares in constant time (for equal lengths).
     pub fn matches(&self, presented: &str) -> bool {
-        secrets_match(&self.0, presented)
+        secrets_match(&self.0.secret.read(), presented)
     }
 
     /// Whether two tokens hold the same secret.
     pub fn same_secret(&self, other: &Token) -> bool {
-        self.matches(&other.0)
+        let theirs = other.0.secret.read().clone();
+        self.matches(&theirs)
     }
 
     /// The `Authorization` header value that carries it.
     pub fn header_value(&self) -> String {
-        format!("Bearer {}", self.0)
+        format!("Bearer {}", self.0.secret.read())
+    }
+}
+
+/// Reads every token that came from a file again (on SIGHUP), logging what changed and
+/// what could not be read (the old token stays in force then).
+pub fn reload_token_files() {
+    let tokens: Vec<Token> = {
+        let mut list = FILE_TOKENS.lock();
+        list.retain(|w| w.strong_count() > 0);
+        list.iter().filter_map(|w| w.upgrade()).map(Token).collect()
+    };
+    for t in tokens {
+        let what = t.0.file.as_ref().map_or("token", |f| f.1);
+        match t.reload() {
+            Ok(true) => tracing::info!("SIGHUP: the {what} changed; the new one is in force"),
+            Ok(false) => {}
+            Err(e) => tracing::error!("SIGHUP: {e}; the old {what} stays in force"),
+        }
+    }
+}
+
+/// Listens for SIGHUP and reloads the token files on each one, until dropped.
+pub async fn reload_tokens_on_sighup() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tokio::task::spawn_blocking(reload_token_files);
     }
 }
 
@@ -107,8 +202,8 @@ fn may_try(ip: IpAddr) -> Result<(), u64> {
         return Ok(());
     };
     let now = Instant::now();
-    *left = (*left + now.duration_since(*at).as_secs_f64() * FAILURES_PER_SECOND)
-        .min(FAILURE_BURST);
+    *left =
+        (*left + now.duration_since(*at).as_secs_f64() * FAILURES_PER_SECOND).min(FAILURE_BURST);
     *at = now;
     if *left >= 1.0 {
         Ok(())

@@ -110,6 +110,7 @@ pub async fn serve(
     builder.header_read_timeout((!conns.idle_timeout.is_zero()).then_some(conns.idle_timeout));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let reloads = tokio::spawn(crate::tls::server::reload_on_sighup(tls.clone()));
+    let token_reloads = tokio::spawn(crate::server::auth::reload_tokens_on_sighup());
     let handshake_within = match conns.idle_timeout {
         t if t.is_zero() => HANDSHAKE_TIMEOUT,
         t => t.min(HANDSHAKE_TIMEOUT),
@@ -202,6 +203,7 @@ pub async fn serve(
         });
     }
     reloads.abort();
+    token_reloads.abort();
     drop(listener);
     tokio::select! {
         _ = graceful.shutdown() => {}

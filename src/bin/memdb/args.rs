@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use memdb::config::{Serving, parse_duration, parse_size};
 use memdb::server::auth::Token;
@@ -389,7 +388,7 @@ pub struct AuthArgs {
     /// reads with --protect-reads); nodes send it to each other.
     #[arg(long, env = "MEMDB_AUTH_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
-    /// Read the token from this file instead (first line).
+    /// Read the token from this file instead (first line); SIGHUP reads it again.
     #[arg(long, env = "MEMDB_AUTH_TOKEN_FILE", conflicts_with = "auth_token")]
     pub auth_token_file: Option<PathBuf>,
     /// Require the token on the reads too (GET /wordcount, /top, /metrics, the status page).
@@ -401,7 +400,7 @@ pub struct AuthArgs {
     /// forge replication or raft traffic [default: the client token serves both].
     #[arg(long, env = "MEMDB_PEER_TOKEN", hide_env_values = true)]
     pub peer_token: Option<String>,
-    /// Read the peer token from this file instead (first line).
+    /// Read the peer token from this file instead (first line); SIGHUP reads it again.
     #[arg(long, env = "MEMDB_PEER_TOKEN_FILE", conflicts_with = "peer_token")]
     pub peer_token_file: Option<PathBuf>,
 }
@@ -410,24 +409,19 @@ pub struct AuthArgs {
 fn read_token(
     value: &Option<String>,
     file: &Option<PathBuf>,
-    what: &str,
+    what: &'static str,
 ) -> anyhow::Result<Option<Token>> {
-    let raw = match (value, file) {
-        (Some(t), _) => t.clone(),
-        (None, Some(path)) => std::fs::read_to_string(path)
-            .with_context(|| format!("reading the {what} file {}", path.display()))?
-            .lines()
-            .next()
-            .unwrap_or("")
-            .to_owned(),
+    let token = match (value, file) {
+        (Some(t), _) => Token::new(t).ok_or_else(|| anyhow::anyhow!("the {what} is empty"))?,
+        // Read again on SIGHUP.
+        (None, Some(path)) => Token::from_file(path, what).map_err(|e| anyhow::anyhow!(e))?,
         (None, None) => return Ok(None),
     };
-    let token = Token::new(&raw).ok_or_else(|| anyhow::anyhow!("the {what} is empty"))?;
-    if raw.trim().len() < memdb::server::auth::MIN_TOKEN_BYTES {
-        tracing::warn!(
-            "the {what} is {} bytes long: one shorter than {} bytes can be guessed; \
-             `head -c 24 /dev/urandom | base64` makes a good one",
-            raw.trim().len(),
+    if token.len() < memdb::server::auth::MIN_TOKEN_BYTES {
+        eprintln!(
+            "warning: the {what} is {} bytes long: one shorter than {} bytes can be \
+             guessed; `head -c 24 /dev/urandom | base64` makes a good one",
+            token.len(),
             memdb::server::auth::MIN_TOKEN_BYTES
         );
     }

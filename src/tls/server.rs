@@ -374,6 +374,12 @@ pub struct Throttle {
     unlogged: AtomicU64,
 }
 
+impl Default for Throttle {
+    fn default() -> Self {
+        Throttle::new()
+    }
+}
+
 impl Throttle {
     pub const fn new() -> Throttle {
         Throttle {

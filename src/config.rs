@@ -136,6 +136,12 @@ pub struct RaftConfig {
     pub snapshot_every: u64,
     /// How long a write waits to be committed before answering 503. Default 5s.
     pub write_timeout: Duration,
+    /// How long an idempotency key is remembered, by the leader's clock as carried in
+    /// the log (never each voter's own). Default 24h.
+    pub key_window: Duration,
+    /// The most bytes of keys remembered; past it the oldest are forgotten first.
+    /// Default 64 MiB.
+    pub key_bytes: usize,
 }
 
 impl RaftConfig {
@@ -148,6 +154,8 @@ impl RaftConfig {
             heartbeat: Duration::from_millis(100),
             snapshot_every: 20_000,
             write_timeout: Duration::from_secs(5),
+            key_window: Duration::from_secs(24 * 3600),
+            key_bytes: 64 << 20,
         }
     }
 }

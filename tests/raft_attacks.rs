@@ -520,3 +520,53 @@ async fn idempotency_keys_are_one_per_write_and_kept_for_a_post_without_words() 
 fn words_of(ws: &[&str]) -> HashMap<String, u64> {
     ws.iter().map(|w| (w.to_string(), 1)).collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_whose_key_left_the_window_is_refused_not_counted_again() {
+    let g = Group::start(
+        1,
+        &[
+            "--idempotency-window",
+            "1s",
+            "--idempotency-max-bytes",
+            "4KiB",
+        ],
+    )
+    .await;
+    let urls = g.urls();
+    let post = |key: String, text: &'static str| {
+        g.http
+            .post(format!("{}/post", urls[0]))
+            .header("idempotency-key", key)
+            .form(&[("text", text)])
+            .send()
+    };
+    assert_eq!(post("early".into(), "once").await.unwrap().status(), 202);
+    assert_eq!(post("early".into(), "once").await.unwrap().status(), 202);
+    // Past the window by the leader's clock.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let r = post("early".into(), "once").await.unwrap();
+    assert_eq!(r.status(), 409);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("counted then"),
+        "{body}"
+    );
+    // Long keys: the byte bound forgets the oldest first.
+    for i in 0..40 {
+        let key = format!("{i:03}{}", "k".repeat(200));
+        assert_eq!(post(key, "bulk").await.unwrap().status(), 202);
+    }
+    let h = g.raft(0).await.unwrap();
+    let held = h["raft"]["keys"].as_u64().unwrap();
+    assert!(
+        (1..40).contains(&held),
+        "{held} keys held of 40 within 4 KiB"
+    );
+    let r = post(format!("000{}", "k".repeat(200)), "bulk")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let want: HashMap<String, u64> = [("once".to_string(), 1), ("bulk".to_string(), 40)].into();
+    assert_eq!(table(&g.http, &urls[0]).await, want);
+}

@@ -104,6 +104,10 @@ pub struct Proposal {
     /// A digest of the words and their counts (in any order), so that a key reused
     /// for other words is refused.
     pub fingerprint: u64,
+    /// The proposing leader's clock (ms since the epoch): the key window's time, the
+    /// same on every voter.
+    #[serde(default)]
+    pub at_ms: u64,
 }
 
 impl Proposal {
@@ -116,6 +120,9 @@ impl Proposal {
             deltas: Arc::new(deltas),
             key,
             fingerprint,
+            at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
         }
     }
 }
@@ -170,6 +177,9 @@ pub enum Outcome {
     Duplicate,
     /// The key was seen with other words: refused; `seq` is the first write's.
     KeyReused,
+    /// The key was seen longer ago than the window: its write was counted then; not
+    /// counted again, and refused.
+    KeyExpired,
 }
 
 /// What applying an entry answers.
@@ -291,7 +301,8 @@ impl Consensus {
         let group = identity::Group::open(&dir, config.node_id, &config.cluster)?;
         let log = log_store::LogStore::open(&dir, fsync)
             .map_err(|e| format!("opening the raft log in {}: {e}", dir.display()))?;
-        let state = state_machine::StateMachine::new(leader.clone(), dir, boot.as_ref());
+        let keys = state_machine::Keys::new(config.key_window, config.key_bytes);
+        let state = state_machine::StateMachine::new(leader.clone(), dir, boot.as_ref(), keys);
         let network = network::Network::new(
             config.cluster.clone(),
             token,

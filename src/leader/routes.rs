@@ -267,6 +267,16 @@ async fn post_to_group(
         )
         .with("seq", applied.seq)
         .applied(Applied::No)),
+        Outcome::KeyExpired => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "this Idempotency-Key was used longer ago than the group remembers keys \
+                 (--idempotency-window {:?}, --idempotency-max-bytes): its write was \
+                 counted then, and this one is not counted; use a new key for a new write",
+                c.config.key_window
+            ),
+        )
+        .applied(Applied::No)),
         outcome => {
             let duplicate = outcome == Outcome::Duplicate;
             Ok((

@@ -557,6 +557,16 @@ pub struct LeaderArgs {
     #[arg(long, env = "MEMDB_WRITE_TIMEOUT", default_value = "5s",
           value_parser = parse_duration, help_heading = "Raft group")]
     pub write_timeout: Duration,
+    /// How long an Idempotency-Key is remembered (by the leader's clock, carried in the
+    /// log). A retry whose key is older is answered 409, not counted again, while the
+    /// key is among the last million forgotten.
+    #[arg(long, env = "MEMDB_IDEMPOTENCY_WINDOW", default_value = "24h",
+          value_parser = parse_duration, help_heading = "Raft group")]
+    pub idempotency_window: Duration,
+    /// The most bytes of Idempotency-Keys remembered (the oldest are forgotten first).
+    #[arg(long, env = "MEMDB_IDEMPOTENCY_MAX_BYTES", default_value = "64MiB",
+          value_parser = parse_size, help_heading = "Raft group")]
+    pub idempotency_max_bytes: usize,
 }
 
 /// `id=url`.

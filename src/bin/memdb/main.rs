@@ -129,6 +129,8 @@ async fn run(cli: Cli, fds: std::io::Result<u64>) -> anyhow::Result<()> {
                     heartbeat: a.raft_heartbeat,
                     snapshot_every: a.raft_snapshot_every.max(1),
                     write_timeout: a.write_timeout,
+                    key_window: a.idempotency_window,
+                    key_bytes: a.idempotency_max_bytes,
                     ..memdb::config::RaftConfig::new(id)
                 }),
                 ..LeaderConfig::new(a.data_dir)

@@ -76,7 +76,7 @@ pub enum KeyState {
 }
 
 fn key_hash(key: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64_with_seed(key.as_bytes(), 0x6b65_79)
+    xxhash_rust::xxh3::xxh3_64_with_seed(key.as_bytes(), 0x006b_6579)
 }
 
 impl Keys {

@@ -49,6 +49,9 @@ pub struct Limits {
     pub max_body_in_flight: usize,
     /// Idle and header timeouts, and the connection cap.
     pub connections: crate::server::listen::Connections,
+    /// `/top` requests that need a pass over the whole table, run at once; more are
+    /// answered 429.
+    pub max_scans: usize,
 }
 
 impl Default for Limits {
@@ -59,6 +62,7 @@ impl Default for Limits {
             rate_limit: None,
             max_body_in_flight: 256 << 20,
             connections: crate::server::listen::Connections::default(),
+            max_scans: 2,
         }
     }
 }

@@ -227,3 +227,80 @@ async fn the_top_count_and_status_commands_talk_to_any_node() {
     let (code, _) = memdb(&["top", "--url", "http://127.0.0.1:9"], &[]);
     assert_ne!(code, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn passes_over_the_table_are_bounded_and_writes_go_on_while_they_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Node::leader(dir.path(), &["--max-scans", "1"]);
+    let mut model = HashMap::new();
+    let words: Vec<String> = (0..60_000).map(|i| format!("w{i:05}")).collect();
+    post_words(&leader, &words, &mut model).await;
+    let url = format!("{}/top?n=5&prefix=zzzz", leader.url);
+    // Scans hammer the node from eight clients while a writer posts.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scanners: Vec<_> = (0..8)
+        .map(|_| {
+            let (url, stop) = (url.clone(), stop.clone());
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                let (mut ok, mut refused) = (0, 0);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let r = http.get(&url).send().await.unwrap();
+                    match r.status().as_u16() {
+                        200 => {
+                            let seq = r.headers()["x-memdb-seq"].to_str().unwrap().to_owned();
+                            assert!(seq.parse::<u64>().unwrap() > 0);
+                            assert_eq!(r.text().await.unwrap(), "[]");
+                            ok += 1;
+                        }
+                        429 => {
+                            assert!(r.headers().contains_key("retry-after"));
+                            refused += 1;
+                        }
+                        other => panic!("/top answered {other}"),
+                    }
+                }
+                (ok, refused)
+            })
+        })
+        .collect();
+    let client = leader.client();
+    for i in 0..30 {
+        client.post_text(&format!("during{i}")).await.unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut refused) = (0, 0);
+    for s in scanners {
+        let (o, r) = s.await.unwrap();
+        ok += o;
+        refused += r;
+    }
+    assert!(ok > 0, "no scan was answered");
+    assert!(
+        refused > 0,
+        "eight clients and one scan slot: some must be refused"
+    );
+    // A scan answers at the seq it names, with what that seq holds.
+    let seq = leader.seq().await;
+    let r = reqwest::get(format!(
+        "{}/top?n=3&prefix=during&min_seq={seq}",
+        leader.url
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["x-memdb-seq"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= seq
+    );
+    let top: Vec<TopWord> = r.json().await.unwrap();
+    assert_eq!(top.len(), 3);
+    assert!(
+        top.iter()
+            .all(|t| t.word.starts_with("during") && t.count == 1)
+    );
+}

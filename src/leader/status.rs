@@ -250,11 +250,36 @@ impl CountSource for Leader {
         Ok(())
     }
 
-    fn top(&self, q: &TopQuery<'_>) -> Result<(Vec<u8>, u64), ApiError> {
+    fn top_ranked(&self, q: &TopQuery<'_>) -> Result<Option<(Vec<u8>, u64)>, ApiError> {
         let prefix = q.prefix_for(self.shared.config.tokenizer);
         let t = self.shared.table.read();
-        let body = t.with_top_words(q.n, &prefix, crate::server::parse::top_body);
-        Ok((body, t.seq()))
+        let body = t.with_ranked_words(q.n, &prefix, crate::server::parse::top_body);
+        Ok(body.map(|b| (b, t.seq())))
+    }
+
+    /// Over the published state and the words written since (the table at one seq),
+    /// which no writer waits for; the table's read lock only for those words. Should
+    /// the published state lag the backlog, under the table's read lock.
+    async fn top_scan(&self, q: TopQuery<'static>) -> Result<(Vec<u8>, u64), ApiError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let prefix = q.prefix_for(me.shared.config.tokenizer);
+            match me.shared.published_now() {
+                Ok((state, overlay, seq)) => {
+                    let under = state.iter().filter(|(w, _)| overlay.get(w).is_none());
+                    let all = overlay.iter().chain(under);
+                    let words = crate::storage::top::scanned(all, q.n, &prefix);
+                    (crate::server::parse::top_body(&words), seq)
+                }
+                Err(_) => {
+                    let t = me.shared.table.read();
+                    let body = t.with_top_words(q.n, &prefix, crate::server::parse::top_body);
+                    (body, t.seq())
+                }
+            }
+        })
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
     }
 
     fn lookup(&self, words: &[Cow<'_, str>]) -> Result<(Vec<u8>, u64), ApiError> {

@@ -235,6 +235,15 @@ pub struct TopQuery<'a> {
 pub const MAX_PREFIX: usize = 1024;
 
 impl TopQuery<'_> {
+    /// The query, owning its prefix (to cross into a blocking task).
+    pub fn into_owned(self) -> TopQuery<'static> {
+        TopQuery {
+            n: self.n,
+            prefix: Cow::Owned(self.prefix.into_owned()),
+            min_seq: self.min_seq,
+        }
+    }
+
     /// The prefix as the tokenizer would have written it in the table: lowercased by
     /// the Unicode tokenizer, unchanged by the whitespace one.
     pub fn prefix_for(&self, tokenizer: Tokenizer) -> Cow<'_, str> {

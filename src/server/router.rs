@@ -39,8 +39,16 @@ pub trait CountSource: Clone + Send + Sync + 'static {
     /// The JSON answer for `words` (as the client wrote them) and the seq it reflects.
     fn lookup(&self, words: &[Cow<'_, str>]) -> Result<(Vec<u8>, u64), ApiError>;
     /// The JSON answer of `GET /top` (see [`crate::server::parse::top_body`]) and the
-    /// seq it reflects.
-    fn top(&self, q: &TopQuery<'_>) -> Result<(Vec<u8>, u64), ApiError>;
+    /// seq it reflects, from the node's ranked top list, if that holds it; `None` when
+    /// only a pass over the whole table can answer ([`CountSource::top_scan`]).
+    fn top_ranked(&self, q: &TopQuery<'_>) -> Result<Option<(Vec<u8>, u64)>, ApiError>;
+    /// `GET /top` by a pass over the whole table: off the async threads, holding no
+    /// lock that writers wait on (or, where the node has no other view, only while it
+    /// scans); at most `--max-scans` run at once.
+    fn top_scan(
+        &self,
+        q: TopQuery<'static>,
+    ) -> impl std::future::Future<Output = Result<(Vec<u8>, u64), ApiError>> + Send;
     /// The whole table as a JSON object, with its seq, incarnation and tokenizer.
     fn sync_body(&self) -> impl std::future::Future<Output = SyncBody> + Send;
     /// Distinct words in the table the node serves.
@@ -154,13 +162,38 @@ async fn reach<S: CountSource>(node: &S, min_seq: Option<u64>) -> Result<(), Api
 )]
 pub async fn top<S: CountSource>(
     State(node): State<S>,
+    axum::Extension(scans): axum::Extension<ScanSlots>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let q = crate::server::parse::top_query(query.as_deref())?;
     reach(&node, q.min_seq).await?;
-    let (body, seq) = node.top(&q)?;
+    if let Some((body, seq)) = node.top_ranked(&q)? {
+        return Ok(json_at(body, seq));
+    }
+    let Ok(slot) = scans.0.clone().try_acquire_owned() else {
+        SCANS_REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "this /top needs a pass over the whole table, and --max-scans such passes \
+             are running; retry shortly (or ask for fewer words, or a longer prefix)",
+        )
+        .with("retry_after", 1)
+        .into_response();
+        e.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return Ok(e);
+    };
+    let (body, seq) = node.top_scan(q.into_owned()).await?;
+    drop(slot);
     Ok(json_at(body, seq))
 }
+
+/// The passes over the whole table (`/top` of a rare prefix) a node runs at once.
+#[derive(Clone)]
+pub struct ScanSlots(pub Arc<tokio::sync::Semaphore>);
+
+/// `/top` requests refused because `--max-scans` passes were running.
+pub static SCANS_REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// A JSON answer with the seq it reflects.
 fn json_at(body: Vec<u8>, seq: u64) -> Response {
@@ -441,8 +474,13 @@ pub fn node_router<S: CountSource>(
             budget: budget.clone(),
         },
     ));
+    let scans = ScanSlots(Arc::new(tokio::sync::Semaphore::new(
+        serving.limits.max_scans.max(1),
+    )));
     finish(
-        routes.layer(axum::Extension(metrics.clone())),
+        routes
+            .layer(axum::Extension(metrics.clone()))
+            .layer(axum::Extension(scans)),
         node,
         metrics,
         budget,

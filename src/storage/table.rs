@@ -180,6 +180,20 @@ impl Table {
         })
     }
 
+    /// Calls `f` with [`Table::with_top_words`]'s answer if the top list holds it;
+    /// `None` when only a pass over the whole table can answer (which the caller makes
+    /// without this table's lock).
+    pub fn with_ranked_words<R>(
+        &self,
+        n: usize,
+        prefix: &str,
+        f: impl FnOnce(&[(&str, u64)]) -> R,
+    ) -> Option<R> {
+        self.with_top(|top, complete| {
+            crate::storage::top::from_ranked(top.iter(), complete, n, prefix).map(|w| f(&w))
+        })
+    }
+
     /// Settles the pending raises into the top list with the writer's lock, and
     /// forgets them.
     fn settle_top(&mut self) {

@@ -147,15 +147,35 @@ where
     R: Iterator<Item = (&'a str, u64)>,
     S: Iterator<Item = (&'a str, u64)>,
 {
+    match from_ranked(ranked, complete, n, prefix) {
+        Some(found) => found,
+        None => scanned(scan(), n, prefix),
+    }
+}
+
+/// [`select`]'s answer from the top list alone, if it holds one; `None` when only a
+/// pass over the whole table can answer.
+pub fn from_ranked<'a>(
+    ranked: impl Iterator<Item = (&'a str, u64)>,
+    complete: bool,
+    n: usize,
+    prefix: &str,
+) -> Option<Vec<(&'a str, u64)>> {
     let found: Vec<_> = ranked
         .take(MAX_TOP)
         .filter(|(w, _)| w.starts_with(prefix))
         .take(n)
         .collect();
-    if found.len() == n || complete {
-        return found;
-    }
-    best_of(scan().filter(|(w, _)| w.starts_with(prefix)), n)
+    (found.len() == n || complete).then_some(found)
+}
+
+/// The first `n` words in rank order that start with `prefix`, by a pass over `all`.
+pub fn scanned<'a>(
+    all: impl Iterator<Item = (&'a str, u64)>,
+    n: usize,
+    prefix: &str,
+) -> Vec<(&'a str, u64)> {
+    best_of(all.filter(|(w, _)| w.starts_with(prefix)), n)
 }
 
 /// Two top lists merged into the top list of the state they make together: `over`'s

@@ -251,6 +251,10 @@ pub struct Listen {
     /// Bytes of request bodies handled at once; beyond it 503 at once.
     #[arg(long, env = "MEMDB_MAX_BODY_IN_FLIGHT", default_value = "256MiB", value_parser = parse_size)]
     pub max_body_in_flight: usize,
+    /// `GET /top` requests that need a pass over the whole table (a prefix that few of
+    /// the top 10,000 words start with), run at once; more are answered 429.
+    #[arg(long, env = "MEMDB_MAX_SCANS", default_value_t = 2)]
+    pub max_scans: usize,
     /// Connections the kernel queues before they are accepted (capped by
     /// net.core.somaxconn).
     #[arg(long, env = "MEMDB_LISTEN_BACKLOG", default_value_t = memdb::server::listen::DEFAULT_LISTEN_BACKLOG)]
@@ -374,6 +378,7 @@ fn serving(listen: &Listen, auth: &AuthArgs, tls: &TlsArgs) -> anyhow::Result<Se
             request_timeout: listen.request_timeout,
             rate_limit: listen.rate_limit,
             max_body_in_flight: listen.max_body_in_flight,
+            max_scans: listen.max_scans,
             connections: memdb::server::listen::Connections {
                 idle_timeout: listen.idle_timeout,
                 max_connections: listen.max_connections,

@@ -257,11 +257,25 @@ impl CountSource for LocalReplica {
         });
     }
 
-    fn top(&self, q: &TopQuery<'_>) -> Result<(Vec<u8>, u64), ApiError> {
+    fn top_ranked(&self, q: &TopQuery<'_>) -> Result<Option<(Vec<u8>, u64)>, ApiError> {
         let m = self.mapped()?;
         let h = m.header();
-        let body = crate::server::parse::top_body(&m.top_words(q.n, &q.prefix_for(h.tokenizer)));
-        Ok((body, h.seq))
+        let (ranked, complete) = m.top();
+        let words =
+            crate::storage::top::from_ranked(ranked, complete, q.n, &q.prefix_for(h.tokenizer));
+        Ok(words.map(|w| (crate::server::parse::top_body(&w), h.seq)))
+    }
+
+    /// Over the mapping, which no writer waits for.
+    async fn top_scan(&self, q: TopQuery<'static>) -> Result<(Vec<u8>, u64), ApiError> {
+        let m = self.mapped()?;
+        tokio::task::spawn_blocking(move || {
+            let h = m.header();
+            let words = crate::storage::top::scanned(m.iter(), q.n, &q.prefix_for(h.tokenizer));
+            (crate::server::parse::top_body(&words), h.seq)
+        })
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
     }
 
     fn lookup(&self, words: &[Cow<'_, str>]) -> Result<(Vec<u8>, u64), ApiError> {

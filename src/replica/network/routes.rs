@@ -190,13 +190,29 @@ impl CountSource for Replica {
         }
     }
 
-    fn top(&self, q: &TopQuery<'_>) -> Result<(Vec<u8>, u64), ApiError> {
+    fn top_ranked(&self, q: &TopQuery<'_>) -> Result<Option<(Vec<u8>, u64)>, ApiError> {
         let d = self.shared.data.read();
         let prefix = q.prefix_for(d.tokenizer);
         let body = d
             .table
-            .with_top_words(q.n, &prefix, crate::server::parse::top_body);
-        Ok((body, d.table.seq()))
+            .with_ranked_words(q.n, &prefix, crate::server::parse::top_body);
+        Ok(body.map(|b| (b, d.table.seq())))
+    }
+
+    /// Under the table's read lock (a network replica keeps no other view of it):
+    /// pushes wait while it runs, and `--max-scans` bounds how many run.
+    async fn top_scan(&self, q: TopQuery<'static>) -> Result<(Vec<u8>, u64), ApiError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let d = me.shared.data.read();
+            let prefix = q.prefix_for(d.tokenizer);
+            let body = d
+                .table
+                .with_top_words(q.n, &prefix, crate::server::parse::top_body);
+            (body, d.table.seq())
+        })
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
     }
 
     fn lookup(&self, words: &[Cow<'_, str>]) -> Result<(Vec<u8>, u64), ApiError> {

@@ -62,7 +62,7 @@ impl Default for Limits {
             rate_limit: None,
             max_body_in_flight: 256 << 20,
             connections: crate::server::listen::Connections::default(),
-            max_scans: 2,
+            max_scans: 1,
         }
     }
 }

@@ -570,3 +570,129 @@ async fn a_retry_whose_key_left_the_window_is_refused_not_counted_again() {
     let want: HashMap<String, u64> = [("once".to_string(), 1), ("bulk".to_string(), 40)].into();
     assert_eq!(table(&g.http, &urls[0]).await, want);
 }
+
+/// Waits until voter `i`'s `/health` answers 503 with a problem containing `says`.
+async fn reports(g: &Group, i: usize, says: &str) -> Value {
+    eventually(&format!("voter {} to report {says:?}", i + 1), || async {
+        let r = g
+            .http
+            .get(format!("{}/health", g.nodes[i].url))
+            .send()
+            .await
+            .ok()?;
+        let code = r.status().as_u16();
+        let h: Value = r.json().await.ok()?;
+        let found = h["problems"]
+            .as_array()?
+            .iter()
+            .any(|p| p.as_str().is_some_and(|p| p.contains(says)));
+        (code == 503 && found && h["status"] == "failing").then_some(h)
+    })
+    .await
+}
+
+/// Waits until voter `i`'s `/health` is 200 "ok".
+async fn healthy(g: &Group, i: usize) {
+    eventually(&format!("voter {} to be ok", i + 1), || async {
+        let h = health(&g.http, &g.nodes[i].url).await?;
+        (h["status"] == "ok").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_cut_off_from_its_followers_says_so_and_recovers() {
+    let g = Group::start(3, &[]).await;
+    let urls = g.urls();
+    post_until_acked(&g.http, &urls, 0, "w0", "k0", DEADLINE).await;
+    let leader = g.leader().await;
+    let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    for f in &followers {
+        let h = g.raft(*f).await.unwrap();
+        assert_eq!(h["role"], "follower", "{h}");
+    }
+    assert_eq!(g.raft(leader).await.unwrap()["role"], "leader");
+    for f in &followers {
+        crate::failover::signal(&g.nodes[*f], "-STOP");
+    }
+    let h = reports(&g, leader, "heard from no majority").await;
+    assert!(
+        h["raft"]["state"] == "leader" || h["role"] != "leader",
+        "{h}"
+    );
+    for f in &followers {
+        crate::failover::signal(&g.nodes[*f], "-CONT");
+    }
+    let leader = g.leader().await;
+    healthy(&g, leader).await;
+    post_until_acked(&g.http, &urls, 0, "w1", "k1", DEADLINE).await;
+    g.converged(&words(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_removed_voter_and_a_moved_one_are_reported_and_a_move_is_readdressed() {
+    let mut g = Group::start(3, &[]).await;
+    let urls = g.urls();
+    post_until_acked(&g.http, &urls, 0, "w0", "k0", DEADLINE).await;
+    let leader = g.leader().await;
+    let (gone, moved) = ((leader + 1) % 3, (leader + 2) % 3);
+    let voters: Vec<u64> = (0..3)
+        .filter(|i| *i != gone)
+        .map(|i| i as u64 + 1)
+        .collect();
+    g.admin("/raft/membership", json!({ "voters": voters }))
+        .await;
+    // Removed: it never hears of its removal (the group no longer talks to it), so it
+    // campaigns, refused by the others; it says it has no leader.
+    reports(&g, gone, "no leader known").await;
+    g.up[gone] = false; // Running, but no longer of the group.
+    // Moved: restarted on another port, with --peers naming the new address.
+    g.kill(moved);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let new_url = format!("http://127.0.0.1:{port}");
+    let mut peers: Vec<String> = Vec::new();
+    for (i, u) in urls.iter().enumerate() {
+        let u = if i == moved {
+            new_url.clone()
+        } else {
+            u.clone()
+        };
+        peers.push(format!("{}={u}", i + 1));
+    }
+    let mut args = g.nodes[moved].args.clone();
+    let at = args.iter().position(|a| a == "--port").unwrap();
+    args[at + 1] = port.to_string();
+    args.extend(["--peers".to_string(), peers.join(",")]);
+    g.nodes[moved] = Node::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    g.up[moved] = true;
+    let h = reports(&g, moved, "re-address it").await;
+    assert!(h["problems"].to_string().contains(&urls[moved]), "{h}");
+    // The leader re-addresses it: the problem clears and it follows again.
+    g.admin(
+        "/raft/addresses",
+        json!({ "nodes": { (moved + 1).to_string(): new_url } }),
+    )
+    .await;
+    healthy(&g, moved).await;
+    let mut urls_now = urls.clone();
+    urls_now[moved] = g.nodes[moved].url.clone();
+    post_until_acked(&g.http, &urls_now, leader, "w1", "k1", DEADLINE).await;
+    eventually("the moved voter to apply the write", || async {
+        let t = table(&g.http, &g.nodes[moved].url).await;
+        (t.get("w1") == Some(&1)).then_some(())
+    })
+    .await;
+    // A bad re-address is refused.
+    let r = g
+        .http
+        .post(format!("{}/raft/addresses", g.nodes[leader].url))
+        .json(&json!({ "nodes": { "9": "http://127.0.0.1:1" } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}

@@ -217,6 +217,8 @@ pub struct Consensus {
     pub group: identity::Group,
     /// Members whose table differs from this voter's at the same seq.
     pub divergences: crosscheck::Divergences,
+    /// Since when this node has known no leader (`None` while it knows one).
+    leaderless_since: Arc<parking_lot::Mutex<Option<std::time::Instant>>>,
 }
 
 /// One member as `/health` shows it.
@@ -330,6 +332,7 @@ impl Consensus {
             pending: pending::Pending::default(),
             group,
             divergences: crosscheck::Divergences::default(),
+            leaderless_since: Arc::new(parking_lot::Mutex::new(Some(std::time::Instant::now()))),
         };
         crosscheck::spawn(
             c.raft.clone(),
@@ -389,6 +392,7 @@ impl Consensus {
         let mut rx = self.raft.metrics();
         let n = self.elections.clone();
         let id = self.node_id;
+        let leaderless = self.leaderless_since.clone();
         tokio::spawn(async move {
             let (mut term, mut leader) = {
                 let m = rx.borrow();
@@ -399,6 +403,15 @@ impl Consensus {
                 if m.current_term > term {
                     n.fetch_add(m.current_term - term, Ordering::Relaxed);
                     term = m.current_term;
+                }
+                {
+                    let mut since = leaderless.lock();
+                    match m.current_leader {
+                        Some(_) => *since = None,
+                        None => {
+                            since.get_or_insert_with(std::time::Instant::now);
+                        }
+                    }
                 }
                 if m.current_leader != leader {
                     leader = m.current_leader;
@@ -464,6 +477,81 @@ impl Consensus {
         }
     }
 
+    /// What makes this voter untrustworthy now, each a `/health` problem: the engine
+    /// stopped; a leader that has not heard from a majority within two election
+    /// timeouts (writes cannot commit: etcd's check-quorum); a member that has known
+    /// no leader that long (a removed voter campaigns forever; a cut-off one waits);
+    /// the group reaching this node at another URL than `--peers` names for it; a
+    /// member whose table differs at the same seq.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .divergences
+            .list()
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        if let Some(e) = self.stopped() {
+            out.push(format!(
+                "{e}: writes are refused until the node is restarted"
+            ));
+            return out;
+        }
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let formed = membership.nodes().next().is_some();
+        let limit = self.config.election_timeout * 2;
+        let voters = membership.voter_ids().count();
+        if m.state == ServerState::Leader
+            && voters > 1
+            && let Some(ms) = m.millis_since_quorum_ack
+            && Duration::from_millis(ms) > limit
+        {
+            out.push(format!(
+                "this node leads but has heard from no majority of the {voters} voters for \
+                 {ms} ms (more than two election timeouts): writes cannot commit"
+            ));
+        }
+        if formed && membership.get_node(&self.node_id).is_none() {
+            out.push(
+                "this node is not a member of the group (it was removed): it takes no \
+                 writes and its seq no longer moves; stop it, or add it again with POST \
+                 /raft/learners"
+                    .into(),
+            );
+        }
+        let leaderless = *self.leaderless_since.lock();
+        if formed
+            && m.current_leader.is_none()
+            && let Some(since) = leaderless
+            && since.elapsed() > limit
+        {
+            out.push(format!(
+                "no leader known for {} ms (this node is a {}): it cannot take writes and \
+                 may serve an old seq",
+                since.elapsed().as_millis(),
+                state_name(m.state)
+            ));
+        }
+        if let (Some(named), Some(known)) = (
+            self.config.peers.get(&self.node_id),
+            membership.get_node(&self.node_id),
+        ) && named.trim_end_matches('/') != known.addr.trim_end_matches('/')
+        {
+            out.push(format!(
+                "the group reaches this node at {} but --peers names it {named}: the others \
+                 (and their redirects) use the old address; re-address it with POST \
+                 /raft/addresses {{\"nodes\": {{\"{}\": \"{named}\"}}}} on the leader",
+                known.addr, self.node_id
+            ));
+        }
+        out
+    }
+
+    /// This node's raft state by name (`leader`, `follower`, ...).
+    pub fn state_name(&self) -> &'static str {
+        state_name(self.raft.metrics().borrow().state)
+    }
+
     pub fn elections(&self) -> u64 {
         self.elections.load(Ordering::Relaxed)
     }
@@ -480,6 +568,11 @@ impl Consensus {
             "memdb_raft_is_leader",
             "1 while this node leads the raft group.",
             r.state == ServerState::Leader,
+        );
+        m.gauge(
+            "memdb_raft_quorum_ack_age_seconds",
+            "On the leader: seconds since a majority of the voters last acknowledged it.",
+            r.millis_since_quorum_ack.unwrap_or(0) as f64 / 1e3,
         );
         m.gauge(
             "memdb_raft_keyed_writes_in_flight",

@@ -206,6 +206,12 @@ pub struct Learner {
     url: String,
 }
 
+/// `POST /raft/addresses`: members' new URLs (a voter restarted on another port).
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct Addresses {
+    nodes: BTreeMap<NodeId, String>,
+}
+
 /// `POST /raft/membership`: the voters from now on (each a member already).
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct Voters {
@@ -322,4 +328,46 @@ pub async fn membership(
         .await
         .map_err(|e| change_error(c, e))?;
     Ok(axum::Json(json!({ "voters": v.voters, "log_index": r.log_id.index })).into_response())
+}
+
+#[utoipa::path(post, path = "/raft/addresses", tag = "raft",
+    summary = "Re-address members (on the leader): the URLs the group reaches them at",
+    description = "For a member that moved (restarted on another port or host): its id \
+                   stays, its URL changes. Each id must be a member already.",
+    request_body = Addresses,
+    responses(
+        (status = 200, description = "Changed", body = Object),
+        (status = 400, description = "Not {\"nodes\": {id: url}}, a bad URL, or an id that is not a member", body = crate::server::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = crate::server::openapi::ErrorBody),
+        (status = 421, description = "This node does not lead: the body names the leader", body = crate::server::openapi::ErrorBody),
+        (status = 503, description = "Not possible now (another change under way)", body = crate::server::openapi::ErrorBody),
+    ))]
+pub async fn addresses(
+    State(leader): State<Leader>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let c = consensus(&leader)?;
+    let a: Addresses = admin_body(body, "{\"nodes\": {\"2\": \"http://host:port\"}}")?;
+    if a.nodes.is_empty() {
+        return Err(ApiError::bad_request("nodes must not be empty"));
+    }
+    let m = c.raft.metrics().borrow().clone();
+    let mut nodes = BTreeMap::new();
+    for (id, url) in a.nodes {
+        if m.membership_config.membership().get_node(&id).is_none() {
+            return Err(ApiError::bad_request(format!(
+                "node {id} is not a member: add it with POST /raft/learners"
+            )));
+        }
+        let url = check_url(&url)?;
+        c.check_member_url(&url).map_err(ApiError::bad_request)?;
+        nodes.insert(id, BasicNode::new(url));
+    }
+    let r = c
+        .raft
+        .change_membership(openraft::ChangeMembers::SetNodes(nodes.clone()), false)
+        .await
+        .map_err(|e| change_error(c, e))?;
+    let urls: BTreeMap<NodeId, String> = nodes.into_iter().map(|(id, n)| (id, n.addr)).collect();
+    Ok(axum::Json(json!({ "nodes": urls, "log_index": r.log_id.index })).into_response())
 }

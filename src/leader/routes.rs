@@ -459,7 +459,8 @@ pub fn leader_router(leader: Leader) -> Router {
         clients = clients
             .routes(routes!(raft::init))
             .routes(routes!(raft::add_learner))
-            .routes(routes!(raft::membership));
+            .routes(routes!(raft::membership))
+            .routes(routes!(raft::addresses));
         rpcs = rpcs
             .routes(routes!(raft::append))
             .routes(routes!(raft::vote))

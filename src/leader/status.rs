@@ -29,7 +29,8 @@ use super::Leader;
 /// The leader's `GET /health`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct LeaderHealth {
-    /// `leader`.
+    /// `leader` (a single leader, or the voter that leads its group now), or a voter's
+    /// raft state: `follower`, `candidate`, `learner`.
     role: &'static str,
     pid: u32,
     /// `ok`, or `failing` while something in `problems` is.
@@ -107,12 +108,7 @@ impl Leader {
             }
         }
         if let Some(c) = self.consensus() {
-            out.extend(c.divergences.list().iter().map(|d| d.to_string()));
-        }
-        if let Some(e) = self.consensus().and_then(|c| c.stopped()) {
-            out.push(format!(
-                "{e}: writes are refused until the node is restarted"
-            ));
+            out.extend(c.problems());
         }
         if let Some(e) = self.consensus().and_then(|c| c.log.failure()) {
             out.push(format!(
@@ -149,7 +145,8 @@ impl Leader {
             StatusCode::SERVICE_UNAVAILABLE
         };
         let body = LeaderHealth {
-            role: "leader",
+            // A voter says what it is now: only one of them leads.
+            role: self.consensus().map_or("leader", |c| c.state_name()),
             pid: std::process::id(),
             status: if problems.is_empty() { "ok" } else { "failing" },
             problems,

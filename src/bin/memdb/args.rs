@@ -253,7 +253,7 @@ pub struct Listen {
     pub max_body_in_flight: usize,
     /// `GET /top` requests that need a pass over the whole table (a prefix that few of
     /// the top 10,000 words start with), run at once; more are answered 429.
-    #[arg(long, env = "MEMDB_MAX_SCANS", default_value_t = 2)]
+    #[arg(long, env = "MEMDB_MAX_SCANS", default_value_t = 1)]
     pub max_scans: usize,
     /// Connections the kernel queues before they are accepted (capped by
     /// net.core.somaxconn).

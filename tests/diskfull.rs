@@ -361,3 +361,142 @@ async fn a_data_dir_that_takes_no_new_files_is_reported_and_recovers() {
     leader.restart();
     all_kept(&leader, &acked).await;
 }
+
+/// `POST /post` of `text` with `key` to `url`: the status and the JSON body.
+async fn post_keyed(
+    http: &reqwest::Client,
+    url: &str,
+    text: &str,
+    key: &str,
+) -> (u16, serde_json::Value) {
+    match http
+        .post(format!("{url}/post"))
+        .header("idempotency-key", key)
+        .form(&[("text", text)])
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+    {
+        Ok(r) => (r.status().as_u16(), r.json().await.unwrap_or_default()),
+        Err(_) => (0, serde_json::Value::Null),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_voters_on_a_full_disk_refuse_truthfully_and_the_group_recovers_by_itself() {
+    let Some(mnt) = TmpMount::new("size=16m") else {
+        return;
+    };
+    let other = tempfile::tempdir().unwrap();
+    let dirs = [
+        mnt.path().join("v1"),
+        mnt.path().join("v2"),
+        other.path().join("v3"),
+    ];
+    let nodes: Vec<Node> = dirs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let id = (i + 1).to_string();
+            Node::start(&[
+                "leader",
+                "--port",
+                "0",
+                "--data-dir",
+                d.to_str().unwrap(),
+                "--node-id",
+                &id,
+                "--auth-token",
+                crate::failover::TOKEN,
+                "--election-timeout",
+                "300ms",
+                "--raft-heartbeat",
+                "75ms",
+                "--write-timeout",
+                "1s",
+            ])
+        })
+        .collect();
+    let http = crate::failover::http();
+    let members: std::collections::BTreeMap<String, String> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| ((i + 1).to_string(), n.url.clone()))
+        .collect();
+    let r = http
+        .post(format!("{}/raft/init", nodes[0].url))
+        .json(&serde_json::json!({ "members": members }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let urls: Vec<String> = nodes.iter().map(|n| n.url.clone()).collect();
+    crate::failover::post_until_acked(&http, &urls, 0, "before", "before", DEADLINE).await;
+    // Voters 1 and 2 share the full disk: no majority can write.
+    let filler = fill_bytes(mnt.path());
+    let mut outcomes = Vec::new();
+    let started = Instant::now();
+    let mut i = 0;
+    // Redirects are answers here too (they say "applied": "no").
+    let direct = crate::failover::http_with(
+        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()),
+    );
+    while started.elapsed() < Duration::from_secs(3) {
+        let word = format!("full{i}");
+        let (status, body) = post_keyed(&direct, &urls[i % 3], &word, &word).await;
+        outcomes.push((word, status, body));
+        i += 1;
+    }
+    // A full voter says why.
+    let h = crate::failover::health(&http, &urls[0]).await.unwrap();
+    assert!(
+        h["problems"]
+            .to_string()
+            .contains("raft log cannot be written"),
+        "{h}"
+    );
+    std::fs::remove_file(&filler).unwrap();
+    // Space is back: the group takes writes again, with no restart.
+    crate::failover::post_until_acked(&http, &urls, 0, "after", "after", DEADLINE).await;
+    for u in &urls {
+        eventually("every voter healthy and at the same seq", || async {
+            let h = crate::failover::health(&http, u).await?;
+            (h["status"] == "ok").then_some(())
+        })
+        .await;
+    }
+    // Every answer told the truth: "no" was counted nowhere, 202 exactly once.
+    let leader_url = eventually("a leader", || async {
+        for u in &urls {
+            let h = crate::failover::health(&http, u).await?;
+            if h["role"] == "leader" {
+                return Some(u.clone());
+            }
+        }
+        None
+    })
+    .await;
+    let seq = crate::failover::health(&http, &leader_url).await.unwrap()["seq"]
+        .as_u64()
+        .unwrap();
+    let mut refused = 0;
+    for (word, status, body) in &outcomes {
+        let (_, counts) = crate::util::counts_with_seq(
+            &http,
+            &format!("{leader_url}/wordcount?word={word}&min_seq={seq}"),
+        )
+        .await;
+        let n = counts[word.as_str()];
+        match (*status, body["applied"].as_str()) {
+            (202, _) => assert_eq!(n, 1, "{word}: acknowledged"),
+            (_, Some("no")) => {
+                assert_eq!(n, 0, "{word}: {status} {body}");
+                refused += 1;
+            }
+            (0, _) | (_, Some("unknown")) => assert!(n <= 1, "{word}"),
+            other => panic!("{word}: an answer that does not say what happened: {other:?} {body}"),
+        }
+    }
+    assert!(refused > 0, "no write was refused while the disk was full");
+    drop(nodes);
+}

@@ -72,7 +72,8 @@ struct Inner {
     purged: Option<LogId<NodeId>>,
     policy: FsyncPolicy,
     flusher: Sender<Flush>,
-    /// The first write error: the log refuses everything after it.
+    /// The write error while the log cannot be written (a full or failing disk): the
+    /// write is retried until it lands, and this is cleared then.
     failed: Option<String>,
 }
 
@@ -186,7 +187,7 @@ impl LogStore {
         self.inner.lock().committed.map(|c| c.index)
     }
 
-    /// The first write error, if the log failed.
+    /// The write error, while the log cannot be written.
     pub fn failure(&self) -> Option<String> {
         self.inner.lock().failed.clone()
     }
@@ -197,6 +198,40 @@ impl LogStore {
         match inner.entries.get(&index) {
             Some(e) => Some(e.log_id),
             None => inner.purged.filter(|p| p.index == index),
+        }
+    }
+}
+
+impl LogStore {
+    /// Runs `write` (a record appended, perhaps synced) until it succeeds. A full or
+    /// failing disk does not stop the engine (openraft treats every storage error as
+    /// fatal, and a stopped engine needs a restart): the write waits, retried with
+    /// backoff, while `/health` reports the error, and goes on when space returns.
+    /// Writes that wait hold up this node's engine, and so only this node: the others
+    /// elect a leader without it, and it catches up when it can write again.
+    async fn until_written<T>(&self, mut write: impl FnMut(&mut Inner) -> io::Result<T>) -> T {
+        let mut backoff =
+            crate::backoff::Backoff::new(Duration::from_millis(10), Duration::from_millis(500));
+        loop {
+            let delay = {
+                let mut inner = self.inner.lock();
+                match write(&mut inner) {
+                    Ok(v) => {
+                        if inner.failed.take().is_some() {
+                            tracing::info!("the raft log can be written again");
+                        }
+                        return v;
+                    }
+                    Err(e) => {
+                        if inner.failed.is_none() {
+                            tracing::error!(error = %e, "writing the raft log failed; retrying until it can be written");
+                        }
+                        inner.failed = Some(e.to_string());
+                        backoff.next_delay()
+                    }
+                }
+            };
+            tokio::time::sleep(delay).await;
         }
     }
 }
@@ -340,25 +375,16 @@ impl Inner {
         }
     }
 
-    fn check(&self) -> Result<(), StorageError<NodeId>> {
-        match &self.failed {
-            Some(e) => Err(io_error(io::Error::other(e.clone()))),
-            None => Ok(()),
+    /// Appends `bytes` whole, or nothing: a write that fails part way is cut off again
+    /// (should that fail too, the next write here cuts it first, or the next start).
+    fn write_bytes(&mut self, bytes: &[u8]) -> Result<u64, io::Error> {
+        if self.failed.is_some() {
+            // The last write may have left a torn tail this could not cut.
+            self.file.set_len(self.len)?;
         }
-    }
-
-    /// Appends one record (no fsync).
-    fn write(&mut self, record: &Record) -> Result<u64, StorageError<NodeId>> {
-        self.write_bytes(encode(record))
-    }
-
-    fn write_bytes(&mut self, bytes: Vec<u8>) -> Result<u64, StorageError<NodeId>> {
-        self.check()?;
-        if let Err(e) = self.file.write_all(&bytes) {
-            // A partial record is cut at the next start; nothing after it may land.
-            self.failed = Some(e.to_string());
-            tracing::error!(error = %e, "writing the raft log failed; it refuses writes now");
-            return Err(io_error(e));
+        if let Err(e) = self.file.write_all(bytes) {
+            let _ = self.file.set_len(self.len);
+            return Err(e);
         }
         self.len += bytes.len() as u64;
         Ok(bytes.len() as u64)
@@ -456,10 +482,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let mut inner = self.inner.lock();
-        inner.write(&Record::Vote(*vote))?;
-        inner.file.sync_data().map_err(io_error)?;
-        inner.vote = Some(*vote);
+        let bytes = encode(&Record::Vote(*vote));
+        self.until_written(|inner| {
+            inner.write_bytes(&bytes)?;
+            inner.file.sync_data()
+        })
+        .await;
+        self.inner.lock().vote = Some(*vote);
         Ok(())
     }
 
@@ -471,11 +500,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
-        let mut inner = self.inner.lock();
         // Not synced: a lost commit point only delays applying at the next start
         // until a leader says what is committed.
-        inner.write(&Record::Committed(committed))?;
-        inner.committed = committed;
+        let bytes = encode(&Record::Committed(committed));
+        self.until_written(|inner| inner.write_bytes(&bytes)).await;
+        self.inner.lock().committed = committed;
         Ok(())
     }
 
@@ -496,8 +525,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.inner.lock().check_chain(&entries)?;
         let bytes =
             frame(serde_json::to_vec(&EntriesRef::Entries(&entries)).expect("entries serialize"));
+        let size = self.until_written(|inner| inner.write_bytes(&bytes)).await;
         let mut inner = self.inner.lock();
-        let size = inner.write_bytes(bytes)?;
         inner.replay(Record::Entries(entries), size);
         match inner.policy {
             FsyncPolicy::Always => {
@@ -509,15 +538,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let mut inner = self.inner.lock();
-        inner.write(&Record::TruncatedFrom(log_id.index))?;
-        inner.drop_from(log_id.index);
+        let bytes = encode(&Record::TruncatedFrom(log_id.index));
+        self.until_written(|inner| inner.write_bytes(&bytes)).await;
+        self.inner.lock().drop_from(log_id.index);
         Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let bytes = encode(&Record::Purged(log_id));
+        self.until_written(|inner| inner.write_bytes(&bytes)).await;
         let mut inner = self.inner.lock();
-        inner.write(&Record::Purged(log_id))?;
         inner.drop_until(log_id);
         if let Err(e) = inner.maybe_rewrite() {
             // The old file is still whole: purging is only an optimisation.

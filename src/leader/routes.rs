@@ -206,6 +206,20 @@ async fn post_to_group(
         )
             .into_response());
     }
+    // A raft log that cannot be written (a full disk) refuses at once, before the
+    // batch is proposed: it is not in the log, on this node or any other.
+    if let Some(e) = c.log.failure() {
+        return Err(ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            format!(
+                "the raft log cannot be written ({e}); writes are refused until it can \
+                 (this one was not counted)"
+            ),
+        )
+        .with("reason", "log_failed")
+        .with("retry_after", 1)
+        .applied(Applied::No));
+    }
     let applied = remaining(deadline, c.write(Proposal::new(deltas, key)))
         .await
         .unwrap_or(Err(WriteError::Timeout));

@@ -577,3 +577,33 @@ async fn a_certificate_that_expires_while_serving_fails_health_until_a_new_pair_
         assert_eq!(h["tls"]["last_reload"]["ok"], true, "{h}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tls_on_the_peer_routes_want_a_certificate_from_the_nodes_ca_even_unasked() {
+    // --tls-ca but no --tls-client-ca: the CA the node trusts its peers by is the one
+    // their client certificates must come from.
+    let pki = Pki::new("cluster CA");
+    pki.issue("node", &["127.0.0.1"]);
+    pki.issue("client", &["client"]);
+    let data = tempfile::tempdir().unwrap();
+    let leader = Node::leader(data.path(), &refs(&pki.node_flags("node", false)))
+        .with_client_tls(pki.client(None));
+    let url = leader.url.clone();
+    let (s, b) = call(&pki.client(None), "GET", &format!("{url}/sync"), "")
+        .await
+        .unwrap();
+    assert_eq!(s, 403, "{b}");
+    let (s, _) = call(
+        &pki.client(Some("client")),
+        "GET",
+        &format!("{url}/sync"),
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 200);
+    assert_eq!(
+        leader.health().await["tls"]["client_certificates_required"],
+        true
+    );
+}

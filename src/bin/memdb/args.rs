@@ -299,7 +299,8 @@ pub struct TlsArgs {
     #[arg(long, env = "MEMDB_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// Require a client certificate signed by these CAs (PEM) on the routes that carry
-    /// replication, raft and admin traffic (mutual TLS); reads and writes keep the token.
+    /// replication, raft and admin traffic (mutual TLS); reads and writes keep the token
+    /// [default: --tls-ca, when given].
     #[arg(long, env = "MEMDB_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
     /// Trust only these CAs (PEM) when calling other nodes over https:// [default: the
@@ -320,14 +321,26 @@ impl TlsArgs {
         let trust = self.tls_ca.as_deref().map(Trust::load).transpose()?;
         let server = match (&self.tls_cert, &self.tls_key) {
             // SIGHUP reloads the CA the node trusts along with its own pair.
-            (Some(cert), Some(key)) => Some(ServerTls::load(
-                TlsPaths {
-                    cert: cert.clone(),
-                    key: key.clone(),
-                    client_ca: self.tls_client_ca.clone(),
-                },
-                trust.clone(),
-            )?),
+            // Whenever TLS is on, the peer routes want a client certificate: from
+            // --tls-client-ca, or else the CA this node trusts its peers by (--tls-ca).
+            (Some(cert), Some(key)) => {
+                let client_ca = self.tls_client_ca.clone().or_else(|| self.tls_ca.clone());
+                if client_ca.is_none() {
+                    eprintln!(
+                        "warning: TLS without --tls-client-ca or --tls-ca: the replication, \
+                         raft and admin routes are guarded by the token alone (give \
+                         --tls-ca, the CA your nodes' certificates come from)"
+                    );
+                }
+                Some(ServerTls::load(
+                    TlsPaths {
+                        cert: cert.clone(),
+                        key: key.clone(),
+                        client_ca,
+                    },
+                    trust.clone(),
+                )?)
+            }
             _ => None,
         };
         let client = match &server {

@@ -22,6 +22,16 @@ async fn group_of(g: &Group, i: usize) -> String {
         .to_owned()
 }
 
+/// Posts `w{i}` with key `k{i}` for each `i` of `range`, through any voter, each until
+/// acknowledged.
+async fn post_words(g: &Group, range: std::ops::Range<usize>) {
+    let urls = g.urls();
+    for i in range {
+        let (word, key) = (format!("w{i}"), format!("k{i}"));
+        post_until_acked(&g.http, &urls, i, &word, &key, DEADLINE).await;
+    }
+}
+
 /// Words `w0`..`w{n-1}`, one each.
 fn words(n: usize) -> HashMap<String, u64> {
     (0..n).map(|i| (format!("w{i}"), 1)).collect()
@@ -31,17 +41,7 @@ fn words(n: usize) -> HashMap<String, u64> {
 async fn an_append_that_would_rewrite_committed_entries_is_refused_and_the_group_keeps_writing() {
     let g = Group::start(3, &[]).await;
     let urls = g.urls();
-    for i in 0..20 {
-        post_until_acked(
-            &g.http,
-            &urls,
-            i,
-            &format!("w{i}"),
-            &format!("k{i}"),
-            DEADLINE,
-        )
-        .await;
-    }
+    post_words(&g, 0..20).await;
     let leader = g.leader().await;
     let target = (leader + 1) % 3;
     let claimed = leader as u64 + 1;
@@ -356,7 +356,7 @@ async fn with_a_peer_token_a_client_token_cannot_reach_the_peer_routes() {
 async fn vote_requests_from_a_node_outside_the_group_are_refused_and_writes_go_on() {
     let g = Group::start(3, &[]).await;
     let urls = g.urls();
-    post_until_acked(&g.http, &urls, 0, "w0", "k0", DEADLINE).await;
+    post_words(&g, 0..1).await;
     let term = |h: &Value| h["raft"]["term"].as_u64().unwrap();
     let before: Vec<u64> = futures_term(&g, term).await;
     // Node 9, a stranger, asks every voter for its vote with rising terms.
@@ -389,17 +389,7 @@ async fn vote_requests_from_a_node_outside_the_group_are_refused_and_writes_go_o
             refused
         })
     };
-    for i in 1..=20 {
-        post_until_acked(
-            &g.http,
-            &urls,
-            i,
-            &format!("w{i}"),
-            &format!("k{i}"),
-            DEADLINE,
-        )
-        .await;
-    }
+    post_words(&g, 1..21).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(flood.await.unwrap() > 0);
     g.converged(&words(21)).await;
@@ -423,17 +413,7 @@ async fn futures_term<T>(g: &Group, f: impl Fn(&Value) -> T) -> Vec<T> {
 async fn a_voter_that_applied_a_forged_entry_is_reported_as_diverged() {
     let g = Group::start(3, &[]).await;
     let urls = g.urls();
-    for i in 0..5 {
-        post_until_acked(
-            &g.http,
-            &urls,
-            i,
-            &format!("w{i}"),
-            &format!("k{i}"),
-            DEADLINE,
-        )
-        .await;
-    }
+    post_words(&g, 0..5).await;
     g.converged(&words(5)).await;
     let leader = g.leader().await;
     let target = (leader + 1) % 3;
@@ -603,8 +583,7 @@ async fn healthy(g: &Group, i: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_leader_cut_off_from_its_followers_says_so_and_recovers() {
     let g = Group::start(3, &[]).await;
-    let urls = g.urls();
-    post_until_acked(&g.http, &urls, 0, "w0", "k0", DEADLINE).await;
+    post_words(&g, 0..1).await;
     let leader = g.leader().await;
     let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
     for f in &followers {
@@ -625,7 +604,7 @@ async fn a_leader_cut_off_from_its_followers_says_so_and_recovers() {
     }
     let leader = g.leader().await;
     healthy(&g, leader).await;
-    post_until_acked(&g.http, &urls, 0, "w1", "k1", DEADLINE).await;
+    post_words(&g, 1..2).await;
     g.converged(&words(2)).await;
 }
 
@@ -633,7 +612,7 @@ async fn a_leader_cut_off_from_its_followers_says_so_and_recovers() {
 async fn a_removed_voter_and_a_moved_one_are_reported_and_a_move_is_readdressed() {
     let mut g = Group::start(3, &[]).await;
     let urls = g.urls();
-    post_until_acked(&g.http, &urls, 0, "w0", "k0", DEADLINE).await;
+    post_words(&g, 0..1).await;
     let leader = g.leader().await;
     let (gone, moved) = ((leader + 1) % 3, (leader + 2) % 3);
     let voters: Vec<u64> = (0..3)

@@ -23,6 +23,7 @@
 //!   throwaway certificates for `memdb certs`.
 //! - [`protocol`]: what both ends share — header names, incarnation ids, socket lines.
 //! - [`backoff`]: exponential backoff with jitter, for every retry loop.
+//! - [`throttle`]: at most one log line a second for a kind of event.
 //! - [`worker`]: a thread fed by a channel that stops when its handle drops.
 //! - [`client`]: the typed HTTP client replicas, `perf` and the tests use.
 //! - [`perf`]: the load tool behind `memdb perf`, a client only.
@@ -44,6 +45,7 @@ pub mod protocol;
 pub mod replica;
 pub mod server;
 pub mod storage;
+pub mod throttle;
 pub mod tls;
 pub mod words;
 pub mod worker;

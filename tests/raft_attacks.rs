@@ -675,3 +675,54 @@ async fn a_removed_voter_and_a_moved_one_are_reported_and_a_move_is_readdressed(
         .unwrap();
     assert_eq!(r.status(), 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_voter_whose_engine_stopped_says_so_instead_of_ok() {
+    let g = Group::start(3, &[]).await;
+    post_words(&g, 0..3).await;
+    g.converged(&words(3)).await;
+    let leader = g.leader().await;
+    let target = (leader + 1) % 3;
+    let h = g.raft(target).await.unwrap();
+    let (term, lead, last) = (
+        h["raft"]["term"].as_u64().unwrap(),
+        h["raft"]["leader_id"].as_u64().unwrap(),
+        h["raft"]["last_log_index"].as_u64().unwrap(),
+    );
+    // With the peer credential, a whole "snapshot" past this voter's log that is not a
+    // snapshot at all: the engine cannot install it and stops (openraft stops on any
+    // storage error rather than go on with a state it cannot trust).
+    let forged = json!({
+        "vote": {"leader_id": {"term": term, "node_id": lead}, "committed": true},
+        "meta": {
+            "last_log_id": log_id(term, lead, last + 100),
+            "last_membership": {"log_id": null, "membership": {"configs": [], "nodes": {}}},
+            "snapshot_id": "forged",
+        },
+        "offset": 0,
+        "data": [1, 2, 3],
+        "done": true,
+    });
+    let r = g
+        .http
+        .post(format!("{}/raft/snapshot", g.nodes[target].url))
+        .header("x-memdb-cluster", "memdb")
+        .header("x-memdb-group", group_of(&g, target).await)
+        .json(&forged)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body = r.text().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    // It no longer applies anything: /health says so, and not "ok".
+    reports(&g, target, "raft engine").await;
+    let h = health(&g.http, &g.nodes[target].url).await.unwrap();
+    assert_eq!(h["status"], "failing", "{h}");
+    // The other two go on.
+    let urls: Vec<String> = (0..3)
+        .filter(|i| *i != target)
+        .map(|i| g.nodes[i].url.clone())
+        .collect();
+    post_until_acked(&g.http, &urls, 0, "after", "after", DEADLINE).await;
+}

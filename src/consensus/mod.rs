@@ -6,35 +6,40 @@
 //!
 //! - [`crosscheck`]: voters compare their tables' digests at equal seqs.
 //! - [`identity`]: which node and group a data directory belongs to.
+//! - [`keys`]: the idempotency keys remembered, for a time and within a size.
 //! - [`log_store`]: the raft log on disk (the node's write-ahead log in a group).
 //! - [`state_machine`]: applying entries to the table, idempotency keys, snapshots.
 //! - [`network`]: raft's RPCs over HTTP to the other voters.
 //! - [`pending`]: a retried keyed write joins the proposal in flight.
 //! - [`routes`]: the RPC endpoints and the membership routes.
+//! - [`status`]: what a voter's `/health` and `/metrics` say of it.
 
 // openraft's error types are large by design and every storage call returns them.
 #![allow(clippy::result_large_err)]
 
 pub mod crosscheck;
 pub mod identity;
+pub mod keys;
 pub mod log_store;
 pub mod network;
 pub mod pending;
 pub mod routes;
 pub mod state_machine;
+pub mod status;
 
-use std::collections::{BTreeMap, BTreeSet};
+pub use status::{MemberStatus, RaftStatus};
+
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::{BasicNode, ServerState, SnapshotPolicy};
+use openraft::{BasicNode, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 
 use crate::config::RaftConfig;
 use crate::leader::Leader;
-use crate::server::metrics::Series;
 use crate::words::Deltas;
 
 pub type NodeId = u64;
@@ -221,55 +226,6 @@ pub struct Consensus {
     leaderless_since: Arc<parking_lot::Mutex<Option<std::time::Instant>>>,
 }
 
-/// One member as `/health` shows it.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct MemberStatus {
-    pub id: NodeId,
-    pub url: String,
-    pub voter: bool,
-    /// The last log index known to be on it (on the leader only).
-    pub matched: Option<u64>,
-    /// How many entries it lacks (on the leader only).
-    pub lag: Option<u64>,
-}
-
-/// The raft part of `/health`.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct RaftStatus {
-    pub node_id: NodeId,
-    pub cluster: String,
-    /// The group's id (16 hex digits), once this node formed or joined the group; every
-    /// RPC names it (header `x-memdb-group`).
-    pub group: Option<String>,
-    /// `leader`, `follower`, `candidate` or `learner`.
-    pub state: &'static str,
-    pub leader_id: Option<NodeId>,
-    pub leader_url: Option<String>,
-    pub term: u64,
-    pub last_log_index: Option<u64>,
-    pub commit_index: Option<u64>,
-    pub applied_index: Option<u64>,
-    pub snapshot_index: Option<u64>,
-    pub elections_seen: u64,
-    pub members: Vec<MemberStatus>,
-    /// Idempotency keys remembered.
-    pub keys: usize,
-    /// The raft log's write error, if it failed.
-    pub log_failed: Option<String>,
-    /// Members whose table differs from this voter's at the same seq.
-    pub diverged: Vec<crosscheck::Divergence>,
-}
-
-fn state_name(s: ServerState) -> &'static str {
-    match s {
-        ServerState::Leader => "leader",
-        ServerState::Follower => "follower",
-        ServerState::Candidate => "candidate",
-        ServerState::Learner => "learner",
-        ServerState::Shutdown => "shutdown",
-    }
-}
-
 impl Consensus {
     /// Starts the raft engine for `leader`'s table. With `--peers`, forms the group
     /// (every voter may do it with the same list; a formed group ignores it).
@@ -303,7 +259,7 @@ impl Consensus {
         let group = identity::Group::open(&dir, config.node_id, &config.cluster)?;
         let log = log_store::LogStore::open(&dir, fsync)
             .map_err(|e| format!("opening the raft log in {}: {e}", dir.display()))?;
-        let keys = state_machine::Keys::new(config.key_window, config.key_bytes);
+        let keys = keys::Keys::new(config.key_window, config.key_bytes);
         let state = state_machine::StateMachine::new(leader.clone(), dir, boot.as_ref(), keys);
         let network = network::Network::new(
             config.cluster.clone(),
@@ -459,198 +415,6 @@ impl Consensus {
         let id = m.current_leader?;
         let url = m.membership_config.membership().get_node(&id)?.addr.clone();
         Some((id, url))
-    }
-
-    /// Why the raft engine no longer runs, if it stopped: a fatal storage error, or a
-    /// panic inside it (its metrics channel then closes). Such a node takes no write
-    /// and applies nothing more until it is restarted, so `/health` must say so.
-    pub fn stopped(&self) -> Option<String> {
-        let rx = self.raft.metrics();
-        if rx.has_changed().is_err() {
-            return Some("the raft engine stopped (it panicked or was shut down)".into());
-        }
-        let m = rx.borrow();
-        match (&m.running_state, m.state) {
-            (Err(fatal), _) => Some(format!("the raft engine stopped: {fatal}")),
-            (Ok(()), ServerState::Shutdown) => Some("the raft engine is shut down".into()),
-            _ => None,
-        }
-    }
-
-    /// What makes this voter untrustworthy now, each a `/health` problem: the engine
-    /// stopped; a leader that has not heard from a majority within two election
-    /// timeouts (writes cannot commit: etcd's check-quorum); a member that has known
-    /// no leader that long (a removed voter campaigns forever; a cut-off one waits);
-    /// the group reaching this node at another URL than `--peers` names for it; a
-    /// member whose table differs at the same seq.
-    pub fn problems(&self) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .divergences
-            .list()
-            .iter()
-            .map(|d| d.to_string())
-            .collect();
-        if let Some(e) = self.stopped() {
-            out.push(format!(
-                "{e}: writes are refused until the node is restarted"
-            ));
-            return out;
-        }
-        let m = self.raft.metrics().borrow().clone();
-        let membership = m.membership_config.membership();
-        let formed = membership.nodes().next().is_some();
-        let limit = self.config.election_timeout * 2;
-        let voters = membership.voter_ids().count();
-        if m.state == ServerState::Leader
-            && voters > 1
-            && let Some(ms) = m.millis_since_quorum_ack
-            && Duration::from_millis(ms) > limit
-        {
-            out.push(format!(
-                "this node leads but has heard from no majority of the {voters} voters for \
-                 {ms} ms (more than two election timeouts): writes cannot commit"
-            ));
-        }
-        if formed && membership.get_node(&self.node_id).is_none() {
-            out.push(
-                "this node is not a member of the group (it was removed): it takes no \
-                 writes and its seq no longer moves; stop it, or add it again with POST \
-                 /raft/learners"
-                    .into(),
-            );
-        }
-        let leaderless = *self.leaderless_since.lock();
-        if formed
-            && m.current_leader.is_none()
-            && let Some(since) = leaderless
-            && since.elapsed() > limit
-        {
-            out.push(format!(
-                "no leader known for {} ms (this node is a {}): it cannot take writes and \
-                 may serve an old seq",
-                since.elapsed().as_millis(),
-                state_name(m.state)
-            ));
-        }
-        if let (Some(named), Some(known)) = (
-            self.config.peers.get(&self.node_id),
-            membership.get_node(&self.node_id),
-        ) && named.trim_end_matches('/') != known.addr.trim_end_matches('/')
-        {
-            out.push(format!(
-                "the group reaches this node at {} but --peers names it {named}: the others \
-                 (and their redirects) use the old address; re-address it with POST \
-                 /raft/addresses {{\"nodes\": {{\"{}\": \"{named}\"}}}} on the leader",
-                known.addr, self.node_id
-            ));
-        }
-        out
-    }
-
-    /// This node's raft state by name (`leader`, `follower`, ...).
-    pub fn state_name(&self) -> &'static str {
-        state_name(self.raft.metrics().borrow().state)
-    }
-
-    pub fn elections(&self) -> u64 {
-        self.elections.load(Ordering::Relaxed)
-    }
-
-    /// The raft series of `/metrics`.
-    pub fn collect(&self, m: &mut Series<'_>) {
-        let r = self.raft.metrics().borrow().clone();
-        m.gauge(
-            "memdb_raft_term",
-            "The raft term this node is in.",
-            r.current_term,
-        );
-        m.gauge(
-            "memdb_raft_is_leader",
-            "1 while this node leads the raft group.",
-            r.state == ServerState::Leader,
-        );
-        m.gauge(
-            "memdb_raft_quorum_ack_age_seconds",
-            "On the leader: seconds since a majority of the voters last acknowledged it.",
-            r.millis_since_quorum_ack.unwrap_or(0) as f64 / 1e3,
-        );
-        m.gauge(
-            "memdb_raft_keyed_writes_in_flight",
-            "Keyed writes proposed here and not yet answered (a retry of one joins it).",
-            self.pending.len() as u64,
-        );
-        m.counter(
-            "memdb_raft_elections_total",
-            "Elections this node has seen start (term changes).",
-            self.elections(),
-        );
-        m.gauge(
-            "memdb_raft_last_log_index",
-            "The last raft log index this node holds.",
-            r.last_log_index.unwrap_or(0),
-        );
-        m.gauge(
-            "memdb_raft_commit_index",
-            "The last raft log index known committed (on a majority).",
-            self.log.committed_index().unwrap_or(0),
-        );
-        m.gauge(
-            "memdb_raft_applied_index",
-            "The last raft log index applied to the table.",
-            r.last_applied.map_or(0, |l| l.index),
-        );
-        m.gauge(
-            "memdb_raft_log_failed",
-            "1 while the raft log cannot be written.",
-            self.log.failure().is_some(),
-        );
-    }
-
-    /// The raft part of `/health`.
-    pub fn status(&self) -> RaftStatus {
-        let m = self.raft.metrics().borrow().clone();
-        let membership = m.membership_config.membership();
-        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        let last = m.last_log_index;
-        let members = membership
-            .nodes()
-            .map(|(id, node)| {
-                let matched = m
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(id).cloned())
-                    .map(|l| l.map_or(0, |l| l.index));
-                MemberStatus {
-                    id: *id,
-                    url: node.addr.clone(),
-                    voter: voters.contains(id),
-                    matched,
-                    lag: matched.map(|x| last.unwrap_or(0).saturating_sub(x)),
-                }
-            })
-            .collect();
-        let leader_url = m
-            .current_leader
-            .and_then(|id| membership.get_node(&id))
-            .map(|n| n.addr.clone());
-        RaftStatus {
-            node_id: self.node_id,
-            cluster: self.config.cluster.clone(),
-            group: self.group.id(),
-            state: state_name(m.state),
-            leader_id: m.current_leader,
-            leader_url,
-            term: m.current_term,
-            last_log_index: last,
-            commit_index: self.log.committed_index(),
-            applied_index: m.last_applied.map(|l| l.index),
-            snapshot_index: m.snapshot.map(|l| l.index),
-            elections_seen: self.elections(),
-            members,
-            keys: self.state.keys_held(),
-            log_failed: self.log.failure(),
-            diverged: self.divergences.list(),
-        }
     }
 }
 

@@ -17,9 +17,9 @@ use utoipa_axum::routes;
 use crate::config::LeaderConfig;
 use crate::leader::replication::ReplicaUrlError;
 use crate::protocol::SEQ;
+use crate::server::deadline::{Deadline, remaining};
 use crate::server::error::{ApiError, Applied};
 use crate::server::router::{self, CountSource};
-use crate::server::router::{Deadline, remaining};
 use crate::storage::log::FsyncPolicy;
 
 use super::{IngestError, Ingested, Leader, LeaderError};

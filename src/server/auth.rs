@@ -189,7 +189,7 @@ const TRACKED_ADDRESSES: usize = 65_536;
 pub static AUTH_FAILURES: AtomicU64 = AtomicU64::new(0);
 /// Requests refused 429 because their address failed too often.
 pub static AUTH_THROTTLED: AtomicU64 = AtomicU64::new(0);
-static LOG: crate::tls::server::Throttle = crate::tls::server::Throttle::new();
+static LOG: crate::throttle::LogThrottle = crate::throttle::LogThrottle::new();
 
 /// Each address's allowance of failures (a token bucket).
 static ALLOWANCE: std::sync::LazyLock<Mutex<HashMap<IpAddr, (f64, Instant)>>> =

@@ -526,48 +526,7 @@ fn finish<S: CountSource>(
     if limits.request_timeout.is_zero() {
         Router::new().fallback_service(counted.service(limited.service(inner)))
     } else {
-        let deadline =
-            axum::middleware::from_fn_with_state(limits.request_timeout, request_deadline);
+        let deadline = crate::server::deadline::RequestDeadlineLayer(limits.request_timeout);
         Router::new().fallback_service(counted.service(limited.layer(deadline).service(inner)))
-    }
-}
-
-/// Answers 503 for a request that takes longer than `--request-timeout`, except a
-/// write (`POST /post`): cut off after it was counted, it could not say so, and a client
-/// would count it again. The write handlers bound their own waits by the same timeout
-/// ([`remaining`]) and answer what they know.
-async fn request_deadline(
-    State(timeout): State<Duration>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    if req.uri().path() == "/post" {
-        let mut req = req;
-        req.extensions_mut()
-            .insert(Deadline(tokio::time::Instant::now() + timeout));
-        return next.run(req).await;
-    }
-    match tokio::time::timeout(timeout, next.run(req)).await {
-        Ok(r) => r,
-        Err(_) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the request took longer than the node's --request-timeout",
-        )
-        .into_response(),
-    }
-}
-
-/// When a write must be answered by (its `--request-timeout`), if the node has one.
-#[derive(Clone, Copy, Debug)]
-pub struct Deadline(pub tokio::time::Instant);
-
-/// Runs `wait` until the request's deadline (if it has one); `None` if it ran out.
-pub async fn remaining<T>(
-    deadline: Option<Deadline>,
-    wait: impl std::future::Future<Output = T>,
-) -> Option<T> {
-    match deadline {
-        Some(Deadline(at)) => tokio::time::timeout_at(at, wait).await.ok(),
-        None => Some(wait.await),
     }
 }

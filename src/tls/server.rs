@@ -22,6 +22,7 @@ use tokio::net::TcpStream;
 
 use super::{TlsError, provider, read_certs, read_key, read_roots};
 use crate::server::ApiError;
+use crate::throttle::LogThrottle;
 
 /// Handshakes that failed (bad or missing certificates, wrong protocol, timeouts).
 pub static HANDSHAKE_FAILURES: AtomicU64 = AtomicU64::new(0);
@@ -367,49 +368,8 @@ pub async fn require_client_cert(
     .into_response()
 }
 
-/// At most one log line a second for a kind of refused connection, with how many
-/// went unlogged since: a scanner must not flood the log.
-pub struct Throttle {
-    last_ms: AtomicU64,
-    unlogged: AtomicU64,
-}
-
-impl Default for Throttle {
-    fn default() -> Self {
-        Throttle::new()
-    }
-}
-
-impl Throttle {
-    pub const fn new() -> Throttle {
-        Throttle {
-            last_ms: AtomicU64::new(0),
-            unlogged: AtomicU64::new(0),
-        }
-    }
-
-    /// `Some(unlogged since the last line)` when a line may be logged now.
-    pub fn tick(&self) -> Option<u64> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let last = self.last_ms.load(Relaxed);
-        if now.saturating_sub(last) >= 1000
-            && self
-                .last_ms
-                .compare_exchange(last, now, Relaxed, Relaxed)
-                .is_ok()
-        {
-            Some(self.unlogged.swap(0, Relaxed))
-        } else {
-            self.unlogged.fetch_add(1, Relaxed);
-            None
-        }
-    }
-}
-
-static HANDSHAKE_LOG: Throttle = Throttle::new();
-static PLAIN_LOG: Throttle = Throttle::new();
+static HANDSHAKE_LOG: LogThrottle = LogThrottle::new();
+static PLAIN_LOG: LogThrottle = LogThrottle::new();
 
 /// The TLS handshake of an accepted connection, within `within`. `None` (logged,
 /// counted) when it fails; a connection that speaks plain HTTP is answered `400` with
@@ -604,15 +564,5 @@ mod tests {
         old.write(&paths.cert, &paths.key).unwrap();
         let err = ServerTls::load(paths, None).unwrap_err().to_string();
         assert!(err.contains("expired at"), "{err}");
-    }
-
-    #[test]
-    fn the_throttle_lets_one_line_a_second_through() {
-        let t = Throttle::new();
-        assert_eq!(t.tick(), Some(0));
-        assert_eq!(t.tick(), None);
-        assert_eq!(t.tick(), None);
-        t.last_ms.store(0, Relaxed);
-        assert_eq!(t.tick(), Some(2));
     }
 }

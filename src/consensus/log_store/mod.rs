@@ -23,34 +23,22 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogId, LogState, RaftLogReader, StorageError, StorageIOError, Vote};
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
 
 use super::{Entry, NodeId, TypeConfig};
+use flush::{Flush, flusher};
+use record::{EntriesRef, Record, decode_all, encode, frame};
+
+mod flush;
+mod record;
 use crate::storage::log::FsyncPolicy;
 
 pub const LOG_NAME: &str = "raft.log";
-const RECORD_HEAD: usize = 12;
 /// Rewrite the file when it holds this many bytes and four times what is live.
 const REWRITE_AT: u64 = 32 << 20;
-
-/// [`Record::Entries`] written from a borrowed slice (the same JSON).
-#[derive(Serialize)]
-enum EntriesRef<'a> {
-    Entries(&'a [Entry]),
-}
-
-#[derive(Serialize, Deserialize)]
-enum Record {
-    Entries(Vec<Entry>),
-    Vote(Vote<NodeId>),
-    Committed(Option<LogId<NodeId>>),
-    Purged(LogId<NodeId>),
-    TruncatedFrom(u64),
-}
 
 /// The raft log (cheap to clone: the reader and the writer share it).
 #[derive(Clone)]
@@ -75,49 +63,6 @@ struct Inner {
     /// The write error while the log cannot be written (a full or failing disk): the
     /// write is retried until it lands, and this is cleared then.
     failed: Option<String>,
-}
-
-enum Flush {
-    /// fsync, then report these appends done.
-    Wait(LogFlushed<TypeConfig>),
-    /// The file was rewritten: sync this handle from now on.
-    Reopen(File),
-}
-
-fn encode(record: &Record) -> Vec<u8> {
-    frame(serde_json::to_vec(record).expect("records serialize"))
-}
-
-fn frame(payload: Vec<u8>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(RECORD_HEAD + payload.len());
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&payload).to_le_bytes());
-    out.extend_from_slice(&payload);
-    out
-}
-
-/// The records of `bytes` up to the first torn or corrupt one, and where that is.
-fn decode_all(bytes: &[u8]) -> (Vec<(Record, u64)>, usize) {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while bytes.len() - at >= RECORD_HEAD {
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4")) as usize;
-        let sum = u64::from_le_bytes(bytes[at + 4..at + 12].try_into().expect("8"));
-        let end = at + RECORD_HEAD + len;
-        if end > bytes.len() {
-            break;
-        }
-        let payload = &bytes[at + RECORD_HEAD..end];
-        if xxhash_rust::xxh3::xxh3_64(payload) != sum {
-            break;
-        }
-        let Ok(record) = serde_json::from_slice::<Record>(payload) else {
-            break;
-        };
-        out.push((record, (end - at) as u64));
-        at = end;
-    }
-    (out, at)
 }
 
 fn io_error(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
@@ -254,47 +199,6 @@ fn bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
 
 fn read_error(e: String) -> StorageError<NodeId> {
     StorageIOError::read_logs(&io::Error::other(e)).into()
-}
-
-/// fsyncs for `always` (grouping every waiting append into one fsync) and every
-/// second for `everysec`.
-fn flusher(mut file: File, rx: Receiver<Flush>, policy: FsyncPolicy) {
-    let tick = Duration::from_secs(1);
-    loop {
-        let first = match policy {
-            FsyncPolicy::EverySec => match rx.recv_timeout(tick) {
-                Ok(f) => Some(f),
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
-                Err(_) => return,
-            },
-            _ => match rx.recv() {
-                Ok(f) => Some(f),
-                Err(_) => return,
-            },
-        };
-        let mut waiting = Vec::new();
-        for f in first.into_iter().chain(rx.try_iter()) {
-            match f {
-                Flush::Wait(cb) => waiting.push(cb),
-                Flush::Reopen(f) => file = f,
-            }
-        }
-        if policy == FsyncPolicy::No && waiting.is_empty() {
-            continue;
-        }
-        let result = file.sync_data();
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "fsync of the raft log failed");
-        }
-        for cb in waiting {
-            cb.log_io_completed(
-                result
-                    .as_ref()
-                    .map(|_| ())
-                    .map_err(|e| io::Error::new(e.kind(), e.to_string())),
-            );
-        }
-    }
 }
 
 impl Inner {
@@ -583,13 +487,6 @@ mod tests {
         std::fs::write(dir.path().join(LOG_NAME), &bytes).unwrap();
         let store = LogStore::open(dir.path(), FsyncPolicy::No).unwrap();
         Arc::try_unwrap(store.inner).ok().unwrap().into_inner()
-    }
-
-    #[test]
-    fn entries_written_borrowed_read_back_as_records() {
-        let es = vec![entry(1, 1), entry(1, 2)];
-        let borrowed = serde_json::to_vec(&EntriesRef::Entries(&es)).unwrap();
-        assert_eq!(borrowed, serde_json::to_vec(&Record::Entries(es)).unwrap());
     }
 
     #[test]

@@ -26,6 +26,15 @@ pub struct Serving {
 }
 
 impl Serving {
+    /// How the node accepts connections: its limits, and whether requests learn the
+    /// address they came from (where a token is checked, failures are throttled by it).
+    pub fn connections(&self) -> crate::server::listen::Connections {
+        crate::server::listen::Connections {
+            client_addresses: self.auth_token.is_some() || self.peer_token.is_some(),
+            ..self.limits.connections
+        }
+    }
+
     /// What the peer routes require and this node presents to its peers: the peer
     /// token, or the client token when no peer token is set.
     pub fn peer_credential(&self) -> Option<&crate::server::auth::Token> {

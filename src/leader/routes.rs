@@ -518,7 +518,7 @@ pub async fn serve(
     }
     let app = leader_router(leader.clone());
     let serving = &leader.shared.config.serving;
-    let (conns, tls) = (serving.limits.connections, serving.tls.clone());
+    let (conns, tls) = (serving.connections(), serving.tls.clone());
     let served = crate::server::listen::serve(listener, app, shutdown, conns, tls)
         .await
         .map_err(LeaderError::Serve);

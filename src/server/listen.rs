@@ -45,6 +45,10 @@ pub struct Connections {
     /// Connections open at once; beyond it new ones are closed at once (and logged).
     /// Zero: the open-file limit less a reserve for files, sockets and replication.
     pub max_connections: usize,
+    /// Give each request the address it came from (`ConnectInfo`), which the token
+    /// check throttles failures by; set by [`crate::config::Serving::connections`]
+    /// when the node has a token (it costs every request a few percent otherwise).
+    pub client_addresses: bool,
 }
 
 impl Default for Connections {
@@ -52,6 +56,7 @@ impl Default for Connections {
         Connections {
             idle_timeout: std::time::Duration::from_secs(30),
             max_connections: 0,
+            client_addresses: false,
         }
     }
 }
@@ -104,6 +109,7 @@ pub async fn serve(
     use hyper_util::rt::{TokioIo, TokioTimer};
 
     let cap = conns.cap();
+    let addresses = conns.client_addresses;
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(cap));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).keep_alive(true);
@@ -161,18 +167,32 @@ pub async fn serve(
         let acceptor = tls.as_ref().map(|t| t.acceptor());
         let (app, builder, watcher) = (app.clone(), builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            // Each request knows the address it came from (failed authentication is
-            // throttled per address).
-            let app = tower::ServiceExt::map_request(
-                app,
+            // Each request knows the address it came from where a token is checked
+            // (failures are throttled per address), and over TLS whether its connection
+            // presented a client certificate (the replication routes may require one).
+            // Without either, requests go to the router as they are: a wrapper costs
+            // every request a few percent.
+            let tag = move |cert: Option<crate::tls::server::ClientCertificate>| {
                 move |mut req: axum::extract::Request<hyper::body::Incoming>| {
-                    req.extensions_mut()
-                        .insert(axum::extract::ConnectInfo(peer));
+                    if addresses {
+                        req.extensions_mut()
+                            .insert(axum::extract::ConnectInfo(peer));
+                    }
+                    if let Some(cert) = cert {
+                        req.extensions_mut().insert(cert);
+                    }
                     req
-                },
-            );
+                }
+            };
             match acceptor {
+                None if !addresses => {
+                    let svc = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = watcher
+                        .watch(builder.serve_connection(TokioIo::new(tcp), svc))
+                        .await;
+                }
                 None => {
+                    let app = tower::ServiceExt::map_request(app, tag(None));
                     let svc = hyper_util::service::TowerToHyperService::new(app);
                     let _ = watcher
                         .watch(builder.serve_connection(TokioIo::new(tcp), svc))
@@ -182,15 +202,7 @@ pub async fn serve(
                     let handshake =
                         crate::tls::server::handshake(acceptor, tcp, peer, handshake_within);
                     if let Some((stream, cert)) = handshake.await {
-                        // Each request learns whether its connection presented a client
-                        // certificate (the replication routes may require one).
-                        let app = tower::ServiceExt::map_request(
-                            app,
-                            move |mut req: axum::extract::Request<hyper::body::Incoming>| {
-                                req.extensions_mut().insert(cert);
-                                req
-                            },
-                        );
+                        let app = tower::ServiceExt::map_request(app, tag(Some(cert)));
                         let svc = hyper_util::service::TowerToHyperService::new(app);
                         let _ = watcher
                             .watch(builder.serve_connection(TokioIo::new(stream), svc))

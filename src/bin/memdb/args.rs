@@ -304,6 +304,7 @@ fn serving(listen: &Listen, auth: &AuthArgs, tls: &TlsArgs) -> anyhow::Result<Se
             max_body_in_flight: listen.max_body_in_flight,
             max_scans: listen.max_scans,
             connections: memdb::server::listen::Connections {
+                client_addresses: false,
                 idle_timeout: listen.idle_timeout,
                 max_connections: listen.max_connections,
             },

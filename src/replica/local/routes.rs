@@ -340,7 +340,7 @@ pub async fn run(
     let cancel = CancellationToken::new();
     let tasks = replica.follow(&cancel);
     let serving = &replica.shared.config.serving;
-    let (conns, tls) = (serving.limits.connections, serving.tls.clone());
+    let (conns, tls) = (serving.connections(), serving.tls.clone());
     let served = crate::server::listen::serve(
         listener,
         local_replica_router(replica.clone()),

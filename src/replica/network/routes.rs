@@ -325,7 +325,7 @@ pub async fn run(
     let cancel = CancellationToken::new();
     let control = replica.follow(&cancel);
     let serving = &replica.shared.config.serving;
-    let (conns, tls) = (serving.limits.connections, serving.tls.clone());
+    let (conns, tls) = (serving.connections(), serving.tls.clone());
     let served =
         crate::server::listen::serve(listener, replica_router(replica), shutdown, conns, tls).await;
     cancel.cancel();

@@ -289,11 +289,16 @@ if [ "$mode" = tls ]; then
   if [ ! -e "$certs/client.pem" ]; then
     "$bin" certs --dir "$certs" --name client --host client >/dev/null
   fi
-  if [ ! -s "$run/token" ]; then
-    (umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$run/token")
-  fi
+  # Two secrets: the client token (writes), and the peer token the nodes use among
+  # themselves (replication, admin): a client that may write cannot forge replication.
+  for secret in token peer-token; do
+    if [ ! -s "$run/$secret" ]; then
+      (umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$run/$secret")
+    fi
+  done
   tls_flags=(--tls-cert "$certs/node.pem" --tls-key "$certs/node-key.pem"
-    --tls-ca "$certs/ca.pem" --tls-client-ca "$certs/ca.pem" --auth-token-file "$run/token")
+    --tls-ca "$certs/ca.pem" --tls-client-ca "$certs/ca.pem" --auth-token-file "$run/token"
+    --peer-token-file "$run/peer-token")
 fi
 
 leader_url="$scheme://$host:$leader_port"
@@ -330,7 +335,7 @@ echo "  logs      $run/logs"
 echo "  pids      $run/pids"
 if [ "$mode" = tls ]; then
   echo "  certs     $run/certs (throwaway CA: ca.pem; node and client pairs)"
-  echo "  token     $run/token"
+  echo "  token     $run/token (writes)   peer token  $run/peer-token (replication, admin)"
   echo "try:  curl -s --cacert $run/certs/ca.pem -H \"Authorization: Bearer \$(cat $run/token)\" -d text='hello world' $leader_url/post"
   echo "      curl -s --cacert $run/certs/ca.pem '${urls[0]}/wordcount?word=hello'"
   echo "      $bin status --url $leader_url --tls-ca $run/certs/ca.pem"

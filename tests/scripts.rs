@@ -173,6 +173,26 @@ async fn lifecycle(script: Script) {
     } else {
         (ClientTls::default(), None)
     };
+    if script.mode == "tls" {
+        // The nodes have a peer token of their own: the writers' token (even with a
+        // client certificate) does not open the replication routes.
+        use std::os::unix::fs::PermissionsExt;
+        let peer = script.dir().join("peer-token");
+        let mode = std::fs::metadata(&peer).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{mode:o}");
+        let certs = script.dir().join("certs");
+        let with_cert = ClientTls::from_files(
+            Some(&certs.join("ca.pem")),
+            Some(&certs.join("client.pem")),
+            Some(&certs.join("client-key.pem")),
+        )
+        .unwrap();
+        let (as_client, _) = script.clients(&with_cert, token.clone());
+        match as_client.register("https://127.0.0.1:9", None).await {
+            Err(memdb::client::ClientError::Status { status, .. }) => assert_eq!(status, 401),
+            other => panic!("the client token registered a replica: {other:?}"),
+        }
+    }
     let (writer, readers) = script.clients(&tls, token);
     let words = "scripted cluster scripted";
     let reply = if script.mode == "ha" {

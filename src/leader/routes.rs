@@ -69,8 +69,20 @@ struct Register {
         (status = 401, description = "Missing or wrong token", body = crate::server::openapi::ErrorBody),
         (status = 413, description = "Larger than --max-body", body = crate::server::openapi::ErrorBody),
         (status = 415, description = "Unsupported content type", body = crate::server::openapi::ErrorBody),
-        (status = 503, description = "With --fsync always: applied in memory but the log \
-                                      failed before it was durable; or overloaded",
+        (status = 307, description = "A raft follower: post to the leader (`Location`, and \
+                                      `leader_url` in the body); nothing counted",
+         body = crate::server::openapi::ErrorBody),
+        (status = 409, description = "A raft group: this Idempotency-Key was used longer ago \
+                                      than the group remembers keys; not counted again",
+         body = crate::server::openapi::ErrorBody),
+        (status = 422, description = "A raft group: this Idempotency-Key was used for other \
+                                      words; nothing counted",
+         body = crate::server::openapi::ErrorBody),
+        (status = 503, description = "Every refusal says `applied`: `no`, `yes` (with its \
+                                      `seq`) or `unknown`. With --fsync always: applied in \
+                                      memory but not durable in time; overloaded; a raft \
+                                      group without a leader, or a write not committed in \
+                                      time (outcome unknown: retry with the same key)",
          body = crate::server::openapi::ErrorBody),
         (status = 507, description = "The write-ahead log cannot be written (disk full or \
                                       failed): refused, nothing applied; retry later",

@@ -156,6 +156,10 @@ async fn reach<S: CountSource>(node: &S, min_seq: Option<u64>) -> Result<(), Api
          body = crate::server::openapi::ErrorBody),
         (status = 401, description = "Missing or wrong token (with --protect-reads)",
          body = crate::server::openapi::ErrorBody),
+        (status = 429, description = "The answer needs a pass over the whole table and \
+                                      --max-scans passes are running: retry after \
+                                      `retry-after` seconds",
+         body = crate::server::openapi::ErrorBody),
         (status = 503, description = "No data yet, or min_seq not reached within --max-wait",
          body = crate::server::openapi::ErrorBody),
     )

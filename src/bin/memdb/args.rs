@@ -291,11 +291,12 @@ impl ServerArgs {
 /// Token, read protection, limits and TLS from a serving role's flags.
 fn serving(listen: &Listen, auth: &AuthArgs, tls: &TlsArgs) -> anyhow::Result<Serving> {
     let (tls, client_tls) = tls.load()?;
+    let client_token = auth.token()?;
     Ok(Serving {
         tls,
         client_tls,
-        auth_token: auth.token()?,
-        peer_token: auth.peer_token()?,
+        peer_token: auth.peer_token(client_token.as_ref())?,
+        auth_token: client_token,
         protect_reads: auth.protect_reads,
         limits: memdb::config::Limits {
             max_concurrent: listen.max_concurrent,

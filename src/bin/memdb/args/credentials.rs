@@ -153,11 +153,12 @@ impl AuthArgs {
         Ok(token)
     }
 
-    pub(super) fn peer_token(&self) -> anyhow::Result<Option<Token>> {
+    /// The peer token, which must differ from `client` (the client token read already).
+    pub(super) fn peer_token(&self, client: Option<&Token>) -> anyhow::Result<Option<Token>> {
         let peer = read_token(&self.peer_token, &self.peer_token_file, "peer token")?;
-        if let (Some(p), Some(c)) = (&peer, self.token()?) {
+        if let (Some(p), Some(c)) = (&peer, client) {
             anyhow::ensure!(
-                !p.same_secret(&c),
+                !p.same_secret(c),
                 "--peer-token must differ from --auth-token: a client holding the auth \
                  token could otherwise forge replication and raft traffic"
             );

@@ -32,6 +32,17 @@ async fn post_words(g: &Group, range: std::ops::Range<usize>) {
     }
 }
 
+/// Voter `i`'s term, the leader it follows and its last log index: the log id of its
+/// last entry, while the group has had one leader since it was formed.
+async fn last_entry(g: &Group, i: usize) -> (u64, u64, u64) {
+    let h = g.raft(i).await.unwrap();
+    (
+        h["raft"]["term"].as_u64().unwrap(),
+        h["raft"]["leader_id"].as_u64().unwrap(),
+        h["raft"]["last_log_index"].as_u64().unwrap(),
+    )
+}
+
 /// Words `w0`..`w{n-1}`, one each.
 fn words(n: usize) -> HashMap<String, u64> {
     (0..n).map(|i| (format!("w{i}"), 1)).collect()
@@ -417,12 +428,7 @@ async fn a_voter_that_applied_a_forged_entry_is_reported_as_diverged() {
     g.converged(&words(5)).await;
     let leader = g.leader().await;
     let target = (leader + 1) % 3;
-    let h = g.raft(target).await.unwrap();
-    let (term, lead, last) = (
-        h["raft"]["term"].as_u64().unwrap(),
-        h["raft"]["leader_id"].as_u64().unwrap(),
-        h["raft"]["last_log_index"].as_u64().unwrap(),
-    );
+    let (term, lead, last) = last_entry(&g, target).await;
     // Holding the peer credential, a forger appends the next entry as the leader would,
     // with words of its own, and commits it.
     let forged = json!({
@@ -683,12 +689,7 @@ async fn a_voter_whose_engine_stopped_says_so_instead_of_ok() {
     g.converged(&words(3)).await;
     let leader = g.leader().await;
     let target = (leader + 1) % 3;
-    let h = g.raft(target).await.unwrap();
-    let (term, lead, last) = (
-        h["raft"]["term"].as_u64().unwrap(),
-        h["raft"]["leader_id"].as_u64().unwrap(),
-        h["raft"]["last_log_index"].as_u64().unwrap(),
-    );
+    let (term, lead, last) = last_entry(&g, target).await;
     // With the peer credential, a whole "snapshot" past this voter's log that is not a
     // snapshot at all: the engine cannot install it and stops (openraft stops on any
     // storage error rather than go on with a state it cannot trust).

@@ -466,7 +466,7 @@ mod tests {
     use super::*;
     use openraft::{CommittedLeaderId, EntryPayload};
 
-    fn entry(term: u64, index: u64) -> Entry {
+    pub(super) fn entry(term: u64, index: u64) -> Entry {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
             payload: EntryPayload::Blank,

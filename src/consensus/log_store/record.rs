@@ -61,15 +61,8 @@ pub(super) fn decode_all(bytes: &[u8]) -> (Vec<(Record, u64)>, usize) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::entry;
     use super::*;
-    use openraft::{CommittedLeaderId, EntryPayload};
-
-    fn entry(term: u64, index: u64) -> Entry {
-        Entry {
-            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
-            payload: EntryPayload::Blank,
-        }
-    }
 
     #[test]
     fn entries_written_borrowed_read_back_as_records() {

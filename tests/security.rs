@@ -238,21 +238,45 @@ async fn guessing_the_token_is_throttled_per_address_and_logged_once_a_second() 
         assert_eq!(status("POST", &post, None, "{}").await.0, 401);
     }
     // Guesses: a burst is answered 401, then 429 with retry-after.
+    let started = std::time::Instant::now();
     let mut codes = Vec::new();
     for i in 0..60 {
         codes.push(status("POST", &post, Some(&format!("guess-{i}")), "{}").await);
     }
     let first_429 = codes.iter().position(|(c, _)| *c == 429).expect("no 429");
-    assert!((10..=30).contains(&first_429), "{first_429}");
+    assert!(
+        first_429 >= 20,
+        "the burst of 20 was cut short at {first_429}"
+    );
     let (_, body) = &codes[first_429];
     let wait = body["retry_after"].as_u64().unwrap();
     assert!((1..=5).contains(&wait), "{body}");
-    assert!(codes[first_429..].iter().all(|(c, _)| *c == 429));
-    // While throttled, even the right token waits (the address is not believed).
-    let right = status("POST", &post, Some(TOKEN), r#"{"text":"ok"}"#)
-        .await
-        .0;
-    assert_eq!(right, 429);
+    // Past the burst, most guesses are refused unread (on a slow machine the allowance
+    // refills a little between them).
+    let refused = codes[first_429..].iter().filter(|(c, _)| *c == 429).count();
+    assert!(refused * 2 >= codes.len() - first_429, "{refused} refused");
+    // While throttled, even the right token waits (the address is not believed): right
+    // after a refused guess, the right token is refused too.
+    let mut right_refused = false;
+    for _ in 0..5 {
+        let mut guessed = 0;
+        while status("POST", &post, Some("guess-again"), "{}").await.0 != 429 {
+            guessed += 1;
+            assert!(guessed < 100, "guesses are no longer throttled");
+        }
+        if status("POST", &post, Some(TOKEN), r#"{"text":"ok"}"#)
+            .await
+            .0
+            == 429
+        {
+            right_refused = true;
+            break;
+        }
+    }
+    assert!(
+        right_refused,
+        "the right token got through a throttled address"
+    );
     // Once the allowance returns, the token works again.
     eventually("the address to be let try again", || async {
         let code = status("POST", &post, Some(TOKEN), r#"{"text":"ok"}"#)
@@ -261,16 +285,19 @@ async fn guessing_the_token_is_throttled_per_address_and_logged_once_a_second() 
         (code == 202).then_some(())
     })
     .await;
+    // 40 without a token and at least the burst of 20 guesses.
     assert!(scrape_metric(&leader, "memdb_auth_failures_total").await >= 60.0);
-    assert!(scrape_metric(&leader, "memdb_auth_throttled_total").await >= 1.0);
+    assert!(scrape_metric(&leader, "memdb_auth_throttled_total").await >= refused as f64);
+    // At most one line a second about them.
     let lines = leader
         .log()
         .lines()
         .filter(|l| l.contains("refused a request with a wrong token"))
         .count();
+    let most = started.elapsed().as_secs() as usize + 1;
     assert!(
-        (1..=5).contains(&lines),
-        "{lines} log lines for the guesses"
+        (1..=most).contains(&lines),
+        "{lines} log lines for the guesses in {most} s"
     );
 }
 

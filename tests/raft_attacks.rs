@@ -43,6 +43,30 @@ async fn last_entry(g: &Group, i: usize) -> (u64, u64, u64) {
     )
 }
 
+/// Posts `w{i}` (key `w{i}`) for each `i` of `range`, starting with voter `from`, and
+/// records each in `want`.
+async fn post_small(
+    g: &Group,
+    from: usize,
+    range: std::ops::Range<usize>,
+    want: &mut HashMap<String, u64>,
+) {
+    let urls = g.urls();
+    for i in range {
+        let word = format!("w{i}");
+        post_until_acked(&g.http, &urls, from, &word, &word, DEADLINE).await;
+        want.insert(word, 1);
+    }
+}
+
+/// Asserts that every voter's `/health` says ok.
+async fn all_ok(g: &Group) {
+    for (i, url) in g.urls().iter().enumerate() {
+        let h = health(&g.http, url).await.unwrap();
+        assert_eq!(h["status"], "ok", "voter {}: {h}", i + 1);
+    }
+}
+
 /// Words `w0`..`w{n-1}`, one each.
 fn words(n: usize) -> HashMap<String, u64> {
     (0..n).map(|i| (format!("w{i}"), 1)).collect()
@@ -103,10 +127,7 @@ async fn an_append_that_would_rewrite_committed_entries_is_refused_and_the_group
     // The group keeps committing, and every voter stays healthy.
     post_until_acked(&g.http, &urls, target, "w20", "k20", DEADLINE).await;
     g.converged(&words(21)).await;
-    for (i, url) in urls.iter().enumerate() {
-        let h = health(&g.http, url).await.unwrap();
-        assert_eq!(h["status"], "ok", "voter {}: {h}", i + 1);
-    }
+    all_ok(&g).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -140,18 +161,7 @@ async fn a_wiped_voter_rejoins_from_the_leaders_snapshot_and_becomes_exact() {
     }
     let leader = g.leader().await;
     let wiped = (leader + 1) % 3;
-    for i in 0..60 {
-        post_until_acked(
-            &g.http,
-            &urls,
-            leader,
-            &format!("w{i}"),
-            &format!("w{i}"),
-            DEADLINE,
-        )
-        .await;
-        want.insert(format!("w{i}"), 1);
-    }
+    post_small(&g, leader, 0..60, &mut want).await;
     g.converged(&want).await;
     g.kill(wiped);
     let dir = g.dirs[wiped].path().to_owned();
@@ -168,28 +178,14 @@ async fn a_wiped_voter_rejoins_from_the_leaders_snapshot_and_becomes_exact() {
         .args
         .extend(["--peers".to_string(), peers.join(",")]);
     g.restart(wiped);
-    for i in 60..80 {
-        post_until_acked(
-            &g.http,
-            &urls,
-            leader,
-            &format!("w{i}"),
-            &format!("w{i}"),
-            DEADLINE,
-        )
-        .await;
-        want.insert(format!("w{i}"), 1);
-    }
+    post_small(&g, leader, 60..80, &mut want).await;
     g.converged(&want).await;
     let log = g.nodes[wiped].log();
     assert!(
         !log.contains("panicked"),
         "the wiped voter panicked:\n{log}"
     );
-    for (i, url) in urls.iter().enumerate() {
-        let h = health(&g.http, url).await.unwrap();
-        assert_eq!(h["status"], "ok", "voter {}: {h}", i + 1);
-    }
+    all_ok(&g).await;
     // The leader did not panic either, and still leads a group that takes writes.
     post_until_acked(&g.http, &urls, leader, "late", "late", DEADLINE).await;
     want.insert("late".into(), 1);

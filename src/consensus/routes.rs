@@ -74,11 +74,16 @@ fn check_append(c: &Consensus, req: &AppendEntriesRequest<TypeConfig>) -> Result
             ));
         }
     }
-    let m = c.raft.metrics().borrow().clone();
+    // Only what is needed, copied out: this runs on every append.
+    let (applied, snapshot) = {
+        let m = c.raft.metrics();
+        let m = m.borrow();
+        (m.last_applied, m.snapshot)
+    };
     let committed = [
         c.log.committed_index(),
-        m.last_applied.map(|l| l.index),
-        m.snapshot.map(|l| l.index),
+        applied.map(|l| l.index),
+        snapshot.map(|l| l.index),
     ]
     .into_iter()
     .flatten()
@@ -94,7 +99,7 @@ fn check_append(c: &Consensus, req: &AppendEntriesRequest<TypeConfig>) -> Result
         let ours = c
             .log
             .log_id_at(id.index)
-            .or(m.snapshot.filter(|s| s.index == id.index));
+            .or(snapshot.filter(|s| s.index == id.index));
         if let Some(ours) = ours
             && ours != *id
         {

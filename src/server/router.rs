@@ -174,7 +174,7 @@ pub async fn top<S: CountSource>(
     if let Some((body, seq)) = node.top_ranked(&q)? {
         return Ok(json_at(body, seq));
     }
-    let Ok(slot) = scans.0.clone().try_acquire_owned() else {
+    let Ok(slot) = scans.slots.clone().try_acquire_owned() else {
         SCANS_REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -187,14 +187,36 @@ pub async fn top<S: CountSource>(
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return Ok(e);
     };
-    let (body, seq) = node.top_scan(q.into_owned()).await?;
+    // A pass starts no sooner than the last one took after it ended: passes take at
+    // most half a core, however many clients ask, and the rest is left to the writers.
+    // The one client that holds the slot waits for that; the others were refused.
+    let not_before = *scans.not_before.lock();
+    tokio::time::sleep_until(not_before).await;
+    let started = tokio::time::Instant::now();
+    let scanned = node.top_scan(q.into_owned()).await;
+    let now = tokio::time::Instant::now();
+    *scans.not_before.lock() = now + (now - started);
     drop(slot);
+    let (body, seq) = scanned?;
     Ok(json_at(body, seq))
 }
 
 /// The passes over the whole table (`/top` of a rare prefix) a node runs at once.
 #[derive(Clone)]
-pub struct ScanSlots(pub Arc<tokio::sync::Semaphore>);
+pub struct ScanSlots {
+    slots: Arc<tokio::sync::Semaphore>,
+    /// When the next pass may start.
+    not_before: Arc<parking_lot::Mutex<tokio::time::Instant>>,
+}
+
+impl ScanSlots {
+    pub fn new(max_scans: usize) -> ScanSlots {
+        ScanSlots {
+            slots: Arc::new(tokio::sync::Semaphore::new(max_scans.max(1))),
+            not_before: Arc::new(parking_lot::Mutex::new(tokio::time::Instant::now())),
+        }
+    }
+}
 
 /// `/top` requests refused because `--max-scans` passes were running.
 pub static SCANS_REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -478,9 +500,7 @@ pub fn node_router<S: CountSource>(
             budget: budget.clone(),
         },
     ));
-    let scans = ScanSlots(Arc::new(tokio::sync::Semaphore::new(
-        serving.limits.max_scans.max(1),
-    )));
+    let scans = ScanSlots::new(serving.limits.max_scans);
     finish(
         routes
             .layer(axum::Extension(metrics.clone()))

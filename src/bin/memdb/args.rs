@@ -254,7 +254,8 @@ pub struct Listen {
     #[arg(long, env = "MEMDB_MAX_BODY_IN_FLIGHT", default_value = "256MiB", value_parser = parse_size)]
     pub max_body_in_flight: usize,
     /// `GET /top` requests that need a pass over the whole table (a prefix that few of
-    /// the top 10,000 words start with), run at once; more are answered 429.
+    /// the top 10,000 words start with), run at once, each next one no sooner than the
+    /// last took after it ended; more are answered 429.
     #[arg(long, env = "MEMDB_MAX_SCANS", default_value_t = 1)]
     pub max_scans: usize,
     /// Connections the kernel queues before they are accepted (capped by

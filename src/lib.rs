@@ -21,8 +21,10 @@
 //! - [`tls`]: TLS on rustls — a node's certificate (reloaded on SIGHUP), the handshake,
 //!   mutual TLS on the replication routes, what a client trusts and presents, and
 //!   throwaway certificates for `memdb certs`.
+//! - [`fs`]: replacing a file atomically; opening a regular file of bounded size.
 //! - [`protocol`]: what both ends share — header names, incarnation ids, socket lines.
 //! - [`backoff`]: exponential backoff with jitter, for every retry loop.
+//! - [`origin`]: the rules for the URLs nodes give each other.
 //! - [`throttle`]: at most one log line a second for a kind of event.
 //! - [`worker`]: a thread fed by a channel that stops when its handle drops.
 //! - [`client`]: the typed HTTP client replicas, `perf` and the tests use.
@@ -38,8 +40,10 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod consensus;
+pub mod fs;
 pub mod ingest;
 pub mod leader;
+pub mod origin;
 pub mod perf;
 pub mod protocol;
 pub mod replica;

@@ -24,6 +24,8 @@ pub const DIGEST: HeaderName = HeaderName::from_static("x-memdb-digest");
 /// `/update`: the secret of the leader's incarnation, which replicas learn when they
 /// register; a push that claims the incarnation without it was not sent by the leader.
 pub const PUSH_SECRET: HeaderName = HeaderName::from_static("x-memdb-push-secret");
+/// A write's idempotency key (a raft group counts a retried write once).
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// A header value for a seq.
 pub fn seq_value(seq: u64) -> HeaderValue {

@@ -166,7 +166,7 @@ fn delta_image(base: &snapshot::Header, seq: u64, changes: &[(&str, u64)]) -> Ve
 }
 
 fn put_delta(dir: &Path, bytes: &[u8]) {
-    snapshot::write_atomically(dir, snapshot::DELTA_NAME, snapshot::DELTA_TEMP_NAME, bytes)
+    memdb::fs::write_atomically(dir, snapshot::DELTA_NAME, snapshot::DELTA_TEMP_NAME, bytes)
         .unwrap();
 }
 

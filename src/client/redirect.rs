@@ -2,6 +2,7 @@
 //! member of the group the base node lists in its `/health` (any other origin gets no
 //! request at all), and never from `https` to `http`.
 
+use crate::origin::same_origin_key;
 use reqwest::StatusCode;
 
 use super::{Client, ClientError, PostReply, REDIRECT_HOPS, REQUEST_TIMEOUT};
@@ -28,13 +29,6 @@ fn redirect_target(from: &str, location: &str) -> Result<String, ClientError> {
         return Err(protocol(format!("refusing a redirect to {next}")));
     }
     Ok(next.to_string())
-}
-
-/// A URL's origin (scheme, host and port), as browsers and curl compare them before
-/// sending credentials along a redirect.
-fn origin(url: &str) -> Option<String> {
-    let u = reqwest::Url::parse(url).ok()?;
-    Some(u.origin().ascii_serialization())
 }
 
 impl Client {
@@ -64,12 +58,15 @@ impl Client {
                     .and_then(|v| v.to_str().ok())
             {
                 let next = redirect_target(&url, next)?;
-                if self.token.is_some() && origin(&next) != origin(&self.base) {
+                if self.token.is_some() && same_origin_key(&next) != same_origin_key(&self.base) {
                     if members.is_none() {
                         members = Some(self.group_members().await);
                     }
                     let known = members.as_deref().unwrap_or_default();
-                    if !known.iter().any(|m| origin(m) == origin(&next)) {
+                    if !known
+                        .iter()
+                        .any(|m| same_origin_key(m) == same_origin_key(&next))
+                    {
                         return Err(ClientError::Protocol {
                             url,
                             what: format!(
@@ -245,9 +242,18 @@ mod tests {
             redirect_target("http://a:1/post", "https://b:2/post").unwrap(),
             "https://b:2/post"
         );
-        assert_ne!(origin("http://a:1/x"), origin("http://a:2/x"));
-        assert_ne!(origin("http://a:1/x"), origin("https://a:1/x"));
-        assert_eq!(origin("http://a:1/x"), origin("http://a:1/y"));
+        assert_ne!(
+            same_origin_key("http://a:1/x"),
+            same_origin_key("http://a:2/x")
+        );
+        assert_ne!(
+            same_origin_key("http://a:1/x"),
+            same_origin_key("https://a:1/x")
+        );
+        assert_eq!(
+            same_origin_key("http://a:1/x"),
+            same_origin_key("http://a:1/y")
+        );
     }
 
     #[tokio::test]

@@ -13,8 +13,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use super::{NodeId, Raft};
-use crate::leader::Leader;
+use super::applier::Applier;
+use super::types::{NodeId, Raft};
 
 /// A member whose table differs from this voter's at the same seq.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -89,7 +89,7 @@ pub fn compare(
 pub fn spawn(
     raft: Raft,
     me: NodeId,
-    leader: Leader,
+    node: Arc<dyn Applier>,
     http: reqwest::Client,
     interval: Duration,
     found: Divergences,
@@ -116,7 +116,7 @@ pub fn spawn(
                 let Some((seq, digest)) = read_health(&http, &url, interval).await else {
                     continue;
                 };
-                found.record(id, compare(id, seq, digest, |s| leader.digest_at(s)));
+                found.record(id, compare(id, seq, digest, |s| node.digest_at(s)));
             }
         }
     });

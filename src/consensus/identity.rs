@@ -11,7 +11,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::NodeId;
+use super::types::NodeId;
 
 pub const IDENTITY_NAME: &str = "identity.json";
 
@@ -53,7 +53,7 @@ pub fn read(raft_dir: &Path) -> Result<Option<Identity>, String> {
 /// Writes `identity` into `raft_dir` (atomically, 0600).
 pub fn write(raft_dir: &Path, identity: &Identity) -> Result<(), String> {
     let json = serde_json::to_vec_pretty(identity).expect("an identity serializes");
-    crate::storage::snapshot::write_atomically(
+    crate::fs::write_atomically(
         raft_dir,
         IDENTITY_NAME,
         &format!(".{IDENTITY_NAME}.tmp"),

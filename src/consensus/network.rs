@@ -16,7 +16,8 @@ use openraft::raft::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{CLUSTER_HEADER, NodeId, TypeConfig};
+use super::identity::{GROUP_HEADER, Group};
+use super::types::{CLUSTER_HEADER, NodeId, TypeConfig, rpc};
 
 /// The most entry bytes (roughly, the words) one `/raft/append` carries. openraft
 /// bounds an append only by its count of entries (16), and gives the whole RPC one
@@ -51,7 +52,7 @@ pub struct Network {
     /// The peer credential, if the group has one (read at each call: it may be reloaded).
     token: Option<crate::server::auth::Token>,
     /// The group's id, named on every RPC once known.
-    group: super::identity::Group,
+    group: Group,
 }
 
 impl Network {
@@ -60,7 +61,7 @@ impl Network {
     pub fn new(
         cluster: String,
         token: Option<crate::server::auth::Token>,
-        group: super::identity::Group,
+        group: Group,
         connect_timeout: Duration,
         tls: &crate::tls::ClientTls,
     ) -> Network {
@@ -120,7 +121,7 @@ impl Connection {
             r = r.header(reqwest::header::AUTHORIZATION, t.header_value());
         }
         if let Some(g) = self.net.group.id() {
-            r = r.header(super::identity::GROUP_HEADER, g);
+            r = r.header(GROUP_HEADER, g);
         }
         let resp = r.send().await.map_err(|e| {
             if e.is_connect() {
@@ -158,7 +159,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         let sent = req.entries.last().map(|e| e.log_id);
         // The follower commits no further than the last entry it was sent (openraft
         // takes the least of that and the leader's commit), as raft requires.
-        let resp = self.call("/raft/append", &req, option.hard_ttl()).await?;
+        let resp = self.call(rpc::APPEND, &req, option.hard_ttl()).await?;
         Ok(match resp {
             AppendEntriesResponse::Success if cut => AppendEntriesResponse::PartialSuccess(sent),
             other => other,
@@ -173,7 +174,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call("/raft/snapshot", &req, option.hard_ttl()).await
+        self.call(rpc::SNAPSHOT, &req, option.hard_ttl()).await
     }
 
     async fn vote(
@@ -181,14 +182,14 @@ impl RaftNetwork<TypeConfig> for Connection {
         req: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call("/raft/vote", &req, option.hard_ttl()).await
+        self.call(rpc::VOTE, &req, option.hard_ttl()).await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::consensus::Proposal;
+    use crate::consensus::types::Proposal;
     use openraft::{CommittedLeaderId, EntryPayload, LogId};
 
     fn entry(index: u64, words: usize) -> openraft::Entry<TypeConfig> {

@@ -1,6 +1,7 @@
-//! A voter's raft routes, all behind the token: the three RPCs the other voters call
-//! (each must name this group in `x-memdb-cluster`), forming the group, and changing
-//! its membership at run time.
+//! Every raft route of a voter, with its handler on the voter's [`Consensus`]: the
+//! three RPCs the other voters call (each must name this group in `x-memdb-cluster`),
+//! forming the group and changing its membership (these behind the peer credential),
+//! and `POST /post` on a voter (in [`write`]). The node's router merges [`Routes`].
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -14,19 +15,15 @@ use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::identity::GROUP_HEADER;
-use super::{CLUSTER_HEADER, Consensus, NodeId, TypeConfig};
-use crate::leader::Leader;
-use crate::server::error::ApiError;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-fn consensus(leader: &Leader) -> Result<&Consensus, ApiError> {
-    leader.consensus().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the raft engine is not running yet",
-        )
-    })
-}
+use super::engine::{Consensus, MAX_RPC_BODY};
+use super::identity::GROUP_HEADER;
+use super::types::{CLUSTER_HEADER, NodeId, Outcome, Proposal, TypeConfig, WriteError};
+use crate::protocol::{IDEMPOTENCY_KEY, SEQ};
+use crate::server::deadline::{Deadline, remaining};
+use crate::server::error::{ApiError, Applied as Fate};
 
 /// The RPC's body, if it names this group.
 fn rpc_body<T: serde::de::DeserializeOwned>(
@@ -126,13 +123,12 @@ fn check_append(c: &Consensus, req: &AppendEntriesRequest<TypeConfig>) -> Result
                                       rewriting a committed entry): nothing was taken", body = crate::server::openapi::ErrorBody),
     ))]
 pub async fn append(
-    State(leader): State<Leader>,
+    State(c): State<Consensus>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let c = consensus(&leader)?;
-    let req: AppendEntriesRequest<TypeConfig> = rpc_body(c, &headers, body)?;
-    check_append(c, &req)?;
+    let req: AppendEntriesRequest<TypeConfig> = rpc_body(&c, &headers, body)?;
+    check_append(&c, &req)?;
     Ok(axum::Json(c.raft.append_entries(req).await).into_response())
 }
 
@@ -169,13 +165,12 @@ fn check_candidate(c: &Consensus, req: &VoteRequest<NodeId>) -> Result<(), ApiEr
         (status = 403, description = "Another raft group, or a candidate that is not a voter", body = crate::server::openapi::ErrorBody),
     ))]
 pub async fn vote(
-    State(leader): State<Leader>,
+    State(c): State<Consensus>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let c = consensus(&leader)?;
-    let req: VoteRequest<NodeId> = rpc_body(c, &headers, body)?;
-    check_candidate(c, &req)?;
+    let req: VoteRequest<NodeId> = rpc_body(&c, &headers, body)?;
+    check_candidate(&c, &req)?;
     Ok(axum::Json(c.raft.vote(req).await).into_response())
 }
 
@@ -189,12 +184,11 @@ pub async fn vote(
         (status = 403, description = "Another raft group", body = crate::server::openapi::ErrorBody),
     ))]
 pub async fn snapshot(
-    State(leader): State<Leader>,
+    State(c): State<Consensus>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let c = consensus(&leader)?;
-    let req: InstallSnapshotRequest<TypeConfig> = rpc_body(c, &headers, body)?;
+    let req: InstallSnapshotRequest<TypeConfig> = rpc_body(&c, &headers, body)?;
     Ok(axum::Json(c.raft.install_snapshot(req).await).into_response())
 }
 
@@ -232,7 +226,7 @@ fn admin_body<T: serde::de::DeserializeOwned>(
 }
 
 fn check_url(url: &str) -> Result<String, ApiError> {
-    crate::leader::replication::replica_origin(url)
+    crate::origin::origin(url)
         .map_err(|e| ApiError::bad_request(format!("member url {url:?}: {e}")))
 }
 
@@ -245,10 +239,9 @@ fn check_url(url: &str) -> Result<String, ApiError> {
         (status = 401, description = "Missing or wrong token", body = crate::server::openapi::ErrorBody),
     ))]
 pub async fn init(
-    State(leader): State<Leader>,
+    State(c): State<Consensus>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let c = consensus(&leader)?;
     let init: Init = admin_body(body, "{\"members\": {\"1\": \"http://host:port\", ...}}")?;
     if !init.members.contains_key(&c.node_id) {
         return Err(ApiError::bad_request(format!(
@@ -293,10 +286,9 @@ fn change_error(c: &Consensus, e: impl std::fmt::Display) -> ApiError {
         (status = 503, description = "Not possible now", body = crate::server::openapi::ErrorBody),
     ))]
 pub async fn add_learner(
-    State(leader): State<Leader>,
+    State(c): State<Consensus>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let c = consensus(&leader)?;
     let l: Learner = admin_body(body, "{\"id\": 4, \"url\": \"http://host:port\"}")?;
     let url = check_url(&l.url)?;
     c.check_member_url(&url).map_err(ApiError::bad_request)?;
@@ -304,7 +296,7 @@ pub async fn add_learner(
         .raft
         .add_learner(l.id, BasicNode::new(url), true)
         .await
-        .map_err(|e| change_error(c, e))?;
+        .map_err(|e| change_error(&c, e))?;
     Ok(axum::Json(json!({ "added": l.id, "log_index": r.log_id.index })).into_response())
 }
 
@@ -319,10 +311,9 @@ pub async fn add_learner(
         (status = 503, description = "Not possible now (a node not a member, another change under way)", body = crate::server::openapi::ErrorBody),
     ))]
 pub async fn membership(
-    State(leader): State<Leader>,
+    State(c): State<Consensus>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let c = consensus(&leader)?;
     let v: Voters = admin_body(body, "{\"voters\": [1, 2, 3]}")?;
     if v.voters.is_empty() {
         return Err(ApiError::bad_request("voters must not be empty"));
@@ -331,7 +322,7 @@ pub async fn membership(
         .raft
         .change_membership(v.voters.clone(), false)
         .await
-        .map_err(|e| change_error(c, e))?;
+        .map_err(|e| change_error(&c, e))?;
     Ok(axum::Json(json!({ "voters": v.voters, "log_index": r.log_id.index })).into_response())
 }
 
@@ -348,10 +339,9 @@ pub async fn membership(
         (status = 503, description = "Not possible now (another change under way)", body = crate::server::openapi::ErrorBody),
     ))]
 pub async fn addresses(
-    State(leader): State<Leader>,
+    State(c): State<Consensus>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let c = consensus(&leader)?;
     let a: Addresses = admin_body(body, "{\"nodes\": {\"2\": \"http://host:port\"}}")?;
     if a.nodes.is_empty() {
         return Err(ApiError::bad_request("nodes must not be empty"));
@@ -372,7 +362,247 @@ pub async fn addresses(
         .raft
         .change_membership(openraft::ChangeMembers::SetNodes(nodes.clone()), false)
         .await
-        .map_err(|e| change_error(c, e))?;
+        .map_err(|e| change_error(&c, e))?;
     let urls: BTreeMap<NodeId, String> = nodes.into_iter().map(|(id, n)| (id, n.addr)).collect();
     Ok(axum::Json(json!({ "nodes": urls, "log_index": r.log_id.index })).into_response())
+}
+
+/// A voter's raft routes, by the limits they take (the node's router merges them with
+/// its own and applies state, credentials and mutual TLS).
+pub struct Routes<S> {
+    /// `POST /post` on a voter; `--max-body` applies.
+    pub writes: OpenApiRouter<S>,
+    /// Forming the group and changing its membership; `--max-body` applies.
+    pub admin: OpenApiRouter<S>,
+    /// The RPCs between voters, which take bodies up to [`MAX_RPC_BODY`].
+    pub rpcs: OpenApiRouter<S>,
+}
+
+/// Every raft route, served on `c`, in the state type `S` of the router that merges
+/// them.
+pub fn routes<S: Clone + Send + Sync + 'static>(c: Consensus, max_body: usize) -> Routes<S> {
+    let limit = axum::extract::DefaultBodyLimit::max;
+    Routes {
+        writes: OpenApiRouter::new()
+            .routes(routes!(write))
+            .layer(limit(max_body))
+            .with_state(c.clone()),
+        admin: OpenApiRouter::new()
+            .routes(routes!(init))
+            .routes(routes!(add_learner))
+            .routes(routes!(membership))
+            .routes(routes!(addresses))
+            .layer(limit(max_body))
+            .with_state(c.clone()),
+        rpcs: OpenApiRouter::new()
+            .routes(routes!(append))
+            .routes(routes!(vote))
+            .routes(routes!(snapshot))
+            .layer(limit(MAX_RPC_BODY))
+            .with_state(c),
+    }
+}
+
+/// The header's value, if sent: 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let mut all = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let Some(v) = all.next() else {
+        return Ok(None);
+    };
+    if all.next().is_some() {
+        return Err(ApiError::bad_request(
+            "Idempotency-Key is given more than once: send one key per write",
+        ));
+    }
+    let ok = (1..=255).contains(&v.len()) && v.as_bytes().iter().all(|b| b.is_ascii_graphic());
+    if !ok {
+        return Err(ApiError::bad_request(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+        ));
+    }
+    Ok(Some(v.to_str().expect("ASCII").to_owned()))
+}
+
+#[utoipa::path(
+    post,
+    path = "/post",
+    tag = "writes",
+    summary = "Count the words of a text (a voter of a raft group)",
+    description = "Proposes the text's words as one raft entry and answers once it is \
+                   committed on a majority and applied here. A follower redirects to the \
+                   leader. With an Idempotency-Key, a retried write is counted once.",
+    params(("Idempotency-Key" = Option<String>, Header,
+            description = "1 to 255 visible ASCII characters; a retry with the same key \
+                           and words is counted once")),
+    request_body(content(
+        (inline(crate::server::parse::PostForm) = "application/x-www-form-urlencoded"),
+        (String = "text/plain"),
+        (inline(crate::server::parse::PostJson) = "application/json"),
+    )),
+    responses(
+        (status = 202, description = "Counted (or, `duplicate: true`, counted before under \
+                                      this key)", body = Object,
+         headers(("x-memdb-seq" = u64, description = "The batch's seq"))),
+        (status = 307, description = "A follower: post to the leader (`Location`, and \
+                                      `leader_url` in the body); nothing counted",
+         body = crate::server::openapi::ErrorBody),
+        (status = 400, description = "No text, empty text, a malformed body or key",
+         body = crate::server::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = crate::server::openapi::ErrorBody),
+        (status = 409, description = "This Idempotency-Key was used longer ago than the \
+                                      group remembers keys; not counted again",
+         body = crate::server::openapi::ErrorBody),
+        (status = 413, description = "Larger than --max-body", body = crate::server::openapi::ErrorBody),
+        (status = 415, description = "Unsupported content type", body = crate::server::openapi::ErrorBody),
+        (status = 422, description = "This Idempotency-Key was used for other words; \
+                                      nothing counted", body = crate::server::openapi::ErrorBody),
+        (status = 503, description = "No leader now, or not committed in time: `applied` \
+                                      says `no` or `unknown` (retry with the same key)",
+         body = crate::server::openapi::ErrorBody),
+        (status = 507, description = "The raft log cannot be written (disk full or \
+                                      failed): refused, nothing counted; retry later",
+         body = crate::server::openapi::ErrorBody),
+    )
+)]
+async fn write(
+    State(c): State<Consensus>,
+    deadline: Option<axum::Extension<Deadline>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let deadline = deadline.map(|d| d.0);
+    let body = body.map_err(|e| ApiError::from(e).applied(Fate::No))?;
+    let text = crate::server::parse::post_text(&headers, &body).map_err(|e| e.applied(Fate::No))?;
+    let key = idempotency_key(&headers).map_err(|e| e.applied(Fate::No))?;
+    let (deltas, words) = c.node().tokenizer().count(&text);
+    // A keyed post without words is still proposed: its key is kept (and a later use
+    // of it for other words refused), though it takes no seq.
+    if words == 0 && key.is_none() {
+        let seq = c.node().seq();
+        return Ok((
+            StatusCode::ACCEPTED,
+            [(SEQ, crate::protocol::seq_value(seq))],
+            axum::Json(json!({ "seq": seq, "words": 0 })),
+        )
+            .into_response());
+    }
+    // A raft log that cannot be written (a full disk) refuses at once, before the
+    // batch is proposed: it is not in the log, on this node or any other.
+    if let Some(e) = c.log.failure() {
+        return Err(ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            format!(
+                "the raft log cannot be written ({e}); writes are refused until it can \
+                 (this one was not counted)"
+            ),
+        )
+        .with("reason", "log_failed")
+        .with("retry_after", 1)
+        .applied(Fate::No));
+    }
+    let applied = remaining(deadline, c.write(Proposal::new(deltas, key)))
+        .await
+        .unwrap_or(Err(WriteError::Timeout));
+    let applied = match applied {
+        Ok(a) => a,
+        Err(e) => return write_refused(e),
+    };
+    match applied.outcome {
+        Outcome::KeyReused => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "this Idempotency-Key was used for a write of other words; nothing was counted",
+        )
+        .with("seq", applied.seq)
+        .applied(Fate::No)),
+        Outcome::KeyExpired => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "this Idempotency-Key was used longer ago than the group remembers keys \
+                 (--idempotency-window {:?}, --idempotency-max-bytes): its write was \
+                 counted then, and this one is not counted; use a new key for a new write",
+                c.config.key_window
+            ),
+        )
+        .applied(Fate::No)),
+        outcome => Ok((
+            StatusCode::ACCEPTED,
+            [(SEQ, crate::protocol::seq_value(applied.seq))],
+            axum::Json(json!({
+                "seq": applied.seq,
+                "words": words,
+                "duplicate": outcome == Outcome::Duplicate,
+            })),
+        )
+            .into_response()),
+    }
+}
+
+/// The answer to a write the group did not apply here: a redirect to the leader, or a
+/// refusal that says whether it may have been counted.
+fn write_refused(e: WriteError) -> Result<Response, ApiError> {
+    let refused = |why: String, reason, fate| {
+        Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why)
+            .with("reason", reason)
+            .with("retry_after", 1)
+            .applied(fate))
+    };
+    match e {
+        WriteError::NotLeader(Some((id, url))) => {
+            let location = format!("{}/post", url.trim_end_matches('/'));
+            let body = ApiError::new(
+                StatusCode::TEMPORARY_REDIRECT,
+                format!("node {id} leads the group: post to {location}"),
+            )
+            .with("leader_id", id)
+            .with("leader_url", url);
+            let mut resp = body.applied(Fate::No).into_response();
+            if let Ok(v) = axum::http::HeaderValue::from_str(&location) {
+                resp.headers_mut().insert(axum::http::header::LOCATION, v);
+            }
+            Ok(resp)
+        }
+        WriteError::NotLeader(None) => refused(
+            "the group cannot take writes now (no leader is elected); nothing was counted".into(),
+            "no_leader",
+            Fate::No,
+        ),
+        // The engine failed with the proposal in hand (a log it cannot write, a stop):
+        // it may have reached the log, and other voters, first.
+        WriteError::Unavailable(why) => refused(
+            format!(
+                "the group cannot take writes now ({why}); whether this write was \
+                 counted is unknown: retry with the same Idempotency-Key"
+            ),
+            "unavailable",
+            Fate::Unknown,
+        ),
+        WriteError::Timeout => refused(
+            "not committed in time (--write-timeout or --request-timeout): the outcome \
+             is unknown; retry with the same Idempotency-Key to have it counted exactly \
+             once"
+                .into(),
+            "not_committed",
+            Fate::Unknown,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consensus::types::rpc;
+
+    #[test]
+    fn the_rpcs_the_network_calls_are_the_ones_served() {
+        let (_, api) = OpenApiRouter::<Consensus>::new()
+            .routes(routes!(append))
+            .routes(routes!(vote))
+            .routes(routes!(snapshot))
+            .split_for_parts();
+        let served: BTreeSet<&str> = api.paths.paths.keys().map(String::as_str).collect();
+        assert_eq!(
+            served,
+            BTreeSet::from([rpc::APPEND, rpc::VOTE, rpc::SNAPSHOT])
+        );
+    }
 }

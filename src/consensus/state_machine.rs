@@ -24,10 +24,9 @@ use openraft::{
 use rkyv::util::AlignedVec;
 use serde::{Deserialize, Serialize};
 
+use super::applier::Applier;
 use super::keys::{KeyState, Keys, Seen, StoredKeys};
-use super::{Applied, Entry, NodeId, Outcome, TypeConfig};
-use crate::leader::Leader;
-use crate::server::router::CountSource;
+use super::types::{Applied, Entry, NodeId, Outcome, TypeConfig};
 use crate::storage::counts::CountMap;
 use crate::storage::snapshot;
 
@@ -76,7 +75,7 @@ struct Inner {
 /// The state machine handle openraft drives (cheap to clone).
 #[derive(Clone)]
 pub struct StateMachine {
-    leader: Leader,
+    node: Arc<dyn Applier>,
     dir: PathBuf,
     inner: Arc<tokio::sync::Mutex<Inner>>,
     keys_len: Arc<AtomicUsize>,
@@ -92,7 +91,7 @@ fn snap_error(e: impl std::fmt::Display) -> StorageError<NodeId> {
 
 impl StateMachine {
     pub fn new(
-        leader: Leader,
+        node: Arc<dyn Applier>,
         dir: PathBuf,
         loaded: Option<&StoredMeta>,
         keys: Keys,
@@ -110,7 +109,7 @@ impl StateMachine {
             },
         };
         StateMachine {
-            leader,
+            node,
             dir,
             keys_len: Arc::new(AtomicUsize::new(inner.keys.len())),
             inner: Arc::new(tokio::sync::Mutex::new(inner)),
@@ -126,14 +125,14 @@ impl StateMachine {
     /// previous one (whose file is removed once the record no longer names it).
     fn store(&self, stored: &StoredMeta, image: &[u8]) -> std::io::Result<()> {
         let previous = load(&self.dir).ok().flatten().map(|l| l.stored.file);
-        snapshot::write_atomically(
+        crate::fs::write_atomically(
             &self.dir,
             &stored.file,
             &format!(".{}.tmp", stored.file),
             image,
         )?;
         let json = serde_json::to_vec(stored).map_err(std::io::Error::other)?;
-        snapshot::write_atomically(&self.dir, META_NAME, &format!(".{META_NAME}.tmp"), &json)?;
+        crate::fs::write_atomically(&self.dir, META_NAME, &format!(".{META_NAME}.tmp"), &json)?;
         if let Some(old) = previous
             && old != stored.file
         {
@@ -191,9 +190,9 @@ fn file_name(last: Option<LogId<NodeId>>) -> String {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         // The table and the raft state at one point: applying holds `inner`.
-        let (map, seq, stored) = {
+        let (map, snapshot_of, stored) = {
             let inner = self.inner.lock().await;
-            let (map, seq) = self.leader.table_copy();
+            let (map, snapshot_of) = self.node.copy();
             let meta = SnapshotMeta {
                 last_log_id: inner.last_applied,
                 last_membership: inner.membership.clone(),
@@ -208,15 +207,15 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 meta,
                 keys: inner.keys.stored(),
             };
-            (map, seq, stored)
+            (map, snapshot_of, stored)
         };
         let me = self.clone();
         let meta = stored.meta.clone();
         let bytes = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
-            let image = snapshot::encode_entries(map.iter(), me.leader.snapshot_meta(seq), None)
+            let image = snapshot::encode_entries(map.iter(), snapshot_of, None)
                 .map_err(|e| e.to_string())?;
             me.store(&stored, &image).map_err(|e| e.to_string())?;
-            tracing::info!(seq, words = map.len(), file = %stored.file, "raft snapshot taken");
+            tracing::info!(seq = snapshot_of.seq, words = map.len(), file = %stored.file, "raft snapshot taken");
             Ok(StateMachine::container(&stored, &image))
         })
         .await
@@ -251,13 +250,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             inner.last_applied = Some(entry.log_id);
             let applied = match entry.payload {
                 EntryPayload::Blank => Applied {
-                    seq: self.leader.seq(),
+                    seq: self.node.seq(),
                     outcome: Outcome::Counted,
                 },
                 EntryPayload::Membership(m) => {
                     inner.membership = StoredMembership::new(Some(entry.log_id), m);
                     Applied {
-                        seq: self.leader.seq(),
+                        seq: self.node.seq(),
                         outcome: Outcome::Counted,
                     }
                 }
@@ -276,16 +275,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             outcome: Outcome::KeyReused,
                         },
                         KeyState::Forgotten => Applied {
-                            seq: self.leader.seq(),
+                            seq: self.node.seq(),
                             outcome: Outcome::KeyExpired,
                         },
                         KeyState::New => {
                             let deltas = Arc::try_unwrap(p.deltas).unwrap_or_else(|d| (*d).clone());
                             // No words: nothing to count, no seq taken; the key is kept.
                             let seq = if deltas.is_empty() {
-                                self.leader.seq()
+                                self.node.seq()
                             } else {
-                                self.leader.apply_committed(deltas)
+                                self.node.apply(deltas)
                             };
                             if let Some(k) = p.key {
                                 let seen = Seen {
@@ -345,7 +344,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             words = map.len(),
             "installing a raft snapshot from the leader"
         );
-        self.leader.install_table(map, seq);
+        self.node.install(map, seq);
         inner.last_applied = stored.meta.last_log_id;
         inner.membership = stored.meta.last_membership.clone();
         let empty = Keys::new(
@@ -390,7 +389,7 @@ mod tests {
         let meta = snapshot::Meta {
             tokenizer: crate::words::Tokenizer::Unicode,
             seq: 7,
-            incarnation: crate::consensus::group_incarnation("memdb"),
+            incarnation: crate::consensus::types::group_incarnation("memdb"),
         };
         let image = snapshot::encode_entries(map.iter(), meta, None).unwrap();
         let stored = StoredMeta {

@@ -8,7 +8,9 @@ use std::time::Duration;
 use openraft::ServerState;
 use serde::Serialize;
 
-use super::{Consensus, NodeId, crosscheck};
+use super::crosscheck;
+use super::engine::Consensus;
+use super::types::NodeId;
 use crate::server::metrics::Series;
 
 /// One member as `/health` shows it.

@@ -11,10 +11,11 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
+use super::backlog::Backlog;
+use super::error::{LeaderError, io_err};
+use super::replication::{LogSource, ReplicaSet};
 use crate::config::LeaderConfig;
 use crate::consensus::state_machine::StoredMeta;
-use crate::leader::backlog::Backlog;
-use crate::leader::replication::{LogSource, ReplicaSet};
 use crate::protocol::Incarnation;
 use crate::storage::log::{self, Wal};
 use crate::storage::mapped::{MappedSnapshot, MappedState};
@@ -22,7 +23,8 @@ use crate::storage::snapshot::{self, SnapshotError};
 use crate::storage::table::{CountMap, Table};
 use crate::words::Tokenizer;
 
-use super::{LOCK_FILE, LeaderError, io_err};
+/// The data directory's lock file.
+pub const LOCK_FILE: &str = "LOCK";
 
 /// The network replicas' senders, with the configured replicas added and the expiry
 /// of silent ones running.

@@ -1,30 +1,18 @@
 //! What the leader says about itself: `/health` (with what is failing) and its
 //! series for `/metrics`.
 
-use std::borrow::Cow;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use axum::http::StatusCode;
 use serde::Serialize;
-use tokio::sync::watch;
 use utoipa::ToSchema;
 
-use crate::leader::backlog::Since;
-use crate::leader::publisher::PublishStats;
-use crate::leader::replication::LinkReport;
+use super::node::Leader;
+use super::publisher::PublishStats;
+use super::replication::LinkReport;
 use crate::protocol::Incarnation;
-use crate::server::error::ApiError;
 use crate::server::metrics::Series;
-use crate::server::parse::TopQuery;
-use crate::server::router::{CountSource, SyncBody};
-use crate::storage::mapped::MappedState;
-use crate::storage::table::CountMap;
-
 use crate::words::Tokenizer;
-
-use super::Leader;
 
 /// The leader's `GET /health`.
 #[derive(Debug, Serialize, ToSchema)]
@@ -115,7 +103,7 @@ impl Leader {
                 "raft log cannot be written, writes are refused: {e}"
             ));
         }
-        if let Some(e) = s.publisher.stats().last_error {
+        if let Some(e) = s.state.publisher.stats().last_error {
             out.push(format!("snapshot cannot be published: {e}"));
         }
         out.extend(
@@ -131,12 +119,13 @@ impl Leader {
     pub(super) fn health(&self) -> (StatusCode, LeaderHealth) {
         let s = &self.shared;
         let problems = self.problems();
+        let st = &s.state;
         let (seq, words, digest) = {
-            let t = s.table.read();
+            let t = st.table.read();
             (t.seq(), t.len(), t.digest())
         };
         let (backlog_len, backlog_first) = {
-            let b = s.backlog.lock();
+            let b = st.backlog.lock();
             (b.len(), b.first_seq())
         };
         let code = if problems.is_empty() {
@@ -152,11 +141,11 @@ impl Leader {
             problems,
             seq,
             digest: format!("{digest:016x}"),
-            incarnation: s.incarnation,
-            tokenizer: s.config.tokenizer,
+            incarnation: st.incarnation,
+            tokenizer: st.tokenizer,
             words,
-            words_ingested: s.words_ingested.load(Ordering::Relaxed),
-            posts: s.posts.load(Ordering::Relaxed),
+            words_ingested: st.words_ingested.load(Ordering::Relaxed),
+            posts: st.posts.load(Ordering::Relaxed),
             max_body: s.config.max_body,
             backlog: BacklogHealth {
                 batches: backlog_len,
@@ -164,7 +153,7 @@ impl Leader {
             },
             min_acks: s.config.min_acks,
             replicas: s.replicas.reports(),
-            snapshot: s.publisher.stats(),
+            snapshot: st.publisher.stats(),
             wal: s.wal.as_ref().map(|wal| WalHealth {
                 fsync: s.config.wal.fsync.as_str(),
                 durable_seq: wal.durable_seq(),
@@ -180,145 +169,19 @@ impl Leader {
     }
 }
 
-impl super::Shared {
-    /// The published state, the words written since with their counts now, and the
-    /// seq that makes. `Err` if the backlog no longer holds every batch since the
-    /// published seq.
-    fn published_now(&self) -> Result<(MappedState, CountMap, u64), String> {
-        let state = self.publisher.published_state()?;
-        let published = state.seq();
-        let t = self.table.read();
-        let seq = t.seq();
-        let mut overlay = CountMap::new();
-        if seq > published {
-            let since = self.backlog.lock().since(published, usize::MAX, usize::MAX);
-            let Since::Batches(batches) = since else {
-                return Err(format!(
-                    "the backlog lacks the batches after seq {published}"
-                ));
-            };
-            if batches.first().map(|b| b.seq) != Some(published + 1)
-                || batches.last().map(|b| b.seq) != Some(seq)
-            {
-                return Err(format!(
-                    "the backlog lacks batches between {published} and {seq}"
-                ));
-            }
-            for b in &batches {
-                for (w, _) in &b.deltas {
-                    overlay.set(w, t.get(w));
-                }
-            }
-        }
-        Ok((state, overlay, seq))
-    }
-}
-
-impl CountSource for Leader {
-    fn distinct_words(&self) -> u64 {
-        self.shared.table.read().len() as u64
-    }
-
-    fn collect(&self, m: &mut Series<'_>) {
-        let s = &self.shared;
+impl Leader {
+    /// The leader's series for `/metrics`.
+    pub(super) fn collect_series(&self, m: &mut Series<'_>) {
         m.counter(
             "memdb_words_ingested_total",
             "Words counted since start.",
-            s.words_ingested.load(Ordering::Relaxed),
+            self.shared.state.words_ingested.load(Ordering::Relaxed),
         );
         self.collect_replicas(m);
         self.collect_snapshot(m);
         self.collect_wal(m);
     }
 
-    fn seq(&self) -> u64 {
-        self.shared.table.read().seq()
-    }
-
-    fn seq_watch(&self) -> watch::Receiver<u64> {
-        self.shared.seq_tx.subscribe()
-    }
-
-    fn max_wait(&self) -> Duration {
-        self.shared.config.max_wait
-    }
-
-    fn ready(&self) -> Result<(), ApiError> {
-        Ok(())
-    }
-
-    fn top_ranked(&self, q: &TopQuery<'_>) -> Result<Option<(Vec<u8>, u64)>, ApiError> {
-        let prefix = q.prefix_for(self.shared.config.tokenizer);
-        let t = self.shared.table.read();
-        let body = t.with_ranked_words(q.n, &prefix, crate::server::parse::top_body);
-        Ok(body.map(|b| (b, t.seq())))
-    }
-
-    /// Over the published state and the words written since (the table at one seq),
-    /// which no writer waits for; the table's read lock only for those words. Should
-    /// the published state lag the backlog, under the table's read lock.
-    async fn top_scan(&self, q: TopQuery<'static>) -> Result<(Vec<u8>, u64), ApiError> {
-        let me = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let prefix = q.prefix_for(me.shared.config.tokenizer);
-            match me.shared.published_now() {
-                Ok((state, overlay, seq)) => {
-                    let under = state.iter().filter(|(w, _)| overlay.get(w).is_none());
-                    let all = overlay.iter().chain(under);
-                    let words = crate::storage::top::scanned(all, q.n, &prefix);
-                    (crate::server::parse::top_body(&words), seq)
-                }
-                Err(_) => {
-                    let t = me.shared.table.read();
-                    let body = t.with_top_words(q.n, &prefix, crate::server::parse::top_body);
-                    (body, t.seq())
-                }
-            }
-        })
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
-    }
-
-    fn lookup(&self, words: &[Cow<'_, str>]) -> Result<(Vec<u8>, u64), ApiError> {
-        let t = self.shared.table.read();
-        let body =
-            crate::server::parse::lookup_body(self.shared.config.tokenizer, words, |w| t.get(w))?;
-        Ok((body, t.seq()))
-    }
-
-    /// The table now, streamed: the state on disk from its mappings, under the words
-    /// written since it was published (their counts read from the table, under its
-    /// read lock for just those words). No whole body in memory, and writers wait only
-    /// for the words of the last interval, not for the whole table.
-    async fn sync_body(&self) -> SyncBody {
-        let s = &self.shared;
-        let shared = s.clone();
-        let published = tokio::task::spawn_blocking(move || shared.published_now())
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r);
-        match published {
-            Ok((state, overlay, seq)) => {
-                return SyncBody::streamed(Arc::new(state), overlay, seq, s.incarnation);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "serving /sync from the table under its lock")
-            }
-        }
-        // The fallback: serialised under the read lock so the body and its seq agree;
-        // writers wait for this.
-        let t = self.shared.table.read();
-        SyncBody::of(
-            t.map(),
-            t.len() * 16,
-            t.seq(),
-            Some(self.shared.incarnation),
-            self.shared.config.tokenizer,
-        )
-    }
-}
-
-impl Leader {
     fn collect_replicas(&self, m: &mut Series<'_>) {
         let s = &self.shared;
         let reports = s.replicas.reports();
@@ -362,7 +225,7 @@ impl Leader {
 
     fn collect_snapshot(&self, m: &mut Series<'_>) {
         let s = &self.shared;
-        let snap = s.publisher.stats();
+        let snap = s.state.publisher.stats();
         m.gauge(
             "memdb_snapshot_seq",
             "Seq of the snapshot on disk.",

@@ -5,6 +5,20 @@
 use std::borrow::Cow;
 
 use axum::http::{HeaderMap, HeaderName, StatusCode, header};
+/// `POST /post` as a JSON body.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // A schema only: [`post_text`] parses the body.
+pub struct PostJson {
+    text: String,
+}
+
+/// `POST /post` as a form (the Go clients' way); several `text` fields are all counted.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // A schema only: [`post_text`] parses the body.
+pub struct PostForm {
+    text: String,
+}
+
 #[cfg(test)]
 use serde_json::{Value, json};
 

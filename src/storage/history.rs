@@ -105,7 +105,7 @@ impl History {
     fn store(&self, dir: &Path) -> io::Result<()> {
         let mut bytes = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
         bytes.push(b'\n');
-        crate::storage::snapshot::write_atomically(dir, FILE_NAME, TEMP_NAME, &bytes).map(|_| ())
+        crate::fs::write_atomically(dir, FILE_NAME, TEMP_NAME, &bytes).map(|_| ())
     }
 }
 

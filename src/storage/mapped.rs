@@ -36,14 +36,14 @@ impl MappedSnapshot {
     }
 
     /// [`MappedSnapshot::open`] for a file of at most `max_bytes` that is regular and
-    /// not sparse (checked before anything is read; see [`snapshot::open_regular`]),
+    /// not sparse (checked before anything is read; see [`crate::fs::open_regular`]),
     /// giving up when `stop` says so.
     pub fn open_until(
         path: &Path,
         max_bytes: u64,
         stop: &dyn Fn() -> bool,
     ) -> Result<Self, SnapshotError> {
-        let (file, meta) = snapshot::open_regular(path, max_bytes)?;
+        let (file, meta) = crate::fs::open_regular(path, max_bytes)?;
         if meta.len() < HEADER_LEN as u64 {
             return Err(SnapshotError::TooShort {
                 len: meta.len() as usize,

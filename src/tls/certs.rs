@@ -11,7 +11,7 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
-use crate::storage::snapshot::write_atomically_mode;
+use crate::fs::write_atomically_mode;
 
 /// How long a certificate made here is valid (from a day ago: clocks differ).
 pub const VALIDITY_DAYS: i64 = 365;

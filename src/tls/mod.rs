@@ -51,16 +51,15 @@ pub const MAX_PEM_BYTES: u64 = 4 << 20;
 /// opened without blocking (a FIFO or a device named as a certificate would otherwise
 /// hang or fill the node), no larger than [`MAX_PEM_BYTES`].
 fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
-    use crate::storage::snapshot::SnapshotError;
+    use crate::fs::OpenError;
     use std::io::Read;
-    let (file, meta) =
-        crate::storage::snapshot::open_regular(path, MAX_PEM_BYTES).map_err(|e| match e {
-            SnapshotError::TooLarge { len, max } => TlsError::file(
-                path,
-                format!("is {len} bytes, over the {max}-byte limit for a PEM file"),
-            ),
-            e => TlsError::file(path, e),
-        })?;
+    let (file, meta) = crate::fs::open_regular(path, MAX_PEM_BYTES).map_err(|e| match e {
+        OpenError::TooLarge { len, max } => TlsError::file(
+            path,
+            format!("is {len} bytes, over the {max}-byte limit for a PEM file"),
+        ),
+        e => TlsError::file(path, e),
+    })?;
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     file.take(MAX_PEM_BYTES + 1)
         .read_to_end(&mut bytes)
@@ -322,18 +321,7 @@ impl ClientTls {
 
 /// `Some(why)` when `url` is a plain `http://` URL of another host.
 fn plain_peer(url: &str) -> Option<String> {
-    let parsed = reqwest::Url::parse(url).ok()?;
-    if parsed.scheme() != "http" {
-        return None;
-    }
-    let host = parsed.host_str()?;
-    let loopback = host.eq_ignore_ascii_case("localhost")
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    (!loopback).then(|| {
+    crate::origin::is_plain_http_elsewhere(url).then(|| {
         format!(
             "{url}: this node serves TLS, and a plain http:// peer on another host would \
              receive the token and the data in clear: use https://"

@@ -441,8 +441,7 @@ fn parse_peer(s: &str) -> Result<(u64, String), String> {
         .trim()
         .parse()
         .map_err(|e| format!("{s:?}: node id: {e}"))?;
-    let url = memdb::leader::replication::replica_origin(url.trim())
-        .map_err(|e| format!("{s:?}: {e}"))?;
+    let url = memdb::origin::origin(url.trim()).map_err(|e| format!("{s:?}: {e}"))?;
     Ok((id, url))
 }
 

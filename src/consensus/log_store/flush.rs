@@ -8,7 +8,7 @@ use std::time::Duration;
 use crossbeam_channel::Receiver;
 use openraft::storage::LogFlushed;
 
-use super::super::TypeConfig;
+use crate::consensus::types::TypeConfig;
 use crate::storage::log::FsyncPolicy;
 
 /// What the log asks of its sync thread.

@@ -28,7 +28,7 @@ use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogId, LogState, RaftLogReader, StorageError, StorageIOError, Vote};
 use parking_lot::Mutex;
 
-use super::{Entry, NodeId, TypeConfig};
+use crate::consensus::types::{Entry, NodeId, TypeConfig};
 use flush::{Flush, flusher};
 use record::{EntriesRef, Record, decode_all, encode, frame};
 
@@ -310,12 +310,7 @@ impl Inner {
         for chunk in entries.chunks(1024) {
             out.extend(encode(&Record::Entries(chunk.to_vec())));
         }
-        crate::storage::snapshot::write_atomically(
-            &dir,
-            LOG_NAME,
-            &format!(".{LOG_NAME}.tmp"),
-            &out,
-        )?;
+        crate::fs::write_atomically(&dir, LOG_NAME, &format!(".{LOG_NAME}.tmp"), &out)?;
         let file = OpenOptions::new()
             .read(true)
             .append(true)

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::super::{Entry, NodeId};
+use crate::consensus::types::{Entry, NodeId};
 use openraft::{LogId, Vote};
 
 pub(super) const RECORD_HEAD: usize = 12;

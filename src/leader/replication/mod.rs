@@ -141,36 +141,12 @@ pub struct ReplicaSet {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReplicaUrlError {
-    #[error("url {0:?} is not a URL: {1}")]
-    Malformed(String, String),
-    #[error(
-        "url {0:?} must be a plain origin: http:// or https://, a host and a port, with no \
-         user, password, path, query or fragment"
-    )]
-    NotAnOrigin(String),
+    #[error(transparent)]
+    Origin(#[from] crate::origin::OriginError),
     #[error("the leader already has its maximum of {0} replicas (--max-replicas)")]
     Full(usize),
     #[error("{0}")]
     Plain(String),
-}
-
-/// Checks that `url` is a plain origin (`http://host:port`) and returns it normalised
-/// (no trailing slash). The leader only ever adds `/update` to it, so anything more
-/// (a path, a query, credentials) has no use but to aim pushes elsewhere or leak.
-pub fn replica_origin(url: &str) -> Result<String, ReplicaUrlError> {
-    let parsed = reqwest::Url::parse(url)
-        .map_err(|e| ReplicaUrlError::Malformed(url.to_owned(), e.to_string()))?;
-    let plain = matches!(parsed.scheme(), "http" | "https")
-        && parsed.host().is_some()
-        && parsed.username().is_empty()
-        && parsed.password().is_none()
-        && parsed.path() == "/"
-        && parsed.query().is_none()
-        && parsed.fragment().is_none();
-    if !plain {
-        return Err(ReplicaUrlError::NotAnOrigin(url.to_owned()));
-    }
-    Ok(parsed.as_str().trim_end_matches('/').to_owned())
 }
 
 impl ReplicaSet {
@@ -221,11 +197,11 @@ impl ReplicaSet {
         }
     }
 
-    /// Adds a replica (a plain origin, see [`replica_origin`]) and starts its sender,
+    /// Adds a replica (a plain origin, see [`crate::origin::origin`]) and starts its sender,
     /// unless it is already known, in which case this is its heartbeat. Must be called
     /// within a tokio runtime. Returns whether it was new.
     pub fn add(&self, url: &str, static_: bool) -> Result<bool, ReplicaUrlError> {
-        let url = replica_origin(url)?;
+        let url = crate::origin::origin(url)?;
         self.ctx
             .tls
             .check_peer(&url)

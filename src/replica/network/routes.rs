@@ -22,7 +22,8 @@ use crate::protocol::Incarnation;
 use crate::server::error::ApiError;
 use crate::server::metrics::Series;
 use crate::server::parse::TopQuery;
-use crate::server::router::{self, CountSource, SyncBody};
+use crate::server::router;
+use crate::server::source::{CountSource, SyncBody};
 use crate::words::Tokenizer;
 
 use super::{Replica, ReplicaError};

@@ -55,10 +55,7 @@ pub mod toplist;
 
 use std::io;
 
-pub use file::{
-    Staged, install, load, open_regular, publish, stage, stage_until, write_atomically,
-    write_atomically_mode,
-};
+pub use file::{Staged, install, load, publish, stage, stage_until};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::protocol::Incarnation;
@@ -214,6 +211,18 @@ pub enum SnapshotError {
     Sparse { len: u64, allocated: u64 },
     #[error("validation stopped: shutting down")]
     Cancelled,
+}
+
+impl From<crate::fs::OpenError> for SnapshotError {
+    fn from(e: crate::fs::OpenError) -> Self {
+        use crate::fs::OpenError;
+        match e {
+            OpenError::Io(e) => SnapshotError::Io(e),
+            OpenError::NotRegularFile(what) => SnapshotError::NotRegularFile(what),
+            OpenError::TooLarge { len, max } => SnapshotError::TooLarge { len, max },
+            OpenError::Sparse { len, allocated } => SnapshotError::Sparse { len, allocated },
+        }
+    }
 }
 
 /// What a snapshot says about itself besides the table.

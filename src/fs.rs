@@ -1,0 +1,113 @@
+//! File helpers every room that writes files uses: replacing a file atomically (temp
+//! file, fsync, rename, fsync the directory), and opening a file to read only if it is
+//! a regular file of a bounded size.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// Why [`open_regular`] refused a file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("{0} is not a regular file")]
+    NotRegularFile(String),
+    #[error("file is {len} bytes, over the {max}-byte limit")]
+    TooLarge { len: u64, max: u64 },
+    #[error(
+        "file is {len} bytes but only {allocated} are allocated on disk: a sparse file, \
+         which memdb never writes"
+    )]
+    Sparse { len: u64, allocated: u64 },
+}
+
+/// Opens `path` for reading only if it is a regular file, without ever blocking (a FIFO
+/// or device renamed onto the snapshot's name would otherwise hang the reader), and
+/// refuses sizes over `max_bytes` and sparse files before anything is read: a header
+/// that claims a huge length over a file of holes must cost nothing to refuse.
+pub fn open_regular(path: &Path, max_bytes: u64) -> Result<(File, std::fs::Metadata), OpenError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let meta = file.metadata()?;
+    let ft = meta.file_type();
+    if !ft.is_file() {
+        let kind = if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_socket() {
+            "a socket"
+        } else if ft.is_char_device() || ft.is_block_device() {
+            "a device"
+        } else if ft.is_dir() {
+            "a directory"
+        } else {
+            "a special file"
+        };
+        return Err(OpenError::NotRegularFile(format!(
+            "{} is {kind}; it",
+            path.display()
+        )));
+    }
+    let len = meta.len();
+    if len > max_bytes {
+        return Err(OpenError::TooLarge {
+            len,
+            max: max_bytes,
+        });
+    }
+    // Allocated blocks far below the length: holes. (A compressing file system may
+    // store a real snapshot in fewer blocks, but not an eighth.)
+    let allocated = meta.blocks().saturating_mul(512);
+    if len > (1 << 20) && allocated < len / 8 {
+        return Err(OpenError::Sparse { len, allocated });
+    }
+    Ok((file, meta))
+}
+
+/// Atomically replaces `dir/name` with `bytes` (owner-only), through `dir/temp_name`:
+/// write, fsync, rename, fsync the directory. A crash leaves the old file or the new
+/// one, never a torn one.
+pub fn write_atomically(
+    dir: &Path,
+    name: &str,
+    temp_name: &str,
+    bytes: &[u8],
+) -> io::Result<PathBuf> {
+    write_atomically_mode(dir, name, temp_name, bytes, 0o600)
+}
+
+/// [`write_atomically`], creating the file with `mode` (e.g. 0644 for a certificate
+/// others may read).
+pub fn write_atomically_mode(
+    dir: &Path,
+    name: &str,
+    temp_name: &str,
+    bytes: &[u8],
+    mode: u32,
+) -> io::Result<PathBuf> {
+    let tmp = dir.join(temp_name);
+    let dest = dir.join(name);
+    let written = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, &dest)
+    })();
+    if let Err(e) = written {
+        // A part-written temp file would only hold on to the space a full disk lacks.
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    File::open(dir)?.sync_all()?;
+    Ok(dest)
+}

@@ -156,7 +156,11 @@ fn replication(c: &mut Criterion) {
                     let url = format!("http://{}", rl.local_addr().unwrap());
                     let mut rc = ReplicaConfig::new(leader_url.clone());
                     rc.heartbeat = Duration::from_millis(100);
-                    tokio::spawn(memdb::replica::network::run(rl, rc, std::future::pending()));
+                    tokio::spawn(memdb::replica::network::routes::run(
+                        rl,
+                        rc,
+                        std::future::pending(),
+                    ));
                     leader.replicas().add(&url, true).unwrap();
                 }
                 // Every replica synced and following before measuring.

@@ -81,7 +81,7 @@ fn over_http(c: &mut Criterion) {
         leader.post_text(&text.join(" ")).await.unwrap();
         let replica_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", replica_l.local_addr().unwrap());
-        tokio::spawn(memdb::replica::network::run(
+        tokio::spawn(memdb::replica::network::routes::run(
             replica_l,
             ReplicaConfig::new(leader_url),
             std::future::pending(),

@@ -161,7 +161,7 @@ impl InReplica {
         let stop = CancellationToken::new();
         replica.follow(&stop);
         InReplica {
-            app: App(memdb::replica::network::replica_router(replica)),
+            app: App(memdb::replica::network::routes::replica_router(replica)),
             _stop: stop.drop_guard(),
         }
     }
@@ -174,7 +174,7 @@ impl InReplica {
         let stop = CancellationToken::new();
         replica.follow(&stop);
         InReplica {
-            app: App(memdb::replica::local::local_replica_router(replica)),
+            app: App(memdb::replica::local::routes::local_replica_router(replica)),
             _stop: stop.drop_guard(),
         }
     }

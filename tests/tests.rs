@@ -3,6 +3,7 @@
 //! step) with a module per area.
 
 mod inproc;
+mod layers;
 mod util;
 
 mod bad_input;

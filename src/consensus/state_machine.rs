@@ -7,8 +7,8 @@
 //! plus a JSON record of the raft log id it reflects, the membership and the key
 //! window. On disk: `raft/snapshot-<index>.memdb` and `raft/snapshot.json`, which names
 //! it; the JSON is renamed in last, so it always names a whole file. Sent to a node
-//! that fell behind as one stream: [`CONTAINER_MAGIC`], the JSON's length, the JSON,
-//! then the file.
+//! that fell behind as one stream: a [`crate::storage::container`] of the JSON and the
+//! file.
 
 use std::fs;
 use std::io::Cursor;
@@ -27,11 +27,11 @@ use serde::{Deserialize, Serialize};
 use super::applier::Applier;
 use super::keys::{KeyState, Keys, Seen, StoredKeys};
 use super::types::{Applied, Entry, NodeId, Outcome, TypeConfig};
+use crate::storage::container;
 use crate::storage::counts::CountMap;
 use crate::storage::snapshot;
 
 pub const META_NAME: &str = "snapshot.json";
-pub const CONTAINER_MAGIC: [u8; 8] = *b"MEMDBRS1";
 /// What `snapshot.json` holds (and what travels before the file).
 #[derive(Serialize, Deserialize, Clone)]
 pub struct StoredMeta {
@@ -143,28 +143,17 @@ impl StateMachine {
 
     fn container(stored: &StoredMeta, image: &[u8]) -> Vec<u8> {
         let json = serde_json::to_vec(stored).expect("metadata serializes");
-        let mut out = Vec::with_capacity(16 + json.len() + image.len());
-        out.extend_from_slice(&CONTAINER_MAGIC);
-        out.extend_from_slice(&(json.len() as u64).to_le_bytes());
-        out.extend_from_slice(&json);
-        out.extend_from_slice(image);
-        out
+        container::pack(&json, image)
     }
 }
 
 /// Splits a received snapshot stream into its record and a validated table.
 pub fn open_container(bytes: &[u8]) -> Result<(StoredMeta, AlignedVec<16>, CountMap), String> {
-    if bytes.len() < 16 || bytes[..8] != CONTAINER_MAGIC {
-        return Err("not a memdb raft snapshot (bad magic)".into());
-    }
-    let len = u64::from_le_bytes(bytes[8..16].try_into().expect("8")) as usize;
-    let json = bytes
-        .get(16..16usize.saturating_add(len))
-        .ok_or("raft snapshot truncated in its record")?;
+    let (json, file) = container::unpack(bytes)?;
     let stored: StoredMeta =
         serde_json::from_slice(json).map_err(|e| format!("raft snapshot record: {e}"))?;
-    let mut image = AlignedVec::<16>::with_capacity(bytes.len() - 16 - len);
-    image.extend_from_slice(&bytes[16 + len..]);
+    let mut image = AlignedVec::<16>::with_capacity(file.len());
+    image.extend_from_slice(file);
     let map = decode_image(&image)?;
     Ok((stored, image, map))
 }

@@ -353,7 +353,7 @@ async fn ingest(
     keyed_out: &mut bool,
     files_out: &mut usize,
 ) -> Result<(), IngestError> {
-    let sources = sources(&cfg.paths)?;
+    let sources = sources(&cfg.paths).map_err(IngestError::Input)?;
     let names: Arc<Vec<String>> = Arc::new(sources.iter().map(Source::name).collect());
     let total = sources
         .iter()

@@ -5,8 +5,6 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use super::IngestError;
-
 /// One input: a file or stdin.
 #[derive(Debug, Clone)]
 pub(super) enum Source {
@@ -49,7 +47,7 @@ impl Source {
 
 /// Files named by `paths`, in order: directories walked (sorted), glob patterns
 /// expanded, `-` for stdin.
-pub(super) fn sources(paths: &[String]) -> Result<Vec<Source>, IngestError> {
+pub(super) fn sources(paths: &[String]) -> Result<Vec<Source>, String> {
     if paths.is_empty() {
         return Ok(vec![Source::Stdin]);
     }
@@ -62,11 +60,11 @@ pub(super) fn sources(paths: &[String]) -> Result<Vec<Source>, IngestError> {
         let path = Path::new(p);
         let matches: Vec<PathBuf> = if !path.exists() && p.contains(['*', '?', '[']) {
             let found: Vec<PathBuf> = glob::glob(p)
-                .map_err(|e| IngestError::Input(format!("{p}: {e}")))?
+                .map_err(|e| format!("{p}: {e}"))?
                 .filter_map(Result::ok)
                 .collect();
             if found.is_empty() {
-                return Err(IngestError::Input(format!("{p}: no file matches")));
+                return Err(format!("{p}: no file matches"));
             }
             found
         } else {
@@ -91,17 +89,16 @@ struct Walk {
 impl Walk {
     /// `named`: the user named this path (a FIFO or device named so is read as a
     /// stream; one found inside a directory is skipped, with a warning).
-    fn walk(&mut self, path: &Path, named: bool) -> Result<(), IngestError> {
+    fn walk(&mut self, path: &Path, named: bool) -> Result<(), String> {
         use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(path)
-            .map_err(|e| IngestError::Input(format!("{}: {e}", path.display())))?;
+        let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
         if !self.seen.insert((meta.dev(), meta.ino())) {
             tracing::info!(path = %path.display(), "already read (the same file by another name)");
             return Ok(());
         }
         if meta.is_dir() {
             let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
-                .map_err(|e| IngestError::Input(format!("{}: {e}", path.display())))?
+                .map_err(|e| format!("{}: {e}", path.display()))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .collect();
             entries.sort();

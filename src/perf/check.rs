@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::PerfConfig;
 use super::report::Difference;
 use crate::client::Client;
 
@@ -26,7 +25,7 @@ pub(super) struct Check {
 /// Waits for every replica to reach the leader's seq (up to `converge_timeout`), then
 /// compares the converged ones word by word.
 pub(super) async fn compare(
-    cfg: &PerfConfig,
+    converge_timeout: Duration,
     leader: &Client,
     replicas: &[Client],
 ) -> anyhow::Result<Check> {
@@ -35,7 +34,7 @@ pub(super) async fn compare(
     let converge_started = Instant::now();
     let mut not_converged = Vec::new();
     for r in replicas {
-        if !wait_for_seq(r, seq, converge_started + cfg.converge_timeout).await {
+        if !wait_for_seq(r, seq, converge_started + converge_timeout).await {
             not_converged.push(r.base().to_owned());
         }
     }

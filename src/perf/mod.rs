@@ -209,7 +209,7 @@ pub async fn run(cfg: PerfConfig) -> anyhow::Result<Report> {
         None => write_phase(&cfg, &leader, &workload).await,
     };
     let (gets, get_elapsed) = read_phase(&cfg, &replicas, &workload).await;
-    let check = check::compare(&cfg, &leader, &replicas).await?;
+    let check = check::compare(cfg.converge_timeout, &leader, &replicas).await?;
     let exact = match &baseline {
         Some(b) => {
             let posted = std::mem::take(&mut *posted.lock());

@@ -304,6 +304,28 @@ pub async fn require_token(
     resp
 }
 
+/// Middleware on the replication, raft and admin routes of a node with
+/// `--tls-client-ca`: `403` unless the connection presented a verified client
+/// certificate.
+pub async fn require_client_cert(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if req
+        .extensions()
+        .get::<crate::tls::server::ClientCertificate>()
+        .is_some_and(|c| c.0)
+    {
+        return next.run(req).await;
+    }
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "this route carries replication, raft or admin traffic: it needs a client \
+         certificate signed by the node's --tls-client-ca",
+    )
+    .into_response()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

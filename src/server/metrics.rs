@@ -2,7 +2,7 @@
 //!
 //! Every node has one [`NodeMetrics`]: a registry with the request counter and latency
 //! histogram, which the [`CountRequests`] tower layer records into, and a collector
-//! that reads the role's own series at scrape time ([`CountSource::collect`]). Requests
+//! that reads the role's own series at scrape time ([`NodeSeries::node_series`]). Requests
 //! are labelled by route; the routes are the node router's own (taken from its OpenAPI
 //! document, which is built from the same list as the router), anything else is
 //! `other`. The layer does no lookup by label per request: each route's counters
@@ -25,8 +25,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-
-use crate::server::source::CountSource;
 
 /// What `/metrics` answers with.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -147,6 +145,17 @@ fn latency_histogram() -> Histogram {
     Histogram::new(BUCKETS)
 }
 
+/// What a node tells its scrape (every role's [`crate::server::source::CountSource`]
+/// does, through a blanket implementation there).
+pub trait NodeSeries: Send + Sync + 'static {
+    /// The seq the node's table reflects.
+    fn node_seq(&self) -> u64;
+    /// Distinct words in the node's table.
+    fn node_words(&self) -> u64;
+    /// The role's own series.
+    fn node_series(&self, m: &mut Series<'_>);
+}
+
 /// Reads a node's series at scrape time: those every node has, then the role's own.
 pub struct NodeCollector<S> {
     pub node: S,
@@ -160,16 +169,20 @@ impl<S> std::fmt::Debug for NodeCollector<S> {
     }
 }
 
-impl<S: CountSource> Collector for NodeCollector<S> {
+impl<S: NodeSeries> Collector for NodeCollector<S> {
     fn encode(&self, encoder: DescriptorEncoder) -> std::fmt::Result {
         use crate::server::{budget, listen};
         let mut m = Series::new(encoder);
         let node = &self.node;
-        m.gauge("memdb_seq", "Seq the node's table reflects.", node.seq());
+        m.gauge(
+            "memdb_seq",
+            "Seq the node's table reflects.",
+            node.node_seq(),
+        );
         m.gauge(
             "memdb_distinct_words",
             "Distinct words in the node's table.",
-            node.distinct_words(),
+            node.node_words(),
         );
         m.gauge(
             "memdb_connections_open",
@@ -202,7 +215,7 @@ impl<S: CountSource> Collector for NodeCollector<S> {
             crate::server::auth::AUTH_THROTTLED.load(Ordering::Relaxed),
         );
         tls_series(&mut m);
-        node.collect(&mut m);
+        node.node_series(&mut m);
         m.result
     }
 }

@@ -282,7 +282,7 @@ impl Serving {
             for routes in [&mut peers, &mut bulk] {
                 if !routes.get_openapi().paths.paths.is_empty() {
                     *routes = std::mem::take(routes).route_layer(axum::middleware::from_fn(
-                        crate::tls::server::require_client_cert,
+                        crate::server::auth::require_client_cert,
                     ));
                 }
             }

@@ -142,3 +142,17 @@ impl SyncBody {
         }
     }
 }
+
+impl<S: CountSource> super::metrics::NodeSeries for S {
+    fn node_seq(&self) -> u64 {
+        self.seq()
+    }
+
+    fn node_words(&self) -> u64 {
+        self.distinct_words()
+    }
+
+    fn node_series(&self, m: &mut Series<'_>) {
+        self.collect(m)
+    }
+}

@@ -1,11 +1,16 @@
 //! Storage: the count table and everything that keeps it on disk or in memory beyond
 //! one process — the write batch, the write-ahead log, the snapshot file format, the
 //! memory-mapped snapshot local replicas read, and the leader's incarnation history.
-//! Nothing here knows about HTTP.
+//! Every on-disk byte layout of memdb is defined here: [`frame`] (the record frame of
+//! both logs), [`log`] (the single leader's records), [`snapshot`] (base and delta
+//! files), [`container`] (a raft snapshot in transit), [`history`]. Nothing here knows
+//! about HTTP.
 
 pub mod batch;
+pub mod container;
 pub mod counts;
 pub mod delta;
+pub mod frame;
 pub mod history;
 pub mod log;
 pub mod mapped;

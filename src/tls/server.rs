@@ -11,8 +11,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use parking_lot::{Mutex, RwLock};
 use rustls::pki_types::CertificateDer;
 use rustls::sign::CertifiedKey;
@@ -20,8 +18,8 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{TlsError, provider, read_certs, read_key, read_roots};
-use crate::server::ApiError;
+use super::client::Trust;
+use super::pem::{TlsError, provider, read_certs, read_key, read_roots};
 use crate::throttle::LogThrottle;
 
 /// Handshakes that failed (bad or missing certificates, wrong protocol, timeouts).
@@ -154,7 +152,7 @@ pub struct ServerTls {
     current: RwLock<Loaded>,
     last_reload: Mutex<Option<Reload>>,
     /// The CA the node's own calls trust (`--tls-ca`), reloaded with the pair.
-    trust: Option<Arc<crate::tls::Trust>>,
+    trust: Option<Arc<Trust>>,
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -196,10 +194,7 @@ impl TlsHealth {
 impl ServerTls {
     /// Loads the pair (and the client CAs): an error here stops the node at start.
     /// `trust`, the CA the node's own calls trust, is read again with the pair.
-    pub fn load(
-        paths: TlsPaths,
-        trust: Option<Arc<crate::tls::Trust>>,
-    ) -> Result<Arc<ServerTls>, TlsError> {
+    pub fn load(paths: TlsPaths, trust: Option<Arc<Trust>>) -> Result<Arc<ServerTls>, TlsError> {
         let loaded = load(&paths)?;
         CERT_NOT_AFTER.store(loaded.info.not_after, Relaxed);
         tracing::info!(
@@ -345,28 +340,6 @@ async fn reload_loop(hup: &mut tokio::signal::unix::Signal, tls: Option<Arc<Serv
 /// verified against `--tls-client-ca` (set on every request of a TLS connection).
 #[derive(Debug, Clone, Copy)]
 pub struct ClientCertificate(pub bool);
-
-/// Middleware on the replication, raft and admin routes of a node with
-/// `--tls-client-ca`: `403` unless the connection presented a verified client
-/// certificate.
-pub async fn require_client_cert(
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    if req
-        .extensions()
-        .get::<ClientCertificate>()
-        .is_some_and(|c| c.0)
-    {
-        return next.run(req).await;
-    }
-    ApiError::new(
-        StatusCode::FORBIDDEN,
-        "this route carries replication, raft or admin traffic: it needs a client \
-         certificate signed by the node's --tls-client-ca",
-    )
-    .into_response()
-}
 
 static HANDSHAKE_LOG: LogThrottle = LogThrottle::new();
 static PLAIN_LOG: LogThrottle = LogThrottle::new();

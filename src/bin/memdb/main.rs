@@ -168,7 +168,7 @@ async fn run(cli: Cli, fds: std::io::Result<u64>) -> anyhow::Result<()> {
                 fallbacks: a.leader[1..].to_vec(),
                 ..ReplicaConfig::new(a.leader[0].clone())
             };
-            memdb::replica::network::run(listener, config, shutdown).await?;
+            memdb::replica::network::routes::run(listener, config, shutdown).await?;
         }
         Command::Perf(_)
         | Command::Ingest(_)
@@ -197,7 +197,7 @@ async fn run(cli: Cli, fds: std::io::Result<u64>) -> anyhow::Result<()> {
                 max_snapshot_bytes: a.max_snapshot_size as u64,
                 ..LocalReplicaConfig::new(a.data_dir)
             };
-            memdb::replica::local::run(listener, config, shutdown).await?;
+            memdb::replica::local::routes::run(listener, config, shutdown).await?;
         }
     }
     tracing::info!("stopped");

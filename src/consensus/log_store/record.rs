@@ -1,12 +1,13 @@
-//! The raft log's record format: `u32` payload length, `u64` xxh3 of the payload, the
-//! payload (JSON of a [`Record`]); reading stops at the first torn or corrupt record.
+//! The raft log's records: each a [`crate::storage::frame`] (the frame the single
+//! leader's log uses too) whose payload is the JSON of a [`Record`]; reading stops at
+//! the first torn or corrupt record.
 
 use serde::{Deserialize, Serialize};
 
 use crate::consensus::types::{Entry, NodeId};
 use openraft::{LogId, Vote};
 
-pub(super) const RECORD_HEAD: usize = 12;
+use crate::storage::frame;
 
 /// [`Record::Entries`] written from a borrowed slice (the same JSON).
 #[derive(Serialize)]
@@ -27,11 +28,10 @@ pub(super) fn encode(record: &Record) -> Vec<u8> {
     frame(serde_json::to_vec(record).expect("records serialize"))
 }
 
+/// `payload` (a record's JSON) as one frame.
 pub(super) fn frame(payload: Vec<u8>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(RECORD_HEAD + payload.len());
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&payload).to_le_bytes());
-    out.extend_from_slice(&payload);
+    let mut out = Vec::with_capacity(frame::HEAD_LEN + payload.len());
+    frame::put(&mut out, &payload);
     out
 }
 
@@ -39,22 +39,12 @@ pub(super) fn frame(payload: Vec<u8>) -> Vec<u8> {
 pub(super) fn decode_all(bytes: &[u8]) -> (Vec<(Record, u64)>, usize) {
     let mut out = Vec::new();
     let mut at = 0;
-    while bytes.len() - at >= RECORD_HEAD {
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4")) as usize;
-        let sum = u64::from_le_bytes(bytes[at + 4..at + 12].try_into().expect("8"));
-        let end = at + RECORD_HEAD + len;
-        if end > bytes.len() {
-            break;
-        }
-        let payload = &bytes[at + RECORD_HEAD..end];
-        if xxhash_rust::xxh3::xxh3_64(payload) != sum {
-            break;
-        }
+    while let frame::Next::Whole(payload, used) = frame::split(&bytes[at..]) {
         let Ok(record) = serde_json::from_slice::<Record>(payload) else {
             break;
         };
-        out.push((record, (end - at) as u64));
-        at = end;
+        out.push((record, used as u64));
+        at += used;
     }
     (out, at)
 }

@@ -2,14 +2,15 @@
 //! seq from the backlog or the log, or a request to full-sync), sending it, and what the
 //! answer means for the next step.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::{BACKOFF_MAX, BACKOFF_START, Ctx, Link, LinkStatus, MAX_PUSH_BATCHES, MAX_PUSH_BYTES};
+use super::link::{
+    BACKOFF_MAX, BACKOFF_START, Ctx, Link, LinkStatus, MAX_PUSH_BATCHES, MAX_PUSH_BYTES,
+};
 use crate::backoff::Backoff;
 use crate::client::{Client, ClientError, Update, UpdateOutcome};
 use crate::leader::backlog::Since;
@@ -52,15 +53,6 @@ pub fn coalesce(batches: &[Arc<Batch>]) -> Vec<u8> {
         }
     }
     serde_json::to_vec(&map).expect("a map of strings to integers serialises")
-}
-
-/// Where the senders read the write-ahead log.
-pub struct LogSource {
-    /// The leader's data directory.
-    pub dir: PathBuf,
-    /// The seq the log writer has written through (batches reach the log a moment
-    /// after the backlog).
-    pub written: watch::Receiver<u64>,
 }
 
 pub(super) async fn run_link(link: Arc<Link>, ctx: Arc<Ctx>) {

@@ -11,9 +11,7 @@
 //! validation is rejected and the last good mapping keeps serving. It never writes into
 //! the leader's directory.
 mod follow;
-mod routes;
-
-pub use routes::{local_replica_router, run};
+pub mod routes;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

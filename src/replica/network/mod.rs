@@ -1,10 +1,8 @@
 //! A network replica: full-syncs from the leader, then applies the batches it pushes,
 //! strictly in seq order, and serves reads.
 
-mod routes;
+pub mod routes;
 mod update;
-
-pub use routes::{replica_router, run};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

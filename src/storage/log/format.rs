@@ -3,18 +3,15 @@
 
 use std::io::{self, Read};
 
-use xxhash_rust::xxh3::xxh3_64;
-
 use crate::storage::batch::Batch;
+use crate::storage::frame;
 
-pub(super) const RECORD_HEADER: usize = 12;
 /// A record larger than this is corrupt (bodies are capped far below it).
 const MAX_RECORD: usize = 256 << 20;
 
-/// Encodes one batch as a record.
+/// Encodes one batch as a record (a [`frame`] of the batch).
 pub fn encode(batch: &Batch, out: &mut Vec<u8>) {
-    let start = out.len();
-    out.extend_from_slice(&[0u8; RECORD_HEADER]);
+    let start = frame::begin(out);
     out.extend_from_slice(&batch.seq.to_le_bytes());
     out.extend_from_slice(&(batch.deltas.len() as u32).to_le_bytes());
     for (w, n) in &batch.deltas {
@@ -25,10 +22,7 @@ pub fn encode(batch: &Batch, out: &mut Vec<u8>) {
     if let Some(d) = batch.digest {
         out.extend_from_slice(&d.to_le_bytes());
     }
-    let payload_len = out.len() - start - RECORD_HEADER;
-    let sum = xxh3_64(&out[start + RECORD_HEADER..]);
-    out[start..start + 4].copy_from_slice(&(payload_len as u32).to_le_bytes());
-    out[start + 4..start + 12].copy_from_slice(&sum.to_le_bytes());
+    frame::finish(out, start);
 }
 
 fn decode_payload(p: &[u8]) -> Option<Batch> {
@@ -72,42 +66,14 @@ pub(super) enum Next {
 
 /// Reads the next record from `r` (reusing `payload` as its buffer).
 pub(super) fn next_record(r: &mut impl Read, payload: &mut Vec<u8>) -> io::Result<Next> {
-    let mut header = [0u8; RECORD_HEADER];
-    match fill(r, &mut header)? {
-        0 => return Ok(Next::End),
-        RECORD_HEADER => {}
-        _ => return Ok(Next::Bad("torn record header")),
-    }
-    let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
-    if len > MAX_RECORD {
-        return Ok(Next::Bad("record length out of range"));
-    }
-    payload.resize(len, 0);
-    if fill(r, payload)? < len {
-        return Ok(Next::Bad("torn record"));
-    }
-    let sum = u64::from_le_bytes(header[4..12].try_into().expect("8 bytes"));
-    if xxh3_64(payload) != sum {
-        return Ok(Next::Bad("checksum mismatch"));
-    }
-    Ok(match decode_payload(payload) {
-        Some(batch) => Next::Record(batch, RECORD_HEADER + len),
-        None => Next::Bad("malformed record"),
+    Ok(match frame::read(r, payload, MAX_RECORD)? {
+        frame::Next::End => Next::End,
+        frame::Next::Bad(why) => Next::Bad(why),
+        frame::Next::Whole(p, used) => match decode_payload(p) {
+            Some(batch) => Next::Record(batch, used),
+            None => Next::Bad("malformed record"),
+        },
     })
-}
-
-/// Reads into `buf` until it is full or the data ends; how much was read.
-fn fill(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match r.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }
 
 #[cfg(test)]

@@ -4,27 +4,16 @@
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
-use crossbeam_channel::Sender;
-
 use crate::worker::Worker;
-use parking_lot::Mutex;
 use tokio::sync::watch;
 
+use super::options::{FsyncPolicy, WalOptions};
+use super::shared::{FsyncStats, LogHealth, Msg};
 use super::writer::{RETRY_MAX, RETRY_START, Writer};
-use super::{FsyncPolicy, WalOptions};
 use crate::backoff::Backoff;
 use crate::storage::batch::Batch;
-
-pub(super) enum Msg {
-    Batch(Arc<Batch>),
-    /// Write and fsync everything queued, then answer.
-    Sync(Sender<io::Result<u64>>),
-    /// A snapshot of this seq is durable: segments it covers may go.
-    Checkpoint(u64),
-}
 
 /// The log writer's handle. Dropping it flushes, fsyncs and stops the thread.
 pub struct Wal {
@@ -37,47 +26,6 @@ pub struct Wal {
     /// `Some(reason)` while the log cannot be written.
     failed: watch::Receiver<Option<String>>,
     policy: FsyncPolicy,
-}
-
-/// How the log's fsyncs are going, for `/metrics`.
-#[derive(Debug, Default)]
-pub struct FsyncStats {
-    pub fsyncs: AtomicU64,
-    pub last_nanos: AtomicU64,
-    pub total_nanos: AtomicU64,
-}
-
-/// What is wrong with the log, shared by the writer thread and the leader. Read on
-/// every write (one atomic load), so a failed log refuses writes at once.
-#[derive(Debug, Default)]
-pub struct LogHealth {
-    pub(super) failed: AtomicBool,
-    /// Why the log cannot be written, while it cannot.
-    pub(super) reason: Mutex<Option<String>>,
-    /// Why a full segment could not be closed (its successor could not be created),
-    /// while that lasts: the open segment keeps growing past `--wal-segment-size`.
-    pub(super) roll_error: Mutex<Option<String>>,
-    /// Times the log went from writable to failed.
-    pub failures: AtomicU64,
-    /// Times a segment could not be rolled.
-    pub roll_failures: AtomicU64,
-}
-
-impl LogHealth {
-    /// Whether the log is failed (writes must be refused).
-    pub fn is_failed(&self) -> bool {
-        self.failed.load(Ordering::Acquire)
-    }
-
-    /// Why the log is failed, if it is.
-    pub fn failure(&self) -> Option<String> {
-        self.reason.lock().clone()
-    }
-
-    /// Why the open segment could not be rolled, if it could not.
-    pub fn roll_error(&self) -> Option<String> {
-        self.roll_error.lock().clone()
-    }
 }
 
 /// Why a write could not be made durable.

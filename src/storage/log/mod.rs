@@ -32,106 +32,27 @@
 //! follow the previous seq; the segment is cut there (a torn tail after a crash is
 //! normal) and later segments are set aside, never silently applied out of order.
 //!
-//! Files: [`format`] (records), [`replay`] (recovery at start), [`reader`] (catch-up
-//! for replicas), [`handle`] (the [`Wal`] handle the leader holds) and `writer` (the
-//! thread behind it).
+//! Files: [`format`] (records, each a [`crate::storage::frame`]), [`replay`] (recovery
+//! at start), [`reader`] (catch-up for replicas), [`handle`] (the [`Wal`] handle the
+//! leader holds), `writer` (the thread behind it) and `shared` (what those two share),
+//! `options` and `segments` (the files' names).
 
 mod format;
 mod handle;
+mod options;
 mod reader;
 mod replay;
+mod segments;
+mod shared;
 mod writer;
 
-use std::fs;
-use std::io;
-use std::path::{Path, PathBuf};
-use std::str::FromStr;
-
 pub use format::encode;
-pub use handle::{FsyncStats, LogHealth, Wal, WalError};
+pub use handle::{Wal, WalError};
+pub use options::{FsyncPolicy, WalOptions};
 pub use reader::LogReader;
 pub use replay::{Replayed, replay, replay_observed};
-
-/// How the log is written and kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WalOptions {
-    pub fsync: FsyncPolicy,
-    /// A segment is closed once it holds at least this many bytes. Default 16 MiB.
-    pub segment_bytes: u64,
-    /// Segments a snapshot covers are kept, newest first, up to this many bytes, for
-    /// replicas to catch up from. Default 256 MiB.
-    pub retain_bytes: u64,
-}
-
-impl Default for WalOptions {
-    fn default() -> Self {
-        WalOptions {
-            fsync: FsyncPolicy::default(),
-            segment_bytes: 16 << 20,
-            retain_bytes: 256 << 20,
-        }
-    }
-}
-
-/// When a write is acknowledged relative to the log reaching the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum FsyncPolicy {
-    /// Acknowledge a write only once its record is fsynced (group commit).
-    Always,
-    /// fsync once a second; a crash or power loss may lose about the last second.
-    #[default]
-    EverySec,
-    /// Never fsync; the OS writes the log when it wants (a process crash loses
-    /// nothing written, a power loss may lose more).
-    No,
-}
-
-impl FromStr for FsyncPolicy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "always" => Ok(FsyncPolicy::Always),
-            "everysec" => Ok(FsyncPolicy::EverySec),
-            "no" => Ok(FsyncPolicy::No),
-            o => Err(format!(
-                "unknown fsync policy {o:?}: always, everysec or no"
-            )),
-        }
-    }
-}
-
-impl FsyncPolicy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FsyncPolicy::Always => "always",
-            FsyncPolicy::EverySec => "everysec",
-            FsyncPolicy::No => "no",
-        }
-    }
-}
-
-fn segment_name(first_seq: u64) -> String {
-    format!("wal-{first_seq:020}.log")
-}
-
-/// The segments in `dir`, sorted by first seq.
-pub fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if let Some(num) = name
-            .strip_prefix("wal-")
-            .and_then(|r| r.strip_suffix(".log"))
-            && let Ok(first) = num.parse::<u64>()
-        {
-            out.push((first, entry.path()));
-        }
-    }
-    out.sort();
-    Ok(out)
-}
+pub use segments::segments;
+pub use shared::{FsyncStats, LogHealth};
 
 #[cfg(test)]
 pub(super) mod testing {

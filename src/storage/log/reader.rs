@@ -6,7 +6,7 @@ use std::io::{self, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use super::format::{Next, next_record};
-use super::segments;
+use super::segments::segments;
 use crate::storage::batch::Batch;
 
 /// Reads the batches after a given seq back from the log, for a replica that needs

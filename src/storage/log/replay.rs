@@ -6,7 +6,7 @@ use std::io;
 use std::path::Path;
 
 use super::format::{Next, next_record};
-use super::segments;
+use super::segments::segments;
 use crate::storage::table::Table;
 
 /// What replay did.

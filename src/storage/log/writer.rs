@@ -13,8 +13,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use tokio::sync::watch;
 
 use super::format::encode;
-use super::handle::{FsyncStats, LogHealth, Msg};
-use super::{FsyncPolicy, WalOptions, segment_name, segments};
+use super::options::{FsyncPolicy, WalOptions};
+use super::segments::{segment_name, segments};
+use super::shared::{FsyncStats, LogHealth, Msg};
 use crate::backoff::Backoff;
 
 /// How often `everysec` syncs.

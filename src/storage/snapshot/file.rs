@@ -7,14 +7,24 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use rkyv::ser::writer::IoWriter;
 use rkyv::util::AlignedVec;
 
-use super::{
-    BaseRef, Checksum, FILE_NAME, HEADER_LEN, Header, Kind, Meta, SnapshotError, TEMP_NAME,
-    delta_prefix, encode, header_fields, key_bytes, new_key, read_header, to_word_map, top_section,
-    validate,
-};
+use super::error::SnapshotError;
+use super::kind::Kind;
+use super::layout::{BaseRef, HEAD_READ_LEN, HEADER_LEN, Header, Meta, new_key, read_header};
+use super::read::{to_word_map, validate};
+use super::write::{body, preamble, seal};
 use crate::storage::table::WordMap;
+
+/// The published base in a data directory.
+pub const FILE_NAME: &str = "snapshot.memdb";
+/// Where the next base is written before it is renamed over [`FILE_NAME`].
+pub const TEMP_NAME: &str = ".snapshot.memdb.tmp";
+/// The published delta in a data directory.
+pub const DELTA_NAME: &str = "delta.memdb";
+/// Where the next delta is written before it is renamed over [`DELTA_NAME`].
+pub const DELTA_TEMP_NAME: &str = ".delta.memdb.tmp";
 
 /// Atomically replaces `dir/FILE_NAME` with `image`: temp file, fsync, rename, fsync the
 /// directory. The previous file is unlinked by the rename but lives on for any reader
@@ -87,28 +97,12 @@ where
             .truncate(true)
             .mode(0o600)
             .open(&path)?;
-        let kind = if base.is_some() {
-            Kind::Delta
-        } else {
-            Kind::Base
-        };
         let key = new_key();
         let mut out = io::BufWriter::with_capacity(1 << 20, &file);
-        out.write_all(&[0u8; HEADER_LEN])?;
-        out.write_all(&key_bytes(key))?;
-        if let Some(b) = base {
-            out.write_all(&delta_prefix(b))?;
-        }
-        let (top, len) = top_section(entries.clone());
-        out.write_all(&top)?;
+        let (preamble, len) = preamble(base, key, entries.clone());
+        out.write_all(&preamble)?;
         let out = Stoppable { inner: out, stop };
-        let (writer, words) = match encode::write_entries(
-            rkyv::ser::writer::IoWriter::new(out),
-            entries,
-            len,
-            encode::load_factor(base.is_some()),
-            key,
-        ) {
+        let (writer, words) = match body(IoWriter::new(out), base, key, entries, len) {
             Err(_) if stop() => return Err(SnapshotError::Cancelled),
             r => r?,
         };
@@ -118,27 +112,23 @@ where
             .into_inner()
             .map_err(|e| e.into_error())?;
         let payload_len = file.metadata()?.len() - HEADER_LEN as u64;
-        let mut head = header_fields(kind, meta, payload_len, words as u64);
-        let mut sum = Checksum::new(&head);
-        let mut chunk = vec![0u8; 1 << 20];
-        let mut at = HEADER_LEN as u64;
-        loop {
-            let n = file.read_at(&mut chunk, at)?;
-            if n == 0 {
-                break;
+        let head = seal(Kind::of(base.is_some()), meta, payload_len, words, |sum| {
+            let mut chunk = vec![0u8; 1 << 20];
+            let mut at = HEADER_LEN as u64;
+            loop {
+                let n = file.read_at(&mut chunk, at)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                sum.update(&chunk[..n]);
+                at += n as u64;
             }
-            sum.0.update(&chunk[..n]);
-            at += n as u64;
-        }
-        head[56..64].copy_from_slice(&sum.0.digest().to_le_bytes());
+        })?;
         file.write_all_at(&head, 0)?;
         file.sync_all()?;
-        let mut first = head.to_vec();
-        first.extend_from_slice(&key_bytes(key));
-        if let Some(b) = base {
-            first.extend_from_slice(&delta_prefix(b));
-        }
-        first.extend_from_slice(&top[..super::toplist::HEAD_LEN]);
+        // The header as a reader will see it, read back.
+        let mut first = vec![0u8; HEAD_READ_LEN.min((payload_len as usize) + HEADER_LEN)];
+        file.read_exact_at(&mut first, 0)?;
         let header = read_header(&first, payload_len + HEADER_LEN as u64)?;
         Ok(Staged {
             path: path.clone(),
@@ -248,7 +238,7 @@ mod tests {
         assert_eq!(got, Some(99));
         // The same bytes as the in-memory encoder under the same key, but for the time
         // written.
-        let img = crate::storage::snapshot::encode_keyed(
+        let img = crate::storage::snapshot::write::encode_keyed(
             changes.iter().copied(),
             m,
             Some(base_ref),

@@ -1,7 +1,13 @@
 //! The snapshot format's unit tests: round trips, every kind of damage rejected, both
 //! versions read.
 
+use super::layout::{checksum, header_fields};
 use super::*;
+use crate::protocol::Incarnation;
+use crate::storage::table::WordMap;
+use crate::words::Tokenizer;
+use rkyv::rancor;
+use rkyv::util::AlignedVec;
 
 pub(super) fn sample(n: usize) -> WordMap {
     let mut m = WordMap::default();
@@ -69,13 +75,29 @@ fn version_1_image(map: &WordMap) -> AlignedVec {
 }
 
 #[test]
+fn versions_say_what_they_have_and_unknown_ones_are_refused() {
+    assert!(!Version::PLAIN.has_key() && !Version::PLAIN.has_top_list());
+    assert!(Version::KEYED.has_key() && !Version::KEYED.has_top_list());
+    assert!(Version::CURRENT.has_key() && Version::CURRENT.has_top_list());
+    assert_eq!(Version::from_number(3).unwrap(), Version::CURRENT);
+    for n in [0, 4, u32::MAX] {
+        assert!(Version::from_number(n).is_err(), "{n}");
+    }
+    // The offsets chain to the layout drawn in the module's documentation.
+    assert_eq!(
+        (CHECKSUM_OFFSET, HEADER_LEN, KEY_LEN, DELTA_PREFIX_LEN),
+        (56, 64, 16, 32)
+    );
+}
+
+#[test]
 fn a_version_1_file_is_still_read() {
     let map = sample(500);
     let img = version_1_image(&map);
     let (h, archived) = validate(&img).unwrap();
     assert_eq!(
         (h.version, h.key, h.archive_offset()),
-        (1, None, HEADER_LEN)
+        (Version::PLAIN, None, HEADER_LEN)
     );
     for (k, v) in &map {
         let got = hasher::with_key(h.key, || archived.get(k.as_str()).map(|v| v.to_native()));
@@ -134,7 +156,10 @@ fn wrong_magic_and_version_are_rejected() {
     bad[8..12].copy_from_slice(&4u32.to_le_bytes());
     assert!(matches!(
         validate(&aligned(&bad)).unwrap_err(),
-        SnapshotError::UnsupportedVersion(4)
+        SnapshotError::UnsupportedVersion {
+            found: 4,
+            newest: 3
+        }
     ));
     let mut bad = img.to_vec();
     bad[12..16].copy_from_slice(&9u32.to_le_bytes());
@@ -294,7 +319,7 @@ fn a_version_2_file_is_still_read() {
     resign(&mut v2);
     let v2 = aligned(&v2);
     let (h, archived) = validate(&v2).unwrap();
-    assert_eq!((h.version, h.top), (2, None));
+    assert_eq!((h.version, h.top), (Version::KEYED, None));
     for (k, v) in &map {
         let got = hasher::with_key(h.key, || archived.get(k.as_str()).map(|v| v.to_native()));
         assert_eq!(got, Some(*v), "{k}");

@@ -14,11 +14,17 @@
 //! 16-aligned. The file's checksum covers it; [`check`] verifies its structure, its
 //! order, and that every listed word has that count in the file's table.
 
-use super::SnapshotError;
+use super::error::SnapshotError;
 use crate::storage::top::{MAX_TOP, rank};
 
+const ENTRIES_OFFSET: usize = 0;
+const LEN_OFFSET: usize = ENTRIES_OFFSET + 8;
 /// Bytes of the section's head.
-pub const HEAD_LEN: usize = 16;
+pub const HEAD_LEN: usize = LEN_OFFSET + 8;
+
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
 
 /// Where a file's top list lies, from the start of the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,8 +57,8 @@ pub fn section_at(bytes: &[u8], offset: usize, file_len: u64) -> Result<Section,
     if bytes.len() < offset + HEAD_LEN {
         return Err(SnapshotError::TooShort { len: bytes.len() });
     }
-    let entries = super::le_u64(bytes, offset);
-    let len = super::le_u64(bytes, offset + 8);
+    let entries = le_u64(bytes, offset + ENTRIES_OFFSET);
+    let len = le_u64(bytes, offset + LEN_OFFSET);
     if len < HEAD_LEN as u64
         || !len.is_multiple_of(16)
         || (offset as u64).saturating_add(len) > file_len

@@ -14,7 +14,8 @@ use rkyv::ser::{Allocator, Serializer, Writer};
 use rkyv::string::{ArchivedString, StringResolver};
 use rkyv::{Archive, Place, Serialize};
 
-use super::{ArchivedWordMap, SnapshotError};
+use super::error::SnapshotError;
+use super::layout::ArchivedWordMap;
 
 /// How full an archived table is. The capacity is stored in the archive (readers probe
 /// with it, and validation checks only that the length is below it), so each file may

@@ -47,19 +47,19 @@ PERF_URLS = http://localhost:8080 http://localhost:8081 http://localhost:8082 ht
 
 ## Fresh cluster (data wiped), the Go original's perf run, cluster stopped; fails on any inconsistency.
 run-perf: build
-	scripts/run-perf.sh network $(PERF_ARGS)
+	scripts/run_perf.sh network $(PERF_ARGS)
 
 run-perf-local-replicas: build
-	scripts/run-perf.sh local $(PERF_ARGS)
+	scripts/run_perf.sh local $(PERF_ARGS)
 
 ## Fresh raft group, keyed writes through any voter, the leader SIGKILLed mid-run and
 ## restarted; fails unless every node and replica holds exactly what was acknowledged.
 run-perf-ha: build
-	scripts/run-perf.sh ha $(PERF_ARGS)
+	scripts/run_perf.sh ha $(PERF_ARGS)
 
 ## wrk side by side: network vs local replicas (needs wrk).
 bench-http: build
-	scripts/bench-http.sh
+	scripts/bench_http.py
 
 ## fmt check, clippy (warnings are errors), benches compile, every test (last, so its
 ## summary closes the output).

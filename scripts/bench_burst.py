@@ -18,10 +18,10 @@ import resource
 import subprocess
 import tempfile
 import time
-import urllib.request
 
-PORT = 18557
+import benchlib
 
+PORT = None  # the leader's, set for each round
 
 BODY = b"text=hello+burst"
 
@@ -45,14 +45,6 @@ async def burst(n):
     return len(ok), refused, max((x[0] for x in ok), default=0.0)
 
 
-def peak_rss_mib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def overflows():
     out = subprocess.run(["nstat", "-z", "TcpExtListenOverflows"], capture_output=True,
                          text=True).stdout
@@ -66,7 +58,7 @@ def main():
     ap.add_argument("--body-bytes", type=int)
     ap.add_argument("bins", nargs="+")
     a = ap.parse_args()
-    global BODY
+    global BODY, PORT
     if a.body_bytes:
         BODY = b"text=" + (b"word+" * (a.body_bytes // 5 + 1))[: a.body_bytes - 5]
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -75,29 +67,20 @@ def main():
     for _ in range(a.rounds):
         for b in a.bins:
             with tempfile.TemporaryDirectory() as d:
-                p = subprocess.Popen([b, "leader", "--port", str(PORT), "--data-dir", d + "/l"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                try:
-                    for _ in range(100):
-                        try:
-                            urllib.request.urlopen(f"http://127.0.0.1:{PORT}/health", timeout=1)
-                            break
-                        except OSError:
-                            time.sleep(0.05)
+                with benchlib.Node(["leader", "--data-dir", d + "/l"], binary=b) as leader:
+                    PORT = leader.port
                     subprocess.run(["nstat", "-n"], check=True)
                     ok, refused, slowest = asyncio.run(burst(a.connections))
-                    rows[b].append((ok, slowest, overflows(), refused, peak_rss_mib(p.pid)))
-                finally:
-                    p.terminate()
-                    p.wait(timeout=30)
+                    peak = benchlib.rss_mib(leader.pid, "VmHWM")
+                    rows[b].append((ok, slowest, overflows(), refused, peak))
     print("| binary | rounds with overflows | overflows (sum) | rounds slowest > 1 s | "
           "median slowest | accepted (median) | refused 503 (median) | peak RSS (median) |")
     print("|---|---|---|---|---|---|---|---|")
-    med = lambda xs: sorted(xs)[len(xs) // 2]
+    med = benchlib.median
     for b, r in rows.items():
         print(f"| {b} | {sum(1 for x in r if x[2])}/{len(r)} | {sum(x[2] for x in r)} | "
               f"{sum(1 for x in r if x[1] > 1)}/{len(r)} | {med([x[1] for x in r]):.3f} s | "
-              f"{med([x[0] for x in r])} | {med([x[3] for x in r])} | "
+              f"{med([x[0] for x in r]):.0f} | {med([x[3] for x in r]):.0f} | "
               f"{med([x[4] for x in r]):.0f} MiB |")
 
 

@@ -13,45 +13,29 @@ ingest: wrk POSTs (10 words, 4 KiB) to a single leader and to a three-voter grou
   leader, each with --fsync everysec and always, alternating configurations each round;
   medians of the rounds, in one table.
 
-Uses target/release/memdb (or MEMDB_BIN), ports 18700-18702 on 127.0.0.1, temp dirs;
+Uses target/release/memdb (or MEMDB_BIN), ports 18700-18702 on 127.0.0.1 for the group
+(its members name each other up front), free ones otherwise, temp dirs;
 needs wrk for ingest. Stops what it starts.
 """
 import argparse
-import json
-import os
-import re
-import signal
-import statistics
-import subprocess
 import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.environ.get("MEMDB_BIN", os.path.join(ROOT, "target/release/memdb"))
+import benchlib as b
+from benchlib import wait_until
+
 PORTS = [18700, 18701, 18702]
 URLS = [f"http://127.0.0.1:{p}" for p in PORTS]
 PEERS = ",".join(f"{i + 1}={u}" for i, u in enumerate(URLS))
 
 
 def health(url):
-    try:
-        with urllib.request.urlopen(url + "/health", timeout=0.5) as r:
-            return json.load(r)
-    except (OSError, ValueError):
-        return None
-
-
-def wait_until(what, check, timeout=30):
-    end = time.time() + timeout
-    while time.time() < end:
-        v = check()
-        if v is not None:
-            return v
-        time.sleep(0.02)
-    raise SystemExit(f"timed out waiting for {what}")
+    """A voter's /health while it answers 200, else None."""
+    code, body = b.health(url, timeout=0.5)
+    return body if code == 200 else None
 
 
 class Group:
@@ -62,11 +46,9 @@ class Group:
             self.start(i)
 
     def start(self, i):
-        self.procs[i] = subprocess.Popen(
-            [BIN, "leader", "--port", str(PORTS[i]), "--data-dir", self.dirs[i],
-             "--node-id", str(i + 1), "--peers", PEERS] + self.extra,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(f"voter {i + 1}", lambda: health(URLS[i]))
+        self.procs[i] = b.Node(
+            ["leader", "--port", str(PORTS[i]), "--data-dir", self.dirs[i],
+             "--node-id", str(i + 1), "--peers", PEERS] + self.extra)
 
     def leader(self, alive):
         """The index every voter in `alive` names as leader, once they agree."""
@@ -84,12 +66,7 @@ class Group:
         return wait_until("an agreed leader", agreed)
 
     def stop(self):
-        for p in self.procs:
-            if p and p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            if p:
-                p.wait(timeout=60)
+        b.stop_all(self.procs)
 
 
 def post(url, text, key):
@@ -138,8 +115,7 @@ def failover(a):
                 for t in threads:
                     t.start()
                 time.sleep(1.0)
-                g.procs[leader].send_signal(signal.SIGKILL)
-                g.procs[leader].wait()
+                g.procs[leader].kill()
                 killed = time.monotonic()
                 first = wait_until("a write acknowledged after the kill", lambda: next(
                     (ack for sent, ack in sorted(acks, key=lambda x: x[1]) if sent > killed), None))
@@ -155,34 +131,21 @@ def failover(a):
         finally:
             g.stop()
     print(f"failover (kill to first acknowledged write), {a.runs} runs, election timeout "
-          f"{a.election_timeout}: median {statistics.median(times):.0f} ms, "
+          f"{a.election_timeout}: median {b.median(times):.0f} ms, "
           f"max {max(times):.0f} ms")
-
-
-def wrk(url, duration, script):
-    cmd = ["wrk", "-t1", "-c32", f"-d{duration}", "-s", os.path.join(ROOT, "scripts/wrk", script), url]
-    text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    if "Non-2xx" in text:
-        raise SystemExit(f"{url}: error responses\n{text}")
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
 
 
 def ingest_round(kind, fsync, duration):
     with tempfile.TemporaryDirectory() as d:
         extra = ["--fsync", fsync]
         if kind == "single":
-            p = subprocess.Popen([BIN, "leader", "--port", str(PORTS[0]), "--data-dir", f"{d}/l"] + extra,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            wait_until("the leader", lambda: health(URLS[0]))
-            try:
-                return [wrk(URLS[0] + "/post", duration, s) for s in ("post.lua", "post4k.lua")]
-            finally:
-                p.send_signal(signal.SIGTERM)
-                p.wait(timeout=60)
+            with b.Node(["leader", "--data-dir", f"{d}/l"] + extra) as leader:
+                return [b.wrk(leader.url + "/post", duration, s).rps
+                        for s in ("post.lua", "post4k.lua")]
         g = Group([f"{d}/v{i}" for i in range(3)], extra)
         try:
             url = URLS[g.leader([0, 1, 2])]
-            return [wrk(url + "/post", duration, s) for s in ("post.lua", "post4k.lua")]
+            return [b.wrk(url + "/post", duration, s).rps for s in ("post.lua", "post4k.lua")]
         finally:
             g.stop()
 
@@ -190,15 +153,16 @@ def ingest_round(kind, fsync, duration):
 def ingest(a):
     configs = [(k, f) for f in ("everysec", "always") for k in ("single", "group")]
     res = {c: [] for c in configs}
-    for _ in range(a.rounds):
-        for c in configs:
+    for r in range(a.rounds):
+        # Alternating the order each round: drift on a shared machine falls on all.
+        for c in (configs if r % 2 == 0 else configs[::-1]):
             res[c].append(ingest_round(*c, a.duration))
     print("| --fsync | POSTs of 10 words: single leader | 3-voter group | group/single "
           "| POSTs of 4 KiB: single leader | 3-voter group | group/single |")
     print("|---|---|---|---|---|---|---|")
     for f in ("everysec", "always"):
-        s = [statistics.median(r[i] for r in res[("single", f)]) for i in (0, 1)]
-        g = [statistics.median(r[i] for r in res[("group", f)]) for i in (0, 1)]
+        s = [b.median(r[i] for r in res[("single", f)]) for i in (0, 1)]
+        g = [b.median(r[i] for r in res[("group", f)]) for i in (0, 1)]
         print(f"| {f} | {s[0]:,.0f}/s | {g[0]:,.0f}/s | {g[0] / s[0]:.2f}× "
               f"| {s[1]:,.0f}/s | {g[1]:,.0f}/s | {g[1] / s[1]:.2f}× |")
 

@@ -1,5 +1,12 @@
 #!/usr/bin/env python3
-"""Side-by-side HTTP benchmark of memdb, in one run (called by scripts/bench-http.sh).
+"""Side-by-side HTTP benchmark of memdb, in one run.
+
+    scripts/bench_http.py        # RUNS=3 DURATION=5s CONNECTIONS=32
+
+Needs wrk (Debian package `wrk`) and a release build (`make build`). Uses ports
+8080-8083 (the clusters of scripts/cluster.sh) and a free one for the baseline, and
+./run/bench (wiped first).
+
 
 Cases, each measured RUNS times with wrk (median reported):
   baseline  a bare axum server (`memdb baseline`) with no work behind its routes
@@ -10,13 +17,15 @@ Workloads: replica GET /wordcount with 1 and 32 words; leader POST /post with a 
 form body and a 4 KiB text/plain body. After each cluster, every replica must hold
 exactly the leader's counts.
 """
-import json, os, re, shutil, statistics, subprocess, sys, time, urllib.request
+import os, shutil, subprocess, sys, urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.environ.get("MEMDB_BIN", os.path.join(ROOT, "target/release/memdb"))
+import benchlib as b
+
+ROOT = b.ROOT
+BIN = b.default_bin()
 RUNS = int(os.environ.get("RUNS", "3"))
 DUR = os.environ.get("DURATION", "5s")
-CONNS = os.environ.get("CONNECTIONS", "32")
+CONNS = int(os.environ.get("CONNECTIONS", "32"))
 RUN_DIR = os.path.join(ROOT, "run", "bench")
 WORDS32 = ["hello", "world", "go", "is", "great", "distributed", "systems", "in", "high",
            "performance", "the", "concurrency", "model", "of", "parallel", "requests",
@@ -24,48 +33,13 @@ WORDS32 = ["hello", "world", "go", "is", "great", "distributed", "systems", "in"
            "dog", "again", "memory", "mapped", "replica", "leader"]
 
 
-def wrk(url, script=None):
-    cmd = ["wrk", "-t1", f"-c{CONNS}", f"-d{DUR}", "--latency"]
-    if script:
-        cmd += ["-s", os.path.join(ROOT, "scripts/wrk", script)]
-    out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True)
-    text = out.stdout + out.stderr
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", text, re.M))
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    if non2xx:
-        sys.exit(f"{url}: {non2xx.group(1)} error responses:\n{text}")
-    wpr = re.search(r"words_per_request=(\d+)", text)
-    return rps, to_ms(lat.get("50")), to_ms(lat.get("99")), int(wpr.group(1)) if wpr else None
-
-
-def to_ms(s):
-    if s is None:
-        return float("nan")
-    m = re.match(r"([\d.]+)(us|ms|s)", s)
-    v, unit = float(m.group(1)), m.group(2)
-    return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
-
-
 def measure(url, script=None):
-    runs = [wrk(url, script) for _ in range(RUNS)]
-    rps = statistics.median(r[0] for r in runs)
-    return rps, statistics.median(r[1] for r in runs), statistics.median(r[2] for r in runs), runs[0][3]
+    runs = [b.wrk(url, DUR, script, connections=CONNS) for _ in range(RUNS)]
+    return (b.median(r.rps for r in runs), b.median(r.p50_ms for r in runs),
+            b.median(r.p99_ms for r in runs), runs[0].words_per_request)
 
 
-def get(url):
-    with urllib.request.urlopen(url, timeout=10) as r:
-        return json.loads(r.read())
-
-
-def wait_health(url):
-    for _ in range(300):
-        try:
-            get(url + "/health")
-            return
-        except Exception:
-            time.sleep(0.1)
-    sys.exit(f"{url} never became healthy")
+get = b.get
 
 
 def check_converged(replica_ports):
@@ -106,40 +80,21 @@ def writes(case):
     row(case, "POST /post (4 KiB body)", rps, p50, p99, wpr)
 
 
-def start(args, log):
-    return subprocess.Popen([BIN] + args, stdout=open(log, "w"), stderr=subprocess.STDOUT)
-
-
-def stop(proc):
-    proc.terminate()
-    proc.wait(timeout=30)
-
-
 def main():
-    if not shutil.which("wrk"):
-        sys.exit("needs wrk: apt-get install wrk")
+    b.need("wrk")
     shutil.rmtree(RUN_DIR, ignore_errors=True)
     os.makedirs(RUN_DIR)
     print(f"wrk -t1 -c{CONNS} -d{DUR}, median of {RUNS}; 2 cores shared by client and servers")
 
-    p = start(["baseline", "--port", "8090"], os.path.join(RUN_DIR, "baseline.log"))
-    try:
-        wait_health("http://127.0.0.1:8090")
-        rps, p50, p99, _ = measure("http://127.0.0.1:8090/wordcount?word=hello")
+    with b.Node(["baseline"], os.path.join(RUN_DIR, "baseline.log")) as base:
+        rps, p50, p99, _ = measure(base.url + "/wordcount?word=hello")
         row("baseline", "GET /wordcount (1 word)", rps, p50, p99, 1)
-        url = "http://127.0.0.1:8090/post"
-        rps, p50, p99, _ = measure(url, "post.lua")
+        rps, p50, p99, _ = measure(base.url + "/post", "post.lua")
         row("baseline", "POST /post (10 words)", rps, p50, p99, 10)
-    finally:
-        stop(p)
 
-    p = start(["leader", "--port", "8080", "--data-dir", os.path.join(RUN_DIR, "alone")],
-              os.path.join(RUN_DIR, "alone.log"))
-    try:
-        wait_health("http://127.0.0.1:8080")
+    with b.Node(["leader", "--port", "8080", "--data-dir", os.path.join(RUN_DIR, "alone")],
+                os.path.join(RUN_DIR, "alone.log")):
         writes("alone")
-    finally:
-        stop(p)
 
     env = dict(os.environ, MEMDB_RUN_DIR=RUN_DIR)
     for mode in ["network", "local"]:

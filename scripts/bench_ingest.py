@@ -4,49 +4,31 @@ bodies (wrk), side by side on fresh leaders, alternating; words per second, medi
 
     scripts/bench_ingest.py [--mb 200] [--rounds 2] [--concurrency 4] [--chunk-size 256KiB]
 
-Uses target/release/memdb (or MEMDB_BIN), port 18950, temp dirs; needs wrk.
+Uses target/release/memdb (or MEMDB_BIN), free ports, temp dirs; needs wrk.
 """
 import argparse
 import json
 import os
 import random
-import re
-import signal
-import statistics
 import subprocess
 import tempfile
-import time
-import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.environ.get("MEMDB_BIN", os.path.join(ROOT, "target/release/memdb"))
-URL = "http://127.0.0.1:18950"
+import benchlib as b
 
 
-def leader(d):
-    p = subprocess.Popen([BIN, "leader", "--port", "18950", "--data-dir", d],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(400):
-        try:
-            urllib.request.urlopen(URL + "/health", timeout=1)
-            return p
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit("leader did not start")
+def ingest_words_per_s(d, path, a):
+    with b.Node(["leader", "--data-dir", d]) as leader:
+        out = subprocess.run([b.default_bin(), "ingest", path, "--leader", leader.url,
+                              "--json", "--concurrency", a.concurrency,
+                              "--chunk-size", a.chunk_size],
+                             capture_output=True, text=True, check=True).stdout
+        return json.loads(out)["words_per_second"]
 
 
-def stop(p):
-    p.send_signal(signal.SIGTERM)
-    p.wait(timeout=120)
-
-
-def wrk_words_per_s(duration):
-    r = subprocess.run(["wrk", "-t1", "-c32", f"-d{duration}", "-s",
-                        os.path.join(ROOT, "scripts/wrk/post4k.lua"), URL + "/post"],
-                       capture_output=True, text=True, check=True)
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", r.stdout).group(1))
-    words = int(re.search(r"words_per_request=(\d+)", r.stderr + r.stdout).group(1))
-    return rps * words
+def wrk_words_per_s(d, duration):
+    with b.Node(["leader", "--data-dir", d]) as leader:
+        r = b.wrk(leader.url + "/post", duration, "post4k.lua")
+        return r.rps * r.words_per_request
 
 
 def main():
@@ -72,24 +54,14 @@ def main():
                 written += len(line.encode())
         ing, srv = [], []
         for r in range(a.rounds):
-            d = tempfile.mkdtemp(dir=tmp)
-            p = leader(d)
-            try:
-                out = subprocess.run([BIN, "ingest", path, "--leader", URL, "--json",
-                                      "--concurrency", a.concurrency, "--chunk-size", a.chunk_size],
-                                     capture_output=True, text=True, check=True).stdout
-                ing.append(json.loads(out)["words_per_second"])
-            finally:
-                stop(p)
-            d = tempfile.mkdtemp(dir=tmp)
-            p = leader(d)
-            try:
-                srv.append(wrk_words_per_s(a.duration))
-            finally:
-                stop(p)
+            # Alternating which goes first: drift on a shared machine falls on both.
+            runs = [(ing, lambda: ingest_words_per_s(tempfile.mkdtemp(dir=tmp), path, a)),
+                    (srv, lambda: wrk_words_per_s(tempfile.mkdtemp(dir=tmp), a.duration))]
+            for into, run in (runs if r % 2 == 0 else runs[::-1]):
+                into.append(run())
             print(f"round {r + 1}: memdb ingest {ing[-1]:,.0f} words/s, "
                   f"wrk 4 KiB POSTs {srv[-1]:,.0f} words/s", flush=True)
-        mi, ms = statistics.median(ing), statistics.median(srv)
+        mi, ms = b.median(ing), b.median(srv)
         print(f"{a.mb} MB file: memdb ingest {mi:,.0f} words/s; the leader's 4 KiB POSTs "
               f"(wrk -c32) {ms:,.0f} words/s; ingest / wrk = {mi / ms:.2f}")
 

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """How long network replicas take to follow a restarted leader, side by side:
 
 - continue: the leader's history.json is kept, so replicas adopt the new incarnation
@@ -11,112 +12,70 @@ Measured from the restarted leader's first healthy answer to the moment every re
 serves a write made after the restart (a `min_seq` read), with the full syncs the
 replicas did.
 
-Run through scripts/bench-restart.sh.
+    scripts/bench_restart.py          # WORDS=1000000 REPLICAS=2 RUNS=3
+
+Needs a release build (or MEMDB_BIN). Uses free ports and temp dirs under ./run.
 """
 
-import json
 import os
-import signal
-import socket
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.parse
-import urllib.request
 
-BIN = os.environ["MEMDB_BIN"]
+import benchlib as b
+
 WORDS = int(os.environ.get("WORDS", "1000000"))
 REPLICAS = int(os.environ.get("REPLICAS", "2"))
 RUNS = int(os.environ.get("RUNS", "3"))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(url, timeout=60):
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return json.loads(r.read())
-
-
-def post(url, body):
-    req = urllib.request.Request(url, data=body.encode(), headers={"content-type": "text/plain"})
-    with urllib.request.urlopen(req, timeout=60) as r:
-        return json.loads(r.read())
-
-
-def wait_health(url, deadline=30.0):
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        try:
-            urllib.request.urlopen(url + "/health", timeout=1).read()
-            return
-        except Exception:
-            time.sleep(0.005)
-    raise SystemExit(f"{url} did not become healthy")
-
-
-def start(args, log):
-    return subprocess.Popen([BIN, *args], stdout=log, stderr=subprocess.STDOUT)
-
-
-def stop(p):
-    if p.poll() is None:
-        p.send_signal(signal.SIGTERM)
-        p.wait(timeout=60)
+PLAIN = {"content-type": "text/plain"}
 
 
 def one_run(mode, tmp):
     data = os.path.join(tmp, "leader")
-    lport = free_port()
+    lport = b.free_port()
     leader_url = f"http://127.0.0.1:{lport}"
     log = open(os.path.join(tmp, f"{mode}.log"), "ab")
     procs = []
+    leader = None
     try:
         # Replicas named with --replica: the restarted leader contacts them at once
         # (rather than when their retry backoff next reaches it).
-        replicas = [f"http://127.0.0.1:{free_port()}" for _ in range(REPLICAS)]
+        replicas = [f"http://127.0.0.1:{b.free_port()}" for _ in range(REPLICAS)]
         lead_args = ["leader", "--port", str(lport), "--data-dir", data]
         for r in replicas:
             lead_args += ["--replica", r]
-        leader = start(lead_args, log)
-        wait_health(leader_url)
+        leader = b.Node(lead_args, log)
         for r in replicas:
             port = r.rsplit(":", 1)[1]
-            procs.append(start(["replica", "--port", port, "--leader", leader_url], log))
+            procs.append(b.Node(["replica", "--port", port, "--leader", leader_url], log))
         chunk = 80_000
         for s in range(0, WORDS, chunk):
-            post(leader_url + "/post", " ".join("w%07d" % i for i in range(s, min(WORDS, s + chunk))))
-        seq = get(leader_url + "/health")["seq"]
+            words = " ".join("w%07d" % i for i in range(s, min(WORDS, s + chunk)))
+            b.post(leader_url + "/post", words, PLAIN)
+        seq = b.get(leader_url + "/health")["seq"]
         for r in replicas:
-            get(f"{r}/wordcount?word=w0000001&min_seq={seq}")
-        stop(leader)
+            b.get(f"{r}/wordcount?word=w0000001&min_seq={seq}")
+        leader.stop()
         if mode == "full sync":
             os.remove(os.path.join(data, "history.json"))
-        leader = start(lead_args, log)
-        wait_health(leader_url)
+        leader = b.Node(lead_args, log)
         t0 = time.monotonic()
-        after = post(leader_url + "/post", "after restart")["seq"]
+        after = b.post(leader_url + "/post", "after restart", PLAIN)["seq"]
         for r in replicas:
             while True:
                 try:
                     q = urllib.parse.urlencode({"word": "after", "min_seq": after})
-                    if get(f"{r}/wordcount?{q}", timeout=10).get("after") == 1:
+                    if b.get(f"{r}/wordcount?{q}", timeout=10).get("after") == 1:
                         break
                 except urllib.error.HTTPError:
                     pass
         elapsed = time.monotonic() - t0
-        syncs = sum(get(r + "/health")["syncs"] - 1 for r in replicas)
+        syncs = sum(b.get(r + "/health")["syncs"] - 1 for r in replicas)
         return elapsed, syncs
     finally:
-        for p in procs:
-            stop(p)
-        if "leader" in locals():
-            stop(leader)
+        b.stop_all([leader, *procs])
         log.close()
 
 
@@ -127,12 +86,14 @@ def main():
     for mode in ["continue", "full sync"]:
         times, syncs = [], []
         for _ in range(RUNS):
-            with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
+            run = os.path.join(b.ROOT, "run")
+            os.makedirs(run, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=run) as tmp:
                 t, s = one_run(mode, tmp)
             times.append(t)
             syncs.append(s)
-        results[mode] = statistics.median(times)
-        print(f"{mode:<14} {results[mode] * 1e3:>21.1f} ms {statistics.median(syncs):>11.0f}")
+        results[mode] = b.median(times)
+        print(f"{mode:<14} {results[mode] * 1e3:>21.1f} ms {b.median(syncs):>11.0f}")
     print(f"ratio full sync / continue: {results['full sync'] / results['continue']:.1f}x")
 
 

@@ -26,10 +26,8 @@ Needs redis-server (apt-get install redis-server). Uses ephemeral ports and temp
 dirs; stops everything it starts, by PID.
 """
 import argparse
-import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -37,7 +35,9 @@ import tempfile
 import time
 import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import benchlib as b
+
+ROOT = b.ROOT
 
 
 def word(i):
@@ -45,26 +45,11 @@ def word(i):
 
 
 def get(url, timeout=120):
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return json.loads(r.read())
+    return b.get(url, timeout)
 
 
 def health(url):
-    try:
-        with urllib.request.urlopen(url + "/health", timeout=5) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
-    except OSError:
-        return None, {}
-
-
-def rss_mib(pid, field="VmRSS"):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    return b.health(url, timeout=5)
 
 
 def zipf_bodies(n, chunk, count=12, seed=7):
@@ -131,44 +116,9 @@ def freshness(leader, local, bodies, seconds):
     }
 
 
-class Proc:
-    """A memdb process on an ephemeral port, found through --addr-file."""
-
-    def __init__(self, binary, args, tmp, name):
-        self.addr_file = os.path.join(tmp, name + ".addr")
-        if os.path.exists(self.addr_file):
-            os.remove(self.addr_file)
-        self.log = open(os.path.join(tmp, name + ".log"), "a")
-        self.started = time.monotonic()
-        self.p = subprocess.Popen(
-            [binary] + args + ["--port", "0", "--addr-file", self.addr_file],
-            stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while not os.path.exists(self.addr_file):
-            if self.p.poll() is not None or time.monotonic() > deadline:
-                sys.exit(f"{name} did not start; see {self.log.name}")
-            time.sleep(0.005)
-        self.url = "http://" + open(self.addr_file).read().strip()
-
-    def wait(self, pred, what, deadline=600.0):
-        end = time.monotonic() + deadline
-        while time.monotonic() < end:
-            code, h = health(self.url)
-            if pred(code, h):
-                return h
-            if self.p.poll() is not None:
-                sys.exit(f"{what}: the process exited; see {self.log.name}")
-            time.sleep(0.01)
-        sys.exit(f"timed out waiting for {what}")
-
-    def stop(self):
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
+def Proc(binary, args, tmp, name):
+    """A memdb process on a port the kernel picks, its log in `tmp`."""
+    return b.Node(args, os.path.join(tmp, name + ".log"), binary=binary, wait=False)
 
 
 def memdb(binary, n, chunk, fresh_seconds):
@@ -189,12 +139,12 @@ def memdb(binary, n, chunk, fresh_seconds):
                         and not h["snapshot"].get("compacting"),
                         "a snapshot of the whole table, no compaction under way")
         time.sleep(1)
-        pid = leader.p.pid
+        pid = leader.pid
         out = {
-            "leader_rss": rss_mib(pid),
-            "leader_anon": rss_mib(pid, "RssAnon"),
-            "leader_file": rss_mib(pid, "RssFile"),
-            "leader_peak": rss_mib(pid, "VmHWM"),
+            "leader_rss": b.rss_mib(pid),
+            "leader_anon": b.rss_mib(pid, "RssAnon"),
+            "leader_file": b.rss_mib(pid, "RssFile"),
+            "leader_peak": b.rss_mib(pid, "VmHWM"),
             "compaction_s": (h["snapshot"].get("last_compaction_ms") or 0) / 1e3,
             "base_mib": os.path.getsize(os.path.join(data, "snapshot.memdb")) / 2**20,
         }
@@ -202,7 +152,7 @@ def memdb(binary, n, chunk, fresh_seconds):
         procs.append(replica)
         replica.wait(lambda c, h: c == 200 and h.get("seq") == seq, "the replica's join")
         out["join_s"] = time.monotonic() - replica.started
-        out["replica_rss"] = rss_mib(replica.p.pid)
+        out["replica_rss"] = b.rss_mib(replica.pid)
         replica.stop()
         bodies = zipf_bodies(n, chunk) if fresh_seconds else None
         local = Proc(binary, ["local-replica", "--data-dir", data], tmp, "local")
@@ -219,20 +169,14 @@ def memdb(binary, n, chunk, fresh_seconds):
         if fresh_seconds:
             local.wait(lambda c, h: h.get("socket_connected"), "the local replica's socket")
             out["fresh_100ms"] = freshness(leader, local, bodies, fresh_seconds)
-            out["leader_rss_after"] = rss_mib(leader.p.pid)
+            out["leader_rss_after"] = b.rss_mib(leader.pid)
             out["words_after"] = health(leader.url)[1].get("words", 0)
-            out["leader_peak_after"] = rss_mib(leader.p.pid, "VmHWM")
+            out["leader_peak_after"] = b.rss_mib(leader.pid, "VmHWM")
         return out
     finally:
         for p in procs:
             p.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def resp(*parts):
@@ -247,7 +191,7 @@ def redis(n, chunk):
     if not shutil.which("redis-server"):
         sys.exit("needs redis-server: apt-get install redis-server")
     tmp = tempfile.mkdtemp(prefix="redis-scale-")
-    port = free_port()
+    port = b.free_port()
     srv = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no", "--dir", tmp, "--dbfilename", "dump.rdb"],

@@ -7,31 +7,16 @@ table); medians of the rounds and the ratio with/alone (the target is at least 0
     scripts/bench_top_scan.py [--bin target/release/memdb] [--words 1500000]
                               [--rounds 3] [--duration 5s] [--scanners 8]
 
-Needs wrk. Uses port 18720 on 127.0.0.1 and a temp dir; stops what it starts.
+Needs wrk. Uses a free port on 127.0.0.1 and a temp dir; stops what it starts.
 """
 import argparse
-import os
-import re
-import statistics
-import subprocess
 import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PORT = 18720
-
-
-def wait(url):
-    for _ in range(400):
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"{url} never became healthy")
+import benchlib as b
 
 
 def fill(base, words):
@@ -39,16 +24,11 @@ def fill(base, words):
     step = 50_000
     for start in range(0, words, step):
         text = " ".join(f"w{i:08d}" for i in range(start, min(words, start + step)))
-        req = urllib.request.Request(base + "/post", data=text.encode(),
-                                     headers={"Content-Type": "text/plain"})
-        urllib.request.urlopen(req, timeout=60).read()
+        b.post(base + "/post", text, {"Content-Type": "text/plain"})
 
 
 def posts_per_second(base, duration):
-    cmd = ["wrk", "-t1", "-c4", f"-d{duration}", "-s",
-           os.path.join(ROOT, "scripts/wrk/post.lua"), base + "/post"]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    return b.wrk(base + "/post", duration, "post.lua", connections=4).rps
 
 
 def scanner(base, stop, counts):
@@ -63,39 +43,33 @@ def scanner(base, stop, counts):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/memdb"))
+    ap.add_argument("--bin", default=b.default_bin())
     ap.add_argument("--words", type=int, default=1_500_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", default="5s")
     ap.add_argument("--scanners", type=int, default=8)
     a = ap.parse_args()
-    base = f"http://127.0.0.1:{PORT}"
-    with tempfile.TemporaryDirectory() as d:
-        leader = subprocess.Popen([a.bin, "leader", "--port", str(PORT), "--data-dir", d],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait(base + "/health")
-            fill(base, a.words)
-            alone, scanned = [], []
-            for r in range(a.rounds):
-                alone.append(posts_per_second(base, a.duration))
-                stop, counts = threading.Event(), {"ok": 0}
-                threads = [threading.Thread(target=scanner, args=(base, stop, counts))
-                           for _ in range(a.scanners)]
+    with tempfile.TemporaryDirectory() as d, b.Node(["leader", "--data-dir", d],
+                                                    binary=a.bin) as leader:
+        base = leader.url
+        fill(base, a.words)
+        alone, scanned = [], []
+        for r in range(a.rounds):
+            alone.append(posts_per_second(base, a.duration))
+            stop, counts = threading.Event(), {"ok": 0}
+            threads = [threading.Thread(target=scanner, args=(base, stop, counts))
+                       for _ in range(a.scanners)]
+            for t in threads:
+                t.start()
+            try:
+                scanned.append(posts_per_second(base, a.duration))
+            finally:
+                stop.set()
                 for t in threads:
-                    t.start()
-                try:
-                    scanned.append(posts_per_second(base, a.duration))
-                finally:
-                    stop.set()
-                    for t in threads:
-                        t.join()
-                print(f"round {r + 1}: POSTs alone {alone[-1]:.0f}/s, with {a.scanners} "
-                      f"scanners {scanned[-1]:.0f}/s (scans {counts})", flush=True)
-        finally:
-            leader.terminate()
-            leader.wait(timeout=60)
-    m_alone, m_scanned = statistics.median(alone), statistics.median(scanned)
+                    t.join()
+            print(f"round {r + 1}: POSTs alone {alone[-1]:.0f}/s, with {a.scanners} "
+                  f"scanners {scanned[-1]:.0f}/s (scans {counts})", flush=True)
+    m_alone, m_scanned = b.median(alone), b.median(scanned)
     print(f"\nmedians of {a.rounds} rounds ({a.duration} each), {a.words} words:")
     print(f"POSTs alone {m_alone:.0f}/s, with scans {m_scanned:.0f}/s, "
           f"ratio {m_scanned / m_alone:.2f}")

@@ -1,5 +1,11 @@
 #!/usr/bin/env python3
-"""memdb vs Redis on the same machine, in one run (called by scripts/bench-vs-redis.sh).
+"""memdb vs Redis on the same machine, in one run; prints ratios.
+
+    scripts/bench_vs_redis.py        # RUNS=3 DURATION=5s CONNECTIONS=32
+
+Needs redis-server, redis-benchmark (Debian package `redis-server`), wrk and a release
+build. Starts Redis on 127.0.0.1:16379 (REDIS_PORT) and stops it after.
+
 
 Redis (redis-server from Debian, started here on a loopback port with persistence off,
 stopped after) is loaded with redis-benchmark; memdb with wrk, at the same connection
@@ -8,19 +14,19 @@ count. Compared:
   Redis GET, pipelined (-P 32)   vs memdb replica GET /wordcount, 32 words (words/s)
   Redis HINCRBY, pipelined       vs memdb leader POST /post, 4 KiB bodies (words/s)
 """
-import os, re, shutil, subprocess, sys, tempfile, time, urllib.request
+import os, re, shutil, subprocess, sys, tempfile, time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_http as b  # noqa: E402
+import bench_http as h
+import benchlib as b
 
 REDIS_PORT = int(os.environ.get("REDIS_PORT", "16379"))
 N = os.environ.get("REDIS_REQUESTS", "2000000")
 
 
 def redis_bench(*args):
-    cmd = ["redis-benchmark", "-p", str(REDIS_PORT), "-c", b.CONNS, "-q"] + list(args)
+    cmd = ["redis-benchmark", "-p", str(REDIS_PORT), "-c", str(h.CONNS), "-q"] + list(args)
     runs = []
-    for _ in range(b.RUNS):
+    for _ in range(h.RUNS):
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         m = re.findall(r"([\d.]+) requests per second", out)
         if not m:
@@ -30,9 +36,9 @@ def redis_bench(*args):
 
 
 def main():
-    for tool in ("redis-server", "redis-benchmark", "wrk"):
-        if not shutil.which(tool):
-            sys.exit(f"needs {tool}: apt-get install redis-server wrk")
+    for tool, package in (("redis-server", None), ("redis-benchmark", "redis-server"),
+                          ("wrk", None)):
+        b.need(tool, package)
     tmp = tempfile.mkdtemp()
     redis = subprocess.Popen(
         ["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", "",
@@ -57,24 +63,23 @@ def main():
         redis.wait(timeout=30)
         shutil.rmtree(tmp, ignore_errors=True)
 
-    env = dict(os.environ, MEMDB_RUN_DIR=b.RUN_DIR)
-    shutil.rmtree(b.RUN_DIR, ignore_errors=True)
+    env = dict(os.environ, MEMDB_RUN_DIR=h.RUN_DIR)
+    shutil.rmtree(h.RUN_DIR, ignore_errors=True)
     subprocess.run([os.path.join(b.ROOT, "scripts/cluster.sh"), "start", "network"], env=env,
                    check=True, stdout=subprocess.DEVNULL)
     try:
-        urllib.request.urlopen(urllib.request.Request(
-            "http://127.0.0.1:8080/post", data=b"text=hello+world")).read()
+        b.post("http://127.0.0.1:8080/post", "text=hello+world")
         b.get("http://127.0.0.1:8081/wordcount?word=hello&min_seq=1")
-        m_get = b.measure("http://127.0.0.1:8081/wordcount?word=hello")[0]
-        q = "&".join(f"word={w}" for w in b.WORDS32)
-        m_get32 = b.measure(f"http://127.0.0.1:8081/wordcount?{q}")[0] * 32
-        rps, _, _, wpr = b.measure("http://127.0.0.1:8080/post", "post4k.lua")
+        m_get = h.measure("http://127.0.0.1:8081/wordcount?word=hello")[0]
+        q = "&".join(f"word={w}" for w in h.WORDS32)
+        m_get32 = h.measure(f"http://127.0.0.1:8081/wordcount?{q}")[0] * 32
+        rps, _, _, wpr = h.measure("http://127.0.0.1:8080/post", "post4k.lua")
         m_post = rps * wpr
     finally:
         subprocess.run([os.path.join(b.ROOT, "scripts/cluster.sh"), "stop", "network"], env=env,
                        check=True, stdout=subprocess.DEVNULL)
 
-    print(f"{b.CONNS} connections, median of {b.RUNS}; Redis {redis_version()}")
+    print(f"{h.CONNS} connections, median of {h.RUNS}; Redis {redis_version()}")
     print("| comparison | Redis | memdb | memdb / Redis |")
     print("|---|---|---|---|")
     for name, r, m, unit in [

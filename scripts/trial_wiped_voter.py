@@ -17,12 +17,11 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import time
-import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import benchlib as b
+
 PORTS = [18730, 18731, 18732]
 TOKEN = "trial-token-0123456789abcdef"
 
@@ -33,18 +32,13 @@ def call(url, data=None, key=None, timeout=10):
         headers["Idempotency-Key"] = key
     if data is not None:
         headers["Content-Type"] = "text/plain"
-    req = urllib.request.Request(url, data=data, headers=headers)
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return json.loads(r.read() or b"null")
+    return json.loads(b.call(url, data, headers, timeout) or b"null")
 
 
 def health(port):
-    try:
-        return call(f"http://127.0.0.1:{port}/health", timeout=2)
-    except urllib.error.HTTPError as e:
-        return json.loads(e.read() or b"null")
-    except OSError:
-        return None
+    """A voter's /health body (a 503's too); None if it does not answer."""
+    code, body = b.health(f"http://127.0.0.1:{port}", timeout=2)
+    return body if code is not None else None
 
 
 def leader_port():
@@ -70,16 +64,16 @@ def post(text, key, deadline=30):
 
 def start(binary, i, dirs, logs, snapshot_every):
     peers = ",".join(f"{j + 1}=http://127.0.0.1:{p}" for j, p in enumerate(PORTS))
-    return subprocess.Popen(
-        [binary, "leader", "--port", str(PORTS[i]), "--data-dir", dirs[i], "--node-id",
+    return b.Node(
+        ["leader", "--port", str(PORTS[i]), "--data-dir", dirs[i], "--node-id",
          str(i + 1), "--peers", peers, "--auth-token", TOKEN,
          "--raft-snapshot-every", str(snapshot_every)],
-        stdout=logs[i], stderr=subprocess.STDOUT)
+        logs[i], binary=binary, wait=False)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/memdb"))
+    ap.add_argument("--bin", default=b.default_bin())
     ap.add_argument("--words", type=int, default=1_000_000)
     ap.add_argument("--vocabulary", type=int, default=1_000_000,
                     help="distinct words among the big posts")
@@ -97,9 +91,10 @@ def main():
         while not leader_port():
             time.sleep(0.1)
         n = 0
-        for b in range(0, a.words, 20_000):
-            words = " ".join(f"w{(b + j) % a.vocabulary}" for j in range(min(20_000, a.words - b)))
-            post(words, f"big{b}")
+        for at in range(0, a.words, 20_000):
+            words = " ".join(f"w{(at + j) % a.vocabulary}"
+                             for j in range(min(20_000, a.words - at)))
+            post(words, f"big{at}")
         until = time.time() + a.small_seconds
         while time.time() < until:
             post(" ".join(f"s{(n + j) % 997}" for j in range(10)), f"small{n}")
@@ -107,7 +102,6 @@ def main():
         lead = leader_port()
         wiped = next(i for i, p in enumerate(PORTS) if p != lead)
         procs[wiped].kill()
-        procs[wiped].wait()
         shutil.rmtree(dirs[wiped])
         os.makedirs(dirs[wiped])
         until = time.time() + a.down_seconds
@@ -140,13 +134,7 @@ def main():
             "statuses": [h and h["status"] for h in hs],
         }))
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        b.stop_all(procs)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -314,3 +314,58 @@ async fn a_start_on_a_port_in_use_starts_nothing_and_says_what_holds_it() {
     );
     assert!(script.pids().is_empty(), "no process was started");
 }
+
+/// `scripts/benchlib.py`, which every bench script builds on: a node on a port the
+/// kernel picks, calls to it, a replica following it, memory read, stopped cleanly by
+/// its PID, and the A/B rounds alternating.
+#[test]
+fn the_bench_library_runs_nodes_on_free_ports_and_stops_them() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let check = r#"
+import os, sys, tempfile
+sys.path.insert(0, "scripts")
+import benchlib as b
+with tempfile.TemporaryDirectory() as d:
+    with b.Node(["leader", "--data-dir", d + "/l"]) as leader:
+        r = b.post(leader.url + "/post", "text=hello+hello+world")
+        assert r["words"] == 3, r
+        with b.Node(["replica", "--leader", leader.url, "--heartbeat", "100ms"]) as rep:
+            got = b.get(rep.url + "/wordcount?word=hello&min_seq=%d" % r["seq"])
+            assert got == {"hello": 2}, got
+        assert b.rss_mib(leader.pid) > 1, b.rss_mib(leader.pid)
+        assert b.health(leader.url)[0] == 200
+    assert leader.proc.returncode == 0, leader.proc.returncode
+    assert not os.path.exists("/proc/%d/status" % leader.pid) or \
+        "zombie" in open("/proc/%d/status" % leader.pid).read()
+order = []
+res = b.ab_rounds(2, "a", "b", lambda x: order.append(x) or x)
+assert res == {"a": ["a", "a"], "b": ["b", "b"]}, res
+assert order == ["a", "b", "b", "a"], order
+print("benchlib ok")
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", check])
+        .current_dir(root)
+        .env("MEMDB_BIN", env!("CARGO_BIN_EXE_memdb"))
+        .stdin(Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let deadline = std::time::Instant::now() + crate::util::DEADLINE * 3;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the benchlib check did not finish in time");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && text.contains("benchlib ok"), "{text}");
+}

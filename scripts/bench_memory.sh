@@ -3,7 +3,7 @@
 # Reports each process's PSS (proportional set size: shared pages are split between the
 # processes mapping them), so pages the local replicas share count once in their sum.
 #
-#   scripts/bench-memory.sh            # WORDS=1000000 distinct words
+#   scripts/bench_memory.sh            # WORDS=1000000 distinct words
 #
 # Needs python3, curl and a release build. Uses ports 8080-8083 and ./run/mem.
 set -euo pipefail

@@ -3,7 +3,7 @@
 # in one run: a leader alone, 64 concurrent clients (wrk -t2 -c64), 10-word bodies.
 # Group commit should keep `always` within a small factor of `no`.
 #
-#   scripts/bench-fsync.sh            # RUNS=3 DURATION=5s CONNECTIONS=64
+#   scripts/bench_fsync.sh            # RUNS=3 DURATION=5s CONNECTIONS=64
 #
 # Needs wrk and a release build. Uses port 18490 and a temp dir on the same disk as
 # ./run (so the fsyncs hit the disk the data would live on).

@@ -2,7 +2,7 @@
 """The field trial of a full disk, reproducible: how many acknowledged writes a leader
 loses when its data directory's disk fills up, and how it answers meanwhile.
 
-    sudo scripts/trial-disk-full.py [--bin target/release/memdb] [--fsync everysec]
+    sudo scripts/trial_disk_full.py [--bin target/release/memdb] [--fsync everysec]
 
 Mounts a 16 MiB tmpfs (needs root), starts a leader on it, has 8 clients post unique
 words, fills the disk after 2 s, keeps posting for 3 s more, SIGTERMs the leader, frees
@@ -14,60 +14,30 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 
-PORT = 18490
-
-
-def post(word):
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{PORT}/post", data=f"text={word}".encode(), method="POST"
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=40) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except OSError:
-        return None
+import benchlib as b
 
 
 def start(bin_, data, fsync, rescue, log):
-    p = subprocess.Popen(
-        [bin_, "leader", "--port", str(PORT), "--data-dir", data, "--fsync", fsync,
-         "--snapshot-interval", "1h"] + (["--rescue-dir", rescue] if rescue else []),
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RUST_BACKTRACE": "0"},
-    )
-    deadline = time.time() + 20
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{PORT}/health", timeout=1)
-            return p
-        except urllib.error.HTTPError:
-            return p
-        except OSError:
-            time.sleep(0.05)
-    p.kill()
-    sys.exit("leader did not start")
+    return b.Node(["leader", "--data-dir", data, "--fsync", fsync, "--snapshot-interval",
+                   "1h"] + (["--rescue-dir", rescue] if rescue else []),
+                  log, binary=bin_, env={"RUST_BACKTRACE": "0"}, start_timeout=20)
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--bin", default="target/release/memdb")
+    ap.add_argument("--bin", default=b.default_bin())
     ap.add_argument("--fsync", default="everysec")
     ap.add_argument("--rescue", action="store_true", help="pass --rescue-dir (new builds)")
     a = ap.parse_args()
     mnt = tempfile.mkdtemp()
     rescue = tempfile.mkdtemp() if a.rescue else None
     subprocess.check_call(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", mnt])
-    log = open(os.path.join(tempfile.gettempdir(), "trial-disk-full.log"), "w")
+    log = open(os.path.join(tempfile.gettempdir(), "trial_disk_full.log"), "w")
     leader = None
     try:
         data = os.path.join(mnt, "data")
@@ -82,7 +52,7 @@ def main():
                 w = f"t{c}x{i}"
                 i += 1
                 t = time.time()
-                s = post(w)
+                s = b.status(leader.url + "/post", f"text={w}".encode())
                 took = time.time() - t
                 with lock:
                     statuses[s] = statuses.get(s, 0) + 1
@@ -103,23 +73,18 @@ def main():
                     f.flush()
             except OSError:
                 pass
-        full_at = time.time()
         time.sleep(3)
-        try:
-            health = urllib.request.urlopen(f"http://127.0.0.1:{PORT}/health", timeout=5).status
-        except urllib.error.HTTPError as e:
-            health = e.code
+        health = b.health(leader.url, timeout=5)[0]
         stop.set()
         for t in threads:
             t.join()
-        leader.send_signal(signal.SIGTERM)
-        code = leader.wait(timeout=60)
+        code = leader.stop(timeout=60)
         os.remove(filler)
         saved = os.listdir(rescue) if rescue else []
         if saved:
             shutil.copy(os.path.join(rescue, saved[0]), os.path.join(data, "snapshot.memdb"))
         leader = start(a.bin, data, a.fsync, None, log)
-        table = json.load(urllib.request.urlopen(f"http://127.0.0.1:{PORT}/sync"))
+        table = b.get(leader.url + "/sync")
         lost = [w for w in acked if w not in table]
         print(json.dumps({
             "binary": a.bin, "fsync": a.fsync,
@@ -130,9 +95,8 @@ def main():
             "acknowledged": len(acked), "acknowledged_lost": len(lost),
         }, indent=1))
     finally:
-        if leader and leader.poll() is None:
-            leader.send_signal(signal.SIGTERM)
-            leader.wait(timeout=30)
+        if leader:
+            leader.stop(timeout=30)
         subprocess.call(["umount", "-l", mnt])
         if rescue:
             shutil.rmtree(rescue, ignore_errors=True)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fresh cluster, one `memdb perf` run against it, cluster stopped (whatever happened).
 #
-#   scripts/run-perf.sh network|local|ha [memdb perf flags...]
+#   scripts/run_perf.sh network|local|ha [memdb perf flags...]
 #
 # ha: a raft group of three voters (each with a local replica); the writes carry
 # Idempotency-Keys and are retried through any voter; the leader is killed (SIGKILL)

@@ -2,8 +2,8 @@
 # POST /post latency while the leader publishes snapshots of a large table back to back,
 # versus a leader that does not publish during the run. Same table, same load, one run.
 #
-#   scripts/bench-publish-latency.sh            # 1M distinct words, 10 s per case
-#   WORDS=100000 SECONDS_PER_CASE=5 scripts/bench-publish-latency.sh
+#   scripts/bench_publish_latency.sh            # 1M distinct words, 10 s per case
+#   WORDS=100000 SECONDS_PER_CASE=5 scripts/bench_publish_latency.sh
 #
 # Needs wrk (Debian package `wrk`) and a release build (`make build`).
 set -euo pipefail

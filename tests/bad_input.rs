@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::inproc::{App, InLeader};
+use crate::util::inproc::{App, InLeader};
 use crate::util::*;
 
 async fn expect_error(method: &str, url: &str, ct: Option<&str>, body: &[u8], status: u16) {
@@ -194,7 +194,7 @@ async fn overload_is_refused_with_503_and_the_node_survives() {
     }
     // Once the slow writes are answered, the node serves again; refused writes changed
     // nothing.
-    crate::inproc::wait_ready(&app).await;
+    crate::util::inproc::wait_ready(&app).await;
     let posts = app.health().await["posts"].as_u64().unwrap();
     let (_, counts) = app.get("/wordcount?word=busy").await;
     assert_eq!(counts["busy"], posts);
@@ -232,7 +232,7 @@ async fn a_request_over_the_timeout_gets_503_and_a_write_says_it_was_counted() {
         "{body}"
     );
     assert!(started.elapsed() < Duration::from_secs(5));
-    crate::inproc::wait_ready(&node.app).await;
+    crate::util::inproc::wait_ready(&node.app).await;
 }
 
 #[tokio::test]

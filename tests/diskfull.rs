@@ -407,7 +407,7 @@ async fn two_voters_on_a_full_disk_refuse_truthfully_and_the_group_recovers_by_i
                 "--node-id",
                 &id,
                 "--auth-token",
-                crate::failover::TOKEN,
+                crate::util::group::TOKEN,
                 "--election-timeout",
                 "300ms",
                 "--raft-heartbeat",
@@ -417,7 +417,7 @@ async fn two_voters_on_a_full_disk_refuse_truthfully_and_the_group_recovers_by_i
             ])
         })
         .collect();
-    let http = crate::failover::http();
+    let http = crate::util::group::http();
     let members: std::collections::BTreeMap<String, String> = nodes
         .iter()
         .enumerate()
@@ -431,14 +431,14 @@ async fn two_voters_on_a_full_disk_refuse_truthfully_and_the_group_recovers_by_i
         .unwrap();
     assert_eq!(r.status(), 200);
     let urls: Vec<String> = nodes.iter().map(|n| n.url.clone()).collect();
-    crate::failover::post_until_acked(&http, &urls, 0, "before", "before", DEADLINE).await;
+    crate::util::group::post_until_acked(&http, &urls, 0, "before", "before", DEADLINE).await;
     // Voters 1 and 2 share the full disk: no majority can write.
     let filler = fill_bytes(mnt.path());
     let mut outcomes = Vec::new();
     let started = Instant::now();
     let mut i = 0;
     // Redirects are answers here too (they say "applied": "no").
-    let direct = crate::failover::http_with(
+    let direct = crate::util::group::http_with(
         reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()),
     );
     while started.elapsed() < Duration::from_secs(3) {
@@ -448,7 +448,7 @@ async fn two_voters_on_a_full_disk_refuse_truthfully_and_the_group_recovers_by_i
         i += 1;
     }
     // A full voter says why.
-    let h = crate::failover::health(&http, &urls[0]).await.unwrap();
+    let h = crate::util::group::health(&http, &urls[0]).await.unwrap();
     assert!(
         h["problems"]
             .to_string()
@@ -457,10 +457,10 @@ async fn two_voters_on_a_full_disk_refuse_truthfully_and_the_group_recovers_by_i
     );
     std::fs::remove_file(&filler).unwrap();
     // Space is back: the group takes writes again, with no restart.
-    crate::failover::post_until_acked(&http, &urls, 0, "after", "after", DEADLINE).await;
+    crate::util::group::post_until_acked(&http, &urls, 0, "after", "after", DEADLINE).await;
     for u in &urls {
         eventually("every voter healthy and at the same seq", || async {
-            let h = crate::failover::health(&http, u).await?;
+            let h = crate::util::group::health(&http, u).await?;
             (h["status"] == "ok").then_some(())
         })
         .await;
@@ -468,7 +468,7 @@ async fn two_voters_on_a_full_disk_refuse_truthfully_and_the_group_recovers_by_i
     // Every answer told the truth: "no" was counted nowhere, 202 exactly once.
     let leader_url = eventually("a leader", || async {
         for u in &urls {
-            let h = crate::failover::health(&http, u).await?;
+            let h = crate::util::group::health(&http, u).await?;
             if h["role"] == "leader" {
                 return Some(u.clone());
             }
@@ -476,7 +476,9 @@ async fn two_voters_on_a_full_disk_refuse_truthfully_and_the_group_recovers_by_i
         None
     })
     .await;
-    let seq = crate::failover::health(&http, &leader_url).await.unwrap()["seq"]
+    let seq = crate::util::group::health(&http, &leader_url)
+        .await
+        .unwrap()["seq"]
         .as_u64()
         .unwrap();
     let mut refused = 0;

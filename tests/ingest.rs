@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use crate::failover::{Group, TOKEN, table};
+use crate::util::group::{Group, TOKEN, table};
 use crate::util::{Node, counts};
 
 /// Writes `lines` lines of words (ASCII and accented) to `path`; returns their counts.
@@ -226,7 +226,7 @@ async fn a_chunk_counted_but_not_acknowledged_in_time_is_never_sent_again() {
     );
     let replica = Node::replica(&leader.url, &[]);
     crate::util::wait_ready(&replica).await;
-    crate::failover::signal(&replica, "-STOP");
+    crate::util::signal(&replica, "-STOP");
     let files = tempfile::tempdir().unwrap();
     let path = files.path().join("one.txt");
     std::fs::write(&path, "once\n").unwrap();
@@ -241,7 +241,7 @@ async fn a_chunk_counted_but_not_acknowledged_in_time_is_never_sent_again() {
         ],
         None,
     );
-    crate::failover::signal(&replica, "-CONT");
+    crate::util::signal(&replica, "-CONT");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("was counted as seq 1"), "{err}");

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use axum::body::Body;
 
-use crate::inproc::{App, InLeader, InReplica, wait_ready};
+use crate::util::inproc::{App, InLeader, InReplica, wait_ready};
 
 const TOKEN: &str = "openapi-t0ken";
 

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use serde_json::{Value, json};
 
-use crate::failover::{Group, health, post_until_acked, table, voter_args};
+use crate::util::group::{Group, health, post_until_acked, table, voter_args};
 use crate::util::{DEADLINE, Node, eventually};
 
 fn log_id(term: u64, node: u64, index: u64) -> Value {
@@ -265,7 +265,7 @@ async fn with_a_peer_token_a_client_token_cannot_reach_the_peer_routes() {
     // The group's own calls (and the test's admin calls) carry the peer token.
     let g = Group::start_with(3, &["--peer-token", PEER], client_with(PEER)).await;
     let urls = g.urls();
-    let writer = client_with(crate::failover::TOKEN);
+    let writer = client_with(crate::util::group::TOKEN);
     post_until_acked(&writer, &urls, 0, "counted", "c1", DEADLINE).await;
     let leader = g.leader().await;
     let url = |p: &str| format!("{}{p}", urls[leader]);
@@ -324,7 +324,12 @@ async fn with_a_peer_token_a_client_token_cannot_reach_the_peer_routes() {
     // A network replica joins with the peer token, and follows.
     let replica = Node::replica(
         &urls.join(","),
-        &["--peer-token", PEER, "--auth-token", crate::failover::TOKEN],
+        &[
+            "--peer-token",
+            PEER,
+            "--auth-token",
+            crate::util::group::TOKEN,
+        ],
     );
     post_until_acked(&writer, &urls, 0, "counted", "c2", DEADLINE).await;
     eventually("the replica to follow the group", || async {
@@ -594,7 +599,7 @@ async fn a_leader_cut_off_from_its_followers_says_so_and_recovers() {
     }
     assert_eq!(g.raft(leader).await.unwrap()["role"], "leader");
     for f in &followers {
-        crate::failover::signal(&g.nodes[*f], "-STOP");
+        crate::util::signal(&g.nodes[*f], "-STOP");
     }
     let h = reports(&g, leader, "heard from no majority").await;
     assert!(
@@ -602,7 +607,7 @@ async fn a_leader_cut_off_from_its_followers_says_so_and_recovers() {
         "{h}"
     );
     for f in &followers {
-        crate::failover::signal(&g.nodes[*f], "-CONT");
+        crate::util::signal(&g.nodes[*f], "-CONT");
     }
     let leader = g.leader().await;
     healthy(&g, leader).await;

@@ -367,5 +367,8 @@ print("benchlib ok")
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success() && text.contains("benchlib ok"), "{text}");
+    assert!(
+        out.status.success() && text.contains("benchlib ok"),
+        "{text}"
+    );
 }

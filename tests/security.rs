@@ -133,7 +133,7 @@ async fn protect_reads_extends_the_token_to_lookups() {
 
 #[tokio::test]
 async fn data_files_are_owner_only() {
-    let node = crate::inproc::InLeader::open(|c| {
+    let node = crate::util::inproc::InLeader::open(|c| {
         c.snapshot_interval = std::time::Duration::from_millis(20);
         c.wal.fsync = memdb::storage::log::FsyncPolicy::Always;
     });
@@ -313,7 +313,7 @@ async fn a_token_file_is_read_again_on_sighup() {
     let text = r#"{"text":"rotated"}"#;
     assert_eq!(status("POST", &post, Some(old), text).await.0, 202);
     std::fs::write(&file, format!("{new}\n")).unwrap();
-    crate::failover::signal(&leader, "-HUP");
+    crate::util::signal(&leader, "-HUP");
     eventually("the new token to be in force", || async {
         (status("POST", &post, Some(new), text).await.0 == 202).then_some(())
     })
@@ -321,7 +321,7 @@ async fn a_token_file_is_read_again_on_sighup() {
     assert_eq!(status("POST", &post, Some(old), text).await.0, 401);
     // An empty file is refused: the token in force stays.
     std::fs::write(&file, "").unwrap();
-    crate::failover::signal(&leader, "-HUP");
+    crate::util::signal(&leader, "-HUP");
     eventually("the refusal to be logged", || async {
         leader.log().contains("stays in force").then_some(())
     })

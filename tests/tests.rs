@@ -2,7 +2,6 @@
 //! request-level tests through a role's router in-process. One test binary (one link
 //! step) with a module per area.
 
-mod inproc;
 mod layers;
 mod util;
 

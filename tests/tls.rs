@@ -10,7 +10,7 @@ use memdb::tls::ClientTls;
 use memdb::tls::certs::{Ca, Issued};
 use serde_json::Value;
 
-use crate::util::{Node, converged, eventually, wait_ready};
+use crate::util::{Node, converged, eventually, signal, wait_ready};
 
 /// A CA and files issued by it in a temp dir.
 struct Pki {
@@ -377,15 +377,6 @@ async fn a_replica_refuses_a_leader_it_cannot_verify() {
     assert!(stderr.contains("expired"), "{stderr}");
 }
 
-fn signal(node: &Node, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([sig, &node.pid().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_rotates_the_certificate_and_refuses_a_bad_pair_without_dropping_the_cluster() {
     let pki = Pki::new("cluster CA");
@@ -473,8 +464,8 @@ async fn sighup_rotates_the_certificate_and_refuses_a_bad_pair_without_dropping_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_raft_group_over_mutual_tls_elects_replicates_and_fails_over() {
-    use crate::failover::{Group, http_with, post_until_acked};
     use crate::util::DEADLINE;
+    use crate::util::group::{Group, http_with, post_until_acked};
     let pki = Pki::new("group CA");
     pki.issue("node", &["127.0.0.1"]);
     pki.issue("client", &["client"]);

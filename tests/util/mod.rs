@@ -1,7 +1,12 @@
-//! Test support: run the real `memdb` binary on ephemeral ports, poll with deadlines,
-//! and always clean up the processes.
+//! Test support, the one module every test file takes helpers from: run the real
+//! `memdb` binary on ephemeral ports, poll with deadlines, and always clean up the
+//! processes. [`group`]: a raft group of such processes; [`inproc`]: a role's router
+//! in-process, for request-level tests.
 
 #![allow(dead_code)]
+
+pub mod group;
+pub mod inproc;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -366,4 +371,14 @@ pub async fn counts_with_seq(http: &reqwest::Client, url: &str) -> (u64, HashMap
         .parse()
         .unwrap();
     (seq, resp.json().await.unwrap())
+}
+
+/// Sends `sig` (`-STOP`, `-CONT`, `-HUP`, …) to a node's process.
+pub fn signal(node: &Node, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &node.pid().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
 }

@@ -121,7 +121,7 @@ impl Wal {
         }
     }
 
-    /// Follows the seq written through to the log file (readable by a [`LogReader`],
+    /// Follows the seq written through to the log file (readable by a [`super::LogReader`],
     /// not necessarily fsynced).
     pub fn written(&self) -> watch::Receiver<u64> {
         self.written.clone()

@@ -32,8 +32,8 @@
 //! follow the previous seq; the segment is cut there (a torn tail after a crash is
 //! normal) and later segments are set aside, never silently applied out of order.
 //!
-//! Files: [`format`] (records, each a [`crate::storage::frame`]), [`replay`] (recovery
-//! at start), [`reader`] (catch-up for replicas), [`handle`] (the [`Wal`] handle the
+//! Files: `format` (records, each a [`crate::storage::frame`]), [`replay`] (recovery
+//! at start), `reader` (catch-up for replicas: [`LogReader`]), `handle` (the [`Wal`] handle the
 //! leader holds), `writer` (the thread behind it) and `shared` (what those two share),
 //! `options` and `segments` (the files' names).
 

@@ -1,7 +1,7 @@
 //! The byte layout of a snapshot file (drawn in [`super`]'s documentation): every
 //! offset as a named constant, each defined from the one before it; the format
 //! [`Version`] and what each version has; the header decoded ([`read_header`]) and
-//! encoded ([`header_fields`], [`delta_prefix`], [`key_bytes`]); and the checksum.
+//! encoded (`header_fields`, `delta_prefix`, `key_bytes`); and the checksum.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

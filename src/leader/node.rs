@@ -285,13 +285,17 @@ impl Leader {
         })
     }
 
-    /// Starts the raft engine (a voter: `config.raft` is set). Call once, after
-    /// [`Leader::open`].
+    /// Starts the raft engine (a voter: `config.raft` is set), after [`Leader::open`];
+    /// once started, does nothing. [`super::routes::serve`] calls it before it builds
+    /// the router.
     pub async fn start_consensus(&self) -> Result<(), LeaderError> {
         let s = &self.shared;
         let Some(cfg) = s.config.raft.clone() else {
             return Ok(());
         };
+        if s.consensus.get().is_some() {
+            return Ok(());
+        }
         let boot = s.raft_boot.lock().take();
         let c = Consensus::start(
             s.state.clone(),

@@ -298,8 +298,8 @@ pub fn leader_router(leader: Leader) -> Router {
     )
 }
 
-/// Runs a leader on `listener` until `shutdown` resolves, then drains replicas and
-/// publishes a final snapshot.
+/// Runs a leader (and, on a voter, its raft engine) on `listener` until `shutdown`
+/// resolves, then drains replicas and publishes a final snapshot.
 pub async fn run(
     listener: TcpListener,
     config: LeaderConfig,
@@ -315,6 +315,8 @@ pub async fn serve(
     leader: Leader,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), LeaderError> {
+    // A voter's routes are its engine's: it runs before the router is built.
+    leader.start_consensus().await?;
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "leader ready");
     }

@@ -99,8 +99,8 @@ where
             .open(&path)?;
         let key = new_key();
         let mut out = io::BufWriter::with_capacity(1 << 20, &file);
-        let (preamble, len) = preamble(base, key, entries.clone());
-        out.write_all(&preamble)?;
+        let (pre, len) = preamble(base, key, entries.clone());
+        pre.write(|bytes| out.write_all(bytes))?;
         let out = Stoppable { inner: out, stop };
         let (writer, words) = match body(IoWriter::new(out), base, key, entries, len) {
             Err(_) if stop() => return Err(SnapshotError::Cancelled),

@@ -22,25 +22,46 @@ use super::toplist;
 use crate::storage::table::WordMap;
 
 /// Everything before the archive: a zeroed header (sealed last), the key, a delta's
-/// prefix, the top list of `entries`; and how many entries there are (one pass for
-/// both).
+/// prefix, the top list.
+pub(super) struct Preamble {
+    key: [u8; KEY_LEN],
+    prefix: Option<[u8; DELTA_PREFIX_LEN]>,
+    top: Vec<u8>,
+}
+
+impl Preamble {
+    /// Hands the parts to `put`, in order.
+    pub(super) fn write(&self, mut put: impl FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
+        put(&[0u8; HEADER_LEN])?;
+        put(&self.key)?;
+        if let Some(p) = &self.prefix {
+            put(p)?;
+        }
+        put(&self.top)
+    }
+
+    /// Its bytes.
+    pub(super) fn len(&self) -> usize {
+        HEADER_LEN + KEY_LEN + self.prefix.map_or(0, |p| p.len()) + self.top.len()
+    }
+}
+
+/// The preamble of a file of `entries` (a delta's when `base` is set), and how many
+/// entries there are (one pass for both).
 pub(super) fn preamble<'a>(
     base: Option<BaseRef>,
     key: (u64, u64),
     entries: impl Iterator<Item = (&'a str, u64)>,
-) -> (Vec<u8>, usize) {
+) -> (Preamble, usize) {
     let mut len = 0;
     let counted = entries.inspect(|_| len += 1);
     let list = crate::storage::top::best_of(counted, crate::storage::top::MAX_TOP);
-    let top = toplist::encode(&list);
-    let mut out = Vec::with_capacity(HEADER_LEN + KEY_LEN + DELTA_PREFIX_LEN + top.len());
-    out.extend_from_slice(&[0u8; HEADER_LEN]);
-    out.extend_from_slice(&key_bytes(key));
-    if let Some(b) = base {
-        out.extend_from_slice(&delta_prefix(b));
-    }
-    out.extend_from_slice(&top);
-    (out, len)
+    let pre = Preamble {
+        key: key_bytes(key),
+        prefix: base.map(delta_prefix),
+        top: toplist::encode(&list),
+    };
+    (pre, len)
 }
 
 /// Writes the archive of the `len` entries (counted by [`preamble`]) after the
@@ -107,9 +128,12 @@ pub(super) fn encode_keyed<'a, I>(
 where
     I: Iterator<Item = (&'a str, u64)> + Clone,
 {
-    let (head, len) = preamble(base, key, entries.clone());
-    let mut buf = AlignedVec::<16>::with_capacity(head.len() + 64);
-    buf.extend_from_slice(&head);
+    let (pre, len) = preamble(base, key, entries.clone());
+    let mut buf = AlignedVec::<16>::with_capacity(pre.len() + 64);
+    pre.write(|bytes| {
+        buf.extend_from_slice(bytes);
+        Ok(())
+    })?;
     let (mut buf, words) = body(buf, base, key, entries, len)?;
     let payload_len = (buf.len() - HEADER_LEN) as u64;
     let head = seal(Kind::of(base.is_some()), meta, payload_len, words, |sum| {

@@ -471,8 +471,7 @@ async fn write(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let deadline = deadline.map(|d| d.0);
-    let body = body.map_err(|e| ApiError::from(e).applied(Fate::No))?;
-    let text = crate::server::parse::post_text(&headers, &body).map_err(|e| e.applied(Fate::No))?;
+    let text = crate::server::parse::post_request(&headers, body)?;
     let key = idempotency_key(&headers).map_err(|e| e.applied(Fate::No))?;
     let (deltas, words) = c.node().tokenizer().count(&text);
     // A keyed post without words is still proposed: its key is kept (and a later use

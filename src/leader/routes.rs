@@ -74,9 +74,7 @@ async fn post_handler(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let deadline = deadline.map(|d| d.0);
-    let body = body.map_err(|e| ApiError::from(e).applied(Applied::No))?;
-    let text =
-        crate::server::parse::post_text(&headers, &body).map_err(|e| e.applied(Applied::No))?;
+    let text = crate::server::parse::post_request(&headers, body)?;
     let ingested = leader.ingest(&text).map_err(|e| match e {
         IngestError::LogFailed(_) => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string())
             .with("reason", "log_failed")

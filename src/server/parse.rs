@@ -83,6 +83,17 @@ fn decode_component(raw: &str) -> Result<Cow<'_, str>, ApiError> {
         .map_err(|_| ApiError::bad_request("form or query data is not valid UTF-8 once decoded"))
 }
 
+/// The text of a `POST /post` request as the handler receives it (the body, or why
+/// it could not be read): refusals say that nothing was applied.
+pub fn post_request(
+    headers: &HeaderMap,
+    body: Result<bytes::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<String, ApiError> {
+    let no = |e: ApiError| e.applied(crate::server::error::Applied::No);
+    let body = body.map_err(|e| no(ApiError::from(e)))?;
+    post_text(headers, &body).map_err(no)
+}
+
 /// Extracts the text of a `POST /post`: the `text` field of a form (the Go clients'
 /// way; several `text` fields are all counted), a raw `text/plain` body, or a JSON
 /// object `{"text": "..."}`.

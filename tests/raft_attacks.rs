@@ -728,3 +728,58 @@ async fn a_voter_whose_engine_stopped_says_so_instead_of_ok() {
         .collect();
     post_until_acked(&g.http, &urls, 0, "after", "after", DEADLINE).await;
 }
+
+/// A voter's own routes keep `--max-body`: a client's post and a membership change
+/// larger than it are refused 413 and change nothing, on the leader and on a follower,
+/// while the RPCs between voters (whole batches of entries) take the larger RPC limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voters_posts_and_membership_changes_are_held_to_max_body() {
+    let g = Group::start(3, &["--max-body", "64KiB"]).await;
+    let l = g.leader().await;
+    let big = format!("text={}", "oversized ".repeat(15_000));
+    for i in [l, (l + 1) % 3] {
+        let r = g
+            .http
+            .post(format!("{}/post", g.nodes[i].url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("idempotency-key", format!("big{i}"))
+            .body(big.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 413, "voter {}", i + 1);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["applied"], "no", "{body}");
+    }
+    let padded = format!(
+        r#"{{"voters": [1, 2, 3], "pad": "{}"}}"#,
+        "x".repeat(100_000)
+    );
+    let r = g
+        .http
+        .post(format!("{}/raft/membership", g.nodes[l].url))
+        .header("content-type", "application/json")
+        .body(padded)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    // Writes under the limit still commit.
+    let mut want = HashMap::new();
+    post_small(&g, l, 0..200, &mut want).await;
+    let urls = g.urls();
+    for u in &urls {
+        let t = table(&g.http, u).await;
+        assert!(!t.contains_key("oversized"), "{u} counted a refused post");
+    }
+    eventually("every voter to hold the small writes", || async {
+        for u in &urls {
+            let t = table(&g.http, u).await;
+            if want.iter().any(|(w, n)| t.get(w) != Some(n)) {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+}

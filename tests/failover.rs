@@ -239,14 +239,7 @@ async fn random_kills_pauses_and_restarts_converge_exactly() {
 async fn a_node_added_at_run_time_catches_up_from_a_snapshot_and_a_removed_one_gets_no_writes() {
     // A debug build takes tens of milliseconds for an append of 16 such entries: the
     // append's timeout (the heartbeat interval) must allow it.
-    let slow = [
-        "--raft-snapshot-every",
-        "20",
-        "--election-timeout",
-        "500ms",
-        "--raft-heartbeat",
-        "150ms",
-    ];
+    let slow = SNAPSHOTTING;
     let g = Group::start(3, &slow).await;
     let urls = g.urls();
     // 60,000 distinct words: the snapshot (a 1 MiB file, 4 MiB as JSON) is far larger

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use serde_json::{Value, json};
 
-use crate::util::group::{Group, health, post_until_acked, table, voter_args};
+use crate::util::group::{Group, SNAPSHOTTING, health, post_until_acked, table, voter_args};
 use crate::util::{DEADLINE, Node, eventually};
 
 fn log_id(term: u64, node: u64, index: u64) -> Value {
@@ -20,6 +20,18 @@ async fn group_of(g: &Group, i: usize) -> String {
         .as_str()
         .expect("a formed group has an id")
         .to_owned()
+}
+
+/// Sends `body` as an append to voter `target`, naming its group as a member would.
+async fn append_as_member(g: &Group, target: usize, body: &Value) -> reqwest::Response {
+    g.http
+        .post(format!("{}/raft/append", g.nodes[target].url))
+        .header("x-memdb-cluster", "memdb")
+        .header("x-memdb-group", group_of(g, target).await)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
 }
 
 /// Posts `w{i}` with key `k{i}` for each `i` of `range`, through any voter, each until
@@ -104,15 +116,7 @@ async fn an_append_that_would_rewrite_committed_entries_is_refused_and_the_group
         let r = req.json(&stale_heartbeat()).send().await.unwrap();
         assert_eq!(r.status(), 403, "{group:?}: {}", r.text().await.unwrap());
     }
-    let r = g
-        .http
-        .post(format!("{}/raft/append", urls[target]))
-        .header("x-memdb-cluster", "memdb")
-        .header("x-memdb-group", group_of(&g, target).await)
-        .json(&forged)
-        .send()
-        .await
-        .unwrap();
+    let r = append_as_member(&g, target, &forged).await;
     let status = r.status().as_u16();
     let body: Value = r.json().await.unwrap_or(Value::Null);
     assert_eq!(status, 409, "{body}");
@@ -132,14 +136,7 @@ async fn an_append_that_would_rewrite_committed_entries_is_refused_and_the_group
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_wiped_voter_rejoins_from_the_leaders_snapshot_and_becomes_exact() {
-    let slow = [
-        "--raft-snapshot-every",
-        "20",
-        "--election-timeout",
-        "500ms",
-        "--raft-heartbeat",
-        "150ms",
-    ];
+    let slow = SNAPSHOTTING;
     let mut g = Group::start(3, &slow).await;
     let urls = g.urls();
     // Big posts, then many small ones: several snapshots, the log purged behind them.
@@ -439,15 +436,7 @@ async fn a_voter_that_applied_a_forged_entry_is_reported_as_diverged() {
                      "payload": {"Normal": {"deltas": "pwned 1000\n", "key": null, "fingerprint": 0}}}],
         "leader_commit": log_id(term, lead, last + 1),
     });
-    let r = g
-        .http
-        .post(format!("{}/raft/append", urls[target]))
-        .header("x-memdb-cluster", "memdb")
-        .header("x-memdb-group", group_of(&g, target).await)
-        .json(&forged)
-        .send()
-        .await
-        .unwrap();
+    let r = append_as_member(&g, target, &forged).await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     // The leader's own next entry takes the same index.
     post_until_acked(&g.http, &urls, leader, "w5", "k5", DEADLINE).await;

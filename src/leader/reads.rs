@@ -82,7 +82,7 @@ impl CountSource for Leader {
     /// read lock for just those words). No whole body in memory, and writers wait only
     /// for the words of the last interval, not for the whole table.
     async fn sync_body(&self) -> SyncBody {
-        let s = self.state().clone();
+        let s = self.state();
         let state = s.clone();
         let published = tokio::task::spawn_blocking(move || state.published_now())
             .await

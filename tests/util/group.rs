@@ -14,6 +14,18 @@ use super::{DEADLINE, Node, eventually};
 
 pub const TOKEN: &str = "group-secret";
 
+/// Voter flags for groups that take snapshots often (every 20 entries) and send
+/// appends big enough that a debug build needs more than the default heartbeat for
+/// one: the append's timeout is the heartbeat interval.
+pub const SNAPSHOTTING: [&str; 6] = [
+    "--raft-snapshot-every",
+    "20",
+    "--election-timeout",
+    "500ms",
+    "--raft-heartbeat",
+    "150ms",
+];
+
 /// Voters 1..=n, each with its own data directory, formed into one group.
 pub struct Group {
     pub nodes: Vec<Node>,

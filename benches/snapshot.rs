@@ -49,11 +49,15 @@ fn bench(c: &mut Criterion) {
 }
 
 /// Publishing `changed` words (half already in the base, half new) over a base of
-/// `base` words: what the leader's publisher does every interval.
+/// `base` words: what the leader's publisher does every interval; and applying them
+/// to the table's live layer, each word's old count read from the mapped base (the
+/// leader's first write of a word after each publication).
 fn delta(c: &mut Criterion) {
+    use criterion::BatchSize;
     use memdb::storage::counts::CountMap;
-    use memdb::storage::delta::Changes;
-    use memdb::storage::mapped::MappedSnapshot;
+    use memdb::storage::delta::memory_over_file;
+    use memdb::storage::layered::Layered;
+    use memdb::storage::mapped::{MappedSnapshot, MappedState};
     use std::sync::Arc;
     let mut g = c.benchmark_group("delta");
     g.sample_size(10).measurement_time(Duration::from_secs(5));
@@ -66,8 +70,10 @@ fn delta(c: &mut Criterion) {
             snapshot::stage(dir.path(), snapshot::TEMP_NAME, META, None, base.iter()).unwrap();
         let path = snapshot::install(dir.path(), &staged, snapshot::FILE_NAME).unwrap();
         drop(base);
-        let mapped = Arc::new(MappedSnapshot::open(&path).unwrap());
-        let mut changes = Changes::new(mapped, CountMap::new());
+        let files = MappedState {
+            base: Arc::new(MappedSnapshot::open(&path).unwrap()),
+            delta: None,
+        };
         let deltas: Vec<(String, u64)> = (0..changed)
             .map(|i| {
                 // Every other word is new; the rest are spread over the base.
@@ -78,30 +84,39 @@ fn delta(c: &mut Criterion) {
                 }
             })
             .collect();
-        changes.apply(&deltas);
-        let head = *changes.base().header();
+        let mut table = Layered::new(files.clone(), 0);
+        table.apply(&deltas, 1);
+        let lower = table.seal();
+        let sealed = lower.sealed.last().unwrap().clone();
+        let head = *files.base.header();
         let id = format!("{changed}-over-{base_words}");
         g.bench_function(BenchmarkId::new("publish", &id), |b| {
             b.iter(|| {
                 let base_ref = snapshot::BaseRef {
                     checksum: head.checksum,
                     seq: head.seq,
-                    total_words: changes.total_words(),
+                    total_words: sealed.words,
                 };
                 let staged = snapshot::stage(
                     dir.path(),
                     snapshot::DELTA_TEMP_NAME,
                     META,
                     Some(base_ref),
-                    changes.entries(),
+                    memory_over_file(&sealed.map, None),
                 )
                 .unwrap();
                 snapshot::install(dir.path(), &staged, snapshot::DELTA_NAME).unwrap()
             })
         });
-        // Applying the same words again (the publisher's per-batch work).
         g.bench_function(BenchmarkId::new("apply", &id), |b| {
-            b.iter(|| changes.apply(&deltas))
+            b.iter_batched(
+                || Layered::new(files.clone(), 0),
+                |mut t| {
+                    t.apply(&deltas, 1);
+                    t
+                },
+                BatchSize::LargeInput,
+            )
         });
     }
     g.finish();

@@ -239,13 +239,21 @@ async fn corrupt_deltas_and_bases_are_rejected_while_the_last_good_pair_serves()
 }
 
 #[tokio::test]
-async fn sync_streams_the_published_state_under_the_words_written_since() {
+async fn sync_streams_the_table_from_its_files_and_the_words_written_since() {
     let dir = tempfile::tempdir().unwrap();
-    // No publication during the test but the first: every later word comes from the
-    // overlay read from the table; with a 2-batch backlog, later from the fallback.
+    // No publication during the test but the one a local replica asks for: until
+    // then every word is in the table's live layer over an empty base, and a 2-batch
+    // backlog holds no more than the last two posts (the stream needs none of it).
     let leader = Node::leader(dir.path(), &["--snapshot-interval", "1h", "--backlog", "2"]);
     let c = leader.client();
     let mut model = HashMap::new();
+    let streamed = |resp: &reqwest::Response| {
+        assert!(
+            resp.headers().get("content-length").is_none(),
+            "streamed, not built whole: {:?}",
+            resp.headers()
+        );
+    };
     for (i, text) in ["a b", "b c", "c d", "d e e"].iter().enumerate() {
         c.post_text(text).await.unwrap();
         for w in text.split(' ') {
@@ -255,24 +263,24 @@ async fn sync_streams_the_published_state_under_the_words_written_since() {
     }
     let resp = reqwest::get(format!("{}/sync", leader.url)).await.unwrap();
     assert_eq!(resp.headers()["x-memdb-seq"], "4");
-    let log = leader.log();
-    assert!(
-        log.contains("serving /sync from the table under its lock"),
-        "a backlog of 2 batches cannot reach back to the published seq 0"
-    );
-    // Once published, the body streams from the files (chunked, no length).
+    streamed(&resp);
+    let got: HashMap<String, u64> = resp.json().await.unwrap();
+    assert_eq!(got, model, "all in memory, none on disk yet");
+    // A reader on a local replica waiting for seq 5 makes the leader publish it: the
+    // words move from memory to the delta file.
     c.post_text("f").await.unwrap();
     *model.entry("f".into()).or_insert(0) += 1;
     let local = Node::local(dir.path(), &[]);
     wait_ready(&local).await;
-    // A reader on a local replica waiting for seq 5 makes the leader publish it.
     local.client().wordcount(&["f"], Some(5)).await.unwrap();
+    // And one more word over the file, in memory only.
+    c.post_text("a g").await.unwrap();
+    for w in ["a", "g"] {
+        *model.entry(w.into()).or_insert(0) += 1;
+    }
     let resp = reqwest::get(format!("{}/sync", leader.url)).await.unwrap();
-    assert!(
-        resp.headers().get("content-length").is_none(),
-        "{:?}",
-        resp.headers()
-    );
+    assert_eq!(resp.headers()["x-memdb-seq"], "6");
+    streamed(&resp);
     let got: HashMap<String, u64> = resp.json().await.unwrap();
-    assert_eq!(got, model);
+    assert_eq!(got, model, "the delta file under the words written since");
 }

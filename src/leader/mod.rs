@@ -9,11 +9,12 @@
 //! - [`routes`]: the HTTP routes (a voter's raft routes come from
 //!   [`crate::consensus::routes`]); `reads.rs` and `status.rs`: what the shared read
 //!   routes, `/health` and `/metrics` ask of a leader.
-//! - [`publisher`], [`notifier`]: snapshots for local replicas and the socket that
-//!   announces them; [`backlog`], [`replication`]: batches for network replicas.
+//! - [`publisher`] (and `compaction.rs`), [`notifier`]: snapshots for local replicas
+//!   and the socket that announces them; [`backlog`], [`replication`]: batches for network replicas.
 //! - [`error`]: why a leader could not open, shut down or take a write.
 
 pub mod backlog;
+mod compaction;
 pub mod error;
 pub mod node;
 pub mod notifier;

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::backlog::Backlog;
 use super::error::{IngestError, LeaderError, ShutdownError, io_err};
 use super::notifier;
-use super::open::{base_or_empty, lock_data_dir, recover, recover_voter, replica_set};
+use super::open::{lock_data_dir, recover, recover_voter, replica_set};
 use super::publisher::{PublishError, Publisher, Setup};
 use super::replication::{ReplicaSet, ReplicaUrlError};
 use super::state::{State, word_hashes};
@@ -22,7 +22,6 @@ use crate::config::LeaderConfig;
 use crate::consensus::Consensus;
 use crate::consensus::state_machine::StoredMeta;
 use crate::protocol::Incarnation;
-use crate::storage::delta::Changes;
 use crate::storage::history::History;
 use crate::storage::log::{Wal, WalError};
 use crate::storage::snapshot;
@@ -100,9 +99,9 @@ impl Leader {
         } else {
             (recover(&dir, config.tokenizer)?, None)
         };
-        let table = recovered.table;
-        let published_seq = recovered.state.as_ref().map_or(0, |s| s.seq());
-        let seq = table.seq();
+        let published_seq = recovered.published_seq;
+        let seq = recovered.table.seq();
+        let table = Arc::new(RwLock::new(recovered.table));
         let wal = if config.raft.is_some() {
             None
         } else {
@@ -128,17 +127,11 @@ impl Leader {
             config.backlog_batches,
             config.backlog_bytes,
         )));
-        let meta = snapshot::Meta {
-            tokenizer: config.tokenizer,
-            seq,
-            incarnation,
-        };
-        let base = base_or_empty(&dir, recovered.state, meta)?;
         let publisher = Publisher::spawn(Setup {
             dir: dir.clone(),
-            changes: Changes::new(base, recovered.changed),
-            seq,
+            table: table.clone(),
             published_seq,
+            records: recovered.records,
             tokenizer: config.tokenizer,
             incarnation,
             interval: config.snapshot_interval,
@@ -171,7 +164,7 @@ impl Leader {
         let leader = Leader {
             shared: Arc::new(Shared {
                 state: Arc::new(State {
-                    table: RwLock::new(table),
+                    table,
                     backlog,
                     seq_tx,
                     publisher,
@@ -355,9 +348,9 @@ impl Leader {
                 ));
             }
             let batch = st.apply_locked(&mut table, deltas, &hashes);
-            wal.append(batch.clone());
-            st.publisher.push(batch.clone());
-            batch.seq
+            let seq = batch.seq;
+            wal.append(batch);
+            seq
         };
         st.advance(seq, words);
         Ok(Ingested { seq, words })
@@ -459,11 +452,14 @@ impl Leader {
             .rescue_dir
             .clone()
             .unwrap_or_else(std::env::temp_dir);
-        let t = s.state.table.read();
-        let meta = s.state.snapshot_meta(t.seq());
+        let view = s.state.table.read().view();
+        let meta = s.state.snapshot_meta(view.seq());
+        let mut words = crate::storage::counts::CountMap::new();
+        for (w, n) in view.iter() {
+            words.insert_new(w, n);
+        }
         let image =
-            snapshot::encode_entries(t.map().iter(), meta, None).map_err(std::io::Error::other)?;
-        drop(t);
+            snapshot::encode_entries(words.iter(), meta, None).map_err(std::io::Error::other)?;
         let name = format!("memdb-rescue-{}-seq{}.memdb", s.state.incarnation, meta.seq);
         crate::fs::write_atomically(&dir, &name, &format!(".{name}.tmp"), &image)
     }

@@ -13,14 +13,17 @@ use tokio::sync::watch;
 
 use super::backlog::Backlog;
 use super::error::{LeaderError, io_err};
+use super::publisher::Records;
 use super::replication::{LogSource, ReplicaSet};
 use crate::config::LeaderConfig;
 use crate::consensus::state_machine::StoredMeta;
 use crate::protocol::Incarnation;
+use crate::storage::layered::Layered;
 use crate::storage::log::{self, Wal};
 use crate::storage::mapped::{MappedSnapshot, MappedState};
+use crate::storage::snapshot::checked::{self, Checked};
 use crate::storage::snapshot::{self, SnapshotError};
-use crate::storage::table::{CountMap, Table};
+use crate::storage::table::{digest_of, entry_digest, word_hash};
 use crate::words::Tokenizer;
 
 /// The data directory's lock file.
@@ -94,21 +97,29 @@ pub(super) fn lock_data_dir(dir: &Path) -> Result<File, LeaderError> {
 
 /// What the data directory holds, restored.
 pub(super) struct Recovered {
-    /// The whole table: base, delta, then every log record past them.
-    pub table: Table,
-    /// The state on disk (base and paired delta), if a base exists.
-    pub state: Option<MappedState>,
-    /// Every word changed since the base, with its count in `table`.
-    pub changed: CountMap,
+    /// The whole table: the base and the delta on it, mapped, then every log record
+    /// past them in memory.
+    pub table: Layered,
+    /// The seq of the state on disk (base and paired delta).
+    pub published_seq: u64,
+    /// The checked-file records of the base and delta mapped.
+    pub records: Records,
 }
 
-/// The table as the data directory holds it: the base, the delta on it if one pairs
-/// with it, then every log record past them.
+/// The table as the data directory holds it: the base and the delta on it (if one
+/// pairs with it) mapped, then every log record past them. Files this node checked
+/// whole before are checked by their checksum only (see
+/// [`crate::storage::snapshot::checked`]). A directory without a base gets an empty
+/// one at seq 0.
 pub(super) fn recover(dir: &Path, tokenizer: Tokenizer) -> Result<Recovered, LeaderError> {
+    let known = checked::load(dir);
+    let trusted = |h: &snapshot::Header| known.iter().any(|r| r.names(h));
     let state =
-        MappedState::open(dir, u64::MAX, &|| false, &[]).map_err(|e| LeaderError::Snapshot {
-            path: dir.join(e.file),
-            source: e.source,
+        MappedState::open_checked(dir, u64::MAX, &|| false, &[], &trusted).map_err(|e| {
+            LeaderError::Snapshot {
+                path: dir.join(e.file),
+                source: e.source,
+            }
         })?;
     if state.is_none() && dir.join(snapshot::DELTA_NAME).exists() {
         return Err(LeaderError::Snapshot {
@@ -119,50 +130,47 @@ pub(super) fn recover(dir: &Path, tokenizer: Tokenizer) -> Result<Recovered, Lea
             )),
         });
     }
-    let mut table = Table::new();
-    let mut changed = CountMap::new();
-    if let Some(state) = &state {
-        let header = state.header();
-        if header.tokenizer != tokenizer {
-            return Err(LeaderError::TokenizerMismatch {
-                dir: dir.to_owned(),
-                data: header.tokenizer,
-                configured: tokenizer,
-            });
-        }
-        let base = state.base.map();
-        let mut map = CountMap::with_capacity(state.words() as usize);
-        for (w, n) in base.iter() {
-            map.insert_new(w.as_str(), n.to_native());
-        }
-        if let Some(delta) = &state.delta {
-            for (w, n) in delta.map().iter() {
-                changed.set(w.as_str(), n.to_native());
-                map.set(w.as_str(), n.to_native());
-            }
-        } else if dir.join(snapshot::DELTA_NAME).exists() {
-            tracing::info!(
-                "the delta on disk is on an earlier base (a compaction was cut short); \
-                 replaying the log from the base"
-            );
-        }
+    let state = match state {
+        Some(s) => s,
+        None => empty_base(dir, tokenizer)?,
+    };
+    let header = state.header();
+    if header.tokenizer != tokenizer {
+        return Err(LeaderError::TokenizerMismatch {
+            dir: dir.to_owned(),
+            data: header.tokenizer,
+            configured: tokenizer,
+        });
+    }
+    if state.delta.is_none() && dir.join(snapshot::DELTA_NAME).exists() {
         tracing::info!(
-            seq = state.seq(),
-            base_seq = state.base.header().seq,
-            words = map.len(),
-            "restored snapshot"
+            "the delta on disk is on an earlier base (a compaction was cut short); \
+             replaying the log from the base"
         );
-        table = Table::from_parts(map, state.seq());
     }
-    let mut touched = Vec::new();
-    let replayed = log::replay_observed(dir, &mut table, &mut |deltas| {
-        touched.extend(deltas.iter().map(|(w, _)| w.clone()));
-    })
-    .map_err(io_err("replaying the log in", dir))?;
-    for w in touched {
-        let n = table.get(&w);
-        changed.set(&w, n);
+    let records = records_of(&state, &known);
+    if !state
+        .delta
+        .iter()
+        .chain([&state.base])
+        .all(|f| known.iter().any(|r| r.names(f.header())))
+    {
+        // Checked whole just now: the next start need not.
+        let all: Vec<Checked> = std::iter::once(records.base).chain(records.delta).collect();
+        if let Err(e) = checked::store(dir, &all) {
+            tracing::warn!(error = %e, "recording the checked snapshot files");
+        }
     }
+    let digest = records.delta.unwrap_or(records.base).digest;
+    let published_seq = state.seq();
+    tracing::info!(
+        seq = published_seq,
+        base_seq = state.base.header().seq,
+        words = state.words(),
+        "mapped the snapshot"
+    );
+    let mut table = Layered::new(state, digest);
+    let replayed = log::replay(dir, &mut table).map_err(io_err("replaying the log in", dir))?;
     if replayed.applied > 0 || replayed.cut.is_some() {
         tracing::info!(
             applied = replayed.applied,
@@ -173,8 +181,63 @@ pub(super) fn recover(dir: &Path, tokenizer: Tokenizer) -> Result<Recovered, Lea
     }
     Ok(Recovered {
         table,
-        state,
-        changed,
+        published_seq,
+        records,
+    })
+}
+
+/// The records of `state`'s files: from `known`, or made now (the table's digest
+/// computed by a pass over the files, once).
+fn records_of(state: &MappedState, known: &[Checked]) -> Records {
+    let find = |m: &MappedSnapshot| known.iter().find(|r| r.names(m.header())).copied();
+    let base = find(&state.base).unwrap_or_else(|| {
+        tracing::info!(
+            words = state.base.header().words,
+            "computing the base's digest (once)"
+        );
+        let all = state.base.map().iter();
+        Checked::of(
+            state.base.header(),
+            digest_of(all.map(|(k, v)| (k.as_str(), v.to_native()))),
+        )
+    });
+    let delta = state.delta.as_ref().map(|d| {
+        find(d).unwrap_or_else(|| {
+            // The base's digest, with each word the delta changed moved to its count.
+            let mut digest = base.digest;
+            for (k, v) in d.map().iter() {
+                let w = k.as_str();
+                let h = word_hash(w);
+                digest = digest
+                    .wrapping_sub(entry_digest(h, state.base.get(w)))
+                    .wrapping_add(entry_digest(h, v.to_native()));
+            }
+            Checked::of(d.header(), digest)
+        })
+    });
+    Records { base, delta }
+}
+
+/// An empty base at seq 0, written now: a table's files begin with a base. Its
+/// incarnation is a fresh one that no history names (nothing at seq 0 belongs to one).
+fn empty_base(dir: &Path, tokenizer: Tokenizer) -> Result<MappedState, LeaderError> {
+    let path = dir.join(snapshot::FILE_NAME);
+    let fail = |source| LeaderError::Snapshot {
+        path: path.clone(),
+        source,
+    };
+    let meta = snapshot::Meta {
+        tokenizer,
+        seq: 0,
+        incarnation: Incarnation::random(),
+    };
+    let staged =
+        snapshot::stage(dir, snapshot::TEMP_NAME, meta, None, std::iter::empty()).map_err(fail)?;
+    snapshot::install(dir, &staged, snapshot::FILE_NAME).map_err(|e| fail(SnapshotError::Io(e)))?;
+    let base = MappedSnapshot::open(&path).map_err(fail)?;
+    Ok(MappedState {
+        base: Arc::new(base),
+        delta: None,
     })
 }
 
@@ -210,12 +273,8 @@ pub(super) fn recover_voter(
     let loaded = crate::consensus::state_machine::load(&raft_dir).map_err(LeaderError::Raft)?;
     let _ = fs::remove_file(dir.join(snapshot::DELTA_NAME));
     let Some(loaded) = loaded else {
-        let recovered = Recovered {
-            table: Table::new(),
-            state: None,
-            changed: CountMap::new(),
-        };
-        return Ok((recovered, None));
+        let _ = fs::remove_file(dir.join(snapshot::FILE_NAME));
+        return Ok((recover(dir, tokenizer)?, None));
     };
     // The raft snapshot's file is immutable: link it in as the base.
     let link = dir.join(".snapshot.memdb.link");
@@ -227,26 +286,4 @@ pub(super) fn recover_voter(
         .map_err(io_err("syncing", dir))?;
     let recovered = recover(dir, tokenizer)?;
     Ok((recovered, Some(loaded.stored)))
-}
-
-/// The base on disk, or (in a new data directory) an empty one written now at seq 0:
-/// the publisher's deltas need a base to name.
-pub(super) fn base_or_empty(
-    dir: &Path,
-    state: Option<MappedState>,
-    meta: snapshot::Meta,
-) -> Result<Arc<MappedSnapshot>, LeaderError> {
-    if let Some(s) = state {
-        return Ok(s.base);
-    }
-    let path = dir.join(snapshot::FILE_NAME);
-    let fail = |source| LeaderError::Snapshot {
-        path: path.clone(),
-        source,
-    };
-    let meta = snapshot::Meta { seq: 0, ..meta };
-    let staged =
-        snapshot::stage(dir, snapshot::TEMP_NAME, meta, None, std::iter::empty()).map_err(fail)?;
-    snapshot::install(dir, &staged, snapshot::FILE_NAME).map_err(|e| fail(SnapshotError::Io(e)))?;
-    Ok(Arc::new(MappedSnapshot::open(&path).map_err(fail)?))
 }

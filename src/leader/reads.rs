@@ -46,26 +46,14 @@ impl CountSource for Leader {
         Ok(body.map(|b| (b, t.seq())))
     }
 
-    /// Over the published state and the words written since (the table at one seq),
-    /// which no writer waits for; the table's read lock only for those words. Should
-    /// the published state lag the backlog, under the table's read lock.
+    /// Over a view of the table's layers at one seq, walked without its lock.
     async fn top_scan(&self, q: TopQuery<'static>) -> Result<(Vec<u8>, u64), ApiError> {
         let state = self.state().clone();
         tokio::task::spawn_blocking(move || {
             let prefix = q.prefix_for(state.tokenizer);
-            match state.published_now() {
-                Ok((state, overlay, seq)) => {
-                    let under = state.iter().filter(|(w, _)| overlay.get(w).is_none());
-                    let all = overlay.iter().chain(under);
-                    let words = crate::storage::top::scanned(all, q.n, &prefix);
-                    (crate::server::parse::top_body(&words), seq)
-                }
-                Err(_) => {
-                    let t = state.table.read();
-                    let body = t.with_top_words(q.n, &prefix, crate::server::parse::top_body);
-                    (body, t.seq())
-                }
-            }
+            let view = state.table.read().view();
+            let words = crate::storage::top::scanned(view.iter(), q.n, &prefix);
+            (crate::server::parse::top_body(&words), view.seq())
         })
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
@@ -77,34 +65,13 @@ impl CountSource for Leader {
         Ok((body, t.seq()))
     }
 
-    /// The table now, streamed: the state on disk from its mappings, under the words
-    /// written since it was published (their counts read from the table, under its
-    /// read lock for just those words). No whole body in memory, and writers wait only
-    /// for the words of the last interval, not for the whole table.
+    /// The table now, streamed from a view of its layers (the mapped files and a copy
+    /// of the words changed since the last publication): never the whole body in
+    /// memory, and writers wait only for that copy.
     async fn sync_body(&self) -> SyncBody {
         let s = self.state();
-        let state = s.clone();
-        let published = tokio::task::spawn_blocking(move || state.published_now())
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r);
-        match published {
-            Ok((state, overlay, seq)) => {
-                return SyncBody::streamed(Arc::new(state), overlay, seq, s.incarnation);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "serving /sync from the table under its lock")
-            }
-        }
-        // The fallback: serialised under the read lock so the body and its seq agree;
-        // writers wait for this.
-        let t = s.table.read();
-        SyncBody::of(
-            t.map(),
-            t.len() * 16,
-            t.seq(),
-            Some(s.incarnation),
-            s.tokenizer,
-        )
+        let view = s.table.read().view();
+        let seq = view.seq();
+        SyncBody::streamed(Arc::new(view), s.tokenizer, seq, s.incarnation)
     }
 }

@@ -11,26 +11,27 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
-use super::backlog::{Backlog, Since};
+use super::backlog::Backlog;
 use super::publisher::Publisher;
 use crate::protocol::Incarnation;
 use crate::storage::batch::Batch;
-use crate::storage::mapped::MappedState;
+use crate::storage::layered::Layered;
 use crate::storage::snapshot;
-use crate::storage::table::{CountMap, Table};
 use crate::words::{Deltas, Tokenizer};
 
 /// See the module's documentation. Fields are the leader's to use; handlers go
 /// through [`super::node::Leader`]'s methods.
 pub struct State {
-    /// The live table. parking_lot, never held across `.await`; the write lock is held
-    /// only to apply one batch and enqueue it, so that seq order = apply order = queue
-    /// order.
+    /// The table: the files on disk and the words changed since (see
+    /// [`crate::storage::layered`]), shared with the publisher, which swaps layers in
+    /// under the write lock. parking_lot, never held across `.await`; the write lock is
+    /// held only to apply one batch and enqueue it, so that seq order = apply order =
+    /// queue order.
     ///
     /// Lock order: `table`, then `backlog` (and the publisher's queue). The backlog is
     /// also locked by the replication senders and reports, which never hold a link's
     /// or the link list's lock while they do.
-    pub(super) table: RwLock<Table>,
+    pub(super) table: Arc<RwLock<Layered>>,
     pub(super) backlog: Arc<Mutex<Backlog>>,
     /// The latest applied seq, for replication senders and `min_seq` readers.
     pub(super) seq_tx: watch::Sender<u64>,
@@ -59,7 +60,7 @@ impl State {
     /// batch for the replicas.
     pub(super) fn apply_locked(
         &self,
-        table: &mut Table,
+        table: &mut Layered,
         deltas: Deltas,
         hashes: &[u64],
     ) -> Arc<Batch> {
@@ -94,37 +95,5 @@ impl State {
             seq,
             incarnation: self.incarnation,
         }
-    }
-
-    /// The published state, the words written since with their counts now, and the
-    /// seq that makes. `Err` if the backlog no longer holds every batch since the
-    /// published seq.
-    pub(super) fn published_now(&self) -> Result<(MappedState, CountMap, u64), String> {
-        let state = self.publisher.published_state()?;
-        let published = state.seq();
-        let t = self.table.read();
-        let seq = t.seq();
-        let mut overlay = CountMap::new();
-        if seq > published {
-            let since = self.backlog.lock().since(published, usize::MAX, usize::MAX);
-            let Since::Batches(batches) = since else {
-                return Err(format!(
-                    "the backlog lacks the batches after seq {published}"
-                ));
-            };
-            if batches.first().map(|b| b.seq) != Some(published + 1)
-                || batches.last().map(|b| b.seq) != Some(seq)
-            {
-                return Err(format!(
-                    "the backlog lacks batches between {published} and {seq}"
-                ));
-            }
-            for b in &batches {
-                for (w, _) in &b.deltas {
-                    overlay.set(w, t.get(w));
-                }
-            }
-        }
-        Ok((state, overlay, seq))
     }
 }

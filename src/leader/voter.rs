@@ -23,9 +23,7 @@ impl Applier for State {
         let hashes = word_hashes(&deltas);
         let seq = {
             let mut table = self.table.write();
-            let batch = self.apply_locked(&mut table, deltas, &hashes);
-            self.publisher.push(batch.clone());
-            batch.seq
+            self.apply_locked(&mut table, deltas, &hashes).seq
         };
         self.advance(seq, words);
         seq
@@ -45,7 +43,7 @@ impl Applier for State {
             }
             let mut deltas = Deltas::new();
             for (w, n) in map.iter() {
-                let old = table.map().get(w).unwrap_or(0);
+                let old = table.get(w);
                 if n > old {
                     deltas.push((w.to_owned(), n - old));
                 }
@@ -60,15 +58,19 @@ impl Applier for State {
             deltas,
             digest: Some(table.digest()),
         });
-        self.backlog.lock().restart(batch.clone());
-        self.publisher.push(batch);
+        self.backlog.lock().restart(batch);
         drop(table);
         self.advance(seq, 0);
     }
 
+    /// Walks the table's layers without its lock (a view of them at one seq).
     fn copy(&self) -> (CountMap, snapshot::Meta) {
-        let t = self.table.read();
-        (t.map().clone(), self.snapshot_meta(t.seq()))
+        let view = self.table.read().view();
+        let mut map = CountMap::new();
+        for (w, n) in view.iter() {
+            map.insert_new(w, n);
+        }
+        (map, self.snapshot_meta(view.seq()))
     }
 
     /// Now, or from the backlog (if it still holds that batch).

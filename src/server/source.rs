@@ -93,25 +93,22 @@ impl SyncBody {
         }
     }
 
-    /// Streams a mapped state, with `overlay`'s words over it (the table at `seq`), as
-    /// the JSON object, in chunks written by a blocking thread: never the whole body in
-    /// memory, and no lock held.
+    /// Streams a whole table (the table at `seq`) as the JSON object, in chunks
+    /// written by a blocking thread: never the whole body in memory, and no lock held.
     pub fn streamed(
-        state: std::sync::Arc<crate::storage::mapped::MappedState>,
-        overlay: crate::storage::table::CountMap,
+        state: std::sync::Arc<dyn crate::storage::mapped::Entries>,
+        tokenizer: Tokenizer,
         seq: u64,
         incarnation: impl Into<Option<Incarnation>>,
     ) -> Self {
         const CHUNK: usize = 256 << 10;
-        let tokenizer = state.header().tokenizer;
-        let words = state.words() + overlay.len() as u64;
+        let words = state.words();
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
         tokio::task::spawn_blocking(move || {
             let mut buf = Vec::with_capacity(CHUNK + 4096);
             buf.push(b'{');
             let mut n = itoa::Buffer::new();
-            let under = state.iter().filter(|(w, _)| overlay.get(w).is_none());
-            for (i, (word, count)) in overlay.iter().chain(under).enumerate() {
+            for (i, (word, count)) in state.entries().enumerate() {
                 if i > 0 {
                     buf.push(b',');
                 }

@@ -124,6 +124,29 @@ impl CountMap {
         (self.entries.len() as u32 - 1, 0, n)
     }
 
+    /// Adds `n` to `word`'s count (saturating). An absent word is inserted with `n`
+    /// over the count `below` gives it (`None`: a word new to the whole table; the
+    /// count of a layer under this map, see [`crate::storage::layered`]). Returns the
+    /// entry number, the count before and after, and whether `below` said `None`.
+    pub fn add_over(
+        &mut self,
+        word: &str,
+        n: u64,
+        below: impl FnOnce() -> Option<u64>,
+    ) -> (u32, u64, u64, bool) {
+        if let Some(i) = self.find(word) {
+            let e = &mut self.entries[i];
+            let before = e.count;
+            e.count = before.saturating_add(n);
+            return (i as u32, before, e.count, false);
+        }
+        let prev = below();
+        let before = prev.unwrap_or(0);
+        let after = before.saturating_add(n);
+        self.push(word, after);
+        (self.entries.len() as u32 - 1, before, after, prev.is_none())
+    }
+
     /// The word and count of entry number `i`.
     pub fn entry_at(&self, i: u32) -> (&str, u64) {
         let e = &self.entries[i as usize];

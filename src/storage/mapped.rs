@@ -43,6 +43,18 @@ impl MappedSnapshot {
         max_bytes: u64,
         stop: &dyn Fn() -> bool,
     ) -> Result<Self, SnapshotError> {
+        Self::open_checked(path, max_bytes, stop, &|_| false)
+    }
+
+    /// [`MappedSnapshot::open_until`], skipping the archive's structural check when
+    /// `checked` says this file passed it before (see
+    /// [`crate::storage::snapshot::checked`]); its checksum is verified either way.
+    pub fn open_checked(
+        path: &Path,
+        max_bytes: u64,
+        stop: &dyn Fn() -> bool,
+        checked: &dyn Fn(&Header) -> bool,
+    ) -> Result<Self, SnapshotError> {
         let (file, meta) = crate::fs::open_regular(path, max_bytes)?;
         if meta.len() < HEADER_LEN as u64 {
             return Err(SnapshotError::TooShort {
@@ -52,21 +64,23 @@ impl MappedSnapshot {
         // SAFETY: the leader never modifies or truncates a published snapshot (it
         // replaces the name by rename), so the mapped bytes do not change under us.
         let mmap = unsafe { Mmap::map(&file)? };
-        let (header, map) = snapshot::validate_until(&mmap, stop)?;
-        let ranked = header.top.is_none().then(|| {
-            let all = map.iter().map(|(k, v)| (k.as_str(), v.to_native()));
-            crate::storage::top::best_of(all, crate::storage::top::MAX_TOP)
-                .into_iter()
-                .map(|(w, c)| (w.into(), c))
-                .collect()
-        });
+        let header = snapshot::check_trusting(&mmap, stop, checked)?;
         // Page-aligned, so the archive at 64 or 96 is 16-aligned (validate checked).
-        Ok(MappedSnapshot {
+        let mut m = MappedSnapshot {
             mmap,
             header,
             identity: file_id(&meta),
-            ranked,
-        })
+            ranked: None,
+        };
+        if header.top.is_none() {
+            let all = m.map().iter().map(|(k, v)| (k.as_str(), v.to_native()));
+            let ranked = crate::storage::top::best_of(all, crate::storage::top::MAX_TOP)
+                .into_iter()
+                .map(|(w, c)| (w.into(), c))
+                .collect();
+            m.ranked = Some(ranked);
+        }
+        Ok(m)
     }
 
     pub fn header(&self) -> &Header {
@@ -91,7 +105,8 @@ impl MappedSnapshot {
     /// The archived table, read in place.
     pub fn map(&self) -> &ArchivedWordMap {
         // SAFETY: `open` validated these exact bytes with rkyv's bytecheck
-        // (`snapshot::validate`), the mapping is read-only and page-aligned (so the
+        // (`snapshot::check_trusting`: now, or when this node wrote or first read a file
+        // whose checksum these bytes match), the mapping is read-only and page-aligned (so the
         // payload at offset 64 is 16-aligned), and the file is never modified (module
         // docs), so the archive is still valid: no need to check it per lookup.
         unsafe {
@@ -251,6 +266,18 @@ impl MappedState {
         stop: &dyn Fn() -> bool,
         reuse: &[Arc<MappedSnapshot>],
     ) -> Result<Option<MappedState>, StateError> {
+        Self::open_checked(dir, max_bytes, stop, reuse, &|_| false)
+    }
+
+    /// [`MappedState::open`], trusting the structure of files `checked` names (see
+    /// [`MappedSnapshot::open_checked`]).
+    pub fn open_checked(
+        dir: &Path,
+        max_bytes: u64,
+        stop: &dyn Fn() -> bool,
+        reuse: &[Arc<MappedSnapshot>],
+        checked: &dyn Fn(&Header) -> bool,
+    ) -> Result<Option<MappedState>, StateError> {
         let open = |name: &'static str, kind: Kind| {
             let path = dir.join(name);
             let err = |source| StateError { file: name, source };
@@ -263,7 +290,7 @@ impl MappedState {
             {
                 return Ok(Some(m.clone()));
             }
-            let m = match MappedSnapshot::open_until(&path, max_bytes, stop) {
+            let m = match MappedSnapshot::open_checked(&path, max_bytes, stop, checked) {
                 Ok(m) => m,
                 // Replaced or removed between the two looks: as if never there.
                 Err(SnapshotError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -302,6 +329,25 @@ impl MappedState {
             }
         }
         Ok(last.map(|base| MappedState { base, delta: None }))
+    }
+}
+
+/// A whole table at one seq that can be walked word by word (a mapped state, or a
+/// node's layers with its words in memory): what `GET /sync` streams.
+pub trait Entries: Send + Sync + 'static {
+    /// Every word once with its count.
+    fn entries(&self) -> Box<dyn Iterator<Item = (&str, u64)> + '_>;
+    /// Distinct words (an estimate is enough: it sizes buffers).
+    fn words(&self) -> u64;
+}
+
+impl Entries for MappedState {
+    fn entries(&self) -> Box<dyn Iterator<Item = (&str, u64)> + '_> {
+        Box::new(self.iter())
+    }
+
+    fn words(&self) -> u64 {
+        MappedState::words(self)
     }
 }
 

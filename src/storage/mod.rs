@@ -12,6 +12,7 @@ pub mod counts;
 pub mod delta;
 pub mod frame;
 pub mod history;
+pub mod layered;
 pub mod log;
 pub mod mapped;
 pub mod snapshot;

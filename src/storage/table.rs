@@ -51,23 +51,30 @@ pub struct Table {
 }
 
 /// Raises a writer settles into the top list itself.
-const PENDING_MAX: usize = 1 << 18;
+pub(crate) const PENDING_MAX: usize = 1 << 18;
 
 /// The top list and how much of `pending` it includes.
 #[derive(Debug, Default, Clone)]
-struct Settled {
-    list: TopWords,
+pub(crate) struct Settled {
+    pub(crate) list: TopWords,
     /// `pending[..done]` are in the list.
-    done: usize,
+    pub(crate) done: usize,
     /// Entry numbers seen while settling (cleared after), so that each word is ranked
     /// once, with its last count.
     seen: Vec<u64>,
 }
 
 impl Settled {
+    pub(crate) fn new(list: TopWords) -> Self {
+        Settled {
+            list,
+            ..Default::default()
+        }
+    }
+
     /// Brings the list up to date with `pending`, each word once with its last count
     /// (counts only grow, so the last is the highest).
-    fn settle(&mut self, map: &CountMap, pending: &[(u32, u64)]) {
+    pub(crate) fn settle(&mut self, map: &CountMap, pending: &[(u32, u64)]) {
         let fresh = &pending[self.done.min(pending.len())..];
         if fresh.is_empty() {
             return;
@@ -112,7 +119,7 @@ pub fn word_hash(word: &str) -> u64 {
 }
 
 /// An entry's part of the digest; nothing for a zero count (an absent word).
-fn entry_digest(word_hash: u64, count: u64) -> u64 {
+pub(crate) fn entry_digest(word_hash: u64, count: u64) -> u64 {
     if count == 0 {
         return 0;
     }

@@ -26,7 +26,6 @@ use crate::server::parse::TopQuery;
 use crate::server::router;
 use crate::server::source::{CountSource, SyncBody};
 use crate::storage::mapped::MappedState;
-use crate::storage::table::CountMap;
 use crate::words::Tokenizer;
 
 use super::{LoadsBySource, LocalReplica, STALE_AFTER};
@@ -291,7 +290,7 @@ impl CountSource for LocalReplica {
             Some(m) => {
                 let h = *m.header();
                 let inc = h.incarnation;
-                SyncBody::streamed(m, CountMap::new(), h.seq, inc)
+                SyncBody::streamed(m, h.tokenizer, h.seq, inc)
             }
             // Not reached: /sync answers 503 before asking while nothing is mapped.
             None => SyncBody::of(&serde_json::Map::new(), 0, 0, None, Tokenizer::default()),

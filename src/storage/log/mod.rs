@@ -50,7 +50,7 @@ pub use format::encode;
 pub use handle::{Wal, WalError};
 pub use options::{FsyncPolicy, WalOptions};
 pub use reader::LogReader;
-pub use replay::{Replayed, replay, replay_observed};
+pub use replay::{Replay, Replayed, replay};
 pub use segments::segments;
 pub use shared::{FsyncStats, LogHealth};
 

@@ -7,7 +7,36 @@ use std::path::Path;
 
 use super::format::{Next, next_record};
 use super::segments::segments;
+use crate::storage::layered::Layered;
 use crate::storage::table::Table;
+use crate::words::Deltas;
+
+/// A table the log's records can be applied to, in seq order.
+pub trait Replay {
+    /// The seq of the last batch applied.
+    fn seq(&self) -> u64;
+    fn apply(&mut self, deltas: &Deltas, seq: u64);
+}
+
+impl Replay for Table {
+    fn seq(&self) -> u64 {
+        Table::seq(self)
+    }
+
+    fn apply(&mut self, deltas: &Deltas, seq: u64) {
+        Table::apply(self, deltas, seq)
+    }
+}
+
+impl Replay for Layered {
+    fn seq(&self) -> u64 {
+        Layered::seq(self)
+    }
+
+    fn apply(&mut self, deltas: &Deltas, seq: u64) {
+        Layered::apply(self, deltas, seq)
+    }
+}
 
 /// What replay did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -20,16 +49,7 @@ pub struct Replayed {
 
 /// Applies every valid record after `table.seq()` from the segments in `dir`, cutting
 /// a torn or corrupt tail.
-pub fn replay(dir: &Path, table: &mut Table) -> io::Result<Replayed> {
-    replay_observed(dir, table, &mut |_| {})
-}
-
-/// [`replay`], showing `observe` every batch applied.
-pub fn replay_observed(
-    dir: &Path,
-    table: &mut Table,
-    observe: &mut dyn FnMut(&crate::words::Deltas),
-) -> io::Result<Replayed> {
+pub fn replay(dir: &Path, table: &mut impl Replay) -> io::Result<Replayed> {
     let mut out = Replayed::default();
     let segs = segments(dir)?;
     let mut stop = false;
@@ -69,7 +89,6 @@ pub fn replay_observed(
                 Next::Record(batch, used) => {
                     if batch.seq > table.seq() {
                         table.apply(&batch.deltas, batch.seq);
-                        observe(&batch.deltas);
                         out.applied += 1;
                     }
                     at += used as u64;

@@ -54,6 +54,7 @@
 //! same directory, fsync it, rename it over the published name, fsync the directory.
 
 mod archive;
+pub mod checked;
 pub mod error;
 mod file;
 pub mod hasher;
@@ -73,7 +74,7 @@ pub use layout::{
     ArchivedWordMap, BaseRef, CHECKSUM_OFFSET, DELTA_PREFIX_LEN, HEADER_LEN, Header, KEY_LEN, Meta,
     Version, read_header,
 };
-pub use read::{to_word_map, validate, validate_until};
+pub use read::{check_trusting, to_word_map, validate, validate_until};
 pub use write::{encode, encode_entries};
 
 #[cfg(test)]

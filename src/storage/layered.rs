@@ -1,0 +1,530 @@
+//! A node's count table as layers: the mapped base file, the mapped delta on it, the
+//! words sealed for a delta being written, and a small in-memory map of the words
+//! changed since. The files are the state; memory holds only what changed since the
+//! last publication.
+//!
+//! A read probes the layers from the top (live → sealed → delta → base) and takes the
+//! first count found. A write adds to the live map, taking a word's old count from the
+//! layers under it the first time the word is written after a seal. Publication seals
+//! the live map (a pointer swap under the writer's lock), writes the sealed words over
+//! the delta as the next delta file without any lock, maps it, and swaps the mapped
+//! file in for the sealed words (see `leader/publisher.rs`). Counts only grow here (a
+//! leader's, a voter's), so a count is never zero and a layer never needs to say a word
+//! went away.
+//!
+//! At 10M words the base is some 250 MB of page cache shared with every local replica
+//! on the host, and the anonymous memory is the live map: the words of one interval.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::storage::counts::CountMap;
+use crate::storage::mapped::{Entries, MappedSnapshot, MappedState};
+use crate::storage::table::{PENDING_MAX, Settled, entry_digest, word_hash};
+use crate::storage::top::TopWords;
+use crate::words::Deltas;
+
+/// Words sealed at `seq`: each word changed since the layer under it, with its count
+/// at `seq`, and what the whole table was then.
+pub struct Sealed {
+    pub map: CountMap,
+    pub seq: u64,
+    /// The whole table's digest at `seq`.
+    pub digest: u64,
+    /// The whole table's distinct words at `seq`.
+    pub words: u64,
+}
+
+/// The layers under the live map. Immutable: a change is a new value, swapped in
+/// under the table's lock, so a reader that took one keeps a consistent table.
+#[derive(Clone)]
+pub struct Lower {
+    /// The base and the delta on it.
+    pub files: MappedState,
+    /// The digest of the table the files make.
+    pub digest: u64,
+    /// Oldest first; each holds the words changed since the layer under it.
+    pub sealed: Vec<Arc<Sealed>>,
+}
+
+impl Lower {
+    pub fn new(files: MappedState, digest: u64) -> Self {
+        Lower {
+            files,
+            digest,
+            sealed: Vec::new(),
+        }
+    }
+
+    /// A word's count, from the highest layer that holds it.
+    pub fn lookup(&self, word: &str) -> Option<u64> {
+        for s in self.sealed.iter().rev() {
+            if let Some(n) = s.map.get(word) {
+                return Some(n);
+            }
+        }
+        if let Some(d) = &self.files.delta
+            && let Some(n) = d.lookup(word)
+        {
+            return Some(n);
+        }
+        self.files.base.lookup(word)
+    }
+
+    /// The sealed layers' words as one map, each word with its newest count: the
+    /// newest layer itself when it is the only one (more than one is sealed only after
+    /// a publication failed).
+    pub fn sealed_words(&self) -> std::borrow::Cow<'_, CountMap> {
+        use std::borrow::Cow;
+        match &self.sealed[..] {
+            [] => Cow::Owned(CountMap::new()),
+            [one] => Cow::Borrowed(&one.map),
+            many => {
+                let mut out = CountMap::new();
+                for s in many.iter().rev() {
+                    for (w, n) in s.map.iter() {
+                        if out.get(w).is_none() {
+                            out.insert_new(w, n);
+                        }
+                    }
+                }
+                Cow::Owned(out)
+            }
+        }
+    }
+
+    /// The seq these layers are at.
+    pub fn seq(&self) -> u64 {
+        self.sealed.last().map_or(self.files.seq(), |s| s.seq)
+    }
+
+    /// Distinct words in these layers.
+    pub fn words(&self) -> u64 {
+        self.sealed.last().map_or(self.files.words(), |s| s.words)
+    }
+
+    /// The digest of the table these layers make.
+    pub fn digest(&self) -> u64 {
+        self.sealed.last().map_or(self.digest, |s| s.digest)
+    }
+}
+
+/// Every word of `live` over `lower` once, with its count: each layer's words that no
+/// layer above holds, from the top.
+fn walk<'a>(live: &'a CountMap, lower: &'a Lower) -> Box<dyn Iterator<Item = (&'a str, u64)> + 'a> {
+    let mems: Vec<&'a CountMap> = std::iter::once(live)
+        .chain(lower.sealed.iter().rev().map(|s| &s.map))
+        .collect();
+    let in_mem = |above: &[&CountMap], w: &str| above.iter().any(|m| m.get(w).is_some());
+    let delta: Option<&'a MappedSnapshot> = lower.files.delta.as_deref();
+    let base: &'a MappedSnapshot = &lower.files.base;
+    let from_mem = (0..mems.len()).flat_map({
+        let mems = mems.clone();
+        move |k| {
+            let above = mems[..k].to_vec();
+            mems[k].iter().filter(move |(w, _)| !in_mem(&above, w))
+        }
+    });
+    let files = |m: &'a MappedSnapshot| m.map().iter().map(|(k, v)| (k.as_str(), v.to_native()));
+    let from_delta = delta.into_iter().flat_map({
+        let mems = mems.clone();
+        move |d| {
+            let mems = mems.clone();
+            files(d).filter(move |(w, _)| !in_mem(&mems, w))
+        }
+    });
+    let from_base = files(base)
+        .filter(move |(w, _)| !in_mem(&mems, w) && delta.is_none_or(|d| d.lookup(w).is_none()));
+    Box::new(from_mem.chain(from_delta).chain(from_base))
+}
+
+/// The table: see the module's documentation. Not synchronised: the node wraps it in
+/// a lock, and keeps `seq` and the counts changing together.
+pub struct Layered {
+    lower: Arc<Lower>,
+    /// Words changed since the newest layer under it was taken.
+    live: CountMap,
+    seq: u64,
+    /// The whole table's digest (see [`crate::storage::table::digest_of`]).
+    digest: u64,
+    /// Distinct words in the whole table.
+    words: u64,
+    /// The most frequent words, as of `pending[..settled]` (as in
+    /// [`crate::storage::table::Table`]; the entry numbers are `live`'s).
+    top: Mutex<Settled>,
+    pending: Vec<(u32, u64)>,
+}
+
+impl Layered {
+    /// The table the files make, whose digest is `digest`.
+    pub fn new(files: MappedState, digest: u64) -> Self {
+        let lower = Lower::new(files, digest);
+        let top = TopWords::of(lower.files.top().0);
+        Layered {
+            seq: lower.seq(),
+            words: lower.words(),
+            digest,
+            lower: Arc::new(lower),
+            live: CountMap::new(),
+            top: Mutex::new(Settled::new(top)),
+            pending: Vec::new(),
+        }
+    }
+
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The whole table's digest.
+    pub fn digest(&self) -> u64 {
+        self.digest
+    }
+
+    /// Distinct words.
+    pub fn len(&self) -> usize {
+        self.words as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.words == 0
+    }
+
+    pub fn get(&self, word: &str) -> u64 {
+        self.live
+            .get(word)
+            .or_else(|| self.lower.lookup(word))
+            .unwrap_or(0)
+    }
+
+    /// The layers under the live map.
+    pub fn lower(&self) -> &Arc<Lower> {
+        &self.lower
+    }
+
+    /// Words changed since the last seal.
+    pub fn live(&self) -> &CountMap {
+        &self.live
+    }
+
+    /// Applies the positive deltas of batch `seq` (counts saturate at `u64::MAX`).
+    pub fn apply(&mut self, deltas: &Deltas, seq: u64) {
+        let hashes: Vec<u64> = deltas.iter().map(|(w, _)| word_hash(w)).collect();
+        self.apply_hashed(deltas, &hashes, seq);
+    }
+
+    /// [`Layered::apply`] with each word's [`word_hash`] computed beforehand.
+    pub fn apply_hashed(&mut self, deltas: &Deltas, hashes: &[u64], seq: u64) {
+        debug_assert_eq!(deltas.len(), hashes.len());
+        let mut digest = self.digest;
+        for ((word, n), &h) in deltas.iter().zip(hashes) {
+            let lower = &self.lower;
+            let (i, before, after, new) = self.live.add_over(word, *n, || lower.lookup(word));
+            self.words += new as u64;
+            self.pending.push((i, after));
+            digest = digest
+                .wrapping_sub(entry_digest(h, before))
+                .wrapping_add(entry_digest(h, after));
+        }
+        self.digest = digest;
+        self.seq = seq;
+        if self.pending.len() >= PENDING_MAX {
+            self.settle_top();
+        }
+    }
+
+    /// Calls `f` with the top list, brought up to date first, and whether it holds
+    /// every word.
+    pub fn with_top<R>(&self, f: impl FnOnce(&TopWords, bool) -> R) -> R {
+        let mut top = self.top.lock();
+        top.settle(&self.live, &self.pending);
+        f(&top.list, top.list.len() as u64 == self.words)
+    }
+
+    /// The first `n` words in rank order that start with `prefix` (a pass over the
+    /// whole table if the top list cannot say).
+    pub fn with_top_words<R>(
+        &self,
+        n: usize,
+        prefix: &str,
+        f: impl FnOnce(&[(&str, u64)]) -> R,
+    ) -> R {
+        self.with_top(|top, complete| {
+            f(&crate::storage::top::select(
+                top.iter(),
+                complete,
+                n,
+                prefix,
+                || walk(&self.live, &self.lower),
+            ))
+        })
+    }
+
+    /// [`Layered::with_top_words`] if the top list holds the answer; `None` when only
+    /// a pass over the whole table can say.
+    pub fn with_ranked_words<R>(
+        &self,
+        n: usize,
+        prefix: &str,
+        f: impl FnOnce(&[(&str, u64)]) -> R,
+    ) -> Option<R> {
+        self.with_top(|top, complete| {
+            crate::storage::top::from_ranked(top.iter(), complete, n, prefix).map(|w| f(&w))
+        })
+    }
+
+    fn settle_top(&mut self) {
+        let top = self.top.get_mut();
+        top.settle(&self.live, &self.pending);
+        top.done = 0;
+        self.pending.clear();
+    }
+
+    /// Seals the live map into a layer of its own (if anything changed since the
+    /// newest layer) and starts an empty one; returns the layers now under it. Costs
+    /// the top list's pending raises, not the words.
+    pub fn seal(&mut self) -> Arc<Lower> {
+        if self.live.is_empty() && self.seq == self.lower.seq() {
+            return self.lower.clone();
+        }
+        self.settle_top();
+        let sealed = Arc::new(Sealed {
+            map: std::mem::take(&mut self.live),
+            seq: self.seq,
+            digest: self.digest,
+            words: self.words,
+        });
+        let mut lower = (*self.lower).clone();
+        lower.sealed.push(sealed);
+        self.lower = Arc::new(lower);
+        self.lower.clone()
+    }
+
+    /// Replaces the layers under the live map with `f`'s, which must make the same
+    /// table (a delta file in place of the sealed words it holds, a new base).
+    pub fn replace_lower(&mut self, f: impl FnOnce(&Lower) -> Lower) {
+        let next = f(&self.lower);
+        debug_assert_eq!(next.seq(), self.lower.seq());
+        debug_assert_eq!(next.words(), self.lower.words());
+        self.lower = Arc::new(next);
+    }
+
+    /// The table now, for a reader that walks it without the lock: the layers and a
+    /// copy of the live map (the words of one interval).
+    pub fn view(&self) -> View {
+        View {
+            lower: self.lower.clone(),
+            live: self.live.clone(),
+            seq: self.seq,
+            words: self.words,
+        }
+    }
+}
+
+/// The table at one seq, detached from the lock (see [`Layered::view`]).
+pub struct View {
+    lower: Arc<Lower>,
+    live: CountMap,
+    seq: u64,
+    words: u64,
+}
+
+impl View {
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    pub fn get(&self, word: &str) -> u64 {
+        self.live
+            .get(word)
+            .or_else(|| self.lower.lookup(word))
+            .unwrap_or(0)
+    }
+
+    /// Every word once with its count.
+    pub fn iter(&self) -> Box<dyn Iterator<Item = (&str, u64)> + '_> {
+        walk(&self.live, &self.lower)
+    }
+}
+
+impl Entries for View {
+    fn entries(&self) -> Box<dyn Iterator<Item = (&str, u64)> + '_> {
+        self.iter()
+    }
+
+    fn words(&self) -> u64 {
+        self.words
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Incarnation;
+    use crate::storage::delta::{file_over_file, memory_over_file, rebased};
+    use crate::storage::snapshot::{self, BaseRef, Meta};
+    use crate::storage::table::{Table, WordMap, digest_of};
+    use crate::storage::top::{MAX_TOP, best_of};
+    use crate::words::Tokenizer;
+
+    fn meta(seq: u64) -> Meta {
+        Meta {
+            tokenizer: Tokenizer::Unicode,
+            seq,
+            incarnation: Incarnation::from_raw(7).unwrap(),
+        }
+    }
+
+    fn write<'a>(
+        dir: &std::path::Path,
+        name: &str,
+        seq: u64,
+        base: Option<BaseRef>,
+        entries: impl Iterator<Item = (&'a str, u64)> + Clone,
+    ) -> Arc<MappedSnapshot> {
+        let staged = snapshot::stage(dir, ".tmp", meta(seq), base, entries).unwrap();
+        let path = snapshot::install(dir, &staged, name).unwrap();
+        Arc::new(MappedSnapshot::open(&path).unwrap())
+    }
+
+    fn base_ref(base: &MappedSnapshot, total_words: u64) -> BaseRef {
+        BaseRef {
+            checksum: base.header().checksum,
+            seq: base.header().seq,
+            total_words,
+        }
+    }
+
+    /// What the publisher does: seal, write the sealed words over the delta, map it,
+    /// swap it in.
+    fn publish(dir: &std::path::Path, t: &mut Layered) {
+        let lower = t.seal();
+        let Some(top) = lower.sealed.last().cloned() else {
+            return;
+        };
+        let over = lower.sealed_words();
+        let entries = memory_over_file(&over, lower.files.delta.as_deref());
+        let bref = base_ref(&lower.files.base, top.words);
+        let delta = write(dir, "delta", top.seq, Some(bref), entries);
+        t.replace_lower(|cur| Lower {
+            files: MappedState {
+                base: cur.files.base.clone(),
+                delta: Some(delta),
+            },
+            digest: top.digest,
+            sealed: Vec::new(),
+        });
+    }
+
+    /// What a compaction does: the files into a new base, the delta again on it.
+    fn compact(dir: &std::path::Path, t: &mut Layered) {
+        let lower = t.lower().clone();
+        let Some(delta) = lower.files.delta.clone() else {
+            return;
+        };
+        let base = write(
+            dir,
+            "base",
+            delta.header().seq,
+            None,
+            file_over_file(&delta, &lower.files.base),
+        );
+        let bref = base_ref(&base, delta.header().total_words());
+        let again = write(
+            dir,
+            "delta",
+            delta.header().seq,
+            Some(bref),
+            rebased(&delta, &base),
+        );
+        assert!(again.header().words <= delta.header().words);
+        t.replace_lower(|cur| Lower {
+            files: MappedState {
+                base,
+                delta: Some(again),
+            },
+            digest: cur.digest,
+            sealed: cur.sealed.clone(),
+        });
+    }
+
+    fn whole(t: &Layered) -> WordMap {
+        let view = t.view();
+        let all: Vec<(&str, u64)> = view.iter().collect();
+        let map: WordMap = all.iter().map(|(w, n)| (w.to_string(), *n)).collect();
+        assert_eq!(map.len(), all.len(), "each word once");
+        map
+    }
+
+    /// A layered table follows a plain one through writes, seals, publications and
+    /// compactions: the same counts, digest, length, top list and whole walk.
+    #[test]
+    fn layers_follow_a_plain_table_through_publications_and_compactions() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let empty = write(d, "base", 0, None, std::iter::empty());
+        let mut t = Layered::new(
+            MappedState {
+                base: empty,
+                delta: None,
+            },
+            0,
+        );
+        let mut plain = Table::new();
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let words = MAX_TOP as u64 * 2;
+        for seq in 1..=600u64 {
+            let deltas: Vec<(String, u64)> = (0..40)
+                .map(|_| {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let i = (rng % words) * ((rng >> 32) % words) / words;
+                    (format!("w{i}"), 1 + (rng >> 62))
+                })
+                .collect::<std::collections::BTreeMap<_, _>>()
+                .into_iter()
+                .collect();
+            t.apply(&deltas, seq);
+            plain.apply(&deltas, seq);
+            match seq % 50 {
+                7 | 19 | 33 => publish(d, &mut t),
+                // A seal whose words are not yet written: reads go through it.
+                21 => {
+                    t.seal();
+                }
+                40 => {
+                    publish(d, &mut t);
+                    compact(d, &mut t);
+                }
+                _ => {}
+            }
+            assert_eq!((t.seq(), t.len()), (plain.seq(), plain.len()), "at {seq}");
+            assert_eq!(t.digest(), plain.digest(), "at {seq}");
+            if seq % 25 == 0 {
+                let want: WordMap = plain.map().iter().map(|(w, n)| (w.into(), n)).collect();
+                assert_eq!(whole(&t), want, "at {seq}");
+                assert_eq!(digest_of(t.view().iter()), t.digest());
+                let top = best_of(plain.map().iter(), MAX_TOP);
+                t.with_top(|list, complete| {
+                    assert!(list.iter().eq(top.iter().copied()), "top at {seq}");
+                    assert_eq!(complete, plain.len() <= MAX_TOP);
+                });
+                for (w, n) in plain.map().iter().take(50) {
+                    assert_eq!(t.get(w), n);
+                }
+                assert_eq!(t.get("never"), 0);
+            }
+        }
+        // A table opened on the files the last publication left: the same table.
+        publish(d, &mut t);
+        let files = t.lower().files.clone();
+        let reopened = Layered::new(files, t.lower().digest);
+        assert_eq!(whole(&reopened), whole(&t));
+        assert_eq!((reopened.seq(), reopened.len()), (t.seq(), t.len()));
+        reopened.with_top_words(5, "w1", |got| {
+            let want = crate::storage::top::scanned(plain.map().iter(), 5, "w1");
+            assert_eq!(got, &want[..]);
+        });
+    }
+}

@@ -70,10 +70,7 @@ fn delta(c: &mut Criterion) {
             snapshot::stage(dir.path(), snapshot::TEMP_NAME, META, None, base.iter()).unwrap();
         let path = snapshot::install(dir.path(), &staged, snapshot::FILE_NAME).unwrap();
         drop(base);
-        let files = MappedState {
-            base: Arc::new(MappedSnapshot::open(&path).unwrap()),
-            delta: None,
-        };
+        let files = MappedState::base(Arc::new(MappedSnapshot::open(&path).unwrap()));
         let deltas: Vec<(String, u64)> = (0..changed)
             .map(|i| {
                 // Every other word is new; the rest are spread over the base.

@@ -66,6 +66,8 @@ async fn readers_see_whole_monotone_states_across_deltas_and_compactions() {
     let h = leader.health().await;
     let compactions = h["snapshot"]["compactions"].as_u64().unwrap();
     assert!(compactions >= 5, "only {compactions} compactions: {h}");
+    let merges = h["snapshot"]["merges"].as_u64().unwrap();
+    assert!(merges >= 5, "only {merges} delta merges: {h}");
     let lh = local.health().await;
     assert_eq!(lh["rejected_snapshots"], 0, "{lh}");
     assert_eq!(lh["words"], t.len() as u64, "{lh}");
@@ -90,11 +92,13 @@ async fn a_sigkill_during_compaction_loses_nothing_and_replicas_keep_serving() {
     let local = Node::local(dir.path(), &[]);
     let c = leader.client();
     let mut model: HashMap<String, u64> = HashMap::new();
-    let mut caught = 0;
+    // Caught under way: compactions (a new base) and delta merges (a new delta).
+    let (mut bases, mut merges) = (0, 0);
     let mut round = 0u64;
-    // Big enough posts that a compaction takes a while; kill the leader while one is
-    // under way (its temp base on disk), a few times.
-    while caught < 2 && round < 40 {
+    // Big enough posts that a merge takes a while; kill the leader while one is under
+    // way (its temp file on disk), a few times of each kind. The restart maps the
+    // files it finds and replays the log past them.
+    while (bases < 2 || merges < 1) && round < 60 {
         round += 1;
         let words: Vec<String> = (0..30_000).map(|j| format!("r{round}w{j}")).collect();
         let text = format!("{} common", words.join(" "));
@@ -103,14 +107,18 @@ async fn a_sigkill_during_compaction_loses_nothing_and_replicas_keep_serving() {
             *model.entry(w).or_default() += 1;
         }
         *model.entry("common".into()).or_default() += 1;
-        let temp = dir.path().join(snapshot::TEMP_NAME);
+        let base = dir.path().join(snapshot::TEMP_NAME);
+        let merge = dir.path().join(snapshot::MERGE_TEMP_NAME);
         let deadline = std::time::Instant::now() + std::time::Duration::from_millis(300);
-        while std::time::Instant::now() < deadline && !temp.exists() {
+        let (mut in_base, mut in_merge) = (false, false);
+        while std::time::Instant::now() < deadline && !(in_base || in_merge) {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            (in_base, in_merge) = (base.exists(), merge.exists());
         }
-        if temp.exists() {
+        if in_base || in_merge {
             leader.kill();
-            caught += 1;
+            bases += in_base as u32;
+            merges += in_merge as u32;
             // The local replica goes on serving its last state while the leader is down.
             let (status, body) = raw(
                 "GET",
@@ -121,11 +129,16 @@ async fn a_sigkill_during_compaction_loses_nothing_and_replicas_keep_serving() {
             .await;
             assert_eq!(status, 200, "{body}");
             leader.restart();
+            assert_eq!(
+                leader.table().await,
+                model,
+                "the leader restarted after round {round} lost writes"
+            );
         }
     }
     assert!(
-        caught > 0,
-        "no compaction was ever caught under way in {round} rounds"
+        bases > 0 && merges > 0,
+        "caught {bases} compactions and {merges} delta merges under way in {round} rounds"
     );
     assert_eq!(
         leader.table().await,
@@ -133,7 +146,7 @@ async fn a_sigkill_during_compaction_loses_nothing_and_replicas_keep_serving() {
         "the restarted leader lost writes"
     );
     assert_eq!(converged(&leader, &local).await, model);
-    eprintln!("killed mid-compaction {caught} times in {round} rounds");
+    eprintln!("killed mid-compaction {bases} times, mid-merge {merges} times, in {round} rounds");
 }
 
 fn meta(seq: u64) -> Meta {

@@ -1,5 +1,7 @@
-//! A compaction of a leader's base and delta into a new base, on a thread of its own
-//! (see `publisher.rs`, which starts it and puts its base in place).
+//! A merge of one of a leader's files into the one under it, on a thread of its own:
+//! a compaction (the delta into the base: a new base) or a delta merge (the recent
+//! delta into the delta: a new delta on the same base). `publisher.rs` starts them and
+//! puts what they wrote in place.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,59 +12,81 @@ use crossbeam_channel::Receiver;
 
 use crate::storage::delta::file_over_file;
 use crate::storage::mapped::MappedSnapshot;
-use crate::storage::snapshot::{self, Meta, Staged};
+use crate::storage::snapshot::{self, BaseRef, Meta, Staged};
 
 /// A compaction starts once the delta holds an eighth of the base's words (or the
 /// configured minimum, if that is more).
 const COMPACT_FRACTION: u64 = 8;
 
-/// A compaction under way.
+/// A delta merge starts once the recent delta holds this many words (or
+/// `--compact-after`'s, if fewer) and an eighth of the delta's.
+pub(super) const RECENT_MIN: u64 = 32 << 10;
+const RECENT_FRACTION: u64 = 8;
+
+/// Whether a recent delta of `recent_words` over a delta of `delta_words` (on a base
+/// of `base_words`) should be merged into it: each publication rewrites the recent
+/// delta, so it is kept small; and when the two together are due for a compaction,
+/// the merge comes first (a compaction merges the delta alone into the base).
+pub(super) fn merge_due(
+    recent_words: u64,
+    delta_words: u64,
+    base_words: u64,
+    compact_after: usize,
+) -> bool {
+    let floor = RECENT_MIN.min((compact_after as u64).max(1));
+    recent_words > 0
+        && (recent_words >= floor.max(delta_words / RECENT_FRACTION)
+            || compaction_due(delta_words + recent_words, base_words, compact_after))
+}
+
+/// A merge under way.
 pub(super) struct Compaction {
-    /// The seq of the base it writes.
+    /// The seq of the file it writes.
     pub seq: u64,
     /// The digest of the table at that seq.
     pub digest: u64,
     pub started: Instant,
+    /// The file it merges into (the base, or the delta).
+    pub under: Arc<MappedSnapshot>,
     dir: PathBuf,
+    temp: &'static str,
     stop: Arc<AtomicBool>,
     done: Receiver<Result<(Staged, MappedSnapshot), String>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Compaction {
-    /// Starts writing `delta` over `base` (the table at `meta.seq`, whose digest is
-    /// `digest`) as a new base in `dir`, under its temp name, and checking it whole.
+    /// Starts writing `over` over `under` (the table at `meta.seq`, whose digest is
+    /// `digest`) as a new file in `dir` under `temp`: a base when `base` is `None`, else
+    /// a delta on it. Checks it whole once written.
     pub fn start(
         dir: PathBuf,
+        temp: &'static str,
         meta: Meta,
-        base: Arc<MappedSnapshot>,
-        delta: Arc<MappedSnapshot>,
+        base: Option<BaseRef>,
+        over: Arc<MappedSnapshot>,
+        under: Arc<MappedSnapshot>,
         digest: u64,
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let (done_tx, done) = crossbeam_channel::bounded(1);
         let stopped = stop.clone();
         let at = dir.clone();
+        let (o, u) = (over, under.clone());
         let thread = std::thread::Builder::new()
             .name("memdb-compactor".into())
             .spawn(move || {
                 let stop = || stopped.load(Ordering::Acquire);
-                let result = snapshot::stage_until(
-                    &at,
-                    snapshot::TEMP_NAME,
-                    meta,
-                    None,
-                    file_over_file(&delta, &base),
-                    &stop,
-                )
-                .and_then(|staged| {
-                    // Checked whole here, off the publisher's thread, as a replica will.
-                    let mapped = MappedSnapshot::open_until(&staged.path, u64::MAX, &stop)?;
-                    Ok((staged, mapped))
-                })
-                .map_err(|e| e.to_string());
+                let result =
+                    snapshot::stage_until(&at, temp, meta, base, file_over_file(&o, &u), &stop)
+                        .and_then(|staged| {
+                            // Checked whole here, off the publisher's thread, as a replica will.
+                            let mapped = MappedSnapshot::open_until(&staged.path, u64::MAX, &stop)?;
+                            Ok((staged, mapped))
+                        })
+                        .map_err(|e| e.to_string());
                 if result.is_err() {
-                    let _ = std::fs::remove_file(at.join(snapshot::TEMP_NAME));
+                    let _ = std::fs::remove_file(at.join(temp));
                 }
                 let _ = done_tx.send(result);
             })
@@ -71,7 +95,9 @@ impl Compaction {
             seq: meta.seq,
             digest,
             started: Instant::now(),
+            under,
             dir,
+            temp,
             stop,
             done,
             thread: Some(thread),
@@ -95,8 +121,8 @@ impl Compaction {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        // A base it finished but nobody installed.
-        let _ = std::fs::remove_file(self.dir.join(snapshot::TEMP_NAME));
+        // A file it finished but nobody installed.
+        let _ = std::fs::remove_file(self.dir.join(self.temp));
     }
 }
 
@@ -135,5 +161,22 @@ mod tests {
         assert!(compaction_due(100, 0, 100));
         assert!(!compaction_due(124_999, 1_000_000, 100), "under an eighth");
         assert!(compaction_due(125_000, 1_000_000, 100));
+    }
+
+    #[test]
+    fn a_delta_merge_keeps_the_recent_delta_small_and_comes_before_a_compaction() {
+        use super::{RECENT_MIN, merge_due};
+        assert!(!merge_due(0, 0, 0, 0), "nothing to merge");
+        assert!(!merge_due(RECENT_MIN - 1, 0, 10_000_000, 1 << 20));
+        assert!(merge_due(RECENT_MIN, 0, 10_000_000, 1 << 20));
+        assert!(
+            !merge_due(RECENT_MIN, 1_000_000, 10_000_000, 1 << 20),
+            "under an eighth"
+        );
+        assert!(merge_due(125_000, 1_000_000, 10_000_000, 1 << 20));
+        // A small --compact-after lowers the floor, and the pair due for compaction
+        // merges first.
+        assert!(merge_due(10, 0, 0, 10));
+        assert!(merge_due(1, 1_249_999, 10_000_000, 100));
     }
 }

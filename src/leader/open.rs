@@ -92,6 +92,8 @@ pub(super) fn lock_data_dir(dir: &Path) -> Result<File, LeaderError> {
     // A temp file left by a crash mid-publish or mid-compaction is never valid.
     let _ = fs::remove_file(dir.join(snapshot::TEMP_NAME));
     let _ = fs::remove_file(dir.join(snapshot::DELTA_TEMP_NAME));
+    let _ = fs::remove_file(dir.join(snapshot::MERGE_TEMP_NAME));
+    let _ = fs::remove_file(dir.join(snapshot::RECENT_TEMP_NAME));
     Ok(lock)
 }
 
@@ -142,26 +144,33 @@ pub(super) fn recover(dir: &Path, tokenizer: Tokenizer) -> Result<Recovered, Lea
             configured: tokenizer,
         });
     }
-    if state.delta.is_none() && dir.join(snapshot::DELTA_NAME).exists() {
+    let cut = |has: bool, name| !has && dir.join(name).exists();
+    if cut(state.delta.is_some(), snapshot::DELTA_NAME)
+        || cut(state.recent.is_some(), snapshot::RECENT_NAME)
+    {
         tracing::info!(
-            "the delta on disk is on an earlier base (a compaction was cut short); \
-             replaying the log from the base"
+            "a delta on disk is on an earlier file (a merge was cut short); \
+             replaying the log from the files that pair"
         );
     }
     let records = records_of(&state, &known);
-    if !state
-        .delta
-        .iter()
-        .chain([&state.base])
-        .all(|f| known.iter().any(|r| r.names(f.header())))
+    if ![
+        Some(&state.base),
+        state.delta.as_ref(),
+        state.recent.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .all(|f| known.iter().any(|r| r.names(f.header())))
     {
         // Checked whole just now: the next start need not.
-        let all: Vec<Checked> = std::iter::once(records.base).chain(records.delta).collect();
-        if let Err(e) = checked::store(dir, &all) {
-            tracing::warn!(error = %e, "recording the checked snapshot files");
-        }
+        records.store(dir);
     }
-    let digest = records.delta.unwrap_or(records.base).digest;
+    let digest = records
+        .recent
+        .or(records.delta)
+        .unwrap_or(records.base)
+        .digest;
     let published_seq = state.seq();
     tracing::info!(
         seq = published_seq,
@@ -201,21 +210,34 @@ fn records_of(state: &MappedState, known: &[Checked]) -> Records {
             digest_of(all.map(|(k, v)| (k.as_str(), v.to_native()))),
         )
     });
-    let delta = state.delta.as_ref().map(|d| {
+    // A delta's digest: the digest under it, with each word it holds moved to its
+    // count there.
+    let on = |under: &Checked, below: &MappedState, d: &MappedSnapshot| {
         find(d).unwrap_or_else(|| {
-            // The base's digest, with each word the delta changed moved to its count.
-            let mut digest = base.digest;
-            for (k, v) in d.map().iter() {
-                let w = k.as_str();
+            let mut digest = under.digest;
+            for (w, n) in crate::storage::delta::entries(d) {
                 let h = word_hash(w);
                 digest = digest
-                    .wrapping_sub(entry_digest(h, state.base.get(w)))
-                    .wrapping_add(entry_digest(h, v.to_native()));
+                    .wrapping_sub(entry_digest(h, below.get(w)))
+                    .wrapping_add(entry_digest(h, n));
             }
             Checked::of(d.header(), digest)
         })
+    };
+    let on_base = MappedState::base(state.base.clone());
+    let delta = state.delta.as_ref().map(|d| on(&base, &on_base, d));
+    let recent = state.recent.as_ref().zip(delta).map(|(r, under)| {
+        let below = MappedState {
+            recent: None,
+            ..state.clone()
+        };
+        on(&under, &below, r)
     });
-    Records { base, delta }
+    Records {
+        base,
+        delta,
+        recent,
+    }
 }
 
 /// An empty base at seq 0, written now: a table's files begin with a base. Its
@@ -235,10 +257,7 @@ fn empty_base(dir: &Path, tokenizer: Tokenizer) -> Result<MappedState, LeaderErr
         snapshot::stage(dir, snapshot::TEMP_NAME, meta, None, std::iter::empty()).map_err(fail)?;
     snapshot::install(dir, &staged, snapshot::FILE_NAME).map_err(|e| fail(SnapshotError::Io(e)))?;
     let base = MappedSnapshot::open(&path).map_err(fail)?;
-    Ok(MappedState {
-        base: Arc::new(base),
-        delta: None,
-    })
+    Ok(MappedState::base(Arc::new(base)))
 }
 
 /// A voter's table at start: the raft snapshot (whose file becomes the publisher's

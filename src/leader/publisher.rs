@@ -28,10 +28,10 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 
-use super::compaction::{Compaction, compaction_due};
+use super::compaction::{Compaction, compaction_due, merge_due};
 use crate::protocol::Incarnation;
 use crate::storage::counts::CountMap;
-use crate::storage::delta::{memory_over_file, rebased};
+use crate::storage::delta::{entries, memory_over_file, rebased};
 use crate::storage::layered::{Layered, Lower, Sealed};
 use crate::storage::mapped::{MappedSnapshot, MappedState};
 use crate::storage::snapshot::checked::{self, Checked};
@@ -75,10 +75,14 @@ pub struct PublishStats {
     pub base_seq: u64,
     /// Words in the base on disk.
     pub base_words: u64,
-    /// Words in the last delta published.
+    /// Words in the delta on the base.
     pub delta_words: u64,
+    /// Words in the recent delta, or in the delta when it was the last file written.
+    pub recent_words: u64,
     /// Compactions finished since start.
     pub compactions: u64,
+    /// Delta merges (the recent delta into the delta) finished since start.
+    pub merges: u64,
     /// Duration of the last compaction, from its start to the new base in place.
     pub last_compaction_ms: Option<f64>,
     /// A compaction is under way.
@@ -116,11 +120,15 @@ pub struct Setup {
 pub struct Records {
     pub base: Checked,
     pub delta: Option<Checked>,
+    pub recent: Option<Checked>,
 }
 
 impl Records {
-    fn store(&self, dir: &std::path::Path) {
-        let all: Vec<Checked> = std::iter::once(self.base).chain(self.delta).collect();
+    pub(super) fn store(&self, dir: &std::path::Path) {
+        let all: Vec<Checked> = std::iter::once(self.base)
+            .chain(self.delta)
+            .chain(self.recent)
+            .collect();
         if let Err(e) = checked::store(dir, &all) {
             // Costs the next start a full check of the files, nothing more.
             tracing::warn!(error = %e, "recording the checked snapshot files");
@@ -149,6 +157,7 @@ impl Publisher {
             interval: setup.interval,
             compact_after: setup.compact_after,
             compaction: None,
+            merge: None,
             stats: stats.clone(),
             published_tx,
             on_published: setup.on_published,
@@ -198,10 +207,23 @@ struct Worker {
     incarnation: Incarnation,
     interval: Duration,
     compact_after: usize,
+    /// The delta into a new base.
     compaction: Option<Compaction>,
+    /// The recent delta into the delta.
+    merge: Option<Compaction>,
     stats: Arc<Mutex<PublishStats>>,
     published_tx: tokio::sync::watch::Sender<u64>,
     on_published: Box<dyn Fn(u64) + Send>,
+}
+
+/// A file staged for a merge's install, and the name it takes.
+struct Step {
+    staged: Staged,
+    name: &'static str,
+    /// Mapped under its temp name (a rename keeps the inode).
+    mapped: Arc<MappedSnapshot>,
+    /// The digest of the table it completes.
+    digest: u64,
 }
 
 impl Worker {
@@ -221,12 +243,12 @@ impl Worker {
         }
         let mut next_tick = Instant::now() + self.interval;
         loop {
-            let wake = match self.compaction {
-                Some(_) => next_tick.min(Instant::now() + POLL_COMPACTION),
-                None => next_tick,
+            let wake = match (&self.compaction, &self.merge) {
+                (None, None) => next_tick,
+                _ => next_tick.min(Instant::now() + POLL_COMPACTION),
             };
             let msg = rx.recv_deadline(wake);
-            self.finish_compaction();
+            self.finish_merges();
             match msg {
                 Ok(Msg::Flush(reply)) => {
                     let _ = reply.send(self.publish_if_changed());
@@ -240,7 +262,7 @@ impl Worker {
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
-                    self.abandon_compaction();
+                    self.abandon_merges();
                     if let Err(e) = self.publish_if_changed() {
                         tracing::error!(error = %e, "final snapshot failed");
                     }
@@ -249,10 +271,21 @@ impl Worker {
             }
             if Instant::now() >= next_tick {
                 let _ = self.publish_if_changed();
-                self.maybe_compact();
+                self.maybe_merge();
                 next_tick = Instant::now() + self.interval;
             }
         }
+    }
+
+    /// The seq up to which the files on disk hold every write whatever happens to a
+    /// merge under way: a crash between a merge's renames leaves the chain cut at the
+    /// merged file, whose seq is the merge's.
+    fn durable(&self) -> u64 {
+        [&self.compaction, &self.merge]
+            .into_iter()
+            .flatten()
+            .map(|c| c.seq)
+            .fold(self.published, u64::min)
     }
 
     fn publish_if_changed(&mut self) -> Result<u64, PublishError> {
@@ -262,7 +295,8 @@ impl Worker {
         self.publish()
     }
 
-    /// Seals what changed and publishes it over the delta on disk.
+    /// Seals what changed and publishes it: over the recent delta as the next recent
+    /// delta, or as the delta when there is none on the base.
     fn publish(&mut self) -> Result<u64, PublishError> {
         let started = Instant::now();
         let lower = self.table.write().seal();
@@ -271,23 +305,36 @@ impl Worker {
         };
         let meta = self.meta(top.seq);
         let over = lower.sealed_words();
-        let base = lower.files.base.header();
+        let files = &lower.files;
+        let (under, name, temp, rest) = match &files.delta {
+            None => (
+                &files.base,
+                snapshot::DELTA_NAME,
+                snapshot::DELTA_TEMP_NAME,
+                None,
+            ),
+            Some(d) => (
+                d,
+                snapshot::RECENT_NAME,
+                snapshot::RECENT_TEMP_NAME,
+                files.recent.as_deref(),
+            ),
+        };
         let base_ref = BaseRef {
-            checksum: base.checksum,
-            seq: base.seq,
+            checksum: under.header().checksum,
+            seq: under.header().seq,
             total_words: top.words,
         };
-        let entries = memory_over_file(&over, lower.files.delta.as_deref());
         let result = snapshot::stage(
             &self.dir,
-            snapshot::DELTA_TEMP_NAME,
+            temp,
             meta,
             Some(base_ref),
-            entries,
+            memory_over_file(&over, rest),
         )
         .map_err(|e| PublishError::Encode(e.to_string()))
         .and_then(|staged| {
-            snapshot::install(&self.dir, &staged, snapshot::DELTA_NAME)
+            snapshot::install(&self.dir, &staged, name)
                 .map(|path| (staged.header, path))
                 .map_err(|e| PublishError::Write(e.to_string()))
         });
@@ -302,17 +349,14 @@ impl Worker {
         // On disk: local replicas may load it now.
         self.published = meta.seq;
         self.published_tx.send_replace(meta.seq);
-        // While a compaction is under way, the log must still hold what follows its
-        // base: a crash before the delta on the new base is published recovers from
-        // the new base alone.
-        let durable = match &self.compaction {
-            Some(c) => c.seq.min(meta.seq),
-            None => meta.seq,
-        };
-        (self.on_published)(durable);
-        // Mapped (and checked whole, as a replica will) in place of the sealed words.
-        // Until then, and if that fails, the sealed words serve.
-        let mapped = MappedSnapshot::open(&path);
+        (self.on_published)(self.durable());
+        // Mapped in place of the sealed words; until then, and if that fails, the
+        // sealed words serve. Its checksum is verified (the writer computed it reading
+        // the file back), its structure trusted: this thread just wrote it from the
+        // words it holds. (A merge, which reads files back, checks its output whole.)
+        let mapped = MappedSnapshot::open_checked(&path, u64::MAX, &|| false, &|h| {
+            h.checksum == header.checksum
+        });
         let ms = started.elapsed().as_secs_f64() * 1e3;
         let bytes = header.payload_len + snapshot::HEADER_LEN as u64;
         let mut stats = self.stats.lock();
@@ -320,18 +364,31 @@ impl Worker {
         stats.publishes += 1;
         stats.last_duration_ms = Some(ms);
         stats.last_bytes = Some(bytes);
-        stats.delta_words = header.words;
+        stats.recent_words = header.words;
         match mapped {
-            Ok(delta) if delta.header().checksum == header.checksum => {
+            Ok(file) => {
                 stats.last_error = None;
                 drop(stats);
-                self.records.delta = Some(Checked::of(delta.header(), top.digest));
+                let file = Arc::new(file);
+                let record = Some(Checked::of(file.header(), top.digest));
+                let (delta, recent) = match name {
+                    snapshot::DELTA_NAME => {
+                        self.records.delta = record;
+                        self.records.recent = None;
+                        (Some(file), None)
+                    }
+                    _ => {
+                        self.records.recent = record;
+                        (files.delta.clone(), Some(file))
+                    }
+                };
                 self.records.store(&self.dir);
-                let delta = Arc::new(delta);
+                self.stats.lock().delta_words = delta.as_ref().map_or(0, |d| d.header().words);
                 self.table.write().replace_lower(|cur| Lower {
                     files: MappedState {
                         base: cur.files.base.clone(),
-                        delta: Some(delta),
+                        delta,
+                        recent,
                     },
                     digest: top.digest,
                     sealed: cur
@@ -341,9 +398,6 @@ impl Worker {
                         .cloned()
                         .collect(),
                 });
-            }
-            Ok(_) => {
-                stats.last_error = Some("the delta changed before it was mapped".into());
             }
             Err(e) => {
                 tracing::error!(error = %e, "mapping the delta just published");
@@ -360,39 +414,83 @@ impl Worker {
         Ok(meta.seq)
     }
 
-    /// Starts a compaction if the delta has grown past its share of the base and none
-    /// is under way.
-    fn maybe_compact(&mut self) {
-        if self.compaction.is_some() {
-            return;
-        }
+    /// Starts a compaction (the delta into a new base) or a delta merge (the recent
+    /// delta into the delta) when one is due and none of its kind is under way.
+    fn maybe_merge(&mut self) {
         let lower = self.table.read().lower().clone();
-        let Some(delta) = lower.files.delta.clone() else {
+        let files = &lower.files;
+        let Some(delta) = files.delta.clone() else {
             return;
         };
-        let base = lower.files.base.clone();
-        if !compaction_due(
+        let base = files.base.clone();
+        if self.compaction.is_none()
+            && compaction_due(
+                delta.header().words,
+                base.header().words,
+                self.compact_after,
+            )
+        {
+            let meta = self.meta(delta.header().seq);
+            tracing::debug!(seq = meta.seq, "compaction started");
+            self.stats.lock().compacting = true;
+            let digest = self.records.delta.map_or(lower.digest, |r| r.digest);
+            self.compaction = Some(Compaction::start(
+                self.dir.clone(),
+                snapshot::TEMP_NAME,
+                meta,
+                None,
+                delta.clone(),
+                base.clone(),
+                digest,
+            ));
+        }
+        let Some(recent) = files.recent.clone() else {
+            return;
+        };
+        let due = merge_due(
+            recent.header().words,
             delta.header().words,
             base.header().words,
             self.compact_after,
-        ) {
-            return;
+        );
+        if self.merge.is_none() && due {
+            let meta = self.meta(recent.header().seq);
+            let base_ref = BaseRef {
+                checksum: base.header().checksum,
+                seq: base.header().seq,
+                total_words: recent.header().total_words(),
+            };
+            let digest = self.records.recent.map_or(lower.digest, |r| r.digest);
+            self.merge = Some(Compaction::start(
+                self.dir.clone(),
+                snapshot::MERGE_TEMP_NAME,
+                meta,
+                Some(base_ref),
+                recent,
+                delta,
+                digest,
+            ));
         }
-        let meta = self.meta(delta.header().seq);
-        tracing::debug!(seq = meta.seq, "compaction started");
-        self.stats.lock().compacting = true;
-        self.compaction = Some(Compaction::start(
-            self.dir.clone(),
-            meta,
-            base,
-            delta,
-            lower.digest,
-        ));
     }
 
-    /// Puts a finished compaction's base in place, with the newest delta written again
-    /// on it.
-    fn finish_compaction(&mut self) {
+    /// Puts finished merges in place: a delta merge first, and a compaction only while
+    /// no delta merge runs (its new delta is on the base the compaction replaces).
+    fn finish_merges(&mut self) {
+        if let Some(result) = self.merge.as_ref().and_then(|m| m.poll()) {
+            let m = self.merge.take().expect("polled above");
+            let done =
+                result.and_then(|(staged, file)| self.install_merged_delta(&m, staged, file));
+            if done.is_ok() {
+                self.stats.lock().merges += 1;
+            }
+            if let Err(e) = done {
+                tracing::error!(error = %e, "delta merge failed; the recent delta keeps growing");
+                self.stats.lock().last_error = Some(format!("delta merge: {e}"));
+            }
+        }
+        if self.merge.is_some() {
+            return;
+        }
         let Some(result) = self.compaction.as_ref().and_then(|c| c.poll()) else {
             return;
         };
@@ -421,100 +519,235 @@ impl Worker {
         }
     }
 
-    /// Writes the delta on disk again on the new base, renames the base then the delta
-    /// into place, and swaps both into the table. Before the base's rename, a failure
-    /// leaves everything as it was.
-    fn install_base(
+    /// Stages `entries` as a delta on `under` at the seq and size of `like` (which it
+    /// replaces), mapped.
+    fn stage_like<'a>(
+        &self,
+        temp: &str,
+        name: &'static str,
+        like: &MappedSnapshot,
+        under: &MappedSnapshot,
+        digest: u64,
+        entries: impl Iterator<Item = (&'a str, u64)> + Clone,
+    ) -> Result<Step, String> {
+        let h = like.header();
+        let base_ref = BaseRef {
+            checksum: under.header().checksum,
+            seq: under.header().seq,
+            total_words: h.total_words(),
+        };
+        let staged = snapshot::stage(&self.dir, temp, self.meta(h.seq), Some(base_ref), entries)
+            .map_err(|e| format!("writing {name}: {e}"))?;
+        let mapped = MappedSnapshot::open(&staged.path).map_err(|e| {
+            let _ = std::fs::remove_file(&staged.path);
+            format!("reading back {name}: {e}")
+        })?;
+        Ok(Step {
+            staged,
+            name,
+            mapped: Arc::new(mapped),
+            digest,
+        })
+    }
+
+    /// A delta merge is done: the recent delta on disk now is written again on the
+    /// merged delta, and both go in.
+    fn install_merged_delta(
         &mut self,
-        c: &Compaction,
+        m: &Compaction,
         staged: Staged,
-        mut base: MappedSnapshot,
-    ) -> Result<snapshot::Header, String> {
+        merged: MappedSnapshot,
+    ) -> Result<(), String> {
+        let lower = self.table.read().lower().clone();
+        let files = &lower.files;
         let discard = |e: String| {
             let _ = std::fs::remove_file(&staged.path);
             e
         };
+        if files.delta.as_ref().map(|d| d.identity()) != Some(m.under.identity()) {
+            return Err(discard("the delta changed under the merge".into()));
+        }
+        let Some(recent) = files.recent.clone() else {
+            return Err(discard("no recent delta on disk".into()));
+        };
+        let merged = Arc::new(merged);
+        let under = MappedState {
+            base: files.base.clone(),
+            delta: Some(merged.clone()),
+            recent: None,
+        };
+        let digest = self.records.recent.map_or(lower.digest, |r| r.digest);
+        let again = self
+            .stage_like(
+                snapshot::RECENT_TEMP_NAME,
+                snapshot::RECENT_NAME,
+                &recent,
+                &merged,
+                digest,
+                rebased(&recent, &under),
+            )
+            .map_err(discard)?;
+        let first = Step {
+            staged,
+            name: snapshot::DELTA_NAME,
+            mapped: merged,
+            digest: m.digest,
+        };
+        self.install_chain(files.base.clone(), vec![first, again], &lower);
+        Ok(())
+    }
+
+    /// A compaction is done: the delta on disk is written again on the new base (only
+    /// the words it changed since the compaction's seq), the recent delta again on that,
+    /// and all go in.
+    fn install_base(
+        &mut self,
+        c: &Compaction,
+        staged: Staged,
+        base: MappedSnapshot,
+    ) -> Result<snapshot::Header, String> {
         let lower = self.table.read().lower().clone();
-        let Some(old) = lower.files.delta.clone() else {
+        let files = &lower.files;
+        let discard = |e: String| {
+            let _ = std::fs::remove_file(&staged.path);
+            e
+        };
+        let Some(old) = files.delta.clone() else {
             return Err(discard("no delta on disk to move onto the new base".into()));
         };
-        let base_ref = BaseRef {
-            checksum: base.header().checksum,
-            seq: base.header().seq,
-            total_words: old.header().total_words(),
-        };
-        let meta = self.meta(old.header().seq);
-        let delta = snapshot::stage(
-            &self.dir,
-            snapshot::DELTA_TEMP_NAME,
-            meta,
-            Some(base_ref),
-            rebased(&old, &base),
-        )
-        .map_err(|e| discard(format!("writing the delta on the new base: {e}")))?;
-        let path = snapshot::install(&self.dir, &staged, snapshot::FILE_NAME).map_err(|e| {
-            let _ = std::fs::remove_file(&delta.path);
-            discard(e.to_string())
-        })?;
-        base.follow_rename(&path);
         let base = Arc::new(base);
-        self.records.base = Checked::of(base.header(), c.digest);
         let header = *base.header();
-        // The new base is the state on disk now (with the log from its seq): the
-        // table's files must name it whatever happens to the delta.
-        let mapped = snapshot::install(&self.dir, &delta, snapshot::DELTA_NAME)
-            .map_err(|e| e.to_string())
-            .and_then(|p| MappedSnapshot::open(&p).map_err(|e| e.to_string()));
-        match mapped {
-            Ok(d) => {
-                self.records.delta = Some(Checked::of(d.header(), lower.digest));
-                self.records.store(&self.dir);
-                let d = Arc::new(d);
-                self.table.write().replace_lower(|cur| Lower {
-                    files: MappedState {
-                        base,
-                        delta: Some(d),
-                    },
-                    digest: cur.digest,
-                    sealed: cur.sealed.clone(),
-                });
-                (self.on_published)(meta.seq);
-            }
-            Err(e) => {
-                // The delta's words go back into memory, sealed over the new base,
-                // and are published with the next delta.
-                tracing::error!(error = %e, "publishing the delta on the new base");
-                let mut words = CountMap::new();
-                for (w, n) in rebased(&old, &base) {
-                    words.insert_new(w, n);
+        let on_base = MappedState::base(base.clone());
+        let digest = self.records.delta.map_or(lower.digest, |r| r.digest);
+        let delta = self
+            .stage_like(
+                snapshot::DELTA_TEMP_NAME,
+                snapshot::DELTA_NAME,
+                &old,
+                &base,
+                digest,
+                rebased(&old, &on_base),
+            )
+            .map_err(discard)?;
+        let mut steps = vec![delta];
+        if let Some(recent) = &files.recent {
+            let digest = self.records.recent.map_or(lower.digest, |r| r.digest);
+            let under = steps[0].mapped.clone();
+            match self.stage_like(
+                snapshot::RECENT_TEMP_NAME,
+                snapshot::RECENT_NAME,
+                recent,
+                &under,
+                digest,
+                entries(recent),
+            ) {
+                Ok(step) => steps.push(step),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&steps[0].staged.path);
+                    return Err(discard(e));
                 }
-                let under = Sealed {
-                    map: words,
-                    seq: old.header().seq,
-                    digest: lower.digest,
-                    words: old.header().total_words(),
-                };
-                self.records.delta = None;
-                self.records.store(&self.dir);
-                self.published = c.seq;
-                self.table.write().replace_lower(|cur| Lower {
-                    files: MappedState { base, delta: None },
-                    digest: c.digest,
-                    sealed: std::iter::once(Arc::new(under))
-                        .chain(cur.sealed.iter().cloned())
-                        .collect(),
-                });
             }
         }
+        self.records.base = Checked::of(&header, c.digest);
+        if let Err(e) = snapshot::install(&self.dir, &staged, snapshot::FILE_NAME) {
+            for s in &steps {
+                let _ = std::fs::remove_file(&s.staged.path);
+            }
+            return Err(discard(e.to_string()));
+        }
+        self.install_chain(base, steps, &lower);
         Ok(header)
     }
 
-    /// Stops a compaction under way (at shutdown): the delta on the old base is
-    /// published instead.
-    fn abandon_compaction(&mut self) {
-        if let Some(c) = self.compaction.take() {
-            c.abandon();
-            self.stats.lock().compacting = false;
+    /// Renames the staged files over the chain on `base` (already in place), in order,
+    /// and swaps them into the table. Should a rename fail, the files not renamed go
+    /// back into memory, sealed over those that were, and the next publication writes
+    /// them again: the table is the same either way.
+    fn install_chain(&mut self, base: Arc<MappedSnapshot>, steps: Vec<Step>, lower: &Lower) {
+        let mut placed: Vec<Arc<MappedSnapshot>> = Vec::new();
+        let mut left = Vec::new();
+        for step in steps {
+            if !left.is_empty() {
+                let _ = std::fs::remove_file(&step.staged.path);
+                left.push(step);
+                continue;
+            }
+            match snapshot::install(&self.dir, &step.staged, step.name) {
+                Ok(_) => {
+                    let record = Some(Checked::of(step.mapped.header(), step.digest));
+                    match step.name {
+                        snapshot::DELTA_NAME => self.records.delta = record,
+                        _ => self.records.recent = record,
+                    }
+                    placed.push(step.mapped);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, file = step.name, "renaming a merged file into place");
+                    self.stats.lock().last_error = Some(format!("installing {}: {e}", step.name));
+                    let _ = std::fs::remove_file(&step.staged.path);
+                    left.push(step);
+                }
+            }
         }
+        let mut placed = placed.into_iter();
+        let files = MappedState {
+            base,
+            delta: placed.next(),
+            recent: placed.next(),
+        };
+        if files.recent.is_none() {
+            self.records.recent = None;
+        }
+        if files.delta.is_none() {
+            self.records.delta = None;
+        }
+        self.records.store(&self.dir);
+        let on_disk = files.seq();
+        let digest = self
+            .records
+            .recent
+            .or(self.records.delta)
+            .unwrap_or(self.records.base)
+            .digest;
+        let back = left.last().map(|newest| {
+            // Each word once, with its count in the newest file that holds it.
+            let mut words = CountMap::new();
+            for step in left.iter().rev() {
+                for (w, n) in entries(&step.mapped) {
+                    if words.get(w).is_none() {
+                        words.insert_new(w, n);
+                    }
+                }
+            }
+            let h = newest.mapped.header();
+            Arc::new(Sealed {
+                map: words,
+                seq: h.seq,
+                digest: newest.digest,
+                words: h.total_words(),
+            })
+        });
+        if back.is_some() {
+            // The chain on disk is older than the table's files were: publish again.
+            self.published = self.published.min(on_disk);
+        }
+        debug_assert!(lower.files.seq() >= on_disk);
+        self.table.write().replace_lower(|cur| Lower {
+            files,
+            digest,
+            sealed: back.into_iter().chain(cur.sealed.iter().cloned()).collect(),
+        });
+        (self.on_published)(self.durable());
+    }
+
+    /// Stops the merges under way (at shutdown): the files stay as they are.
+    fn abandon_merges(&mut self) {
+        for c in [self.compaction.take(), self.merge.take()]
+            .into_iter()
+            .flatten()
+        {
+            c.abandon();
+        }
+        self.stats.lock().compacting = false;
     }
 }

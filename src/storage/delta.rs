@@ -3,7 +3,7 @@
 //! archive writer walks its entries twice), with no copy of the words in memory.
 
 use crate::storage::counts::CountMap;
-use crate::storage::mapped::MappedSnapshot;
+use crate::storage::mapped::{MappedSnapshot, MappedState};
 use crate::storage::snapshot::ArchivedWordMap;
 
 /// The next delta: the words in `over` (sealed in memory), then the words of the delta
@@ -29,15 +29,20 @@ pub fn file_over_file<'a>(
     ArchivedIter::new(over.map()).chain(rest)
 }
 
-/// A delta on an old base re-expressed on a new one: the delta's words whose count the
-/// new base does not already have. Exact because counts only grow: a word the delta
-/// holds with the new base's count did not change since the new base's seq, and a word
-/// it does not hold is in neither.
+/// A delta re-expressed on new files under it (a new base, or a merged delta): the
+/// delta's words whose count `under` does not already have. Exact because counts only
+/// grow: a word the delta holds with `under`'s count did not change since `under`'s
+/// seq, and a word it does not hold is in neither.
 pub fn rebased<'a>(
     delta: &'a MappedSnapshot,
-    base: &'a MappedSnapshot,
+    under: &'a MappedState,
 ) -> impl Iterator<Item = (&'a str, u64)> + Clone {
-    ArchivedIter::new(delta.map()).filter(move |(w, n)| base.lookup(w) != Some(*n))
+    ArchivedIter::new(delta.map()).filter(move |(w, n)| under.lookup(w) != Some(*n))
+}
+
+/// A file's entries, re-iterable.
+pub fn entries(file: &MappedSnapshot) -> impl Iterator<Item = (&str, u64)> + Clone {
+    ArchivedIter::new(file.map())
 }
 
 /// An archived map's entries, clonable (rkyv's iterator is not): a clone starts over
@@ -165,6 +170,10 @@ mod tests {
             Some(bref),
             vec![("b", 6), ("c", 4), ("d", 1)],
         );
-        assert_eq!(collect(rebased(&later, &next)), want(&[("b", 6), ("c", 4)]));
+        let on_next = MappedState::base(next.clone());
+        assert_eq!(
+            collect(rebased(&later, &on_next)),
+            want(&[("b", 6), ("c", 4)])
+        );
     }
 }

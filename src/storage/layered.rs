@@ -20,7 +20,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::storage::counts::CountMap;
-use crate::storage::mapped::{Entries, MappedSnapshot, MappedState};
+use crate::storage::mapped::{Entries, MappedState};
 use crate::storage::table::{PENDING_MAX, Settled, entry_digest, word_hash};
 use crate::storage::top::TopWords;
 use crate::words::Deltas;
@@ -64,12 +64,7 @@ impl Lower {
                 return Some(n);
             }
         }
-        if let Some(d) = &self.files.delta
-            && let Some(n) = d.lookup(word)
-        {
-            return Some(n);
-        }
-        self.files.base.lookup(word)
+        self.files.lookup(word)
     }
 
     /// The sealed layers' words as one map, each word with its newest count: the
@@ -117,8 +112,6 @@ fn walk<'a>(live: &'a CountMap, lower: &'a Lower) -> Box<dyn Iterator<Item = (&'
         .chain(lower.sealed.iter().rev().map(|s| &s.map))
         .collect();
     let in_mem = |above: &[&CountMap], w: &str| above.iter().any(|m| m.get(w).is_some());
-    let delta: Option<&'a MappedSnapshot> = lower.files.delta.as_deref();
-    let base: &'a MappedSnapshot = &lower.files.base;
     let from_mem = (0..mems.len()).flat_map({
         let mems = mems.clone();
         move |k| {
@@ -126,17 +119,8 @@ fn walk<'a>(live: &'a CountMap, lower: &'a Lower) -> Box<dyn Iterator<Item = (&'
             mems[k].iter().filter(move |(w, _)| !in_mem(&above, w))
         }
     });
-    let files = |m: &'a MappedSnapshot| m.map().iter().map(|(k, v)| (k.as_str(), v.to_native()));
-    let from_delta = delta.into_iter().flat_map({
-        let mems = mems.clone();
-        move |d| {
-            let mems = mems.clone();
-            files(d).filter(move |(w, _)| !in_mem(&mems, w))
-        }
-    });
-    let from_base = files(base)
-        .filter(move |(w, _)| !in_mem(&mems, w) && delta.is_none_or(|d| d.lookup(w).is_none()));
-    Box::new(from_mem.chain(from_delta).chain(from_base))
+    let from_files = lower.files.iter().filter(move |(w, _)| !in_mem(&mems, w));
+    Box::new(from_mem.chain(from_files))
 }
 
 /// The table: see the module's documentation. Not synchronised: the node wraps it in
@@ -362,6 +346,7 @@ mod tests {
     use super::*;
     use crate::protocol::Incarnation;
     use crate::storage::delta::{file_over_file, memory_over_file, rebased};
+    use crate::storage::mapped::MappedSnapshot;
     use crate::storage::snapshot::{self, BaseRef, Meta};
     use crate::storage::table::{Table, WordMap, digest_of};
     use crate::storage::top::{MAX_TOP, best_of};
@@ -395,53 +380,112 @@ mod tests {
         }
     }
 
-    /// What the publisher does: seal, write the sealed words over the delta, map it,
-    /// swap it in.
+    /// What the publisher does: seal, write the sealed words over the newest delta
+    /// (as the delta when there is none on the base, else as the recent delta), map
+    /// it, swap it in.
     fn publish(dir: &std::path::Path, t: &mut Layered) {
         let lower = t.seal();
         let Some(top) = lower.sealed.last().cloned() else {
             return;
         };
         let over = lower.sealed_words();
-        let entries = memory_over_file(&over, lower.files.delta.as_deref());
-        let bref = base_ref(&lower.files.base, top.words);
-        let delta = write(dir, "delta", top.seq, Some(bref), entries);
+        let files = &lower.files;
+        let (under, name, rest) = match &files.delta {
+            None => (&files.base, "delta", None),
+            Some(d) => (d, "recent", files.recent.as_deref()),
+        };
+        let bref = base_ref(under, top.words);
+        let file = write(
+            dir,
+            name,
+            top.seq,
+            Some(bref),
+            memory_over_file(&over, rest),
+        );
+        let (delta, recent) = match name {
+            "delta" => (Some(file), None),
+            _ => (files.delta.clone(), Some(file)),
+        };
         t.replace_lower(|cur| Lower {
             files: MappedState {
                 base: cur.files.base.clone(),
-                delta: Some(delta),
+                delta,
+                recent,
             },
             digest: top.digest,
             sealed: Vec::new(),
         });
     }
 
-    /// What a compaction does: the files into a new base, the delta again on it.
-    fn compact(dir: &std::path::Path, t: &mut Layered) {
+    /// What a delta merge does: the recent delta into the delta, then the recent
+    /// delta again (nothing changed since: empty).
+    fn merge(dir: &std::path::Path, t: &mut Layered) {
         let lower = t.lower().clone();
-        let Some(delta) = lower.files.delta.clone() else {
+        let f = &lower.files;
+        let (Some(delta), Some(recent)) = (f.delta.clone(), f.recent.clone()) else {
             return;
         };
-        let base = write(
-            dir,
-            "base",
-            delta.header().seq,
-            None,
-            file_over_file(&delta, &lower.files.base),
-        );
-        let bref = base_ref(&base, delta.header().total_words());
-        let again = write(
+        let bref = base_ref(&f.base, recent.header().total_words());
+        let seq = recent.header().seq;
+        let merged = write(
             dir,
             "delta",
-            delta.header().seq,
+            seq,
             Some(bref),
-            rebased(&delta, &base),
+            file_over_file(&recent, &delta),
         );
+        let under = MappedState {
+            base: f.base.clone(),
+            delta: Some(merged.clone()),
+            recent: None,
+        };
+        let again = write(
+            dir,
+            "recent",
+            seq,
+            Some(base_ref(&merged, recent.header().total_words())),
+            rebased(&recent, &under),
+        );
+        assert_eq!(again.header().words, 0);
+        t.replace_lower(|cur| Lower {
+            files: MappedState {
+                recent: Some(again),
+                ..under
+            },
+            digest: cur.digest,
+            sealed: cur.sealed.clone(),
+        });
+    }
+
+    /// What a compaction does: the delta into a new base, the delta again on it, and
+    /// the recent delta again on that.
+    fn compact(dir: &std::path::Path, t: &mut Layered) {
+        let lower = t.lower().clone();
+        let f = &lower.files;
+        let Some(delta) = f.delta.clone() else {
+            return;
+        };
+        let seq = delta.header().seq;
+        let base = write(dir, "base", seq, None, file_over_file(&delta, &f.base));
+        let bref = base_ref(&base, delta.header().total_words());
+        let on_base = MappedState::base(base.clone());
+        let again = write(dir, "delta", seq, Some(bref), rebased(&delta, &on_base));
         assert!(again.header().words <= delta.header().words);
+        let recent = f.recent.as_ref().map(|r| {
+            let bref = base_ref(&again, r.header().total_words());
+            write(
+                dir,
+                "recent",
+                r.header().seq,
+                Some(bref),
+                crate::storage::delta::entries(r),
+            )
+        });
         t.replace_lower(|cur| Lower {
             files: MappedState {
                 base,
                 delta: Some(again),
+                recent,
             },
             digest: cur.digest,
             sealed: cur.sealed.clone(),
@@ -463,13 +507,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let empty = write(d, "base", 0, None, std::iter::empty());
-        let mut t = Layered::new(
-            MappedState {
-                base: empty,
-                delta: None,
-            },
-            0,
-        );
+        let mut t = Layered::new(MappedState::base(empty), 0);
         let mut plain = Table::new();
         let mut rng = 0x2545_f491_4f6c_dd1du64;
         let words = MAX_TOP as u64 * 2;
@@ -488,10 +526,14 @@ mod tests {
             t.apply(&deltas, seq);
             plain.apply(&deltas, seq);
             match seq % 50 {
-                7 | 19 | 33 => publish(d, &mut t),
+                3 | 7 | 19 | 33 | 45 => publish(d, &mut t),
                 // A seal whose words are not yet written: reads go through it.
                 21 => {
                     t.seal();
+                }
+                25 => {
+                    publish(d, &mut t);
+                    merge(d, &mut t);
                 }
                 40 => {
                     publish(d, &mut t);

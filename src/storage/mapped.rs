@@ -148,12 +148,16 @@ impl MappedSnapshot {
     }
 }
 
-/// One whole state as readers see it: a base and, when one pairs with it, the delta
-/// of the words changed since. Immutable; a newer state is a new value.
+/// One whole state as readers see it: a base and, when they pair, the delta of the
+/// words changed since the base and the recent delta of the words changed since that
+/// delta (version 4: a chain, so that each publication writes only what changed since
+/// the last merge). Immutable; a newer state is a new value.
 #[derive(Clone)]
 pub struct MappedState {
     pub base: Arc<MappedSnapshot>,
     pub delta: Option<Arc<MappedSnapshot>>,
+    /// On `delta` (never without it).
+    pub recent: Option<Arc<MappedSnapshot>>,
 }
 
 /// Why a state could not be mapped: which file, and what was wrong with it.
@@ -165,8 +169,8 @@ pub struct StateError {
     pub source: SnapshotError,
 }
 
-/// Whether `delta` completes `base`: it names this base (checksum and seq), is not
-/// older, and was counted with the same tokenizer.
+/// Whether `delta` completes `base` (a base, or the delta a recent delta is on): it
+/// names it (checksum and seq), is not older, and was counted with the same tokenizer.
 pub fn pairs(base: &Header, delta: &Header) -> bool {
     delta
         .base
@@ -175,22 +179,42 @@ pub fn pairs(base: &Header, delta: &Header) -> bool {
         && delta.tokenizer == base.tokenizer
 }
 
+/// Which files a state maps: base, delta, recent delta.
+pub type StateId = (FileId, Option<FileId>, Option<FileId>);
+
 impl MappedState {
-    /// The count of an (already normalised) word: the delta's if it has the word,
-    /// else the base's.
-    pub fn get(&self, word: &str) -> u64 {
-        if let Some(d) = &self.delta
-            && let Some(n) = d.lookup(word)
-        {
-            return n;
+    /// A base alone.
+    pub fn base(base: Arc<MappedSnapshot>) -> Self {
+        MappedState {
+            base,
+            delta: None,
+            recent: None,
         }
-        self.base.get(word)
     }
 
-    /// The header of the newest file: the delta's when there is one. Its seq, time and
-    /// incarnation are the state's.
+    /// The deltas, newest first.
+    fn deltas(&self) -> impl Iterator<Item = &MappedSnapshot> + Clone {
+        self.recent
+            .as_deref()
+            .into_iter()
+            .chain(self.delta.as_deref())
+    }
+
+    /// The count of a word, if the state holds it: from the newest file that does.
+    pub fn lookup(&self, word: &str) -> Option<u64> {
+        self.deltas()
+            .find_map(|d| d.lookup(word))
+            .or_else(|| self.base.lookup(word))
+    }
+
+    /// The count of an (already normalised) word: 0 if absent.
+    pub fn get(&self, word: &str) -> u64 {
+        self.lookup(word).unwrap_or(0)
+    }
+
+    /// The header of the newest file. Its seq, time and incarnation are the state's.
     pub fn header(&self) -> &Header {
-        self.delta.as_deref().unwrap_or(&self.base).header()
+        self.deltas().next().unwrap_or(&self.base).header()
     }
 
     pub fn seq(&self) -> u64 {
@@ -202,9 +226,9 @@ impl MappedState {
         self.header().total_words()
     }
 
-    /// Bytes mapped, both files.
+    /// Bytes mapped, all files.
     pub fn len(&self) -> usize {
-        self.base.len() + self.delta.as_ref().map_or(0, |d| d.len())
+        self.base.len() + self.deltas().map(|d| d.len()).sum::<usize>()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -212,24 +236,31 @@ impl MappedState {
     }
 
     /// Which files these are.
-    pub fn identity(&self) -> (FileId, Option<FileId>) {
+    pub fn identity(&self) -> StateId {
         (
             self.base.identity(),
             self.delta.as_ref().map(|d| d.identity()),
+            self.recent.as_ref().map(|d| d.identity()),
         )
     }
 
     /// The state's top list in rank order (see [`crate::storage::top::merged`]), and
     /// whether it lists every word of the state.
     pub fn top(&self) -> (impl Iterator<Item = (&str, u64)>, bool) {
-        let delta = self.delta.as_deref();
-        let over = delta.into_iter().flat_map(|d| d.top());
+        use crate::storage::top::merged;
+        let (delta, recent) = (self.delta.as_deref(), self.recent.as_deref());
+        let held = |f: Option<&MappedSnapshot>, w: &str| f.is_some_and(|d| d.lookup(w).is_some());
         // Each file's list is whole then too, and the merge keeps all of them.
         let complete = self.words() <= crate::storage::top::MAX_TOP as u64;
-        let merged = crate::storage::top::merged(over, self.base.top(), move |w| {
-            delta.is_some_and(|d| d.lookup(w).is_some())
+        let under = merged(
+            delta.into_iter().flat_map(|d| d.top()),
+            self.base.top(),
+            move |w| held(delta, w),
+        );
+        let all = merged(recent.into_iter().flat_map(|d| d.top()), under, move |w| {
+            held(recent, w)
         });
-        (merged, complete)
+        (all, complete)
     }
 
     /// The first `n` words in rank order that start with `prefix` (see
@@ -239,27 +270,26 @@ impl MappedState {
         crate::storage::top::select(ranked, complete, n, prefix, || self.iter())
     }
 
-    /// Every word once with its count: the delta's words, then the base's that the
-    /// delta does not hold.
+    /// Every word once with its count: each file's words that no newer file holds,
+    /// newest first.
     pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> {
-        let delta = self.delta.as_deref();
-        let changed = delta
-            .into_iter()
-            .flat_map(|d| d.map().iter().map(|(k, v)| (k.as_str(), v.to_native())));
-        let rest = self
-            .base
-            .map()
-            .iter()
-            .filter(move |(k, _)| delta.is_none_or(|d| d.lookup(k.as_str()).is_none()))
-            .map(|(k, v)| (k.as_str(), v.to_native()));
-        changed.chain(rest)
+        let files: Vec<&MappedSnapshot> = self.deltas().chain([&*self.base]).collect();
+        (0..files.len()).flat_map(move |k| {
+            let newer = files[..k].to_vec();
+            files[k]
+                .map()
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.to_native()))
+                .filter(move |(w, _)| newer.iter().all(|n| n.lookup(w).is_none()))
+        })
     }
 
     /// Maps the state published in `dir` (files of at most `max_bytes`), reusing any
-    /// mapping in `reuse` that is still a published file (no validation again). A delta that does not
-    /// pair with the base on disk is left out: the base alone is then a whole state
-    /// (a compaction renamed it in after the delta was written; a paired delta
-    /// follows). `Ok(None)` when no base is published yet.
+    /// mapping in `reuse` that is still a published file (no validation again). A
+    /// delta that does not pair with the file under it is left out, with what is
+    /// above it: the files under it are then a whole, older state (a merge renamed a
+    /// file in after the one above was written; a paired one follows). `Ok(None)` when
+    /// no base is published yet.
     pub fn open(
         dir: &Path,
         max_bytes: u64,
@@ -306,29 +336,42 @@ impl MappedState {
             }
             Ok(Some(Arc::new(m)))
         };
-        // A delta read before a compaction's rename may name the base that the rename
-        // replaced, and a base read before it may be older than the delta read after:
-        // look again, a few times, for a pair.
+        // Files read before a merge's renames may name the ones the renames replaced,
+        // and a file read before them may be older than the one read after: read from
+        // the newest down, and look again, a few times, for a whole chain.
         let mut last = None;
         for _ in 0..3 {
+            let recent = open(snapshot::RECENT_NAME, Kind::Delta)?;
             let delta = open(snapshot::DELTA_NAME, Kind::Delta)?;
             let Some(base) = open(snapshot::FILE_NAME, Kind::Base)? else {
                 return Ok(None);
             };
-            match delta {
-                Some(d) if pairs(base.header(), d.header()) => {
-                    return Ok(Some(MappedState {
-                        base,
-                        delta: Some(d),
-                    }));
-                }
-                Some(d) if d.header().seq > base.header().seq => {
-                    last = Some(base);
-                }
-                _ => return Ok(Some(MappedState { base, delta: None })),
+            let delta = delta.filter(|d| pairs(base.header(), d.header()));
+            let recent = recent.filter(|r| {
+                delta
+                    .as_ref()
+                    .is_some_and(|d| pairs(d.header(), r.header()))
+            });
+            let state = MappedState {
+                base,
+                delta,
+                recent,
+            };
+            // Every file on disk is in the chain: the whole state.
+            let on_disk = |name| identity_of(&dir.join(name)).is_some();
+            if state.recent.is_some() == on_disk(snapshot::RECENT_NAME)
+                && state.delta.is_some() == on_disk(snapshot::DELTA_NAME)
+            {
+                return Ok(Some(state));
+            }
+            if last
+                .as_ref()
+                .is_none_or(|s: &MappedState| state.seq() >= s.seq())
+            {
+                last = Some(state);
             }
         }
-        Ok(last.map(|base| MappedState { base, delta: None }))
+        Ok(last)
     }
 }
 

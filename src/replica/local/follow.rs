@@ -111,8 +111,15 @@ impl LocalReplica {
             }
             if let Ok(ev) = res
                 && ev.paths.iter().any(|p| {
-                    p.file_name()
-                        .is_some_and(|n| n == snapshot::FILE_NAME || n == snapshot::DELTA_NAME)
+                    p.file_name().is_some_and(|n| {
+                        [
+                            snapshot::FILE_NAME,
+                            snapshot::DELTA_NAME,
+                            snapshot::RECENT_NAME,
+                        ]
+                        .iter()
+                        .any(|f| n == *f)
+                    })
                 })
             {
                 me.trigger(Source::Watch);

@@ -23,7 +23,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::LocalReplicaConfig;
-use crate::storage::mapped::{FileId, MappedState, identity_of};
+use crate::storage::mapped::{MappedState, StateId, identity_of};
 use crate::storage::snapshot;
 
 /// Reconnect delays to the leader's socket: from the first to the cap.
@@ -58,7 +58,7 @@ struct Stats {
     rejected: u64,
     last_rejection: Option<String>,
     /// The files last rejected, so the same bad files are not validated again and again.
-    rejected_identity: Option<(FileId, Option<FileId>)>,
+    rejected_identity: Option<StateId>,
 }
 
 struct Shared {
@@ -136,10 +136,14 @@ impl LocalReplica {
     }
 
     /// The published files' identities now (`None` without a base).
-    fn published_identity(&self) -> Option<(FileId, Option<FileId>)> {
+    fn published_identity(&self) -> Option<StateId> {
         let dir = &self.shared.config.data_dir;
         let base = identity_of(&dir.join(snapshot::FILE_NAME))?;
-        Some((base, identity_of(&dir.join(snapshot::DELTA_NAME))))
+        Some((
+            base,
+            identity_of(&dir.join(snapshot::DELTA_NAME)),
+            identity_of(&dir.join(snapshot::RECENT_NAME)),
+        ))
     }
 
     /// Maps the published files if they are not the ones mapped now. Blocking (it
@@ -159,7 +163,11 @@ impl LocalReplica {
         // The mapped files, and a base validated earlier that was ahead of its delta.
         let mut reuse: Vec<_> = current
             .iter()
-            .flat_map(|c| std::iter::once(c.base.clone()).chain(c.delta.clone()))
+            .flat_map(|c| {
+                std::iter::once(c.base.clone())
+                    .chain(c.delta.clone())
+                    .chain(c.recent.clone())
+            })
             .collect();
         reuse.extend(s.spare_base.lock().clone());
         let opened = MappedState::open(

@@ -25,6 +25,12 @@ pub const TEMP_NAME: &str = ".snapshot.memdb.tmp";
 pub const DELTA_NAME: &str = "delta.memdb";
 /// Where the next delta is written before it is renamed over [`DELTA_NAME`].
 pub const DELTA_TEMP_NAME: &str = ".delta.memdb.tmp";
+/// The published recent delta (version 4): the words changed since [`DELTA_NAME`].
+pub const RECENT_NAME: &str = "recent.memdb";
+/// Where a delta merge writes the next delta before it is renamed over [`DELTA_NAME`].
+pub const MERGE_TEMP_NAME: &str = ".delta.memdb.merge.tmp";
+/// Where the next recent delta is written before it is renamed over [`RECENT_NAME`].
+pub const RECENT_TEMP_NAME: &str = ".recent.memdb.tmp";
 
 /// Atomically replaces `dir/FILE_NAME` with `image`: temp file, fsync, rename, fsync the
 /// directory. The previous file is unlinked by the rename but lives on for any reader

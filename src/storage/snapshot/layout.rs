@@ -60,8 +60,13 @@ impl Version {
     pub const KEYED: Version = Version(2);
     /// Adds the top list before the archive.
     pub const TOP_LIST: Version = Version(3);
+    /// The same bytes, in a chain: a delta may be on another delta (the recent delta
+    /// on the delta on the base), which a reader of version 3 would take for a delta
+    /// that does not pair with its base. Written so that such a reader (an older
+    /// binary) refuses the files instead of reading part of a chain.
+    pub const CHAIN: Version = Version(4);
     /// The version written.
-    pub const CURRENT: Version = Version::TOP_LIST;
+    pub const CURRENT: Version = Version::CHAIN;
 
     /// A version this build reads.
     pub fn from_number(n: u32) -> Result<Version, SnapshotError> {

@@ -39,7 +39,8 @@
 //!
 //! What each version has ([`Version`]): version 1 (still read) had no key, no top
 //! list, and its archive, hashed with rkyv's FxHash, starts right after the header (or
-//! the delta's prefix); version 2 added the key; version 3 (written) the top list. The
+//! the delta's prefix); version 2 added the key; version 3 the top list; version 4 (written) is the same bytes in a chain (a delta
+//! on a delta: see [`crate::storage::mapped::MappedState`]). The
 //! payload is everything after byte 64. [`layout`] defines every offset from the one
 //! before it.
 //!
@@ -66,8 +67,8 @@ pub(crate) mod write;
 
 pub use error::SnapshotError;
 pub use file::{
-    DELTA_NAME, DELTA_TEMP_NAME, FILE_NAME, Staged, TEMP_NAME, install, load, publish, stage,
-    stage_until,
+    DELTA_NAME, DELTA_TEMP_NAME, FILE_NAME, MERGE_TEMP_NAME, RECENT_NAME, RECENT_TEMP_NAME, Staged,
+    TEMP_NAME, install, load, publish, stage, stage_until,
 };
 pub use kind::{DELTA_MAGIC, Kind, MAGIC};
 pub use layout::{

@@ -79,8 +79,9 @@ fn versions_say_what_they_have_and_unknown_ones_are_refused() {
     assert!(!Version::PLAIN.has_key() && !Version::PLAIN.has_top_list());
     assert!(Version::KEYED.has_key() && !Version::KEYED.has_top_list());
     assert!(Version::CURRENT.has_key() && Version::CURRENT.has_top_list());
-    assert_eq!(Version::from_number(3).unwrap(), Version::CURRENT);
-    for n in [0, 4, u32::MAX] {
+    assert_eq!(Version::from_number(3).unwrap(), Version::TOP_LIST);
+    assert_eq!(Version::from_number(4).unwrap(), Version::CURRENT);
+    for n in [0, 5, u32::MAX] {
         assert!(Version::from_number(n).is_err(), "{n}");
     }
     // The offsets chain to the layout drawn in the module's documentation.
@@ -153,12 +154,12 @@ fn wrong_magic_and_version_are_rejected() {
         SnapshotError::BadMagic
     ));
     let mut bad = img.to_vec();
-    bad[8..12].copy_from_slice(&4u32.to_le_bytes());
+    bad[8..12].copy_from_slice(&5u32.to_le_bytes());
     assert!(matches!(
         validate(&aligned(&bad)).unwrap_err(),
         SnapshotError::UnsupportedVersion {
-            found: 4,
-            newest: 3
+            found: 5,
+            newest: 4
         }
     ));
     let mut bad = img.to_vec();

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use crossbeam_channel::Receiver;
 
-use crate::storage::delta::file_over_file;
+use crate::storage::delta::files_over_file;
 use crate::storage::mapped::MappedSnapshot;
 use crate::storage::snapshot::{self, BaseRef, Meta, Staged};
 
@@ -18,24 +18,23 @@ use crate::storage::snapshot::{self, BaseRef, Meta, Staged};
 /// configured minimum, if that is more).
 const COMPACT_FRACTION: u64 = 8;
 
-/// A delta merge starts once the recent delta holds this many words (or
-/// `--compact-after`'s, if fewer) and an eighth of the delta's.
-pub(super) const RECENT_MIN: u64 = 32 << 10;
-const RECENT_FRACTION: u64 = 8;
+/// A delta merge starts once this many recent deltas are on the delta: every read
+/// that misses the newer files probes each of them.
+pub(super) const RECENT_FILES: usize = 4;
 
-/// Whether a recent delta of `recent_words` over a delta of `delta_words` (on a base
-/// of `base_words`) should be merged into it: each publication rewrites the recent
-/// delta, so it is kept small; and when the two together are due for a compaction,
-/// the merge comes first (a compaction merges the delta alone into the base).
+/// Whether `recent_files` recent deltas of `recent_words` in all, over a delta of
+/// `delta_words` (on a base of `base_words`), should be merged into it: to keep the
+/// chain short; and when they and the delta together are due for a compaction, the
+/// merge comes first (a compaction merges the delta alone into the base).
 pub(super) fn merge_due(
+    recent_files: usize,
     recent_words: u64,
     delta_words: u64,
     base_words: u64,
     compact_after: usize,
 ) -> bool {
-    let floor = RECENT_MIN.min((compact_after as u64).max(1));
-    recent_words > 0
-        && (recent_words >= floor.max(delta_words / RECENT_FRACTION)
+    recent_files > 0
+        && (recent_files >= RECENT_FILES
             || compaction_due(delta_words + recent_words, base_words, compact_after))
 }
 
@@ -56,7 +55,7 @@ pub(super) struct Compaction {
 }
 
 impl Compaction {
-    /// Starts writing `over` over `under` (the table at `meta.seq`, whose digest is
+    /// Starts writing the files `over` (newest first) over `under` (the table at `meta.seq`, whose digest is
     /// `digest`) as a new file in `dir` under `temp`: a base when `base` is `None`, else
     /// a delta on it. Checks it whole once written.
     pub fn start(
@@ -64,7 +63,7 @@ impl Compaction {
         temp: &'static str,
         meta: Meta,
         base: Option<BaseRef>,
-        over: Arc<MappedSnapshot>,
+        over: Vec<Arc<MappedSnapshot>>,
         under: Arc<MappedSnapshot>,
         digest: u64,
     ) -> Self {
@@ -78,7 +77,7 @@ impl Compaction {
             .spawn(move || {
                 let stop = || stopped.load(Ordering::Acquire);
                 let result =
-                    snapshot::stage_until(&at, temp, meta, base, file_over_file(&o, &u), &stop)
+                    snapshot::stage_until(&at, temp, meta, base, files_over_file(&o, &u), &stop)
                         .and_then(|staged| {
                             // Checked whole here, off the publisher's thread, as a replica will.
                             let mapped = MappedSnapshot::open_until(&staged.path, u64::MAX, &stop)?;
@@ -164,19 +163,19 @@ mod tests {
     }
 
     #[test]
-    fn a_delta_merge_keeps_the_recent_delta_small_and_comes_before_a_compaction() {
-        use super::{RECENT_MIN, merge_due};
-        assert!(!merge_due(0, 0, 0, 0), "nothing to merge");
-        assert!(!merge_due(RECENT_MIN - 1, 0, 10_000_000, 1 << 20));
-        assert!(merge_due(RECENT_MIN, 0, 10_000_000, 1 << 20));
-        assert!(
-            !merge_due(RECENT_MIN, 1_000_000, 10_000_000, 1 << 20),
-            "under an eighth"
-        );
-        assert!(merge_due(125_000, 1_000_000, 10_000_000, 1 << 20));
-        // A small --compact-after lowers the floor, and the pair due for compaction
-        // merges first.
-        assert!(merge_due(10, 0, 0, 10));
-        assert!(merge_due(1, 1_249_999, 10_000_000, 100));
+    fn a_delta_merge_keeps_the_chain_short_and_comes_before_a_compaction() {
+        use super::{RECENT_FILES, merge_due};
+        assert!(!merge_due(0, 0, 0, 0, 0), "nothing to merge");
+        assert!(!merge_due(
+            RECENT_FILES - 1,
+            1_000,
+            1_000_000,
+            10_000_000,
+            100
+        ));
+        assert!(merge_due(RECENT_FILES, 4, 1_000_000, 10_000_000, 100));
+        // The delta and the recent deltas together are due for a compaction: merge.
+        assert!(merge_due(1, 1, 1_249_999, 10_000_000, 100));
+        assert!(merge_due(1, 10, 0, 0, 10));
     }
 }

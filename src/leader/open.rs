@@ -144,33 +144,30 @@ pub(super) fn recover(dir: &Path, tokenizer: Tokenizer) -> Result<Recovered, Lea
             configured: tokenizer,
         });
     }
-    let cut = |has: bool, name| !has && dir.join(name).exists();
-    if cut(state.delta.is_some(), snapshot::DELTA_NAME)
-        || cut(state.recent.is_some(), snapshot::RECENT_NAME)
-    {
+    if state.delta.is_none() && dir.join(snapshot::DELTA_NAME).exists() {
         tracing::info!(
-            "a delta on disk is on an earlier file (a merge was cut short); \
-             replaying the log from the files that pair"
+            "the delta on disk is on an earlier base (a compaction was cut short); \
+             replaying the log from the base"
         );
     }
+    // Recent deltas off the chain: replaced by a merge, or written on a file a merge
+    // replaced before its renames were done. The log holds what they held.
+    let chain: Vec<u64> = state.recent.iter().map(|r| r.header().seq).collect();
+    for (seq, name) in snapshot::recents(dir).map_err(io_err("listing", dir))? {
+        if !chain.contains(&seq) {
+            tracing::info!(file = %name, "removing a recent delta off the chain");
+            fs::remove_file(dir.join(&name)).map_err(io_err("removing", &dir.join(&name)))?;
+        }
+    }
     let records = records_of(&state, &known);
-    if ![
-        Some(&state.base),
-        state.delta.as_ref(),
-        state.recent.as_ref(),
-    ]
-    .into_iter()
-    .flatten()
-    .all(|f| known.iter().any(|r| r.names(f.header())))
+    if !state
+        .files()
+        .all(|f| known.iter().any(|r| r.names(f.header())))
     {
         // Checked whole just now: the next start need not.
         records.store(dir);
     }
-    let digest = records
-        .recent
-        .or(records.delta)
-        .unwrap_or(records.base)
-        .digest;
+    let digest = records.top().digest;
     let published_seq = state.seq();
     tracing::info!(
         seq = published_seq,
@@ -226,13 +223,19 @@ fn records_of(state: &MappedState, known: &[Checked]) -> Records {
     };
     let on_base = MappedState::base(state.base.clone());
     let delta = state.delta.as_ref().map(|d| on(&base, &on_base, d));
-    let recent = state.recent.as_ref().zip(delta).map(|(r, under)| {
+    let mut recent: Vec<Checked> = Vec::new();
+    for (i, r) in state.recent.iter().enumerate() {
+        let under = recent
+            .last()
+            .copied()
+            .or(delta)
+            .expect("a recent delta is on a delta");
         let below = MappedState {
-            recent: None,
+            recent: state.recent[..i].to_vec(),
             ..state.clone()
         };
-        on(&under, &below, r)
-    });
+        recent.push(on(&under, &below, r));
+    }
     Records {
         base,
         delta,

@@ -77,8 +77,11 @@ pub struct PublishStats {
     pub base_words: u64,
     /// Words in the delta on the base.
     pub delta_words: u64,
-    /// Words in the recent delta, or in the delta when it was the last file written.
+    /// Recent deltas on the delta, and their words (each file's, summed).
+    pub recent_files: u64,
     pub recent_words: u64,
+    /// Words in the last file published.
+    pub last_words: u64,
     /// Compactions finished since start.
     pub compactions: u64,
     /// Delta merges (the recent delta into the delta) finished since start.
@@ -116,18 +119,28 @@ pub struct Setup {
 }
 
 /// The records of the files on disk (see [`crate::storage::snapshot::checked`]).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Records {
     pub base: Checked,
     pub delta: Option<Checked>,
-    pub recent: Option<Checked>,
+    /// The recent deltas', oldest first.
+    pub recent: Vec<Checked>,
 }
 
 impl Records {
+    /// The newest file's record: its digest is the table's the files make.
+    pub fn top(&self) -> Checked {
+        self.recent
+            .last()
+            .copied()
+            .or(self.delta)
+            .unwrap_or(self.base)
+    }
+
     pub(super) fn store(&self, dir: &std::path::Path) {
         let all: Vec<Checked> = std::iter::once(self.base)
             .chain(self.delta)
-            .chain(self.recent)
+            .chain(self.recent.iter().copied())
             .collect();
         if let Err(e) = checked::store(dir, &all) {
             // Costs the next start a full check of the files, nothing more.
@@ -219,7 +232,7 @@ struct Worker {
 /// A file staged for a merge's install, and the name it takes.
 struct Step {
     staged: Staged,
-    name: &'static str,
+    name: String,
     /// Mapped under its temp name (a rename keeps the inode).
     mapped: Arc<MappedSnapshot>,
     /// The digest of the table it completes.
@@ -295,8 +308,8 @@ impl Worker {
         self.publish()
     }
 
-    /// Seals what changed and publishes it: over the recent delta as the next recent
-    /// delta, or as the delta when there is none on the base.
+    /// Seals what changed and publishes it: as the next recent delta on the newest
+    /// file (only the words of this interval), or as the delta when the base has none.
     fn publish(&mut self) -> Result<u64, PublishError> {
         let started = Instant::now();
         let lower = self.table.write().seal();
@@ -306,18 +319,16 @@ impl Worker {
         let meta = self.meta(top.seq);
         let over = lower.sealed_words();
         let files = &lower.files;
-        let (under, name, temp, rest) = match &files.delta {
+        let (under, name, temp) = match &files.delta {
             None => (
                 &files.base,
-                snapshot::DELTA_NAME,
+                snapshot::DELTA_NAME.to_owned(),
                 snapshot::DELTA_TEMP_NAME,
-                None,
             ),
             Some(d) => (
-                d,
-                snapshot::RECENT_NAME,
+                files.recent.last().unwrap_or(d),
+                snapshot::recent_name(meta.seq),
                 snapshot::RECENT_TEMP_NAME,
-                files.recent.as_deref(),
             ),
         };
         let base_ref = BaseRef {
@@ -330,11 +341,11 @@ impl Worker {
             temp,
             meta,
             Some(base_ref),
-            memory_over_file(&over, rest),
+            memory_over_file(&over, None),
         )
         .map_err(|e| PublishError::Encode(e.to_string()))
         .and_then(|staged| {
-            snapshot::install(&self.dir, &staged, name)
+            snapshot::install(&self.dir, &staged, &name)
                 .map(|path| (staged.header, path))
                 .map_err(|e| PublishError::Write(e.to_string()))
         });
@@ -364,26 +375,25 @@ impl Worker {
         stats.publishes += 1;
         stats.last_duration_ms = Some(ms);
         stats.last_bytes = Some(bytes);
-        stats.recent_words = header.words;
+        stats.last_words = header.words;
         match mapped {
             Ok(file) => {
                 stats.last_error = None;
                 drop(stats);
                 let file = Arc::new(file);
-                let record = Some(Checked::of(file.header(), top.digest));
-                let (delta, recent) = match name {
-                    snapshot::DELTA_NAME => {
-                        self.records.delta = record;
-                        self.records.recent = None;
-                        (Some(file), None)
-                    }
-                    _ => {
-                        self.records.recent = record;
-                        (files.delta.clone(), Some(file))
-                    }
+                let record = Checked::of(file.header(), top.digest);
+                let (delta, recent) = if files.delta.is_none() {
+                    self.records.delta = Some(record);
+                    self.records.recent.clear();
+                    (Some(file), Vec::new())
+                } else {
+                    self.records.recent.push(record);
+                    let mut recent = files.recent.clone();
+                    recent.push(file);
+                    (files.delta.clone(), recent)
                 };
                 self.records.store(&self.dir);
-                self.stats.lock().delta_words = delta.as_ref().map_or(0, |d| d.header().words);
+                self.note_files(delta.as_deref(), &recent);
                 self.table.write().replace_lower(|cur| Lower {
                     files: MappedState {
                         base: cur.files.base.clone(),
@@ -414,8 +424,16 @@ impl Worker {
         Ok(meta.seq)
     }
 
+    /// The chain's shape, for `/health`.
+    fn note_files(&self, delta: Option<&MappedSnapshot>, recent: &[Arc<MappedSnapshot>]) {
+        let mut st = self.stats.lock();
+        st.delta_words = delta.map_or(0, |d| d.header().words);
+        st.recent_files = recent.len() as u64;
+        st.recent_words = recent.iter().map(|r| r.header().words).sum();
+    }
+
     /// Starts a compaction (the delta into a new base) or a delta merge (the recent
-    /// delta into the delta) when one is due and none of its kind is under way.
+    /// deltas into the delta) when one is due and none of its kind is under way.
     fn maybe_merge(&mut self) {
         let lower = self.table.read().lower().clone();
         let files = &lower.files;
@@ -439,34 +457,36 @@ impl Worker {
                 snapshot::TEMP_NAME,
                 meta,
                 None,
-                delta.clone(),
+                vec![delta.clone()],
                 base.clone(),
                 digest,
             ));
         }
-        let Some(recent) = files.recent.clone() else {
+        let Some(newest) = files.recent.last() else {
             return;
         };
+        let recent_words = files.recent.iter().map(|r| r.header().words).sum();
         let due = merge_due(
-            recent.header().words,
+            files.recent.len(),
+            recent_words,
             delta.header().words,
             base.header().words,
             self.compact_after,
         );
         if self.merge.is_none() && due {
-            let meta = self.meta(recent.header().seq);
+            let meta = self.meta(newest.header().seq);
             let base_ref = BaseRef {
                 checksum: base.header().checksum,
                 seq: base.header().seq,
-                total_words: recent.header().total_words(),
+                total_words: newest.header().total_words(),
             };
-            let digest = self.records.recent.map_or(lower.digest, |r| r.digest);
+            let digest = self.records.top().digest;
             self.merge = Some(Compaction::start(
                 self.dir.clone(),
                 snapshot::MERGE_TEMP_NAME,
                 meta,
                 Some(base_ref),
-                recent,
+                files.recent.iter().rev().cloned().collect(),
                 delta,
                 digest,
             ));
@@ -474,18 +494,18 @@ impl Worker {
     }
 
     /// Puts finished merges in place: a delta merge first, and a compaction only while
-    /// no delta merge runs (its new delta is on the base the compaction replaces).
+    /// no delta merge runs (a delta merge writes on the base a compaction replaces).
     fn finish_merges(&mut self) {
         if let Some(result) = self.merge.as_ref().and_then(|m| m.poll()) {
             let m = self.merge.take().expect("polled above");
             let done =
                 result.and_then(|(staged, file)| self.install_merged_delta(&m, staged, file));
-            if done.is_ok() {
-                self.stats.lock().merges += 1;
-            }
-            if let Err(e) = done {
-                tracing::error!(error = %e, "delta merge failed; the recent delta keeps growing");
-                self.stats.lock().last_error = Some(format!("delta merge: {e}"));
+            match done {
+                Ok(()) => self.stats.lock().merges += 1,
+                Err(e) => {
+                    tracing::error!(error = %e, "delta merge failed; the recent deltas stay");
+                    self.stats.lock().last_error = Some(format!("delta merge: {e}"));
+                }
             }
         }
         if self.merge.is_some() {
@@ -520,11 +540,11 @@ impl Worker {
     }
 
     /// Stages `entries` as a delta on `under` at the seq and size of `like` (which it
-    /// replaces), mapped.
+    /// replaces), mapped and checked whole.
     fn stage_like<'a>(
         &self,
         temp: &str,
-        name: &'static str,
+        name: String,
         like: &MappedSnapshot,
         under: &MappedSnapshot,
         digest: u64,
@@ -550,8 +570,36 @@ impl Worker {
         })
     }
 
-    /// A delta merge is done: the recent delta on disk now is written again on the
-    /// merged delta, and both go in.
+    /// Each recent delta in `recent` written again, unchanged, on the one before it,
+    /// the first on `under`: a chain on a new file.
+    fn repoint(
+        &self,
+        under: Arc<MappedSnapshot>,
+        recent: &[Arc<MappedSnapshot>],
+        digests: &[Checked],
+    ) -> Result<Vec<Step>, String> {
+        let mut steps: Vec<Step> = Vec::new();
+        for (i, r) in recent.iter().enumerate() {
+            let on = steps.last().map_or(under.clone(), |s| s.mapped.clone());
+            let digest = digests.get(i).map_or(0, |c| c.digest);
+            // Each is written under its own temp name: all are renamed at the end.
+            let temp = format!("{}.{i}", snapshot::RECENT_TEMP_NAME);
+            let name = snapshot::recent_name(r.header().seq);
+            match self.stage_like(&temp, name, r, &on, digest, entries(r)) {
+                Ok(step) => steps.push(step),
+                Err(e) => {
+                    for s in &steps {
+                        let _ = std::fs::remove_file(&s.staged.path);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(steps)
+    }
+
+    /// A delta merge is done: the recent deltas published since it started are written
+    /// again on the merged delta, and all go in; the merged ones go.
     fn install_merged_delta(
         &mut self,
         m: &Compaction,
@@ -567,39 +615,27 @@ impl Worker {
         if files.delta.as_ref().map(|d| d.identity()) != Some(m.under.identity()) {
             return Err(discard("the delta changed under the merge".into()));
         }
-        let Some(recent) = files.recent.clone() else {
-            return Err(discard("no recent delta on disk".into()));
-        };
         let merged = Arc::new(merged);
-        let under = MappedState {
-            base: files.base.clone(),
-            delta: Some(merged.clone()),
-            recent: None,
-        };
-        let digest = self.records.recent.map_or(lower.digest, |r| r.digest);
-        let again = self
-            .stage_like(
-                snapshot::RECENT_TEMP_NAME,
-                snapshot::RECENT_NAME,
-                &recent,
-                &merged,
-                digest,
-                rebased(&recent, &under),
-            )
-            .map_err(discard)?;
-        let first = Step {
-            staged,
-            name: snapshot::DELTA_NAME,
-            mapped: merged,
+        let since = files.recent.iter().position(|r| r.header().seq > m.seq);
+        let later = since.map_or(&[][..], |i| &files.recent[i..]);
+        let records = since.map_or(&[][..], |i| &self.records.recent[i..]);
+        let mut steps = vec![Step {
+            staged: Staged {
+                path: staged.path.clone(),
+                header: staged.header,
+            },
+            name: snapshot::DELTA_NAME.to_owned(),
+            mapped: merged.clone(),
             digest: m.digest,
-        };
-        self.install_chain(files.base.clone(), vec![first, again], &lower);
+        }];
+        steps.extend(self.repoint(merged, later, records).map_err(discard)?);
+        self.install_chain(files.base.clone(), steps, &lower);
         Ok(())
     }
 
     /// A compaction is done: the delta on disk is written again on the new base (only
-    /// the words it changed since the compaction's seq), the recent delta again on that,
-    /// and all go in.
+    /// the words it changed since the compaction's seq), the recent deltas again on
+    /// that, and all go in.
     fn install_base(
         &mut self,
         c: &Compaction,
@@ -622,49 +658,40 @@ impl Worker {
         let delta = self
             .stage_like(
                 snapshot::DELTA_TEMP_NAME,
-                snapshot::DELTA_NAME,
+                snapshot::DELTA_NAME.to_owned(),
                 &old,
                 &base,
                 digest,
                 rebased(&old, &on_base),
             )
             .map_err(discard)?;
+        let under = delta.mapped.clone();
         let mut steps = vec![delta];
-        if let Some(recent) = &files.recent {
-            let digest = self.records.recent.map_or(lower.digest, |r| r.digest);
-            let under = steps[0].mapped.clone();
-            match self.stage_like(
-                snapshot::RECENT_TEMP_NAME,
-                snapshot::RECENT_NAME,
-                recent,
-                &under,
-                digest,
-                entries(recent),
-            ) {
-                Ok(step) => steps.push(step),
-                Err(e) => {
-                    let _ = std::fs::remove_file(&steps[0].staged.path);
-                    return Err(discard(e));
-                }
+        match self.repoint(under, &files.recent, &self.records.recent) {
+            Ok(more) => steps.extend(more),
+            Err(e) => {
+                let _ = std::fs::remove_file(&steps[0].staged.path);
+                return Err(discard(e));
             }
         }
-        self.records.base = Checked::of(&header, c.digest);
         if let Err(e) = snapshot::install(&self.dir, &staged, snapshot::FILE_NAME) {
             for s in &steps {
                 let _ = std::fs::remove_file(&s.staged.path);
             }
             return Err(discard(e.to_string()));
         }
+        self.records.base = Checked::of(&header, c.digest);
         self.install_chain(base, steps, &lower);
         Ok(header)
     }
 
-    /// Renames the staged files over the chain on `base` (already in place), in order,
+    /// Renames the staged files (the delta, then the recent deltas, oldest first) over
+    /// the chain on `base` (already in place), removes the recent deltas they replace,
     /// and swaps them into the table. Should a rename fail, the files not renamed go
     /// back into memory, sealed over those that were, and the next publication writes
     /// them again: the table is the same either way.
     fn install_chain(&mut self, base: Arc<MappedSnapshot>, steps: Vec<Step>, lower: &Lower) {
-        let mut placed: Vec<Arc<MappedSnapshot>> = Vec::new();
+        let mut placed: Vec<(Arc<MappedSnapshot>, Checked)> = Vec::new();
         let mut left = Vec::new();
         for step in steps {
             if !left.is_empty() {
@@ -672,17 +699,13 @@ impl Worker {
                 left.push(step);
                 continue;
             }
-            match snapshot::install(&self.dir, &step.staged, step.name) {
+            match snapshot::install(&self.dir, &step.staged, &step.name) {
                 Ok(_) => {
-                    let record = Some(Checked::of(step.mapped.header(), step.digest));
-                    match step.name {
-                        snapshot::DELTA_NAME => self.records.delta = record,
-                        _ => self.records.recent = record,
-                    }
-                    placed.push(step.mapped);
+                    let record = Checked::of(step.mapped.header(), step.digest);
+                    placed.push((step.mapped, record));
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, file = step.name, "renaming a merged file into place");
+                    tracing::error!(error = %e, file = %step.name, "renaming a merged file into place");
                     self.stats.lock().last_error = Some(format!("installing {}: {e}", step.name));
                     let _ = std::fs::remove_file(&step.staged.path);
                     left.push(step);
@@ -690,25 +713,26 @@ impl Worker {
             }
         }
         let mut placed = placed.into_iter();
+        let first = placed.next();
+        self.records.delta = first.as_ref().map(|(_, r)| *r);
+        let (recent, records): (Vec<_>, Vec<_>) = placed.unzip();
+        self.records.recent = records;
+        self.records.store(&self.dir);
         let files = MappedState {
             base,
-            delta: placed.next(),
-            recent: placed.next(),
+            delta: first.map(|(d, _)| d),
+            recent,
         };
-        if files.recent.is_none() {
-            self.records.recent = None;
+        // The recent deltas a merge took in, or that its renames replaced.
+        let keep: Vec<u64> = files.recent.iter().map(|r| r.header().seq).collect();
+        for (seq, name) in snapshot::recents(&self.dir).unwrap_or_default() {
+            if !keep.contains(&seq) && left.iter().all(|s| s.name != name) {
+                let _ = std::fs::remove_file(self.dir.join(name));
+            }
         }
-        if files.delta.is_none() {
-            self.records.delta = None;
-        }
-        self.records.store(&self.dir);
+        self.note_files(files.delta.as_deref(), &files.recent);
         let on_disk = files.seq();
-        let digest = self
-            .records
-            .recent
-            .or(self.records.delta)
-            .unwrap_or(self.records.base)
-            .digest;
+        let digest = self.records.top().digest;
         let back = left.last().map(|newest| {
             // Each word once, with its count in the newest file that holds it.
             let mut words = CountMap::new();

@@ -2,6 +2,8 @@
 //! next file: each merge is an iterator that yields every word once, re-iterable (the
 //! archive writer walks its entries twice), with no copy of the words in memory.
 
+use std::sync::Arc;
+
 use crate::storage::counts::CountMap;
 use crate::storage::mapped::{MappedSnapshot, MappedState};
 use crate::storage::snapshot::ArchivedWordMap;
@@ -27,6 +29,20 @@ pub fn file_over_file<'a>(
 ) -> impl Iterator<Item = (&'a str, u64)> + Clone {
     let rest = ArchivedIter::new(under.map()).filter(move |(w, _)| over.lookup(w).is_none());
     ArchivedIter::new(over.map()).chain(rest)
+}
+
+/// The next delta: the files `over` (newest first) and then `under`, each file's
+/// words that no newer one holds (a delta merge: the recent deltas into the delta).
+pub fn files_over_file<'a>(
+    over: &'a [Arc<MappedSnapshot>],
+    under: &'a MappedSnapshot,
+) -> impl Iterator<Item = (&'a str, u64)> + Clone {
+    let files: Vec<&'a MappedSnapshot> = over.iter().map(|f| &**f).chain([under]).collect();
+    (0..files.len()).flat_map(move |k| {
+        let newer = files[..k].to_vec();
+        ArchivedIter::new(files[k].map())
+            .filter(move |(w, _)| newer.iter().all(|f| f.lookup(w).is_none()))
+    })
 }
 
 /// A delta re-expressed on new files under it (a new base, or a merged delta): the

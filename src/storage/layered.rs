@@ -345,7 +345,9 @@ impl Entries for View {
 mod tests {
     use super::*;
     use crate::protocol::Incarnation;
-    use crate::storage::delta::{file_over_file, memory_over_file, rebased};
+    use crate::storage::delta::{
+        entries, file_over_file, files_over_file, memory_over_file, rebased,
+    };
     use crate::storage::mapped::MappedSnapshot;
     use crate::storage::snapshot::{self, BaseRef, Meta};
     use crate::storage::table::{Table, WordMap, digest_of};
@@ -380,77 +382,63 @@ mod tests {
         }
     }
 
-    /// What the publisher does: seal, write the sealed words over the newest delta
-    /// (as the delta when there is none on the base, else as the recent delta), map
-    /// it, swap it in.
+    /// What the publisher does: seal, write the sealed words as a file on the newest
+    /// (the delta when the base has none, else the next recent delta), map it, swap it
+    /// in.
     fn publish(dir: &std::path::Path, t: &mut Layered) {
         let lower = t.seal();
         let Some(top) = lower.sealed.last().cloned() else {
             return;
         };
         let over = lower.sealed_words();
-        let files = &lower.files;
-        let (under, name, rest) = match &files.delta {
-            None => (&files.base, "delta", None),
-            Some(d) => (d, "recent", files.recent.as_deref()),
+        let f = &lower.files;
+        let under = f.recent.last().or(f.delta.as_ref()).unwrap_or(&f.base);
+        let name = match f.delta {
+            None => "delta".to_owned(),
+            Some(_) => format!("recent{}", top.seq),
         };
         let bref = base_ref(under, top.words);
         let file = write(
             dir,
-            name,
+            &name,
             top.seq,
             Some(bref),
-            memory_over_file(&over, rest),
+            memory_over_file(&over, None),
         );
-        let (delta, recent) = match name {
-            "delta" => (Some(file), None),
-            _ => (files.delta.clone(), Some(file)),
-        };
+        let mut files = f.clone();
+        match files.delta {
+            None => files.delta = Some(file),
+            Some(_) => files.recent.push(file),
+        }
         t.replace_lower(|cur| Lower {
-            files: MappedState {
-                base: cur.files.base.clone(),
-                delta,
-                recent,
-            },
+            files,
             digest: top.digest,
-            sealed: Vec::new(),
+            sealed: cur.sealed[lower.sealed.len()..].to_vec(),
         });
     }
 
-    /// What a delta merge does: the recent delta into the delta, then the recent
-    /// delta again (nothing changed since: empty).
+    /// What a delta merge does: the recent deltas into the delta.
     fn merge(dir: &std::path::Path, t: &mut Layered) {
         let lower = t.lower().clone();
         let f = &lower.files;
-        let (Some(delta), Some(recent)) = (f.delta.clone(), f.recent.clone()) else {
+        let (Some(delta), Some(newest)) = (f.delta.clone(), f.recent.last()) else {
             return;
         };
-        let bref = base_ref(&f.base, recent.header().total_words());
-        let seq = recent.header().seq;
+        let bref = base_ref(&f.base, newest.header().total_words());
+        let seq = newest.header().seq;
+        let over: Vec<_> = f.recent.iter().rev().cloned().collect();
         let merged = write(
             dir,
             "delta",
             seq,
             Some(bref),
-            file_over_file(&recent, &delta),
+            files_over_file(&over, &delta),
         );
-        let under = MappedState {
-            base: f.base.clone(),
-            delta: Some(merged.clone()),
-            recent: None,
-        };
-        let again = write(
-            dir,
-            "recent",
-            seq,
-            Some(base_ref(&merged, recent.header().total_words())),
-            rebased(&recent, &under),
-        );
-        assert_eq!(again.header().words, 0);
         t.replace_lower(|cur| Lower {
             files: MappedState {
-                recent: Some(again),
-                ..under
+                base: f.base.clone(),
+                delta: Some(merged),
+                recent: Vec::new(),
             },
             digest: cur.digest,
             sealed: cur.sealed.clone(),
@@ -458,7 +446,7 @@ mod tests {
     }
 
     /// What a compaction does: the delta into a new base, the delta again on it, and
-    /// the recent delta again on that.
+    /// the recent deltas again on that.
     fn compact(dir: &std::path::Path, t: &mut Layered) {
         let lower = t.lower().clone();
         let f = &lower.files;
@@ -471,16 +459,14 @@ mod tests {
         let on_base = MappedState::base(base.clone());
         let again = write(dir, "delta", seq, Some(bref), rebased(&delta, &on_base));
         assert!(again.header().words <= delta.header().words);
-        let recent = f.recent.as_ref().map(|r| {
-            let bref = base_ref(&again, r.header().total_words());
-            write(
-                dir,
-                "recent",
-                r.header().seq,
-                Some(bref),
-                crate::storage::delta::entries(r),
-            )
-        });
+        let mut recent: Vec<Arc<MappedSnapshot>> = Vec::new();
+        for r in &f.recent {
+            let under = recent.last().unwrap_or(&again);
+            let bref = base_ref(under, r.header().total_words());
+            let name = format!("recent{}", r.header().seq);
+            let h = r.header();
+            recent.push(write(dir, &name, h.seq, Some(bref), entries(r)));
+        }
         t.replace_lower(|cur| Lower {
             files: MappedState {
                 base,
@@ -526,7 +512,7 @@ mod tests {
             t.apply(&deltas, seq);
             plain.apply(&deltas, seq);
             match seq % 50 {
-                3 | 7 | 19 | 33 | 45 => publish(d, &mut t),
+                3 | 7 | 9 | 11 | 19 | 33 | 35 | 45 => publish(d, &mut t),
                 // A seal whose words are not yet written: reads go through it.
                 21 => {
                     t.seal();

@@ -149,15 +149,15 @@ impl MappedSnapshot {
 }
 
 /// One whole state as readers see it: a base and, when they pair, the delta of the
-/// words changed since the base and the recent delta of the words changed since that
-/// delta (version 4: a chain, so that each publication writes only what changed since
-/// the last merge). Immutable; a newer state is a new value.
+/// words changed since the base and the recent deltas, each of the words changed since
+/// the file under it (version 4: a chain, so that each publication writes only what
+/// changed in its interval). Immutable; a newer state is a new value.
 #[derive(Clone)]
 pub struct MappedState {
     pub base: Arc<MappedSnapshot>,
     pub delta: Option<Arc<MappedSnapshot>>,
-    /// On `delta` (never without it).
-    pub recent: Option<Arc<MappedSnapshot>>,
+    /// On `delta` (never without it), oldest first.
+    pub recent: Vec<Arc<MappedSnapshot>>,
 }
 
 /// Why a state could not be mapped: which file, and what was wrong with it.
@@ -179,8 +179,8 @@ pub fn pairs(base: &Header, delta: &Header) -> bool {
         && delta.tokenizer == base.tokenizer
 }
 
-/// Which files a state maps: base, delta, recent delta.
-pub type StateId = (FileId, Option<FileId>, Option<FileId>);
+/// Which files a state maps: base, delta, recent deltas.
+pub type StateId = (FileId, Option<FileId>, Vec<FileId>);
 
 impl MappedState {
     /// A base alone.
@@ -188,16 +188,22 @@ impl MappedState {
         MappedState {
             base,
             delta: None,
-            recent: None,
+            recent: Vec::new(),
         }
     }
 
     /// The deltas, newest first.
     fn deltas(&self) -> impl Iterator<Item = &MappedSnapshot> + Clone {
         self.recent
-            .as_deref()
-            .into_iter()
+            .iter()
+            .rev()
+            .map(|r| &**r)
             .chain(self.delta.as_deref())
+    }
+
+    /// The files, newest first.
+    pub fn files(&self) -> impl Iterator<Item = &MappedSnapshot> + Clone {
+        self.deltas().chain([&*self.base])
     }
 
     /// The count of a word, if the state holds it: from the newest file that does.
@@ -240,27 +246,22 @@ impl MappedState {
         (
             self.base.identity(),
             self.delta.as_ref().map(|d| d.identity()),
-            self.recent.as_ref().map(|d| d.identity()),
+            self.recent.iter().map(|d| d.identity()).collect(),
         )
     }
 
     /// The state's top list in rank order (see [`crate::storage::top::merged`]), and
     /// whether it lists every word of the state.
-    pub fn top(&self) -> (impl Iterator<Item = (&str, u64)>, bool) {
-        use crate::storage::top::merged;
-        let (delta, recent) = (self.delta.as_deref(), self.recent.as_deref());
-        let held = |f: Option<&MappedSnapshot>, w: &str| f.is_some_and(|d| d.lookup(w).is_some());
+    pub fn top(&self) -> (Box<dyn Iterator<Item = (&str, u64)> + '_>, bool) {
         // Each file's list is whole then too, and the merge keeps all of them.
         let complete = self.words() <= crate::storage::top::MAX_TOP as u64;
-        let under = merged(
-            delta.into_iter().flat_map(|d| d.top()),
-            self.base.top(),
-            move |w| held(delta, w),
-        );
-        let all = merged(recent.into_iter().flat_map(|d| d.top()), under, move |w| {
-            held(recent, w)
-        });
-        (all, complete)
+        let mut ranked: Box<dyn Iterator<Item = (&str, u64)> + '_> = self.base.top();
+        for d in self.deltas().collect::<Vec<_>>().into_iter().rev() {
+            ranked = Box::new(crate::storage::top::merged(d.top(), ranked, move |w| {
+                d.lookup(w).is_some()
+            }));
+        }
+        (ranked, complete)
     }
 
     /// The first `n` words in rank order that start with `prefix` (see
@@ -273,7 +274,7 @@ impl MappedState {
     /// Every word once with its count: each file's words that no newer file holds,
     /// newest first.
     pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> {
-        let files: Vec<&MappedSnapshot> = self.deltas().chain([&*self.base]).collect();
+        let files: Vec<&MappedSnapshot> = self.files().collect();
         (0..files.len()).flat_map(move |k| {
             let newer = files[..k].to_vec();
             files[k]
@@ -339,39 +340,86 @@ impl MappedState {
         // Files read before a merge's renames may name the ones the renames replaced,
         // and a file read before them may be older than the one read after: read from
         // the newest down, and look again, a few times, for a whole chain.
-        let mut last = None;
+        let mut last: Option<MappedState> = None;
         for _ in 0..3 {
-            let recent = open(snapshot::RECENT_NAME, Kind::Delta)?;
+            let listed = snapshot::recents(dir).map_err(|e| StateError {
+                file: snapshot::RECENT_PREFIX,
+                source: SnapshotError::Io(e),
+            })?;
+            let mut recents = Vec::new();
+            for (seq, name) in &listed {
+                if let Some(r) = open_named(dir, name, max_bytes, stop, reuse, checked)? {
+                    recents.push((*seq, r));
+                }
+            }
             let delta = open(snapshot::DELTA_NAME, Kind::Delta)?;
             let Some(base) = open(snapshot::FILE_NAME, Kind::Base)? else {
                 return Ok(None);
             };
             let delta = delta.filter(|d| pairs(base.header(), d.header()));
-            let recent = recent.filter(|r| {
-                delta
-                    .as_ref()
-                    .is_some_and(|d| pairs(d.header(), r.header()))
-            });
+            let mut chain: Vec<Arc<MappedSnapshot>> = Vec::new();
+            let mut whole =
+                delta.is_some() == identity_of(&dir.join(snapshot::DELTA_NAME)).is_some();
+            if let Some(d) = &delta {
+                for (seq, r) in recents {
+                    let top = chain.last().unwrap_or(d).header();
+                    if pairs(top, r.header()) {
+                        chain.push(r);
+                    } else if seq > top.seq {
+                        // Newer, yet not on the chain: a merge's renames under way.
+                        whole = false;
+                        break;
+                    }
+                    // Older: a file a merge replaced, not yet removed.
+                }
+            }
             let state = MappedState {
                 base,
                 delta,
-                recent,
+                recent: chain,
             };
-            // Every file on disk is in the chain: the whole state.
-            let on_disk = |name| identity_of(&dir.join(name)).is_some();
-            if state.recent.is_some() == on_disk(snapshot::RECENT_NAME)
-                && state.delta.is_some() == on_disk(snapshot::DELTA_NAME)
-            {
+            if whole {
                 return Ok(Some(state));
             }
-            if last
-                .as_ref()
-                .is_none_or(|s: &MappedState| state.seq() >= s.seq())
-            {
+            if last.as_ref().is_none_or(|s| state.seq() >= s.seq()) {
                 last = Some(state);
             }
         }
         Ok(last)
+    }
+}
+
+/// Opens the recent delta `name` in `dir` (a mapping in `reuse` if it is still that
+/// file); `None` if it went away meanwhile.
+fn open_named(
+    dir: &Path,
+    name: &str,
+    max_bytes: u64,
+    stop: &dyn Fn() -> bool,
+    reuse: &[Arc<MappedSnapshot>],
+    checked: &dyn Fn(&Header) -> bool,
+) -> Result<Option<Arc<MappedSnapshot>>, StateError> {
+    let path = dir.join(name);
+    let Some(id) = identity_of(&path) else {
+        return Ok(None);
+    };
+    if let Some(m) = reuse.iter().find(|m| m.identity() == id) {
+        return Ok(Some(m.clone()));
+    }
+    match MappedSnapshot::open_checked(&path, max_bytes, stop, checked) {
+        Ok(m) if m.header().kind == Kind::Delta => Ok(Some(Arc::new(m))),
+        Ok(m) => Err(StateError {
+            file: snapshot::RECENT_PREFIX,
+            source: SnapshotError::WrongKind {
+                expected: Kind::Delta,
+                found: m.header().kind,
+            },
+        }),
+        Err(SnapshotError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StateError {
+            file: snapshot::RECENT_PREFIX,
+            source,
+        }),
     }
 }
 

@@ -111,14 +111,10 @@ impl LocalReplica {
             }
             if let Ok(ev) = res
                 && ev.paths.iter().any(|p| {
-                    p.file_name().is_some_and(|n| {
-                        [
-                            snapshot::FILE_NAME,
-                            snapshot::DELTA_NAME,
-                            snapshot::RECENT_NAME,
-                        ]
-                        .iter()
-                        .any(|f| n == *f)
+                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                        n == snapshot::FILE_NAME
+                            || n == snapshot::DELTA_NAME
+                            || (n.starts_with(snapshot::RECENT_PREFIX) && n.ends_with(".memdb"))
                     })
                 })
             {

@@ -139,10 +139,14 @@ impl LocalReplica {
     fn published_identity(&self) -> Option<StateId> {
         let dir = &self.shared.config.data_dir;
         let base = identity_of(&dir.join(snapshot::FILE_NAME))?;
+        let recents = snapshot::recents(dir).unwrap_or_default();
         Some((
             base,
             identity_of(&dir.join(snapshot::DELTA_NAME)),
-            identity_of(&dir.join(snapshot::RECENT_NAME)),
+            recents
+                .iter()
+                .filter_map(|(_, name)| identity_of(&dir.join(name)))
+                .collect(),
         ))
     }
 
@@ -156,7 +160,9 @@ impl LocalReplica {
         };
         let current = self.current();
         let current_id = current.as_ref().map(|m| m.identity());
-        if current_id == Some(id) || s.stats.lock().rejected_identity == Some(id) {
+        if current_id.as_ref() == Some(&id)
+            || s.stats.lock().rejected_identity.as_ref() == Some(&id)
+        {
             return;
         }
         *s.loading_since.lock() = Some(Instant::now());
@@ -166,7 +172,7 @@ impl LocalReplica {
             .flat_map(|c| {
                 std::iter::once(c.base.clone())
                     .chain(c.delta.clone())
-                    .chain(c.recent.clone())
+                    .chain(c.recent.iter().cloned())
             })
             .collect();
         reuse.extend(s.spare_base.lock().clone());

@@ -25,12 +25,40 @@ pub const TEMP_NAME: &str = ".snapshot.memdb.tmp";
 pub const DELTA_NAME: &str = "delta.memdb";
 /// Where the next delta is written before it is renamed over [`DELTA_NAME`].
 pub const DELTA_TEMP_NAME: &str = ".delta.memdb.tmp";
-/// The published recent delta (version 4): the words changed since [`DELTA_NAME`].
-pub const RECENT_NAME: &str = "recent.memdb";
+/// The published recent deltas (version 4) start with this, then their seq (20
+/// digits, so names sort by seq) and `.memdb`: each holds the words changed since the
+/// file under it (the delta, or the recent delta before it). See [`recent_name`].
+pub const RECENT_PREFIX: &str = "recent-";
 /// Where a delta merge writes the next delta before it is renamed over [`DELTA_NAME`].
 pub const MERGE_TEMP_NAME: &str = ".delta.memdb.merge.tmp";
-/// Where the next recent delta is written before it is renamed over [`RECENT_NAME`].
+/// Where the next recent delta is written before it is renamed to its name.
 pub const RECENT_TEMP_NAME: &str = ".recent.memdb.tmp";
+
+/// The name of the recent delta at `seq`.
+pub fn recent_name(seq: u64) -> String {
+    format!("{RECENT_PREFIX}{seq:020}.memdb")
+}
+
+/// The recent deltas in `dir`, by seq: (seq, name).
+pub fn recents(dir: &Path) -> io::Result<Vec<(u64, String)>> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir)? {
+        let name = e?.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        let seq = name
+            .strip_prefix(RECENT_PREFIX)
+            .and_then(|r| r.strip_suffix(".memdb"))
+            .filter(|d| d.len() == 20 && d.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|d| d.parse().ok());
+        if let Some(seq) = seq {
+            out.push((seq, name.to_owned()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
 
 /// Atomically replaces `dir/FILE_NAME` with `image`: temp file, fsync, rename, fsync the
 /// directory. The previous file is unlinked by the rename but lives on for any reader

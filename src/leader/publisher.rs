@@ -285,7 +285,9 @@ impl Worker {
             if Instant::now() >= next_tick {
                 let _ = self.publish_if_changed();
                 self.maybe_merge();
-                next_tick = Instant::now() + self.interval;
+                // On a fixed beat: a publication's own time does not stretch the
+                // interval (one that took longer is followed at once).
+                next_tick = (next_tick + self.interval).max(Instant::now());
             }
         }
     }
@@ -313,6 +315,7 @@ impl Worker {
     fn publish(&mut self) -> Result<u64, PublishError> {
         let started = Instant::now();
         let lower = self.table.write().seal();
+        let sealed_ms = started.elapsed().as_secs_f64() * 1e3;
         let Some(top) = lower.sealed.last().cloned() else {
             return Ok(self.published);
         };
@@ -349,6 +352,7 @@ impl Worker {
                 .map(|path| (staged.header, path))
                 .map_err(|e| PublishError::Write(e.to_string()))
         });
+        let written_ms = started.elapsed().as_secs_f64() * 1e3;
         let (header, path) = match result {
             Ok(r) => r,
             Err(e) => {
@@ -418,7 +422,10 @@ impl Worker {
             seq = meta.seq,
             words = header.words,
             bytes,
+            sealed_ms,
+            written_ms,
             ms,
+            swapped_ms = started.elapsed().as_secs_f64() * 1e3,
             "delta published"
         );
         Ok(meta.seq)

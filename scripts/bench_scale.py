@@ -63,9 +63,10 @@ def zipf_bodies(n, chunk, count=12, seed=7):
             for _ in range(count)]
 
 
-def freshness(leader, local, bodies, seconds):
+def freshness(leader, local, bodies, seconds, rate=None):
     """Ingests `bodies` (plus 2% never-seen words per post) from two threads for
-    `seconds` while sampling the local replica's staleness every 10 ms."""
+    `seconds` (at most `rate` words/s in all, if given) while sampling the local
+    replica's staleness every 10 ms."""
     import threading
     stop = threading.Event()
     posted = [0]
@@ -76,6 +77,11 @@ def freshness(leader, local, bodies, seconds):
     def poster(k):
         i = 0
         while not stop.is_set():
+            if rate:
+                with lock:
+                    ahead = posted[0] / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
             body = bodies[(i + k) % len(bodies)]
             fresh = " ".join("z%dx%dx%d" % (k, i, j) for j in range(per_body // 50))
             req = urllib.request.Request(leader.url + "/post", data=(body + " " + fresh).encode(),
@@ -85,8 +91,8 @@ def freshness(leader, local, bodies, seconds):
                 posted[0] += per_body + per_body // 50
             i += 2
 
-    threads = [threading.Thread(target=poster, args=(k,)) for k in range(2)]
     started = time.monotonic()
+    threads = [threading.Thread(target=poster, args=(k,)) for k in range(2)]
     for t in threads:
         t.start()
     history = []  # (time, leader seq)
@@ -111,9 +117,22 @@ def freshness(leader, local, bodies, seconds):
         "stale_p99": stale[int(len(stale) * 0.99)] * 1e3,
         "stale_max": stale[-1] * 1e3,
         "delta_ms": snap.get("last_duration_ms") or 0,
-        "delta_words": snap.get("delta_words", 0),
+        "delta_words": snap.get("last_words", snap.get("delta_words", 0)),
         "compactions": snap.get("compactions", 0),
     }
+
+
+def files_mib(data):
+    """The snapshot files' full size (what the leader maps): base, delta, recent deltas."""
+    names = [n for n in os.listdir(data)
+             if n in ("snapshot.memdb", "delta.memdb") or
+             (n.startswith("recent-") and n.endswith(".memdb"))]
+    return sum(os.path.getsize(os.path.join(data, n)) for n in names) / 2**20
+
+
+def settled(h):
+    s = h.get("snapshot", {})
+    return not s.get("compacting") and not s.get("recent_files")
 
 
 def Proc(binary, args, tmp, name):
@@ -121,7 +140,7 @@ def Proc(binary, args, tmp, name):
     return b.Node(args, os.path.join(tmp, name + ".log"), binary=binary, wait=False)
 
 
-def memdb(binary, n, chunk, fresh_seconds):
+def memdb(binary, n, chunk, fresh_seconds, rates=(None, 1_000_000)):
     tmp = tempfile.mkdtemp(prefix="memdb-scale-")
     data = os.path.join(tmp, "data")
     procs = []
@@ -129,25 +148,47 @@ def memdb(binary, n, chunk, fresh_seconds):
     try:
         leader = Proc(binary, args, tmp, "leader")
         procs.append(leader)
+        peak_anon = [0.0]
+        sampling = [True]
+
+        def sample():
+            while sampling[0]:
+                try:
+                    peak_anon[0] = max(peak_anon[0], b.rss_mib(leader.pid, "RssAnon"))
+                except OSError:
+                    return
+                time.sleep(0.1)
+        import threading
+        sampler = threading.Thread(target=sample)
+        sampler.start()
         for start in range(0, n, chunk):
             body = " ".join(word(i) for i in range(start, min(n, start + chunk))).encode()
             req = urllib.request.Request(leader.url + "/post", data=body,
                                          headers={"content-type": "text/plain"})
             urllib.request.urlopen(req, timeout=120).read()
         seq = health(leader.url)[1]["seq"]
-        h = leader.wait(lambda c, h: h.get("snapshot", {}).get("seq") == seq
-                        and not h["snapshot"].get("compacting"),
-                        "a snapshot of the whole table, no compaction under way")
-        time.sleep(1)
+        h = leader.wait(lambda c, h: h.get("snapshot", {}).get("seq") == seq and settled(h),
+                        "a snapshot of the whole table, no merge under way", timeout=300)
+        sampling[0] = False
+        sampler.join()
         pid = leader.pid
+        # At rest: the least anonymous memory over 20 s, and the files at full size.
+        least = None
+        for _ in range(40):
+            a = b.rss_mib(pid, "RssAnon")
+            least = a if least is None else min(least, a)
+            time.sleep(0.5)
         out = {
             "leader_rss": b.rss_mib(pid),
-            "leader_anon": b.rss_mib(pid, "RssAnon"),
+            "leader_anon": least,
             "leader_file": b.rss_mib(pid, "RssFile"),
+            "files_mib": files_mib(data),
             "leader_peak": b.rss_mib(pid, "VmHWM"),
+            "peak_anon": peak_anon[0],
             "compaction_s": (h["snapshot"].get("last_compaction_ms") or 0) / 1e3,
             "base_mib": os.path.getsize(os.path.join(data, "snapshot.memdb")) / 2**20,
         }
+        out["whole_mib"] = out["leader_anon"] + out["files_mib"]
         replica = Proc(binary, ["replica", "--leader", leader.url], tmp, "replica")
         procs.append(replica)
         replica.wait(lambda c, h: c == 200 and h.get("seq") == seq, "the replica's join")
@@ -159,7 +200,8 @@ def memdb(binary, n, chunk, fresh_seconds):
         procs.append(local)
         local.wait(lambda c, h: c == 200, "the local replica")
         if fresh_seconds:
-            out["fresh_1s"] = freshness(leader, local, bodies, fresh_seconds)
+            for r in rates:
+                out[("fresh_1s", r)] = freshness(leader, local, bodies, fresh_seconds, r)
         seq = health(leader.url)[1]["seq"]
         leader.stop()
         leader = Proc(binary, args + ["--snapshot-interval", "100ms"], tmp, "leader")
@@ -168,7 +210,8 @@ def memdb(binary, n, chunk, fresh_seconds):
         out["restart_s"] = time.monotonic() - leader.started
         if fresh_seconds:
             local.wait(lambda c, h: h.get("socket_connected"), "the local replica's socket")
-            out["fresh_100ms"] = freshness(leader, local, bodies, fresh_seconds)
+            for r in rates:
+                out[("fresh_100ms", r)] = freshness(leader, local, bodies, fresh_seconds, r)
             out["leader_rss_after"] = b.rss_mib(leader.pid)
             out["words_after"] = health(leader.url)[1].get("words", 0)
             out["leader_peak_after"] = b.rss_mib(leader.pid, "VmHWM")
@@ -256,43 +299,50 @@ def main():
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/memdb"))
     ap.add_argument("--chunk", type=int, default=70_000)
     ap.add_argument("--fresh-seconds", type=float, default=20)
+    ap.add_argument("--no-redis", action="store_true", help="memdb only")
     a = ap.parse_args()
     sizes = [int(w) for w in a.words.split(",")]
     rows, fresh = [], []
     for n in sizes:
         m = memdb(a.bin, n, a.chunk, a.fresh_seconds)
-        r = redis(n, a.chunk)
+        r = None if a.no_redis else redis(n, a.chunk)
         per = lambda mib: mib * 2**20 / n  # noqa: E731
+        used = f"{r['used_mib']:.0f} ({r['rss_mib']:.0f})" if r else "-"
+        ratio = f"{m['whole_mib'] / r['used_mib']:.2f}x" if r else "-"
         rows.append(
-            f"| {n:,} | {m['leader_rss']:.0f} ({per(m['leader_rss']):.0f}) "
-            f"| {m['leader_anon']:.0f} + {m['leader_file']:.0f} | {m['leader_peak']:.0f} "
-            f"| {r['used_mib']:.0f} ({r['rss_mib']:.0f}) | {m['leader_rss'] / r['used_mib']:.2f}x "
+            f"| {n:,} | {m['leader_anon']:.0f} + {m['files_mib']:.0f} = {m['whole_mib']:.0f} "
+            f"({per(m['whole_mib']):.0f}) | {m['peak_anon']:.0f} | {m['leader_peak']:.0f} "
+            f"| {used} | {ratio} "
             f"| {m['base_mib']:.0f} ({per(m['base_mib']):.0f}) | {m['compaction_s']:.2f} "
-            f"| {r['save_s']:.2f} | {r['rdb_mib']:.0f} ({per(r['rdb_mib']):.0f}) "
-            f"| {m['join_s']:.1f} ({m['replica_rss']:.0f}) | {m['restart_s']:.1f} |")
+            + (f"| {r['save_s']:.2f} | {r['rdb_mib']:.0f} ({per(r['rdb_mib']):.0f}) " if r
+               else "| - | - ")
+            + f"| {m['join_s']:.1f} ({m['replica_rss']:.0f}) | {m['restart_s']:.2f} |")
         for key, interval in (("fresh_1s", "1s"), ("fresh_100ms", "100ms")):
-            f = m.get(key)
-            if f:
-                fresh.append(
-                    f"| {n:,} | {interval} | {f['rate'] / 1e6:.2f} | {f['stale_p50']:.0f} "
-                    f"| {f['stale_p99']:.0f} | {f['stale_max']:.0f} | {f['delta_ms']:.0f} "
-                    f"({f['delta_words']:,} words) | {f['compactions']} |")
+            for rate in (None, 1_000_000):
+                f = m.get((key, rate))
+                if f:
+                    cap = "full speed" if rate is None else f"capped {rate / 1e6:.0f}M"
+                    fresh.append(
+                        f"| {n:,} | {interval} | {cap} | {f['rate'] / 1e6:.2f} "
+                        f"| {f['stale_p50']:.0f} | {f['stale_p99']:.0f} | {f['stale_max']:.0f} "
+                        f"| {f['delta_ms']:.0f} ({f['delta_words']:,} words) "
+                        f"| {f['compactions']} |")
         if "leader_rss_after" in m:
             rows[-1] += (f" after the freshness runs ({m['words_after']:,} words): "
                          f"RSS {m['leader_rss_after']:.0f}, peak {m['leader_peak_after']:.0f}")
         print(rows[-1], flush=True)
     print()
-    print("| distinct words | leader RSS MiB (B/word) | anon + file MiB | peak MiB "
-          "| Redis used_memory MiB (RSS) | leader / Redis used | base file MiB (B/word) "
-          "| compaction s | Redis SAVE s | RDB MiB (B/word) | replica join s (RSS MiB) "
-          "| leader restart s |")
+    print("| distinct words | leader at rest: anon + files = whole MiB (B/word) "
+          "| peak anon MiB | peak RSS MiB | Redis used_memory MiB (RSS) "
+          "| whole / Redis used | base file MiB (B/word) | compaction s | Redis SAVE s "
+          "| RDB MiB (B/word) | replica join s (RSS MiB) | leader restart s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     if fresh:
         print()
-        print("| distinct words | snapshot interval | ingest M words/s | staleness p50 ms "
-              "| p99 ms | max ms | last delta publish ms | compactions |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| distinct words | snapshot interval | ingest | M words/s | staleness p50 ms "
+              "| p99 ms | max ms | last publish ms (words) | compactions |")
+        print("|---|---|---|---|---|---|---|---|---|")
         print("\n".join(fresh))
 
 

@@ -18,7 +18,7 @@ pub enum SnapshotError {
     WrongKind { expected: Kind, found: Kind },
     #[error(
         "snapshot format version {found} is not supported (this build reads versions 1 to \
-         {newest})"
+         {newest}): written by a newer memdb? run that version or a newer one"
     )]
     UnsupportedVersion { found: u32, newest: u32 },
     #[error("unknown tokenizer code {0} in snapshot header")]

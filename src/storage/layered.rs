@@ -17,11 +17,10 @@
 
 use std::sync::Arc;
 
-use parking_lot::Mutex;
-
 use crate::storage::counts::CountMap;
 use crate::storage::mapped::{Entries, MappedState};
-use crate::storage::table::{PENDING_MAX, Settled, entry_digest, word_hash};
+use crate::storage::ranking::Ranking;
+use crate::storage::table::{entry_digest, word_hash};
 use crate::storage::top::TopWords;
 use crate::words::Deltas;
 
@@ -134,10 +133,8 @@ pub struct Layered {
     digest: u64,
     /// Distinct words in the whole table.
     words: u64,
-    /// The most frequent words, as of `pending[..settled]` (as in
-    /// [`crate::storage::table::Table`]; the entry numbers are `live`'s).
-    top: Mutex<Settled>,
-    pending: Vec<(u32, u64)>,
+    /// The top list (entry numbers are `live`'s, settled at each seal).
+    ranking: Ranking,
 }
 
 impl Layered {
@@ -151,8 +148,7 @@ impl Layered {
             digest,
             lower: Arc::new(lower),
             live: CountMap::new(),
-            top: Mutex::new(Settled::new(top)),
-            pending: Vec::new(),
+            ranking: Ranking::new(top),
         }
     }
 
@@ -205,24 +201,19 @@ impl Layered {
             let lower = &self.lower;
             let (i, before, after, new) = self.live.add_over(word, *n, || lower.lookup(word));
             self.words += new as u64;
-            self.pending.push((i, after));
+            self.ranking.raised(&self.live, i, after);
             digest = digest
                 .wrapping_sub(entry_digest(h, before))
                 .wrapping_add(entry_digest(h, after));
         }
         self.digest = digest;
         self.seq = seq;
-        if self.pending.len() >= PENDING_MAX {
-            self.settle_top();
-        }
     }
 
     /// Calls `f` with the top list, brought up to date first, and whether it holds
     /// every word.
     pub fn with_top<R>(&self, f: impl FnOnce(&TopWords, bool) -> R) -> R {
-        let mut top = self.top.lock();
-        top.settle(&self.live, &self.pending);
-        f(&top.list, top.list.len() as u64 == self.words)
+        self.ranking.with_top(&self.live, self.words, f)
     }
 
     /// The first `n` words in rank order that start with `prefix` (a pass over the
@@ -233,15 +224,9 @@ impl Layered {
         prefix: &str,
         f: impl FnOnce(&[(&str, u64)]) -> R,
     ) -> R {
-        self.with_top(|top, complete| {
-            f(&crate::storage::top::select(
-                top.iter(),
-                complete,
-                n,
-                prefix,
-                || walk(&self.live, &self.lower),
-            ))
-        })
+        let scan = || walk(&self.live, &self.lower);
+        self.ranking
+            .with_top_words(&self.live, self.words, n, prefix, scan, f)
     }
 
     /// [`Layered::with_top_words`] if the top list holds the answer; `None` when only
@@ -252,16 +237,8 @@ impl Layered {
         prefix: &str,
         f: impl FnOnce(&[(&str, u64)]) -> R,
     ) -> Option<R> {
-        self.with_top(|top, complete| {
-            crate::storage::top::from_ranked(top.iter(), complete, n, prefix).map(|w| f(&w))
-        })
-    }
-
-    fn settle_top(&mut self) {
-        let top = self.top.get_mut();
-        top.settle(&self.live, &self.pending);
-        top.done = 0;
-        self.pending.clear();
+        self.ranking
+            .with_ranked_words(&self.live, self.words, n, prefix, f)
     }
 
     /// Seals the live map into a layer of its own (if anything changed since the
@@ -271,7 +248,7 @@ impl Layered {
         if self.live.is_empty() && self.seq == self.lower.seq() {
             return self.lower.clone();
         }
-        self.settle_top();
+        self.ranking.settle(&self.live);
         let sealed = Arc::new(Sealed {
             map: std::mem::take(&mut self.live),
             seq: self.seq,

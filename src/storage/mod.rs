@@ -15,6 +15,7 @@ pub mod history;
 pub mod layered;
 pub mod log;
 pub mod mapped;
+pub mod ranking;
 pub mod snapshot;
 pub mod table;
 pub mod top;

@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 
 pub use crate::storage::counts::CountMap;
-use parking_lot::Mutex;
 
+use crate::storage::ranking::Ranking;
 use crate::storage::top::TopWords;
 use crate::words::Deltas;
 
@@ -40,65 +40,8 @@ pub struct Table {
     seq: u64,
     /// [`digest_of`] the map, kept up to date with every change.
     digest: u64,
-    /// The most frequent words, as of `pending[..settled]`.
-    top: Mutex<Settled>,
-    /// Counts raised since the top list was last settled with the writer's lock: each
-    /// word's entry number and its count after the raise. A write only appends here;
-    /// the work of ranking is done once per word for many writes, by the next reader
-    /// of the top list (under the caller's read lock) or by a writer every
-    /// [`PENDING_MAX`] raises.
-    pending: Vec<(u32, u64)>,
-}
-
-/// Raises a writer settles into the top list itself.
-pub(crate) const PENDING_MAX: usize = 1 << 18;
-
-/// The top list and how much of `pending` it includes.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct Settled {
-    pub(crate) list: TopWords,
-    /// `pending[..done]` are in the list.
-    pub(crate) done: usize,
-    /// Entry numbers seen while settling (cleared after), so that each word is ranked
-    /// once, with its last count.
-    seen: Vec<u64>,
-}
-
-impl Settled {
-    pub(crate) fn new(list: TopWords) -> Self {
-        Settled {
-            list,
-            ..Default::default()
-        }
-    }
-
-    /// Brings the list up to date with `pending`, each word once with its last count
-    /// (counts only grow, so the last is the highest).
-    pub(crate) fn settle(&mut self, map: &CountMap, pending: &[(u32, u64)]) {
-        let fresh = &pending[self.done.min(pending.len())..];
-        if fresh.is_empty() {
-            return;
-        }
-        let words = map.len().div_ceil(64);
-        if self.seen.len() < words {
-            self.seen.resize(words, 0);
-        }
-        for &(i, count) in fresh.iter().rev() {
-            if !self.list.may_enter(count) {
-                continue;
-            }
-            let (slot, bit) = (i as usize / 64, 1u64 << (i % 64));
-            if self.seen[slot] & bit != 0 {
-                continue;
-            }
-            self.seen[slot] |= bit;
-            self.list.raised(map.entry_at(i).0, count);
-        }
-        for &(i, _) in fresh {
-            self.seen[i as usize / 64] = 0;
-        }
-        self.done = pending.len();
-    }
+    /// The top list (entry numbers are `map`'s).
+    ranking: Ranking,
 }
 
 impl Clone for Table {
@@ -107,8 +50,7 @@ impl Clone for Table {
             map: self.map.clone(),
             seq: self.seq,
             digest: self.digest,
-            top: Mutex::new(self.top.lock().clone()),
-            pending: self.pending.clone(),
+            ranking: self.ranking.clone(),
         }
     }
 }
@@ -147,25 +89,19 @@ impl Table {
 
     pub fn from_parts(map: CountMap, seq: u64) -> Self {
         let digest = digest_of(map.iter());
-        let top = Mutex::new(Settled {
-            list: TopWords::of(map.iter()),
-            ..Default::default()
-        });
+        let ranking = Ranking::new(TopWords::of(map.iter()));
         Table {
             map,
             seq,
             digest,
-            top,
-            pending: Vec::new(),
+            ranking,
         }
     }
 
     /// Calls `f` with the table's top list (see [`TopWords`]), brought up to date
     /// first, and whether it holds every word of the table.
     pub fn with_top<R>(&self, f: impl FnOnce(&TopWords, bool) -> R) -> R {
-        let mut top = self.top.lock();
-        top.settle(&self.map, &self.pending);
-        f(&top.list, top.list.len() == self.map.len())
+        self.ranking.with_top(&self.map, self.map.len() as u64, f)
     }
 
     /// Calls `f` with the first `n` words in rank order that start with `prefix` (see
@@ -176,15 +112,10 @@ impl Table {
         prefix: &str,
         f: impl FnOnce(&[(&str, u64)]) -> R,
     ) -> R {
-        self.with_top(|top, complete| {
-            f(&crate::storage::top::select(
-                top.iter(),
-                complete,
-                n,
-                prefix,
-                || self.map.iter(),
-            ))
-        })
+        let words = self.map.len() as u64;
+        let scan = || self.map.iter();
+        self.ranking
+            .with_top_words(&self.map, words, n, prefix, scan, f)
     }
 
     /// Calls `f` with [`Table::with_top_words`]'s answer if the top list holds it;
@@ -196,18 +127,9 @@ impl Table {
         prefix: &str,
         f: impl FnOnce(&[(&str, u64)]) -> R,
     ) -> Option<R> {
-        self.with_top(|top, complete| {
-            crate::storage::top::from_ranked(top.iter(), complete, n, prefix).map(|w| f(&w))
-        })
-    }
-
-    /// Settles the pending raises into the top list with the writer's lock, and
-    /// forgets them.
-    fn settle_top(&mut self) {
-        let top = self.top.get_mut();
-        top.settle(&self.map, &self.pending);
-        top.done = 0;
-        self.pending.clear();
+        let words = self.map.len() as u64;
+        self.ranking
+            .with_ranked_words(&self.map, words, n, prefix, f)
     }
 
     /// The table's digest (see [`digest_of`]).
@@ -250,16 +172,13 @@ impl Table {
         let mut digest = self.digest;
         for ((word, n), &h) in deltas.iter().zip(hashes) {
             let (i, before, after) = self.map.add_indexed(word, *n);
-            self.pending.push((i, after));
+            self.ranking.raised(&self.map, i, after);
             digest = digest
                 .wrapping_sub(entry_digest(h, before))
                 .wrapping_add(entry_digest(h, after));
         }
         self.digest = digest;
         self.seq = seq;
-        if self.pending.len() >= PENDING_MAX {
-            self.settle_top();
-        }
     }
 
     /// Applies signed deltas atomically: either every delta is applied or none is.
@@ -279,15 +198,15 @@ impl Table {
             staged.insert(word.as_str(), next);
         }
         // Entry numbers change when a word goes: none may be pending past here.
-        self.settle_top();
+        self.ranking.settle(&self.map);
         let mut lowered = false;
         for (word, count) in staged {
             let before = self.get(word);
             if count < before {
                 // A count that falls may fall below words the top list never kept.
-                lowered |= self.top.get_mut().list.contains(word);
+                lowered |= self.ranking.list_mut().contains(word);
             } else {
-                self.top.get_mut().list.raised(word, count);
+                self.ranking.list_mut().raised(word, count);
             }
             let h = word_hash(word);
             self.digest = self
@@ -297,10 +216,7 @@ impl Table {
             self.map.set(word, count);
         }
         if lowered {
-            *self.top.get_mut() = Settled {
-                list: TopWords::of(self.map.iter()),
-                ..Default::default()
-            };
+            self.ranking = Ranking::new(TopWords::of(self.map.iter()));
         }
         Ok(())
     }

@@ -93,6 +93,7 @@ fn delta(c: &mut Criterion) {
                     checksum: head.checksum,
                     seq: head.seq,
                     total_words: sealed.words,
+                    digest: sealed.digest,
                 };
                 let staged = snapshot::stage(
                     dir.path(),

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Two builds side by side over HTTP: a leader with one network replica per build,
-loaded in turn with wrk (10-word POSTs to the leader, 1-word GETs to the replica),
+"""Two builds side by side over HTTP: a leader with one network replica and one local
+replica per build, loaded in turn with wrk (10-word POSTs to the leader, 1-word GETs
+to each replica; the local replica's after the POSTs, so it maps their files),
 alternating which build goes first each round; medians of the rounds. For a change
 that must not cost throughput (a refactor, a new layer), compare the build before it
 with the one after.
@@ -22,7 +23,10 @@ def round_for(binary, duration):
                         binary=binary) as replica:
                 post = b.wrk(leader.url + "/post", duration, "post.lua").rps
                 get = b.wrk(replica.url + "/wordcount?word=hello", duration).rps
-                return post, get
+                with b.Node(["local-replica", "--data-dir", d + "/l"],
+                            binary=binary) as local:
+                    local_get = b.wrk(local.url + "/wordcount?word=hello", duration).rps
+                return post, get, local_get
 
 
 def main():
@@ -33,14 +37,15 @@ def main():
     ap.add_argument("--duration", default="5s")
     a = ap.parse_args()
     res = b.ab_rounds(a.rounds, a.old, a.new, lambda x: round_for(x, a.duration))
-    print("| build | POST /post, 10 words (req/s) | GET /wordcount on a replica (req/s) |")
-    print("|---|---|---|")
+    print("| build | POST /post, 10 words (req/s) | GET /wordcount on a network replica "
+          "(req/s) | GET /wordcount on a local replica (req/s) |")
+    print("|---|---|---|---|")
     med = {}
     for x, rows in res.items():
-        med[x] = (b.median(r[0] for r in rows), b.median(r[1] for r in rows))
-        print(f"| {x} | {med[x][0]:,.0f} | {med[x][1]:,.0f} |")
-    print(f"| new / old | {med[a.new][0] / med[a.old][0]:.2f}× | "
-          f"{med[a.new][1] / med[a.old][1]:.2f}× |")
+        med[x] = tuple(b.median(r[i] for r in rows) for i in range(3))
+        print(f"| {x} | " + " | ".join(f"{m:,.0f}" for m in med[x]) + " |")
+    print("| new / old | " + " | ".join(
+        f"{n / o:.2f}×" for n, o in zip(med[a.new], med[a.old])) + " |")
 
 
 if __name__ == "__main__":

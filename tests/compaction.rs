@@ -172,6 +172,7 @@ fn delta_image(base: &snapshot::Header, seq: u64, changes: &[(&str, u64)]) -> Ve
         checksum: base.checksum,
         seq: base.seq,
         total_words: base.words,
+        digest: 0,
     };
     snapshot::encode_entries(changes.iter().copied(), meta(seq), Some(r))
         .unwrap()

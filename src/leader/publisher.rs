@@ -322,29 +322,44 @@ impl Worker {
         let meta = self.meta(top.seq);
         let over = lower.sealed_words();
         let files = &lower.files;
-        let (under, name, temp) = match &files.delta {
+        // A recent delta goes on a delta that names the table it completes (version
+        // 4); on the base alone, or on a delta of an earlier version, the words go
+        // into a new delta (over the old one's).
+        let chained = files
+            .delta
+            .as_ref()
+            .filter(|d| d.header().chain_name().is_some());
+        let (name, temp, names, under, rest) = match chained {
+            Some(d) => {
+                let newest = files.recent.last().unwrap_or(d);
+                (
+                    snapshot::recent_name(meta.seq),
+                    snapshot::RECENT_TEMP_NAME,
+                    newest.header().chain_name().unwrap_or(0),
+                    newest.header().seq,
+                    None,
+                )
+            }
             None => (
-                &files.base,
                 snapshot::DELTA_NAME.to_owned(),
                 snapshot::DELTA_TEMP_NAME,
-            ),
-            Some(d) => (
-                files.recent.last().unwrap_or(d),
-                snapshot::recent_name(meta.seq),
-                snapshot::RECENT_TEMP_NAME,
+                files.base.header().checksum,
+                files.base.header().seq,
+                files.delta.as_deref(),
             ),
         };
         let base_ref = BaseRef {
-            checksum: under.header().checksum,
-            seq: under.header().seq,
+            checksum: names,
+            seq: under,
             total_words: top.words,
+            digest: top.digest,
         };
         let result = snapshot::stage(
             &self.dir,
             temp,
             meta,
             Some(base_ref),
-            memory_over_file(&over, None),
+            memory_over_file(&over, rest),
         )
         .map_err(|e| PublishError::Encode(e.to_string()))
         .and_then(|staged| {
@@ -386,7 +401,7 @@ impl Worker {
                 drop(stats);
                 let file = Arc::new(file);
                 let record = Checked::of(file.header(), top.digest);
-                let (delta, recent) = if files.delta.is_none() {
+                let (delta, recent) = if chained.is_none() {
                     self.records.delta = Some(record);
                     self.records.recent.clear();
                     (Some(file), Vec::new())
@@ -482,12 +497,13 @@ impl Worker {
         );
         if self.merge.is_none() && due {
             let meta = self.meta(newest.header().seq);
+            let digest = self.records.top().digest;
             let base_ref = BaseRef {
                 checksum: base.header().checksum,
                 seq: base.header().seq,
                 total_words: newest.header().total_words(),
+                digest,
             };
-            let digest = self.records.top().digest;
             self.merge = Some(Compaction::start(
                 self.dir.clone(),
                 snapshot::MERGE_TEMP_NAME,
@@ -546,67 +562,9 @@ impl Worker {
         }
     }
 
-    /// Stages `entries` as a delta on `under` at the seq and size of `like` (which it
-    /// replaces), mapped and checked whole.
-    fn stage_like<'a>(
-        &self,
-        temp: &str,
-        name: String,
-        like: &MappedSnapshot,
-        under: &MappedSnapshot,
-        digest: u64,
-        entries: impl Iterator<Item = (&'a str, u64)> + Clone,
-    ) -> Result<Step, String> {
-        let h = like.header();
-        let base_ref = BaseRef {
-            checksum: under.header().checksum,
-            seq: under.header().seq,
-            total_words: h.total_words(),
-        };
-        let staged = snapshot::stage(&self.dir, temp, self.meta(h.seq), Some(base_ref), entries)
-            .map_err(|e| format!("writing {name}: {e}"))?;
-        let mapped = MappedSnapshot::open(&staged.path).map_err(|e| {
-            let _ = std::fs::remove_file(&staged.path);
-            format!("reading back {name}: {e}")
-        })?;
-        Ok(Step {
-            staged,
-            name,
-            mapped: Arc::new(mapped),
-            digest,
-        })
-    }
-
-    /// Each recent delta in `recent` written again, unchanged, on the one before it,
-    /// the first on `under`: a chain on a new file.
-    fn repoint(
-        &self,
-        under: Arc<MappedSnapshot>,
-        recent: &[Arc<MappedSnapshot>],
-        digests: &[Checked],
-    ) -> Result<Vec<Step>, String> {
-        let mut steps: Vec<Step> = Vec::new();
-        for (i, r) in recent.iter().enumerate() {
-            let on = steps.last().map_or(under.clone(), |s| s.mapped.clone());
-            let digest = digests.get(i).map_or(0, |c| c.digest);
-            // Each is written under its own temp name: all are renamed at the end.
-            let temp = format!("{}.{i}", snapshot::RECENT_TEMP_NAME);
-            let name = snapshot::recent_name(r.header().seq);
-            match self.stage_like(&temp, name, r, &on, digest, entries(r)) {
-                Ok(step) => steps.push(step),
-                Err(e) => {
-                    for s in &steps {
-                        let _ = std::fs::remove_file(&s.staged.path);
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        Ok(steps)
-    }
-
-    /// A delta merge is done: the recent deltas published since it started are written
-    /// again on the merged delta, and all go in; the merged ones go.
+    /// A delta merge is done: the merged delta goes in (the recent deltas published
+    /// since it started name the table it completes, so they stay on it as they are),
+    /// and the merged recent deltas go.
     fn install_merged_delta(
         &mut self,
         m: &Compaction,
@@ -615,34 +573,32 @@ impl Worker {
     ) -> Result<(), String> {
         let lower = self.table.read().lower().clone();
         let files = &lower.files;
-        let discard = |e: String| {
-            let _ = std::fs::remove_file(&staged.path);
-            e
-        };
         if files.delta.as_ref().map(|d| d.identity()) != Some(m.under.identity()) {
-            return Err(discard("the delta changed under the merge".into()));
+            let _ = std::fs::remove_file(&staged.path);
+            return Err("the delta changed under the merge".into());
         }
-        let merged = Arc::new(merged);
-        let since = files.recent.iter().position(|r| r.header().seq > m.seq);
-        let later = since.map_or(&[][..], |i| &files.recent[i..]);
-        let records = since.map_or(&[][..], |i| &self.records.recent[i..]);
-        let mut steps = vec![Step {
-            staged: Staged {
-                path: staged.path.clone(),
-                header: staged.header,
-            },
+        let since = files
+            .recent
+            .iter()
+            .position(|r| r.header().seq > m.seq)
+            .unwrap_or(files.recent.len());
+        let step = Step {
+            staged,
             name: snapshot::DELTA_NAME.to_owned(),
-            mapped: merged.clone(),
+            mapped: Arc::new(merged),
             digest: m.digest,
-        }];
-        steps.extend(self.repoint(merged, later, records).map_err(discard)?);
-        self.install_chain(files.base.clone(), steps, &lower);
+        };
+        let recent = (
+            files.recent[since..].to_vec(),
+            self.records.recent[since.min(self.records.recent.len())..].to_vec(),
+        );
+        self.install_chain(files.base.clone(), step, recent, &lower);
         Ok(())
     }
 
     /// A compaction is done: the delta on disk is written again on the new base (only
-    /// the words it changed since the compaction's seq), the recent deltas again on
-    /// that, and all go in.
+    /// the words it changed since the compaction's seq: the same table at the same
+    /// seq, so the recent deltas stay on it as they are), and both go in.
     fn install_base(
         &mut self,
         c: &Compaction,
@@ -662,107 +618,110 @@ impl Worker {
         let header = *base.header();
         let on_base = MappedState::base(base.clone());
         let digest = self.records.delta.map_or(lower.digest, |r| r.digest);
-        let delta = self
-            .stage_like(
-                snapshot::DELTA_TEMP_NAME,
-                snapshot::DELTA_NAME.to_owned(),
-                &old,
-                &base,
-                digest,
-                rebased(&old, &on_base),
-            )
-            .map_err(discard)?;
-        let under = delta.mapped.clone();
-        let mut steps = vec![delta];
-        match self.repoint(under, &files.recent, &self.records.recent) {
-            Ok(more) => steps.extend(more),
-            Err(e) => {
-                let _ = std::fs::remove_file(&steps[0].staged.path);
-                return Err(discard(e));
-            }
-        }
+        let h = old.header();
+        let base_ref = BaseRef {
+            checksum: header.checksum,
+            seq: header.seq,
+            total_words: h.total_words(),
+            digest,
+        };
+        let delta = snapshot::stage(
+            &self.dir,
+            snapshot::DELTA_TEMP_NAME,
+            self.meta(h.seq),
+            Some(base_ref),
+            rebased(&old, &on_base),
+        )
+        .map_err(|e| discard(format!("writing the delta on the new base: {e}")))?;
+        let mapped = MappedSnapshot::open(&delta.path).map_err(|e| {
+            let _ = std::fs::remove_file(&delta.path);
+            discard(format!("reading back the delta on the new base: {e}"))
+        })?;
         if let Err(e) = snapshot::install(&self.dir, &staged, snapshot::FILE_NAME) {
-            for s in &steps {
-                let _ = std::fs::remove_file(&s.staged.path);
-            }
+            let _ = std::fs::remove_file(&delta.path);
             return Err(discard(e.to_string()));
         }
         self.records.base = Checked::of(&header, c.digest);
-        self.install_chain(base, steps, &lower);
+        let step = Step {
+            staged: delta,
+            name: snapshot::DELTA_NAME.to_owned(),
+            mapped: Arc::new(mapped),
+            digest,
+        };
+        let recent = (files.recent.clone(), self.records.recent.clone());
+        self.install_chain(base, step, recent, &lower);
         Ok(header)
     }
 
-    /// Renames the staged files (the delta, then the recent deltas, oldest first) over
-    /// the chain on `base` (already in place), removes the recent deltas they replace,
-    /// and swaps them into the table. Should a rename fail, the files not renamed go
-    /// back into memory, sealed over those that were, and the next publication writes
-    /// them again: the table is the same either way.
-    fn install_chain(&mut self, base: Arc<MappedSnapshot>, steps: Vec<Step>, lower: &Lower) {
-        let mut placed: Vec<(Arc<MappedSnapshot>, Checked)> = Vec::new();
-        let mut left = Vec::new();
-        for step in steps {
-            if !left.is_empty() {
+    /// Renames a merge's delta into place over `base` (already in place), with the
+    /// recent deltas `recent` on it, removes the recent deltas off the chain, and swaps
+    /// the chain into the table. Should the rename fail, the delta's words and the
+    /// recent deltas' go back into memory, sealed over the base, and the next
+    /// publication writes them again: the table is the same either way.
+    fn install_chain(
+        &mut self,
+        base: Arc<MappedSnapshot>,
+        step: Step,
+        recent: (Vec<Arc<MappedSnapshot>>, Vec<Checked>),
+        lower: &Lower,
+    ) {
+        let (recent, records) = recent;
+        let placed = match snapshot::install(&self.dir, &step.staged, &step.name) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::error!(error = %e, file = %step.name, "renaming a merged file into place");
+                self.stats.lock().last_error = Some(format!("installing {}: {e}", step.name));
                 let _ = std::fs::remove_file(&step.staged.path);
-                left.push(step);
-                continue;
+                false
             }
-            match snapshot::install(&self.dir, &step.staged, &step.name) {
-                Ok(_) => {
-                    let record = Checked::of(step.mapped.header(), step.digest);
-                    placed.push((step.mapped, record));
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, file = %step.name, "renaming a merged file into place");
-                    self.stats.lock().last_error = Some(format!("installing {}: {e}", step.name));
-                    let _ = std::fs::remove_file(&step.staged.path);
-                    left.push(step);
-                }
-            }
-        }
-        let mut placed = placed.into_iter();
-        let first = placed.next();
-        self.records.delta = first.as_ref().map(|(_, r)| *r);
-        let (recent, records): (Vec<_>, Vec<_>) = placed.unzip();
-        self.records.recent = records;
-        self.records.store(&self.dir);
-        let files = MappedState {
-            base,
-            delta: first.map(|(d, _)| d),
-            recent,
         };
-        // The recent deltas a merge took in, or that its renames replaced.
-        let keep: Vec<u64> = files.recent.iter().map(|r| r.header().seq).collect();
-        for (seq, name) in snapshot::recents(&self.dir).unwrap_or_default() {
-            if !keep.contains(&seq) && left.iter().all(|s| s.name != name) {
-                let _ = std::fs::remove_file(self.dir.join(name));
-            }
-        }
-        self.note_files(files.delta.as_deref(), &files.recent);
-        let on_disk = files.seq();
-        let digest = self.records.top().digest;
-        let back = left.last().map(|newest| {
+        let (files, back) = if placed {
+            self.records.delta = Some(Checked::of(step.mapped.header(), step.digest));
+            self.records.recent = records;
+            let files = MappedState {
+                base,
+                delta: Some(step.mapped),
+                recent,
+            };
+            (files, None)
+        } else {
             // Each word once, with its count in the newest file that holds it.
             let mut words = CountMap::new();
-            for step in left.iter().rev() {
-                for (w, n) in entries(&step.mapped) {
+            let newest = recent.last().unwrap_or(&step.mapped).clone();
+            for f in recent.iter().rev().chain([&step.mapped]) {
+                for (w, n) in entries(f) {
                     if words.get(w).is_none() {
                         words.insert_new(w, n);
                     }
                 }
             }
-            let h = newest.mapped.header();
-            Arc::new(Sealed {
+            let h = newest.header();
+            let digest = records.last().map_or(step.digest, |r| r.digest);
+            let sealed = Sealed {
                 map: words,
                 seq: h.seq,
-                digest: newest.digest,
+                digest,
                 words: h.total_words(),
-            })
-        });
+            };
+            self.records.delta = None;
+            self.records.recent.clear();
+            (MappedState::base(base), Some(Arc::new(sealed)))
+        };
+        self.records.store(&self.dir);
+        // The recent deltas a merge took in, or off the chain now.
+        let keep: Vec<u64> = files.recent.iter().map(|r| r.header().seq).collect();
+        for (seq, name) in snapshot::recents(&self.dir).unwrap_or_default() {
+            if !keep.contains(&seq) {
+                let _ = std::fs::remove_file(self.dir.join(name));
+            }
+        }
+        self.note_files(files.delta.as_deref(), &files.recent);
         if back.is_some() {
             // The chain on disk is older than the table's files were: publish again.
-            self.published = self.published.min(on_disk);
+            self.published = self.published.min(files.seq());
         }
-        debug_assert!(lower.files.seq() >= on_disk);
+        debug_assert!(lower.files.seq() >= files.seq());
+        let digest = self.records.top().digest;
         self.table.write().replace_lower(|cur| Lower {
             files,
             digest,

@@ -150,6 +150,7 @@ mod tests {
             checksum: base.header().checksum,
             seq: 1,
             total_words: 4,
+            digest: 0,
         };
         let delta = write(d, DELTA_NAME, 2, Some(bref), vec![("b", 5), ("d", 1)]);
         let mut sealed = CountMap::new();

@@ -322,9 +322,7 @@ impl Entries for View {
 mod tests {
     use super::*;
     use crate::protocol::Incarnation;
-    use crate::storage::delta::{
-        entries, file_over_file, files_over_file, memory_over_file, rebased,
-    };
+    use crate::storage::delta::{file_over_file, files_over_file, memory_over_file, rebased};
     use crate::storage::mapped::MappedSnapshot;
     use crate::storage::snapshot::{self, BaseRef, Meta};
     use crate::storage::table::{Table, WordMap, digest_of};
@@ -351,11 +349,13 @@ mod tests {
         Arc::new(MappedSnapshot::open(&path).unwrap())
     }
 
-    fn base_ref(base: &MappedSnapshot, total_words: u64) -> BaseRef {
+    /// What a file on `under` completing a table of `total_words` and `digest` names.
+    fn base_ref(under: &MappedSnapshot, total_words: u64, digest: u64) -> BaseRef {
         BaseRef {
-            checksum: base.header().checksum,
-            seq: base.header().seq,
+            checksum: under.header().chain_name().unwrap(),
+            seq: under.header().seq,
             total_words,
+            digest,
         }
     }
 
@@ -374,7 +374,7 @@ mod tests {
             None => "delta".to_owned(),
             Some(_) => format!("recent{}", top.seq),
         };
-        let bref = base_ref(under, top.words);
+        let bref = base_ref(under, top.words, top.digest);
         let file = write(
             dir,
             &name,
@@ -401,8 +401,9 @@ mod tests {
         let (Some(delta), Some(newest)) = (f.delta.clone(), f.recent.last()) else {
             return;
         };
-        let bref = base_ref(&f.base, newest.header().total_words());
-        let seq = newest.header().seq;
+        let h = newest.header();
+        let bref = base_ref(&f.base, h.total_words(), h.base.unwrap().digest);
+        let seq = h.seq;
         let over: Vec<_> = f.recent.iter().rev().cloned().collect();
         let merged = write(
             dir,
@@ -432,18 +433,13 @@ mod tests {
         };
         let seq = delta.header().seq;
         let base = write(dir, "base", seq, None, file_over_file(&delta, &f.base));
-        let bref = base_ref(&base, delta.header().total_words());
+        let h = delta.header();
+        let bref = base_ref(&base, h.total_words(), h.base.unwrap().digest);
         let on_base = MappedState::base(base.clone());
         let again = write(dir, "delta", seq, Some(bref), rebased(&delta, &on_base));
         assert!(again.header().words <= delta.header().words);
-        let mut recent: Vec<Arc<MappedSnapshot>> = Vec::new();
-        for r in &f.recent {
-            let under = recent.last().unwrap_or(&again);
-            let bref = base_ref(under, r.header().total_words());
-            let name = format!("recent{}", r.header().seq);
-            let h = r.header();
-            recent.push(write(dir, &name, h.seq, Some(bref), entries(r)));
-        }
+        // The recent deltas name the table the delta completes: they stay as they are.
+        let recent = f.recent.clone();
         t.replace_lower(|cur| Lower {
             files: MappedState {
                 base,
@@ -453,6 +449,21 @@ mod tests {
             digest: cur.digest,
             sealed: cur.sealed.clone(),
         });
+    }
+
+    /// Each file of the table's chain pairs with the one under it, as a reader checks.
+    fn assert_chain(t: &Layered) {
+        let f = &t.lower().files;
+        let mut under = &f.base;
+        for file in f.delta.iter().chain(&f.recent) {
+            assert!(
+                crate::storage::mapped::pairs(under.header(), file.header()),
+                "{:?} on {:?}",
+                file.header(),
+                under.header()
+            );
+            under = file;
+        }
     }
 
     fn whole(t: &Layered) -> WordMap {
@@ -504,6 +515,7 @@ mod tests {
                 }
                 _ => {}
             }
+            assert_chain(&t);
             assert_eq!((t.seq(), t.len()), (plain.seq(), plain.len()), "at {seq}");
             assert_eq!(t.digest(), plain.digest(), "at {seq}");
             if seq % 25 == 0 {

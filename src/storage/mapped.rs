@@ -170,11 +170,12 @@ pub struct StateError {
 }
 
 /// Whether `delta` completes `base` (a base, or the delta a recent delta is on): it
-/// names it (checksum and seq), is not older, and was counted with the same tokenizer.
+/// names it (a base by its checksum, a version 4 delta by the digest of the table it
+/// completes), at its seq, is not older, and was counted with the same tokenizer.
 pub fn pairs(base: &Header, delta: &Header) -> bool {
     delta
         .base
-        .is_some_and(|b| b.checksum == base.checksum && b.seq == base.seq)
+        .is_some_and(|on| Some(on.checksum) == base.chain_name() && on.seq == base.seq)
         && delta.seq >= base.seq
         && delta.tokenizer == base.tokenizer
 }

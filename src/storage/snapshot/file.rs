@@ -247,6 +247,7 @@ mod tests {
             checksum: h.checksum,
             seq: h.seq,
             total_words: 3_002,
+            digest: 0xfeed,
         };
         let changes = [("w1é", 99u64), ("fresh", 1)];
         let m = Meta { seq: 50, ..meta() };

@@ -60,10 +60,11 @@ impl Version {
     pub const KEYED: Version = Version(2);
     /// Adds the top list before the archive.
     pub const TOP_LIST: Version = Version(3);
-    /// The same bytes, in a chain: a delta may be on another delta (the recent delta
-    /// on the delta on the base), which a reader of version 3 would take for a delta
-    /// that does not pair with its base. Written so that such a reader (an older
-    /// binary) refuses the files instead of reading part of a chain.
+    /// A chain: a delta may be on another delta (a recent delta on the delta, or on
+    /// the recent delta before it), naming it by the digest of the table it completes,
+    /// which a delta's 8 reserved bytes now hold. A reader of version 3 would take such
+    /// a file for a delta that does not pair with its base: written so that such a
+    /// reader (an older binary) refuses the files instead of reading part of a chain.
     pub const CHAIN: Version = Version(4);
     /// The version written.
     pub const CURRENT: Version = Version::CHAIN;
@@ -99,13 +100,21 @@ impl Version {
 pub type ArchivedWordMap =
     ArchivedHashMap<ArchivedString, rkyv::Archived<u64>, hasher::ArchiveHasher>;
 
-/// The base a delta applies to.
+/// The file a delta applies to, and the table they make together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BaseRef {
+    /// Which file: a base by its checksum; a delta (version 4: a recent delta on it) by
+    /// the digest of the table it completes, so that any file completing that same
+    /// table (a merged delta, a delta written again on a new base) carries the recent
+    /// deltas on it without their being written again.
     pub checksum: u64,
     pub seq: u64,
-    /// Distinct words in the base and the delta together.
+    /// Distinct words in the table this delta completes.
     pub total_words: u64,
+    /// The digest of the table this delta completes (version 4, where earlier versions
+    /// have 8 zero bytes; 0 in a file of an earlier version). See
+    /// [`crate::storage::table::digest_of`].
+    pub digest: u64,
 }
 
 /// What a snapshot says about itself besides the table.
@@ -158,14 +167,28 @@ impl Header {
         self.top_offset() + self.top.map_or(0, |t| t.len)
     }
 
+    /// What a file written on this one names it by ([`BaseRef::checksum`]): a base
+    /// its checksum, a version 4 delta the digest of the table it completes; `None` for
+    /// a delta of an earlier version (nothing is written on one).
+    pub fn chain_name(&self) -> Option<u64> {
+        match self.base {
+            None => Some(self.checksum),
+            Some(b) if self.version >= Version::CHAIN && b.digest != 0 => Some(b.digest),
+            Some(_) => None,
+        }
+    }
+
     /// Distinct words in the state this file completes (for a delta, with its base).
     pub fn total_words(&self) -> u64 {
         self.base.map_or(self.words, |b| b.total_words)
     }
 
-    /// Whether a delta's reserved field is zero, as written (`bytes`: the file).
+    /// Whether a delta's reserved field is zero, as written (`bytes`: the file), in
+    /// the versions that reserve it (version 4 holds the digest there).
     pub(super) fn reserved_is_zero(&self, bytes: &[u8]) -> bool {
-        self.kind == Kind::Base || le_u64(bytes, self.prefix_offset() + RESERVED) == 0
+        self.kind == Kind::Base
+            || self.version >= Version::CHAIN
+            || le_u64(bytes, self.prefix_offset() + RESERVED) == 0
     }
 }
 
@@ -255,6 +278,7 @@ pub(super) fn delta_prefix(base: BaseRef) -> [u8; DELTA_PREFIX_LEN] {
     p[BASE_CHECKSUM..BASE_SEQ].copy_from_slice(&base.checksum.to_le_bytes());
     p[BASE_SEQ..TOTAL_WORDS].copy_from_slice(&base.seq.to_le_bytes());
     p[TOTAL_WORDS..RESERVED].copy_from_slice(&base.total_words.to_le_bytes());
+    p[RESERVED..DELTA_PREFIX_LEN].copy_from_slice(&base.digest.to_le_bytes());
     p
 }
 
@@ -316,6 +340,11 @@ pub fn read_header(bytes: &[u8], file_len: u64) -> Result<Header, SnapshotError>
                 checksum: le_u64(bytes, prefix + BASE_CHECKSUM),
                 seq: le_u64(bytes, prefix + BASE_SEQ),
                 total_words: le_u64(bytes, prefix + TOTAL_WORDS),
+                digest: if version >= Version::CHAIN {
+                    le_u64(bytes, prefix + RESERVED)
+                } else {
+                    0
+                },
             })
         }
     };

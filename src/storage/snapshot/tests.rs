@@ -192,6 +192,7 @@ fn delta_image() -> AlignedVec {
         checksum: 0x1234,
         seq: 40,
         total_words: 7,
+        digest: 0x5678,
     };
     encode_entries([("a", 3u64), ("bé", 9)].into_iter(), meta(), Some(base)).unwrap()
 }
@@ -201,24 +202,44 @@ fn a_delta_round_trips_and_every_flipped_byte_is_rejected() {
     let img = delta_image();
     let (h, archived) = validate(&img).unwrap();
     assert_eq!((h.kind, h.words, h.total_words()), (Kind::Delta, 2, 7));
-    assert_eq!(h.base.map(|b| (b.checksum, b.seq)), Some((0x1234, 40)));
+    assert_eq!(
+        h.base.map(|b| (b.checksum, b.seq, b.digest)),
+        Some((0x1234, 40, 0x5678))
+    );
     let got = hasher::with_key(h.key, || archived.get("bé").map(|v| v.to_native()));
     assert_eq!(got, Some(9));
     assert_every_flip_rejected(&img);
 }
 
 #[test]
-fn a_delta_with_a_nonzero_reserved_field_is_rejected() {
+fn a_delta_with_a_nonzero_reserved_field_is_rejected_before_version_4() {
     let img = delta_image();
+    // Version 4 keeps the digest there.
+    assert_eq!(
+        &img[HEADER_LEN + KEY_LEN + 24..HEADER_LEN + KEY_LEN + 32],
+        &0x5678u64.to_le_bytes()
+    );
+    // As version 3 (the same layout otherwise), re-signed so that only the reserved
+    // field is wrong: refused.
     let mut bad = img.to_vec();
-    bad[HEADER_LEN + KEY_LEN + 24] = 1;
-    // Re-sign it, so that only the reserved field is wrong.
+    bad[8..12].copy_from_slice(&3u32.to_le_bytes());
     let sum = checksum(&bad[..HEADER_LEN], &bad[HEADER_LEN..], &|| false).unwrap();
     bad[56..64].copy_from_slice(&sum.to_le_bytes());
     assert!(matches!(
         validate(&aligned(&bad)).unwrap_err(),
         SnapshotError::Reserved
     ));
+    // With the field zero, the version 3 delta reads, with no digest.
+    bad[HEADER_LEN + KEY_LEN + 24..HEADER_LEN + KEY_LEN + 32].fill(0);
+    let sum = checksum(&bad[..HEADER_LEN], &bad[HEADER_LEN..], &|| false).unwrap();
+    bad[56..64].copy_from_slice(&sum.to_le_bytes());
+    let (h, _) = validate(&aligned(&bad)).unwrap();
+    assert_eq!((h.version, h.base.unwrap().digest), (Version::TOP_LIST, 0));
+    assert_eq!(
+        h.chain_name(),
+        None,
+        "nothing is written on a version 3 delta"
+    );
     // A delta cut inside its prefix.
     let mut short = img[..HEADER_LEN + KEY_LEN + 8].to_vec();
     short[32..40].copy_from_slice(&((KEY_LEN + 8) as u64).to_le_bytes());

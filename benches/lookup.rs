@@ -136,6 +136,7 @@ fn base_and_delta(c: &mut Criterion) {
         checksum: staged.header.checksum,
         seq: 1,
         total_words: (n + n / 200) as u64,
+        digest: 0,
     };
     let dmeta = Meta { seq: 2, ..meta };
     let delta = snapshot::stage(

@@ -108,12 +108,15 @@ async fn a_sigkill_during_compaction_loses_nothing_and_replicas_keep_serving() {
         }
         *model.entry("common".into()).or_default() += 1;
         let base = dir.path().join(snapshot::TEMP_NAME);
-        let merge = dir.path().join(snapshot::MERGE_TEMP_NAME);
+        let merges_to = [
+            dir.path().join(snapshot::MERGE_TEMP_NAME),
+            dir.path().join(snapshot::RECENT_MERGE_TEMP_NAME),
+        ];
         let deadline = std::time::Instant::now() + std::time::Duration::from_millis(300);
         let (mut in_base, mut in_merge) = (false, false);
         while std::time::Instant::now() < deadline && !(in_base || in_merge) {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-            (in_base, in_merge) = (base.exists(), merge.exists());
+            (in_base, in_merge) = (base.exists(), merges_to.iter().any(|m| m.exists()));
         }
         if in_base || in_merge {
             leader.kill();

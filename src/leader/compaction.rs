@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use crossbeam_channel::Receiver;
 
-use crate::storage::delta::files_over_file;
+use crate::storage::delta::{file_over_file, memory_over_file, union};
 use crate::storage::mapped::MappedSnapshot;
 use crate::storage::snapshot::{self, BaseRef, Meta, Staged};
 
@@ -18,35 +18,60 @@ use crate::storage::snapshot::{self, BaseRef, Meta, Staged};
 /// configured minimum, if that is more).
 const COMPACT_FRACTION: u64 = 8;
 
-/// A delta merge starts once this many recent deltas are on the delta: every read
-/// that misses the newer files probes each of them.
+/// Recent deltas are merged once this many are on the chain: every read that misses
+/// the newer files probes each of them.
 pub(super) const RECENT_FILES: usize = 4;
 
-/// Whether `recent_files` recent deltas of `recent_words` in all, over a delta of
-/// `delta_words` (on a base of `base_words`), should be merged into it: to keep the
-/// chain short; and when they and the delta together are due for a compaction, the
-/// merge comes first (a compaction merges the delta alone into the base).
+/// What a merge of recent deltas writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Merge {
+    /// Nothing is due.
+    None,
+    /// The recent deltas into one recent delta (it costs their words).
+    Recent,
+    /// The recent deltas into the delta (it costs the delta's words too).
+    Delta,
+}
+
+/// What to do with `recent_files` recent deltas of `recent_words` in all, over a delta
+/// of `delta_words` on a base of `base_words`: keep the chain short by merging them
+/// into one, and into the delta once they hold a quarter of its words (or when they
+/// and the delta together are due for a compaction, which merges the delta alone into
+/// the base). Each merge then costs at most a quarter more than what it writes.
 pub(super) fn merge_due(
     recent_files: usize,
     recent_words: u64,
     delta_words: u64,
     base_words: u64,
     compact_after: usize,
-) -> bool {
-    recent_files > 0
-        && (recent_files >= RECENT_FILES
-            || compaction_due(delta_words + recent_words, base_words, compact_after))
+) -> Merge {
+    if recent_files == 0 {
+        Merge::None
+    } else if recent_words >= delta_words / 4
+        || compaction_due(delta_words + recent_words, base_words, compact_after)
+    {
+        Merge::Delta
+    } else if recent_files >= RECENT_FILES {
+        Merge::Recent
+    } else {
+        Merge::None
+    }
 }
 
 /// A merge under way.
 pub(super) struct Compaction {
     /// The seq of the file it writes.
     pub seq: u64,
-    /// The digest of the table at that seq.
+    /// How far the chain on disk may fall back while its files are renamed in: the
+    /// log must keep what follows.
+    pub fallback: u64,
+    /// The digest of the table at `seq`.
     pub digest: u64,
     pub started: Instant,
-    /// The file it merges into (the base, or the delta).
-    pub under: Arc<MappedSnapshot>,
+    /// The file it merges into (the base, or the delta), if any.
+    pub under: Option<Arc<MappedSnapshot>>,
+    /// The files it merges over it, newest first.
+    pub over: Vec<Arc<MappedSnapshot>>,
     dir: PathBuf,
     temp: &'static str,
     stop: Arc<AtomicBool>,
@@ -55,35 +80,62 @@ pub(super) struct Compaction {
 }
 
 impl Compaction {
-    /// Starts writing the files `over` (newest first) over `under` (the table at `meta.seq`, whose digest is
-    /// `digest`) as a new file in `dir` under `temp`: a base when `base` is `None`, else
-    /// a delta on it. Checks it whole once written.
+    /// Starts writing the files `over` (newest first) over `under` (the table at
+    /// `meta.seq`, whose digest is `digest`) as a new file in `dir` under `temp`: a base
+    /// when `base` is `None`, else a delta on it. Checks it whole once written.
+    /// `fallback`: see [`Compaction::fallback`].
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         dir: PathBuf,
         temp: &'static str,
         meta: Meta,
         base: Option<BaseRef>,
         over: Vec<Arc<MappedSnapshot>>,
-        under: Arc<MappedSnapshot>,
+        under: Option<Arc<MappedSnapshot>>,
         digest: u64,
+        fallback: u64,
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let (done_tx, done) = crossbeam_channel::bounded(1);
         let stopped = stop.clone();
         let at = dir.clone();
-        let (o, u) = (over, under.clone());
+        let (o, u) = (over.clone(), under.clone());
         let thread = std::thread::Builder::new()
             .name("memdb-compactor".into())
             .spawn(move || {
                 let stop = || stopped.load(Ordering::Acquire);
-                let result =
-                    snapshot::stage_until(&at, temp, meta, base, files_over_file(&o, &u), &stop)
-                        .and_then(|staged| {
-                            // Checked whole here, off the publisher's thread, as a replica will.
-                            let mapped = MappedSnapshot::open_until(&staged.path, u64::MAX, &stop)?;
-                            Ok((staged, mapped))
-                        })
-                        .map_err(|e| e.to_string());
+                // The newer files' words first, each once (one probe per word of the
+                // file under them, however many files there are).
+                let newer = match &o[..] {
+                    [one] if u.is_some() => None,
+                    _ => Some(union(&o)),
+                };
+                let result = match &newer {
+                    Some(words) => snapshot::stage_until(
+                        &at,
+                        temp,
+                        meta,
+                        base,
+                        memory_over_file(words, u.as_deref()),
+                        &stop,
+                    ),
+                    None => snapshot::stage_until(
+                        &at,
+                        temp,
+                        meta,
+                        base,
+                        file_over_file(&o[0], u.as_deref().expect("checked above")),
+                        &stop,
+                    ),
+                };
+                drop(newer);
+                let result = result
+                    .and_then(|staged| {
+                        // Checked whole here, off the publisher's thread, as a replica will.
+                        let mapped = MappedSnapshot::open_until(&staged.path, u64::MAX, &stop)?;
+                        Ok((staged, mapped))
+                    })
+                    .map_err(|e| e.to_string());
                 if result.is_err() {
                     let _ = std::fs::remove_file(at.join(temp));
                 }
@@ -92,9 +144,11 @@ impl Compaction {
             .expect("spawning the compaction thread");
         Compaction {
             seq: meta.seq,
+            fallback,
             digest,
             started: Instant::now(),
             under,
+            over,
             dir,
             temp,
             stop,
@@ -103,7 +157,7 @@ impl Compaction {
         }
     }
 
-    /// The new base, staged and mapped, once the thread is done.
+    /// The new file, staged and mapped, once the thread is done.
     pub fn poll(&self) -> Option<Result<(Staged, MappedSnapshot), String>> {
         match self.done.try_recv() {
             Ok(r) => Some(r),
@@ -163,19 +217,25 @@ mod tests {
     }
 
     #[test]
-    fn a_delta_merge_keeps_the_chain_short_and_comes_before_a_compaction() {
-        use super::{RECENT_FILES, merge_due};
-        assert!(!merge_due(0, 0, 0, 0, 0), "nothing to merge");
-        assert!(!merge_due(
-            RECENT_FILES - 1,
-            1_000,
-            1_000_000,
-            10_000_000,
-            100
-        ));
-        assert!(merge_due(RECENT_FILES, 4, 1_000_000, 10_000_000, 100));
-        // The delta and the recent deltas together are due for a compaction: merge.
-        assert!(merge_due(1, 1, 1_249_999, 10_000_000, 100));
-        assert!(merge_due(1, 10, 0, 0, 10));
+    fn recent_deltas_are_merged_into_one_then_into_the_delta() {
+        use super::{Merge, RECENT_FILES, merge_due};
+        assert_eq!(merge_due(0, 0, 0, 0, 0), Merge::None, "nothing to merge");
+        let few = RECENT_FILES - 1;
+        assert_eq!(
+            merge_due(few, 1_000, 1_000_000, 10_000_000, 100),
+            Merge::None
+        );
+        assert_eq!(
+            merge_due(RECENT_FILES, 4, 1_000_000, 10_000_000, 100),
+            Merge::Recent
+        );
+        // A quarter of the delta: into the delta.
+        assert_eq!(
+            merge_due(2, 250_000, 1_000_000, 10_000_000, 100),
+            Merge::Delta
+        );
+        // They and the delta together are due for a compaction: into the delta first.
+        assert_eq!(merge_due(1, 1, 1_249_999, 10_000_000, 100), Merge::Delta);
+        assert_eq!(merge_due(1, 10, 0, 0, 10), Merge::Delta);
     }
 }

@@ -94,6 +94,7 @@ pub(super) fn lock_data_dir(dir: &Path) -> Result<File, LeaderError> {
     let _ = fs::remove_file(dir.join(snapshot::DELTA_TEMP_NAME));
     let _ = fs::remove_file(dir.join(snapshot::MERGE_TEMP_NAME));
     let _ = fs::remove_file(dir.join(snapshot::RECENT_TEMP_NAME));
+    let _ = fs::remove_file(dir.join(snapshot::RECENT_MERGE_TEMP_NAME));
     Ok(lock)
 }
 

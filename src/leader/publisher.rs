@@ -28,7 +28,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 
-use super::compaction::{Compaction, compaction_due, merge_due};
+use super::compaction::{Compaction, Merge, compaction_due, merge_due};
 use crate::protocol::Incarnation;
 use crate::storage::counts::CountMap;
 use crate::storage::delta::{entries, memory_over_file, rebased};
@@ -299,7 +299,7 @@ impl Worker {
         [&self.compaction, &self.merge]
             .into_iter()
             .flatten()
-            .map(|c| c.seq)
+            .map(|c| c.fallback)
             .fold(self.published, u64::min)
     }
 
@@ -454,8 +454,8 @@ impl Worker {
         st.recent_words = recent.iter().map(|r| r.header().words).sum();
     }
 
-    /// Starts a compaction (the delta into a new base) or a delta merge (the recent
-    /// deltas into the delta) when one is due and none of its kind is under way.
+    /// Starts a compaction (the delta into a new base) or a merge of the recent deltas
+    /// (into one, or into the delta) when one is due and none of its kind is under way.
     fn maybe_merge(&mut self) {
         let lower = self.table.read().lower().clone();
         let files = &lower.files;
@@ -480,40 +480,70 @@ impl Worker {
                 meta,
                 None,
                 vec![delta.clone()],
-                base.clone(),
+                Some(base.clone()),
                 digest,
+                meta.seq,
             ));
         }
-        let Some(newest) = files.recent.last() else {
+        let (Some(newest), Some(oldest)) = (files.recent.last(), files.recent.first()) else {
             return;
         };
+        if self.merge.is_some() || delta.header().chain_name().is_none() {
+            return;
+        }
         let recent_words = files.recent.iter().map(|r| r.header().words).sum();
-        let due = merge_due(
+        let kind = merge_due(
             files.recent.len(),
             recent_words,
             delta.header().words,
             base.header().words,
             self.compact_after,
         );
-        if self.merge.is_none() && due {
-            let meta = self.meta(newest.header().seq);
-            let digest = self.records.top().digest;
-            let base_ref = BaseRef {
-                checksum: base.header().checksum,
-                seq: base.header().seq,
-                total_words: newest.header().total_words(),
-                digest,
-            };
-            self.merge = Some(Compaction::start(
-                self.dir.clone(),
-                snapshot::MERGE_TEMP_NAME,
-                meta,
-                Some(base_ref),
-                files.recent.iter().rev().cloned().collect(),
-                delta,
-                digest,
-            ));
-        }
+        let h = newest.header();
+        let digest = self.records.top().digest;
+        let over: Vec<_> = files.recent.iter().rev().cloned().collect();
+        let (base_ref, under, fallback) = match kind {
+            Merge::None => return,
+            // A new delta on the base.
+            Merge::Delta => (
+                BaseRef {
+                    checksum: base.header().checksum,
+                    seq: base.header().seq,
+                    total_words: h.total_words(),
+                    digest,
+                },
+                Some(delta),
+                h.seq,
+            ),
+            // One recent delta, on what the oldest is on; until the others are removed
+            // the chain on disk may stop under it.
+            Merge::Recent => {
+                let on = oldest.header().base.expect("a recent delta is a delta");
+                (
+                    BaseRef {
+                        total_words: h.total_words(),
+                        digest,
+                        ..on
+                    },
+                    None,
+                    on.seq,
+                )
+            }
+        };
+        let temp = match kind {
+            Merge::Delta => snapshot::MERGE_TEMP_NAME,
+            _ => snapshot::RECENT_MERGE_TEMP_NAME,
+        };
+        self.merge = Some(Compaction::start(
+            self.dir.clone(),
+            temp,
+            self.meta(h.seq),
+            Some(base_ref),
+            over,
+            under,
+            digest,
+            fallback,
+        ));
     }
 
     /// Puts finished merges in place: a delta merge first, and a compaction only while
@@ -521,8 +551,10 @@ impl Worker {
     fn finish_merges(&mut self) {
         if let Some(result) = self.merge.as_ref().and_then(|m| m.poll()) {
             let m = self.merge.take().expect("polled above");
-            let done =
-                result.and_then(|(staged, file)| self.install_merged_delta(&m, staged, file));
+            let done = result.and_then(|(staged, file)| match m.under {
+                Some(_) => self.install_merged_delta(&m, staged, file),
+                None => self.install_merged_recent(&m, staged, file),
+            });
             match done {
                 Ok(()) => self.stats.lock().merges += 1,
                 Err(e) => {
@@ -573,7 +605,8 @@ impl Worker {
     ) -> Result<(), String> {
         let lower = self.table.read().lower().clone();
         let files = &lower.files;
-        if files.delta.as_ref().map(|d| d.identity()) != Some(m.under.identity()) {
+        let under = m.under.as_ref().map(|u| u.identity());
+        if files.delta.as_ref().map(|d| d.identity()) != under {
             let _ = std::fs::remove_file(&staged.path);
             return Err("the delta changed under the merge".into());
         }
@@ -593,6 +626,63 @@ impl Worker {
             self.records.recent[since.min(self.records.recent.len())..].to_vec(),
         );
         self.install_chain(files.base.clone(), step, recent, &lower);
+        Ok(())
+    }
+
+    /// A merge of recent deltas is done: the merged file takes the newest one's name
+    /// (it completes the same table, so the recent deltas published since stay on it as
+    /// they are), and the others it merged go.
+    fn install_merged_recent(
+        &mut self,
+        m: &Compaction,
+        staged: Staged,
+        merged: MappedSnapshot,
+    ) -> Result<(), String> {
+        let lower = self.table.read().lower().clone();
+        let files = &lower.files;
+        let ids = |v: &[Arc<MappedSnapshot>]| v.iter().map(|f| f.identity()).collect::<Vec<_>>();
+        let n = m.over.len();
+        let mut merged_ids = ids(&m.over);
+        merged_ids.reverse();
+        if files.recent.len() < n || ids(&files.recent[..n]) != merged_ids {
+            let _ = std::fs::remove_file(&staged.path);
+            return Err("the recent deltas changed under the merge".into());
+        }
+        let name = snapshot::recent_name(m.seq);
+        if let Err(e) = snapshot::install(&self.dir, &staged, &name) {
+            let _ = std::fs::remove_file(&staged.path);
+            return Err(format!("installing {name}: {e}"));
+        }
+        let merged = Arc::new(merged);
+        let mut recent = vec![merged.clone()];
+        recent.extend(files.recent[n..].iter().cloned());
+        let mut records = vec![Checked::of(merged.header(), m.digest)];
+        records.extend(
+            self.records
+                .recent
+                .get(n..)
+                .unwrap_or_default()
+                .iter()
+                .copied(),
+        );
+        self.records.recent = records;
+        self.records.store(&self.dir);
+        let keep: Vec<u64> = recent.iter().map(|r| r.header().seq).collect();
+        for (seq, name) in snapshot::recents(&self.dir).unwrap_or_default() {
+            if !keep.contains(&seq) {
+                let _ = std::fs::remove_file(self.dir.join(name));
+            }
+        }
+        self.note_files(files.delta.as_deref(), &recent);
+        self.table.write().replace_lower(|cur| Lower {
+            files: MappedState {
+                recent,
+                ..cur.files.clone()
+            },
+            digest: cur.digest,
+            sealed: cur.sealed.clone(),
+        });
+        (self.on_published)(self.durable());
         Ok(())
     }
 

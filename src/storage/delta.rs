@@ -31,18 +31,20 @@ pub fn file_over_file<'a>(
     ArchivedIter::new(over.map()).chain(rest)
 }
 
-/// The next delta: the files `over` (newest first) and then `under`, each file's
-/// words that no newer one holds (a delta merge: the recent deltas into the delta).
-pub fn files_over_file<'a>(
-    over: &'a [Arc<MappedSnapshot>],
-    under: &'a MappedSnapshot,
-) -> impl Iterator<Item = (&'a str, u64)> + Clone {
-    let files: Vec<&'a MappedSnapshot> = over.iter().map(|f| &**f).chain([under]).collect();
-    (0..files.len()).flat_map(move |k| {
-        let newer = files[..k].to_vec();
-        ArchivedIter::new(files[k].map())
-            .filter(move |(w, _)| newer.iter().all(|f| f.lookup(w).is_none()))
-    })
+/// The words of `files` (newest first), each once with its newest count: what a
+/// merge of several files holds in memory (their words only, never the file under
+/// them), so that each word of the file under them costs one probe, however many
+/// files there are.
+pub fn union(files: &[Arc<MappedSnapshot>]) -> CountMap {
+    let mut out = CountMap::new();
+    for f in files {
+        for (w, n) in entries(f) {
+            if out.get(w).is_none() {
+                out.insert_new(w, n);
+            }
+        }
+    }
+    out
 }
 
 /// A delta re-expressed on new files under it (a new base, or a merged delta): the

@@ -322,7 +322,7 @@ impl Entries for View {
 mod tests {
     use super::*;
     use crate::protocol::Incarnation;
-    use crate::storage::delta::{file_over_file, files_over_file, memory_over_file, rebased};
+    use crate::storage::delta::{file_over_file, memory_over_file, rebased, union};
     use crate::storage::mapped::MappedSnapshot;
     use crate::storage::snapshot::{self, BaseRef, Meta};
     use crate::storage::table::{Table, WordMap, digest_of};
@@ -394,30 +394,51 @@ mod tests {
         });
     }
 
-    /// What a delta merge does: the recent deltas into the delta.
-    fn merge(dir: &std::path::Path, t: &mut Layered) {
+    /// What a merge of recent deltas does: all but the newest `keep` into the delta
+    /// (`into_delta`), or into one recent delta. The ones it leaves name the table the
+    /// newest merged one completes, which the merged file completes too.
+    fn merge(dir: &std::path::Path, t: &mut Layered, keep: usize, into_delta: bool) {
         let lower = t.lower().clone();
         let f = &lower.files;
-        let (Some(delta), Some(newest)) = (f.delta.clone(), f.recent.last()) else {
+        let Some(delta) = f.delta.clone() else {
             return;
         };
-        let h = newest.header();
-        let bref = base_ref(&f.base, h.total_words(), h.base.unwrap().digest);
-        let seq = h.seq;
-        let over: Vec<_> = f.recent.iter().rev().cloned().collect();
+        if f.recent.len() <= keep {
+            return;
+        }
+        let n = f.recent.len() - keep;
+        let h = f.recent[n - 1].header();
+        let digest = h.base.unwrap().digest;
+        let over: Vec<_> = f.recent[..n].iter().rev().cloned().collect();
+        let (bref, under, name) = if into_delta {
+            let bref = base_ref(&f.base, h.total_words(), digest);
+            (bref, Some(&*delta), "delta".to_owned())
+        } else {
+            let on = f.recent[0].header().base.unwrap();
+            let bref = BaseRef {
+                total_words: h.total_words(),
+                digest,
+                ..on
+            };
+            (bref, None, format!("recent{}", h.seq))
+        };
+        let words = union(&over);
         let merged = write(
             dir,
-            "delta",
-            seq,
+            &name,
+            h.seq,
             Some(bref),
-            files_over_file(&over, &delta),
+            memory_over_file(&words, under),
         );
+        let mut files = f.clone();
+        if into_delta {
+            files.delta = Some(merged);
+            files.recent.drain(..n);
+        } else {
+            files.recent.splice(..n, [merged]);
+        }
         t.replace_lower(|cur| Lower {
-            files: MappedState {
-                base: f.base.clone(),
-                delta: Some(merged),
-                recent: Vec::new(),
-            },
+            files,
             digest: cur.digest,
             sealed: cur.sealed.clone(),
         });
@@ -500,15 +521,18 @@ mod tests {
             t.apply(&deltas, seq);
             plain.apply(&deltas, seq);
             match seq % 50 {
-                3 | 7 | 9 | 11 | 19 | 33 | 35 | 45 => publish(d, &mut t),
+                3 | 7 | 9 | 11 | 19 | 23 | 33 | 35 | 44 | 45 => publish(d, &mut t),
                 // A seal whose words are not yet written: reads go through it.
                 21 => {
                     t.seal();
                 }
+                13 => merge(d, &mut t, 1, false),
                 25 => {
                     publish(d, &mut t);
-                    merge(d, &mut t);
+                    merge(d, &mut t, 1, true);
                 }
+                37 => merge(d, &mut t, 0, false),
+                47 => merge(d, &mut t, 0, true),
                 40 => {
                     publish(d, &mut t);
                     compact(d, &mut t);

@@ -31,6 +31,8 @@ pub const DELTA_TEMP_NAME: &str = ".delta.memdb.tmp";
 pub const RECENT_PREFIX: &str = "recent-";
 /// Where a delta merge writes the next delta before it is renamed over [`DELTA_NAME`].
 pub const MERGE_TEMP_NAME: &str = ".delta.memdb.merge.tmp";
+/// Where a merge of recent deltas writes one before it is renamed to its name.
+pub const RECENT_MERGE_TEMP_NAME: &str = ".recent.memdb.merge.tmp";
 /// Where the next recent delta is written before it is renamed to its name.
 pub const RECENT_TEMP_NAME: &str = ".recent.memdb.tmp";
 

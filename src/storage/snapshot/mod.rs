@@ -67,8 +67,9 @@ pub(crate) mod write;
 
 pub use error::SnapshotError;
 pub use file::{
-    DELTA_NAME, DELTA_TEMP_NAME, FILE_NAME, MERGE_TEMP_NAME, RECENT_PREFIX, RECENT_TEMP_NAME,
-    Staged, TEMP_NAME, install, load, publish, recent_name, recents, stage, stage_until,
+    DELTA_NAME, DELTA_TEMP_NAME, FILE_NAME, MERGE_TEMP_NAME, RECENT_MERGE_TEMP_NAME, RECENT_PREFIX,
+    RECENT_TEMP_NAME, Staged, TEMP_NAME, install, load, publish, recent_name, recents, stage,
+    stage_until,
 };
 pub use kind::{DELTA_MAGIC, Kind, MAGIC};
 pub use layout::{

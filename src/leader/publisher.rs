@@ -28,7 +28,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 
-use super::compaction::{Compaction, Merge, compaction_due, merge_due};
+use super::compaction::{Compaction, Merge, RECENT_FILES, compaction_due, merge_due};
 use crate::protocol::Incarnation;
 use crate::storage::counts::CountMap;
 use crate::storage::delta::{entries, memory_over_file, rebased};
@@ -170,7 +170,8 @@ impl Publisher {
             interval: setup.interval,
             compact_after: setup.compact_after,
             compaction: None,
-            merge: None,
+            merge_delta: None,
+            merge_recent: None,
             stats: stats.clone(),
             published_tx,
             on_published: setup.on_published,
@@ -223,10 +224,20 @@ struct Worker {
     /// The delta into a new base.
     compaction: Option<Compaction>,
     /// The recent delta into the delta.
-    merge: Option<Compaction>,
+    /// Recent deltas into the delta.
+    merge_delta: Option<Compaction>,
+    /// Recent deltas into one.
+    merge_recent: Option<Compaction>,
     stats: Arc<Mutex<PublishStats>>,
     published_tx: tokio::sync::watch::Sender<u64>,
     on_published: Box<dyn Fn(u64) + Send>,
+}
+
+/// Which merge of recent deltas.
+#[derive(Clone, Copy)]
+enum Slot {
+    Delta,
+    Recent,
 }
 
 /// A file staged for a merge's install, and the name it takes.
@@ -256,9 +267,9 @@ impl Worker {
         }
         let mut next_tick = Instant::now() + self.interval;
         loop {
-            let wake = match (&self.compaction, &self.merge) {
-                (None, None) => next_tick,
-                _ => next_tick.min(Instant::now() + POLL_COMPACTION),
+            let wake = match self.merges().next() {
+                None => next_tick,
+                Some(_) => next_tick.min(Instant::now() + POLL_COMPACTION),
             };
             let msg = rx.recv_deadline(wake);
             self.finish_merges();
@@ -296,11 +307,16 @@ impl Worker {
     /// merge under way: a crash between a merge's renames leaves the chain cut at the
     /// merged file, whose seq is the merge's.
     fn durable(&self) -> u64 {
-        [&self.compaction, &self.merge]
-            .into_iter()
-            .flatten()
+        self.merges()
             .map(|c| c.fallback)
             .fold(self.published, u64::min)
+    }
+
+    /// The merges under way.
+    fn merges(&self) -> impl Iterator<Item = &Compaction> {
+        [&self.compaction, &self.merge_delta, &self.merge_recent]
+            .into_iter()
+            .flatten()
     }
 
     fn publish_if_changed(&mut self) -> Result<u64, PublishError> {
@@ -485,85 +501,98 @@ impl Worker {
                 meta.seq,
             ));
         }
-        let (Some(newest), Some(oldest)) = (files.recent.last(), files.recent.first()) else {
-            return;
-        };
-        if self.merge.is_some() || delta.header().chain_name().is_none() {
+        if files.recent.is_empty() || delta.header().chain_name().is_none() {
             return;
         }
         let recent_words = files.recent.iter().map(|r| r.header().words).sum();
-        let kind = merge_due(
+        let due = merge_due(
             files.recent.len(),
             recent_words,
             delta.header().words,
             base.header().words,
             self.compact_after,
         );
-        let h = newest.header();
-        let digest = self.records.top().digest;
-        let over: Vec<_> = files.recent.iter().rev().cloned().collect();
-        let (base_ref, under, fallback) = match kind {
-            Merge::None => return,
-            // A new delta on the base.
-            Merge::Delta => (
-                BaseRef {
-                    checksum: base.header().checksum,
-                    seq: base.header().seq,
-                    total_words: h.total_words(),
-                    digest,
-                },
+        let digest_at = |r: &MappedSnapshot| r.header().base.map_or(0, |b| b.digest);
+        if due == Merge::Delta && self.merge_delta.is_none() {
+            // All of them into a new delta on the base.
+            let h = files.recent.last().expect("checked above").header();
+            let digest = h.base.map_or(0, |b| b.digest);
+            let base_ref = BaseRef {
+                checksum: base.header().checksum,
+                seq: base.header().seq,
+                total_words: h.total_words(),
+                digest,
+            };
+            self.merge_delta = Some(Compaction::start(
+                self.dir.clone(),
+                snapshot::MERGE_TEMP_NAME,
+                self.meta(h.seq),
+                Some(base_ref),
+                files.recent.iter().rev().cloned().collect(),
                 Some(delta),
+                digest,
                 h.seq,
-            ),
-            // One recent delta, on what the oldest is on; until the others are removed
-            // the chain on disk may stop under it.
-            Merge::Recent => {
-                let on = oldest.header().base.expect("a recent delta is a delta");
-                (
-                    BaseRef {
-                        total_words: h.total_words(),
-                        digest,
-                        ..on
-                    },
-                    None,
-                    on.seq,
-                )
-            }
+            ));
+            return;
+        }
+        // Those a delta merge does not hold, into one recent delta, on what the oldest
+        // is on (until the others are removed the chain on disk may stop under it),
+        // while a delta merge runs too: the chain stays short whatever the delta costs.
+        let taken = self.merge_delta.as_ref().map_or(0, |m| m.seq);
+        let run: Vec<_> = files
+            .recent
+            .iter()
+            .filter(|r| r.header().seq > taken)
+            .collect();
+        if self.merge_recent.is_some() || run.len() < RECENT_FILES {
+            return;
+        }
+        let (oldest, newest) = (run[0], run[run.len() - 1]);
+        let on = oldest.header().base.expect("a recent delta is a delta");
+        let h = newest.header();
+        let base_ref = BaseRef {
+            total_words: h.total_words(),
+            digest: digest_at(newest),
+            ..on
         };
-        let temp = match kind {
-            Merge::Delta => snapshot::MERGE_TEMP_NAME,
-            _ => snapshot::RECENT_MERGE_TEMP_NAME,
-        };
-        self.merge = Some(Compaction::start(
+        self.merge_recent = Some(Compaction::start(
             self.dir.clone(),
-            temp,
+            snapshot::RECENT_MERGE_TEMP_NAME,
             self.meta(h.seq),
             Some(base_ref),
-            over,
-            under,
-            digest,
-            fallback,
+            run.iter().rev().map(|r| (*r).clone()).collect(),
+            None,
+            digest_at(newest),
+            on.seq,
         ));
     }
 
-    /// Puts finished merges in place: a delta merge first, and a compaction only while
-    /// no delta merge runs (a delta merge writes on the base a compaction replaces).
+    /// Puts finished merges in place: merges of recent deltas first, and a compaction
+    /// only while no delta merge runs (a delta merge writes on the base a compaction
+    /// replaces).
     fn finish_merges(&mut self) {
-        if let Some(result) = self.merge.as_ref().and_then(|m| m.poll()) {
-            let m = self.merge.take().expect("polled above");
-            let done = result.and_then(|(staged, file)| match m.under {
-                Some(_) => self.install_merged_delta(&m, staged, file),
-                None => self.install_merged_recent(&m, staged, file),
+        for slot in [Slot::Delta, Slot::Recent] {
+            let merge = match slot {
+                Slot::Delta => &mut self.merge_delta,
+                Slot::Recent => &mut self.merge_recent,
+            };
+            let Some(result) = merge.as_ref().and_then(|m| m.poll()) else {
+                continue;
+            };
+            let m = merge.take().expect("polled above");
+            let done = result.and_then(|(staged, file)| match slot {
+                Slot::Delta => self.install_merged_delta(&m, staged, file),
+                Slot::Recent => self.install_merged_recent(&m, staged, file),
             });
             match done {
                 Ok(()) => self.stats.lock().merges += 1,
                 Err(e) => {
-                    tracing::error!(error = %e, "delta merge failed; the recent deltas stay");
-                    self.stats.lock().last_error = Some(format!("delta merge: {e}"));
+                    tracing::error!(error = %e, "a merge of recent deltas failed; they stay");
+                    self.stats.lock().last_error = Some(format!("merge: {e}"));
                 }
             }
         }
-        if self.merge.is_some() {
+        if self.merge_delta.is_some() {
             return;
         }
         let Some(result) = self.compaction.as_ref().and_then(|c| c.poll()) else {
@@ -644,27 +673,31 @@ impl Worker {
         let n = m.over.len();
         let mut merged_ids = ids(&m.over);
         merged_ids.reverse();
-        if files.recent.len() < n || ids(&files.recent[..n]) != merged_ids {
+        // Where the run it merged is on the chain now (a delta merge may have taken
+        // the ones before it).
+        let at = files
+            .recent
+            .iter()
+            .position(|r| Some(r.identity()) == merged_ids.first().copied());
+        let Some(at) = at.filter(|&at| {
+            files.recent.len() >= at + n && ids(&files.recent[at..at + n]) == merged_ids
+        }) else {
             let _ = std::fs::remove_file(&staged.path);
             return Err("the recent deltas changed under the merge".into());
-        }
+        };
         let name = snapshot::recent_name(m.seq);
         if let Err(e) = snapshot::install(&self.dir, &staged, &name) {
             let _ = std::fs::remove_file(&staged.path);
             return Err(format!("installing {name}: {e}"));
         }
         let merged = Arc::new(merged);
-        let mut recent = vec![merged.clone()];
-        recent.extend(files.recent[n..].iter().cloned());
-        let mut records = vec![Checked::of(merged.header(), m.digest)];
-        records.extend(
-            self.records
-                .recent
-                .get(n..)
-                .unwrap_or_default()
-                .iter()
-                .copied(),
-        );
+        let mut recent = files.recent[..at].to_vec();
+        recent.push(merged.clone());
+        recent.extend(files.recent[at + n..].iter().cloned());
+        let old = &self.records.recent;
+        let mut records = old.get(..at).unwrap_or_default().to_vec();
+        records.push(Checked::of(merged.header(), m.digest));
+        records.extend(old.get(at + n..).unwrap_or_default().iter().copied());
         self.records.recent = records;
         self.records.store(&self.dir);
         let keep: Vec<u64> = recent.iter().map(|r| r.header().seq).collect();
@@ -822,9 +855,13 @@ impl Worker {
 
     /// Stops the merges under way (at shutdown): the files stay as they are.
     fn abandon_merges(&mut self) {
-        for c in [self.compaction.take(), self.merge.take()]
-            .into_iter()
-            .flatten()
+        for c in [
+            self.compaction.take(),
+            self.merge_delta.take(),
+            self.merge_recent.take(),
+        ]
+        .into_iter()
+        .flatten()
         {
             c.abandon();
         }

@@ -37,6 +37,7 @@ pub mod client;
 pub mod config;
 pub mod consensus;
 pub mod fs;
+pub mod heap;
 pub mod ingest;
 pub mod leader;
 pub mod origin;

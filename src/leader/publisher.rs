@@ -172,6 +172,7 @@ impl Publisher {
             compaction: None,
             merge_delta: None,
             merge_recent: None,
+            trimmed: false,
             stats: stats.clone(),
             published_tx,
             on_published: setup.on_published,
@@ -231,6 +232,8 @@ struct Worker {
     stats: Arc<Mutex<PublishStats>>,
     published_tx: tokio::sync::watch::Sender<u64>,
     on_published: Box<dyn Fn(u64) + Send>,
+    /// Whether the heap was trimmed since the last publication.
+    trimmed: bool,
 }
 
 /// Which merge of recent deltas.
@@ -294,8 +297,16 @@ impl Worker {
                 }
             }
             if Instant::now() >= next_tick {
+                let idle = self.table.read().seq() == self.published;
                 let _ = self.publish_if_changed();
                 self.maybe_merge();
+                // Nothing written for an interval: give back the memory the earlier
+                // intervals' words and the merges' scratch freed (once, and again after
+                // each merge; while writes go on, the next interval reuses it).
+                if idle && !self.trimmed {
+                    crate::heap::trim();
+                    self.trimmed = true;
+                }
                 // On a fixed beat: a publication's own time does not stretch the
                 // interval (one that took longer is followed at once).
                 next_tick = (next_tick + self.interval).max(Instant::now());
@@ -459,6 +470,7 @@ impl Worker {
             swapped_ms = started.elapsed().as_secs_f64() * 1e3,
             "delta published"
         );
+        self.trimmed = false;
         Ok(meta.seq)
     }
 
@@ -584,6 +596,7 @@ impl Worker {
                 Slot::Delta => self.install_merged_delta(&m, staged, file),
                 Slot::Recent => self.install_merged_recent(&m, staged, file),
             });
+            self.trimmed = false;
             match done {
                 Ok(()) => self.stats.lock().merges += 1,
                 Err(e) => {
@@ -599,6 +612,7 @@ impl Worker {
             return;
         };
         let c = self.compaction.take().expect("polled above");
+        self.trimmed = false;
         let installed = result.and_then(|(staged, base)| self.install_base(&c, staged, base));
         let mut st = self.stats.lock();
         st.compacting = false;

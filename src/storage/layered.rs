@@ -63,7 +63,8 @@ impl Lower {
                 return Some(n);
             }
         }
-        self.files.lookup(word)
+        self.files
+            .lookup_hashed(word, crate::storage::filter::hash(word))
     }
 
     /// The sealed layers' words as one map, each word with its newest count: the

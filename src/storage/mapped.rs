@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use memmap2::Mmap;
 
+use crate::storage::filter::{self, Filter};
 use crate::storage::snapshot::{self, ArchivedWordMap, HEADER_LEN, Header, Kind, SnapshotError};
 
 /// A validated, memory-mapped snapshot. Lookups read the mapping directly.
@@ -27,6 +28,8 @@ pub struct MappedSnapshot {
     /// The top list of a file that carries none (versions 1 and 2), ranked once when
     /// it was mapped.
     ranked: Option<Vec<(Box<str>, u64)>>,
+    /// A delta's words, for lookups that miss it (see [`crate::storage::filter`]).
+    filter: Option<Filter>,
 }
 
 impl MappedSnapshot {
@@ -71,7 +74,12 @@ impl MappedSnapshot {
             header,
             identity: file_id(&meta),
             ranked: None,
+            filter: None,
         };
+        if header.kind == Kind::Delta {
+            let words = m.map().iter().map(|(k, _)| k.as_str());
+            m.filter = Some(Filter::of(header.words as usize, words));
+        }
         if header.top.is_none() {
             let all = m.map().iter().map(|(k, v)| (k.as_str(), v.to_native()));
             let ranked = crate::storage::top::best_of(all, crate::storage::top::MAX_TOP)
@@ -133,6 +141,15 @@ impl MappedSnapshot {
     /// key (every lookup in an archived table must: see
     /// [`crate::storage::snapshot::hasher`]).
     pub fn lookup(&self, word: &str) -> Option<u64> {
+        self.lookup_hashed(word, filter::hash(word))
+    }
+
+    /// [`MappedSnapshot::lookup`] with the word's [`filter::hash`] computed once for
+    /// every file of a chain.
+    pub fn lookup_hashed(&self, word: &str, h: u64) -> Option<u64> {
+        if self.filter.as_ref().is_some_and(|f| !f.may_hold(h)) {
+            return None;
+        }
         snapshot::hasher::with_key(self.header.key, || {
             self.map().get(word).map(|v| v.to_native())
         })
@@ -209,9 +226,14 @@ impl MappedState {
 
     /// The count of a word, if the state holds it: from the newest file that does.
     pub fn lookup(&self, word: &str) -> Option<u64> {
+        self.lookup_hashed(word, filter::hash(word))
+    }
+
+    /// [`MappedState::lookup`] with the word's [`filter::hash`].
+    pub fn lookup_hashed(&self, word: &str, h: u64) -> Option<u64> {
         self.deltas()
-            .find_map(|d| d.lookup(word))
-            .or_else(|| self.base.lookup(word))
+            .find_map(|d| d.lookup_hashed(word, h))
+            .or_else(|| self.base.lookup_hashed(word, h))
     }
 
     /// The count of an (already normalised) word: 0 if absent.

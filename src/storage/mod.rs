@@ -10,6 +10,7 @@ pub mod batch;
 pub mod container;
 pub mod counts;
 pub mod delta;
+pub mod filter;
 pub mod frame;
 pub mod history;
 pub mod layered;

@@ -1,6 +1,6 @@
-//! A snapshot file mapped into memory and read in place. The library's only `unsafe`
-//! (the binary has one more: setting environment variables from the config file
-//! before any thread starts).
+//! A snapshot file mapped into memory and read in place. The library's main `unsafe`
+//! (the other is `malloc_trim` in `heap.rs`; the binary has one more: setting
+//! environment variables from the config file before any thread starts).
 //!
 //! Soundness rests on one invariant that the leader keeps ([`crate::storage::snapshot::publish`]):
 //! **a published snapshot file is never modified or truncated.** New snapshots are

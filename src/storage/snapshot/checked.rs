@@ -1,10 +1,12 @@
-//! The data directory's record of the snapshot files this node has checked whole
-//! (`snapshot.checked`), and the digest of the state each one completes.
+//! The data directory's record of the snapshot files whose structure this node knows
+//! to be sound (`snapshot.checked`), and the digest of the state each one completes.
 //!
 //! Checking a 10M-word base whole (rkyv's bytecheck of every entry, the top list
 //! against the table) takes seconds; its checksum takes tens of milliseconds. A file
-//! is checked whole once, when this node writes it (the publisher maps what it wrote)
-//! or first reads it; the record keeps its checksum and length. At the next start a
+//! is recorded when this node has checked it whole (a merge's output, a file read at
+//! start) or wrote it with its own serializer from words it holds (a publication,
+//! whose checksum the writer computed reading the file back); the record keeps its
+//! checksum and length. At the next start a
 //! file whose checksum matches its header (verified over every byte, as always) and a
 //! record is those same bytes, so the structural check is skipped. We chose this over
 //! size-and-mtime: a flipped bit on disk still fails the checksum, and a file copied

@@ -68,6 +68,15 @@ async fn readers_see_whole_monotone_states_across_deltas_and_compactions() {
     assert!(compactions >= 5, "only {compactions} compactions: {h}");
     let merges = h["snapshot"]["merges"].as_u64().unwrap();
     assert!(merges >= 5, "only {merges} delta merges: {h}");
+    // /metrics says the same (counters only grow: at least what /health said).
+    let merged = scrape_metric(&leader, "memdb_snapshot_merges_total").await;
+    let compacted = scrape_metric(&leader, "memdb_snapshot_compactions_total").await;
+    assert!(merged >= merges as f64 && compacted >= compactions as f64);
+    // At rest the merges bring the chain under 4 recent deltas.
+    eventually("a short chain at rest", || async {
+        (scrape_metric(&leader, "memdb_snapshot_recent_files").await < 4.0).then_some(())
+    })
+    .await;
     let lh = local.health().await;
     assert_eq!(lh["rejected_snapshots"], 0, "{lh}");
     assert_eq!(lh["words"], t.len() as u64, "{lh}");

@@ -251,6 +251,21 @@ impl Leader {
             "1 while the last snapshot publish failed.",
             snap.last_error.is_some(),
         );
+        m.gauge(
+            "memdb_snapshot_recent_files",
+            "Recent deltas on the chain (every read that misses the newer files probes each).",
+            snap.recent_files,
+        );
+        m.counter(
+            "memdb_snapshot_merges_total",
+            "Merges of recent deltas (into one, or into the delta) since start.",
+            snap.merges,
+        );
+        m.counter(
+            "memdb_snapshot_compactions_total",
+            "Compactions (the delta into a new base) since start.",
+            snap.compactions,
+        );
     }
 
     fn collect_wal(&self, m: &mut Series<'_>) {

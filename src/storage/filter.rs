@@ -15,10 +15,10 @@ pub struct Filter {
     mask: u64,
 }
 
-/// The hash a filter is probed with (one per word, for every filter of a chain).
-pub fn hash(word: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(word.as_bytes())
-}
+/// The hash a filter is probed with (one per word, for every filter of a chain): the
+/// same as the digest's ([`crate::storage::table::word_hash`]), so a write that has
+/// one for its digest probes the chain with it.
+pub use crate::storage::table::word_hash as hash;
 
 impl Filter {
     /// A filter of `words`.

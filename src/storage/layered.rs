@@ -58,13 +58,18 @@ impl Lower {
 
     /// A word's count, from the highest layer that holds it.
     pub fn lookup(&self, word: &str) -> Option<u64> {
+        self.lookup_hashed(word, word_hash(word))
+    }
+
+    /// [`Lower::lookup`] with the word's [`word_hash`] computed already (a write has
+    /// it for its digest).
+    pub fn lookup_hashed(&self, word: &str, h: u64) -> Option<u64> {
         for s in self.sealed.iter().rev() {
             if let Some(n) = s.map.get(word) {
                 return Some(n);
             }
         }
-        self.files
-            .lookup_hashed(word, crate::storage::filter::hash(word))
+        self.files.lookup_hashed(word, h)
     }
 
     /// The sealed layers' words as one map, each word with its newest count: the
@@ -200,7 +205,9 @@ impl Layered {
         let mut digest = self.digest;
         for ((word, n), &h) in deltas.iter().zip(hashes) {
             let lower = &self.lower;
-            let (i, before, after, new) = self.live.add_over(word, *n, || lower.lookup(word));
+            let (i, before, after, new) = self
+                .live
+                .add_over(word, *n, || lower.lookup_hashed(word, h));
             self.words += new as u64;
             self.ranking.raised(&self.live, i, after);
             digest = digest
@@ -505,20 +512,9 @@ mod tests {
         let empty = write(d, "base", 0, None, std::iter::empty());
         let mut t = Layered::new(MappedState::base(empty), 0);
         let mut plain = Table::new();
-        let mut rng = 0x2545_f491_4f6c_dd1du64;
-        let words = MAX_TOP as u64 * 2;
+        let mut batches = crate::storage::table::tests::skewed_batches(MAX_TOP as u64 * 2, 40);
         for seq in 1..=600u64 {
-            let deltas: Vec<(String, u64)> = (0..40)
-                .map(|_| {
-                    rng ^= rng << 13;
-                    rng ^= rng >> 7;
-                    rng ^= rng << 17;
-                    let i = (rng % words) * ((rng >> 32) % words) / words;
-                    (format!("w{i}"), 1 + (rng >> 62))
-                })
-                .collect::<std::collections::BTreeMap<_, _>>()
-                .into_iter()
-                .collect();
+            let deltas = batches();
             t.apply(&deltas, seq);
             plain.apply(&deltas, seq);
             match seq % 50 {

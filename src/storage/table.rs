@@ -247,8 +247,28 @@ fn check_delta(word: &str, count: u64, delta: i64) -> Result<u64, DeltaError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Batches of up to `per` distinct words out of `words`, skewed towards the first
+    /// (a product of two uniform draws), each counted 1 to 4: many raises of a few
+    /// words and a long tail. The same sequence every run.
+    pub(crate) fn skewed_batches(words: u64, per: usize) -> impl FnMut() -> Vec<(String, u64)> {
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        move || {
+            (0..per)
+                .map(|_| {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let i = (rng % words) * ((rng >> 32) % words) / words;
+                    (format!("w{i}"), 1 + (rng >> 62))
+                })
+                .collect::<std::collections::BTreeMap<_, _>>()
+                .into_iter()
+                .collect()
+        }
+    }
 
     fn recomputed(t: &Table) -> u64 {
         digest_of(t.map().iter())
@@ -310,20 +330,9 @@ mod tests {
     fn the_top_list_follows_the_table() {
         use crate::storage::top::{MAX_TOP, best_of};
         let mut t = Table::new();
-        let mut rng = 0x2545_f491_4f6c_dd1du64;
-        let words = MAX_TOP as u64 * 3 / 2;
+        let mut batches = skewed_batches(MAX_TOP as u64 * 3 / 2, 100);
         for seq in 1..=3_000u64 {
-            let deltas: Vec<(String, u64)> = (0..100)
-                .map(|_| {
-                    rng ^= rng << 13;
-                    rng ^= rng >> 7;
-                    rng ^= rng << 17;
-                    let i = (rng % words) * ((rng >> 32) % words) / words;
-                    (format!("w{i}"), 1 + (rng >> 62))
-                })
-                .collect::<std::collections::BTreeMap<_, _>>()
-                .into_iter()
-                .collect();
+            let deltas = batches();
             t.apply(&deltas, seq);
             if seq % 700 == 0 || seq == 3_000 {
                 let want = best_of(t.map().iter(), MAX_TOP);

@@ -184,6 +184,17 @@ impl Worker {
         }
     }
 
+    /// Removes the recent deltas on disk that are not on the chain `recent` (those a
+    /// merge took in, or whose renames a merge replaced).
+    fn remove_off_chain(&self, recent: &[Arc<MappedSnapshot>]) {
+        let keep: Vec<u64> = recent.iter().map(|r| r.header().seq).collect();
+        for (seq, name) in snapshot::recents(&self.dir).unwrap_or_default() {
+            if !keep.contains(&seq) {
+                let _ = std::fs::remove_file(self.dir.join(name));
+            }
+        }
+    }
+
     /// A delta merge is done: the merged delta goes in (the recent deltas published
     /// since it started name the table it completes, so they stay on it as they are),
     /// and the merged recent deltas go.
@@ -261,12 +272,7 @@ impl Worker {
         records.extend(old.get(at + n..).unwrap_or_default().iter().copied());
         self.records.recent = records;
         self.records.store(&self.dir);
-        let keep: Vec<u64> = recent.iter().map(|r| r.header().seq).collect();
-        for (seq, name) in snapshot::recents(&self.dir).unwrap_or_default() {
-            if !keep.contains(&seq) {
-                let _ = std::fs::remove_file(self.dir.join(name));
-            }
-        }
+        self.remove_off_chain(&recent);
         self.note_files(files.delta.as_deref(), &recent);
         self.table.write().replace_lower(|cur| Lower {
             files: MappedState {
@@ -392,13 +398,7 @@ impl Worker {
             (MappedState::base(base), Some(Arc::new(sealed)))
         };
         self.records.store(&self.dir);
-        // The recent deltas a merge took in, or off the chain now.
-        let keep: Vec<u64> = files.recent.iter().map(|r| r.header().seq).collect();
-        for (seq, name) in snapshot::recents(&self.dir).unwrap_or_default() {
-            if !keep.contains(&seq) {
-                let _ = std::fs::remove_file(self.dir.join(name));
-            }
-        }
+        self.remove_off_chain(&files.recent);
         self.note_files(files.delta.as_deref(), &files.recent);
         if back.is_some() {
             // The chain on disk is older than the table's files were: publish again.

@@ -151,10 +151,11 @@ fn replication(c: &mut Criterion) {
                     leader.clone(),
                     std::future::pending(),
                 ));
-                for _ in 0..3 {
+                for k in 0..3 {
                     let rl = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                     let url = format!("http://{}", rl.local_addr().unwrap());
                     let mut rc = ReplicaConfig::new(leader_url.clone());
+                    rc.data_dir = Some(dir.path().join(format!("replica-{k}")));
                     rc.heartbeat = Duration::from_millis(100);
                     tokio::spawn(memdb::replica::network::routes::run(
                         rl,

@@ -81,9 +81,11 @@ fn over_http(c: &mut Criterion) {
         leader.post_text(&text.join(" ")).await.unwrap();
         let replica_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", replica_l.local_addr().unwrap());
+        let mut rc = ReplicaConfig::new(leader_url);
+        rc.data_dir = Some(dir.path().join("replica"));
         tokio::spawn(memdb::replica::network::routes::run(
             replica_l,
-            ReplicaConfig::new(leader_url),
+            rc,
             std::future::pending(),
         ));
         let client = memdb::client::Client::new(&url);

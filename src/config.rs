@@ -143,6 +143,11 @@ pub struct ReplicaConfig {
     pub fallbacks: Vec<String>,
     /// The URL the leader should push to; default `http://<bound address>`.
     pub advertise: Option<String>,
+    /// Where the leader's files are kept and mapped (locked, owner-only); `None`: a
+    /// private directory under the system's temp directory, removed at stop. A
+    /// replica's files are a copy of its leader's: a named directory only saves a
+    /// restart the download of what did not change.
+    pub data_dir: Option<std::path::PathBuf>,
     /// How often the replica re-registers with the leader, which is also how it notices
     /// a restarted leader. Default 1s.
     pub heartbeat: Duration,
@@ -160,6 +165,7 @@ impl ReplicaConfig {
             leader: leader.into(),
             fallbacks: Vec::new(),
             advertise: None,
+            data_dir: None,
             heartbeat: Duration::from_secs(1),
             max_body: 64 << 20,
             max_wait: Duration::from_secs(2),

@@ -1,6 +1,6 @@
 //! File helpers every room that writes files uses: replacing a file atomically (temp
 //! file, fsync, rename, fsync the directory), and opening a file to read only if it is
-//! a regular file of a bounded size.
+//! a regular file of a bounded size, and locking a node's data directory.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -110,4 +110,52 @@ pub fn write_atomically_mode(
     }
     File::open(dir)?.sync_all()?;
     Ok(dest)
+}
+
+/// Why [`lock_dir`] could not lock a directory.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LockError {
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "{} is locked by another process: another node uses this data directory",
+        .0.display()
+    )]
+    Locked(PathBuf),
+}
+
+/// Creates `dir` (owner-only, 0700) if needed and takes an exclusive lock on the file
+/// `name` in it (flock, held as long as the returned file is open), writing this
+/// process's id into it for operators and scripts to find the owner by.
+pub fn lock_dir(dir: &Path, name: &str) -> Result<File, LockError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let io = |what, path: &Path| {
+        let path = path.to_owned();
+        move |source| LockError::Io { what, path, source }
+    };
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io("creating data directory", dir))?;
+    let path = dir.join(name);
+    let mut lock = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io("opening", &path))?;
+    lock.try_lock()
+        .map_err(|_| LockError::Locked(dir.to_owned()))?;
+    lock.set_len(0).map_err(io("writing", &path))?;
+    writeln!(lock, "{}", std::process::id()).map_err(io("writing", &path))?;
+    Ok(lock)
 }

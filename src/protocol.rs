@@ -166,3 +166,33 @@ mod tests {
         assert_ne!(Incarnation::random(), Incarnation::random());
     }
 }
+
+/// `GET /files` on a leader: the files its table is made of at one seq, which a
+/// joining network replica downloads as they are (`GET /files/{name}`) and maps.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Manifest {
+    /// The seq the files are at (the newest file's).
+    pub seq: u64,
+    /// The leader's incarnation, whose history the files are a prefix of.
+    #[schema(value_type = String, example = "3f2a9c0d11e5b7a4")]
+    pub incarnation: Incarnation,
+    #[schema(value_type = String, example = "unicode")]
+    pub tokenizer: crate::words::Tokenizer,
+    /// The digest of the table the files make, 16 hex digits.
+    pub digest: String,
+    /// Distinct words in that table.
+    pub words: u64,
+    /// The base first, then the delta on it, then the recent deltas oldest first.
+    pub files: Vec<ManifestFile>,
+}
+
+/// One file of a [`Manifest`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ManifestFile {
+    /// The name to fetch it by and to store it under.
+    pub name: String,
+    /// Its length in bytes.
+    pub len: u64,
+    /// Its checksum, 16 hex digits: the `ETag` it is served with, quoted.
+    pub checksum: String,
+}

@@ -224,6 +224,13 @@ impl serde::Serialize for Tokenizer {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for Tokenizer {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl FromStr for Tokenizer {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

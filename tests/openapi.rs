@@ -66,6 +66,9 @@ async fn call(app: &App, method: &str, path: &str, token: Option<&str>) -> u16 {
         // Something to remove: register it first (as the caller may).
         Box::pin(call(app, "POST", path, token)).await;
     }
+    // A path parameter gets a value the node has: the leader's base file.
+    let named = path.replace("{name}", "snapshot.memdb");
+    let path = named.as_str();
     let (uri, ctype, body) = match (method, path) {
         ("GET", "/wordcount") => (format!("{path}?word=x"), None, ""),
         ("POST", "/post") => (path.to_owned(), Some("text/plain"), "openapi"),

@@ -6,6 +6,7 @@ mod layers;
 mod util;
 
 mod bad_input;
+mod bootstrap;
 mod cluster;
 mod compaction;
 mod diskfull;

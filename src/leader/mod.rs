@@ -11,11 +11,14 @@
 //!   routes, `/health` and `/metrics` ask of a leader.
 //! - [`publisher`] (and `compaction.rs`), [`notifier`]: snapshots for local replicas
 //!   and the socket that announces them; [`backlog`], [`replication`]: batches for network replicas.
+//! - `files.rs`: `GET /files`, the files the table is made of, served as they are
+//!   for a joining network replica (a binary bootstrap).
 //! - [`error`]: why a leader could not open, shut down or take a write.
 
 pub mod backlog;
 mod compaction;
 pub mod error;
+mod files;
 pub mod node;
 pub mod notifier;
 mod open;

@@ -1,9 +1,8 @@
 //! What a leader does before it serves: lock its data directory, recover the table
 //! from the snapshot and the log, and set up the replication senders.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::{self, File};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,24 +70,10 @@ pub(super) fn replica_set(
 /// Creates the data directory (0700) if needed and takes its lock (flock, held for the
 /// process's life, with our pid written in it). Removes a temp snapshot a crash left.
 pub(super) fn lock_data_dir(dir: &Path) -> Result<File, LeaderError> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(io_err("creating data directory", dir))?;
-    let lock_path = dir.join(LOCK_FILE);
-    let mut lock = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&lock_path)
-        .map_err(io_err("opening", &lock_path))?;
-    lock.try_lock()
-        .map_err(|_| LeaderError::Locked(dir.to_owned()))?;
-    lock.set_len(0).map_err(io_err("writing", &lock_path))?;
-    writeln!(lock, "{}", std::process::id()).map_err(io_err("writing", &lock_path))?;
+    let lock = crate::fs::lock_dir(dir, LOCK_FILE).map_err(|e| match e {
+        crate::fs::LockError::Locked(dir) => LeaderError::Locked(dir),
+        crate::fs::LockError::Io { what, path, source } => io_err(what, &path)(source),
+    })?;
     // A temp file left by a crash mid-publish or mid-compaction is never valid.
     let _ = fs::remove_file(dir.join(snapshot::TEMP_NAME));
     let _ = fs::remove_file(dir.join(snapshot::DELTA_TEMP_NAME));

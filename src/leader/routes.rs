@@ -282,7 +282,13 @@ pub fn leader_router(leader: Leader) -> Router {
             let writes = OpenApiRouter::new()
                 .routes(routes!(post_handler))
                 .layer(axum::extract::DefaultBodyLimit::max(cfg.max_body));
-            (writes, replication, cfg.max_body)
+            // A voter's files follow raft's log, not the seqs its replicas follow:
+            // only a single leader serves them.
+            (
+                writes,
+                replication.merge(super::files::routes()),
+                cfg.max_body,
+            )
         }
     };
     router::node_router(

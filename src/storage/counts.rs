@@ -177,6 +177,15 @@ impl CountMap {
         }
     }
 
+    /// Sets `word`'s count, keeping a zero count as an entry (a layer's word that went
+    /// away: it hides the count of the layers under it; see [`crate::storage::layered`]).
+    pub fn put(&mut self, word: &str, count: u64) {
+        match self.find(word) {
+            Some(i) => self.entries[i].count = count,
+            None => self.push(word, count),
+        }
+    }
+
     /// Adds a word known to be absent (a base's words are distinct), without looking
     /// for it first.
     pub fn insert_new(&mut self, word: &str, count: u64) {

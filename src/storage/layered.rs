@@ -8,9 +8,11 @@
 //! layers under it the first time the word is written after a seal. Publication seals
 //! the live map (a pointer swap under the writer's lock), writes the sealed words over
 //! the delta as the next delta file without any lock, maps it, and swaps the mapped
-//! file in for the sealed words (see `leader/publisher.rs`). Counts only grow here (a
-//! leader's, a voter's), so a count is never zero and a layer never needs to say a word
-//! went away.
+//! file in for the sealed words (see `leader/publisher.rs`). On a leader or a voter
+//! counts only grow. A network replica also applies signed deltas (the Go original's
+//! `/update` may lower a count): a word whose count falls to zero stays in the live map
+//! with a zero count, which hides the word in the layers under it (a tombstone; every
+//! walk of the table leaves zero counts out).
 //!
 //! At 10M words the base is some 250 MB of page cache shared with every local replica
 //! on the host, and the anonymous memory is the live map: the words of one interval.
@@ -20,7 +22,7 @@ use std::sync::Arc;
 use crate::storage::counts::CountMap;
 use crate::storage::mapped::{Entries, MappedState};
 use crate::storage::ranking::Ranking;
-use crate::storage::table::{entry_digest, word_hash};
+use crate::storage::table::{DeltaError, check_delta, entry_digest, word_hash};
 use crate::storage::top::TopWords;
 use crate::words::Deltas;
 
@@ -125,7 +127,8 @@ fn walk<'a>(live: &'a CountMap, lower: &'a Lower) -> Box<dyn Iterator<Item = (&'
         }
     });
     let from_files = lower.files.iter().filter(move |(w, _)| !in_mem(&mems, w));
-    Box::new(from_mem.chain(from_files))
+    // A zero count is a word that went away (a tombstone, see the module docs).
+    Box::new(from_mem.chain(from_files).filter(|&(_, n)| n > 0))
 }
 
 /// The table: see the module's documentation. Not synchronised: the node wraps it in
@@ -215,6 +218,57 @@ impl Layered {
                 .wrapping_add(entry_digest(h, after));
         }
         self.digest = digest;
+        self.seq = seq;
+    }
+
+    /// Applies signed deltas atomically (a network replica's pushes): every delta or,
+    /// if one would take a count below zero or past `u64::MAX`, none. A count that
+    /// falls to zero stays in the live map as a tombstone. Does not change `seq`; the
+    /// caller decides what the batch's number is.
+    pub fn apply_signed(&mut self, deltas: &[(String, i64)]) -> Result<(), DeltaError> {
+        // Staged first: a batch may name a word twice and cross a bound only in sum.
+        let mut staged: std::collections::HashMap<&str, u64> = Default::default();
+        for (word, delta) in deltas {
+            if word.is_empty() {
+                return Err(DeltaError::EmptyWord);
+            }
+            let count = match staged.get(word.as_str()) {
+                Some(&c) => c,
+                None => self.get(word),
+            };
+            staged.insert(word.as_str(), check_delta(word, count, *delta)?);
+        }
+        // Raises pending by entry number are settled before any count is set.
+        self.ranking.settle(&self.live);
+        let mut lowered = false;
+        for (word, count) in staged {
+            let before = self.get(word);
+            if count < before {
+                // A count that falls may fall below words the top list never kept.
+                lowered |= self.ranking.list_mut().contains(word);
+            } else if count > before {
+                self.ranking.list_mut().raised(word, count);
+            }
+            let h = word_hash(word);
+            self.digest = self
+                .digest
+                .wrapping_sub(entry_digest(h, before))
+                .wrapping_add(entry_digest(h, count));
+            match (before, count) {
+                (0, c) if c > 0 => self.words += 1,
+                (b, 0) if b > 0 => self.words -= 1,
+                _ => {}
+            }
+            self.live.put(word, count);
+        }
+        if lowered {
+            self.ranking = Ranking::new(TopWords::of(walk(&self.live, &self.lower)));
+        }
+        Ok(())
+    }
+
+    /// Sets the seq (a batch that changed no count still has its number).
+    pub fn set_seq(&mut self, seq: u64) {
         self.seq = seq;
     }
 
@@ -564,5 +618,57 @@ mod tests {
             let want = crate::storage::top::scanned(plain.map().iter(), 5, "w1");
             assert_eq!(got, &want[..]);
         });
+    }
+
+    /// A replica's signed deltas over the files: raises, lowerings and words that go
+    /// (a zero count hides the word in the files), exactly as a plain table.
+    #[test]
+    fn signed_deltas_over_files_lower_and_remove_words_as_a_plain_table_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mut plain = Table::new();
+        let mut batches = crate::storage::table::tests::skewed_batches(MAX_TOP as u64 * 2, 40);
+        for seq in 1..=40u64 {
+            plain.apply(&batches(), seq);
+        }
+        let words: Vec<(String, u64)> = plain.map().iter().map(|(w, n)| (w.into(), n)).collect();
+        let base = write(d, "base", 40, None, plain.map().iter());
+        let mut t = Layered::new(MappedState::base(base), plain.digest());
+        // Too low for a word: refused whole, nothing changed.
+        let (w0, n0) = words[0].clone();
+        let bad = vec![("new".to_owned(), 5), (w0.clone(), -(n0 as i64) - 1)];
+        assert!(t.apply_signed(&bad).is_err());
+        assert_eq!(
+            (t.get("new"), t.len(), t.digest()),
+            (0, plain.len(), plain.digest())
+        );
+        let mut rng = 7u64;
+        for step in 0..300usize {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let (w, _) = &words[(rng >> 33) as usize % words.len()];
+            let have = plain.get(w) as i64;
+            let delta = match step % 4 {
+                0 => -have,       // the word goes
+                1 => -(have / 2), // lowered
+                2 => 3,           // raised (back, if it went)
+                _ => 1 + (step as i64 % 5),
+            };
+            let batch = vec![(w.clone(), delta), (format!("fresh{}", step % 7), 1)];
+            t.apply_signed(&batch).unwrap();
+            plain.apply_signed(&batch).unwrap();
+            assert_eq!(t.get(w), plain.get(w), "{w} at step {step}");
+            assert_eq!(
+                (t.len(), t.digest()),
+                (plain.len(), plain.digest()),
+                "at {step}"
+            );
+        }
+        let want: WordMap = plain.map().iter().map(|(w, n)| (w.into(), n)).collect();
+        assert_eq!(whole(&t), want);
+        assert_eq!(digest_of(t.view().iter()), t.digest());
+        let top = best_of(plain.map().iter(), MAX_TOP);
+        t.with_top(|list, _| assert!(list.iter().eq(top.iter().copied())));
     }
 }

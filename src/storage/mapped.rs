@@ -110,6 +110,11 @@ impl MappedSnapshot {
         self.identity
     }
 
+    /// The whole file as mapped (served as it is to a joining replica).
+    pub fn bytes(&self) -> &[u8] {
+        &self.mmap
+    }
+
     /// The archived table, read in place.
     pub fn map(&self) -> &ArchivedWordMap {
         // SAFETY: `open` validated these exact bytes with rkyv's bytecheck

@@ -230,7 +230,7 @@ impl Table {
     }
 }
 
-fn check_delta(word: &str, count: u64, delta: i64) -> Result<u64, DeltaError> {
+pub(crate) fn check_delta(word: &str, count: u64, delta: i64) -> Result<u64, DeltaError> {
     let next = if delta >= 0 {
         count.checked_add(delta as u64)
     } else {

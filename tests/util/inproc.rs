@@ -157,7 +157,7 @@ impl InReplica {
         configure(&mut config);
         // Pushes are not what these tests are about: the leader is told of an address
         // nothing listens on, and the replica syncs by itself.
-        let replica = Replica::new(config, "http://127.0.0.1:9".to_owned());
+        let replica = Replica::new(config, "http://127.0.0.1:9".to_owned()).unwrap();
         let stop = CancellationToken::new();
         replica.follow(&stop);
         InReplica {

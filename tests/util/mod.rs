@@ -31,6 +31,9 @@ pub struct Node {
     log: Arc<Mutex<Vec<String>>>,
     /// What the test's clients trust (and present) for a node serving TLS.
     pub client_tls: Option<memdb::tls::ClientTls>,
+    /// The node's $TMPDIR (a network replica's default data directory is made there):
+    /// removed with the node, so a killed one leaves nothing behind.
+    _tmp: tempfile::TempDir,
 }
 
 impl Node {
@@ -40,10 +43,12 @@ impl Node {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let addr_dir = tempfile::tempdir().expect("a temp dir for the address file");
         let addr_file = addr_dir.path().join("addr");
+        let tmp = tempfile::tempdir().expect("a temp dir for the node");
         let mut child = Command::new(env!("CARGO_BIN_EXE_memdb"))
             .args(&args)
             .arg("--addr-file")
             .arg(&addr_file)
+            .env("TMPDIR", tmp.path())
             .env("RUST_LOG", "memdb=debug")
             .env_remove("RUST_BACKTRACE")
             .stdin(Stdio::null())
@@ -97,6 +102,7 @@ impl Node {
             args,
             log,
             client_tls: None,
+            _tmp: tmp,
         }
     }
 

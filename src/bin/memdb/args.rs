@@ -477,6 +477,11 @@ pub struct ReplicaArgs {
     /// The URL the leader should push to (default: http://<bound address>).
     #[arg(long, env = "MEMDB_ADVERTISE")]
     pub advertise: Option<String>,
+    /// Where the replica keeps the leader's files it maps (locked, owner-only). A
+    /// restart with the same directory downloads only what changed. Default: a private
+    /// directory under $TMPDIR, removed when the replica stops.
+    #[arg(long, env = "MEMDB_REPLICA_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
     /// How often to re-register with the leader (also how a restart is noticed).
     #[arg(long, env = "MEMDB_HEARTBEAT", default_value = "1s", value_parser = parse_duration)]
     pub heartbeat: Duration,

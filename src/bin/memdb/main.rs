@@ -161,6 +161,7 @@ async fn run(cli: Cli, fds: std::io::Result<u64>) -> anyhow::Result<()> {
             let listener = bind(&a.server.listen, "replica").await?;
             let config = ReplicaConfig {
                 advertise: a.advertise,
+                data_dir: a.data_dir,
                 heartbeat: a.heartbeat,
                 max_body: a.max_body,
                 max_wait: a.max_wait,

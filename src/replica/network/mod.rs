@@ -1,6 +1,9 @@
-//! A network replica: full-syncs from the leader, then applies the batches it pushes,
-//! strictly in seq order, and serves reads.
+//! A network replica: bootstraps from the leader's files (or full-syncs by JSON from a
+//! leader that serves none), then applies the batches it pushes, strictly in seq
+//! order, and serves reads.
 
+mod bootstrap;
+mod counts;
 pub mod routes;
 mod update;
 
@@ -13,11 +16,13 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::client::{Client, ClientError};
+use crate::client::Client;
 use crate::config::ReplicaConfig;
 use crate::protocol::Incarnation;
 use crate::storage::table::Table;
 use crate::words::Tokenizer;
+use bootstrap::DataDir;
+use counts::Counts;
 
 /// Retry delays while the leader cannot be reached: from the first to the cap.
 const RETRY_START: Duration = Duration::from_millis(50);
@@ -30,6 +35,8 @@ pub enum ReplicaError {
     NeedAdvertise(std::net::SocketAddr),
     #[error("serving HTTP: {0}")]
     Serve(std::io::Error),
+    #[error("the replica's data directory: {0}")]
+    DataDir(#[from] crate::fs::LockError),
 }
 
 /// A cheap-clone handle to a replica's state.
@@ -40,7 +47,7 @@ pub struct Replica {
 
 /// The table and what it belongs to; they change together.
 struct Data {
-    table: Table,
+    table: Counts,
     /// The incarnation of the leader whose history `table` follows.
     incarnation: Option<Incarnation>,
     tokenizer: Tokenizer,
@@ -51,6 +58,10 @@ struct Stats {
     syncs: u64,
     last_sync_error: Option<String>,
     last_sync_ms: Option<f64>,
+    /// How the last sync came: `files` (a binary bootstrap) or `json`.
+    last_sync_kind: Option<&'static str>,
+    /// Bytes the last bootstrap downloaded (the rest was in the data directory).
+    last_sync_downloaded: Option<u64>,
     leader_reachable: bool,
     last_heartbeat: Option<Instant>,
 }
@@ -80,15 +91,19 @@ struct Shared {
     /// Which of `leaders` is followed now.
     current: std::sync::atomic::AtomicUsize,
     advertise: String,
+    /// Declared after `data`: the mappings go before a temporary directory does.
+    dir: DataDir,
     config: ReplicaConfig,
 }
 
 impl Replica {
-    pub fn new(config: ReplicaConfig, advertise: String) -> Self {
-        Replica {
+    /// A replica that will follow `config.leader`, with its data directory locked.
+    pub fn new(config: ReplicaConfig, advertise: String) -> Result<Self, ReplicaError> {
+        let dir = DataDir::open(config.data_dir.as_deref())?;
+        Ok(Replica {
             shared: Arc::new(Shared {
                 data: RwLock::new(Data {
-                    table: Table::new(),
+                    table: Counts::Whole(Table::new()),
                     incarnation: None,
                     tokenizer: Tokenizer::default(),
                 }),
@@ -113,9 +128,10 @@ impl Replica {
                     .collect(),
                 current: std::sync::atomic::AtomicUsize::new(0),
                 advertise,
+                dir,
                 config,
             }),
-        }
+        })
     }
 
     /// The node followed now.
@@ -151,39 +167,74 @@ impl Replica {
         self.shared.seq_tx.send_replace(seq);
     }
 
-    /// Replaces the table with the leader's whole table.
-    async fn full_sync(&self) -> Result<(), ClientError> {
+    /// Replaces the table with the leader's whole table: its files, downloaded and
+    /// mapped (see `bootstrap.rs`), or by JSON `/sync` from a leader that serves none.
+    /// On any failure the table stays as it was.
+    async fn full_sync(&self) -> Result<(), String> {
         let s = &self.shared;
         s.syncing.store(true, Ordering::Release);
         let started = Instant::now();
-        let result = self.leader().sync().await;
+        let result = self.sync_once().await;
         let mut stats = s.stats.lock();
         let out = match result {
-            Ok(reply) => {
-                let words = reply.map.len();
-                {
-                    let mut d = s.data.write();
-                    d.table.replace(reply.map, reply.seq);
-                    d.incarnation = Some(reply.incarnation);
-                    d.tokenizer = reply.tokenizer;
-                }
-                self.set_seq(reply.seq);
-                s.ready.store(true, Ordering::Release);
+            Ok((kind, downloaded)) => {
                 let ms = started.elapsed().as_secs_f64() * 1e3;
                 stats.syncs += 1;
                 stats.last_sync_ms = Some(ms);
                 stats.last_sync_error = None;
-                tracing::info!(seq = reply.seq, words, ms, incarnation = %reply.incarnation, "full sync done");
+                stats.last_sync_kind = Some(kind);
+                stats.last_sync_downloaded = downloaded;
+                let d = s.data.read();
+                tracing::info!(
+                    seq = d.table.seq(),
+                    words = d.table.len(),
+                    ms,
+                    kind,
+                    downloaded,
+                    "full sync done"
+                );
                 Ok(())
             }
             Err(e) => {
                 tracing::warn!(error = %e, "full sync failed; retrying");
-                stats.last_sync_error = Some(e.to_string());
+                stats.last_sync_error = Some(e.clone());
                 Err(e)
             }
         };
         s.syncing.store(false, Ordering::Release);
         out
+    }
+
+    /// One sync: how it came and, for files, the bytes downloaded.
+    async fn sync_once(&self) -> Result<(&'static str, Option<u64>), String> {
+        let s = &self.shared;
+        let leader = self.leader();
+        match bootstrap::bootstrap(leader, s.dir.path()).await {
+            Ok(Some(b)) => {
+                let seq = b.table.seq();
+                {
+                    let mut d = s.data.write();
+                    d.table = Counts::Files(b.table);
+                    d.incarnation = Some(b.manifest.incarnation);
+                    d.tokenizer = b.manifest.tokenizer;
+                }
+                self.set_seq(seq);
+                s.ready.store(true, Ordering::Release);
+                return Ok(("files", Some(b.downloaded)));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(format!("bootstrap from {}: {e}", leader.base())),
+        }
+        let reply = leader.sync().await.map_err(|e| e.to_string())?;
+        {
+            let mut d = s.data.write();
+            d.table = Counts::Whole(Table::from_parts(reply.map, reply.seq));
+            d.incarnation = Some(reply.incarnation);
+            d.tokenizer = reply.tokenizer;
+        }
+        self.set_seq(reply.seq);
+        s.ready.store(true, Ordering::Release);
+        Ok(("json", None))
     }
 
     /// Registers with the leader on every heartbeat (idempotent) and full-syncs when

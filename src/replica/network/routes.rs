@@ -46,6 +46,13 @@ pub struct ReplicaHealth {
     digest: String,
     /// Distinct words.
     words: usize,
+    /// Of those, the words held in memory: all after a JSON sync; after a binary
+    /// bootstrap only the words pushes changed since (the rest are in the files).
+    words_in_memory: usize,
+    /// Bytes of the leader's files mapped from the data directory.
+    mapped_bytes: usize,
+    /// The data directory.
+    data_dir: String,
     #[schema(value_type = String)]
     tokenizer: Tokenizer,
     /// The leader's URL.
@@ -68,6 +75,11 @@ pub struct ReplicaHealth {
     /// Leader restarts followed without a full sync.
     continued_across_restarts: u64,
     last_sync_ms: Option<f64>,
+    /// How the last full sync came: `files` (downloaded and mapped) or `json`.
+    last_sync_kind: Option<&'static str>,
+    /// Bytes the last bootstrap downloaded (files already in the data directory with
+    /// the same checksum are not downloaded again).
+    last_sync_downloaded_bytes: Option<u64>,
     last_sync_error: Option<String>,
     /// The certificate served, when the node serves TLS (null otherwise).
     tls: Option<crate::tls::server::TlsHealth>,
@@ -77,7 +89,7 @@ impl Replica {
     fn health(&self) -> (StatusCode, ReplicaHealth) {
         let s = &self.shared;
         let ready = self.is_ready();
-        let (seq, words, inc, tok, digest) = {
+        let (seq, words, inc, tok, digest, in_memory, mapped) = {
             let d = s.data.read();
             (
                 d.table.seq(),
@@ -85,6 +97,8 @@ impl Replica {
                 d.incarnation,
                 d.tokenizer,
                 d.table.digest(),
+                d.table.in_memory(),
+                d.table.mapped_bytes(),
             )
         };
         let st = s.stats.lock();
@@ -103,6 +117,9 @@ impl Replica {
             seq,
             digest: format!("{digest:016x}"),
             words,
+            words_in_memory: in_memory,
+            mapped_bytes: mapped,
+            data_dir: s.dir.path().display().to_string(),
             tokenizer: tok,
             leader: self.leader_url().to_owned(),
             leader_incarnation: inc,
@@ -115,6 +132,8 @@ impl Replica {
             syncs: st.syncs,
             continued_across_restarts: s.adoptions.load(Ordering::Relaxed),
             last_sync_ms: st.last_sync_ms,
+            last_sync_kind: st.last_sync_kind,
+            last_sync_downloaded_bytes: st.last_sync_downloaded,
             last_sync_error: st.last_sync_error.clone(),
             tls,
             problems,
@@ -136,6 +155,10 @@ impl CountSource for Replica {
     fn collect(&self, m: &mut Series<'_>) {
         let s = &self.shared;
         let syncs = s.stats.lock().syncs;
+        let (in_memory, mapped) = {
+            let d = s.data.read();
+            (d.table.in_memory(), d.table.mapped_bytes())
+        };
         m.gauge(
             "memdb_ready",
             "1 once the replica has synced.",
@@ -165,6 +188,16 @@ impl CountSource for Replica {
             "memdb_full_syncs_total",
             "Full syncs from the leader.",
             syncs,
+        );
+        m.gauge(
+            "memdb_words_in_memory",
+            "Words held in memory (the rest are in the mapped files).",
+            in_memory as u64,
+        );
+        m.gauge(
+            "memdb_mapped_bytes",
+            "Bytes of the leader's files mapped from the data directory.",
+            mapped as u64,
         );
     }
 
@@ -224,8 +257,7 @@ impl CountSource for Replica {
 
     async fn sync_body(&self) -> SyncBody {
         let d = self.shared.data.read();
-        let t = &d.table;
-        SyncBody::of(t.map(), t.len() * 16, t.seq(), d.incarnation, d.tokenizer)
+        d.table.sync_body(d.incarnation, d.tokenizer)
     }
 }
 
@@ -322,7 +354,7 @@ pub async fn run(
         None if config.serving.tls.is_some() => format!("https://{addr}"),
         None => format!("http://{addr}"),
     };
-    let replica = Replica::new(config, advertise);
+    let replica = Replica::new(config, advertise)?;
     let cancel = CancellationToken::new();
     let control = replica.follow(&cancel);
     let serving = &replica.shared.config.serving;

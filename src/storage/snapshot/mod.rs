@@ -73,8 +73,8 @@ pub use file::{
 };
 pub use kind::{DELTA_MAGIC, Kind, MAGIC};
 pub use layout::{
-    ArchivedWordMap, BaseRef, CHECKSUM_OFFSET, DELTA_PREFIX_LEN, HEADER_LEN, Header, KEY_LEN, Meta,
-    Version, read_header,
+    ArchivedWordMap, BaseRef, CHECKSUM_OFFSET, DELTA_PREFIX_LEN, HEAD_READ_LEN, HEADER_LEN, Header,
+    KEY_LEN, Meta, Version, read_header,
 };
 pub use read::{check_trusting, to_word_map, validate, validate_until};
 pub use write::{encode, encode_entries};

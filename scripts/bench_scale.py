@@ -8,7 +8,8 @@ memdb (a release build): a leader in a temp dir, then
     compaction runs: RSS (anonymous + file-backed: the leader maps its own base file),
     and the peak (VmHWM) so far,
   - the snapshot files: the base's size, the last compaction's duration,
-  - a network replica joining: spawn to serving the leader's seq, and its RSS,
+  - a network replica joining: spawn to serving the leader's seq, and its RSS (and
+    restarted on its data directory: the time, and what it downloaded again),
   - freshness: a local replica follows while ingest goes on at full speed with a
     Zipf-like mix of repeated and new words (--fresh-seconds); every 10 ms the
     sampler compares the replica's seq with the leader's: staleness is how long ago
@@ -189,11 +190,23 @@ def memdb(binary, n, chunk, fresh_seconds, rates=(None, 1_000_000)):
             "base_mib": os.path.getsize(os.path.join(data, "snapshot.memdb")) / 2**20,
         }
         out["whole_mib"] = out["leader_anon"] + out["files_mib"]
-        replica = Proc(binary, ["replica", "--leader", leader.url], tmp, "replica")
+        rdata = os.path.join(tmp, "replica")
+        rargs = ["replica", "--leader", leader.url, "--data-dir", rdata]
+        replica = Proc(binary, rargs, tmp, "replica")
         procs.append(replica)
         replica.wait(lambda c, h: c == 200 and h.get("seq") == seq, "the replica's join")
         out["join_s"] = time.monotonic() - replica.started
         out["replica_rss"] = b.rss_mib(replica.pid)
+        out["replica_anon"] = b.rss_mib(replica.pid, "RssAnon")
+        out["join_kind"] = b.health(replica.url)[1].get("last_sync_kind")
+        replica.stop()
+        # Restarted on its data directory: only what changed is downloaded.
+        replica = Proc(binary, rargs, tmp, "replica-again")
+        procs.append(replica)
+        replica.wait(lambda c, h: c == 200 and h.get("seq") == seq, "the replica's rejoin")
+        out["rejoin_s"] = time.monotonic() - replica.started
+        out["rejoin_mib"] = (b.health(replica.url)[1]
+                             .get("last_sync_downloaded_bytes") or 0) / 2**20
         replica.stop()
         bodies = zipf_bodies(n, chunk) if fresh_seconds else None
         local = Proc(binary, ["local-replica", "--data-dir", data], tmp, "local")
@@ -316,7 +329,9 @@ def main():
             f"| {m['base_mib']:.0f} ({per(m['base_mib']):.0f}) | {m['compaction_s']:.2f} "
             + (f"| {r['save_s']:.2f} | {r['rdb_mib']:.0f} ({per(r['rdb_mib']):.0f}) " if r
                else "| - | - ")
-            + f"| {m['join_s']:.1f} ({m['replica_rss']:.0f}) | {m['restart_s']:.2f} |")
+            + f"| {m['join_s']:.1f} ({m['replica_rss']:.0f}, anon {m['replica_anon']:.0f}, "
+              f"{m['join_kind']}) | {m['rejoin_s']:.2f} ({m['rejoin_mib']:.1f} MiB) "
+              f"| {m['restart_s']:.2f} |")
         for key, interval in (("fresh_1s", "1s"), ("fresh_100ms", "100ms")):
             for rate in (None, 1_000_000):
                 f = m.get((key, rate))
@@ -335,8 +350,9 @@ def main():
     print("| distinct words | leader at rest: anon + files = whole MiB (B/word) "
           "| peak anon MiB | peak RSS MiB | Redis used_memory MiB (RSS) "
           "| whole / Redis used | base file MiB (B/word) | compaction s | Redis SAVE s "
-          "| RDB MiB (B/word) | replica join s (RSS MiB) | leader restart s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| RDB MiB (B/word) | replica join s (RSS MiB) "
+          "| replica rejoin s (downloaded) | leader restart s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     if fresh:
         print()

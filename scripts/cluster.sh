@@ -315,8 +315,10 @@ for p in $replica_ports; do
       --data-dir "$run/data/leader" "${tls_flags[@]}"
     kinds+=("local replica (mmap)")
   else
+    # Its own data directory: the leader's files it maps, kept across restarts so a
+    # restarted replica downloads only what changed.
     start_one "replica-$p" replica --host "$host" --port "$p" --leader "$leader_url" \
-      "${tls_flags[@]}"
+      --data-dir "$run/data/replica-$p" "${tls_flags[@]}"
     kinds+=("network replica     ")
   fi
   urls+=("$scheme://$host:$p")

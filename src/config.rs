@@ -148,6 +148,10 @@ pub struct ReplicaConfig {
     /// replica's files are a copy of its leader's: a named directory only saves a
     /// restart the download of what did not change.
     pub data_dir: Option<std::path::PathBuf>,
+    /// Words changed in memory (by pushes, over the mapped files) after which the
+    /// replica maps the leader's newer files under them and lets go of the words they
+    /// hold; 0: never. Default 250,000.
+    pub rebase_words: usize,
     /// How often the replica re-registers with the leader, which is also how it notices
     /// a restarted leader. Default 1s.
     pub heartbeat: Duration,
@@ -166,6 +170,7 @@ impl ReplicaConfig {
             fallbacks: Vec::new(),
             advertise: None,
             data_dir: None,
+            rebase_words: 250_000,
             heartbeat: Duration::from_secs(1),
             max_body: 64 << 20,
             max_wait: Duration::from_secs(2),

@@ -242,3 +242,32 @@ async fn the_files_are_served_with_ranges_and_refused_once_changed() {
         assert_eq!(body["reason"], "gone", "{bad}: {body}");
     }
 }
+
+#[tokio::test]
+async fn a_replica_maps_the_leaders_newer_files_under_its_words_and_lets_them_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Node::leader(dir.path(), &["--snapshot-interval", "50ms"]);
+    let c = leader.client();
+    c.post_text(&words(0, 100)).await.unwrap();
+    published(&leader).await;
+    let r = Node::replica(&leader.url, &["--rebase-words", "200"]);
+    wait_ready(&r).await;
+    // New words and old ones raised: well past 200 in the replica's memory.
+    for k in 0..20 {
+        c.post_text(&format!("{} w000007", words(1_000 + k * 50, 50)))
+            .await
+            .unwrap();
+    }
+    let h = eventually("a rebase that let words go", || async {
+        let h = r.health().await;
+        (h["rebases"].as_u64() >= Some(1) && h["words_in_memory"].as_u64() < Some(200)).then_some(h)
+    })
+    .await;
+    assert_eq!(h["words"], 1_100, "{h}");
+    converged(&leader, &r).await;
+    assert_eq!(counts(&r, &["w000007"]).await["w000007"], 21);
+    // And it keeps following, exactly.
+    c.post_text("w000007 after").await.unwrap();
+    converged(&leader, &r).await;
+    assert!(scrape_metric(&r, "memdb_rebases_total").await >= 1.0);
+}

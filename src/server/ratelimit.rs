@@ -44,8 +44,8 @@ impl Bucket {
 pub fn exempt(path: &str) -> bool {
     matches!(
         path,
-        "/health" | "/metrics" | "/update" | "/replicas" | "/sync"
-    )
+        "/health" | "/metrics" | "/update" | "/replicas" | "/sync" | "/files"
+    ) || path.starts_with("/files/")
 }
 
 /// The layer; `None` (no `--rate-limit`) lets everything through.

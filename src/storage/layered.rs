@@ -267,6 +267,37 @@ impl Layered {
         Ok(())
     }
 
+    /// Puts `files` under the live map in place of the layers there (a network
+    /// replica's newer copy of its leader's files, whose table has digest `digest`),
+    /// and drops from the live map each word of `same` whose count there is still the
+    /// one given: the count the files hold. The table does not change.
+    ///
+    /// The caller vouches that for every word the live map does not hold, the files'
+    /// count is its count now: they are of the same history, at a seq no older than
+    /// the last time a word left the live map without changing (see
+    /// `replica/network/mod.rs`). Returns how many words left.
+    pub fn rebase(&mut self, files: MappedState, digest: u64, same: &[(Box<str>, u64)]) -> usize {
+        debug_assert!(files.seq() <= self.seq);
+        self.ranking.settle(&self.live);
+        self.lower = Arc::new(Lower::new(files, digest));
+        let mut gone = 0;
+        for (word, count) in same {
+            if self.live.get(word) == Some(*count) {
+                self.live.remove(word);
+                gone += 1;
+            }
+        }
+        if gone > self.live.len() {
+            // Most words went: a map sized for what is left gives the memory back.
+            let mut live = CountMap::with_capacity(self.live.len());
+            for (w, n) in self.live.iter() {
+                live.put(w, n);
+            }
+            self.live = live;
+        }
+        gone
+    }
+
     /// Sets the seq (a batch that changed no count still has its number).
     pub fn set_seq(&mut self, seq: u64) {
         self.seq = seq;

@@ -482,6 +482,10 @@ pub struct ReplicaArgs {
     /// directory under $TMPDIR, removed when the replica stops.
     #[arg(long, env = "MEMDB_REPLICA_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Words changed in memory by pushes after which the replica maps the leader's
+    /// newer files under them and lets go of the words they hold (0: never).
+    #[arg(long, env = "MEMDB_REBASE_WORDS", default_value_t = 250_000)]
+    pub rebase_words: usize,
     /// How often to re-register with the leader (also how a restart is noticed).
     #[arg(long, env = "MEMDB_HEARTBEAT", default_value = "1s", value_parser = parse_duration)]
     pub heartbeat: Duration,

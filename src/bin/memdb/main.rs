@@ -162,6 +162,7 @@ async fn run(cli: Cli, fds: std::io::Result<u64>) -> anyhow::Result<()> {
             let config = ReplicaConfig {
                 advertise: a.advertise,
                 data_dir: a.data_dir,
+                rebase_words: a.rebase_words,
                 heartbeat: a.heartbeat,
                 max_body: a.max_body,
                 max_wait: a.max_wait,

@@ -19,6 +19,7 @@ use crate::backoff::Backoff;
 use crate::client::Client;
 use crate::config::ReplicaConfig;
 use crate::protocol::Incarnation;
+use crate::storage::layered::Layered;
 use crate::storage::table::Table;
 use crate::words::Tokenizer;
 use bootstrap::DataDir;
@@ -48,6 +49,10 @@ pub struct Replica {
 /// The table and what it belongs to; they change together.
 struct Data {
     table: Counts,
+    /// The seq since which every word the table's live map does not hold has kept
+    /// the count its files give (set at a bootstrap and at each rebase): newer files
+    /// of the same history, at this seq or later, may go under the live map.
+    clean_seq: u64,
     /// The incarnation of the leader whose history `table` follows.
     incarnation: Option<Incarnation>,
     tokenizer: Tokenizer,
@@ -93,6 +98,11 @@ struct Shared {
     advertise: String,
     /// Declared after `data`: the mappings go before a temporary directory does.
     dir: DataDir,
+    /// Held while files are downloaded into `dir` (a full sync, a rebase).
+    dir_busy: tokio::sync::Mutex<()>,
+    rebasing: AtomicBool,
+    /// Rebases done: newer files mapped under the live map.
+    rebases: AtomicU64,
     config: ReplicaConfig,
 }
 
@@ -104,6 +114,7 @@ impl Replica {
             shared: Arc::new(Shared {
                 data: RwLock::new(Data {
                     table: Counts::Whole(Table::new()),
+                    clean_seq: 0,
                     incarnation: None,
                     tokenizer: Tokenizer::default(),
                 }),
@@ -129,6 +140,9 @@ impl Replica {
                 current: std::sync::atomic::AtomicUsize::new(0),
                 advertise,
                 dir,
+                dir_busy: tokio::sync::Mutex::new(()),
+                rebasing: AtomicBool::new(false),
+                rebases: AtomicU64::new(0),
                 config,
             }),
         })
@@ -209,12 +223,17 @@ impl Replica {
     async fn sync_once(&self) -> Result<(&'static str, Option<u64>), String> {
         let s = &self.shared;
         let leader = self.leader();
-        match bootstrap::bootstrap(leader, s.dir.path()).await {
+        let busy = s.dir_busy.lock().await;
+        let got = bootstrap::bootstrap(leader, s.dir.path()).await;
+        drop(busy);
+        match got {
             Ok(Some(b)) => {
-                let seq = b.table.seq();
+                let table = Layered::new(b.files, b.digest);
+                let seq = table.seq();
                 {
                     let mut d = s.data.write();
-                    d.table = Counts::Files(b.table);
+                    d.table = Counts::Files(table);
+                    d.clean_seq = seq;
                     d.incarnation = Some(b.manifest.incarnation);
                     d.tokenizer = b.manifest.tokenizer;
                 }
@@ -307,6 +326,7 @@ impl Replica {
                 }
             };
             let wait = if healthy {
+                self.maybe_rebase();
                 retry.reset();
                 s.config.heartbeat
             } else {
@@ -330,5 +350,90 @@ impl Replica {
         d.incarnation = Some(to);
         self.shared.adoptions.fetch_add(1, Ordering::Relaxed);
         true
+    }
+
+    /// When pushes have changed `--rebase-words` words since the files were mapped,
+    /// maps the leader's newer files under the live map (downloading only the files
+    /// that changed) and lets go of the words whose count the files now hold: a
+    /// replica's memory stays the words of a few intervals, as the leader's does. In
+    /// the background; reads and pushes wait only for the swap.
+    fn maybe_rebase(&self) {
+        let s = &self.shared;
+        let limit = s.config.rebase_words;
+        if limit == 0 || s.rebasing.load(Ordering::Acquire) {
+            return;
+        }
+        let due = matches!(&s.data.read().table, Counts::Files(t) if t.live().len() >= limit);
+        if !due || s.rebasing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.rebase().await {
+                tracing::warn!(error = %e, "mapping the leader's newer files failed; retrying later");
+            }
+            me.shared.rebasing.store(false, Ordering::Release);
+        });
+    }
+
+    async fn rebase(&self) -> Result<(), String> {
+        let s = &self.shared;
+        let started = Instant::now();
+        let b = {
+            let _busy = s.dir_busy.lock().await;
+            match bootstrap::bootstrap(self.leader(), s.dir.path()).await {
+                Ok(Some(b)) => b,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(e.to_string()),
+            }
+        };
+        let at = b.files.seq();
+        let inc = Some(b.manifest.incarnation);
+        // Files of another history, from before the last rebase, or ahead of this
+        // replica (they would hold counts it has not reached): not now.
+        let usable = |d: &Data| d.incarnation == inc && at >= d.clean_seq && at <= d.table.seq();
+        let live = {
+            let d = s.data.read();
+            match &d.table {
+                Counts::Files(t) if usable(&d) => t.live().clone(),
+                _ => return Ok(()),
+            }
+        };
+        // The live words whose count the new files hold, found without the lock.
+        let files = b.files;
+        let (files, same) = tokio::task::spawn_blocking(move || {
+            let same: Vec<(Box<str>, u64)> = live
+                .iter()
+                .filter(|&(w, n)| files.lookup(w).unwrap_or(0) == n)
+                .map(|(w, n)| (w.into(), n))
+                .collect();
+            (files, same)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let mut d = s.data.write();
+        if !usable(&d) {
+            return Ok(());
+        }
+        let now = d.table.seq();
+        let Counts::Files(t) = &mut d.table else {
+            return Ok(());
+        };
+        let gone = t.rebase(files, b.digest, &same);
+        let left = t.live().len();
+        d.clean_seq = now;
+        drop(d);
+        s.rebases.fetch_add(1, Ordering::Relaxed);
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        tracing::info!(
+            files_seq = at,
+            seq = now,
+            gone,
+            left,
+            downloaded = b.downloaded,
+            ms,
+            "mapped the leader's newer files under the live map"
+        );
+        Ok(())
     }
 }

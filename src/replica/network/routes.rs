@@ -51,6 +51,9 @@ pub struct ReplicaHealth {
     words_in_memory: usize,
     /// Bytes of the leader's files mapped from the data directory.
     mapped_bytes: usize,
+    /// Times the leader's newer files were mapped under the words in memory (see
+    /// `--rebase-words`).
+    rebases: u64,
     /// The data directory.
     data_dir: String,
     #[schema(value_type = String)]
@@ -119,6 +122,7 @@ impl Replica {
             words,
             words_in_memory: in_memory,
             mapped_bytes: mapped,
+            rebases: s.rebases.load(Ordering::Relaxed),
             data_dir: s.dir.path().display().to_string(),
             tokenizer: tok,
             leader: self.leader_url().to_owned(),
@@ -193,6 +197,11 @@ impl CountSource for Replica {
             "memdb_words_in_memory",
             "Words held in memory (the rest are in the mapped files).",
             in_memory as u64,
+        );
+        m.counter(
+            "memdb_rebases_total",
+            "Times the leader's newer files were mapped under the words in memory.",
+            s.rebases.load(Ordering::Relaxed),
         );
         m.gauge(
             "memdb_mapped_bytes",

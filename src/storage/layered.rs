@@ -22,7 +22,7 @@ use std::sync::Arc;
 use crate::storage::counts::CountMap;
 use crate::storage::mapped::{Entries, MappedState};
 use crate::storage::ranking::Ranking;
-use crate::storage::table::{DeltaError, check_delta, entry_digest, word_hash};
+use crate::storage::table::{DeltaError, entry_digest, stage_signed, word_hash};
 use crate::storage::top::TopWords;
 use crate::words::Deltas;
 
@@ -226,18 +226,7 @@ impl Layered {
     /// falls to zero stays in the live map as a tombstone. Does not change `seq`; the
     /// caller decides what the batch's number is.
     pub fn apply_signed(&mut self, deltas: &[(String, i64)]) -> Result<(), DeltaError> {
-        // Staged first: a batch may name a word twice and cross a bound only in sum.
-        let mut staged: std::collections::HashMap<&str, u64> = Default::default();
-        for (word, delta) in deltas {
-            if word.is_empty() {
-                return Err(DeltaError::EmptyWord);
-            }
-            let count = match staged.get(word.as_str()) {
-                Some(&c) => c,
-                None => self.get(word),
-            };
-            staged.insert(word.as_str(), check_delta(word, count, *delta)?);
-        }
+        let staged = stage_signed(deltas, |w| self.get(w))?;
         // Raises pending by entry number are settled before any count is set.
         self.ranking.settle(&self.live);
         let mut lowered = false;

@@ -184,19 +184,7 @@ impl Table {
     /// Applies signed deltas atomically: either every delta is applied or none is.
     /// Does not change `seq`; the caller decides what the batch's number is.
     pub fn apply_signed(&mut self, deltas: &[(String, i64)]) -> Result<(), DeltaError> {
-        // Stage on a scratch map first: a batch may name a word twice and cross a bound
-        // only in sum.
-        let mut staged: HashMap<&str, u64> = HashMap::new();
-        for (word, delta) in deltas {
-            if word.is_empty() {
-                return Err(DeltaError::EmptyWord);
-            }
-            let count = *staged
-                .entry(word.as_str())
-                .or_insert_with(|| self.get(word));
-            let next = check_delta(word, count, *delta)?;
-            staged.insert(word.as_str(), next);
-        }
+        let staged = stage_signed(deltas, |w| self.get(w))?;
         // Entry numbers change when a word goes: none may be pending past here.
         self.ranking.settle(&self.map);
         let mut lowered = false;
@@ -230,7 +218,25 @@ impl Table {
     }
 }
 
-pub(crate) fn check_delta(word: &str, count: u64, delta: i64) -> Result<u64, DeltaError> {
+/// Each word of a signed batch with its count after it (`get` gives the count before),
+/// or why the batch is refused. Staged on a scratch map, nothing applied: a batch may
+/// name a word twice and cross a bound only in sum.
+pub(crate) fn stage_signed(
+    deltas: &[(String, i64)],
+    get: impl Fn(&str) -> u64,
+) -> Result<HashMap<&str, u64>, DeltaError> {
+    let mut staged: HashMap<&str, u64> = HashMap::new();
+    for (word, delta) in deltas {
+        if word.is_empty() {
+            return Err(DeltaError::EmptyWord);
+        }
+        let count = *staged.entry(word.as_str()).or_insert_with(|| get(word));
+        staged.insert(word.as_str(), check_delta(word, count, *delta)?);
+    }
+    Ok(staged)
+}
+
+fn check_delta(word: &str, count: u64, delta: i64) -> Result<u64, DeltaError> {
     let next = if delta >= 0 {
         count.checked_add(delta as u64)
     } else {

@@ -106,6 +106,20 @@ impl Ranking {
         &mut self.top.get_mut().list
     }
 
+    /// A word's count set from `before` to `after` by a signed delta (settle first):
+    /// raises it in the list, or returns true when the list must be ranked again (a
+    /// listed word fell, maybe below words the list never kept).
+    pub fn set(&mut self, word: &str, before: u64, after: u64) -> bool {
+        if after < before {
+            self.list_mut().contains(word)
+        } else {
+            if after > before {
+                self.list_mut().raised(word, after);
+            }
+            false
+        }
+    }
+
     /// Calls `f` with the list, brought up to date first, and whether it holds all
     /// `words` of the table.
     pub fn with_top<R>(

@@ -190,17 +190,8 @@ impl Table {
         let mut lowered = false;
         for (word, count) in staged {
             let before = self.get(word);
-            if count < before {
-                // A count that falls may fall below words the top list never kept.
-                lowered |= self.ranking.list_mut().contains(word);
-            } else {
-                self.ranking.list_mut().raised(word, count);
-            }
-            let h = word_hash(word);
-            self.digest = self
-                .digest
-                .wrapping_sub(entry_digest(h, self.get(word)))
-                .wrapping_add(entry_digest(h, count));
+            lowered |= self.ranking.set(word, before, count);
+            self.digest = moved(self.digest, word, before, count);
             self.map.set(word, count);
         }
         if lowered {
@@ -216,6 +207,14 @@ impl Table {
     pub fn replace(&mut self, map: CountMap, seq: u64) {
         *self = Table::from_parts(map, seq);
     }
+}
+
+/// `digest` with `word`'s count moved from `before` to `after`.
+pub(crate) fn moved(digest: u64, word: &str, before: u64, after: u64) -> u64 {
+    let h = word_hash(word);
+    digest
+        .wrapping_sub(entry_digest(h, before))
+        .wrapping_add(entry_digest(h, after))
 }
 
 /// Each word of a signed batch with its count after it (`get` gives the count before),

@@ -21,6 +21,7 @@ use crate::storage::counts::WithCapacity;
 use crate::storage::table::CountMap;
 use crate::words::Tokenizer;
 
+pub mod files;
 mod redirect;
 
 /// How long to wait for a connection to a node before calling it down.
@@ -362,99 +363,6 @@ impl Client {
             incarnation,
             tokenizer,
         })
-    }
-
-    /// `GET /files`: the files a leader's table is made of. `Ok(None)` from a node
-    /// that serves none (a voter, an older memdb): sync by `/sync` then.
-    pub async fn manifest(&self) -> Result<Option<crate::protocol::Manifest>, ClientError> {
-        let (url, req) = self.get("/files", REQUEST_TIMEOUT);
-        let resp = self.send(req, &url).await?;
-        if matches!(
-            resp.status(),
-            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
-        ) {
-            return Ok(None);
-        }
-        Self::ok_json(resp, &url).await.map(Some)
-    }
-
-    /// `GET /files/{name}` of the file whose checksum is `checksum` (16 hex digits),
-    /// appended to `out` from byte `from` (a resumed download asks for the rest with
-    /// `Range` and `If-Range`). Streams: memory stays one chunk. `Ok(false)` when the
-    /// leader no longer serves that file under `name` (a merge or compaction replaced
-    /// it): start over from a new manifest.
-    pub async fn download(
-        &self,
-        name: &str,
-        checksum: &str,
-        from: u64,
-        out: &mut (impl std::io::Write + ?Sized),
-    ) -> Result<bool, ClientError> {
-        let tag = format!("\"{checksum}\"");
-        let path = format!(
-            "/files/{}",
-            percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC)
-        );
-        let (url, mut req) = self.get(&path, SYNC_TIMEOUT);
-        req = if from > 0 {
-            req.header(reqwest::header::RANGE, format!("bytes={from}-"))
-                .header(reqwest::header::IF_RANGE, &tag)
-        } else {
-            req.header(reqwest::header::IF_MATCH, &tag)
-        };
-        let mut resp = self.send(req, &url).await?;
-        let status = resp.status();
-        if matches!(
-            status,
-            StatusCode::NOT_FOUND | StatusCode::PRECONDITION_FAILED
-        ) {
-            return Ok(false);
-        }
-        let served = resp
-            .headers()
-            .get(reqwest::header::ETAG)
-            .and_then(|v| v.to_str().ok());
-        let expected = if from > 0 {
-            StatusCode::PARTIAL_CONTENT
-        } else {
-            StatusCode::OK
-        };
-        if status.is_success() && served != Some(tag.as_str()) {
-            return Ok(false); // Another file under the name now (If-Range sent it whole).
-        }
-        if status != expected {
-            let body = resp.text().await.unwrap_or_default();
-            return Err(ClientError::Status { url, status, body });
-        }
-        if from > 0 {
-            let starts = resp
-                .headers()
-                .get(reqwest::header::CONTENT_RANGE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("bytes "))
-                .and_then(|v| v.split('-').next())
-                .and_then(|v| v.parse::<u64>().ok());
-            if starts != Some(from) {
-                return Err(ClientError::Protocol {
-                    url,
-                    what: format!("asked for the bytes from {from}, got {starts:?}"),
-                });
-            }
-        }
-        let io = |e: std::io::Error| ClientError::Protocol {
-            url: url.clone(),
-            what: format!("writing the download: {e}"),
-        };
-        loop {
-            let chunk = resp.chunk().await.map_err(|source| ClientError::Http {
-                url: url.clone(),
-                source,
-            })?;
-            let Some(chunk) = chunk else { break };
-            out.write_all(&chunk).map_err(io)?;
-        }
-        out.flush().map_err(io)?;
-        Ok(true)
     }
 
     /// `POST /replicas {"url": ..., "seq": ..., "incarnation": ...}`: registers a replica

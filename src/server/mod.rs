@@ -8,6 +8,7 @@ pub mod baseline;
 pub mod budget;
 pub mod deadline;
 pub mod error;
+pub mod files;
 pub mod listen;
 pub mod metrics;
 pub mod openapi;

@@ -269,6 +269,48 @@ impl MappedState {
         self.len() == 0
     }
 
+    /// Each file with the name it is published (and served, and stored) under: the
+    /// base, the delta, the recent deltas oldest first.
+    pub fn named(&self) -> Vec<(String, &Arc<MappedSnapshot>)> {
+        std::iter::once((super::snapshot::FILE_NAME.to_owned(), &self.base))
+            .chain(
+                self.delta
+                    .iter()
+                    .map(|d| (super::snapshot::DELTA_NAME.to_owned(), d)),
+            )
+            .chain(
+                self.recent
+                    .iter()
+                    .map(|r| (super::snapshot::recent_name(r.header().seq), r)),
+            )
+            .collect()
+    }
+
+    /// The manifest of these files, whose table has `digest`, of a node of
+    /// `incarnation`.
+    pub fn manifest(
+        &self,
+        digest: u64,
+        incarnation: crate::protocol::Incarnation,
+    ) -> crate::protocol::Manifest {
+        crate::protocol::Manifest {
+            seq: self.seq(),
+            incarnation,
+            tokenizer: self.header().tokenizer,
+            digest: format!("{digest:016x}"),
+            words: self.words(),
+            files: self
+                .named()
+                .into_iter()
+                .map(|(name, f)| crate::protocol::ManifestFile {
+                    name,
+                    len: f.len() as u64,
+                    checksum: format!("{:016x}", f.header().checksum),
+                })
+                .collect(),
+        }
+    }
+
     /// Which files these are.
     pub fn identity(&self) -> StateId {
         (

@@ -130,20 +130,24 @@ pub enum LockError {
     Locked(PathBuf),
 }
 
-/// Creates `dir` (owner-only, 0700) if needed and takes an exclusive lock on the file
-/// `name` in it (flock, held as long as the returned file is open), writing this
-/// process's id into it for operators and scripts to find the owner by.
-pub fn lock_dir(dir: &Path, name: &str) -> Result<File, LockError> {
+/// Creates `dir` and its parents (owner-only, 0700) if needed.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    let io = |what, path: &Path| {
-        let path = path.to_owned();
-        move |source| LockError::Io { what, path, source }
-    };
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(io("creating data directory", dir))?;
+}
+
+/// Creates `dir` (owner-only, 0700) if needed and takes an exclusive lock on the file
+/// `name` in it (flock, held as long as the returned file is open), writing this
+/// process's id into it for operators and scripts to find the owner by.
+pub fn lock_dir(dir: &Path, name: &str) -> Result<File, LockError> {
+    let io = |what, path: &Path| {
+        let path = path.to_owned();
+        move |source| LockError::Io { what, path, source }
+    };
+    create_private_dir(dir).map_err(io("creating data directory", dir))?;
     let path = dir.join(name);
     let mut lock = OpenOptions::new()
         .read(true)

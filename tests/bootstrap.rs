@@ -178,7 +178,7 @@ async fn a_killed_download_resumes_and_a_corrupt_file_is_refused_then_fetched_ag
     converged(&leader, &r).await;
     eventually("the refusal in the log", || async {
         r.log()
-            .contains("do not make the leader's table")
+            .contains("do not make the table named")
             .then_some(())
     })
     .await;

@@ -271,8 +271,32 @@ async fn a_node_added_at_run_time_catches_up_from_a_snapshot_and_a_removed_one_g
     .await;
     let log = fourth.log();
     assert!(
-        log.contains("installing a raft snapshot"),
+        log.contains("installed a raft snapshot from the leader"),
         "the new voter should have caught up from a snapshot (the log before it was purged)"
+    );
+    // The snapshot came as files: a directory of them with its binary record, the
+    // files hard-linked into the data directory as the table (no copy, no JSON).
+    let raft = dir.path().join("raft");
+    let snap = std::fs::read_dir(&raft)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("snapshot-")
+        })
+        .unwrap_or_else(|| panic!("no snapshot directory in {}", raft.display()));
+    assert!(!raft.join("snapshot.json").exists());
+    assert!(snap.join("raft.meta").is_file());
+    use std::os::unix::fs::MetadataExt;
+    let base = std::fs::metadata(snap.join("snapshot.memdb")).unwrap();
+    let mapped = std::fs::metadata(dir.path().join("snapshot.memdb")).unwrap();
+    assert_eq!(
+        (base.ino(), base.nlink()),
+        (mapped.ino(), 2),
+        "the snapshot's base is the table's base, linked"
     );
     // Remove voter 1 (or, if it leads, voter 2): it no longer receives writes.
     let gone = if leader == 0 { 1 } else { 0 };

@@ -672,42 +672,144 @@ async fn a_removed_voter_and_a_moved_one_are_reported_and_a_move_is_readdressed(
     assert_eq!(r.status(), 400);
 }
 
+/// With the peer credential, snapshot offers no leader of this group makes: not an
+/// offer, files from another URL than the leader's, a record that is not the leader's.
+/// Each is refused with a clear error before anything is installed, and the voter
+/// keeps its state and its engine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_voter_whose_engine_stopped_says_so_instead_of_ok() {
+async fn a_forged_snapshot_offer_is_refused_and_the_voter_keeps_its_state() {
     let g = Group::start(3, &[]).await;
     post_words(&g, 0..3).await;
     g.converged(&words(3)).await;
     let leader = g.leader().await;
     let target = (leader + 1) % 3;
     let (term, lead, last) = last_entry(&g, target).await;
-    // With the peer credential, a whole "snapshot" past this voter's log that is not a
-    // snapshot at all: the engine cannot install it and stops (openraft stops on any
-    // storage error rather than go on with a state it cannot trust).
-    let forged = json!({
+    let before = g.raft(target).await.unwrap();
+    let offer = |from: &str, checksum: &str| {
+        json!({
+            "vote": {"leader_id": {"term": term, "node_id": lead}, "committed": true},
+            "meta": {
+                "last_log_id": log_id(term, lead, last + 100),
+                "last_membership": {"log_id": null, "membership": {"configs": [], "nodes": {}}},
+                "snapshot_id": "forged",
+            },
+            "record": {"name": "raft.meta", "len": 100, "checksum": checksum},
+            "from": from,
+        })
+    };
+    // The chunked form of earlier versions: not an offer.
+    let chunk = json!({
         "vote": {"leader_id": {"term": term, "node_id": lead}, "committed": true},
-        "meta": {
-            "last_log_id": log_id(term, lead, last + 100),
-            "last_membership": {"log_id": null, "membership": {"configs": [], "nodes": {}}},
-            "snapshot_id": "forged",
-        },
-        "offset": 0,
-        "data": [1, 2, 3],
-        "done": true,
+        "meta": {"last_log_id": log_id(term, lead, last + 100),
+                 "last_membership": {"log_id": null, "membership": {"configs": [], "nodes": {}}},
+                 "snapshot_id": "forged"},
+        "offset": 0, "data": [1, 2, 3], "done": true,
     });
-    let r = g
-        .http
-        .post(format!("{}/raft/snapshot", g.nodes[target].url))
-        .header("x-memdb-cluster", "memdb")
-        .header("x-memdb-group", group_of(&g, target).await)
-        .json(&forged)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let body = r.text().await.unwrap();
-    assert_eq!(status, 200, "{body}");
-    // It no longer applies anything: /health says so, and not "ok".
-    reports(&g, target, "raft engine").await;
+    let cases = [
+        (chunk, 400, "not a raft request"),
+        (
+            offer("http://127.0.0.1:9", "0000000000000001"),
+            400,
+            "not http://127.0.0.1:9",
+        ),
+        (
+            offer(&g.nodes[leader].url, "0000000000000001"),
+            409,
+            "changed",
+        ),
+    ];
+    for (body, status, says) in cases {
+        let r = g
+            .http
+            .post(format!("{}/raft/snapshot", g.nodes[target].url))
+            .header("x-memdb-cluster", "memdb")
+            .header("x-memdb-group", group_of(&g, target).await)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status);
+        let err: Value = r.json().await.unwrap();
+        assert!(err["error"].as_str().unwrap().contains(says), "{err}");
+        let now = g.raft(target).await.unwrap();
+        for k in ["seq", "digest"] {
+            assert_eq!(before[k], now[k], "{k} changed");
+        }
+        let h = health(&g.http, &g.nodes[target].url).await.unwrap();
+        assert_eq!(h["status"], "ok", "{h}");
+    }
+    post_until_acked(&g.http, &g.urls(), 0, "after", "after", DEADLINE).await;
+    let mut want = words(3);
+    want.insert("after".into(), 1);
+    g.converged(&want).await;
+}
+
+/// A snapshot that cannot be put in place (an operator left a file where its
+/// directory goes) stops the voter's engine, as any storage failure does: `/health`
+/// says so, instead of ok, and the others go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_voter_whose_engine_stopped_says_so_instead_of_ok() {
+    let slow = SNAPSHOTTING;
+    let mut g = Group::start(3, &slow).await;
+    let urls = g.urls();
+    // Enough entries that the leader's log is purged behind its snapshots: a wiped
+    // voter can only catch up from a snapshot.
+    for i in 0..80 {
+        post_until_acked(
+            &g.http,
+            &urls,
+            i,
+            &format!("s{i}"),
+            &format!("s{i}"),
+            DEADLINE,
+        )
+        .await;
+    }
+    let leader = g.leader().await;
+    // The snapshot the leader will offer: its last, once no write follows.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let mut prev = None;
+    let index = loop {
+        let now = g
+            .raft(leader)
+            .await
+            .and_then(|r| r["raft"]["snapshot_index"].as_u64());
+        if let Some(i) = now.filter(|_| now == prev) {
+            break i;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the leader's snapshot did not settle"
+        );
+        prev = now;
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    let target = (leader + 1) % 3;
+    g.kill(target);
+    let dir = g.dirs[target].path().to_owned();
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(dir.join("raft")).unwrap();
+    std::fs::write(
+        dir.join("raft").join(format!("snapshot-{index:020}")),
+        "in the way",
+    )
+    .unwrap();
+    let peers: Vec<String> = urls
+        .iter()
+        .enumerate()
+        .map(|(i, u)| format!("{}={u}", i + 1))
+        .collect();
+    g.nodes[target]
+        .args
+        .extend(["--peers".to_string(), peers.join(",")]);
+    g.restart(target);
+    // It no longer applies anything: /health says so, and why, and not "ok".
+    let h = reports(&g, target, "raft engine").await;
+    assert!(
+        h.to_string().contains("placing the snapshot"),
+        "{h}\n{}",
+        g.nodes[target].log()
+    );
     let h = health(&g.http, &g.nodes[target].url).await.unwrap();
     assert_eq!(h["status"], "failing", "{h}");
     // The other two go on.

@@ -2,9 +2,19 @@
 //! entries to an [`Applier`] it is given, never to a node type of its own: the node
 //! (a leader's counting state) sits above and implements this.
 
-use crate::storage::counts::CountMap;
-use crate::storage::snapshot;
+use std::path::Path;
+
+use crate::protocol::Manifest;
+use crate::storage::snapshot::checked::Checked;
 use crate::words::{Deltas, Tokenizer};
+
+/// The node's files at one seq, linked into a snapshot directory.
+pub struct Captured {
+    /// The files (base, delta, recent deltas) and the table they make.
+    pub chain: Manifest,
+    /// Each file's checked record, in the manifest's order.
+    pub checked: Vec<Checked>,
+}
 
 /// The node's table, as the state machine drives it. Only the state machine applies
 /// to it while the engine runs: one entry or snapshot at a time.
@@ -13,12 +23,13 @@ pub trait Applier: Send + Sync + 'static {
     fn seq(&self) -> u64;
     /// Applies a committed batch as the next seq; returns that seq.
     fn apply(&self, deltas: Deltas) -> u64;
-    /// Installs a table received in a raft snapshot: it becomes `map` at `seq` (a
-    /// table at or past `seq` is left as it is).
-    fn install(&self, map: CountMap, seq: u64);
-    /// A copy of the table, and what a snapshot of it says about itself (its seq
-    /// among it), for a raft snapshot taken off the table's lock.
-    fn copy(&self) -> (CountMap, snapshot::Meta);
+    /// Hard-links the files the table is made of, at the seq it has now, into `dir`
+    /// (writing out first what is only in memory). The caller applies nothing
+    /// meanwhile. Blocks: call from a blocking context.
+    fn capture(&self, dir: &Path) -> Result<Captured, String>;
+    /// The table becomes the files in `dir` (checked whole: the chain `chain` names,
+    /// whose records are `checked`) at their seq. Blocks.
+    fn adopt(&self, dir: &Path, chain: &Manifest, checked: &[Checked]) -> Result<(), String>;
     /// The table's digest as it was at `seq`, if the node still knows it.
     fn digest_at(&self, seq: u64) -> Option<u64>;
     /// How the node splits text into words (writes are counted before proposing).

@@ -16,12 +16,12 @@ use super::{crosscheck, identity, keys, log_store, network, pending, state_machi
 use crate::config::RaftConfig;
 
 /// The largest raft RPC body a voter takes: `MAX_ENTRIES_PER_APPEND` entries of the
-/// largest posts, as JSON, or a snapshot chunk of `SNAPSHOT_CHUNK` bytes as JSON.
+/// largest posts, as JSON. (A snapshot offer is small: its files are downloaded.)
 pub const MAX_RPC_BODY: usize = 256 << 20;
 /// Entries per `/raft/append`.
 const MAX_ENTRIES_PER_APPEND: u64 = 16;
-/// Bytes of snapshot per `/raft/snapshot` (a JSON array of numbers: up to 4x on the wire).
-const SNAPSHOT_CHUNK: u64 = 8 << 20;
+/// How long a voter has to download, check and install a snapshot it was offered.
+const INSTALL_TIMEOUT_MS: u64 = 120_000;
 
 /// How many write timeouts a keyed proposal is waited for in the background before a
 /// retry of its key may propose it again (a bound, should the engine never answer).
@@ -68,6 +68,12 @@ pub struct Consensus {
     pub divergences: crosscheck::Divergences,
     /// Since when this node has known no leader (`None` while it knows one).
     pub(super) leaderless_since: Arc<parking_lot::Mutex<Option<std::time::Instant>>>,
+    /// The peer credential this voter presents (fetching a snapshot's files).
+    token: Option<crate::server::auth::Token>,
+    /// Held while a snapshot is received: one download at a time.
+    pub(super) receiving: Arc<tokio::sync::Mutex<()>>,
+    /// This voter's URL as its membership names it (an offer of a snapshot names it).
+    pub(super) me: Arc<parking_lot::RwLock<Option<String>>>,
 }
 
 impl Consensus {
@@ -78,7 +84,7 @@ impl Consensus {
         node: Arc<dyn Applier>,
         dir: PathBuf,
         config: RaftConfig,
-        boot: Option<state_machine::StoredMeta>,
+        boot: Option<super::snapshot::Record>,
         fsync: crate::storage::log::FsyncPolicy,
         token: Option<crate::server::auth::Token>,
         tls: crate::tls::ClientTls,
@@ -94,9 +100,10 @@ impl Consensus {
             election_timeout_max: config.election_timeout.as_millis() as u64 * 3 / 2,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
             max_in_snapshot_log_to_keep: config.snapshot_every.min(1000),
-            install_snapshot_timeout: 10_000,
+            // A snapshot is downloaded and checked whole before the offer is answered:
+            // some 2 s for 10M words on loopback.
+            install_snapshot_timeout: INSTALL_TIMEOUT_MS,
             max_payload_entries: MAX_ENTRIES_PER_APPEND,
-            snapshot_max_chunk_size: SNAPSHOT_CHUNK,
             ..Default::default()
         }
         .validate()
@@ -106,9 +113,11 @@ impl Consensus {
             .map_err(|e| format!("opening the raft log in {}: {e}", dir.display()))?;
         let keys = keys::Keys::new(config.key_window, config.key_bytes);
         let state = state_machine::StateMachine::new(node.clone(), dir, boot.as_ref(), keys);
+        let me = Arc::new(parking_lot::RwLock::new(None));
         let network = network::Network::new(
             config.cluster.clone(),
-            token,
+            token.clone(),
+            me.clone(),
             group.clone(),
             config.election_timeout.max(Duration::from_millis(200)),
             &tls,
@@ -135,6 +144,9 @@ impl Consensus {
             group,
             divergences: crosscheck::Divergences::default(),
             leaderless_since: Arc::new(parking_lot::Mutex::new(Some(std::time::Instant::now()))),
+            token,
+            receiving: Arc::new(tokio::sync::Mutex::new(())),
+            me,
         };
         crosscheck::spawn(
             c.raft.clone(),
@@ -184,6 +196,16 @@ impl Consensus {
         }
     }
 
+    /// What this voter's calls to members trust and present.
+    pub fn client_tls(&self) -> &crate::tls::ClientTls {
+        &self.tls
+    }
+
+    /// The peer credential this voter presents.
+    pub fn token(&self) -> Option<&crate::server::auth::Token> {
+        self.token.as_ref()
+    }
+
     /// Refuses a member this voter must not call (see [`crate::tls::ClientTls::check_peer`]).
     pub fn check_member_url(&self, url: &str) -> Result<(), String> {
         self.tls.check_peer(url)
@@ -195,13 +217,27 @@ impl Consensus {
         let n = self.elections.clone();
         let id = self.node_id;
         let leaderless = self.leaderless_since.clone();
+        let me = self.me.clone();
         tokio::spawn(async move {
             let (mut term, mut leader) = {
                 let m = rx.borrow();
                 (m.current_term, m.current_leader)
             };
+            // This voter's URL as its membership names it: a snapshot offer names it.
+            let note_me = |m: &openraft::RaftMetrics<NodeId, BasicNode>| {
+                let addr = m
+                    .membership_config
+                    .membership()
+                    .get_node(&id)
+                    .map(|n| n.addr.clone());
+                if addr.is_some() && *me.read() != addr {
+                    *me.write() = addr;
+                }
+            };
+            note_me(&rx.borrow());
             while rx.changed().await.is_ok() {
                 let m = rx.borrow().clone();
+                note_me(&m);
                 if m.current_term > term {
                     n.fetch_add(m.current_term - term, Ordering::Relaxed);
                     term = m.current_term;

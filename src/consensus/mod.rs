@@ -30,11 +30,13 @@ pub mod log_store;
 pub mod network;
 pub mod pending;
 pub mod routes;
+pub mod snapshot;
 pub mod state_machine;
 pub mod status;
+pub mod transfer;
 pub mod types;
 
-pub use applier::Applier;
+pub use applier::{Applier, Captured};
 pub use engine::{Consensus, MAX_RPC_BODY};
 pub use status::{MemberStatus, RaftStatus};
 pub use types::{

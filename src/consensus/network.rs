@@ -1,23 +1,26 @@
 //! How voters reach each other: raft's three RPCs as JSON over HTTP POST to
-//! `/raft/append`, `/raft/vote` and `/raft/snapshot`, carrying the cluster id and the
+//! `/raft/append`, `/raft/vote` and `/raft/snapshot` (an offer: the voter downloads
+//! the snapshot's files, see [`super::transfer`]), carrying the cluster id and the
 //! token (see [`super::routes`] for the receiving side).
 
 use std::time::Duration;
 
-use openraft::BasicNode;
+use std::future::Future;
+
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    Fatal, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
+use openraft::{BasicNode, Snapshot, SnapshotMeta, StorageIOError, Vote};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::identity::{GROUP_HEADER, Group};
-use super::types::{CLUSTER_HEADER, NodeId, TypeConfig, rpc};
+use super::types::{Answer, CLUSTER_HEADER, NodeId, Offer, SnapshotFiles, TypeConfig, rpc};
 
 /// The most entry bytes (roughly, the words) one `/raft/append` carries. openraft
 /// bounds an append only by its count of entries (16), and gives the whole RPC one
@@ -53,6 +56,8 @@ pub struct Network {
     token: Option<crate::server::auth::Token>,
     /// The group's id, named on every RPC once known.
     group: Group,
+    /// This voter's URL, named in a snapshot offer (see [`super::transfer`]).
+    me: std::sync::Arc<parking_lot::RwLock<Option<String>>>,
 }
 
 impl Network {
@@ -61,6 +66,7 @@ impl Network {
     pub fn new(
         cluster: String,
         token: Option<crate::server::auth::Token>,
+        me: std::sync::Arc<parking_lot::RwLock<Option<String>>>,
         group: Group,
         connect_timeout: Duration,
         tls: &crate::tls::ClientTls,
@@ -76,6 +82,7 @@ impl Network {
             cluster,
             token,
             group,
+            me,
         }
     }
 }
@@ -99,17 +106,13 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 }
 
 impl Connection {
-    async fn call<Req, Resp, E>(
+    /// Posts `req` to the peer's `path`; the body of a 2xx answer.
+    async fn post<Req: Serialize>(
         &self,
         path: &str,
         req: &Req,
         timeout: Duration,
-    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
-    where
-        Req: Serialize,
-        Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
-    {
+    ) -> Result<reqwest::Response, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         let mut r = self
             .net
             .http
@@ -137,11 +140,73 @@ impl Connection {
                 &std::io::Error::other(format!("{path} answered {status}: {body}")),
             )));
         }
+        Ok(resp)
+    }
+
+    async fn call<Req, Resp, E>(
+        &self,
+        path: &str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let resp = self.post(path, req, timeout).await.map_err(|e| match e {
+            RPCError::Unreachable(u) => RPCError::Unreachable(u),
+            RPCError::Network(n) => RPCError::Network(n),
+            other => RPCError::Network(NetworkError::new(&other)),
+        })?;
         let res: Result<Resp, RaftError<NodeId, E>> = resp
             .json()
             .await
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    /// Offers the snapshot in `files` and waits until the voter has downloaded,
+    /// checked and installed it (see [`super::transfer`]).
+    async fn offer(
+        &self,
+        vote: Vote<NodeId>,
+        meta: SnapshotMeta<NodeId, BasicNode>,
+        files: &SnapshotFiles,
+        timeout: Duration,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let dir = files.dir.clone();
+        let record = tokio::task::spawn_blocking(move || super::snapshot::record_file(&dir))
+            .await
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?
+            .map_err(|e| {
+                StreamingError::StorageError(
+                    StorageIOError::read_snapshot(Some(meta.signature()), &e).into(),
+                )
+            })?;
+        let Some(from) = self.net.me.read().clone() else {
+            return Err(StreamingError::Network(NetworkError::new(
+                &std::io::Error::other("this voter's own URL is not known yet"),
+            )));
+        };
+        let offer = Offer {
+            vote,
+            meta,
+            record,
+            from,
+        };
+        let resp = self
+            .post(rpc::SNAPSHOT, &offer, timeout)
+            .await
+            .map_err(|e| match e {
+                RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+                other => StreamingError::Network(NetworkError::new(&other)),
+            })?;
+        let answer: Answer = resp
+            .json()
+            .await
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        answer.map_err(|e| StreamingError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
 
@@ -166,15 +231,20 @@ impl RaftNetwork<TypeConfig> for Connection {
         })
     }
 
-    async fn install_snapshot(
+    /// Offers the snapshot; the voter fetches its files. Dropped when the engine
+    /// closes the replication (`cancel`).
+    async fn full_snapshot(
         &mut self,
-        req: InstallSnapshotRequest<TypeConfig>,
+        vote: Vote<NodeId>,
+        snapshot: Snapshot<TypeConfig>,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
-    > {
-        self.call(rpc::SNAPSHOT, &req, option.hard_ttl()).await
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let offer = self.offer(vote, snapshot.meta, &snapshot.snapshot, option.hard_ttl());
+        tokio::select! {
+            r = offer => r,
+            closed = cancel => Err(StreamingError::Closed(closed)),
+        }
     }
 
     async fn vote(

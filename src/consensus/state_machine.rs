@@ -3,16 +3,13 @@
 //! numbers the same batches the same way), unless its idempotency key was seen within
 //! the window, in which case it answers the first write's seq and counts nothing.
 //!
-//! A raft snapshot is a memdb base snapshot file (the rkyv archive local replicas map)
-//! plus a JSON record of the raft log id it reflects, the membership and the key
-//! window. On disk: `raft/snapshot-<index>.memdb` and `raft/snapshot.json`, which names
-//! it; the JSON is renamed in last, so it always names a whole file. Sent to a node
-//! that fell behind as one stream: a [`crate::storage::container`] of the JSON and the
-//! file.
+//! A raft snapshot is the node's own files at an applied index, hard-linked into a
+//! snapshot directory with a record of the raft state (see [`super::snapshot`]).
+//! Taking one holds applying only while the table's words since the last publication
+//! are written out and linked; installing one makes a received directory's files the
+//! table (see [`super::transfer`] for how they travel).
 
-use std::fs;
-use std::io::Cursor;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -21,50 +18,11 @@ use openraft::{
     BasicNode, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError,
     StorageIOError, StoredMembership,
 };
-use rkyv::util::AlignedVec;
-use serde::{Deserialize, Serialize};
 
 use super::applier::Applier;
-use super::keys::{KeyState, Keys, Seen, StoredKeys};
-use super::types::{Applied, Entry, NodeId, Outcome, TypeConfig};
-use crate::storage::container;
-use crate::storage::counts::CountMap;
-use crate::storage::snapshot;
-
-pub const META_NAME: &str = "snapshot.json";
-/// What `snapshot.json` holds (and what travels before the file).
-#[derive(Serialize, Deserialize, Clone)]
-pub struct StoredMeta {
-    pub meta: SnapshotMeta<NodeId, BasicNode>,
-    /// The memdb snapshot file beside it (in the raft directory).
-    pub file: String,
-    #[serde(flatten)]
-    pub keys: StoredKeys,
-}
-
-/// What the state machine had on disk at start.
-pub struct Loaded {
-    pub stored: StoredMeta,
-    /// The memdb snapshot file: the table at `stored.meta.last_log_id`.
-    pub image: PathBuf,
-}
-
-/// Reads the raft snapshot in `dir`, if one was taken.
-pub fn load(dir: &Path) -> Result<Option<Loaded>, String> {
-    let meta_path = dir.join(META_NAME);
-    let bytes = match fs::read(&meta_path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("reading {}: {e}", meta_path.display())),
-    };
-    let stored: StoredMeta = serde_json::from_slice(&bytes)
-        .map_err(|e| format!("{} is not a raft snapshot record: {e}", meta_path.display()))?;
-    if stored.file.contains('/') {
-        return Err(format!("{} names a file outside it", meta_path.display()));
-    }
-    let image = dir.join(&stored.file);
-    Ok(Some(Loaded { stored, image }))
-}
+use super::keys::{KeyState, Keys, Seen};
+use super::snapshot::{self, RECORD_NAME, Record};
+use super::types::{Applied, Entry, NodeId, Outcome, SnapshotFiles, TypeConfig};
 
 struct Inner {
     last_applied: Option<LogId<NodeId>>,
@@ -76,9 +34,13 @@ struct Inner {
 #[derive(Clone)]
 pub struct StateMachine {
     node: Arc<dyn Applier>,
+    /// The raft directory, which holds the snapshot.
     dir: PathBuf,
     inner: Arc<tokio::sync::Mutex<Inner>>,
     keys_len: Arc<AtomicUsize>,
+    /// The last snapshot this state machine failed to take or install, and why: the
+    /// engine stops on it, and `/health` says why.
+    failure: Arc<parking_lot::Mutex<Option<String>>>,
 }
 
 fn sm_error(e: impl std::fmt::Display) -> StorageError<NodeId> {
@@ -90,17 +52,18 @@ fn snap_error(e: impl std::fmt::Display) -> StorageError<NodeId> {
 }
 
 impl StateMachine {
+    /// On `node`, whose table was restored from the snapshot `loaded` (if any).
     pub fn new(
         node: Arc<dyn Applier>,
         dir: PathBuf,
-        loaded: Option<&StoredMeta>,
+        loaded: Option<&Record>,
         keys: Keys,
     ) -> StateMachine {
         let inner = match loaded {
-            Some(s) => Inner {
-                last_applied: s.meta.last_log_id,
-                membership: s.meta.last_membership.clone(),
-                keys: keys.restore(&s.keys),
+            Some(r) => Inner {
+                last_applied: r.meta.last_log_id,
+                membership: r.meta.last_membership.clone(),
+                keys: keys.restore(&r.keys),
             },
             None => Inner {
                 last_applied: None,
@@ -113,7 +76,21 @@ impl StateMachine {
             dir,
             keys_len: Arc::new(AtomicUsize::new(inner.keys.len())),
             inner: Arc::new(tokio::sync::Mutex::new(inner)),
+            failure: Arc::default(),
         }
+    }
+
+    /// Why the last snapshot failed, if one did.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().clone()
+    }
+
+    /// Notes a failed snapshot, and passes the error on to the engine.
+    fn failed(&self, what: &str, e: String) -> String {
+        let why = format!("{what}: {e}");
+        tracing::error!(error = %e, "{what}");
+        *self.failure.lock() = Some(why.clone());
+        why
     }
 
     /// Idempotency keys held now.
@@ -121,98 +98,61 @@ impl StateMachine {
         self.keys_len.load(Ordering::Relaxed)
     }
 
-    /// Writes a snapshot's file and record into the raft directory, replacing the
-    /// previous one (whose file is removed once the record no longer names it).
-    fn store(&self, stored: &StoredMeta, image: &[u8]) -> std::io::Result<()> {
-        let previous = load(&self.dir).ok().flatten().map(|l| l.stored.file);
-        crate::fs::write_atomically(
-            &self.dir,
-            &stored.file,
-            &format!(".{}.tmp", stored.file),
-            image,
-        )?;
-        let json = serde_json::to_vec(stored).map_err(std::io::Error::other)?;
-        crate::fs::write_atomically(&self.dir, META_NAME, &format!(".{META_NAME}.tmp"), &json)?;
-        if let Some(old) = previous
-            && old != stored.file
-        {
-            let _ = fs::remove_file(self.dir.join(old));
-        }
-        Ok(())
+    /// The raft directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
     }
-
-    fn container(stored: &StoredMeta, image: &[u8]) -> Vec<u8> {
-        let json = serde_json::to_vec(stored).expect("metadata serializes");
-        container::pack(&json, image)
-    }
-}
-
-/// Splits a received snapshot stream into its record and a validated table.
-pub fn open_container(bytes: &[u8]) -> Result<(StoredMeta, AlignedVec<16>, CountMap), String> {
-    let (json, file) = container::unpack(bytes)?;
-    let stored: StoredMeta =
-        serde_json::from_slice(json).map_err(|e| format!("raft snapshot record: {e}"))?;
-    let mut image = AlignedVec::<16>::with_capacity(file.len());
-    image.extend_from_slice(file);
-    let map = decode_image(&image)?;
-    Ok((stored, image, map))
-}
-
-/// Validates a memdb base snapshot image and copies its table out.
-pub fn decode_image(image: &[u8]) -> Result<CountMap, String> {
-    let (header, archived) = snapshot::validate(image).map_err(|e| e.to_string())?;
-    if header.kind != snapshot::Kind::Base {
-        return Err("a raft snapshot must be a base snapshot".into());
-    }
-    let mut map = CountMap::with_capacity(archived.len());
-    for (w, n) in archived.iter() {
-        map.insert_new(w.as_str(), n.to_native());
-    }
-    Ok(map)
-}
-
-fn file_name(last: Option<LogId<NodeId>>) -> String {
-    let index = last.map_or(0, |l| l.index);
-    format!("snapshot-{index:020}.memdb")
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    /// Links the table's files at the applied index into a new snapshot directory and
+    /// writes its record. Applying waits meanwhile (the files must be the table at
+    /// that index): the words since the last publication are written out, which is
+    /// what a publication costs; nothing else is copied.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        // The table and the raft state at one point: applying holds `inner`.
-        let (map, snapshot_of, stored) = {
-            let inner = self.inner.lock().await;
-            let (map, snapshot_of) = self.node.copy();
-            let meta = SnapshotMeta {
-                last_log_id: inner.last_applied,
-                last_membership: inner.membership.clone(),
-                snapshot_id: format!(
-                    "{}-{}",
-                    inner.last_applied.map_or(0, |l| l.index),
-                    rand::random::<u32>()
-                ),
-            };
-            let stored = StoredMeta {
-                file: file_name(inner.last_applied),
-                meta,
-                keys: inner.keys.stored(),
-            };
-            (map, snapshot_of, stored)
+        let inner = self.inner.lock().await;
+        let index = inner.last_applied.map_or(0, |l| l.index);
+        let meta = SnapshotMeta {
+            last_log_id: inner.last_applied,
+            last_membership: inner.membership.clone(),
+            snapshot_id: format!("{index}-{:08x}", rand::random::<u32>()),
         };
-        let me = self.clone();
-        let meta = stored.meta.clone();
-        let bytes = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
-            let image = snapshot::encode_entries(map.iter(), snapshot_of, None)
-                .map_err(|e| e.to_string())?;
-            me.store(&stored, &image).map_err(|e| e.to_string())?;
-            tracing::info!(seq = snapshot_of.seq, words = map.len(), file = %stored.file, "raft snapshot taken");
-            Ok(StateMachine::container(&stored, &image))
+        let keys = inner.keys.stored();
+        let (node, raft_dir, m) = (self.node.clone(), self.dir.clone(), meta.clone());
+        let (placed, seq) = tokio::task::spawn_blocking(move || -> Result<_, String> {
+            let staged = snapshot::building_dir(&raft_dir, index)
+                .map_err(|e| format!("making a snapshot directory: {e}"))?;
+            let taken = node.capture(&staged).and_then(|c| {
+                let seq = c.chain.seq;
+                let record = Record {
+                    meta: m,
+                    keys,
+                    chain: c.chain,
+                    checked: c.checked,
+                };
+                crate::fs::write_atomically(
+                    &staged,
+                    RECORD_NAME,
+                    ".raft.meta.tmp",
+                    &record.encode(),
+                )
+                .and_then(|_| snapshot::put_in_place(&raft_dir, &staged, index))
+                .map(|placed| (placed, seq))
+                .map_err(|e| format!("writing the snapshot: {e}"))
+            });
+            if taken.is_err() {
+                snapshot::remove_dir(&staged);
+            }
+            taken
         })
         .await
         .map_err(sm_error)?
-        .map_err(sm_error)?;
+        .map_err(|e| sm_error(self.failed("taking a raft snapshot", e)))?;
+        drop(inner);
+        tracing::info!(index, seq, dir = %placed.display(), "raft snapshot taken");
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(bytes)),
+            snapshot: Box::new(SnapshotFiles { dir: placed }),
         })
     }
 }
@@ -300,47 +240,55 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
+    /// Not used: a snapshot arrives as files (see [`super::transfer`]), installed
+    /// with `Raft::install_full_snapshot`.
     async fn begin_receiving_snapshot(
         &mut self,
-    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    ) -> Result<Box<SnapshotFiles>, StorageError<NodeId>> {
+        Err(snap_error("snapshots arrive as files, not as a stream"))
     }
 
+    /// Puts the received directory in place as this node's snapshot, then makes its
+    /// files the table.
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, BasicNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotFiles>,
     ) -> Result<(), StorageError<NodeId>> {
-        let bytes = snapshot.into_inner();
         let mut inner = self.inner.lock().await;
-        let me = self.clone();
-        let meta = meta.clone();
-        let (stored, map, seq) = tokio::task::spawn_blocking(move || {
-            let (mut stored, image, map) = open_container(&bytes)?;
-            let seq = snapshot::read_header(&image, image.len() as u64)
-                .map_err(|e| e.to_string())?
-                .seq;
-            stored.meta = meta;
-            stored.file = file_name(stored.meta.last_log_id);
-            me.store(&stored, &image).map_err(|e| e.to_string())?;
-            Ok::<_, String>((stored, map, seq))
+        let (node, raft_dir, want) = (self.node.clone(), self.dir.clone(), meta.clone());
+        let record = tokio::task::spawn_blocking(move || -> Result<Record, String> {
+            let record = Record::read(&snapshot.dir)?;
+            if record.meta.last_log_id != want.last_log_id
+                || record.meta.snapshot_id != want.snapshot_id
+            {
+                return Err("the snapshot's record is not the snapshot installed".into());
+            }
+            let index = want.last_log_id.map_or(0, |l| l.index);
+            let placed = if snapshot.dir.file_name() == Some(snapshot::dir_name(index).as_ref()) {
+                snapshot.dir
+            } else {
+                snapshot::put_in_place(&raft_dir, &snapshot.dir, index)
+                    .map_err(|e| format!("placing the snapshot: {e}"))?
+            };
+            node.adopt(&placed, &record.chain, &record.checked)?;
+            Ok(record)
         })
         .await
         .map_err(snap_error)?
-        .map_err(snap_error)?;
+        .map_err(|e| snap_error(self.failed("installing a raft snapshot", e)))?;
         tracing::info!(
-            seq,
-            words = map.len(),
-            "installing a raft snapshot from the leader"
+            seq = record.chain.seq,
+            words = record.chain.words,
+            "installed a raft snapshot from the leader"
         );
-        self.node.install(map, seq);
-        inner.last_applied = stored.meta.last_log_id;
-        inner.membership = stored.meta.last_membership.clone();
+        inner.last_applied = meta.last_log_id;
+        inner.membership = meta.last_membership.clone();
         let empty = Keys::new(
             std::time::Duration::from_millis(inner.keys.window_ms),
             inner.keys.max_bytes,
         );
-        inner.keys = empty.restore(&stored.keys);
+        inner.keys = empty.restore(&record.keys);
         self.keys_len.store(inner.keys.len(), Ordering::Relaxed);
         Ok(())
     }
@@ -349,56 +297,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
         let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || -> Result<Option<Snapshot<TypeConfig>>, String> {
-            let Some(loaded) = load(&dir)? else {
-                return Ok(None);
-            };
-            let image = fs::read(&loaded.image)
-                .map_err(|e| format!("reading {}: {e}", loaded.image.display()))?;
-            Ok(Some(Snapshot {
-                meta: loaded.stored.meta.clone(),
-                snapshot: Box::new(Cursor::new(StateMachine::container(&loaded.stored, &image))),
-            }))
-        })
-        .await
-        .map_err(snap_error)?
-        .map_err(snap_error)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_container_round_trips_and_a_damaged_one_is_refused() {
-        let mut map = CountMap::new();
-        map.add("hello", 3);
-        map.add("world", 1);
-        let meta = snapshot::Meta {
-            tokenizer: crate::words::Tokenizer::Unicode,
-            seq: 7,
-            incarnation: crate::consensus::types::group_incarnation("memdb"),
-        };
-        let image = snapshot::encode_entries(map.iter(), meta, None).unwrap();
-        let stored = StoredMeta {
-            meta: SnapshotMeta::default(),
-            file: "snapshot-x.memdb".into(),
-            keys: StoredKeys {
-                keys: vec![("key".into(), 7, 42)],
-                ..Default::default()
-            },
-        };
-        let bytes = StateMachine::container(&stored, &image);
-        let (back, _, decoded) = open_container(&bytes).unwrap();
-        assert_eq!(back.keys.keys, stored.keys.keys);
-        assert_eq!(decoded.get("hello"), Some(3));
-        assert_eq!(decoded.len(), 2);
-        let mut bad = bytes.clone();
-        let last = bad.len() - 1;
-        bad[last] ^= 1;
-        assert!(open_container(&bad).is_err());
-        assert!(open_container(&bytes[..20]).is_err());
-        assert!(open_container(b"not a snapshot at all").is_err());
+        let current = tokio::task::spawn_blocking(move || snapshot::current(&dir))
+            .await
+            .map_err(snap_error)?
+            .map_err(snap_error)?;
+        Ok(current.map(|(dir, record)| Snapshot {
+            meta: record.meta,
+            snapshot: Box::new(SnapshotFiles { dir }),
+        }))
     }
 }

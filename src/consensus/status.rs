@@ -69,7 +69,10 @@ impl Consensus {
     pub fn stopped(&self) -> Option<String> {
         let rx = self.raft.metrics();
         if rx.has_changed().is_err() {
-            return Some("the raft engine stopped (it panicked or was shut down)".into());
+            return Some(match self.state.failure() {
+                Some(why) => format!("the raft engine stopped: {why}"),
+                None => "the raft engine stopped (it panicked or was shut down)".into(),
+            });
         }
         let m = rx.borrow();
         match (&m.running_state, m.state) {

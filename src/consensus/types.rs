@@ -1,7 +1,6 @@
 //! The raft types of memdb: what a log entry holds (a [`Proposal`]), what applying it
 //! answers ([`Applied`]), and the names every voter shares.
 
-use std::io::Cursor;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -11,11 +10,34 @@ use crate::words::Deltas;
 pub type NodeId = u64;
 
 openraft::declare_raft_types!(
-    /// memdb's raft types: a proposal counts words; applying it answers a seq.
+    /// memdb's raft types: a proposal counts words; applying it answers a seq; a
+    /// snapshot is a directory of files.
     pub TypeConfig:
         D = Proposal,
         R = Applied,
+        SnapshotData = SnapshotFiles,
 );
+
+/// What the leader offers a voter that needs its snapshot (see [`super::transfer`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Offer {
+    pub vote: openraft::Vote<NodeId>,
+    pub meta: openraft::SnapshotMeta<NodeId, openraft::BasicNode>,
+    /// The snapshot's record (`raft.meta`): its length and checksum.
+    pub record: crate::protocol::ManifestFile,
+    /// Where the files are: the leader's URL.
+    pub from: String,
+}
+
+/// What the voter answers an offer: raft's answer, or the engine's stop.
+pub type Answer = Result<openraft::raft::SnapshotResponse<NodeId>, openraft::error::Fatal<NodeId>>;
+
+/// A raft snapshot as the engine hands it around: the directory of its files and its
+/// record (see [`super::snapshot`]). Never the table's bytes.
+#[derive(Debug, Clone)]
+pub struct SnapshotFiles {
+    pub dir: std::path::PathBuf,
+}
 
 pub type Entry = openraft::Entry<TypeConfig>;
 pub type Raft = openraft::Raft<TypeConfig>;
@@ -26,6 +48,9 @@ pub mod rpc {
     pub const APPEND: &str = "/raft/append";
     pub const VOTE: &str = "/raft/vote";
     pub const SNAPSHOT: &str = "/raft/snapshot";
+    /// Where a voter serves its snapshot's files (`/{name}`), for a voter it offered
+    /// the snapshot to.
+    pub const SNAPSHOT_FILES: &str = "/raft/snapshot/files";
 }
 
 /// The header every raft RPC carries: a node refuses RPCs of another group.

@@ -79,6 +79,15 @@ impl Backlog {
         self.push(batch);
     }
 
+    /// Starts over empty at `seq` (a raft snapshot's files installed, with no batch
+    /// from the seq before): replicas behind it re-sync.
+    pub fn skip_to(&mut self, seq: u64) {
+        self.batches.clear();
+        self.applied.clear();
+        self.bytes = 0;
+        self.last_seq = seq;
+    }
+
     /// When the oldest batch a replica at `acked` lacks was applied: `None` if it lacks
     /// nothing. If that batch was already evicted, the oldest held (so the lag it
     /// gives is a lower bound); if none is held (a restarted leader), `None`.

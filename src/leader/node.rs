@@ -20,7 +20,7 @@ use super::replication::{ReplicaSet, ReplicaUrlError};
 use super::state::{State, word_hashes};
 use crate::config::LeaderConfig;
 use crate::consensus::Consensus;
-use crate::consensus::state_machine::StoredMeta;
+use crate::consensus::snapshot::Record;
 use crate::protocol::Incarnation;
 use crate::storage::history::History;
 use crate::storage::log::{Wal, WalError};
@@ -45,7 +45,7 @@ pub(super) struct Shared {
     /// Set once the raft engine runs (a voter of a raft group).
     pub(super) consensus: std::sync::OnceLock<Consensus>,
     /// The raft snapshot the table was restored from, for the raft engine to take.
-    raft_boot: Mutex<Option<StoredMeta>>,
+    raft_boot: Mutex<Option<Record>>,
     pub(super) replicas: Arc<ReplicaSet>,
     pub(super) config: LeaderConfig,
     /// The earlier incarnations this one continues (see [`crate::storage::history`]).

@@ -2,7 +2,6 @@
 //! from the snapshot and the log, and set up the replication senders.
 
 use std::fs::{self, File};
-use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +14,7 @@ use super::error::{LeaderError, io_err};
 use super::publisher::Records;
 use super::replication::{LogSource, ReplicaSet};
 use crate::config::LeaderConfig;
-use crate::consensus::state_machine::StoredMeta;
+use crate::consensus::snapshot::{self as snapshot_dir, Record};
 use crate::protocol::Incarnation;
 use crate::storage::layered::Layered;
 use crate::storage::log::{self, Wal};
@@ -249,15 +248,14 @@ fn empty_base(dir: &Path, tokenizer: Tokenizer) -> Result<MappedState, LeaderErr
     Ok(MappedState::base(Arc::new(base)))
 }
 
-/// A voter's table at start: the raft snapshot (whose file becomes the publisher's
-/// base), or empty; the raft engine then applies the committed log past it. The
-/// publisher's own files are output here, never input: a delta is removed, and
-/// without a raft snapshot an empty base replaces the base.
+/// A voter's table at start: the raft snapshot's files (linked in as the publisher's
+/// chain), or an empty base; the raft engine then applies the committed log past it.
+/// The publisher's own files are output here, never input: they are replaced.
 pub(super) fn recover_voter(
     dir: &Path,
     tokenizer: Tokenizer,
     raft: &crate::config::RaftConfig,
-) -> Result<(Recovered, Option<StoredMeta>), LeaderError> {
+) -> Result<(Recovered, Option<Record>), LeaderError> {
     if !log::segments(dir)
         .map_err(io_err("listing the log in", dir))?
         .is_empty()
@@ -270,28 +268,42 @@ pub(super) fn recover_voter(
         )));
     }
     let raft_dir = dir.join("raft");
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&raft_dir)
-        .map_err(io_err("creating", &raft_dir))?;
+    crate::fs::create_private_dir(&raft_dir).map_err(io_err("creating", &raft_dir))?;
     // Before anything in the directory is touched.
     crate::consensus::identity::check_or_record(&raft_dir, raft.node_id, &raft.cluster)
         .map_err(LeaderError::Raft)?;
-    let loaded = crate::consensus::state_machine::load(&raft_dir).map_err(LeaderError::Raft)?;
+    snapshot_dir::clean(&raft_dir);
+    let loaded = snapshot_dir::current(&raft_dir).map_err(LeaderError::Raft)?;
     let _ = fs::remove_file(dir.join(snapshot::DELTA_NAME));
-    let Some(loaded) = loaded else {
+    for (_, name) in snapshot::recents(dir).map_err(io_err("listing", dir))? {
+        fs::remove_file(dir.join(&name)).map_err(io_err("removing", &dir.join(&name)))?;
+    }
+    let Some((from, record)) = loaded else {
         let _ = fs::remove_file(dir.join(snapshot::FILE_NAME));
         return Ok((recover(dir, tokenizer)?, None));
     };
-    // The raft snapshot's file is immutable: link it in as the base.
-    let link = dir.join(".snapshot.memdb.link");
-    let _ = fs::remove_file(&link);
-    fs::hard_link(&loaded.image, &link).map_err(io_err("linking", &loaded.image))?;
-    fs::rename(&link, dir.join(snapshot::FILE_NAME)).map_err(io_err("renaming", &link))?;
+    // The snapshot's files are immutable: linked in, under their names.
+    for f in &record.chain.files {
+        let link = dir.join(format!(".{}.link", f.name));
+        let _ = fs::remove_file(&link);
+        fs::hard_link(from.join(&f.name), &link).map_err(io_err("linking", &from.join(&f.name)))?;
+        fs::rename(&link, dir.join(&f.name)).map_err(io_err("renaming", &link))?;
+    }
+    // Checked when the snapshot was taken or received: the next mapping trusts them.
+    if let Err(e) = checked::store(dir, &record.checked) {
+        tracing::warn!(error = %e, "recording the snapshot's checked files");
+    }
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err("syncing", dir))?;
     let recovered = recover(dir, tokenizer)?;
-    Ok((recovered, Some(loaded.stored)))
+    if recovered.table.seq() != record.chain.seq {
+        return Err(LeaderError::Raft(format!(
+            "the raft snapshot in {} maps at seq {}, its record says {}",
+            from.display(),
+            recovered.table.seq(),
+            record.chain.seq
+        )));
+    }
+    Ok((recovered, Some(record)))
 }

@@ -3,11 +3,10 @@
 //! memory-mapped snapshot local replicas read, and the leader's incarnation history.
 //! Every on-disk byte layout of memdb is defined here: [`frame`] (the record frame of
 //! both logs), [`log`] (the single leader's records), [`snapshot`] (base and delta
-//! files), [`container`] (a raft snapshot in transit), [`history`]. Nothing here knows
-//! about HTTP.
+//! files), [`history`]; all but the record of a raft snapshot, which is raft's own
+//! (`consensus/snapshot.rs`). Nothing here knows about HTTP.
 
 pub mod batch;
-pub mod container;
 pub mod counts;
 pub mod delta;
 pub mod filter;
@@ -15,6 +14,7 @@ pub mod frame;
 pub mod history;
 pub mod layered;
 pub mod log;
+pub mod mapfile;
 pub mod mapped;
 pub mod ranking;
 pub mod snapshot;

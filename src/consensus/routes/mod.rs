@@ -45,6 +45,7 @@ pub fn routes<S: Clone + Send + Sync + 'static>(c: Consensus, max_body: usize) -
             .routes(routes!(rpc::append))
             .routes(routes!(rpc::vote))
             .routes(routes!(rpc::snapshot))
+            .routes(routes!(rpc::snapshot_file))
             .layer(limit(MAX_RPC_BODY))
             .with_state(c),
     }
@@ -62,11 +63,17 @@ mod tests {
             .routes(routes!(rpc::append))
             .routes(routes!(rpc::vote))
             .routes(routes!(rpc::snapshot))
+            .routes(routes!(rpc::snapshot_file))
             .split_for_parts();
         let served: BTreeSet<&str> = api.paths.paths.keys().map(String::as_str).collect();
         assert_eq!(
             served,
-            BTreeSet::from([paths::APPEND, paths::VOTE, paths::SNAPSHOT])
+            BTreeSet::from([
+                paths::APPEND,
+                paths::VOTE,
+                paths::SNAPSHOT,
+                format!("{}/{{name}}", paths::SNAPSHOT_FILES).as_str()
+            ])
         );
     }
 }

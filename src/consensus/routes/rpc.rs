@@ -1,16 +1,19 @@
-//! The three RPCs the other voters call, each of which must name this group in
+//! The three RPCs the other voters call (and the snapshot files they fetch), each of which must name this group in
 //! `x-memdb-cluster` (and carry its group id), with the checks that refuse what no
 //! leader of this group can send.
 
+use axum::extract::Path;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{AppendEntriesRequest, VoteRequest};
 
 use crate::consensus::engine::Consensus;
 use crate::consensus::identity::GROUP_HEADER;
+use crate::consensus::transfer;
+use crate::consensus::types::Offer;
 use crate::consensus::types::{CLUSTER_HEADER, NodeId, TypeConfig};
 use crate::server::error::ApiError;
 
@@ -164,19 +167,56 @@ pub async fn vote(
 }
 
 #[utoipa::path(post, path = "/raft/snapshot", tag = "raft",
-    summary = "Raft InstallSnapshot, one chunk (leader to a node that fell behind)",
+    summary = "Raft InstallSnapshot as files (leader to a node that fell behind)",
+    description = "An offer: the leader's vote, the snapshot's raft metadata, its record \
+                   file's length and checksum, and the leader's URL. The voter downloads \
+                   the record and the files it names from GET /raft/snapshot/files/{name} \
+                   on the leader, checks every file whole, installs the snapshot and \
+                   answers raft's answer.",
     request_body = Object,
     responses(
         (status = 200, description = "The engine's answer", body = Object),
-        (status = 400, description = "Not a snapshot chunk", body = crate::server::openapi::ErrorBody),
+        (status = 400, description = "Not an offer, or the leader's URL is not the one its membership names", body = crate::server::openapi::ErrorBody),
         (status = 401, description = "Missing or wrong token", body = crate::server::openapi::ErrorBody),
         (status = 403, description = "Another raft group", body = crate::server::openapi::ErrorBody),
+        (status = 409, description = "The leader's snapshot changed during the download: nothing was installed", body = crate::server::openapi::ErrorBody),
+        (status = 422, description = "The files are not the snapshot offered (truncated, corrupt, mismatched): nothing was installed", body = crate::server::openapi::ErrorBody),
+        (status = 502, description = "The leader's files could not be fetched", body = crate::server::openapi::ErrorBody),
+        (status = 507, description = "The files could not be written here (a full disk)", body = crate::server::openapi::ErrorBody),
     ))]
 pub async fn snapshot(
     State(c): State<Consensus>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req: InstallSnapshotRequest<TypeConfig> = rpc_body(&c, &headers, body)?;
-    Ok(axum::Json(c.raft.install_snapshot(req).await).into_response())
+    let offer: Offer = rpc_body(&c, &headers, body)?;
+    let answer = transfer::receive(&c, offer).await?;
+    Ok(axum::Json(answer).into_response())
+}
+
+#[utoipa::path(get, path = "/raft/snapshot/files/{name}", tag = "raft",
+    summary = "A file of this voter's raft snapshot (to a voter it was offered to)",
+    description = "The record (raft.meta) or a file it names, as it is, with its checksum \
+                   as ETag; one Range resumes a download, If-Range and If-Match name the \
+                   checksum wanted.",
+    params(
+        ("name" = String, Path, description = "raft.meta, or a file the record names"),
+        ("range" = Option<String>, Header, description = "bytes=START-[END]"),
+        ("if-range" = Option<String>, Header, description = "The quoted checksum the range is of"),
+        ("if-match" = Option<String>, Header, description = "The quoted checksum wanted"),
+    ),
+    responses(
+        (status = 200, description = "The whole file", content_type = "application/octet-stream"),
+        (status = 206, description = "The range asked for", content_type = "application/octet-stream"),
+        (status = 401, description = "Missing or wrong token", body = crate::server::openapi::ErrorBody),
+        (status = 404, description = "No such file in this voter's snapshot now", body = crate::server::openapi::ErrorBody),
+        (status = 412, description = "If-Match names another file", body = crate::server::openapi::ErrorBody),
+        (status = 416, description = "The range starts past the end", body = crate::server::openapi::ErrorBody),
+    ))]
+pub async fn snapshot_file(
+    State(c): State<Consensus>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    transfer::serve_file(&c, name, headers).await
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::types::{Msg, PublishError, PublishStats, Setup};
+use super::types::{Adopt, Msg, PublishError, PublishStats, Setup};
 use super::worker::Worker;
 
 /// Handle to the publisher thread. Dropping it stops the thread after a final publish.
@@ -71,6 +71,38 @@ impl Publisher {
             return Err(PublishError::Stopped);
         }
         reply_rx.recv().map_err(|_| PublishError::Stopped)?
+    }
+
+    /// See [`crate::consensus::Applier::capture`]. Blocks.
+    pub fn capture(&self, into: &std::path::Path) -> Result<crate::consensus::Captured, String> {
+        let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
+        if !self.thread.send(Msg::Capture(into.to_owned(), reply_tx)) {
+            return Err(PublishError::Stopped.to_string());
+        }
+        reply_rx
+            .recv()
+            .map_err(|_| PublishError::Stopped.to_string())?
+    }
+
+    /// See [`crate::consensus::Applier::adopt`]. Blocks.
+    pub fn adopt(
+        &self,
+        dir: &std::path::Path,
+        chain: &crate::protocol::Manifest,
+        checked: &[crate::storage::snapshot::checked::Checked],
+    ) -> Result<(), String> {
+        let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
+        let a = Adopt {
+            dir: dir.to_owned(),
+            chain: chain.clone(),
+            checked: checked.to_vec(),
+        };
+        if !self.thread.send(Msg::Adopt(Box::new(a), reply_tx)) {
+            return Err(PublishError::Stopped.to_string());
+        }
+        reply_rx
+            .recv()
+            .map_err(|_| PublishError::Stopped.to_string())?
     }
 
     pub fn stats(&self) -> PublishStats {

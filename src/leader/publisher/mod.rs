@@ -25,10 +25,12 @@
 //! - `handle.rs`: [`Publisher`], the handle the leader holds;
 //! - `worker.rs`: the thread's loop and a publication;
 //! - `merges.rs`: starting merges and putting what they wrote in place (the threads
-//!   themselves are `leader/compaction.rs`).
+//!   themselves are `leader/compaction.rs`);
+//! - `raft.rs`: a voter's raft snapshot: the files linked out, a received one put in.
 
 mod handle;
 mod merges;
+mod raft;
 mod types;
 mod worker;
 

@@ -18,6 +18,18 @@ pub(super) enum Msg {
     Flush(Sender<Result<u64, PublishError>>),
     /// Publish now unless this seq is already on disk (a local replica waits for it).
     Soon(u64),
+    /// Publish now if anything changed, then link the files into this directory (a
+    /// voter's raft snapshot).
+    Capture(PathBuf, Sender<Result<crate::consensus::Captured, String>>),
+    /// Make a received raft snapshot's files the table (see `raft.rs`).
+    Adopt(Box<Adopt>, Sender<Result<(), String>>),
+}
+
+/// A received raft snapshot's files, to be made the table.
+pub(super) struct Adopt {
+    pub(super) dir: PathBuf,
+    pub(super) chain: crate::protocol::Manifest,
+    pub(super) checked: Vec<Checked>,
 }
 
 /// Why a snapshot was not published; the last good one stays in place.

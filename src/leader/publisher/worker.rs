@@ -78,6 +78,12 @@ impl Worker {
                         let _ = self.publish_if_changed();
                     }
                 }
+                Ok(Msg::Capture(into, reply)) => {
+                    let _ = reply.send(self.capture(&into));
+                }
+                Ok(Msg::Adopt(a, reply)) => {
+                    let _ = reply.send(self.adopt(&a.dir, &a.chain, &a.checked));
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     self.abandon_merges();

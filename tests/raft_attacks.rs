@@ -277,6 +277,14 @@ async fn with_a_peer_token_a_client_token_cannot_reach_the_peer_routes() {
             "vote",
         ),
         (
+            as_client(writer.post(url("/raft/snapshot"))).json(&json!({})),
+            "snapshot",
+        ),
+        (
+            writer.get(url("/raft/snapshot/files/raft.meta")),
+            "snapshot files",
+        ),
+        (
             writer
                 .post(url("/raft/membership"))
                 .json(&json!({"voters": [1]})),

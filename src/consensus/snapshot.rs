@@ -326,6 +326,23 @@ pub fn put_in_place(raft_dir: &Path, staged: &Path, index: u64) -> io::Result<Pa
     Ok(dest)
 }
 
+/// Bytes of the current snapshot's files that no other name holds (the table's chain
+/// has replaced them since): disk that only the snapshot keeps.
+pub fn held_bytes(raft_dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(Some((dir, record))) = current(raft_dir) else {
+        return 0;
+    };
+    record
+        .chain
+        .files
+        .iter()
+        .filter_map(|f| fs::metadata(dir.join(&f.name)).ok())
+        .filter(|m| m.nlink() == 1)
+        .map(|m| m.len())
+        .sum()
+}
+
 /// Removes what a stop left half done: snapshots being taken.
 pub fn clean(raft_dir: &Path) {
     if let Ok(entries) = fs::read_dir(raft_dir) {
@@ -513,5 +530,12 @@ mod tests {
         assert!(!raft.path().join(file).exists());
         let (again, _) = current(raft.path()).unwrap().unwrap();
         assert_eq!(again, dir);
+        // Only the snapshot holds its base: all of it is counted; linked from
+        // elsewhere too (a table's chain), none.
+        let base = dir.join(crate::storage::snapshot::FILE_NAME);
+        let len = std::fs::metadata(&base).unwrap().len();
+        assert_eq!(held_bytes(raft.path()), len);
+        std::fs::hard_link(&base, raft.path().join("elsewhere")).unwrap();
+        assert_eq!(held_bytes(raft.path()), 0);
     }
 }

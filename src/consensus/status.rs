@@ -205,6 +205,12 @@ impl Consensus {
             r.last_applied.map_or(0, |l| l.index),
         );
         m.gauge(
+            "memdb_raft_snapshot_held_bytes",
+            "Bytes of the raft snapshot's files that only it holds (the table's files \
+             have moved on since it was taken): freed when the next snapshot replaces it.",
+            super::snapshot::held_bytes(self.state.dir()),
+        );
+        m.gauge(
             "memdb_raft_log_failed",
             "1 while the raft log cannot be written.",
             self.log.failure().is_some(),

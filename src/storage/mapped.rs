@@ -269,48 +269,6 @@ impl MappedState {
         self.len() == 0
     }
 
-    /// Each file with the name it is published (and served, and stored) under: the
-    /// base, the delta, the recent deltas oldest first.
-    pub fn named(&self) -> Vec<(String, &Arc<MappedSnapshot>)> {
-        std::iter::once((super::snapshot::FILE_NAME.to_owned(), &self.base))
-            .chain(
-                self.delta
-                    .iter()
-                    .map(|d| (super::snapshot::DELTA_NAME.to_owned(), d)),
-            )
-            .chain(
-                self.recent
-                    .iter()
-                    .map(|r| (super::snapshot::recent_name(r.header().seq), r)),
-            )
-            .collect()
-    }
-
-    /// The manifest of these files, whose table has `digest`, of a node of
-    /// `incarnation`.
-    pub fn manifest(
-        &self,
-        digest: u64,
-        incarnation: crate::protocol::Incarnation,
-    ) -> crate::protocol::Manifest {
-        crate::protocol::Manifest {
-            seq: self.seq(),
-            incarnation,
-            tokenizer: self.header().tokenizer,
-            digest: format!("{digest:016x}"),
-            words: self.words(),
-            files: self
-                .named()
-                .into_iter()
-                .map(|(name, f)| crate::protocol::ManifestFile {
-                    name,
-                    len: f.len() as u64,
-                    checksum: format!("{:016x}", f.header().checksum),
-                })
-                .collect(),
-        }
-    }
-
     /// Which files these are.
     pub fn identity(&self) -> StateId {
         (
@@ -517,14 +475,16 @@ pub fn identity_of(path: &Path) -> Option<FileId> {
     std::fs::metadata(path).ok().map(|m| file_id(&m))
 }
 
-/// Which file a name points at: device, inode, and the inode's change time. The change
+/// Which file a name points at: device, inode, and the file's modification time. The
 /// time is there because inode numbers are reused: a file created after another was
 /// deleted may get its number, and must not be taken for it (a rejected file's
-/// successor would otherwise never be looked at).
+/// successor would otherwise never be looked at); a new file's time differs. Not the
+/// change time: a hard link (a voter's raft snapshot links the files) changes that, and
+/// every reader would map the same bytes again.
 pub type FileId = (u64, u64, i64, i64);
 
 fn file_id(m: &std::fs::Metadata) -> FileId {
-    (m.dev(), m.ino(), m.ctime(), m.ctime_nsec())
+    (m.dev(), m.ino(), m.mtime(), m.mtime_nsec())
 }
 
 #[cfg(test)]
@@ -560,18 +520,24 @@ mod tests {
     }
 
     #[test]
-    fn an_inode_whose_change_time_moved_is_another_file() {
-        // What a reused inode number looks like: the same (device, inode) with a newer
-        // change time. Renaming the file changes its change time the same way.
+    fn an_inode_written_again_is_another_file_and_a_hard_link_is_the_same() {
+        // What a reused inode number looks like: the same (device, inode) written at
+        // a later time.
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
         std::fs::write(&a, b"x").unwrap();
         let before = identity_of(&a).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
-        std::fs::rename(&a, &b).unwrap();
-        let after = identity_of(&b).unwrap();
+        std::fs::write(&a, b"y").unwrap();
+        let after = identity_of(&a).unwrap();
         assert_eq!((before.0, before.1), (after.0, after.1), "same inode");
         assert_ne!(before, after);
+        // A hard link (a raft snapshot's) and a rename leave it the same file.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::hard_link(&a, &b).unwrap();
+        assert_eq!(identity_of(&a), Some(after));
+        std::fs::rename(&b, dir.path().join("c")).unwrap();
+        assert_eq!(identity_of(&dir.path().join("c")), Some(after));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! (`consensus/snapshot.rs`). Nothing here knows about HTTP.
 
 pub mod batch;
+pub mod chain;
 pub mod counts;
 pub mod delta;
 pub mod filter;

@@ -207,6 +207,13 @@ impl CountSource for LocalReplica {
             .unwrap_or(0);
         m.gauge("memdb_ready", "1 once a snapshot is mapped.", cur.is_some());
         m.gauge(
+            "memdb_files_held_bytes",
+            "Bytes of mapped files the leader has replaced or removed since: disk the \
+             mapping keeps until the next snapshot is mapped.",
+            cur.as_ref()
+                .map_or(0, |s| s.held_bytes(&self.shared.config.data_dir)),
+        );
+        m.gauge(
             "memdb_snapshot_age_seconds",
             "Age of the mapped snapshot (-1 if none).",
             h.map(|h| now_ms.saturating_sub(h.written_unix_ms) as f64 / 1e3)

@@ -99,6 +99,14 @@ impl Counts {
         }
     }
 
+    /// Bytes of mapped files `dir` no longer holds under their names.
+    pub(super) fn held_bytes(&self, dir: &std::path::Path) -> u64 {
+        match self {
+            Counts::Whole(_) => 0,
+            Counts::Files(t) => t.lower().files.held_bytes(dir),
+        }
+    }
+
     /// The whole table as `GET /sync` answers it: built from the map, or streamed from
     /// a view of the layers (the mapped files and a copy of the words changed since).
     pub(super) fn sync_body(&self, inc: Option<Incarnation>, tok: Tokenizer) -> SyncBody {

@@ -159,9 +159,13 @@ impl CountSource for Replica {
     fn collect(&self, m: &mut Series<'_>) {
         let s = &self.shared;
         let syncs = s.stats.lock().syncs;
-        let (in_memory, mapped) = {
+        let (in_memory, mapped, held) = {
             let d = s.data.read();
-            (d.table.in_memory(), d.table.mapped_bytes())
+            (
+                d.table.in_memory(),
+                d.table.mapped_bytes(),
+                d.table.held_bytes(s.dir.path()),
+            )
         };
         m.gauge(
             "memdb_ready",
@@ -207,6 +211,12 @@ impl CountSource for Replica {
             "memdb_mapped_bytes",
             "Bytes of the leader's files mapped from the data directory.",
             mapped as u64,
+        );
+        m.gauge(
+            "memdb_files_held_bytes",
+            "Bytes of mapped files the data directory no longer names (removed or \
+             replaced): disk the mapping keeps until the next rebase or sync drops it.",
+            held,
         );
     }
 

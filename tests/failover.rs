@@ -522,6 +522,10 @@ async fn a_network_replica_follows_the_next_voter_without_a_full_sync() {
         "it moved to another voter"
     );
     assert_eq!(h["syncs"], 1, "only the first sync was a full one: {h}");
+    assert_eq!(
+        h["last_sync_kind"], "files",
+        "it joined from the voter's files: {h}"
+    );
     // min_seq means the same on every node: a write acknowledged at seq s is read at s
     // on any voter or replica.
     let s = post_until_acked(&g.http, &alive, 0, "fresh", "f", DEADLINE).await;

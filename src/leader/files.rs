@@ -27,18 +27,31 @@ use crate::storage::mapped::MappedSnapshot;
     summary = "The files the leader's table is made of (a replica's binary bootstrap)",
     description = "The base, the delta and the recent deltas the table is mapped from, at \
                    the seq of the newest. A joining network replica downloads each with \
-                   GET /files/{name}, maps them and follows pushes from `seq`. Only a \
-                   single leader serves them; a voter answers 404 and its replicas sync \
-                   by GET /sync.",
+                   GET /files/{name}, maps them and follows pushes from `seq` (a voter \
+                   whose backlog no longer reaches back to its files publishes first).",
     responses(
         (status = 200, description = "The manifest", body = Manifest),
         (status = 401, description = "Missing or wrong token", body = crate::server::openapi::ErrorBody),
+        (status = 503, description = "A voter could not publish its files (a full disk)", body = crate::server::openapi::ErrorBody),
     )
 )]
-async fn manifest_handler(State(leader): State<Leader>) -> Response {
-    let lower = leader.state().table.read().lower().clone();
+async fn manifest_handler(State(leader): State<Leader>) -> Result<Response, ApiError> {
+    let mut lower = leader.state().table.read().lower().clone();
+    // A replica that maps these files follows pushes from their seq: what follows
+    // must still be in the backlog or the log, or it would only be asked to sync again.
+    // A voter has no log of its own: if its backlog no longer reaches back to the
+    // files, they are published now.
+    if !leader.can_push_after(lower.files.seq()) {
+        leader.flush_snapshot().await.map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                format!("the files could not be brought up to date: {e}"),
+            )
+        })?;
+        lower = leader.state().table.read().lower().clone();
+    }
     let manifest = lower.files.manifest(lower.digest, leader.incarnation());
-    axum::Json(manifest).into_response()
+    Ok(axum::Json(manifest).into_response())
 }
 
 #[utoipa::path(

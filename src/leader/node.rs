@@ -356,6 +356,19 @@ impl Leader {
         Ok(Ingested { seq, words })
     }
 
+    /// Whether a replica at `seq` can be pushed what follows: from the log (a single
+    /// leader's holds everything its files do not), or from the backlog (a voter's).
+    pub(super) fn can_push_after(&self, seq: u64) -> bool {
+        let st = &self.shared.state;
+        self.shared.wal.is_some()
+            || seq >= st.seq()
+            || st
+                .backlog
+                .lock()
+                .first_seq()
+                .is_some_and(|first| first <= seq + 1)
+    }
+
     /// Publishes a snapshot now (if anything changed); returns the seq on disk.
     pub async fn flush_snapshot(&self) -> Result<u64, PublishError> {
         let me = self.clone();

@@ -271,7 +271,10 @@ pub fn leader_router(leader: Leader) -> Router {
     let (writes, peers, max_body) = match leader.consensus() {
         Some(c) => {
             let raft = crate::consensus::routes::routes(c.clone(), cfg.max_body);
-            let peers = replication.merge(raft.admin).merge(raft.rpcs);
+            let peers = replication
+                .merge(super::files::routes())
+                .merge(raft.admin)
+                .merge(raft.rpcs);
             (
                 raft.writes,
                 peers,
@@ -282,8 +285,6 @@ pub fn leader_router(leader: Leader) -> Router {
             let writes = OpenApiRouter::new()
                 .routes(routes!(post_handler))
                 .layer(axum::extract::DefaultBodyLimit::max(cfg.max_body));
-            // A voter's files follow raft's log, not the seqs its replicas follow:
-            // only a single leader serves them.
             (
                 writes,
                 replication.merge(super::files::routes()),

@@ -241,8 +241,14 @@ fn empty_base(dir: &Path, tokenizer: Tokenizer) -> Result<MappedState, LeaderErr
         seq: 0,
         incarnation: Incarnation::random(),
     };
-    let staged =
-        snapshot::stage(dir, snapshot::TEMP_NAME, meta, None, std::iter::empty()).map_err(fail)?;
+    let staged = snapshot::stage(
+        dir,
+        snapshot::TEMP_NAME,
+        meta,
+        None,
+        std::iter::empty::<(&str, u64)>(),
+    )
+    .map_err(fail)?;
     snapshot::install(dir, &staged, snapshot::FILE_NAME).map_err(|e| fail(SnapshotError::Io(e)))?;
     let base = MappedSnapshot::open(&path).map_err(fail)?;
     Ok(MappedState::base(Arc::new(base)))

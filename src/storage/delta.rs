@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use crate::storage::counts::CountMap;
-use crate::storage::mapped::{MappedSnapshot, MappedState};
-use crate::storage::snapshot::ArchivedWordMap;
+use crate::storage::mapped::{MappedSnapshot, MappedState, entry_of};
+use crate::storage::snapshot::{ArchivedEntry, ArchivedWordMap, Pair};
 
 /// The next delta: the words in `over` (sealed in memory), then the words of the delta
 /// file `under` that `over` does not hold.
@@ -17,17 +17,19 @@ pub fn memory_over_file<'a>(
     let rest = under
         .into_iter()
         .flat_map(|d| ArchivedIter::new(d.map()))
+        .map(|e| (e.word(), e.count()))
         .filter(move |(w, _)| over.get(w).is_none());
     over.iter().chain(rest)
 }
 
 /// The next base: the delta file `over`'s words, then the base file `under`'s that
-/// `over` does not hold.
+/// `over` does not hold; as the files' entries (one pointer each: the writer's scratch
+/// for a 10M-word base is what it holds per entry).
 pub fn file_over_file<'a>(
     over: &'a MappedSnapshot,
     under: &'a MappedSnapshot,
-) -> impl Iterator<Item = (&'a str, u64)> + Clone {
-    let rest = ArchivedIter::new(under.map()).filter(move |(w, _)| over.lookup(w).is_none());
+) -> impl Iterator<Item = &'a ArchivedEntry> + Clone {
+    let rest = ArchivedIter::new(under.map()).filter(move |e| over.lookup(e.word()).is_none());
     ArchivedIter::new(over.map()).chain(rest)
 }
 
@@ -55,12 +57,12 @@ pub fn rebased<'a>(
     delta: &'a MappedSnapshot,
     under: &'a MappedState,
 ) -> impl Iterator<Item = (&'a str, u64)> + Clone {
-    ArchivedIter::new(delta.map()).filter(move |(w, n)| under.lookup(w) != Some(*n))
+    entries(delta).filter(move |(w, n)| under.lookup(w) != Some(*n))
 }
 
 /// A file's entries, re-iterable.
 pub fn entries(file: &MappedSnapshot) -> impl Iterator<Item = (&str, u64)> + Clone {
-    ArchivedIter::new(file.map())
+    ArchivedIter::new(file.map()).map(|e| (e.word(), e.count()))
 }
 
 /// An archived map's entries, clonable (rkyv's iterator is not): a clone starts over
@@ -97,11 +99,11 @@ impl Clone for ArchivedIter<'_> {
 }
 
 impl<'a> Iterator for ArchivedIter<'a> {
-    type Item = (&'a str, u64);
+    type Item = &'a ArchivedEntry;
     fn next(&mut self) -> Option<Self::Item> {
         let (k, v) = self.iter.next()?;
         self.taken += 1;
-        Some((k.as_str(), v.to_native()))
+        Some(entry_of(k, v))
     }
 }
 
@@ -132,7 +134,8 @@ mod tests {
         Arc::new(MappedSnapshot::open(&path).unwrap())
     }
 
-    fn collect<'a>(it: impl Iterator<Item = (&'a str, u64)> + Clone) -> WordMap {
+    fn collect<'a, P: Pair<'a>>(it: impl Iterator<Item = P> + Clone) -> WordMap {
+        let it = it.map(|p| (p.word(), p.count()));
         let again: Vec<_> = it.clone().collect();
         let map: WordMap = it.map(|(w, n)| (w.to_owned(), n)).collect();
         assert_eq!(

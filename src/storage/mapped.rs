@@ -16,6 +16,7 @@ use std::sync::Arc;
 use memmap2::Mmap;
 
 use crate::storage::filter::{self, Filter};
+use crate::storage::snapshot::ArchivedEntry;
 use crate::storage::snapshot::{self, ArchivedWordMap, HEADER_LEN, Header, Kind, SnapshotError};
 
 /// A validated, memory-mapped snapshot. Lookups read the mapping directly.
@@ -469,6 +470,30 @@ impl Entries for MappedState {
         MappedState::words(self)
     }
 }
+
+/// The entry whose key and value these are. rkyv's map iterator yields the two
+/// fields of one entry (`repr(C)`, the key first) as two references; the writer takes
+/// the entry as one pointer (see [`crate::storage::snapshot::Pair`]).
+///
+/// # Panics
+/// If `value` is not the field that follows `key` in an entry.
+pub fn entry_of<'a>(
+    key: &'a rkyv::string::ArchivedString,
+    value: &'a rkyv::Archived<u64>,
+) -> &'a ArchivedEntry {
+    let at = std::ptr::from_ref(key).addr();
+    assert_eq!(
+        std::ptr::from_ref(value).addr(),
+        at + std::mem::offset_of!(ArchivedEntry, value),
+        "not the key and value of one entry"
+    );
+    // SAFETY: `key` and `value` are the two fields of one `ArchivedEntry`, which is
+    // `repr(C)` with the key at offset 0 and nothing after the value (checked just
+    // above, and by the assertion on its size below), borrowed for 'a together.
+    unsafe { &*std::ptr::from_ref(key).cast::<ArchivedEntry>() }
+}
+
+const _: () = assert!(std::mem::size_of::<ArchivedEntry>() == 16);
 
 /// The [`FileId`] of the file at `path` now, if any.
 pub fn identity_of(path: &Path) -> Option<FileId> {

@@ -18,12 +18,12 @@ fn meta(seq: u64) -> Meta {
     }
 }
 
-fn write<'a>(
+fn write<'a, P: crate::storage::snapshot::Pair<'a>>(
     dir: &std::path::Path,
     name: &str,
     seq: u64,
     base: Option<BaseRef>,
-    entries: impl Iterator<Item = (&'a str, u64)> + Clone,
+    entries: impl Iterator<Item = P> + Clone,
 ) -> Arc<MappedSnapshot> {
     let staged = snapshot::stage(dir, ".tmp", meta(seq), base, entries).unwrap();
     let path = snapshot::install(dir, &staged, name).unwrap();
@@ -182,7 +182,7 @@ fn whole(t: &Layered) -> WordMap {
 fn layers_follow_a_plain_table_through_publications_and_compactions() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let empty = write(d, "base", 0, None, std::iter::empty());
+    let empty = write(d, "base", 0, None, std::iter::empty::<(&str, u64)>());
     let mut t = Layered::new(MappedState::base(empty), 0);
     let mut plain = Table::new();
     let mut batches = crate::storage::table::tests::skewed_batches(MAX_TOP as u64 * 2, 40);

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use rkyv::ser::writer::IoWriter;
 use rkyv::util::AlignedVec;
 
+use super::archive::Pair;
 use super::error::SnapshotError;
 use super::kind::Kind;
 use super::layout::{BaseRef, HEAD_READ_LEN, HEADER_LEN, Header, Meta, new_key, read_header};
@@ -88,7 +89,8 @@ pub fn stage<'a, I>(
     entries: I,
 ) -> Result<Staged, SnapshotError>
 where
-    I: Iterator<Item = (&'a str, u64)> + Clone,
+    I: Iterator + Clone,
+    I::Item: Pair<'a>,
 {
     stage_until(dir, temp_name, meta, base, entries, &|| false)
 }
@@ -121,7 +123,8 @@ pub fn stage_until<'a, I>(
     stop: &dyn Fn() -> bool,
 ) -> Result<Staged, SnapshotError>
 where
-    I: Iterator<Item = (&'a str, u64)> + Clone,
+    I: Iterator + Clone,
+    I::Item: Pair<'a>,
 {
     let path = dir.join(temp_name);
     let staged = (|| {
@@ -295,7 +298,14 @@ mod tests {
     fn a_failed_stage_leaves_no_temp_file() {
         let dir = tempfile::tempdir().unwrap();
         let gone = dir.path().join("gone");
-        let err = stage(&gone, TEMP_NAME, meta(), None, std::iter::empty()).unwrap_err();
+        let err = stage(
+            &gone,
+            TEMP_NAME,
+            meta(),
+            None,
+            std::iter::empty::<(&str, u64)>(),
+        )
+        .unwrap_err();
         assert!(matches!(err, SnapshotError::Io(_)), "{err}");
         assert!(!gone.join(TEMP_NAME).exists());
     }

@@ -65,6 +65,7 @@ mod read;
 pub mod toplist;
 pub(crate) mod write;
 
+pub use archive::{ArchivedEntry, Pair};
 pub use error::SnapshotError;
 pub use file::{
     DELTA_NAME, DELTA_TEMP_NAME, FILE_NAME, MERGE_TEMP_NAME, RECENT_MERGE_TEMP_NAME, RECENT_PREFIX,

@@ -11,7 +11,7 @@ use rkyv::rancor;
 use rkyv::ser::Writer;
 use rkyv::util::AlignedVec;
 
-use super::archive;
+use super::archive::{self, Pair};
 use super::error::SnapshotError;
 use super::kind::Kind;
 use super::layout::{
@@ -48,13 +48,13 @@ impl Preamble {
 
 /// The preamble of a file of `entries` (a delta's when `base` is set), and how many
 /// entries there are (one pass for both).
-pub(super) fn preamble<'a>(
+pub(super) fn preamble<'a, P: Pair<'a>>(
     base: Option<BaseRef>,
     key: (u64, u64),
-    entries: impl Iterator<Item = (&'a str, u64)>,
+    entries: impl Iterator<Item = P>,
 ) -> (Preamble, usize) {
     let mut len = 0;
-    let counted = entries.inspect(|_| len += 1);
+    let counted = entries.inspect(|_| len += 1).map(|p| (p.word(), p.count()));
     let list = crate::storage::top::best_of(counted, crate::storage::top::MAX_TOP);
     let pre = Preamble {
         key: key_bytes(key),
@@ -76,7 +76,8 @@ pub(super) fn body<'a, W, I>(
 ) -> Result<(W, usize), SnapshotError>
 where
     W: Writer<rancor::Error>,
-    I: Iterator<Item = (&'a str, u64)> + Clone,
+    I: Iterator + Clone,
+    I::Item: Pair<'a>,
 {
     // rkyv writes after what the sink holds; its relative pointers do not care where
     // the archive starts, and the 16-multiples before it keep it 16-aligned.
@@ -113,7 +114,8 @@ pub fn encode_entries<'a, I>(
     base: Option<BaseRef>,
 ) -> Result<AlignedVec, SnapshotError>
 where
-    I: Iterator<Item = (&'a str, u64)> + Clone,
+    I: Iterator + Clone,
+    I::Item: Pair<'a>,
 {
     encode_keyed(entries, meta, base, new_key())
 }
@@ -126,7 +128,8 @@ pub(super) fn encode_keyed<'a, I>(
     key: (u64, u64),
 ) -> Result<AlignedVec, SnapshotError>
 where
-    I: Iterator<Item = (&'a str, u64)> + Clone,
+    I: Iterator + Clone,
+    I::Item: Pair<'a>,
 {
     let (pre, len) = preamble(base, key, entries.clone());
     let mut buf = AlignedVec::<16>::with_capacity(pre.len() + 64);

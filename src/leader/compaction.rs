@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use crossbeam_channel::Receiver;
 
-use crate::storage::delta::{file_over_file, memory_over_file, union};
+use crate::storage::delta::files_over_file;
 use crate::storage::mapped::MappedSnapshot;
 use crate::storage::snapshot::{self, BaseRef, Meta, Staged};
 
@@ -104,31 +104,16 @@ impl Compaction {
             .name("memdb-compactor".into())
             .spawn(move || {
                 let stop = || stopped.load(Ordering::Acquire);
-                // The newer files' words first, each once (one probe per word of the
-                // file under them, however many files there are).
-                let newer = match &o[..] {
-                    [one] if u.is_some() => None,
-                    _ => Some(union(&o)),
-                };
-                let result = match &newer {
-                    Some(words) => snapshot::stage_until(
-                        &at,
-                        temp,
-                        meta,
-                        base,
-                        memory_over_file(words, u.as_deref()),
-                        &stop,
-                    ),
-                    None => snapshot::stage_until(
-                        &at,
-                        temp,
-                        meta,
-                        base,
-                        file_over_file(&o[0], u.as_deref().expect("checked above")),
-                        &stop,
-                    ),
-                };
-                drop(newer);
+                // Each word once, from the newest file holding it, streamed from the
+                // mapped files (nothing of them copied into memory).
+                let result = snapshot::stage_until(
+                    &at,
+                    temp,
+                    meta,
+                    base,
+                    files_over_file(&o, u.as_deref()),
+                    &stop,
+                );
                 let result = result
                     .and_then(|staged| {
                         // Checked whole here, off the publisher's thread, as a replica will.

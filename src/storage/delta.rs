@@ -33,20 +33,23 @@ pub fn file_over_file<'a>(
     ArchivedIter::new(over.map()).chain(rest)
 }
 
-/// The words of `files` (newest first), each once with its newest count: what a
-/// merge of several files holds in memory (their words only, never the file under
-/// them), so that each word of the file under them costs one probe, however many
-/// files there are.
-pub fn union(files: &[Arc<MappedSnapshot>]) -> CountMap {
-    let mut out = CountMap::new();
-    for f in files {
-        for (w, n) in entries(f) {
-            if out.get(w).is_none() {
-                out.insert_new(w, n);
-            }
-        }
-    }
-    out
+/// The merge of `over` (newest first) and the file `under` them (if any): each word
+/// once, from the newest file that holds it, as that file's entry. Nothing is held in
+/// memory: a word of an older file is passed over when a newer one holds it, which a
+/// probe of each newer file tells (a Bloom filter's bit tests for most, see
+/// [`crate::storage::filter`]). The writer's scratch is then one pointer a word.
+pub fn files_over_file<'a>(
+    over: &'a [Arc<MappedSnapshot>],
+    under: Option<&'a MappedSnapshot>,
+) -> impl Iterator<Item = &'a ArchivedEntry> + Clone {
+    let layers = over.iter().map(|f| &**f).chain(under);
+    layers.enumerate().flat_map(move |(i, f)| {
+        let newer = &over[..i.min(over.len())];
+        ArchivedIter::new(f.map()).filter(move |e| {
+            let h = crate::storage::filter::hash(e.word());
+            newer.iter().all(|n| n.lookup_hashed(e.word(), h).is_none())
+        })
+    })
 }
 
 /// A delta re-expressed on new files under it (a new base, or a merged delta): the
@@ -175,6 +178,26 @@ mod tests {
         assert_eq!(
             collect(file_over_file(&delta, &base)),
             want(&[("a", 1), ("b", 5), ("c", 3), ("d", 1)])
+        );
+        // Several files over one: each word from the newest that holds it.
+        let r1 = write(d, "recent-1.memdb", 3, Some(bref), vec![("b", 6), ("d", 2)]);
+        let r2 = write(d, "recent-2.memdb", 4, Some(bref), vec![("b", 7), ("f", 1)]);
+        let newest_first = [r2, r1];
+        assert_eq!(
+            collect(files_over_file(&newest_first, Some(&delta))),
+            want(&[("b", 7), ("d", 2), ("f", 1)])
+        );
+        assert_eq!(
+            collect(files_over_file(&newest_first, Some(&base))),
+            want(&[("a", 1), ("b", 7), ("c", 3), ("d", 2), ("f", 1)])
+        );
+        assert_eq!(
+            collect(files_over_file(&newest_first, None)),
+            want(&[("b", 7), ("d", 2), ("f", 1)])
+        );
+        assert_eq!(
+            collect(files_over_file(&newest_first[1..], Some(&base))),
+            want(&[("a", 1), ("b", 6), ("c", 3), ("d", 2)])
         );
         // A compaction wrote a base at the delta's seq; a later delta then changed
         // `b` again and `c`: on the new base it holds only those.

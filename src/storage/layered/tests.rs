@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::protocol::Incarnation;
-use crate::storage::delta::{file_over_file, memory_over_file, rebased, union};
+use crate::storage::delta::{file_over_file, files_over_file, memory_over_file, rebased};
 use crate::storage::mapped::MappedSnapshot;
 use crate::storage::snapshot::{self, BaseRef, Meta};
 use crate::storage::table::{Table, WordMap, digest_of};
@@ -103,14 +103,7 @@ fn merge(dir: &std::path::Path, t: &mut Layered, keep: usize, into_delta: bool) 
         };
         (bref, None, format!("recent{}", h.seq))
     };
-    let words = union(&over);
-    let merged = write(
-        dir,
-        &name,
-        h.seq,
-        Some(bref),
-        memory_over_file(&words, under),
-    );
+    let merged = write(dir, &name, h.seq, Some(bref), files_over_file(&over, under));
     let mut files = f.clone();
     if into_delta {
         files.delta = Some(merged);

@@ -67,8 +67,13 @@ const HEAD: usize = 12;
 pub const RECEIVING: &str = ".receiving";
 const PREFIX: &str = "snapshot-";
 const BUILDING_PREFIX: &str = ".building-";
-/// An earlier version's record, and the prefix of its one file.
+/// An earlier version's record, and the prefix of its one file. In this form it holds
+/// only [`MARKER`], a JSON string, which an earlier version refuses to start on,
+/// quoting it (it expects an object): it would otherwise take the directory for one
+/// without a snapshot and lose the table.
 const LEGACY_RECORD: &str = "snapshot.json";
+const MARKER: &str = "this raft directory was written by a newer memdb (raft snapshots as \
+                      files in raft/snapshot-<index>/): run that version or a later one";
 
 /// What a raft snapshot is: raft's metadata, the key window, and the files.
 #[derive(Clone)]
@@ -315,6 +320,9 @@ pub fn put_in_place(raft_dir: &Path, staged: &Path, index: u64) -> io::Result<Pa
     }
     fs::rename(staged, &dest)?;
     fs::File::open(raft_dir)?.sync_all()?;
+    if !raft_dir.join(LEGACY_RECORD).exists() {
+        mark(raft_dir)?;
+    }
     for e in fs::read_dir(raft_dir)?.flatten() {
         let Some(name) = e.file_name().to_str().map(str::to_owned) else {
             continue;
@@ -341,6 +349,13 @@ pub fn held_bytes(raft_dir: &Path) -> u64 {
         .filter(|m| m.nlink() == 1)
         .map(|m| m.len())
         .sum()
+}
+
+/// Writes [`MARKER`] as `snapshot.json`.
+fn mark(raft_dir: &Path) -> io::Result<()> {
+    let marker = serde_json::to_vec(MARKER).expect("a string serializes");
+    crate::fs::write_atomically(raft_dir, LEGACY_RECORD, ".snapshot.json.tmp", &marker)?;
+    Ok(())
 }
 
 /// Removes what a stop left half done: snapshots being taken.
@@ -376,6 +391,9 @@ fn convert_legacy(raft_dir: &Path) -> Result<(), String> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(format!("reading {}: {e}", json_path.display())),
     };
+    if serde_json::from_slice::<String>(&bytes).is_ok() {
+        return Ok(()); // The marker: this form already.
+    }
     let old: Legacy = serde_json::from_slice(&bytes)
         .map_err(|e| format!("{} is not a raft snapshot record: {e}", json_path.display()))?;
     if !old.file.starts_with(PREFIX) || old.file.contains('/') {
@@ -412,7 +430,9 @@ fn convert_legacy(raft_dir: &Path) -> Result<(), String> {
     crate::fs::write_atomically(&staged, RECORD_NAME, ".raft.meta.tmp", &record.encode())
         .map_err(|e| err("writing the snapshot record", &e))?;
     put_in_place(raft_dir, &staged, index).map_err(|e| err("placing the snapshot", &e))?;
-    fs::remove_file(&json_path).map_err(|e| err("removing the old record", &e))?;
+    // Placed (and found first from now on): the old record goes, the marker in its
+    // place.
+    mark(raft_dir).map_err(|e| err("replacing the old record", &e))?;
     let _ = fs::remove_file(&image);
     tracing::info!(
         index,
@@ -525,8 +545,23 @@ mod tests {
         let want = crate::storage::table::digest_of([("hello", 3), ("world", 1)]);
         assert_eq!(record.chain.digest, format!("{want:016x}"));
         assert!(dir.join(crate::storage::snapshot::FILE_NAME).is_file());
-        // The old files are gone; a second start finds the same snapshot.
-        assert!(!raft.path().join(LEGACY_RECORD).exists());
+        // The old files are gone, the marker an earlier version refuses in their
+        // place; a second start finds the same snapshot.
+        let marker: String =
+            serde_json::from_slice(&std::fs::read(raft.path().join(LEGACY_RECORD)).unwrap())
+                .unwrap();
+        assert_eq!(marker, MARKER);
+        // What an earlier version makes of it: it expects its record (an object with
+        // these fields, among others), and refuses to start, quoting the marker.
+        #[derive(Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Earlier {
+            meta: serde_json::Value,
+            file: String,
+        }
+        let bytes = std::fs::read(raft.path().join(LEGACY_RECORD)).unwrap();
+        let refused = serde_json::from_slice::<Earlier>(&bytes).unwrap_err().to_string();
+        assert!(refused.contains("written by a newer memdb"), "{refused}");
         assert!(!raft.path().join(file).exists());
         let (again, _) = current(raft.path()).unwrap().unwrap();
         assert_eq!(again, dir);

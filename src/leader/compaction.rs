@@ -124,6 +124,10 @@ impl Compaction {
                 if result.is_err() {
                     let _ = std::fs::remove_file(at.join(temp));
                 }
+                // The writer's scratch was freed into this thread's arena, which glibc
+                // keeps: given back here, off the publisher's thread, or the next
+                // merge's scratch comes on top of it.
+                crate::heap::trim();
                 let _ = done_tx.send(result);
             })
             .expect("spawning the compaction thread");

@@ -143,9 +143,6 @@ impl Worker {
                 Slot::Delta => self.install_merged_delta(&m, staged, file),
                 Slot::Recent => self.install_merged_recent(&m, staged, file),
             });
-            // The merge's scratch was freed on its own thread, whose arena glibc keeps:
-            // given back now, or the next merge's scratch comes on top of it.
-            crate::heap::trim();
             self.trimmed = false;
             match done {
                 Ok(()) => self.stats.lock().merges += 1,
@@ -162,9 +159,8 @@ impl Worker {
             return;
         };
         let c = self.compaction.take().expect("polled above");
-        let installed = result.and_then(|(staged, base)| self.install_base(&c, staged, base));
-        crate::heap::trim();
         self.trimmed = false;
+        let installed = result.and_then(|(staged, base)| self.install_base(&c, staged, base));
         let mut st = self.stats.lock();
         st.compacting = false;
         match installed {

@@ -560,7 +560,9 @@ mod tests {
             file: String,
         }
         let bytes = std::fs::read(raft.path().join(LEGACY_RECORD)).unwrap();
-        let refused = serde_json::from_slice::<Earlier>(&bytes).unwrap_err().to_string();
+        let refused = serde_json::from_slice::<Earlier>(&bytes)
+            .unwrap_err()
+            .to_string();
         assert!(refused.contains("written by a newer memdb"), "{refused}");
         assert!(!raft.path().join(file).exists());
         let (again, _) = current(raft.path()).unwrap().unwrap();

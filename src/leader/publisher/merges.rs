@@ -315,12 +315,18 @@ impl Worker {
             total_words: h.total_words(),
             digest,
         };
+        // The delta the compaction merged is in the new base whole: unless a delta merge
+        // replaced it since, the delta on the new base is empty, and the seconds it
+        // takes to walk millions of words (probing the new base for each) are not spent
+        // here, where they would hold up publication.
+        let merged_whole = c.over.first().map(|d| d.identity()) == Some(old.identity());
+        let changed = rebased(&old, &on_base).take(if merged_whole { 0 } else { usize::MAX });
         let delta = snapshot::stage(
             &self.dir,
             snapshot::DELTA_TEMP_NAME,
             self.meta(h.seq),
             Some(base_ref),
-            rebased(&old, &on_base),
+            changed,
         )
         .map_err(|e| discard(format!("writing the delta on the new base: {e}")))?;
         let mapped = MappedSnapshot::open(&delta.path).map_err(|e| {

@@ -196,6 +196,43 @@ fn put_delta(dir: &Path, bytes: &[u8]) {
         .unwrap();
 }
 
+/// A local replica skips rkyv's structural check of a file the leader recorded as
+/// checked (`snapshot.checked`), never its checksum: a file whose bytes changed under a
+/// record naming its header is still rejected.
+#[tokio::test]
+async fn a_file_the_leader_recorded_is_still_checksummed_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = write_base(dir.path(), 10, 20, 1);
+    put_delta(dir.path(), &delta_image(&base, 12, &[("w1", 5)]));
+    let local = Node::local(dir.path(), &["--poll-interval", "20ms"]);
+    wait_ready(&local).await;
+    assert_eq!(local.seq().await, 12);
+    let mut bad = delta_image(&base, 13, &[("w1", 6)]);
+    let header = snapshot::read_header(&bad, bad.len() as u64).unwrap();
+    let at = bad.len() - 20;
+    bad[at] ^= 1;
+    // The record names the file by its header's checksum and length, which the flip
+    // left as they were.
+    let record = snapshot::checked::Checked::of(&header, 0);
+    snapshot::checked::store(dir.path(), &[record]).unwrap();
+    put_delta(dir.path(), &bad);
+    eventually("the recorded but damaged delta rejected", || async {
+        (local.health().await["rejected_snapshots"] == 1).then_some(())
+    })
+    .await;
+    assert_eq!(local.seq().await, 12);
+    // Recorded and whole: mapped.
+    let good = delta_image(&base, 14, &[("w1", 7)]);
+    let header = snapshot::read_header(&good, good.len() as u64).unwrap();
+    snapshot::checked::store(dir.path(), &[snapshot::checked::Checked::of(&header, 0)]).unwrap();
+    put_delta(dir.path(), &good);
+    eventually("the recorded delta mapped", || async {
+        (local.seq().await == 14).then_some(())
+    })
+    .await;
+    assert_eq!(counts(&local, &["w1"]).await["w1"], 7);
+}
+
 #[tokio::test]
 async fn corrupt_deltas_and_bases_are_rejected_while_the_last_good_pair_serves() {
     let dir = tempfile::tempdir().unwrap();

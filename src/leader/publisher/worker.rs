@@ -187,6 +187,9 @@ impl Worker {
         )
         .map_err(|e| PublishError::Encode(e.to_string()))
         .and_then(|staged| {
+            // Written by this thread from words it holds: recorded as checked before
+            // it is in place, so a local replica verifies its checksum only.
+            self.pre_record(&[Checked::of(&staged.header, top.digest)]);
             snapshot::install(&self.dir, &staged, &name)
                 .map(|path| (staged.header, path))
                 .map_err(|e| PublishError::Write(e.to_string()))

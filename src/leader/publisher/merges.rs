@@ -72,7 +72,11 @@ impl Worker {
             self.compact_after,
         );
         let digest_at = |r: &MappedSnapshot| r.header().base.map_or(0, |b| b.digest);
-        if due == Merge::Delta && self.merge_delta.is_none() {
+        // Not while a compaction runs: it merges the delta it started from, and a delta
+        // replaced meanwhile would have to be written again on the new base when it is
+        // put in place, on this thread (seconds at 10M words, with nothing published).
+        // The merges of recent deltas below keep the chain short meanwhile.
+        if due == Merge::Delta && self.merge_delta.is_none() && self.compaction.is_none() {
             // All of them into a new delta on the base.
             let h = files.recent.last().expect("checked above").header();
             let digest = h.base.map_or(0, |b| b.digest);

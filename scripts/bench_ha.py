@@ -3,6 +3,7 @@
 
     scripts/bench_ha.py failover [--runs 10] [--election-timeout 500ms]
     scripts/bench_ha.py ingest   [--rounds 3] [--duration 5s]
+    scripts/bench_ha.py scale    [--words 10000000] [--body-words 20000]
 
 failover: one group of three voters; ten times over, SIGKILL the leader while four
   writers post keyed writes through every voter, and time the kill to the first write
@@ -13,11 +14,23 @@ ingest: wrk POSTs (10 words, 4 KiB) to a single leader and to a three-voter grou
   leader, each with --fsync everysec and always, alternating configurations each round;
   medians of the rounds, in one table.
 
+scale: a group of three voters with default settings against a single leader, at
+  --words distinct words posted in bodies of --body-words (keyed, through whoever
+  leads): elections seen and posts refused during the ingest, how long the ingest
+  took; each voter's memory at rest (the least anonymous memory over 10 s, plus the
+  files of its data directory at their full size, raft log included) and its snapshot
+  index; a voter restarted on its data (SIGTERM, start → the group's seq and digest);
+  a follower whose data directory is wiped (start → the group's seq and digest). The
+  single leader: the same ingest, and its memory at rest counted the same way.
+
 Uses target/release/memdb (or MEMDB_BIN), ports 18700-18702 on 127.0.0.1 for the group
 (its members name each other up front), free ones otherwise, temp dirs;
 needs wrk for ingest. Stops what it starts.
 """
 import argparse
+import json
+import os
+import shutil
 import tempfile
 import threading
 import time
@@ -167,15 +180,141 @@ def ingest(a):
               f"| {s[1]:,.0f}/s | {g[1]:,.0f}/s | {g[1] / s[1]:.2f}× |")
 
 
+def data_mib(path):
+    """The files under `path`, at their full size."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(root, f))
+            except OSError:
+                pass
+    return total / 2**20
+
+
+def at_rest(pid, path):
+    """The least anonymous memory over 10 s, and the files at full size (MiB)."""
+    least = None
+    for _ in range(20):
+        a = b.rss_mib(pid, "RssAnon")
+        least = a if least is None else min(least, a)
+        time.sleep(0.5)
+    return least, data_mib(path)
+
+
+def ingest_words(urls, n, body_words, refused):
+    """Posts `n` distinct words in bodies of `body_words`, keyed, through any of
+    `urls` (following redirects), until each is acknowledged."""
+    lead = 0
+    for at in range(0, n, body_words):
+        text = " ".join(f"w{j}" for j in range(at, min(n, at + body_words)))
+        key = f"big{at}"
+        give_up = time.monotonic() + 120
+        while True:
+            req = urllib.request.Request(urls[lead] + "/post", data=text.encode(),
+                                         method="POST",
+                                         headers={"Idempotency-Key": key,
+                                                  "Content-Type": "text/plain"})
+            try:
+                with urllib.request.urlopen(req, timeout=60) as r:
+                    if r.status == 202:
+                        break
+            except urllib.error.HTTPError as e:
+                if e.code != 307:
+                    refused[e.code] = refused.get(e.code, 0) + 1
+            except OSError:
+                refused["connection"] = refused.get("connection", 0) + 1
+            if time.monotonic() > give_up:
+                raise SystemExit(f"post {key} not acknowledged in 120 s")
+            lead = (lead + 1) % len(urls)
+            time.sleep(0.05)
+
+
+def exact(urls, timeout=600):
+    """Seconds until every voter answers with the same seq and digest."""
+    start = time.monotonic()
+
+    def same():
+        hs = [health(u) for u in urls]
+        if all(hs) and len({(h["seq"], h["digest"]) for h in hs}) == 1:
+            return True
+        return None
+    wait_until("the voters at one seq and digest", same, timeout=timeout, every=0.1)
+    return time.monotonic() - start
+
+
+def scale(a):
+    out = {}
+    with tempfile.TemporaryDirectory() as d:
+        with b.Node(["leader", "--data-dir", f"{d}/single", "--max-body", "8MiB"]) as single:
+            started = time.monotonic()
+            ingest_words([single.url], a.words, a.body_words, {})
+            out["single_ingest_s"] = time.monotonic() - started
+            wait_until("the single leader's files settled", lambda: (
+                lambda h: h and h["snapshot"]["seq"] == h["seq"]
+                and not h["snapshot"]["compacting"] and h["snapshot"]["recent_files"] == 0
+            )(health(single.url)), timeout=600, every=0.5)
+            out["single_mem"] = at_rest(single.pid, f"{d}/single")
+    with tempfile.TemporaryDirectory() as d:
+        dirs = [f"{d}/v{i}" for i in range(3)]
+        g = Group(dirs, ["--max-body", "8MiB"])
+        try:
+            g.leader([0, 1, 2])
+            before = sum(health(u)["raft"]["elections_seen"] for u in URLS)
+            refused = {}
+            started = time.monotonic()
+            ingest_words(URLS, a.words, a.body_words, refused)
+            out["group_ingest_s"] = time.monotonic() - started
+            exact(URLS)
+            hs = [health(u) for u in URLS]
+            out["elections"] = sum(h["raft"]["elections_seen"] for h in hs) - before
+            out["refused"] = refused
+            out["snapshot_index"] = [h["raft"]["snapshot_index"] for h in hs]
+            out["last_log_index"] = [h["raft"]["last_log_index"] for h in hs]
+            time.sleep(5)
+            out["voter_mem"] = [at_rest(g.procs[i].pid, dirs[i]) for i in range(3)]
+            leader = g.leader([0, 1, 2])
+            other = (leader + 1) % 3
+            g.procs[other].stop()
+            started = time.monotonic()
+            g.start(other)
+            out["restart_s"] = time.monotonic() - started + exact(URLS)
+            g.procs[other].kill()
+            shutil.rmtree(dirs[other])
+            os.makedirs(dirs[other])
+            started = time.monotonic()
+            g.start(other)
+            out["rejoin_s"] = time.monotonic() - started + exact(URLS)
+        finally:
+            g.stop()
+    single = sum(out["single_mem"])
+    print(json.dumps(out))
+    print(f"| figure | single leader | 3-voter group |")
+    print("|---|---|---|")
+    print(f"| {a.words:,} words in {a.body_words:,}-word bodies | {out['single_ingest_s']:.1f} s "
+          f"| {out['group_ingest_s']:.1f} s; {out['elections']} elections; refused "
+          f"{out['refused'] or 'none'} |")
+    mems = ", ".join(f"{an:.0f} + {f:.0f} = {an + f:.0f} ({(an + f) / single:.2f}×)"
+                     for an, f in out["voter_mem"])
+    print(f"| memory at rest, anon + files MiB | {out['single_mem'][0]:.0f} + "
+          f"{out['single_mem'][1]:.0f} = {single:.0f} | {mems} |")
+    print(f"| snapshot index / last log index | — | {out['snapshot_index']} / "
+          f"{out['last_log_index']} |")
+    print(f"| a voter restarted on its data (start → exact) | — | {out['restart_s']:.1f} s |")
+    print(f"| a wiped voter rejoins (start → exact) | — | {out['rejoin_s']:.1f} s |")
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["failover", "ingest"])
+    ap.add_argument("what", choices=["failover", "ingest", "scale"])
+    ap.add_argument("--words", type=int, default=10_000_000)
+    ap.add_argument("--body-words", type=int, default=20_000)
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--election-timeout", default="300ms")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", default="5s")
     a = ap.parse_args()
-    failover(a) if a.what == "failover" else ingest(a)
+    {"failover": failover, "ingest": ingest, "scale": scale}[a.what](a)
 
 
 if __name__ == "__main__":

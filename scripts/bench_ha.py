@@ -181,15 +181,17 @@ def ingest(a):
 
 
 def data_mib(path):
-    """The files under `path`, at their full size."""
-    total = 0
+    """The files under `path`, at their full size, each once (a raft snapshot's hard
+    links are the table's files)."""
+    seen = {}
     for root, _, files in os.walk(path):
         for f in files:
             try:
-                total += os.path.getsize(os.path.join(root, f))
+                st = os.stat(os.path.join(root, f))
             except OSError:
-                pass
-    return total / 2**20
+                continue
+            seen[(st.st_dev, st.st_ino)] = st.st_size
+    return sum(seen.values()) / 2**20
 
 
 def at_rest(pid, path):

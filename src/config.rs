@@ -79,6 +79,10 @@ pub struct RaftConfig {
     pub heartbeat: Duration,
     /// Take a raft snapshot after this many log entries. Default 20 000.
     pub snapshot_every: u64,
+    /// Take a raft snapshot once the entries applied since the last one hold this many
+    /// bytes, and keep at most this many bytes of the log behind a snapshot (for
+    /// followers a little behind). Default 16 MiB.
+    pub snapshot_bytes: u64,
     /// How long a write waits to be committed before answering 503. Default 5s.
     pub write_timeout: Duration,
     /// How long an idempotency key is remembered, by the leader's clock as carried in
@@ -98,6 +102,7 @@ impl RaftConfig {
             election_timeout: Duration::from_millis(300),
             heartbeat: Duration::from_millis(100),
             snapshot_every: 20_000,
+            snapshot_bytes: 16 << 20,
             write_timeout: Duration::from_secs(5),
             key_window: Duration::from_secs(24 * 3600),
             key_bytes: 64 << 20,

@@ -610,3 +610,55 @@ async fn the_whole_group_killed_under_writers_with_fsync_always_keeps_every_ackn
     assert!(at_crash < (writers * per) as u64, "the crash came mid-run");
     g.converged(&expected(writers, per)).await;
 }
+
+/// The log is bounded by bytes, whatever the count of entries: with a snapshot due only
+/// every million entries, a few big posts past `--raft-snapshot-bytes` make every
+/// voter take one and drop the log behind it; and a wiped voter still becomes exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_log_is_bounded_by_bytes_whatever_the_count_of_entries() {
+    let extra = [
+        "--raft-snapshot-every",
+        "1000000",
+        "--raft-snapshot-bytes",
+        "64KiB",
+    ];
+    let mut g = Group::start(3, &extra).await;
+    let urls = g.urls();
+    let mut want: HashMap<String, u64> = HashMap::new();
+    for i in 0..24 {
+        let text: Vec<String> = (0..2000).map(|j| format!("b{i}x{j}")).collect();
+        for w in &text {
+            want.insert(w.clone(), 1);
+        }
+        post_until_acked(
+            &g.http,
+            &urls,
+            i,
+            &text.join(" "),
+            &format!("b{i}"),
+            DEADLINE,
+        )
+        .await;
+    }
+    g.converged(&want).await;
+    for i in 0..3 {
+        let r = eventually("a snapshot taken and the log behind it dropped", || async {
+            let r = g.raft(i).await?["raft"].clone();
+            (r["snapshot_index"].as_u64().is_some() && r["purged_index"].as_u64().is_some())
+                .then_some(r)
+        })
+        .await;
+        // What is left: about the bound behind the snapshot, and what came since.
+        assert!(r["log_bytes"].as_u64().unwrap() < 4 * 64 * 1024, "{r}");
+    }
+    let leader = g.leader().await;
+    let wiped = (leader + 1) % 3;
+    g.kill(wiped);
+    let dir = g.dirs[wiped].path().to_owned();
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::create_dir(&dir).unwrap();
+    g.restart(wiped);
+    post_until_acked(&g.http, &urls, leader, "late", "late", DEADLINE).await;
+    want.insert("late".into(), 1);
+    g.converged(&want).await;
+}

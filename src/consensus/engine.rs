@@ -27,6 +27,11 @@ const INSTALL_TIMEOUT_MS: u64 = 120_000;
 /// retry of its key may propose it again (a bound, should the engine never answer).
 const PROPOSAL_LIMIT: u32 = 12;
 
+/// How often the log's bytes are looked at (see [`Consensus::bound_log`]).
+const LOG_CHECK_EVERY: Duration = Duration::from_millis(500);
+/// How long a snapshot asked for may take before it is asked for again.
+const SNAPSHOT_PATIENCE: Duration = Duration::from_secs(60);
+
 /// How often a voter compares its table with its members' (see [`crosscheck`]).
 const CROSSCHECK_EVERY: Duration = Duration::from_secs(1);
 
@@ -164,6 +169,7 @@ impl Consensus {
             c.initialize(c.config.peers.clone()).await?;
         }
         c.watch_elections();
+        c.bound_log();
         Ok(c)
     }
 
@@ -209,6 +215,59 @@ impl Consensus {
     /// Refuses a member this voter must not call (see [`crate::tls::ClientTls::check_peer`]).
     pub fn check_member_url(&self, url: &str) -> Result<(), String> {
         self.tls.check_peer(url)
+    }
+
+    /// Bounds the log by bytes, which openraft's own policy (a count of entries) does
+    /// not: a snapshot is taken once the entries applied since the last one hold
+    /// `--raft-snapshot-bytes`, and the log behind a snapshot is purged down to that
+    /// many bytes (what a follower a little behind catches up from; one further behind
+    /// is sent the snapshot). A snapshot costs one publication (see
+    /// [`super::state_machine`]), so taking them often is cheap. Before this, a voter
+    /// of 20k-word posts never reached 20,000 entries and held every word it was ever
+    /// sent in its log, in memory and on disk.
+    fn bound_log(&self) {
+        let (raft, log) = (self.raft.clone(), self.log.clone());
+        let bound = self.config.snapshot_bytes;
+        tokio::spawn(async move {
+            let mut asked: Option<(Option<u64>, std::time::Instant)> = None;
+            let mut tick = tokio::time::interval(LOG_CHECK_EVERY);
+            loop {
+                tick.tick().await;
+                let rx = raft.metrics();
+                if rx.has_changed().is_err() {
+                    return; // The engine stopped.
+                }
+                let (applied, snapshot, purged) = {
+                    let m = rx.borrow();
+                    (
+                        m.last_applied.map(|l| l.index),
+                        m.snapshot.map(|l| l.index),
+                        m.purged.map(|l| l.index),
+                    )
+                };
+                let Some(applied) = applied else { continue };
+                // One at a time: not while the last one asked for is being taken.
+                let waiting = asked
+                    .is_some_and(|(at, when)| at == snapshot && when.elapsed() < SNAPSHOT_PATIENCE);
+                if !waiting && log.bytes_between(snapshot, applied) >= bound {
+                    tracing::debug!(
+                        applied,
+                        ?snapshot,
+                        "the log since the last snapshot is past its bytes: snapshotting"
+                    );
+                    if raft.trigger().snapshot().await.is_err() {
+                        return;
+                    }
+                    asked = Some((snapshot, std::time::Instant::now()));
+                }
+                if let Some(upto) = snapshot.and_then(|s| log.purge_point(s, bound))
+                    && Some(upto) > purged
+                    && raft.trigger().purge_log(upto).await.is_err()
+                {
+                    return;
+                }
+            }
+        });
     }
 
     /// Counts the elections this node sees start (as candidate or by a term change).

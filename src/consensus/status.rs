@@ -42,6 +42,10 @@ pub struct RaftStatus {
     pub commit_index: Option<u64>,
     pub applied_index: Option<u64>,
     pub snapshot_index: Option<u64>,
+    /// The last entry dropped from the log (behind a snapshot).
+    pub purged_index: Option<u64>,
+    /// Bytes of the entries the log holds.
+    pub log_bytes: u64,
     pub elections_seen: u64,
     pub members: Vec<MemberStatus>,
     /// Idempotency keys remembered.
@@ -256,6 +260,8 @@ impl Consensus {
             commit_index: self.log.committed_index(),
             applied_index: m.last_applied.map(|l| l.index),
             snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
+            log_bytes: self.log.bytes_between(None, u64::MAX),
             elections_seen: self.elections(),
             members,
             keys: self.state.keys_held(),

@@ -416,6 +416,12 @@ pub struct LeaderArgs {
         help_heading = "Raft group"
     )]
     pub raft_snapshot_every: u64,
+    /// Take a raft snapshot once the log since the last one holds this many bytes of
+    /// entries, and keep at most this much log behind a snapshot: what bounds a
+    /// voter's log, in memory and on disk, whatever the size of its writes.
+    #[arg(long, env = "MEMDB_RAFT_SNAPSHOT_BYTES", default_value = "16MiB",
+          value_parser = parse_size, help_heading = "Raft group")]
+    pub raft_snapshot_bytes: usize,
     /// How long a write waits to be committed before answering 503 (outcome unknown).
     #[arg(long, env = "MEMDB_WRITE_TIMEOUT", default_value = "5s",
           value_parser = parse_duration, help_heading = "Raft group")]

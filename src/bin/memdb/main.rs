@@ -128,6 +128,7 @@ async fn run(cli: Cli, fds: std::io::Result<u64>) -> anyhow::Result<()> {
                     election_timeout: a.election_timeout,
                     heartbeat: a.raft_heartbeat,
                     snapshot_every: a.raft_snapshot_every.max(1),
+                    snapshot_bytes: (a.raft_snapshot_bytes as u64).max(1),
                     write_timeout: a.write_timeout,
                     key_window: a.idempotency_window,
                     key_bytes: a.idempotency_max_bytes,

@@ -127,6 +127,35 @@ impl LogStore {
         self.len() == 0
     }
 
+    /// Bytes of the entries held after `index` up to `to` (their records' share).
+    pub fn bytes_between(&self, index: Option<u64>, to: u64) -> u64 {
+        let from = index.map_or(0, |i| i + 1);
+        if from > to {
+            return 0;
+        }
+        self.inner
+            .lock()
+            .sizes
+            .range(from..=to)
+            .map(|(_, s)| s)
+            .sum()
+    }
+
+    /// The highest index at or below `snapshot` such that the entries after it up to
+    /// `snapshot` hold at least `keep` bytes: where to purge to, keeping about `keep`
+    /// bytes of log behind the snapshot. `None` if that is nothing held.
+    pub fn purge_point(&self, snapshot: u64, keep: u64) -> Option<u64> {
+        let inner = self.inner.lock();
+        let mut kept = 0;
+        for (&i, &s) in inner.sizes.range(..=snapshot).rev() {
+            if kept >= keep {
+                return Some(i);
+            }
+            kept += s;
+        }
+        None
+    }
+
     /// The last commit point recorded (what a majority holds, as this node knows).
     pub fn committed_index(&self) -> Option<u64> {
         self.inner.lock().committed.map(|c| c.index)

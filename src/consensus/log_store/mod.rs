@@ -141,9 +141,8 @@ impl LogStore {
             .sum()
     }
 
-    /// The highest index at or below `snapshot` such that the entries after it up to
-    /// `snapshot` hold at least `keep` bytes: where to purge to, keeping about `keep`
-    /// bytes of log behind the snapshot. `None` if that is nothing held.
+    /// Where to purge to, keeping about `keep` bytes of log behind `snapshot`: the
+    /// highest index below which the entries up to `snapshot` hold `keep` bytes.
     pub fn purge_point(&self, snapshot: u64, keep: u64) -> Option<u64> {
         let inner = self.inner.lock();
         let mut kept = 0;

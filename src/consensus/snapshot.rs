@@ -268,18 +268,29 @@ pub fn building_dir(raft_dir: &Path, index: u64) -> io::Result<PathBuf> {
     Ok(dir)
 }
 
+/// The snapshot directories in `raft_dir`, newest first.
+fn listed(raft_dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut found: Vec<(u64, PathBuf)> = fs::read_dir(raft_dir)?
+        .flatten()
+        .filter_map(|e| Some((index_of(e.file_name().to_str()?)?, e.path())))
+        .collect();
+    found.sort();
+    Ok(found.into_iter().rev().map(|(_, d)| d).collect())
+}
+
+/// The newest snapshot directory, without reading its record: what serving its files
+/// and counting their bytes need (a directory has its name only once complete).
+pub fn newest(raft_dir: &Path) -> Option<PathBuf> {
+    listed(raft_dir).ok()?.into_iter().next()
+}
+
 /// The snapshot in `raft_dir`: its directory and record, if one was taken. Snapshot
 /// directories with a damaged record are passed over (an older complete one serves);
 /// an earlier version's snapshot is taken into this form first.
 pub fn current(raft_dir: &Path) -> Result<Option<(PathBuf, Record)>, String> {
     convert_legacy(raft_dir)?;
-    let mut found: Vec<(u64, PathBuf)> = fs::read_dir(raft_dir)
-        .map_err(|e| format!("listing {}: {e}", raft_dir.display()))?
-        .flatten()
-        .filter_map(|e| Some((index_of(e.file_name().to_str()?)?, e.path())))
-        .collect();
-    found.sort();
-    for (_, dir) in found.into_iter().rev() {
+    let found = listed(raft_dir).map_err(|e| format!("listing {}: {e}", raft_dir.display()))?;
+    for dir in found {
         match Record::read(&dir) {
             Ok(r) => return Ok(Some((dir, r))),
             Err(e) => tracing::warn!(error = %e, "passing over a raft snapshot"),
@@ -338,14 +349,13 @@ pub fn put_in_place(raft_dir: &Path, staged: &Path, index: u64) -> io::Result<Pa
 /// has replaced them since): disk that only the snapshot keeps.
 pub fn held_bytes(raft_dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    let Ok(Some((dir, record))) = current(raft_dir) else {
+    let Some(entries) = newest(raft_dir).and_then(|d| fs::read_dir(d).ok()) else {
         return 0;
     };
-    record
-        .chain
-        .files
-        .iter()
-        .filter_map(|f| fs::metadata(dir.join(&f.name)).ok())
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_str() != Some(RECORD_NAME))
+        .filter_map(|e| e.metadata().ok())
         .filter(|m| m.nlink() == 1)
         .map(|m| m.len())
         .sum()

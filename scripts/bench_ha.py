@@ -52,8 +52,8 @@ def health(url):
 
 
 class Group:
-    def __init__(self, dirs, extra):
-        self.dirs, self.extra = dirs, extra
+    def __init__(self, dirs, extra, logs=None):
+        self.dirs, self.extra, self.logs = dirs, extra, logs
         self.procs = [None] * len(PORTS)
         for i in range(len(PORTS)):
             self.start(i)
@@ -61,7 +61,8 @@ class Group:
     def start(self, i):
         self.procs[i] = b.Node(
             ["leader", "--port", str(PORTS[i]), "--data-dir", self.dirs[i],
-             "--node-id", str(i + 1), "--peers", PEERS] + self.extra)
+             "--node-id", str(i + 1), "--peers", PEERS] + self.extra,
+            log=f"{self.logs}/v{i}.log" if self.logs else None)
 
     def leader(self, alive):
         """The index every voter in `alive` names as leader, once they agree."""
@@ -245,8 +246,8 @@ def exact(urls, timeout=600):
     return time.monotonic() - start
 
 
-def scale(a):
-    out = {}
+def single_leader(a, out):
+    """The single leader's ingest and memory at rest, into `out`."""
     with tempfile.TemporaryDirectory() as d:
         with b.Node(["leader", "--data-dir", f"{d}/single", "--max-body", "8MiB"]) as single:
             started = time.monotonic()
@@ -257,9 +258,15 @@ def scale(a):
                 and not h["snapshot"]["compacting"] and h["snapshot"]["recent_files"] == 0
             )(health(single.url)), timeout=600, every=0.5)
             out["single_mem"] = at_rest(single.pid, f"{d}/single")
+
+
+def scale(a):
+    out = {"single_ingest_s": 0, "single_mem": (1, 0)}
+    if not a.group_only:
+        single_leader(a, out)
     with tempfile.TemporaryDirectory() as d:
         dirs = [f"{d}/v{i}" for i in range(3)]
-        g = Group(dirs, ["--max-body", "8MiB"])
+        g = Group(dirs, ["--max-body", "8MiB"], logs=a.logs)
         try:
             g.leader([0, 1, 2])
             before = sum(health(u)["raft"]["elections_seen"] for u in URLS)
@@ -314,6 +321,9 @@ def main():
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--election-timeout", default="300ms")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--group-only", action="store_true",
+                    help="scale: skip the single leader (its figures read 0)")
+    ap.add_argument("--logs", help="a directory for the voters' logs (scale)")
     ap.add_argument("--duration", default="5s")
     a = ap.parse_args()
     {"failover": failover, "ingest": ingest, "scale": scale}[a.what](a)

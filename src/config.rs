@@ -83,6 +83,9 @@ pub struct RaftConfig {
     /// bytes, and keep at most this many bytes of the log behind a snapshot (for
     /// followers a little behind). Default 16 MiB.
     pub snapshot_bytes: u64,
+    /// The newest raft log entries kept decoded in memory, in bytes; older ones are
+    /// read back from the log's files. Default 16 MiB.
+    pub log_cache_bytes: usize,
     /// How long a write waits to be committed before answering 503. Default 5s.
     pub write_timeout: Duration,
     /// How long an idempotency key is remembered, by the leader's clock as carried in
@@ -103,6 +106,7 @@ impl RaftConfig {
             heartbeat: Duration::from_millis(100),
             snapshot_every: 20_000,
             snapshot_bytes: 16 << 20,
+            log_cache_bytes: 16 << 20,
             write_timeout: Duration::from_secs(5),
             key_window: Duration::from_secs(24 * 3600),
             key_bytes: 64 << 20,

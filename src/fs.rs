@@ -108,8 +108,13 @@ pub fn write_atomically_mode(
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
-    File::open(dir)?.sync_all()?;
+    sync_dir(dir)?;
     Ok(dest)
+}
+
+/// fsyncs the directory `dir`: the names created, renamed or removed in it last.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 /// Why [`lock_dir`] could not lock a directory.

@@ -114,7 +114,7 @@ impl Consensus {
         .validate()
         .map_err(|e| format!("raft settings: {e}"))?;
         let group = identity::Group::open(&dir, config.node_id, &config.cluster)?;
-        let log = log_store::LogStore::open(&dir, fsync)
+        let log = log_store::LogStore::open(&dir, fsync, config.log_cache_bytes)
             .map_err(|e| format!("opening the raft log in {}: {e}", dir.display()))?;
         let keys = keys::Keys::new(config.key_window, config.key_bytes);
         let state = state_machine::StateMachine::new(node.clone(), dir, boot.as_ref(), keys);

@@ -46,6 +46,10 @@ pub struct RaftStatus {
     pub purged_index: Option<u64>,
     /// Bytes of the entries the log holds.
     pub log_bytes: u64,
+    /// Bytes of the newest entries held decoded in memory (at most --raft-log-cache).
+    pub log_cache_bytes: usize,
+    /// Bytes of the log's segment files on disk.
+    pub log_file_bytes: u64,
     pub elections_seen: u64,
     pub members: Vec<MemberStatus>,
     /// Idempotency keys remembered.
@@ -248,6 +252,7 @@ impl Consensus {
             .current_leader
             .and_then(|id| membership.get_node(&id))
             .map(|n| n.addr.clone());
+        let (cache, files) = self.log.held_bytes();
         RaftStatus {
             node_id: self.node_id,
             cluster: self.config.cluster.clone(),
@@ -262,6 +267,8 @@ impl Consensus {
             snapshot_index: m.snapshot.map(|l| l.index),
             purged_index: m.purged.map(|l| l.index),
             log_bytes: self.log.bytes_between(None, u64::MAX),
+            log_cache_bytes: cache,
+            log_file_bytes: files,
             elections_seen: self.elections(),
             members,
             keys: self.state.keys_held(),

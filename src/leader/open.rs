@@ -299,9 +299,7 @@ pub(super) fn recover_voter(
     if let Err(e) = checked::store(dir, &record.checked) {
         tracing::warn!(error = %e, "recording the snapshot's checked files");
     }
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("syncing", dir))?;
+    crate::fs::sync_dir(dir).map_err(io_err("syncing", dir))?;
     let recovered = recover(dir, tokenizer)?;
     if recovered.table.seq() != record.chain.seq {
         return Err(LeaderError::Raft(format!(

@@ -422,6 +422,12 @@ pub struct LeaderArgs {
     #[arg(long, env = "MEMDB_RAFT_SNAPSHOT_BYTES", default_value = "16MiB",
           value_parser = parse_size, help_heading = "Raft group")]
     pub raft_snapshot_bytes: usize,
+    /// The newest raft log entries kept decoded in memory (what the leader sends to
+    /// followers that keep up, and what is applied next); older entries are read back
+    /// from the log's files on disk.
+    #[arg(long, env = "MEMDB_RAFT_LOG_CACHE", default_value = "16MiB",
+          value_parser = parse_size, help_heading = "Raft group")]
+    pub raft_log_cache: usize,
     /// How long a write waits to be committed before answering 503 (outcome unknown).
     #[arg(long, env = "MEMDB_WRITE_TIMEOUT", default_value = "5s",
           value_parser = parse_duration, help_heading = "Raft group")]

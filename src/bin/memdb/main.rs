@@ -129,6 +129,7 @@ async fn run(cli: Cli, fds: std::io::Result<u64>) -> anyhow::Result<()> {
                     heartbeat: a.raft_heartbeat,
                     snapshot_every: a.raft_snapshot_every.max(1),
                     snapshot_bytes: (a.raft_snapshot_bytes as u64).max(1),
+                    log_cache_bytes: a.raft_log_cache,
                     write_timeout: a.write_timeout,
                     key_window: a.idempotency_window,
                     key_bytes: a.idempotency_max_bytes,

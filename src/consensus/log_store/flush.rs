@@ -15,7 +15,8 @@ use crate::storage::log::FsyncPolicy;
 pub(super) enum Flush {
     /// fsync, then report these appends done.
     Wait(LogFlushed<TypeConfig>),
-    /// The file was rewritten: sync this handle from now on.
+    /// A new segment is written from now on: sync the old one (and report the appends
+    /// waiting on it), then this one.
     Reopen(File),
 }
 
@@ -39,23 +40,31 @@ pub(super) fn flusher(mut file: File, rx: Receiver<Flush>, policy: FsyncPolicy) 
         for f in first.into_iter().chain(rx.try_iter()) {
             match f {
                 Flush::Wait(cb) => waiting.push(cb),
-                Flush::Reopen(f) => file = f,
+                Flush::Reopen(next) => {
+                    sync(&file, std::mem::take(&mut waiting));
+                    file = next;
+                }
             }
         }
         if policy == FsyncPolicy::No && waiting.is_empty() {
             continue;
         }
-        let result = file.sync_data();
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "fsync of the raft log failed");
-        }
-        for cb in waiting {
-            cb.log_io_completed(
-                result
-                    .as_ref()
-                    .map(|_| ())
-                    .map_err(|e| io::Error::new(e.kind(), e.to_string())),
-            );
-        }
+        sync(&file, waiting);
+    }
+}
+
+/// fsyncs `file`, then reports `waiting` done (or failed).
+fn sync(file: &File, waiting: Vec<LogFlushed<TypeConfig>>) {
+    let result = file.sync_data();
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "fsync of the raft log failed");
+    }
+    for cb in waiting {
+        cb.log_io_completed(
+            result
+                .as_ref()
+                .map(|_| ())
+                .map_err(|e| io::Error::new(e.kind(), e.to_string())),
+        );
     }
 }

@@ -1,24 +1,28 @@
-//! The raft log on disk: one append-only file of checksummed records (entries, the
-//! vote, the commit point, truncations and purges), replayed into memory at start.
-//! In a raft group this is the node's write-ahead log: the single-leader log
-//! ([`crate::storage::log`]) is not opened.
+//! The raft log on disk: segment files of checksummed records (entries, the vote, the
+//! commit point, truncations and purges; see [`segments`] and [`record`]). In memory
+//! it keeps where each entry is and, within `--raft-log-cache` bytes, the newest
+//! entries decoded ([`cache`]); an older entry is read back from its segment. At
+//! start the segments are read for the entries' ids only. In a raft group this is the
+//! node's write-ahead log: the single-leader log ([`crate::storage::log`]) is not
+//! opened.
 //!
-//! Record: `u32` payload length, `u64` xxh3 of the payload, the payload (JSON of a
-//! [`Record`]). A torn or corrupt tail is cut at the last whole record. Appending
-//! entries at index `i` drops every entry from `i` on (a raft append implies the
-//! truncation), so a lost truncation record cannot bring stale entries back.
+//! Appending entries at index `i` drops every entry from `i` on (a raft append implies
+//! the truncation), so a lost truncation record cannot bring stale entries back. A
+//! purge deletes the oldest segments once none of their entries is left: no file is
+//! ever rewritten, so a purge costs an unlink, not a copy of the log (a rewrite of the
+//! whole file once held the log's lock for 650 ms at 10M words, and a follower that
+//! missed its heartbeats for it called an election).
 //!
 //! Durability follows `--fsync`: `always` reports entries flushed only after an
 //! fsync (one fsync covers every append waiting for it); `everysec` reports them at
 //! once and fsyncs every second; `no` leaves it to the kernel. A vote is fsynced
 //! before it is reported, whatever the policy: raft's safety depends on it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs::File;
+use std::io::{self, Write};
 use std::ops::RangeBounds;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,16 +33,20 @@ use openraft::{LogId, LogState, RaftLogReader, StorageError, StorageIOError, Vot
 use parking_lot::Mutex;
 
 use crate::consensus::types::{Entry, NodeId, TypeConfig};
+use cache::Cache;
 use flush::{Flush, flusher};
-use record::{EntriesRef, Record, decode_all, encode, frame};
+use record::{Meta, Read};
+use segments::Segment;
 
+mod cache;
 mod flush;
 mod record;
+mod segments;
+#[cfg(test)]
+mod tests;
 use crate::storage::log::FsyncPolicy;
 
-pub const LOG_NAME: &str = "raft.log";
-/// Rewrite the file when it holds this many bytes and four times what is live.
-const REWRITE_AT: u64 = 32 << 20;
+pub use segments::DIR;
 
 /// The raft log (cheap to clone: the reader and the writer share it).
 #[derive(Clone)]
@@ -46,15 +54,21 @@ pub struct LogStore {
     inner: Arc<Mutex<Inner>>,
 }
 
+/// Where an entry is.
+#[derive(Clone, Copy, Debug)]
+struct Loc {
+    log_id: LogId<NodeId>,
+    segment: u64,
+    at: u64,
+    len: u32,
+}
+
 struct Inner {
-    path: PathBuf,
-    file: File,
-    /// Bytes in the file.
-    len: u64,
-    /// Bytes of the records the state below needs (an estimate: entries' records).
-    live: u64,
-    entries: BTreeMap<u64, Entry>,
-    sizes: BTreeMap<u64, u64>,
+    dir: PathBuf,
+    /// Oldest first; the last is written to.
+    segments: VecDeque<Segment>,
+    entries: BTreeMap<u64, Loc>,
+    cache: Cache,
     vote: Option<Vote<NodeId>>,
     committed: Option<LogId<NodeId>>,
     purged: Option<LogId<NodeId>>,
@@ -70,35 +84,19 @@ fn io_error(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
 }
 
 impl LogStore {
-    /// Opens (or creates) the log in `dir`, replaying it; a torn tail is cut off.
-    pub fn open(dir: &Path, policy: FsyncPolicy) -> io::Result<LogStore> {
-        let path = dir.join(LOG_NAME);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(&path)?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)?;
-        let (records, good) = decode_all(&bytes);
-        if good < bytes.len() {
-            tracing::warn!(
-                path = %path.display(),
-                cut = bytes.len() - good,
-                "the raft log ends in a torn or corrupt record; cutting it off"
-            );
-            file.set_len(good as u64)?;
-            file.sync_all()?;
-        }
+    /// Opens (or creates) the log in the raft directory `raft`, reading the entries'
+    /// ids; a torn tail is cut off. A release's single `raft.log` is moved into
+    /// segments first. `cache` bounds the entries kept decoded, in bytes.
+    pub fn open(raft: &Path, policy: FsyncPolicy, cache: usize) -> io::Result<LogStore> {
+        segments::migrate(raft)?;
+        let dir = segments::dir_in(raft);
+        let ids = segments::list(&dir)?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let mut inner = Inner {
-            path,
-            file,
-            len: good as u64,
-            live: 0,
+            dir: dir.clone(),
+            segments: VecDeque::new(),
             entries: BTreeMap::new(),
-            sizes: BTreeMap::new(),
+            cache: Cache::new(cache),
             vote: None,
             committed: None,
             purged: None,
@@ -106,10 +104,23 @@ impl LogStore {
             flusher: tx,
             failed: None,
         };
-        for (record, size) in records {
-            inner.replay(record, size);
+        for (n, &id) in ids.iter().enumerate() {
+            let (seg, records, damaged) = segments::replay(&dir, id, n + 1 == ids.len())?;
+            inner.segments.push_back(seg);
+            for (record, at, len) in records {
+                inner.replay(record, id, at, len);
+            }
+            if damaged {
+                segments::set_aside(&dir, &ids[n + 1..])?;
+                break;
+            }
         }
-        let sync = inner.file.try_clone()?;
+        if inner.segments.is_empty() {
+            let state = inner.state();
+            inner.segments.push_back(segments::begin(&dir, 1, &state)?);
+        }
+        inner.shed();
+        let sync = inner.active().file.try_clone()?;
         std::thread::Builder::new()
             .name("raft-log-sync".into())
             .spawn(move || flusher(sync, rx, policy))?;
@@ -127,7 +138,7 @@ impl LogStore {
         self.len() == 0
     }
 
-    /// Bytes of the entries held after `index` up to `to` (their records' share).
+    /// Bytes of the entries held after `index` up to `to` (their records on disk).
     pub fn bytes_between(&self, index: Option<u64>, to: u64) -> u64 {
         let from = index.map_or(0, |i| i + 1);
         if from > to {
@@ -135,9 +146,9 @@ impl LogStore {
         }
         self.inner
             .lock()
-            .sizes
+            .entries
             .range(from..=to)
-            .map(|(_, s)| s)
+            .map(|(_, l)| l.len as u64)
             .sum()
     }
 
@@ -146,13 +157,22 @@ impl LogStore {
     pub fn purge_point(&self, snapshot: u64, keep: u64) -> Option<u64> {
         let inner = self.inner.lock();
         let mut kept = 0;
-        for (&i, &s) in inner.sizes.range(..=snapshot).rev() {
+        for (&i, l) in inner.entries.range(..=snapshot).rev() {
             if kept >= keep {
                 return Some(i);
             }
-            kept += s;
+            kept += l.len as u64;
         }
         None
+    }
+
+    /// Bytes of entries held decoded in memory, and of the segment files on disk.
+    pub fn held_bytes(&self) -> (usize, u64) {
+        let inner = self.inner.lock();
+        (
+            inner.cache.bytes(),
+            inner.segments.iter().map(|s| s.len).sum(),
+        )
     }
 
     /// The last commit point recorded (what a majority holds, as this node knows).
@@ -169,13 +189,11 @@ impl LogStore {
     pub fn log_id_at(&self, index: u64) -> Option<LogId<NodeId>> {
         let inner = self.inner.lock();
         match inner.entries.get(&index) {
-            Some(e) => Some(e.log_id),
+            Some(l) => Some(l.log_id),
             None => inner.purged.filter(|p| p.index == index),
         }
     }
-}
 
-impl LogStore {
     /// Runs `write` (a record appended, perhaps synced) until it succeeds. A full or
     /// failing disk does not stop the engine (openraft treats every storage error as
     /// fatal, and a stopped engine needs a restart): the write waits, retried with
@@ -207,6 +225,20 @@ impl LogStore {
             tokio::time::sleep(delay).await;
         }
     }
+
+    /// Appends `meta` until it is written.
+    async fn write_meta(&self, meta: Meta, sync: bool) {
+        let mut bytes = Vec::new();
+        record::put_meta(&mut bytes, &meta);
+        self.until_written(|inner| {
+            inner.write(&bytes)?;
+            if sync {
+                inner.active().file.sync_data()?;
+            }
+            Ok(())
+        })
+        .await;
+    }
 }
 
 /// `range` as `[first, end)` over a log whose indexes end before `u64::MAX`.
@@ -230,42 +262,95 @@ fn read_error(e: String) -> StorageError<NodeId> {
 }
 
 impl Inner {
-    fn replay(&mut self, record: Record, size: u64) {
+    fn active(&self) -> &Segment {
+        self.segments.back().expect("the log has a segment")
+    }
+
+    fn state(&self) -> Meta {
+        Meta::State {
+            vote: self.vote,
+            committed: self.committed,
+            purged: self.purged,
+        }
+    }
+
+    fn replay(&mut self, record: Read, segment: u64, at: u64, len: u32) {
         match record {
-            Record::Entries(es) => {
-                if let Some(first) = es.first() {
-                    self.drop_from(first.log_id.index);
-                }
-                let each = size / es.len().max(1) as u64;
-                for e in es {
-                    self.sizes.insert(e.log_id.index, each);
-                    self.live += each;
-                    self.entries.insert(e.log_id.index, e);
+            Read::Entry(log_id) => self.add(Loc {
+                log_id,
+                segment,
+                at,
+                len,
+            }),
+            Read::Meta(m) => self.apply(m),
+        }
+    }
+
+    fn apply(&mut self, meta: Meta) {
+        match meta {
+            Meta::Vote(v) => self.vote = Some(v),
+            Meta::Committed(c) => self.committed = c,
+            Meta::Purged(id) => self.drop_until(id),
+            Meta::TruncatedFrom(i) => self.drop_from(i),
+            Meta::State {
+                vote,
+                committed,
+                purged,
+            } => {
+                self.vote = vote.or(self.vote);
+                self.committed = committed.or(self.committed);
+                if let Some(p) = purged {
+                    self.drop_until(p);
                 }
             }
-            Record::Vote(v) => self.vote = Some(v),
-            Record::Committed(c) => self.committed = c,
-            Record::Purged(id) => self.drop_until(id),
-            Record::TruncatedFrom(i) => self.drop_from(i),
+        }
+    }
+
+    fn segment(&mut self, id: u64) -> Option<&mut Segment> {
+        self.segments.iter_mut().find(|s| s.id == id)
+    }
+
+    fn add(&mut self, loc: Loc) {
+        self.drop_from(loc.log_id.index);
+        if let Some(s) = self.segment(loc.segment) {
+            s.live += 1;
+        }
+        self.entries.insert(loc.log_id.index, loc);
+    }
+
+    fn forget(&mut self, gone: BTreeMap<u64, Loc>) {
+        for l in gone.values() {
+            if let Some(s) = self.segment(l.segment) {
+                s.live -= 1;
+            }
         }
     }
 
     fn drop_from(&mut self, index: u64) {
-        self.entries.split_off(&index);
-        for (_, s) in self.sizes.split_off(&index) {
-            self.live -= s;
-        }
+        let gone = self.entries.split_off(&index);
+        self.forget(gone);
+        self.cache.drop_from(index);
     }
 
     fn drop_until(&mut self, id: LogId<NodeId>) {
         let keep = self.entries.split_off(&(id.index + 1));
-        self.entries = keep;
-        let keep = self.sizes.split_off(&(id.index + 1));
-        for (_, s) in std::mem::replace(&mut self.sizes, keep) {
-            self.live -= s;
-        }
+        let gone = std::mem::replace(&mut self.entries, keep);
+        self.forget(gone);
+        self.cache.drop_until(id.index);
         if self.purged < Some(id) {
             self.purged = Some(id);
+        }
+    }
+
+    /// Deletes the oldest segments while none of the log's entries is in them.
+    fn shed(&mut self) {
+        while self.segments.len() > 1 && self.segments[0].live == 0 {
+            let id = self.segments[0].id;
+            if let Err(e) = segments::remove(&self.dir, id) {
+                tracing::warn!(error = %e, segment = id, "deleting a purged raft log segment");
+                return;
+            }
+            self.segments.pop_front();
         }
     }
 
@@ -307,55 +392,52 @@ impl Inner {
         }
     }
 
-    /// Appends `bytes` whole, or nothing: a write that fails part way is cut off again
-    /// (should that fail too, the next write here cuts it first, or the next start).
-    fn write_bytes(&mut self, bytes: &[u8]) -> Result<u64, io::Error> {
-        if self.failed.is_some() {
+    /// Appends `bytes` whole to the active segment, or nothing: a write that fails
+    /// part way is cut off again (should that fail too, the next write here cuts it
+    /// first, or the next start). Returns where they start.
+    fn write(&mut self, bytes: &[u8]) -> io::Result<u64> {
+        let failed = self.failed.is_some();
+        let seg = self.segments.back_mut().expect("the log has a segment");
+        let file = &*seg.file;
+        if failed {
             // The last write may have left a torn tail this could not cut.
-            self.file.set_len(self.len)?;
+            file.set_len(seg.len)?;
         }
-        if let Err(e) = self.file.write_all(bytes) {
-            let _ = self.file.set_len(self.len);
+        let mut f = file;
+        if let Err(e) = f.write_all(bytes) {
+            let _ = file.set_len(seg.len);
             return Err(e);
         }
-        self.len += bytes.len() as u64;
-        Ok(bytes.len() as u64)
+        let at = seg.len;
+        seg.len += bytes.len() as u64;
+        Ok(at)
     }
 
-    /// Rewrites the file with only what is live, when it has grown well past that.
-    fn maybe_rewrite(&mut self) -> io::Result<()> {
-        if self.len < REWRITE_AT || self.len < self.live.saturating_mul(4) {
-            return Ok(());
+    /// Begins a new segment once the active one is full. Failing (a full disk), the
+    /// active one goes on growing, and this is tried again at the next append.
+    fn maybe_roll(&mut self) {
+        if self.active().len < segments::SEGMENT_BYTES {
+            return;
         }
-        let dir = self.path.parent().expect("in a directory").to_owned();
-        let mut out = Vec::new();
-        out.extend(encode(&Record::Vote(self.vote.unwrap_or_default())));
-        out.extend(encode(&Record::Committed(self.committed)));
-        if let Some(p) = self.purged {
-            out.extend(encode(&Record::Purged(p)));
+        let id = self.active().id + 1;
+        let state = self.state();
+        match segments::begin(&self.dir, id, &state).and_then(|s| {
+            let sync = s.file.try_clone()?;
+            Ok((s, sync))
+        }) {
+            Ok((seg, sync)) => {
+                let _ = self.flusher.send(Flush::Reopen(sync));
+                self.segments.push_back(seg);
+            }
+            Err(e) => tracing::warn!(error = %e, "beginning a new raft log segment"),
         }
-        let entries: Vec<Entry> = self.entries.values().cloned().collect();
-        for chunk in entries.chunks(1024) {
-            out.extend(encode(&Record::Entries(chunk.to_vec())));
-        }
-        crate::fs::write_atomically(&dir, LOG_NAME, &format!(".{LOG_NAME}.tmp"), &out)?;
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .open(&self.path)?;
-        let _ = self.flusher.send(Flush::Reopen(file.try_clone()?));
-        self.file = file;
-        tracing::info!(
-            before = self.len,
-            after = out.len(),
-            "rewrote the raft log without its purged entries"
-        );
-        self.len = out.len() as u64;
-        Ok(())
     }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
+    /// The newest entries come from the cache; older ones are read back from their
+    /// segments, outside the lock (a segment deleted meanwhile stays readable through
+    /// its open file).
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
         &mut self,
         range: RB,
@@ -368,13 +450,51 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 "asked for raft log entries {range:?}, an inverted range"
             )));
         }
-        let inner = self.inner.lock();
-        let entries: Vec<Entry> = inner
-            .entries
-            .range(first..end)
-            .map(|(_, e)| e.clone())
-            .collect();
-        if let Some(w) = entries
+        let wanted: Vec<(Loc, Option<Entry>, Option<Arc<File>>)> = {
+            let inner = self.inner.lock();
+            inner
+                .entries
+                .range(first..end)
+                .map(|(&i, l)| match inner.cache.get(i) {
+                    Some(e) => (*l, Some(e.clone()), None),
+                    None => {
+                        let file = inner
+                            .segments
+                            .iter()
+                            .find(|s| s.id == l.segment)
+                            .map(|s| s.file.clone());
+                        (*l, None, file)
+                    }
+                })
+                .collect()
+        };
+        let mut out = Vec::with_capacity(wanted.len());
+        let mut run: Option<(Arc<File>, u64, Vec<Loc>)> = None;
+        for (loc, cached, file) in wanted {
+            if let Some(e) = cached {
+                read_run(run.take(), &mut out)?;
+                out.push(e);
+                continue;
+            }
+            let file = file.ok_or_else(|| {
+                read_error(format!(
+                    "raft log entry {} is in segment {}, which is gone",
+                    loc.log_id.index, loc.segment
+                ))
+            })?;
+            match &mut run {
+                Some((f, end, locs)) if Arc::ptr_eq(f, &file) && *end == loc.at => {
+                    *end += loc.len as u64;
+                    locs.push(loc);
+                }
+                _ => {
+                    read_run(run.take(), &mut out)?;
+                    run = Some((file, loc.at + loc.len as u64, vec![loc]));
+                }
+            }
+        }
+        read_run(run, &mut out)?;
+        if let Some(w) = out
             .windows(2)
             .find(|w| w[1].log_id.index != w[0].log_id.index + 1)
         {
@@ -383,8 +503,36 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 w[0].log_id.index, w[1].log_id.index
             )));
         }
-        Ok(entries)
+        Ok(out)
     }
+}
+
+/// Reads back a run of entries that lie one after another in one segment, checking
+/// each against its record's checksum and id.
+fn read_run(
+    run: Option<(Arc<File>, u64, Vec<Loc>)>,
+    out: &mut Vec<Entry>,
+) -> Result<(), StorageError<NodeId>> {
+    let Some((file, end, locs)) = run else {
+        return Ok(());
+    };
+    let start = locs[0].at;
+    let bytes = segments::read_at(&file, start, (end - start) as usize)
+        .map_err(|e| read_error(format!("reading the raft log: {e}")))?;
+    for l in locs {
+        let at = (l.at - start) as usize;
+        let e = record::entry(&bytes[at..at + l.len as usize])
+            .ok()
+            .filter(|e| e.log_id == l.log_id)
+            .ok_or_else(|| {
+                read_error(format!(
+                    "raft log entry {} reads back damaged from segment {}",
+                    l.log_id.index, l.segment
+                ))
+            })?;
+        out.push(e);
+    }
+    Ok(())
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
@@ -396,7 +544,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .entries
             .values()
             .next_back()
-            .map(|e| e.log_id)
+            .map(|l| l.log_id)
             .or(inner.purged);
         Ok(LogState {
             last_purged_log_id: inner.purged,
@@ -409,12 +557,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let bytes = encode(&Record::Vote(*vote));
-        self.until_written(|inner| {
-            inner.write_bytes(&bytes)?;
-            inner.file.sync_data()
-        })
-        .await;
+        self.write_meta(Meta::Vote(*vote), true).await;
         self.inner.lock().vote = Some(*vote);
         Ok(())
     }
@@ -429,8 +572,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     ) -> Result<(), StorageError<NodeId>> {
         // Not synced: a lost commit point only delays applying at the next start
         // until a leader says what is committed.
-        let bytes = encode(&Record::Committed(committed));
-        self.until_written(|inner| inner.write_bytes(&bytes)).await;
+        self.write_meta(Meta::Committed(committed), false).await;
         self.inner.lock().committed = committed;
         Ok(())
     }
@@ -450,151 +592,48 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         self.inner.lock().check_chain(&entries)?;
-        let bytes =
-            frame(serde_json::to_vec(&EntriesRef::Entries(&entries)).expect("entries serialize"));
-        let size = self.until_written(|inner| inner.write_bytes(&bytes)).await;
+        let mut bytes = Vec::new();
+        let lens: Vec<u32> = entries
+            .iter()
+            .map(|e| record::put_entry(&mut bytes, e) as u32)
+            .collect();
+        let (at, segment) = self
+            .until_written(|inner| Ok((inner.write(&bytes)?, inner.active().id)))
+            .await;
         let mut inner = self.inner.lock();
-        inner.replay(Record::Entries(entries), size);
+        let mut at = at;
+        for (e, len) in entries.iter().zip(lens) {
+            inner.add(Loc {
+                log_id: e.log_id,
+                segment,
+                at,
+                len,
+            });
+            inner.cache.insert(e);
+            at += len as u64;
+        }
         match inner.policy {
             FsyncPolicy::Always => {
                 let _ = inner.flusher.send(Flush::Wait(callback));
             }
             _ => callback.log_io_completed(Ok(())),
         }
+        inner.maybe_roll();
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let bytes = encode(&Record::TruncatedFrom(log_id.index));
-        self.until_written(|inner| inner.write_bytes(&bytes)).await;
+        self.write_meta(Meta::TruncatedFrom(log_id.index), false)
+            .await;
         self.inner.lock().drop_from(log_id.index);
         Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let bytes = encode(&Record::Purged(log_id));
-        self.until_written(|inner| inner.write_bytes(&bytes)).await;
+        self.write_meta(Meta::Purged(log_id), false).await;
         let mut inner = self.inner.lock();
         inner.drop_until(log_id);
-        if let Err(e) = inner.maybe_rewrite() {
-            // The old file is still whole: purging is only an optimisation.
-            tracing::warn!(error = %e, "rewriting the raft log failed; keeping the old file");
-        }
+        inner.shed();
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use openraft::{CommittedLeaderId, EntryPayload};
-
-    pub(super) fn entry(term: u64, index: u64) -> Entry {
-        Entry {
-            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
-            payload: EntryPayload::Blank,
-        }
-    }
-
-    fn indexes(inner: &Inner) -> Vec<(u64, u64)> {
-        inner
-            .entries
-            .values()
-            .map(|e| (e.log_id.leader_id.term, e.log_id.index))
-            .collect()
-    }
-
-    fn replayed(records: &[Record]) -> Inner {
-        let bytes: Vec<u8> = records.iter().flat_map(encode).collect();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(LOG_NAME), &bytes).unwrap();
-        let store = LogStore::open(dir.path(), FsyncPolicy::No).unwrap();
-        Arc::try_unwrap(store.inner).ok().unwrap().into_inner()
-    }
-
-    #[test]
-    fn appending_at_an_index_drops_what_followed_it_even_without_a_truncation_record() {
-        let inner = replayed(&[
-            Record::Entries(vec![entry(1, 1), entry(1, 2), entry(1, 3)]),
-            // A new leader's entries from index 2 on: the old 2 and 3 are gone.
-            Record::Entries(vec![entry(2, 2)]),
-        ]);
-        assert_eq!(indexes(&inner), vec![(1, 1), (2, 2)]);
-    }
-
-    #[test]
-    fn truncation_purge_vote_and_commit_are_replayed() {
-        let vote = Vote::new(3, 2);
-        let inner = replayed(&[
-            Record::Entries((1..=5).map(|i| entry(1, i)).collect()),
-            Record::TruncatedFrom(5),
-            Record::Purged(LogId::new(CommittedLeaderId::new(1, 1), 2)),
-            Record::Vote(vote),
-            Record::Committed(Some(LogId::new(CommittedLeaderId::new(1, 1), 4))),
-        ]);
-        assert_eq!(indexes(&inner), vec![(1, 3), (1, 4)]);
-        assert_eq!(inner.purged.map(|p| p.index), Some(2));
-        assert_eq!(inner.vote, Some(vote));
-        assert_eq!(inner.committed.map(|c| c.index), Some(4));
-    }
-
-    fn store_with(indexes: std::ops::RangeInclusive<u64>) -> (tempfile::TempDir, LogStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = LogStore::open(dir.path(), FsyncPolicy::No).unwrap();
-        {
-            let mut inner = store.inner.lock();
-            let es: Vec<Entry> = indexes.map(|i| entry(1, i)).collect();
-            inner.check_chain(&es).unwrap();
-            inner.replay(Record::Entries(es), 0);
-        }
-        (dir, store)
-    }
-
-    #[tokio::test]
-    async fn an_inverted_range_or_a_gap_is_an_error_not_a_panic() {
-        let (_dir, mut store) = store_with(0..=5);
-        let got = store.try_get_log_entries(2..4).await.unwrap();
-        assert_eq!(got.len(), 2);
-        #[allow(clippy::reversed_empty_ranges)]
-        let inverted = store.try_get_log_entries(5..2).await;
-        assert!(inverted.is_err());
-        // A hole can only be made behind the log's back; reading across it fails.
-        store.inner.lock().entries.remove(&3);
-        let e = store.try_get_log_entries(1..6).await.unwrap_err();
-        assert!(e.to_string().contains("gap between entries 2 and 4"), "{e}");
-    }
-
-    #[test]
-    fn entries_that_do_not_continue_the_log_are_refused() {
-        let (_dir, store) = store_with(0..=5);
-        let inner = store.inner.lock();
-        // Replacing the tail, or continuing it: fine.
-        inner.check_chain(&[entry(2, 3), entry(2, 4)]).unwrap();
-        inner.check_chain(&[entry(1, 6)]).unwrap();
-        // Past a hole, or not one run.
-        assert!(inner.check_chain(&[entry(1, 8)]).is_err());
-        assert!(inner.check_chain(&[entry(1, 6), entry(1, 8)]).is_err());
-    }
-
-    #[test]
-    fn a_torn_or_corrupt_tail_is_cut_at_the_last_whole_record() {
-        let whole = encode(&Record::Entries(vec![entry(1, 1)]));
-        let next = encode(&Record::Entries(vec![entry(1, 2)]));
-        for tail in [
-            next[..next.len() - 1].to_vec(), // torn
-            {
-                let mut c = next.clone();
-                let last = c.len() - 1;
-                c[last] ^= 0x40; // a flipped bit
-                c
-            },
-        ] {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join(LOG_NAME);
-            std::fs::write(&path, [whole.clone(), tail].concat()).unwrap();
-            let store = LogStore::open(dir.path(), FsyncPolicy::No).unwrap();
-            assert_eq!(store.len(), 1);
-            assert_eq!(std::fs::metadata(&path).unwrap().len(), whole.len() as u64);
-        }
     }
 }

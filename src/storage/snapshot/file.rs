@@ -2,7 +2,7 @@
 //! sizes and holes checked first), publishing by atomic rename, and loading one whole
 //! (the leader's restore).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -185,7 +185,7 @@ where
 pub fn install(dir: &Path, staged: &Staged, name: &str) -> io::Result<PathBuf> {
     let dest = dir.join(name);
     fs::rename(&staged.path, &dest)?;
-    File::open(dir)?.sync_all()?;
+    crate::fs::sync_dir(dir)?;
     Ok(dest)
 }
 

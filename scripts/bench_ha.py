@@ -16,7 +16,7 @@ ingest: wrk POSTs (10 words, 4 KiB) to a single leader and to a three-voter grou
 
 scale: a group of three voters with default settings against a single leader, at
   --words distinct words posted in bodies of --body-words (keyed, through whoever
-  leads): elections seen and posts refused during the ingest, how long the ingest
+  leads): elections (terms begun) and posts refused during the ingest, how long the ingest
   took; each voter's memory at rest (the least anonymous memory over 10 s, plus the
   files of its data directory at their full size, raft log included) and its snapshot
   index; a voter restarted on its data (SIGTERM, start → the group's seq and digest);
@@ -181,6 +181,48 @@ def ingest(a):
               f"| {s[1]:,.0f}/s | {g[1]:,.0f}/s | {g[1] / s[1]:.2f}× |")
 
 
+def small_round(kind, preload, duration):
+    """10-word POSTs from wrk -t2 -c32 to a single leader with two network replicas,
+    or to a three-voter group's leader, after `preload` distinct words: (req/s, p99 ms)."""
+    with tempfile.TemporaryDirectory() as d:
+        if kind == "single":
+            with b.Node(["leader", "--data-dir", f"{d}/l", "--max-body", "8MiB"]) as leader:
+                with b.Node(["replica", "--leader", leader.url, "--heartbeat", "100ms"]), \
+                        b.Node(["replica", "--leader", leader.url, "--heartbeat", "100ms"]):
+                    ingest_words([leader.url], preload, 60_000, {})
+                    r = b.wrk(leader.url + "/post", duration, "post.lua", threads=2)
+                    return r.rps, r.p99_ms
+        g = Group([f"{d}/v{i}" for i in range(3)], ["--max-body", "8MiB"])
+        try:
+            g.leader([0, 1, 2])
+            ingest_words(URLS, preload, 60_000, {})
+            exact(URLS)
+            url = URLS[g.leader([0, 1, 2])]
+            r = b.wrk(url + "/post", duration, "post.lua", threads=2)
+            return r.rps, r.p99_ms
+        finally:
+            g.stop()
+
+
+def small(a):
+    """10-word posts: the group against a single leader with two network replicas,
+    on an empty table and after --words words, alternating, medians of --rounds."""
+    rows = []
+    for preload in (0, a.words):
+        res = b.ab_rounds(a.rounds, "single", "group",
+                          lambda kind: small_round(kind, preload, a.duration))
+        s = (b.median(r[0] for r in res["single"]), b.median(r[1] for r in res["single"]))
+        g = (b.median(r[0] for r in res["group"]), b.median(r[1] for r in res["group"]))
+        rows.append((preload, s, g))
+        print(json.dumps({"preload": preload, "single": res["single"], "group": res["group"]}))
+    print("| table | single leader + 2 replicas: req/s, p99 | 3-voter group: req/s, p99 "
+          "| group/single |")
+    print("|---|---|---|---|")
+    for preload, s, g in rows:
+        print(f"| {preload:,} words | {s[0]:,.0f}/s, {s[1]:.1f} ms | {g[0]:,.0f}/s, "
+              f"{g[1]:.1f} ms | {g[0] / s[0]:.2f}× |")
+
+
 def data_mib(path):
     """The files under `path`, at their full size, each once (a raft snapshot's hard
     links are the table's files)."""
@@ -260,6 +302,11 @@ def single_leader(a, out):
             out["single_mem"] = at_rest(single.pid, f"{d}/single")
 
 
+def term():
+    """The highest term any voter answering names: each election takes a new one."""
+    return max(h["raft"]["term"] for h in map(health, URLS) if h)
+
+
 def scale(a):
     out = {"single_ingest_s": 0, "single_mem": (1, 0)}
     if not a.group_only:
@@ -269,20 +316,21 @@ def scale(a):
         g = Group(dirs, ["--max-body", "8MiB"], logs=a.logs)
         try:
             g.leader([0, 1, 2])
-            before = sum(health(u)["raft"]["elections_seen"] for u in URLS)
+            before = term()
             refused = {}
             started = time.monotonic()
             ingest_words(URLS, a.words, a.body_words, refused)
             out["group_ingest_s"] = time.monotonic() - started
             exact(URLS)
             hs = [health(u) for u in URLS]
-            out["elections"] = sum(h["raft"]["elections_seen"] for h in hs) - before
+            out["elections"] = term() - before
             out["refused"] = refused
             out["snapshot_index"] = [h["raft"]["snapshot_index"] for h in hs]
             out["last_log_index"] = [h["raft"]["last_log_index"] for h in hs]
             time.sleep(5)
             out["voter_mem"] = [at_rest(g.procs[i].pid, dirs[i]) for i in range(3)]
             leader = g.leader([0, 1, 2])
+            before = term()
             other = (leader + 1) % 3
             g.procs[other].stop()
             started = time.monotonic()
@@ -294,6 +342,7 @@ def scale(a):
             started = time.monotonic()
             g.start(other)
             out["rejoin_s"] = time.monotonic() - started + exact(URLS)
+            out["restart_elections"] = term() - before
         finally:
             g.stop()
     single = sum(out["single_mem"])
@@ -311,11 +360,12 @@ def scale(a):
           f"{out['last_log_index']} |")
     print(f"| a voter restarted on its data (start → exact) | — | {out['restart_s']:.1f} s |")
     print(f"| a wiped voter rejoins (start → exact) | — | {out['rejoin_s']:.1f} s |")
+    print(f"| elections during the restart and the rejoin | — | {out['restart_elections']} |")
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["failover", "ingest", "scale"])
+    ap.add_argument("what", choices=["failover", "ingest", "scale", "small"])
     ap.add_argument("--words", type=int, default=10_000_000)
     ap.add_argument("--body-words", type=int, default=20_000)
     ap.add_argument("--runs", type=int, default=10)
@@ -326,7 +376,7 @@ def main():
     ap.add_argument("--logs", help="a directory for the voters' logs (scale)")
     ap.add_argument("--duration", default="5s")
     a = ap.parse_args()
-    {"failover": failover, "ingest": ingest, "scale": scale}[a.what](a)
+    {"failover": failover, "ingest": ingest, "scale": scale, "small": small}[a.what](a)
 
 
 if __name__ == "__main__":

@@ -662,3 +662,31 @@ async fn the_log_is_bounded_by_bytes_whatever_the_count_of_entries() {
     want.insert("late".into(), 1);
     g.converged(&want).await;
 }
+
+/// Concurrent writes share raft entries (each keeps its key and answer): 32 writers'
+/// keyed posts end exact on every voter, and the voters proposed fewer entries than
+/// writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_share_entries_and_each_is_counted_once() {
+    let g = Group::start(3, &[]).await;
+    g.leader().await;
+    let (writers, per) = (32, 20);
+    let acked = Arc::new(AtomicU64::new(0));
+    let last_ack = Arc::new(parking_lot::Mutex::new(None));
+    for t in spawn_writers(g.urls(), writers, per, acked, last_ack) {
+        t.await.unwrap();
+    }
+    g.converged(&expected(writers, per)).await;
+    let (mut writes, mut entries) = (0, 0);
+    for i in 0..3 {
+        let r = g.raft(i).await.unwrap()["raft"].clone();
+        writes += r["proposed_writes"].as_u64().unwrap();
+        entries += r["proposed_entries"].as_u64().unwrap();
+    }
+    assert!(writes >= (writers * per) as u64, "{writes} writes proposed");
+    assert!(
+        entries < writes,
+        "{writes} concurrent writes went in {entries} entries: none shared one"
+    );
+    eprintln!("{writes} writes in {entries} entries");
+}

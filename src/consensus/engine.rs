@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::RaftError;
 use openraft::{BasicNode, SnapshotPolicy};
 
 use super::applier::Applier;
-use super::types::{Applied, NodeId, Outcome, Proposal, Raft, TypeConfig, WriteError};
-use super::{crosscheck, identity, keys, log_store, network, pending, state_machine};
+use super::types::{Applied, NodeId, Outcome, Proposal, Raft, WriteError};
+use super::{batcher, crosscheck, identity, keys, log_store, network, pending, state_machine};
 use crate::config::RaftConfig;
 
 /// The largest raft RPC body a voter takes: `MAX_ENTRIES_PER_APPEND` entries of the
@@ -34,22 +34,6 @@ const SNAPSHOT_PATIENCE: Duration = Duration::from_secs(60);
 
 /// How often a voter compares its table with its members' (see [`crosscheck`]).
 const CROSSCHECK_EVERY: Duration = Duration::from_secs(1);
-
-/// A `client_write`'s answer as [`Consensus::write`] gives it.
-fn write_outcome(
-    r: Result<
-        openraft::raft::ClientWriteResponse<TypeConfig>,
-        RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
-    >,
-) -> Result<Applied, WriteError> {
-    match r {
-        Ok(resp) => Ok(resp.data),
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(
-            WriteError::NotLeader(f.leader_id.zip(f.leader_node.map(|n| n.addr))),
-        ),
-        Err(e) => Err(WriteError::Unavailable(e.to_string())),
-    }
-}
 
 /// A voter's raft handle (cheap to clone): the node above keeps one, and the raft
 /// routes serve on one.
@@ -79,6 +63,8 @@ pub struct Consensus {
     pub(super) receiving: Arc<tokio::sync::Mutex<()>>,
     /// This voter's URL as its membership names it (an offer of a snapshot names it).
     pub(super) me: Arc<parking_lot::RwLock<Option<String>>>,
+    /// Where writes are proposed, several to an entry when they come together.
+    pub(super) batcher: batcher::Batcher,
 }
 
 impl Consensus {
@@ -119,12 +105,16 @@ impl Consensus {
         let keys = keys::Keys::new(config.key_window, config.key_bytes);
         let state = state_machine::StateMachine::new(node.clone(), dir, boot.as_ref(), keys);
         let me = Arc::new(parking_lot::RwLock::new(None));
+        let peers = batcher::Peers::default();
         let network = network::Network::new(
             config.cluster.clone(),
             token.clone(),
-            me.clone(),
+            (me.clone(), peers.clone()),
             group.clone(),
-            config.election_timeout.max(Duration::from_millis(200)),
+            (
+                config.election_timeout.max(Duration::from_millis(200)),
+                config.heartbeat,
+            ),
             &tls,
         );
         let raft = Raft::new(
@@ -137,6 +127,7 @@ impl Consensus {
         .await
         .map_err(|e| format!("starting raft: {e}"))?;
         let c = Consensus {
+            batcher: batcher::Batcher::start(raft.clone(), config.node_id, peers),
             raft,
             node_id: config.node_id,
             config: Arc::new(config),
@@ -225,8 +216,13 @@ impl Consensus {
     /// [`super::state_machine`]), so taking them often is cheap. Before this, a voter
     /// of 20k-word posts never reached 20,000 entries and held every word it was ever
     /// sent in its log, in memory and on disk.
+    ///
+    /// A snapshot is also taken when the files only it still holds (the table's chain
+    /// compacted past them) reach that bound: a voter's disk, and its page cache, would
+    /// otherwise hold an old base beside the new one until the log grew again.
     fn bound_log(&self) {
         let (raft, log) = (self.raft.clone(), self.log.clone());
+        let dir = self.state.dir().to_owned();
         let bound = self.config.snapshot_bytes;
         tokio::spawn(async move {
             let mut asked: Option<(Option<u64>, std::time::Instant)> = None;
@@ -249,7 +245,9 @@ impl Consensus {
                 // One at a time: not while the last one asked for is being taken.
                 let waiting = asked
                     .is_some_and(|(at, when)| at == snapshot && when.elapsed() < SNAPSHOT_PATIENCE);
-                if !waiting && log.bytes_between(snapshot, applied) >= bound {
+                let due = log.bytes_between(snapshot, applied) >= bound
+                    || (snapshot < Some(applied) && super::snapshot::held_bytes(&dir) >= bound);
+                if !waiting && due {
                     tracing::debug!(
                         applied,
                         ?snapshot,
@@ -324,18 +322,17 @@ impl Consensus {
     pub async fn write(&self, proposal: Proposal) -> Result<Applied, WriteError> {
         let timeout = self.config.write_timeout;
         let Some(key) = proposal.key.clone() else {
-            return match tokio::time::timeout(timeout, self.raft.client_write(proposal)).await {
-                Err(_) => Err(WriteError::Timeout),
-                Ok(r) => write_outcome(r),
-            };
+            return tokio::time::timeout(timeout, self.batcher.write(proposal))
+                .await
+                .unwrap_or(Err(WriteError::Timeout));
         };
-        let raft = self.raft.clone();
+        let batcher = self.batcher.clone();
         let (done, joined) = self.pending.join_or_start(
             key,
             proposal.fingerprint,
             timeout * PROPOSAL_LIMIT,
             Err(WriteError::Timeout),
-            move || async move { write_outcome(raft.client_write(proposal).await) },
+            move || async move { batcher.write(proposal).await },
         );
         let mut outcome = pending::wait(done, timeout)
             .await

@@ -7,6 +7,7 @@
 //! - [`applier`]: what the engine needs of the node above it (which implements it).
 //! - [`engine`]: the voter's raft handle: start, form the group, propose, who leads.
 //! - [`types`]: a log entry (a proposal), what applying it answers.
+//! - [`batcher`]: concurrent writes proposed as one entry.
 //! - [`crosscheck`]: voters compare their tables' digests at equal seqs.
 //! - [`identity`]: which node and group a data directory belongs to.
 //! - [`keys`]: the idempotency keys remembered, for a time and within a size.
@@ -22,6 +23,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod applier;
+pub mod batcher;
 pub mod crosscheck;
 pub mod engine;
 pub mod identity;

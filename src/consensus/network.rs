@@ -58,17 +58,24 @@ pub struct Network {
     group: Group,
     /// This voter's URL, named in a snapshot offer (see [`super::transfer`]).
     me: std::sync::Arc<parking_lot::RwLock<Option<String>>>,
+    /// Which voters apply entries of several writes (their answers say).
+    peers: super::batcher::Peers,
+    /// How soon a peer that could not be reached is tried again.
+    retry: Duration,
 }
 
 impl Network {
     /// Each RPC's own deadline is the engine's (`RPCOption`); `connect_timeout` bounds
-    /// reaching a peer.
+    /// reaching a peer; one that cannot be reached is tried again every `retry`.
     pub fn new(
         cluster: String,
         token: Option<crate::server::auth::Token>,
-        me: std::sync::Arc<parking_lot::RwLock<Option<String>>>,
+        (me, peers): (
+            std::sync::Arc<parking_lot::RwLock<Option<String>>>,
+            super::batcher::Peers,
+        ),
         group: Group,
-        connect_timeout: Duration,
+        (connect_timeout, retry): (Duration, Duration),
         tls: &crate::tls::ClientTls,
     ) -> Network {
         let http = tls
@@ -83,6 +90,8 @@ impl Network {
             token,
             group,
             me,
+            peers,
+            retry,
         }
     }
 }
@@ -133,6 +142,12 @@ impl Connection {
                 RPCError::Network(NetworkError::new(&e))
             }
         })?;
+        let batches = resp
+            .headers()
+            .get(super::batcher::FEATURES_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|f| f.trim() == super::batcher::BATCHES));
+        self.net.peers.answered(self.target, batches);
         if !resp.status().is_success() {
             let status = resp.status();
             let body = resp.text().await.unwrap_or_default();
@@ -211,6 +226,15 @@ impl Connection {
 }
 
 impl RaftNetwork<TypeConfig> for Connection {
+    /// Tries an unreachable voter again every heartbeat interval (openraft's default
+    /// is every 500 ms). A voter that restarts starts its election timer at once
+    /// (300 to 450 ms by default): tried only every 500 ms, it often called an
+    /// election before the leader reached it, and its higher term made the leader
+    /// step down, on every restart of a follower.
+    fn backoff(&self) -> openraft::network::Backoff {
+        openraft::network::Backoff::new(std::iter::repeat(self.net.retry))
+    }
+
     /// Sends at most [`APPEND_BYTES`] of entries (at least one) and answers a partial
     /// success for the prefix sent; the engine sends the rest next.
     async fn append_entries(

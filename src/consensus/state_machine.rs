@@ -104,6 +104,104 @@ impl StateMachine {
     }
 }
 
+/// Applies an entry's writes (`first`, then `more`): each is checked against the keys
+/// seen (and the keys of the writes before it in the entry); the words of those to
+/// count are counted together, as one seq, which each of them answers. One write alone
+/// is counted as it came; several are merged in word order, the same on every voter.
+fn apply_writes(
+    keys: &mut Keys,
+    node: &dyn Applier,
+    first: super::types::Proposal,
+    more: Vec<super::types::Proposal>,
+) -> Vec<Applied> {
+    enum Fate {
+        Done(Applied),
+        Count,
+        /// The same key as a write before it in the entry, which is counted.
+        Same(Outcome),
+    }
+    let writes: Vec<_> = std::iter::once(first).chain(more).collect();
+    let mut fresh = std::collections::HashMap::<&str, u64>::new();
+    let mut fates = Vec::with_capacity(writes.len());
+    for p in &writes {
+        let fate = match p.key.as_deref() {
+            None => Fate::Count,
+            Some(k) => match fresh.get(k) {
+                Some(&fp) if fp == p.fingerprint => Fate::Same(Outcome::Duplicate),
+                Some(_) => Fate::Same(Outcome::KeyReused),
+                None => match keys.check(k, p.at_ms) {
+                    KeyState::Seen(s) if s.fingerprint == p.fingerprint => Fate::Done(Applied {
+                        seq: s.seq,
+                        outcome: Outcome::Duplicate,
+                    }),
+                    KeyState::Seen(s) => Fate::Done(Applied {
+                        seq: s.seq,
+                        outcome: Outcome::KeyReused,
+                    }),
+                    KeyState::Forgotten => Fate::Done(Applied {
+                        seq: node.seq(),
+                        outcome: Outcome::KeyExpired,
+                    }),
+                    KeyState::New => {
+                        fresh.insert(k, p.fingerprint);
+                        Fate::Count
+                    }
+                },
+            },
+        };
+        fates.push(fate);
+    }
+    let counted: Vec<&super::types::Proposal> = writes
+        .iter()
+        .zip(&fates)
+        .filter(|(_, f)| matches!(f, Fate::Count))
+        .map(|(p, _)| p)
+        .collect();
+    let deltas = match counted.as_slice() {
+        [one] => (*one.deltas).clone(),
+        many => {
+            let mut all: crate::words::Deltas =
+                many.iter().flat_map(|p| p.deltas.iter().cloned()).collect();
+            all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            all.dedup_by(|later, kept| {
+                let same = later.0 == kept.0;
+                if same {
+                    kept.1 += later.1;
+                }
+                same
+            });
+            all
+        }
+    };
+    // No words: nothing to count, no seq taken; the keys are kept.
+    let seq = if deltas.is_empty() {
+        node.seq()
+    } else {
+        node.apply(deltas)
+    };
+    for p in &counted {
+        if let Some(k) = &p.key {
+            let seen = Seen {
+                seq,
+                fingerprint: p.fingerprint,
+            };
+            keys.insert(k, seen, p.at_ms);
+        }
+    }
+    let counted = Applied {
+        seq,
+        outcome: Outcome::Counted,
+    };
+    fates
+        .into_iter()
+        .map(|f| match f {
+            Fate::Done(a) => a,
+            Fate::Count => counted.clone(),
+            Fate::Same(outcome) => Applied { seq, outcome },
+        })
+        .collect()
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     /// Links the table's files at the applied index into a new snapshot directory and
     /// writes its record. Applying waits meanwhile (the files must be the table at
@@ -168,7 +266,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((inner.last_applied, inner.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError<NodeId>>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Applied>>, StorageError<NodeId>>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -178,56 +276,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for entry in entries {
             inner.last_applied = Some(entry.log_id);
             let applied = match entry.payload {
-                EntryPayload::Blank => Applied {
+                EntryPayload::Blank => vec![Applied {
                     seq: self.node.seq(),
                     outcome: Outcome::Counted,
-                },
+                }],
                 EntryPayload::Membership(m) => {
                     inner.membership = StoredMembership::new(Some(entry.log_id), m);
-                    Applied {
+                    vec![Applied {
                         seq: self.node.seq(),
                         outcome: Outcome::Counted,
-                    }
+                    }]
                 }
-                EntryPayload::Normal(p) => {
-                    let seen = match p.key.as_deref() {
-                        Some(k) => inner.keys.check(k, p.at_ms),
-                        None => KeyState::New,
-                    };
-                    match seen {
-                        KeyState::Seen(s) if s.fingerprint == p.fingerprint => Applied {
-                            seq: s.seq,
-                            outcome: Outcome::Duplicate,
-                        },
-                        KeyState::Seen(s) => Applied {
-                            seq: s.seq,
-                            outcome: Outcome::KeyReused,
-                        },
-                        KeyState::Forgotten => Applied {
-                            seq: self.node.seq(),
-                            outcome: Outcome::KeyExpired,
-                        },
-                        KeyState::New => {
-                            let deltas = Arc::try_unwrap(p.deltas).unwrap_or_else(|d| (*d).clone());
-                            // No words: nothing to count, no seq taken; the key is kept.
-                            let seq = if deltas.is_empty() {
-                                self.node.seq()
-                            } else {
-                                self.node.apply(deltas)
-                            };
-                            if let Some(k) = p.key {
-                                let seen = Seen {
-                                    seq,
-                                    fingerprint: p.fingerprint,
-                                };
-                                inner.keys.insert(&k, seen, p.at_ms);
-                            }
-                            Applied {
-                                seq,
-                                outcome: Outcome::Counted,
-                            }
-                        }
-                    }
+                EntryPayload::Normal(mut p) => {
+                    let more = std::mem::take(&mut p.more);
+                    apply_writes(&mut inner.keys, &*self.node, p, more)
                 }
             };
             out.push(applied);
@@ -305,5 +367,123 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: record.meta,
             snapshot: Box::new(SnapshotFiles { dir }),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consensus::types::Proposal;
+    use std::collections::BTreeMap;
+
+    /// A table that records each batch it is given.
+    #[derive(Default)]
+    struct Table {
+        batches: parking_lot::Mutex<Vec<crate::words::Deltas>>,
+    }
+
+    impl Applier for Table {
+        fn seq(&self) -> u64 {
+            self.batches.lock().len() as u64
+        }
+        fn apply(&self, deltas: crate::words::Deltas) -> u64 {
+            let mut b = self.batches.lock();
+            b.push(deltas);
+            b.len() as u64
+        }
+        fn capture(&self, _: &std::path::Path) -> Result<super::super::Captured, String> {
+            Err("not in this test".into())
+        }
+        fn adopt(
+            &self,
+            _: &std::path::Path,
+            _: &crate::protocol::Manifest,
+            _: &[crate::storage::snapshot::checked::Checked],
+        ) -> Result<(), String> {
+            Err("not in this test".into())
+        }
+        fn digest_at(&self, _: u64) -> Option<u64> {
+            None
+        }
+        fn tokenizer(&self) -> crate::words::Tokenizer {
+            crate::words::Tokenizer::default()
+        }
+    }
+
+    fn write(words: &[(&str, u64)], key: Option<&str>) -> Proposal {
+        let deltas = words.iter().map(|(w, n)| (w.to_string(), *n)).collect();
+        Proposal::new(deltas, key.map(str::to_owned))
+    }
+
+    fn outcomes(a: &[Applied]) -> Vec<(u64, Outcome)> {
+        a.iter().map(|a| (a.seq, a.outcome)).collect()
+    }
+
+    #[test]
+    fn an_entry_of_several_writes_counts_them_as_one_seq_each_under_its_own_key() {
+        let table = Table::default();
+        let mut keys = Keys::new(std::time::Duration::from_secs(3600), 1 << 20);
+        let first = apply_writes(&mut keys, &table, write(&[("a", 1)], Some("k0")), vec![]);
+        assert_eq!(outcomes(&first), vec![(1, Outcome::Counted)]);
+        let answers = apply_writes(
+            &mut keys,
+            &table,
+            write(&[("b", 2), ("a", 1)], Some("k1")),
+            vec![
+                write(&[("a", 1)], Some("k0")),           // seen before: not again
+                write(&[("c", 1)], None),                 // no key
+                write(&[("b", 2), ("a", 1)], Some("k1")), // the same key and words
+                write(&[("z", 9)], Some("k1")),           // the same key, other words
+                write(&[("a", 5)], Some("k2")),
+            ],
+        );
+        assert_eq!(
+            outcomes(&answers),
+            vec![
+                (2, Outcome::Counted),
+                (1, Outcome::Duplicate),
+                (2, Outcome::Counted),
+                (2, Outcome::Duplicate),
+                (2, Outcome::KeyReused),
+                (2, Outcome::Counted),
+            ]
+        );
+        // One batch, the counted writes' words merged in word order.
+        let batches = table.batches.lock();
+        assert_eq!(batches.len(), 2);
+        let merged: BTreeMap<_, _> = batches[1].iter().cloned().collect();
+        assert_eq!(
+            batches[1]
+                .iter()
+                .map(|(w, _)| w.as_str())
+                .collect::<Vec<_>>(),
+            vec!["a", "b", "c"]
+        );
+        assert_eq!(
+            merged,
+            BTreeMap::from([("a".into(), 6), ("b".into(), 2), ("c".into(), 1)])
+        );
+        // The keys counted in the entry are remembered with its seq.
+        drop(batches);
+        let again = apply_writes(&mut keys, &table, write(&[("a", 5)], Some("k2")), vec![]);
+        assert_eq!(outcomes(&again), vec![(2, Outcome::Duplicate)]);
+    }
+
+    #[test]
+    fn an_entry_whose_writes_are_all_seen_takes_no_seq() {
+        let table = Table::default();
+        let mut keys = Keys::new(std::time::Duration::from_secs(3600), 1 << 20);
+        apply_writes(&mut keys, &table, write(&[("a", 1)], Some("k")), vec![]);
+        let answers = apply_writes(
+            &mut keys,
+            &table,
+            write(&[("a", 1)], Some("k")),
+            vec![write(&[("a", 1)], Some("k"))],
+        );
+        assert_eq!(
+            outcomes(&answers),
+            vec![(1, Outcome::Duplicate), (1, Outcome::Duplicate)]
+        );
+        assert_eq!(table.batches.lock().len(), 1);
     }
 }

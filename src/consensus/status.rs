@@ -50,6 +50,9 @@ pub struct RaftStatus {
     pub log_cache_bytes: usize,
     /// Bytes of the log's segment files on disk.
     pub log_file_bytes: u64,
+    /// Writes this node proposed as leader, and the entries they went in.
+    pub proposed_writes: u64,
+    pub proposed_entries: u64,
     pub elections_seen: u64,
     pub members: Vec<MemberStatus>,
     /// Idempotency keys remembered.
@@ -192,6 +195,17 @@ impl Consensus {
             "Keyed writes proposed here and not yet answered (a retry of one joins it).",
             self.pending.len() as u64,
         );
+        let (writes, entries) = self.batcher.proposed();
+        m.counter(
+            "memdb_raft_proposed_writes_total",
+            "Writes this node proposed as leader.",
+            writes,
+        );
+        m.counter(
+            "memdb_raft_proposed_entries_total",
+            "Raft entries those writes were proposed in (concurrent writes share one).",
+            entries,
+        );
         m.counter(
             "memdb_raft_elections_total",
             "Elections this node has seen start (term changes).",
@@ -253,6 +267,7 @@ impl Consensus {
             .and_then(|id| membership.get_node(&id))
             .map(|n| n.addr.clone());
         let (cache, files) = self.log.held_bytes();
+        let (writes, entries) = self.batcher.proposed();
         RaftStatus {
             node_id: self.node_id,
             cluster: self.config.cluster.clone(),
@@ -269,6 +284,8 @@ impl Consensus {
             log_bytes: self.log.bytes_between(None, u64::MAX),
             log_cache_bytes: cache,
             log_file_bytes: files,
+            proposed_writes: writes,
+            proposed_entries: entries,
             elections_seen: self.elections(),
             members,
             keys: self.state.keys_held(),

@@ -84,7 +84,10 @@ pub async fn receive(c: &Consensus, offer: Offer) -> Result<Answer, ApiError> {
     })?;
     let from = Client::with_tls(&offer.from, c.client_tls()).with_token(c.token().cloned());
     let started = std::time::Instant::now();
-    let record = download(&from, &dir, &offer, &raft_dir).await?;
+    let record = tokio::select! {
+        r = download(&from, &dir, &offer, &raft_dir) => r?,
+        never = keep_alive(c, &offer) => match never {},
+    };
     let bytes: u64 = record.chain.files.iter().map(|f| f.len).sum();
     tracing::info!(
         seq = record.chain.seq,
@@ -104,6 +107,28 @@ pub async fn receive(c: &Consensus, offer: Offer) -> Result<Answer, ApiError> {
         snapshot::remove_dir(&dir);
     }
     Ok(answer)
+}
+
+/// Stands in for the leader's heartbeats while its snapshot is downloaded. openraft
+/// sends a follower nothing else while a snapshot is on its way to it, and a download
+/// of 10M words' files takes seconds: without this, the voter's election timer ran out
+/// meanwhile, and its election made the leader step down (on every rejoin of a wiped
+/// voter). This is the heartbeat the offer's leader would send: its vote, no entries,
+/// and nothing of the log assumed (`prev_log_id` none, which every log matches).
+async fn keep_alive(c: &Consensus, offer: &Offer) -> std::convert::Infallible {
+    let mut tick = tokio::time::interval(c.config.heartbeat);
+    loop {
+        tick.tick().await;
+        let heartbeat = openraft::raft::AppendEntriesRequest {
+            vote: offer.vote,
+            prev_log_id: None,
+            leader_commit: None,
+            entries: Vec::new(),
+        };
+        // A newer leader's vote makes this one refused: harmless. A stopped engine
+        // fails the download's install anyway.
+        let _ = c.raft.append_entries(heartbeat).await;
+    }
 }
 
 /// Brings the record and the files it names into `dir`, and checks them whole.

@@ -14,7 +14,7 @@ openraft::declare_raft_types!(
     /// snapshot is a directory of files.
     pub TypeConfig:
         D = Proposal,
-        R = Applied,
+        R = Vec<Applied>,
         SnapshotData = SnapshotFiles,
 );
 
@@ -79,6 +79,10 @@ pub struct Proposal {
     /// same on every voter.
     #[serde(default)]
     pub at_ms: u64,
+    /// Other writes proposed in the same entry (see [`super::batcher`]), each with its
+    /// own key and answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more: Vec<Proposal>,
 }
 
 impl Proposal {
@@ -94,6 +98,7 @@ impl Proposal {
             at_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
+            more: Vec::new(),
         }
     }
 }
@@ -153,7 +158,7 @@ pub enum Outcome {
     KeyExpired,
 }
 
-/// What applying an entry answers.
+/// What applying a write answers (an entry answers one for each write it holds).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Applied {
     pub seq: u64,

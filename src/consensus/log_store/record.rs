@@ -101,9 +101,12 @@ pub(super) fn entry(bytes: &[u8]) -> Result<Entry, String> {
     serde_json::from_slice(body).map_err(|e| format!("an entry: {e}"))
 }
 
-/// The records of `bytes` up to the first torn or corrupt one: each with where its
-/// frame starts and its length; and where the good bytes end.
-pub(super) fn read_all(bytes: &[u8]) -> (Vec<(Read, u64, u32)>, usize) {
+/// A record read back, where its frame starts, and the frame's length.
+pub(super) type Located = (Read, u64, u32);
+
+/// The records of `bytes` up to the first torn or corrupt one, and where the good
+/// bytes end.
+pub(super) fn read_all(bytes: &[u8]) -> (Vec<Located>, usize) {
     let mut out = Vec::new();
     let mut at = 0;
     while let frame::Next::Whole(payload, used) = frame::split(&bytes[at..]) {

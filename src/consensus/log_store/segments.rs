@@ -99,7 +99,7 @@ pub(super) fn replay(
     dir: &Path,
     id: u64,
     last: bool,
-) -> io::Result<(Segment, Vec<(record::Read, u64, u32)>, bool)> {
+) -> io::Result<(Segment, Vec<record::Located>, bool)> {
     let path = dir.join(name(id));
     let file = open(dir, id, false)?;
     let bytes = std::fs::read(&path)?;

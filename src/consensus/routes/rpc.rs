@@ -17,6 +17,13 @@ use crate::consensus::types::Offer;
 use crate::consensus::types::{CLUSTER_HEADER, NodeId, TypeConfig};
 use crate::server::error::ApiError;
 
+/// What this voter can apply, on its answers to appends and votes (see
+/// [`crate::consensus::batcher`]).
+const FEATURES: [(&str, &str); 1] = [(
+    crate::consensus::batcher::FEATURES_HEADER,
+    crate::consensus::batcher::BATCHES,
+)];
+
 /// The RPC's body, if it names this group.
 fn rpc_body<T: serde::de::DeserializeOwned>(
     c: &Consensus,
@@ -121,7 +128,7 @@ pub async fn append(
 ) -> Result<Response, ApiError> {
     let req: AppendEntriesRequest<TypeConfig> = rpc_body(&c, &headers, body)?;
     check_append(&c, &req)?;
-    Ok(axum::Json(c.raft.append_entries(req).await).into_response())
+    Ok((FEATURES, axum::Json(c.raft.append_entries(req).await)).into_response())
 }
 
 /// Refuses a vote request from a node that is not a voter of this node's membership:
@@ -163,7 +170,7 @@ pub async fn vote(
 ) -> Result<Response, ApiError> {
     let req: VoteRequest<NodeId> = rpc_body(&c, &headers, body)?;
     check_candidate(&c, &req)?;
-    Ok(axum::Json(c.raft.vote(req).await).into_response())
+    Ok((FEATURES, axum::Json(c.raft.vote(req).await)).into_response())
 }
 
 #[utoipa::path(post, path = "/raft/snapshot", tag = "raft",

@@ -3,7 +3,10 @@
 
     scripts/bench_ha.py failover [--runs 10] [--election-timeout 500ms]
     scripts/bench_ha.py ingest   [--rounds 3] [--duration 5s]
-    scripts/bench_ha.py scale    [--words 10000000] [--body-words 20000]
+    scripts/bench_ha.py scale    [--words 10000000] [--body-words 20000] [--rejoins 5]
+                                 [--group-only] [--logs DIR]
+    scripts/bench_ha.py small    [--words 10000000] [--rounds 3] [--duration 5s]
+    scripts/bench_ha.py solo     [--rounds 3] [--duration 5s]
 
 failover: one group of three voters; ten times over, SIGKILL the leader while four
   writers post keyed writes through every voter, and time the kill to the first write
@@ -20,12 +23,20 @@ scale: a group of three voters with default settings against a single leader, at
   took; each voter's memory at rest (the least anonymous memory over 10 s, plus the
   files of its data directory at their full size, raft log included) and its snapshot
   index; a voter restarted on its data (SIGTERM, start → the group's seq and digest);
-  a follower whose data directory is wiped (start → the group's seq and digest). The
+  a follower whose data directory is wiped (start → the group's seq and digest),
+  --rejoins times, a different follower each time; elections during those. The
   single leader: the same ingest, and its memory at rest counted the same way.
+
+small: 10-word POSTs (wrk -t2 -c32, scripts/wrk/post.lua) to a single leader with two
+  network replicas and to a three-voter group's leader, on an empty table and after
+  --words distinct words; alternating, medians of --rounds: req/s and p99.
 
 Uses target/release/memdb (or MEMDB_BIN), ports 18700-18702 on 127.0.0.1 for the group
 (its members name each other up front), free ones otherwise, temp dirs;
-needs wrk for ingest. Stops what it starts.
+solo: 10-word and 4 KiB POSTs to a single leader and to a group of one voter, which
+  is what a single leader would be if memdb had one write path.
+
+needs wrk for ingest, small and solo. Stops what it starts.
 """
 import argparse
 import json
@@ -181,6 +192,17 @@ def ingest(a):
               f"| {s[1]:,.0f}/s | {g[1]:,.0f}/s | {g[1] / s[1]:.2f}× |")
 
 
+def settled(urls):
+    """Waits until every node's files hold its table and no compaction runs: the state
+    at rest, not the minutes after a bulk load."""
+    def done(u):
+        h = health(u)
+        return h and h["snapshot"]["seq"] == h["seq"] and not h["snapshot"]["compacting"] \
+            and h["snapshot"]["recent_files"] == 0
+    wait_until("the files settled", lambda: all(done(u) for u in urls) or None,
+               timeout=600, every=0.5)
+
+
 def small_round(kind, preload, duration):
     """10-word POSTs from wrk -t2 -c32 to a single leader with two network replicas,
     or to a three-voter group's leader, after `preload` distinct words: (req/s, p99 ms)."""
@@ -190,6 +212,7 @@ def small_round(kind, preload, duration):
                 with b.Node(["replica", "--leader", leader.url, "--heartbeat", "100ms"]), \
                         b.Node(["replica", "--leader", leader.url, "--heartbeat", "100ms"]):
                     ingest_words([leader.url], preload, 60_000, {})
+                    settled([leader.url])
                     r = b.wrk(leader.url + "/post", duration, "post.lua", threads=2)
                     return r.rps, r.p99_ms
         g = Group([f"{d}/v{i}" for i in range(3)], ["--max-body", "8MiB"])
@@ -197,6 +220,7 @@ def small_round(kind, preload, duration):
             g.leader([0, 1, 2])
             ingest_words(URLS, preload, 60_000, {})
             exact(URLS)
+            settled(URLS)
             url = URLS[g.leader([0, 1, 2])]
             r = b.wrk(url + "/post", duration, "post.lua", threads=2)
             return r.rps, r.p99_ms
@@ -223,6 +247,33 @@ def small(a):
               f"{g[1]:.1f} ms | {g[0] / s[0]:.2f}× |")
 
 
+def solo_round(kind, duration):
+    """10-word and 4 KiB POSTs to a single leader, or to a group of one voter."""
+    with tempfile.TemporaryDirectory() as d:
+        args = ["leader", "--data-dir", f"{d}/l"]
+        if kind == "one-voter group":
+            args += ["--port", str(PORTS[0]), "--node-id", "1", "--peers", f"1={URLS[0]}"]
+        with b.Node(args) as node:
+            wait_until("the voter leads", lambda: (lambda h: h and (
+                not h.get("raft") or h["raft"]["state"] == "leader"))(health(node.url)))
+            return [b.wrk(node.url + "/post", duration, s, threads=2).rps
+                    for s in ("post.lua", "post4k.lua")]
+
+
+def solo(a):
+    """One write path? A single leader against a group of one voter (no peers: what
+    a single leader would be if it ran as a one-member group), alternating, medians."""
+    res = b.ab_rounds(a.rounds, "single leader", "one-voter group",
+                      lambda kind: solo_round(kind, a.duration))
+    s = [b.median(r[i] for r in res["single leader"]) for i in (0, 1)]
+    g = [b.median(r[i] for r in res["one-voter group"]) for i in (0, 1)]
+    print(json.dumps(res))
+    print("| POSTs | single leader | one-voter group | ratio |")
+    print("|---|---|---|---|")
+    for i, what in enumerate(("10 words", "4 KiB")):
+        print(f"| {what} | {s[i]:,.0f}/s | {g[i]:,.0f}/s | {g[i] / s[i]:.2f}× |")
+
+
 def data_mib(path):
     """The files under `path`, at their full size, each once (a raft snapshot's hard
     links are the table's files)."""
@@ -235,6 +286,33 @@ def data_mib(path):
                 continue
             seen[(st.st_dev, st.st_ino)] = st.st_size
     return sum(seen.values()) / 2**20
+
+
+def files_by_kind(path):
+    """MiB of a voter's files by what they are, each inode once: the raft log's
+    segments, the files only its raft snapshot holds, and the rest (the table's files)."""
+    kinds, seen = {}, set()
+    for root, _, files in os.walk(path):
+        for f in files:
+            p = os.path.join(root, f)
+            try:
+                st = os.stat(p)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            rel = os.path.relpath(p, path)
+            if rel.startswith("raft/raft.log"):
+                kind = "raft log"
+            elif os.path.basename(rel).startswith("wal-"):
+                kind = "write-ahead log"
+            elif rel.startswith("raft/snapshot-") and st.st_nlink == 1:
+                kind = "only the raft snapshot's"
+            else:
+                kind = "table"
+            kinds[kind] = kinds.get(kind, 0) + st.st_size / 2**20
+    return {k: round(v) for k, v in kinds.items()}
 
 
 def at_rest(pid, path):
@@ -295,11 +373,9 @@ def single_leader(a, out):
             started = time.monotonic()
             ingest_words([single.url], a.words, a.body_words, {})
             out["single_ingest_s"] = time.monotonic() - started
-            wait_until("the single leader's files settled", lambda: (
-                lambda h: h and h["snapshot"]["seq"] == h["seq"]
-                and not h["snapshot"]["compacting"] and h["snapshot"]["recent_files"] == 0
-            )(health(single.url)), timeout=600, every=0.5)
+            settled([single.url])
             out["single_mem"] = at_rest(single.pid, f"{d}/single")
+            out["single_files"] = files_by_kind(f"{d}/single")
 
 
 def term():
@@ -329,6 +405,7 @@ def scale(a):
             out["last_log_index"] = [h["raft"]["last_log_index"] for h in hs]
             time.sleep(5)
             out["voter_mem"] = [at_rest(g.procs[i].pid, dirs[i]) for i in range(3)]
+            out["voter_files"] = [files_by_kind(dirs[i]) for i in range(3)]
             leader = g.leader([0, 1, 2])
             before = term()
             other = (leader + 1) % 3
@@ -336,12 +413,16 @@ def scale(a):
             started = time.monotonic()
             g.start(other)
             out["restart_s"] = time.monotonic() - started + exact(URLS)
-            g.procs[other].kill()
-            shutil.rmtree(dirs[other])
-            os.makedirs(dirs[other])
-            started = time.monotonic()
-            g.start(other)
-            out["rejoin_s"] = time.monotonic() - started + exact(URLS)
+            out["rejoin_s"] = []
+            for r in range(a.rejoins):
+                leader = g.leader([0, 1, 2])
+                other = (leader + 1 + r % 2) % 3
+                g.procs[other].kill()
+                shutil.rmtree(dirs[other])
+                os.makedirs(dirs[other])
+                started = time.monotonic()
+                g.start(other)
+                out["rejoin_s"].append(time.monotonic() - started + exact(URLS))
             out["restart_elections"] = term() - before
         finally:
             g.stop()
@@ -359,24 +440,28 @@ def scale(a):
     print(f"| snapshot index / last log index | — | {out['snapshot_index']} / "
           f"{out['last_log_index']} |")
     print(f"| a voter restarted on its data (start → exact) | — | {out['restart_s']:.1f} s |")
-    print(f"| a wiped voter rejoins (start → exact) | — | {out['rejoin_s']:.1f} s |")
+    rejoins = ", ".join(f"{s:.1f}" for s in out["rejoin_s"])
+    print(f"| a wiped voter rejoins (start → exact), {a.rejoins} runs | — | {rejoins} s "
+          f"(max {max(out['rejoin_s']):.1f}) |")
     print(f"| elections during the restart and the rejoin | — | {out['restart_elections']} |")
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["failover", "ingest", "scale", "small"])
+    ap.add_argument("what", choices=["failover", "ingest", "scale", "small", "solo"])
     ap.add_argument("--words", type=int, default=10_000_000)
     ap.add_argument("--body-words", type=int, default=20_000)
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--election-timeout", default="300ms")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rejoins", type=int, default=5)
     ap.add_argument("--group-only", action="store_true",
                     help="scale: skip the single leader (its figures read 0)")
     ap.add_argument("--logs", help="a directory for the voters' logs (scale)")
     ap.add_argument("--duration", default="5s")
     a = ap.parse_args()
-    {"failover": failover, "ingest": ingest, "scale": scale, "small": small}[a.what](a)
+    {"failover": failover, "ingest": ingest, "scale": scale, "small": small,
+     "solo": solo}[a.what](a)
 
 
 if __name__ == "__main__":

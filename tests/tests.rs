@@ -21,6 +21,7 @@ mod ops;
 mod perf;
 mod persistence;
 mod raft_attacks;
+mod raft_transfer;
 mod registry;
 mod repair;
 mod scripts;

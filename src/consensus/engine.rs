@@ -31,6 +31,8 @@ const PROPOSAL_LIMIT: u32 = 12;
 const LOG_CHECK_EVERY: Duration = Duration::from_millis(500);
 /// How long a snapshot asked for may take before it is asked for again.
 const SNAPSHOT_PATIENCE: Duration = Duration::from_secs(60);
+/// How often, at most, a snapshot is taken again because only it holds old files.
+const RELINK_EVERY: Duration = Duration::from_secs(10);
 
 /// How often a voter compares its table with its members' (see [`crosscheck`]).
 const CROSSCHECK_EVERY: Duration = Duration::from_secs(1);
@@ -226,6 +228,7 @@ impl Consensus {
         let bound = self.config.snapshot_bytes;
         tokio::spawn(async move {
             let mut asked: Option<(Option<u64>, std::time::Instant)> = None;
+            let mut relinked: Option<std::time::Instant> = None;
             let mut tick = tokio::time::interval(LOG_CHECK_EVERY);
             loop {
                 tick.tick().await;
@@ -245,14 +248,22 @@ impl Consensus {
                 // One at a time: not while the last one asked for is being taken.
                 let waiting = asked
                     .is_some_and(|(at, when)| at == snapshot && when.elapsed() < SNAPSHOT_PATIENCE);
-                let due = log.bytes_between(snapshot, applied) >= bound
-                    || (snapshot < Some(applied) && super::snapshot::held_bytes(&dir) >= bound);
-                if !waiting && due {
+                let due = !waiting && log.bytes_between(snapshot, applied) >= bound;
+                // Taken again even at the same index (it replaces the last one's
+                // directory); at most every RELINK_EVERY.
+                let stale = relinked.is_none_or(|t| t.elapsed() >= RELINK_EVERY)
+                    && super::snapshot::held_bytes(&dir) >= bound;
+                if due || stale {
                     tracing::debug!(
                         applied,
                         ?snapshot,
-                        "the log since the last snapshot is past its bytes: snapshotting"
+                        stale,
+                        "the log since the last snapshot, or the files only it holds, are \
+                         past the bound: snapshotting"
                     );
+                    if stale {
+                        relinked = Some(std::time::Instant::now());
+                    }
                     if raft.trigger().snapshot().await.is_err() {
                         return;
                     }

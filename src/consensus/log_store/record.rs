@@ -123,8 +123,6 @@ pub(super) fn read_all(bytes: &[u8]) -> (Vec<Located>, usize) {
 pub(super) mod legacy {
     use super::*;
 
-    pub const NAME: &str = "raft.log";
-
     #[derive(Serialize, Deserialize)]
     pub enum Record {
         Entries(Vec<Entry>),

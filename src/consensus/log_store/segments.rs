@@ -1,4 +1,4 @@
-//! The raft log's files: `raft/log/<n>.seg`, numbered in the order written. Records
+//! The raft log's files: `raft/raft.log/<n>.seg`, numbered in the order written. Records
 //! are appended to the newest segment; one that reaches [`SEGMENT_BYTES`] is closed
 //! and a new one begun, starting with the whole state (vote, commit point, purge
 //! point), so that the oldest segments can be deleted as soon as the entries they hold
@@ -12,8 +12,12 @@ use std::sync::Arc;
 
 use super::record::{self, Meta, legacy};
 
-/// The directory of segments, in the raft directory.
-pub const DIR: &str = "log";
+/// The directory of segments, in the raft directory. It has the name of the single
+/// file earlier releases wrote: one of those cannot open it as a file and refuses to
+/// start, where it would otherwise begin an empty log and forget its vote.
+pub const DIR: &str = "raft.log";
+/// The single file while a start moves it into segments.
+const MOVING: &str = "raft.log.moving";
 /// A segment is closed once it holds this many bytes.
 pub const SEGMENT_BYTES: u64 = 8 << 20;
 
@@ -134,51 +138,63 @@ pub(super) fn set_aside(dir: &Path, ids: &[u64]) -> io::Result<()> {
     crate::fs::sync_dir(dir)
 }
 
-/// Makes `raft/log/` from a release's single `raft.log`, if there is one and no
-/// segments yet: its state and live entries are written to a first segment in a
-/// scratch directory, which is renamed into place before the old file is removed.
+/// Makes the segments' directory from a release's single `raft.log`, if that is what
+/// the raft directory holds: its state and live entries are written to a first segment
+/// in a scratch directory; the old file is renamed aside, the scratch directory renamed
+/// into its place, and the old file removed. A start interrupted anywhere in this
+/// finishes it the next time.
 pub(super) fn migrate(raft: &Path) -> io::Result<()> {
     let dir = raft.join(DIR);
-    let old = raft.join(legacy::NAME);
+    let moving = raft.join(MOVING);
     let scratch = raft.join(format!(".{DIR}.new"));
-    if scratch.exists() {
-        std::fs::remove_dir_all(&scratch)?;
-    }
-    if dir.exists() {
-        if old.exists() {
-            // Migrated, and stopped before the old file was removed.
-            std::fs::remove_file(&old)?;
+    if dir.is_dir() {
+        if moving.exists() {
+            std::fs::remove_file(&moving)?;
+        }
+        if scratch.exists() {
+            std::fs::remove_dir_all(&scratch)?;
         }
         return Ok(());
     }
-    crate::fs::create_private_dir(&scratch)?;
-    let (state, entries) = if old.exists() {
-        legacy::replay(&std::fs::read(&old)?)
+    if scratch.exists() {
+        std::fs::remove_dir_all(&scratch)?;
+    }
+    // The old file, under its name or (a start stopped half way) renamed aside.
+    let old = if dir.is_file() {
+        Some(dir.clone())
     } else {
-        (
+        moving.is_file().then(|| moving.clone())
+    };
+    crate::fs::create_private_dir(&scratch)?;
+    let (state, entries) = match &old {
+        Some(path) => legacy::replay(&std::fs::read(path)?),
+        None => (
             Meta::State {
                 vote: None,
                 committed: None,
                 purged: None,
             },
             Vec::new(),
-        )
+        ),
     };
     let mut seg = begin(&scratch, 1, &state)?;
     let mut out = Vec::new();
     for e in &entries {
         record::put_entry(&mut out, e);
     }
-    if !entries.is_empty() {
+    if old.is_some() {
         tracing::info!(entries = entries.len(), "moving the raft log into segments");
     }
     let file = Arc::get_mut(&mut seg.file).expect("not shared yet");
     io::Write::write_all(file, &out)?;
     file.sync_data()?;
+    if dir.is_file() {
+        std::fs::rename(&dir, &moving)?;
+    }
     std::fs::rename(&scratch, &dir)?;
     crate::fs::sync_dir(raft)?;
-    if old.exists() {
-        std::fs::remove_file(&old)?;
+    if moving.exists() {
+        std::fs::remove_file(&moving)?;
     }
     Ok(())
 }

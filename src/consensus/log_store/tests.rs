@@ -256,9 +256,9 @@ async fn a_release_s_single_log_file_is_moved_into_segments() {
     .iter()
     .flat_map(legacy::encode)
     .collect();
-    std::fs::write(dir.path().join(legacy::NAME), bytes).unwrap();
+    std::fs::write(dir.path().join(segments::DIR), bytes).unwrap();
     let mut store = open(dir.path());
-    assert!(!dir.path().join(legacy::NAME).exists());
+    assert!(dir.path().join(segments::DIR).is_dir());
     assert_eq!(ids(&store), vec![(2, 3), (2, 4), (2, 5)]);
     let got = store.try_get_log_entries(3..=5).await.unwrap();
     assert_eq!(got.len(), 3);
@@ -266,4 +266,24 @@ async fn a_release_s_single_log_file_is_moved_into_segments() {
     assert_eq!(inner.vote, Some(vote));
     assert_eq!(inner.committed.map(|c| c.index), Some(5));
     assert_eq!(inner.purged.map(|p| p.index), Some(2));
+}
+
+#[tokio::test]
+async fn a_move_into_segments_stopped_half_way_is_finished_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = legacy::encode(&legacy::Record::Entries(
+        (1..=3).map(|i| words(1, i, 2)).collect(),
+    ));
+    // Stopped after the old file was renamed aside, with a half-written scratch copy.
+    std::fs::write(dir.path().join("raft.log.moving"), bytes).unwrap();
+    std::fs::create_dir(dir.path().join(".raft.log.new")).unwrap();
+    std::fs::write(
+        dir.path().join(".raft.log.new/00000000000000000001.seg"),
+        b"torn",
+    )
+    .unwrap();
+    let store = open(dir.path());
+    assert_eq!(ids(&store), vec![(1, 1), (1, 2), (1, 3)]);
+    assert!(!dir.path().join("raft.log.moving").exists());
+    assert!(!dir.path().join(".raft.log.new").exists());
 }

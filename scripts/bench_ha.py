@@ -22,7 +22,8 @@ scale: a group of three voters with default settings against a single leader, at
   leads): elections (terms begun) and posts refused during the ingest, how long the ingest
   took; each voter's memory at rest (the least anonymous memory over 10 s, plus the
   files of its data directory at their full size, raft log included) and its snapshot
-  index; a voter restarted on its data (SIGTERM, start → the group's seq and digest);
+  index, once at rest (no compaction running, no old base held by a raft snapshot
+  alone); a voter restarted on its data (SIGTERM, start → the group's seq and digest);
   a follower whose data directory is wiped (start → the group's seq and digest),
   --rejoins times, a different follower each time; elections during those. The
   single leader: the same ingest, and its memory at rest counted the same way.
@@ -378,6 +379,15 @@ def single_leader(a, out):
             out["single_files"] = files_by_kind(f"{d}/single")
 
 
+def snapshot_held(url):
+    """memdb_raft_snapshot_held_bytes from a voter's /metrics."""
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("memdb_raft_snapshot_held_bytes "):
+                return float(line.split()[1])
+    raise SystemExit(f"{url}/metrics has no memdb_raft_snapshot_held_bytes")
+
+
 def term():
     """The highest term any voter answering names: each election takes a new one."""
     return max(h["raft"]["term"] for h in map(health, URLS) if h)
@@ -403,6 +413,11 @@ def scale(a):
             out["refused"] = refused
             out["snapshot_index"] = [h["raft"]["snapshot_index"] for h in hs]
             out["last_log_index"] = [h["raft"]["last_log_index"] for h in hs]
+            # At rest: no compaction running, and no old base held by a raft snapshot
+            # alone (a voter takes its snapshot again within 10 s once one is).
+            settled(URLS)
+            wait_until("no files held by a raft snapshot alone", lambda: all(
+                snapshot_held(u) < 16 << 20 for u in URLS) or None, timeout=120, every=1)
             time.sleep(5)
             out["voter_mem"] = [at_rest(g.procs[i].pid, dirs[i]) for i in range(3)]
             out["voter_files"] = [files_by_kind(dirs[i]) for i in range(3)]

@@ -216,6 +216,9 @@ impl ServerTls {
     /// pair (open ones keep theirs); on failure the pair in use keeps serving.
     pub fn reload(&self) -> Result<(), TlsError> {
         let at = rfc3339(now_secs());
+        // Held until the outcome is recorded: `/health` (which takes it first) never
+        // shows the new certificate beside the reload before this one.
+        let mut last_reload = self.last_reload.lock();
         let pair = load(&self.paths).map(|loaded| {
             tracing::info!(
                 subject = %loaded.info.subject,
@@ -249,7 +252,7 @@ impl ServerTls {
         } else {
             RELOADS_FAILED.fetch_add(1, Relaxed);
         }
-        *self.last_reload.lock() = Some(Reload {
+        *last_reload = Some(Reload {
             at,
             ok: result.is_ok(),
             error: result.as_ref().err().map(|e| e.to_string()),
@@ -274,7 +277,10 @@ impl ServerTls {
     }
 
     pub fn health(&self) -> TlsHealth {
+        let last = self.last_reload.lock();
         let info = self.current.read().info.clone();
+        let last_reload = last.clone();
+        drop(last);
         TlsHealth {
             cert: self.paths.cert.display().to_string(),
             subject: info.subject,
@@ -282,7 +288,7 @@ impl ServerTls {
             not_after: rfc3339(info.not_after),
             expires_in_s: info.not_after - now_secs(),
             client_certificates_required: self.requires_client_certs(),
-            last_reload: self.last_reload.lock().clone(),
+            last_reload,
         }
     }
 }

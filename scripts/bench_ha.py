@@ -97,21 +97,7 @@ class Group:
 
 def post(url, text, key):
     """POST once, following one 307; True if acknowledged."""
-    data = f"text={text}".encode()
-    for _ in range(2):
-        req = urllib.request.Request(url + "/post", data=data, method="POST",
-                                     headers={"Idempotency-Key": key})
-        try:
-            with urllib.request.urlopen(req, timeout=1) as r:
-                return r.status == 202
-        except urllib.error.HTTPError as e:
-            if e.code == 307 and e.headers.get("Location"):
-                url = e.headers["Location"].removesuffix("/post")
-                continue
-            return False
-        except OSError:
-            return False
-    return False
+    return b.post_following(url, f"text={text}".encode(), {"Idempotency-Key": key}, 1)
 
 
 def failover(a):
@@ -443,7 +429,7 @@ def scale(a):
             g.stop()
     single = sum(out["single_mem"])
     print(json.dumps(out))
-    print(f"| figure | single leader | 3-voter group |")
+    print("| figure | single leader | 3-voter group |")
     print("|---|---|---|")
     print(f"| {a.words:,} words in {a.body_words:,}-word bodies | {out['single_ingest_s']:.1f} s "
           f"| {out['group_ingest_s']:.1f} s; {out['elections']} elections; refused "

@@ -201,6 +201,25 @@ def stop_all(nodes):
             n.stop()
 
 
+def post_following(url, data, headers, timeout):
+    """POST `data` to `url`/post once, following one 307 (a raft follower names the
+    leader); True if it was acknowledged (202)."""
+    for _ in range(2):
+        req = urllib.request.Request(url + "/post", data=data, method="POST",
+                                     headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status == 202
+        except urllib.error.HTTPError as e:
+            if e.code == 307 and e.headers.get("Location"):
+                url = e.headers["Location"].removesuffix("/post")
+                continue
+            return False
+        except OSError:
+            return False
+    return False
+
+
 # --- wrk --------------------------------------------------------------------------
 
 class WrkResult:

@@ -22,7 +22,6 @@ import json
 import tempfile
 import threading
 import time
-import urllib.error
 import urllib.request
 
 import benchlib as b
@@ -40,21 +39,8 @@ def health(url):
 
 def post(url, text, key, timeout=5):
     """POST once, following one 307; True if acknowledged."""
-    for _ in range(2):
-        req = urllib.request.Request(url + "/post", data=text.encode(), method="POST",
-                                     headers={"Idempotency-Key": key,
-                                              "Content-Type": "text/plain"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                return r.status == 202
-        except urllib.error.HTTPError as e:
-            if e.code == 307 and e.headers.get("Location"):
-                url = e.headers["Location"].removesuffix("/post")
-                continue
-            return False
-        except OSError:
-            return False
-    return False
+    return b.post_following(url, text.encode(), {"Idempotency-Key": key,
+                                                 "Content-Type": "text/plain"}, timeout)
 
 
 def until_acked(text, key, start):

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::util::group::*;
-use crate::util::{DEADLINE, Node, eventually, scrape_metric, signal};
+use crate::util::{DEADLINE, Node, Rng, eventually, scrape_metric, signal};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_the_leader_under_writers_loses_and_doubles_nothing() {
@@ -166,26 +166,9 @@ async fn retries_of_a_keyed_write_that_cannot_commit_add_no_copies_to_the_log() 
     g.converged(&want).await;
 }
 
-/// A small xorshift generator: a seed reproduces the faults.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn random_kills_pauses_and_restarts_converge_exactly() {
-    let seed = std::env::var("MEMDB_FAULT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed_2026_u64);
-    eprintln!("fault seed {seed} (MEMDB_FAULT_SEED={seed} reproduces this run)");
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::seeded(0x5eed_2026);
     let mut g = Group::start(3, &["--raft-snapshot-every", "100"]).await;
     let (writers, per) = (4, 60);
     let acked = Arc::new(AtomicU64::new(0));

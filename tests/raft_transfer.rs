@@ -5,20 +5,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::util::DEADLINE;
 use crate::util::group::*;
-
-/// A small xorshift generator: a seed reproduces the faults.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
+use crate::util::{DEADLINE, Rng};
 
 fn wipe(g: &mut Group, i: usize) {
     g.kill(i);
@@ -29,12 +17,7 @@ fn wipe(g: &mut Group, i: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kills_during_a_snapshot_transfer_leave_every_voter_exact() {
-    let seed = std::env::var("MEMDB_FAULT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x7ea_2026_u64);
-    eprintln!("fault seed {seed} (MEMDB_FAULT_SEED={seed} reproduces this run)");
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::seeded(0x7ea_2026);
     // Snapshots are taken and the log purged behind them every few posts, so a wiped
     // voter is always sent a snapshot.
     let mut g = Group::start(3, &["--raft-snapshot-bytes", "256KiB"]).await;

@@ -388,3 +388,26 @@ pub fn signal(node: &Node, sig: &str) {
         .success();
     assert!(ok, "kill {sig}");
 }
+
+/// A small xorshift generator: a seed reproduces the faults.
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded from `MEMDB_FAULT_SEED`, or else `default`; the seed is printed so that a
+    /// failing run can be repeated.
+    pub fn seeded(default: u64) -> Rng {
+        let seed = std::env::var("MEMDB_FAULT_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default);
+        eprintln!("fault seed {seed} (MEMDB_FAULT_SEED={seed} reproduces this run)");
+        Rng(seed | 1)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}

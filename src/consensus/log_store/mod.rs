@@ -20,7 +20,6 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
-use std::fs::File;
 use std::io::{self, Write};
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
@@ -29,7 +28,7 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 use openraft::storage::{LogFlushed, RaftLogStorage};
-use openraft::{LogId, LogState, RaftLogReader, StorageError, StorageIOError, Vote};
+use openraft::{LogId, LogState, StorageError, StorageIOError, Vote};
 use parking_lot::Mutex;
 
 use crate::consensus::types::{Entry, NodeId, TypeConfig};
@@ -40,6 +39,7 @@ use segments::Segment;
 
 mod cache;
 mod flush;
+mod read;
 mod record;
 mod segments;
 #[cfg(test)]
@@ -413,6 +413,21 @@ impl Inner {
         Ok(at)
     }
 
+    /// Notes `entries`, written one after another (records of `lens` bytes) from `at`
+    /// in `segment`: where each is, and the newest decoded.
+    fn appended(&mut self, entries: &[Entry], lens: &[u32], segment: u64, mut at: u64) {
+        for (e, &len) in entries.iter().zip(lens) {
+            self.add(Loc {
+                log_id: e.log_id,
+                segment,
+                at,
+                len,
+            });
+            self.cache.insert(e);
+            at += len as u64;
+        }
+    }
+
     /// Begins a new segment once the active one is full. Failing (a full disk), the
     /// active one goes on growing, and this is tried again at the next append.
     fn maybe_roll(&mut self) {
@@ -432,107 +447,6 @@ impl Inner {
             Err(e) => tracing::warn!(error = %e, "beginning a new raft log segment"),
         }
     }
-}
-
-impl RaftLogReader<TypeConfig> for LogStore {
-    /// The newest entries come from the cache; older ones are read back from their
-    /// segments, outside the lock (a segment deleted meanwhile stays readable through
-    /// its open file).
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
-        &mut self,
-        range: RB,
-    ) -> Result<Vec<Entry>, StorageError<NodeId>> {
-        // Checked, not trusted: `BTreeMap::range` panics on an inverted range, and the
-        // engine applies what it is given as one run, so a hole must never reach it.
-        let (first, end) = bounds(&range);
-        if first > end {
-            return Err(read_error(format!(
-                "asked for raft log entries {range:?}, an inverted range"
-            )));
-        }
-        let wanted: Vec<(Loc, Option<Entry>, Option<Arc<File>>)> = {
-            let inner = self.inner.lock();
-            inner
-                .entries
-                .range(first..end)
-                .map(|(&i, l)| match inner.cache.get(i) {
-                    Some(e) => (*l, Some(e.clone()), None),
-                    None => {
-                        let file = inner
-                            .segments
-                            .iter()
-                            .find(|s| s.id == l.segment)
-                            .map(|s| s.file.clone());
-                        (*l, None, file)
-                    }
-                })
-                .collect()
-        };
-        let mut out = Vec::with_capacity(wanted.len());
-        let mut run: Option<(Arc<File>, u64, Vec<Loc>)> = None;
-        for (loc, cached, file) in wanted {
-            if let Some(e) = cached {
-                read_run(run.take(), &mut out)?;
-                out.push(e);
-                continue;
-            }
-            let file = file.ok_or_else(|| {
-                read_error(format!(
-                    "raft log entry {} is in segment {}, which is gone",
-                    loc.log_id.index, loc.segment
-                ))
-            })?;
-            match &mut run {
-                Some((f, end, locs)) if Arc::ptr_eq(f, &file) && *end == loc.at => {
-                    *end += loc.len as u64;
-                    locs.push(loc);
-                }
-                _ => {
-                    read_run(run.take(), &mut out)?;
-                    run = Some((file, loc.at + loc.len as u64, vec![loc]));
-                }
-            }
-        }
-        read_run(run, &mut out)?;
-        if let Some(w) = out
-            .windows(2)
-            .find(|w| w[1].log_id.index != w[0].log_id.index + 1)
-        {
-            return Err(read_error(format!(
-                "the raft log has a gap between entries {} and {}",
-                w[0].log_id.index, w[1].log_id.index
-            )));
-        }
-        Ok(out)
-    }
-}
-
-/// Reads back a run of entries that lie one after another in one segment, checking
-/// each against its record's checksum and id.
-fn read_run(
-    run: Option<(Arc<File>, u64, Vec<Loc>)>,
-    out: &mut Vec<Entry>,
-) -> Result<(), StorageError<NodeId>> {
-    let Some((file, end, locs)) = run else {
-        return Ok(());
-    };
-    let start = locs[0].at;
-    let bytes = segments::read_at(&file, start, (end - start) as usize)
-        .map_err(|e| read_error(format!("reading the raft log: {e}")))?;
-    for l in locs {
-        let at = (l.at - start) as usize;
-        let e = record::entry(&bytes[at..at + l.len as usize])
-            .ok()
-            .filter(|e| e.log_id == l.log_id)
-            .ok_or_else(|| {
-                read_error(format!(
-                    "raft log entry {} reads back damaged from segment {}",
-                    l.log_id.index, l.segment
-                ))
-            })?;
-        out.push(e);
-    }
-    Ok(())
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
@@ -601,17 +515,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .until_written(|inner| Ok((inner.write(&bytes)?, inner.active().id)))
             .await;
         let mut inner = self.inner.lock();
-        let mut at = at;
-        for (e, len) in entries.iter().zip(lens) {
-            inner.add(Loc {
-                log_id: e.log_id,
-                segment,
-                at,
-                len,
-            });
-            inner.cache.insert(e);
-            at += len as u64;
-        }
+        inner.appended(&entries, &lens, segment, at);
         match inner.policy {
             FsyncPolicy::Always => {
                 let _ = inner.flusher.send(Flush::Wait(callback));

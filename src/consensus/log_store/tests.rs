@@ -1,7 +1,7 @@
 use super::record::legacy;
 use super::*;
 use crate::consensus::types::Proposal;
-use openraft::{CommittedLeaderId, EntryPayload};
+use openraft::{CommittedLeaderId, EntryPayload, RaftLogReader};
 
 pub(super) fn entry(term: u64, index: u64) -> Entry {
     Entry {
@@ -45,13 +45,7 @@ fn put(store: &LogStore, es: &[Entry]) {
         let len = record::put_entry(&mut bytes, e) as u32;
         let at = inner.write(&bytes).unwrap();
         let segment = inner.active().id;
-        inner.add(Loc {
-            log_id: e.log_id,
-            segment,
-            at,
-            len,
-        });
-        inner.cache.insert(e);
+        inner.appended(std::slice::from_ref(e), &[len], segment, at);
         inner.maybe_roll();
     }
 }

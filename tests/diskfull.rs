@@ -561,3 +561,110 @@ async fn two_voters_on_a_full_disk_refuse_truthfully_and_the_group_recovers_by_i
     assert!(refused > 0, "no write was refused while the disk was full");
     drop(nodes);
 }
+
+/// A wiped voter whose disk has no room for the leader's snapshot says so in `/health`
+/// (the download fails with 507 and is offered again), and takes the snapshot by
+/// itself once there is room, ending exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_voter_with_no_room_for_the_snapshot_says_so_and_takes_it_once_there_is_room() {
+    let Some(mnt) = TmpMount::new("size=16m") else {
+        return;
+    };
+    let other = tempfile::tempdir().unwrap();
+    let dirs = [
+        other.path().join("v1"),
+        other.path().join("v2"),
+        mnt.path().join("v3"),
+    ];
+    let mut nodes: Vec<Node> = dirs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let id = (i + 1).to_string();
+            Node::start(&[
+                "leader",
+                "--port",
+                "0",
+                "--data-dir",
+                d.to_str().unwrap(),
+                "--node-id",
+                &id,
+                "--auth-token",
+                crate::util::group::TOKEN,
+                "--raft-snapshot-bytes",
+                "64KiB",
+            ])
+        })
+        .collect();
+    let http = crate::util::group::http();
+    let members: std::collections::BTreeMap<String, String> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| ((i + 1).to_string(), n.url.clone()))
+        .collect();
+    let r = http
+        .post(format!("{}/raft/init", nodes[0].url))
+        .json(&serde_json::json!({ "members": members }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let urls: Vec<String> = nodes.iter().map(|n| n.url.clone()).collect();
+    for i in 0..10 {
+        let text: Vec<String> = (0..5_000).map(|j| format!("room{i}x{j}")).collect();
+        crate::util::group::post_until_acked(
+            &http,
+            &urls[..2],
+            i,
+            &text.join(" "),
+            &format!("room{i}"),
+            DEADLINE,
+        )
+        .await;
+    }
+    // Voter 3 wiped, and its disk left with room to start but not for the snapshot.
+    nodes[2].kill();
+    std::fs::remove_dir_all(&dirs[2]).unwrap();
+    std::fs::create_dir(&dirs[2]).unwrap();
+    let filler = fill_bytes(mnt.path());
+    {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&filler)
+            .unwrap();
+        let len = f.metadata().unwrap().len();
+        f.set_len(len.saturating_sub(256 << 10)).unwrap();
+    }
+    nodes[2].restart();
+    let h = eventually("voter 3 says it cannot receive the snapshot", || async {
+        let h = crate::util::group::health(&http, &urls[2]).await?;
+        h["problems"]
+            .to_string()
+            .contains("could not receive")
+            .then_some(h)
+    })
+    .await;
+    assert!(
+        h["raft"]["snapshot_receive_failed"]
+            .as_str()
+            .is_some_and(|e| e.contains("507")),
+        "{h}"
+    );
+    // Room again: it takes the snapshot by itself and ends where the others are.
+    std::fs::remove_file(&filler).unwrap();
+    crate::util::group::post_until_acked(&http, &urls[..2], 0, "later", "later", DEADLINE).await;
+    eventually("voter 3 exact and healthy again", || async {
+        let mut at = Vec::new();
+        for u in &urls {
+            let h = crate::util::group::health(&http, u).await?;
+            at.push((h["seq"].as_u64()?, h["digest"].as_str()?.to_owned()));
+            if u == &urls[2] && h["status"] != "ok" {
+                return None;
+            }
+        }
+        (at[0] == at[1] && at[1] == at[2]).then_some(())
+    })
+    .await;
+    let h = crate::util::group::health(&http, &urls[2]).await.unwrap();
+    assert!(h["raft"]["snapshot_receive_failed"].is_null(), "{h}");
+}

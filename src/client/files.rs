@@ -58,7 +58,8 @@ impl Client {
     /// `checksum` (16 hex digits), appended to `out` from byte `from` (a resumed
     /// download asks for the rest with `Range` and `If-Range`). Streams: memory stays
     /// one chunk. `Ok(false)` when the node no longer serves that file under `name` (a
-    /// merge or compaction replaced it): start over from a new manifest.
+    /// merge or compaction replaced it): start over from a new manifest. Failing to
+    /// write `out` (a full disk here) is [`FetchError::Io`], not the node's fault.
     pub async fn download(
         &self,
         dir: &str,
@@ -66,7 +67,7 @@ impl Client {
         checksum: &str,
         from: u64,
         out: &mut (impl std::io::Write + ?Sized),
-    ) -> Result<bool, ClientError> {
+    ) -> Result<bool, FetchError> {
         let tag = format!("\"{checksum}\"");
         let path = format!(
             "{dir}/{}",
@@ -101,7 +102,7 @@ impl Client {
         }
         if status != expected {
             let body = resp.text().await.unwrap_or_default();
-            return Err(ClientError::Status { url, status, body });
+            return Err(ClientError::Status { url, status, body }.into());
         }
         if from > 0 {
             let starts = resp
@@ -115,13 +116,11 @@ impl Client {
                 return Err(ClientError::Protocol {
                     url,
                     what: format!("asked for the bytes from {from}, got {starts:?}"),
-                });
+                }
+                .into());
             }
         }
-        let io = |e: std::io::Error| ClientError::Protocol {
-            url: url.clone(),
-            what: format!("writing the download: {e}"),
-        };
+        let io = |e: std::io::Error| FetchError::Io(format!("writing the download of {url}: {e}"));
         loop {
             let chunk = resp.chunk().await.map_err(|source| ClientError::Http {
                 url: url.clone(),

@@ -63,6 +63,8 @@ pub struct Consensus {
     token: Option<crate::server::auth::Token>,
     /// Held while a snapshot is received: one download at a time.
     pub(super) receiving: Arc<tokio::sync::Mutex<()>>,
+    /// Why this voter could not store the last snapshot offered, until it takes one.
+    pub(super) receive_failed: Arc<parking_lot::Mutex<Option<String>>>,
     /// This voter's URL as its membership names it (an offer of a snapshot names it).
     pub(super) me: Arc<parking_lot::RwLock<Option<String>>>,
     /// Where writes are proposed, several to an entry when they come together.
@@ -144,6 +146,7 @@ impl Consensus {
             leaderless_since: Arc::new(parking_lot::Mutex::new(Some(std::time::Instant::now()))),
             token,
             receiving: Arc::new(tokio::sync::Mutex::new(())),
+            receive_failed: Arc::default(),
             me,
         };
         crosscheck::spawn(

@@ -59,6 +59,9 @@ pub struct RaftStatus {
     pub keys: usize,
     /// The raft log's write error, if it failed.
     pub log_failed: Option<String>,
+    /// Why this voter could not store the last snapshot offered (507: its disk), until
+    /// it takes one.
+    pub snapshot_receive_failed: Option<String>,
     /// Members whose table differs from this voter's at the same seq.
     pub diverged: Vec<crosscheck::Divergence>,
 }
@@ -146,6 +149,12 @@ impl Consensus {
                  may serve an old seq",
                 since.elapsed().as_millis(),
                 state_name(m.state)
+            ));
+        }
+        if let Some(why) = self.receive_failed.lock().clone() {
+            out.push(format!(
+                "this node needs the leader's snapshot and could not receive it: {why}; \
+                 it is offered again until it can be taken"
             ));
         }
         if let (Some(named), Some(known)) = (
@@ -290,6 +299,7 @@ impl Consensus {
             members,
             keys: self.state.keys_held(),
             log_failed: self.log.failure(),
+            snapshot_receive_failed: self.receive_failed.lock().clone(),
             diverged: self.divergences.list(),
         }
     }

@@ -47,8 +47,23 @@ fn fetch_error(e: FetchError) -> ApiError {
 }
 
 /// Takes the snapshot `offer` describes: downloads and checks its files, then installs
-/// it through the engine. One at a time.
+/// it through the engine. One at a time. A failure of this voter's own to store it (507:
+/// its disk full or failing) is kept for `/health` until a snapshot is received; an
+/// offer refused for what it says (forged, stale, from a stranger) is not the voter's
+/// failure.
 pub async fn receive(c: &Consensus, offer: Offer) -> Result<Answer, ApiError> {
+    let answer = take(c, offer).await;
+    match &answer {
+        Ok(_) => *c.receive_failed.lock() = None,
+        Err(e) if e.status == StatusCode::INSUFFICIENT_STORAGE => {
+            *c.receive_failed.lock() = Some(format!("{} ({})", e.message, e.status))
+        }
+        Err(_) => {}
+    }
+    answer
+}
+
+async fn take(c: &Consensus, offer: Offer) -> Result<Answer, ApiError> {
     let mine = c.raft.metrics().borrow().vote;
     if offer.vote < mine {
         // openraft would refuse it too; nothing is downloaded.
@@ -84,6 +99,9 @@ pub async fn receive(c: &Consensus, offer: Offer) -> Result<Answer, ApiError> {
     })?;
     let from = Client::with_tls(&offer.from, c.client_tls()).with_token(c.token().cloned());
     let started = std::time::Instant::now();
+    // The offer stands for the leader's heartbeat: a voter refused again and again (its
+    // disk full) must not call elections meanwhile.
+    let _ = c.raft.append_entries(heartbeat(&offer)).await;
     let record = tokio::select! {
         r = download(&from, &dir, &offer, &raft_dir) => r?,
         never = keep_alive(c, &offer) => match never {},
@@ -119,15 +137,19 @@ async fn keep_alive(c: &Consensus, offer: &Offer) -> std::convert::Infallible {
     let mut tick = tokio::time::interval(c.config.heartbeat);
     loop {
         tick.tick().await;
-        let heartbeat = openraft::raft::AppendEntriesRequest {
-            vote: offer.vote,
-            prev_log_id: None,
-            leader_commit: None,
-            entries: Vec::new(),
-        };
         // A newer leader's vote makes this one refused: harmless. A stopped engine
         // fails the download's install anyway.
-        let _ = c.raft.append_entries(heartbeat).await;
+        let _ = c.raft.append_entries(heartbeat(offer)).await;
+    }
+}
+
+/// The heartbeat the offer's leader would send.
+fn heartbeat(offer: &Offer) -> openraft::raft::AppendEntriesRequest<super::types::TypeConfig> {
+    openraft::raft::AppendEntriesRequest {
+        vote: offer.vote,
+        prev_log_id: None,
+        leader_commit: None,
+        entries: Vec::new(),
     }
 }
 

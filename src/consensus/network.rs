@@ -100,10 +100,6 @@ pub struct Connection {
     net: Network,
     target: NodeId,
     url: String,
-    /// Set while offers of the snapshot to this voter fail: openraft offers it again at
-    /// once, and a voter that cannot take it (its disk full) was offered it 200 times a
-    /// second.
-    refused: Option<crate::backoff::Backoff>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -114,7 +110,6 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             net: self.clone(),
             target,
             url: node.addr.trim_end_matches('/').to_owned(),
-            refused: None,
         }
     }
 }
@@ -269,31 +264,11 @@ impl RaftNetwork<TypeConfig> for Connection {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
-        // After a failed offer, the next waits 10 ms, doubling up to a heartbeat
-        // interval (the voter's election timer is fed with each offer it receives).
-        let wait = self.refused.as_mut().map(|b| b.next_delay());
-        let offer = async {
-            if let Some(wait) = wait {
-                tokio::time::sleep(wait).await;
-            }
-            self.offer(vote, snapshot.meta, &snapshot.snapshot, option.hard_ttl())
-                .await
-        };
-        let answer = tokio::select! {
+        let offer = self.offer(vote, snapshot.meta, &snapshot.snapshot, option.hard_ttl());
+        tokio::select! {
             r = offer => r,
-            closed = cancel => return Err(StreamingError::Closed(closed)),
-        };
-        match &answer {
-            Ok(_) => self.refused = None,
-            Err(_) if self.refused.is_none() => {
-                self.refused = Some(crate::backoff::Backoff::new(
-                    Duration::from_millis(10),
-                    self.net.retry,
-                ));
-            }
-            Err(_) => {}
+            closed = cancel => Err(StreamingError::Closed(closed)),
         }
-        answer
     }
 
     async fn vote(

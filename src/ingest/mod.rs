@@ -183,16 +183,14 @@ struct Counters {
 const DEFAULT_MAX_BODY: usize = 1 << 20;
 
 /// Whether the leader takes Idempotency-Keys (a raft voter's `/health` has `raft`), and
-/// the largest body it takes.
-async fn leader_terms(leader: &Client) -> Result<(bool, usize), IngestError> {
+/// the largest body it takes, if it says.
+async fn leader_terms(leader: &Client) -> Result<(bool, Option<usize>), IngestError> {
     let (_, h) = leader
         .health()
         .await
         .map_err(|e| IngestError::Input(format!("the leader cannot be reached: {e}")))?;
     let keyed = h.get("raft").is_some_and(|r| !r.is_null());
-    let max_body = h["max_body"]
-        .as_u64()
-        .map_or(DEFAULT_MAX_BODY, |m| m as usize);
+    let max_body = h["max_body"].as_u64().map(|m| m as usize);
     Ok((keyed, max_body))
 }
 
@@ -367,7 +365,8 @@ async fn ingest(
     let (tx, mut rx) = mpsc::channel(cfg.concurrency.max(1) * 2);
     // A run without white space may make a chunk larger than --chunk-size, up to what
     // the leader takes (less a little for a form's framing, were it one).
-    spawn_reader(sources, cfg.chunk_size, max_body.saturating_sub(64), tx);
+    let limit = max_body.unwrap_or(DEFAULT_MAX_BODY);
+    spawn_reader(sources, cfg.chunk_size, limit.saturating_sub(64), tx);
     let slots = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
     let bar = progress_bar(cfg, total);
     let started = Instant::now();
@@ -386,6 +385,25 @@ async fn ingest(
                 break;
             }
         };
+        // A chunk larger than the leader says it takes is refused here, as the leader
+        // would (413): sent, the leader answers before reading it and closes the
+        // connection, and a client still sending may see only the reset.
+        if let Some(max) = max_body
+            && piece.text.len() > max
+        {
+            failure = Some(IngestError::Refused {
+                source_name: names[piece.source].clone(),
+                chunk: piece.chunk,
+                offset: piece.offset,
+                end: piece.offset + piece.text.len() as u64,
+                reason: format!(
+                    "{} bytes is more than the leader's --max-body ({max} bytes): it \
+                     would answer 413 Payload Too Large; use a smaller --chunk-size",
+                    piece.text.len()
+                ),
+            });
+            break;
+        }
         let permit = slots.clone().acquire_owned().await.expect("never closed");
         let (leader, names, counters, err_tx, bar) = (
             leader.clone(),

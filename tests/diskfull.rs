@@ -441,6 +441,45 @@ async fn post_keyed(
     }
 }
 
+/// Three voters on `dirs` (with `extra` flags and the group's token), formed with
+/// `POST /raft/init`; their URLs.
+async fn voters_on(dirs: &[PathBuf], extra: &[&str]) -> (Vec<Node>, Vec<String>) {
+    let nodes: Vec<Node> = dirs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let id = (i + 1).to_string();
+            let mut args = vec![
+                "leader",
+                "--port",
+                "0",
+                "--data-dir",
+                d.to_str().unwrap(),
+                "--node-id",
+                &id,
+                "--auth-token",
+                crate::util::group::TOKEN,
+            ];
+            args.extend(extra);
+            Node::start(&args)
+        })
+        .collect();
+    let members: std::collections::BTreeMap<String, String> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| ((i + 1).to_string(), n.url.clone()))
+        .collect();
+    let r = crate::util::group::http()
+        .post(format!("{}/raft/init", nodes[0].url))
+        .json(&serde_json::json!({ "members": members }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let urls = nodes.iter().map(|n| n.url.clone()).collect();
+    (nodes, urls)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_voters_on_a_full_disk_refuse_truthfully_and_the_group_recovers_by_itself() {
     let Some(mnt) = TmpMount::new("size=16m") else {
@@ -452,44 +491,19 @@ async fn two_voters_on_a_full_disk_refuse_truthfully_and_the_group_recovers_by_i
         mnt.path().join("v2"),
         other.path().join("v3"),
     ];
-    let nodes: Vec<Node> = dirs
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            let id = (i + 1).to_string();
-            Node::start(&[
-                "leader",
-                "--port",
-                "0",
-                "--data-dir",
-                d.to_str().unwrap(),
-                "--node-id",
-                &id,
-                "--auth-token",
-                crate::util::group::TOKEN,
-                "--election-timeout",
-                "300ms",
-                "--raft-heartbeat",
-                "75ms",
-                "--write-timeout",
-                "1s",
-            ])
-        })
-        .collect();
+    let (nodes, urls) = voters_on(
+        &dirs,
+        &[
+            "--election-timeout",
+            "300ms",
+            "--raft-heartbeat",
+            "75ms",
+            "--write-timeout",
+            "1s",
+        ],
+    )
+    .await;
     let http = crate::util::group::http();
-    let members: std::collections::BTreeMap<String, String> = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| ((i + 1).to_string(), n.url.clone()))
-        .collect();
-    let r = http
-        .post(format!("{}/raft/init", nodes[0].url))
-        .json(&serde_json::json!({ "members": members }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let urls: Vec<String> = nodes.iter().map(|n| n.url.clone()).collect();
     crate::util::group::post_until_acked(&http, &urls, 0, "before", "before", DEADLINE).await;
     // Voters 1 and 2 share the full disk: no majority can write.
     let filler = fill_bytes(mnt.path());
@@ -576,40 +590,8 @@ async fn a_voter_with_no_room_for_the_snapshot_says_so_and_takes_it_once_there_i
         other.path().join("v2"),
         mnt.path().join("v3"),
     ];
-    let mut nodes: Vec<Node> = dirs
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            let id = (i + 1).to_string();
-            Node::start(&[
-                "leader",
-                "--port",
-                "0",
-                "--data-dir",
-                d.to_str().unwrap(),
-                "--node-id",
-                &id,
-                "--auth-token",
-                crate::util::group::TOKEN,
-                "--raft-snapshot-bytes",
-                "64KiB",
-            ])
-        })
-        .collect();
+    let (mut nodes, urls) = voters_on(&dirs, &["--raft-snapshot-bytes", "64KiB"]).await;
     let http = crate::util::group::http();
-    let members: std::collections::BTreeMap<String, String> = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| ((i + 1).to_string(), n.url.clone()))
-        .collect();
-    let r = http
-        .post(format!("{}/raft/init", nodes[0].url))
-        .json(&serde_json::json!({ "members": members }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let urls: Vec<String> = nodes.iter().map(|n| n.url.clone()).collect();
     for i in 0..10 {
         let text: Vec<String> = (0..5_000).map(|j| format!("room{i}x{j}")).collect();
         crate::util::group::post_until_acked(

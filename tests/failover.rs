@@ -645,10 +645,7 @@ async fn the_log_is_bounded_by_bytes_whatever_the_count_of_entries() {
     }
     let leader = g.leader().await;
     let wiped = (leader + 1) % 3;
-    g.kill(wiped);
-    let dir = g.dirs[wiped].path().to_owned();
-    std::fs::remove_dir_all(&dir).unwrap();
-    std::fs::create_dir(&dir).unwrap();
+    g.wipe(wiped);
     g.restart(wiped);
     post_until_acked(&g.http, &urls, leader, "late", "late", DEADLINE).await;
     want.insert("late".into(), 1);

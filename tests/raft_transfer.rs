@@ -8,13 +8,6 @@ use std::time::Duration;
 use crate::util::group::*;
 use crate::util::{DEADLINE, Rng};
 
-fn wipe(g: &mut Group, i: usize) {
-    g.kill(i);
-    let dir = g.dirs[i].path().to_owned();
-    std::fs::remove_dir_all(&dir).unwrap();
-    std::fs::create_dir(&dir).unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kills_during_a_snapshot_transfer_leave_every_voter_exact() {
     let mut rng = Rng::seeded(0x7ea_2026);
@@ -39,7 +32,7 @@ async fn kills_during_a_snapshot_transfer_leave_every_voter_exact() {
     g.converged(&want).await;
     let leader = g.leader().await;
     let wiped = (leader + 1) % 3;
-    wipe(&mut g, wiped);
+    g.wipe(wiped);
     let receiving = g.dirs[wiped].path().join("raft/.receiving");
     let mut caught = 0;
     for round in 0..6 {
@@ -48,7 +41,7 @@ async fn kills_during_a_snapshot_transfer_leave_every_voter_exact() {
             // snapshot's files: as soon as they start coming, or a seeded few
             // milliseconds later.
             if round > 0 {
-                wipe(&mut g, wiped);
+                g.wipe(wiped);
             }
             g.restart(wiped);
             let started = std::time::Instant::now();
@@ -76,7 +69,7 @@ async fn kills_during_a_snapshot_transfer_leave_every_voter_exact() {
         );
         if rng.below(2) == 0 {
             eprintln!("round {round}: and its data wiped again");
-            wipe(&mut g, wiped);
+            g.wipe(wiped);
         }
         // Writes go on meanwhile: the snapshot it is sent next is a newer one.
         post(&g, 100 + round as usize, &mut want).await;
@@ -86,7 +79,7 @@ async fn kills_during_a_snapshot_transfer_leave_every_voter_exact() {
     g.converged(&want).await;
     // The leader killed while a wiped voter is sent its snapshot: the next leader sends
     // it one of its own.
-    wipe(&mut g, wiped);
+    g.wipe(wiped);
     g.restart(wiped);
     let after = rng.below(800);
     tokio::time::sleep(Duration::from_millis(after)).await;

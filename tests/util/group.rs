@@ -184,6 +184,14 @@ impl Group {
         self.up[i] = false;
     }
 
+    /// Kills voter `i` and empties its data directory (it stays down).
+    pub fn wipe(&mut self, i: usize) {
+        self.kill(i);
+        let dir = self.dirs[i].path().to_owned();
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::create_dir(&dir).unwrap();
+    }
+
     pub fn restart(&mut self, i: usize) {
         self.nodes[i].restart();
         self.up[i] = true;

@@ -13,6 +13,9 @@
 //!   status; the publisher thread, the notification socket, the backlog, the
 //!   replication senders; on a voter, its state is what the raft engine applies to.
 //! - [`replica`]: the network replica and the local (memory-mapped) replica.
+//! - [`reader`]: embedded readers: a data directory mapped and followed in-process
+//!   (the local replica serves HTTP from one; applications and the C and Python
+//!   bindings use one directly).
 //! - [`consensus`]: a raft group of leaders (openraft) below the leader: the trait it
 //!   needs of the node ([`consensus::Applier`]), the log, the state machine, every raft
 //!   route.
@@ -43,6 +46,7 @@ pub mod leader;
 pub mod origin;
 pub mod perf;
 pub mod protocol;
+pub mod reader;
 pub mod replica;
 pub mod server;
 pub mod storage;

@@ -78,6 +78,17 @@ impl Tokenizer {
         (deltas, total)
     }
 
+    /// Normalises a prefix of words (`/top`'s `prefix`) as ingested text is: lower
+    /// case under the Unicode tokenizer, as it is under the whitespace one.
+    pub fn normalize_prefix(self, prefix: &str) -> Cow<'_, str> {
+        match self {
+            Tokenizer::Unicode if prefix.chars().any(char::is_uppercase) => {
+                Cow::Owned(prefix.to_lowercase())
+            }
+            _ => Cow::Borrowed(prefix),
+        }
+    }
+
     /// Normalises a queried word by the same rules as ingested text, so that a lookup of
     /// `Hello` finds the count of `hello` under the Unicode tokenizer.
     pub fn normalize(self, word: &str) -> Result<Cow<'_, str>, NormalizeError> {

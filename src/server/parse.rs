@@ -272,12 +272,7 @@ impl TopQuery<'_> {
     /// The prefix as the tokenizer would have written it in the table: lowercased by
     /// the Unicode tokenizer, unchanged by the whitespace one.
     pub fn prefix_for(&self, tokenizer: Tokenizer) -> Cow<'_, str> {
-        match tokenizer {
-            Tokenizer::Unicode if self.prefix.chars().any(char::is_uppercase) => {
-                Cow::Owned(self.prefix.to_lowercase())
-            }
-            _ => Cow::Borrowed(&*self.prefix),
-        }
+        tokenizer.normalize_prefix(&self.prefix)
     }
 }
 

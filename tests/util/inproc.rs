@@ -172,7 +172,7 @@ impl InReplica {
         configure(&mut config);
         let replica = LocalReplica::new(config);
         let stop = CancellationToken::new();
-        replica.follow(&stop);
+        replica.follow(&stop).expect("the reader's threads start");
         InReplica {
             app: App(memdb::replica::local::routes::local_replica_router(replica)),
             _stop: stop.drop_guard(),

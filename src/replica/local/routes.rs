@@ -4,7 +4,6 @@
 use std::borrow::Cow;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -28,7 +27,9 @@ use crate::server::source::{CountSource, SyncBody};
 use crate::storage::mapped::MappedState;
 use crate::words::Tokenizer;
 
-use super::{LoadsBySource, LocalReplica, STALE_AFTER};
+use crate::reader::LoadsBySource;
+
+use super::{LocalReplica, STALE_AFTER};
 
 /// The local replica's `GET /health`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -96,35 +97,7 @@ impl LocalReplica {
         {
             return Some(Problem::Failing(p));
         }
-        self.staleness().map(Problem::Stale)
-    }
-
-    /// Why the mapping cannot be trusted to be fresh, if it cannot.
-    fn staleness(&self) -> Option<String> {
-        let s = &self.shared;
-        if let Some(t) = *s.loading_since.lock()
-            && t.elapsed() > STALE_AFTER
-        {
-            return Some(format!(
-                "the loader has been validating one file for {:?}",
-                t.elapsed()
-            ));
-        }
-        let (seq, since) = *s.announced.lock();
-        match since {
-            Some(t) if t.elapsed() > STALE_AFTER && seq > self.seq_now() => Some(format!(
-                "stale: the leader announced seq {seq} {:?} ago but seq {} is mapped{}",
-                t.elapsed(),
-                self.seq_now(),
-                s.stats
-                    .lock()
-                    .last_rejection
-                    .as_ref()
-                    .map(|r| format!(" (last rejection: {r})"))
-                    .unwrap_or_default()
-            )),
-            _ => None,
-        }
+        self.shared.reader.staleness(STALE_AFTER).map(Problem::Stale)
     }
 
     fn health(&self) -> (StatusCode, LocalReplicaHealth) {
@@ -135,7 +108,7 @@ impl LocalReplica {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         let problem = self.problem();
-        let st = s.stats.lock();
+        let st = s.reader.status();
         let status = match (&cur, &problem) {
             (None, _) => "waiting for a snapshot",
             (Some(_), Some(Problem::Failing(_))) => "failing",
@@ -148,10 +121,7 @@ impl LocalReplica {
             pid: std::process::id(),
             status,
             problem,
-            loading_ms: s
-                .loading_since
-                .lock()
-                .map(|t| t.elapsed().as_millis() as u64),
+            loading_ms: st.loading.map(|t| t.as_millis() as u64),
             ready: cur.is_some(),
             seq: cur.as_ref().map(|m| m.header().seq).unwrap_or(0),
             incarnation: cur.as_ref().and_then(|m| m.header().incarnation),
@@ -168,11 +138,11 @@ impl LocalReplica {
             mapped_bytes: cur.as_ref().map(|m| m.len()).unwrap_or(0),
             data_dir: s.config.data_dir.display().to_string(),
             socket: s.config.socket_path().display().to_string(),
-            socket_connected: s.socket_connected.load(Ordering::Acquire),
+            socket_connected: st.socket_connected,
             loads: st.loads,
-            checks: s.checks.load(Ordering::Relaxed),
+            checks: st.checks,
             rejected_snapshots: st.rejected,
-            last_rejection: st.last_rejection.clone(),
+            last_rejection: st.last_rejection,
             tls: s.config.serving.tls.as_ref().map(|t| t.health()),
         };
         let code = if body.ready && body.problem.is_none() {
@@ -219,7 +189,7 @@ impl CountSource for LocalReplica {
             h.map(|h| now_ms.saturating_sub(h.written_unix_ms) as f64 / 1e3)
                 .unwrap_or(-1.0),
         );
-        let st = self.shared.stats.lock();
+        let st = self.shared.reader.status();
         m.counter(
             "memdb_rejected_snapshots_total",
             "Snapshot files that failed validation.",
@@ -234,6 +204,7 @@ impl CountSource for LocalReplica {
                 ("socket".to_owned(), st.loads.socket as f64),
                 ("watch".to_owned(), st.loads.watch as f64),
                 ("poll".to_owned(), st.loads.poll as f64),
+                ("refresh".to_owned(), st.loads.refresh as f64),
             ],
         );
     }
@@ -243,7 +214,7 @@ impl CountSource for LocalReplica {
     }
 
     fn seq_watch(&self) -> watch::Receiver<u64> {
-        self.shared.seq_tx.subscribe()
+        self.shared.reader.seq_watch()
     }
 
     fn max_wait(&self) -> Duration {
@@ -255,13 +226,7 @@ impl CountSource for LocalReplica {
     }
 
     fn want_seq(&self, seq: u64) {
-        self.shared.want_tx.send_if_modified(|w| {
-            let newer = seq > *w;
-            if newer {
-                *w = seq;
-            }
-            newer
-        });
+        self.shared.reader.want(seq);
     }
 
     fn top_ranked(&self, q: &TopQuery<'_>) -> Result<Option<(Vec<u8>, u64)>, ApiError> {
@@ -345,7 +310,7 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let replica = LocalReplica::new(config);
     let cancel = CancellationToken::new();
-    let tasks = replica.follow(&cancel);
+    let follower = replica.follow(&cancel)?;
     let serving = &replica.shared.config.serving;
     let (conns, tls) = (serving.connections(), serving.tls.clone());
     let served = crate::server::listen::serve(
@@ -356,10 +321,7 @@ pub async fn run(
         tls,
     )
     .await;
-    replica.shared.stopping.store(true, Ordering::Release);
     cancel.cancel();
-    for t in tasks {
-        let _ = t.await;
-    }
+    let _ = follower.await;
     served
 }

@@ -22,6 +22,7 @@ mod perf;
 mod persistence;
 mod raft_attacks;
 mod raft_transfer;
+mod reader;
 mod registry;
 mod repair;
 mod scripts;

@@ -176,7 +176,11 @@ fn follow_socket(maps: &Maps, link: &Link, stop: &Receiver<()>, kick: &Sender<So
 /// Maps on every cue; between cues, polls the files' identities every poll interval
 /// and keeps a directory watch that cues while the socket is down.
 fn load_on_cue(
-    maps: &Arc<Maps>, stop: &Receiver<()>, cues: &Receiver<Source>, kick: Sender<Source>) {
+    maps: &Arc<Maps>,
+    stop: &Receiver<()>,
+    cues: &Receiver<Source>,
+    kick: Sender<Source>,
+) {
     let mut watcher: Option<notify::RecommendedWatcher> = None;
     let poll = maps.options.poll_interval;
     let mut next_poll = std::time::Instant::now();

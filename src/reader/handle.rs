@@ -325,7 +325,10 @@ impl Snapshot {
 
     /// As [`Reader::counts`], on this state.
     pub fn counts<W: AsRef<str>>(&self, words: &[W]) -> Result<Vec<u64>, Error> {
-        words.iter().map(|w| count_in(&self.0, w.as_ref())).collect()
+        words
+            .iter()
+            .map(|w| count_in(&self.0, w.as_ref()))
+            .collect()
     }
 
     /// As [`Reader::top`], on this state.

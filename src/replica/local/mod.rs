@@ -57,7 +57,10 @@ impl LocalReplica {
     /// Starts following the leader's snapshots: maps the current one now, then
     /// reloads on notifications, file events and polls until `cancel`. `run` calls
     /// it; tests that drive the router in-process call it themselves.
-    pub fn follow(&self, cancel: &CancellationToken) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    pub fn follow(
+        &self,
+        cancel: &CancellationToken,
+    ) -> std::io::Result<tokio::task::JoinHandle<()>> {
         let reader = self.shared.reader.clone();
         reader.follow()?;
         let cancel = cancel.clone();

@@ -97,7 +97,10 @@ impl LocalReplica {
         {
             return Some(Problem::Failing(p));
         }
-        self.shared.reader.staleness(STALE_AFTER).map(Problem::Stale)
+        self.shared
+            .reader
+            .staleness(STALE_AFTER)
+            .map(Problem::Stale)
     }
 
     fn health(&self) -> (StatusCode, LocalReplicaHealth) {

@@ -1,0 +1,242 @@
+//! Embedded readers (`memdb::reader`): the leader's files mapped in the test's own
+//! process, followed over the socket, and every error the API documents.
+
+use std::path::Path;
+use std::time::Duration;
+
+use memdb::reader::{Error, Follow, Options, Reader};
+use memdb::storage::snapshot::{self, Meta};
+use memdb::storage::table::WordMap;
+use memdb::words::Tokenizer;
+
+use crate::util::*;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn sample(value: u64, words: usize) -> WordMap {
+    (0..words).map(|i| (format!("w{i}"), value)).collect()
+}
+
+fn publish(dir: &Path, value: u64, seq: u64) {
+    let meta = Meta {
+        tokenizer: Tokenizer::Unicode,
+        seq,
+        incarnation: memdb::protocol::Incarnation::from_raw(77).unwrap(),
+    };
+    snapshot::publish(dir, &snapshot::encode(&sample(value, 10), meta).unwrap()).unwrap();
+}
+
+/// The names of this process's threads that a reader starts.
+fn reader_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("memdb-reader"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_counts_what_the_leader_counted_and_follows_it_through_compactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Node::leader(
+        dir.path(),
+        &["--snapshot-interval", "20ms", "--compact-after", "64"],
+    );
+    leader
+        .client()
+        .post_text("Hello hello world")
+        .await
+        .unwrap();
+    let seq = leader.seq().await;
+    let reader = Reader::open(dir.path()).unwrap();
+    assert!(reader.wait_for(seq, WAIT).unwrap() >= seq);
+    assert_eq!(
+        reader.count("Hello").unwrap(),
+        2,
+        "normalised as the leader counts"
+    );
+    assert_eq!(
+        reader.count_raw("Hello").unwrap(),
+        0,
+        "raw: exactly as written"
+    );
+    assert_eq!(reader.count_raw("hello").unwrap(), 2);
+    assert_eq!(reader.counts(&["world", "absent"]).unwrap(), vec![1, 0]);
+    assert_eq!(
+        reader.top(2, "").unwrap(),
+        vec![("hello".to_owned(), 2), ("world".to_owned(), 1)]
+    );
+    assert_eq!(reader.top(10, "W").unwrap(), vec![("world".to_owned(), 1)]);
+    let inc = leader.health().await["incarnation"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(reader.incarnation().unwrap().to_string(), inc);
+
+    // Enough distinct words for several compactions while the reader follows.
+    concurrent_posts(&leader, 300, |t, i| format!("w{t}x{i} common")).await;
+    let seq = leader.seq().await;
+    let mapped = tokio::task::block_in_place(|| reader.wait_for(seq, WAIT)).unwrap();
+    assert!(mapped >= seq);
+    let table = leader.table().await;
+    assert!(table.len() > 300, "{} words", table.len());
+    let snap = reader.snapshot().unwrap();
+    assert_eq!(snap.words(), table.len() as u64);
+    for (word, count) in &table {
+        assert_eq!(snap.count_raw(word), *count, "{word}");
+    }
+    let st = reader.status();
+    assert!(st.socket_connected, "{st:?}");
+    assert!(st.loads.socket > 0, "{st:?}");
+    assert_eq!(st.rejected, 0, "{st:?}");
+    assert!(
+        leader.health().await["snapshot"]["base_seq"]
+            .as_u64()
+            .unwrap()
+            > 1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_snapshot_keeps_its_state_while_the_reader_moves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Node::leader(dir.path(), &["--snapshot-interval", "20ms"]);
+    leader.client().post_text("kept").await.unwrap();
+    let reader = Reader::open(dir.path()).unwrap();
+    let seq = leader.seq().await;
+    tokio::task::block_in_place(|| reader.wait_for(seq, WAIT)).unwrap();
+    let held = reader.snapshot().unwrap();
+    for _ in 0..3 {
+        leader.client().post_text("kept kept").await.unwrap();
+    }
+    let seq = leader.seq().await;
+    tokio::task::block_in_place(|| reader.wait_for(seq, WAIT)).unwrap();
+    assert_eq!(reader.count("kept").unwrap(), 7);
+    assert_eq!(
+        held.count("kept").unwrap(),
+        1,
+        "the held state is unchanged"
+    );
+    assert!(held.seq() < reader.seq());
+}
+
+#[test]
+fn a_reader_following_by_hand_maps_only_on_refresh_and_never_goes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    publish(dir.path(), 1, 1);
+    let reader = Reader::open_with(Options::new(dir.path()), Follow::ByHand).unwrap();
+    assert_eq!(reader_threads(), 0, "by hand: no thread");
+    assert_eq!(reader.count("w3").unwrap(), 1);
+    publish(dir.path(), 2, 2);
+    assert_eq!(
+        reader.count("w3").unwrap(),
+        1,
+        "nothing moves without a refresh"
+    );
+    assert!(reader.refresh().unwrap());
+    assert_eq!((reader.count("w3").unwrap(), reader.seq()), (2, 2));
+    assert!(!reader.refresh().unwrap(), "the same files: nothing to do");
+
+    // An older state of the same leader renamed into place is refused.
+    publish(dir.path(), 1, 1);
+    let e = reader.refresh().unwrap_err();
+    assert!(
+        matches!(&e, Error::Corrupt(m) if m.contains("older")),
+        "{e}"
+    );
+    assert_eq!((reader.count("w3").unwrap(), reader.seq()), (2, 2));
+
+    // A corrupt file is refused; the last good state keeps answering.
+    let mut bad = std::fs::read(dir.path().join(snapshot::FILE_NAME)).unwrap();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x10;
+    snapshot::publish(dir.path(), &bad).unwrap();
+    assert!(matches!(reader.refresh(), Err(Error::Corrupt(_))));
+    assert_eq!(reader.count("w3").unwrap(), 2);
+
+    // By hand, wait_for refreshes while it waits: a good state published meanwhile
+    // is found; none is a timeout that says what is mapped.
+    let e = reader.wait_for(9, Duration::from_millis(50)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Timeout {
+                want: 9,
+                have: 2,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let d = dir.path().to_owned();
+    let publisher = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(30));
+        publish(&d, 3, 3);
+    });
+    assert_eq!(reader.wait_for(3, WAIT).unwrap(), 3);
+    publisher.join().unwrap();
+    assert_eq!(reader.count("w3").unwrap(), 3);
+}
+
+#[test]
+fn open_says_what_is_wrong_with_the_directory_and_lookups_with_the_word() {
+    let base = tempfile::tempdir().unwrap();
+    let missing = base.path().join("nope");
+    assert!(matches!(Reader::open(&missing), Err(Error::NotFound(p)) if p == missing));
+    let empty = base.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let e = Reader::open(&empty).err().unwrap();
+    assert!(matches!(e, Error::NotMemdb(_)), "{e}");
+    assert!(e.to_string().contains("not a memdb data directory"), "{e}");
+    let file = base.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    assert!(matches!(Reader::open(&file), Err(Error::NotMemdb(_))));
+
+    // Only a corrupt base: nothing good to serve, so open fails.
+    let corrupt = base.path().join("corrupt");
+    std::fs::create_dir(&corrupt).unwrap();
+    std::fs::write(corrupt.join(snapshot::FILE_NAME), b"memdb? no").unwrap();
+    let e = Reader::open(&corrupt).err().unwrap();
+    assert!(matches!(e, Error::Corrupt(_)), "{e}");
+
+    // A leader's directory before its first publication (its history, no base yet):
+    // opens, and lookups say it is not ready.
+    let early = base.path().join("early");
+    std::fs::create_dir(&early).unwrap();
+    std::fs::write(early.join(memdb::storage::history::FILE_NAME), b"{}").unwrap();
+    let r = Reader::open_with(Options::new(&early), Follow::ByHand).unwrap();
+    assert!(matches!(r.count("a"), Err(Error::NotReady(_))));
+    assert!(matches!(r.top(1, ""), Err(Error::NotReady(_))));
+    assert_eq!(r.seq(), 0);
+    assert!(r.incarnation().is_none());
+
+    let good = base.path().join("good");
+    std::fs::create_dir(&good).unwrap();
+    publish(&good, 4, 1);
+    let r = Reader::open_with(Options::new(&good), Follow::ByHand).unwrap();
+    for bad in ["", "two words", "!!!"] {
+        let e = r.count(bad).unwrap_err();
+        assert!(matches!(&e, Error::Word { word, .. } if word == bad), "{e}");
+    }
+    assert!(matches!(r.counts(&["w1", "a b"]), Err(Error::Word { .. })));
+    assert_eq!(r.counts(&["W1", "w2"]).unwrap(), vec![4, 4]);
+}
+
+#[test]
+fn the_follower_threads_end_with_the_last_clone() {
+    let dir = tempfile::tempdir().unwrap();
+    publish(dir.path(), 1, 1);
+    let reader = Reader::open(dir.path()).unwrap();
+    assert_eq!(reader_threads(), 2);
+    let clone = reader.clone();
+    drop(reader);
+    assert_eq!(reader_threads(), 2, "a clone still follows");
+    assert_eq!(clone.count("w0").unwrap(), 1);
+    // The poll finds a new state without the socket (there is no leader here).
+    publish(dir.path(), 5, 2);
+    let d = Duration::from_secs(10);
+    assert_eq!(clone.wait_for(2, d).unwrap(), 2);
+    assert_eq!(clone.count("w0").unwrap(), 5);
+    drop(clone);
+    assert_eq!(reader_threads(), 0);
+}

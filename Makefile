@@ -1,7 +1,7 @@
 # memdb: everything a newcomer needs is a target here.
 .PHONY: build start-servers stop-servers start-servers-local-replicas stop-servers-local-replicas \
 	start-servers-ha stop-servers-ha start-servers-tls stop-servers-tls run-perf-ha perf run-perf run-perf-local-replicas \
-	bench-http test fmt clean
+	bench-http test test-python fmt clean
 
 CARGO ?= cargo
 
@@ -61,17 +61,26 @@ run-perf-ha: build
 bench-http: build
 	scripts/bench_http.py
 
-## fmt check, clippy (warnings are errors), benches compile, every test (last, so its
-## summary closes the output).
+## fmt check, clippy (warnings are errors), benches compile, the Python binding's tests
+## (a venv under target/), every Rust test and the C binding's (last, so its summary
+## closes the output).
 test:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) clippy --locked -p memdb-python -- -D warnings
 	$(CARGO) bench --locked --no-run
+	$(CARGO) build --locked
+	scripts/test_python.sh
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --locked --no-fail-fast; \
 	else \
 		$(CARGO) test --locked --no-fail-fast; \
 	fi
+
+## Only the Python binding's tests.
+test-python:
+	$(CARGO) build --locked
+	scripts/test_python.sh
 
 fmt:
 	$(CARGO) fmt --all

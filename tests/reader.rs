@@ -26,6 +26,20 @@ fn publish(dir: &Path, value: u64, seq: u64) {
     snapshot::publish(dir, &snapshot::encode(&sample(value, 10), meta).unwrap()).unwrap();
 }
 
+/// Waits (with a deadline) until `n` reader threads run: a thread names itself once it
+/// runs, a moment after it is spawned.
+fn wait_reader_threads(n: usize) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while reader_threads() != n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} reader threads, not {n}",
+            reader_threads()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// The names of this process's threads that a reader starts.
 fn reader_threads() -> usize {
     std::fs::read_dir("/proc/self/task")
@@ -227,7 +241,7 @@ fn the_follower_threads_end_with_the_last_clone() {
     let dir = tempfile::tempdir().unwrap();
     publish(dir.path(), 1, 1);
     let reader = Reader::open(dir.path()).unwrap();
-    assert_eq!(reader_threads(), 2);
+    wait_reader_threads(2);
     let clone = reader.clone();
     drop(reader);
     assert_eq!(reader_threads(), 2, "a clone still follows");
@@ -239,4 +253,68 @@ fn the_follower_threads_end_with_the_last_clone() {
     assert_eq!(clone.count("w0").unwrap(), 5);
     drop(clone);
     assert_eq!(reader_threads(), 0);
+}
+
+/// The fenced block of `lang` in `docs/readers.md` that contains `marker`.
+pub fn doc_block(lang: &str, marker: &str) -> String {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/readers.md")).unwrap();
+    let open = format!("```{lang}\n");
+    doc.split(&open)
+        .skip(1)
+        .filter_map(|rest| rest.split("\n```").next())
+        .find(|b| b.contains(marker))
+        .unwrap_or_else(|| panic!("no ```{lang} block with {marker:?} in docs/readers.md"))
+        .to_owned()
+        + "\n"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_rust_example_is_the_example_file_and_it_runs() {
+    let file = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/embedded_reader.rs"
+    ))
+    .unwrap();
+    assert_eq!(
+        doc_block("rust", "fn main"),
+        file,
+        "docs/readers.md quotes the example"
+    );
+    let exe = std::env::current_exe().unwrap();
+    let example = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/embedded_reader");
+    assert!(example.exists(), "{} is not built", example.display());
+
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Node::leader(dir.path(), &["--snapshot-interval", "20ms"]);
+    leader
+        .client()
+        .post_text("Hello hello world")
+        .await
+        .unwrap();
+    let seq = leader.seq().await;
+    eventually("published", || async {
+        (leader.health().await["snapshot"]["seq"].as_u64() >= Some(seq)).then_some(())
+    })
+    .await;
+    let out = std::process::Command::new(&example)
+        .arg(dir.path())
+        .args(["Hello", "world"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        text,
+        format!("Hello 2\nworld 1\ntop hello 2\ntop world 1\nseq {seq} of 2 words\n")
+    );
 }

@@ -61,6 +61,57 @@ fn lib_dir() -> PathBuf {
     dir
 }
 
+/// Compiles the C source `src` into `exe` against the header and the cdylib.
+fn compile(src: &Path, exe: &Path) {
+    let libs = lib_dir();
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let built = Command::new(&cc)
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-o"])
+        .arg(exe)
+        .arg(src)
+        .arg("-I")
+        .arg(crate_dir().join("include"))
+        .arg("-L")
+        .arg(&libs)
+        .arg(format!("-Wl,-rpath,{}", libs.display()))
+        .arg("-lmemdb_c")
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run the C compiler {cc}: {e}"));
+    assert!(built.success(), "{} did not compile", src.display());
+}
+
+#[test]
+fn the_documented_c_example_compiles_and_runs() {
+    let doc = std::fs::read_to_string(crate_dir().join("../../docs/readers.md")).unwrap();
+    let block = doc
+        .split("```c\n")
+        .nth(1)
+        .and_then(|b| b.split("\n```").next())
+        .expect("a ```c block in docs/readers.md");
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    publish(&data, 4, 1);
+    let src = tmp.path().join("example.c");
+    std::fs::write(&src, format!("{block}\n")).unwrap();
+    let exe = tmp.path().join("example");
+    compile(&src, &exe);
+    let out = Command::new(&exe)
+        .arg(&data)
+        .args(["W1", "nothing"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "W1 4\nnothing 0\ntop top 9\ntop topper 7\ntop w0 4\nseq 1\n"
+    );
+}
+
 #[test]
 fn a_c_program_reads_counts_and_gets_a_status_for_every_bad_argument() {
     let tmp = tempfile::tempdir().unwrap();
@@ -70,21 +121,7 @@ fn a_c_program_reads_counts_and_gets_a_status_for_every_bad_argument() {
     std::fs::create_dir(&empty).unwrap();
     publish(&data, 4, 1);
     let exe = tmp.path().join("reader_test");
-    let libs = lib_dir();
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    let built = Command::new(&cc)
-        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-o"])
-        .arg(&exe)
-        .arg(crate_dir().join("tests/reader_test.c"))
-        .arg("-I")
-        .arg(crate_dir().join("include"))
-        .arg("-L")
-        .arg(&libs)
-        .arg(format!("-Wl,-rpath,{}", libs.display()))
-        .arg("-lmemdb_c")
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run the C compiler {cc}: {e}"));
-    assert!(built.success(), "the C test did not compile");
+    compile(&crate_dir().join("tests/reader_test.c"), &exe);
     let mut child = Command::new(&exe)
         .arg(&data)
         .arg(tmp.path().join("missing"))

@@ -60,6 +60,10 @@ pub struct LeaderConfig {
     pub rescue_dir: Option<PathBuf>,
     /// Set: this node is a voter of a raft group (see [`crate::consensus`]).
     pub raft: Option<RaftConfig>,
+    /// The group (by id) that may read the published state as well as the owner:
+    /// local replicas and embedded readers running as other users (see
+    /// [`crate::storage::sharing`]). Default none: owner-only.
+    pub reader_group: Option<u32>,
 }
 
 /// A voter's raft settings.
@@ -132,6 +136,7 @@ impl LeaderConfig {
             drain_timeout: Duration::from_secs(5),
             max_wait: Duration::from_secs(2),
             socket: None,
+            reader_group: None,
             replication_linger: Duration::from_millis(1),
             wal: crate::storage::log::WalOptions::default(),
             serving: Serving::default(),

@@ -5,6 +5,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// Why [`open_regular`] refused a file.
@@ -69,6 +70,33 @@ pub fn open_regular(path: &Path, max_bytes: u64) -> Result<(File, std::fs::Metad
     Ok((file, meta))
 }
 
+/// Whether this process publishes its snapshot files for a group as well as its owner
+/// (set once, at a leader's start: see [`crate::storage::sharing`]).
+static GROUP_READ: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Publishes files for a group from now on (`true`), or for the owner only.
+pub fn share_with_group(on: bool) {
+    GROUP_READ.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The mode of a published file: `0640` shared with a group, else `0600`.
+pub fn published_mode() -> u32 {
+    if GROUP_READ.load(std::sync::atomic::Ordering::Relaxed) {
+        0o640
+    } else {
+        0o600
+    }
+}
+
+/// The mode of the notification socket: `0660` shared with a group, else `0600`.
+pub fn socket_mode() -> u32 {
+    if GROUP_READ.load(std::sync::atomic::Ordering::Relaxed) {
+        0o660
+    } else {
+        0o600
+    }
+}
+
 /// Atomically replaces `dir/name` with `bytes` (owner-only), through `dir/temp_name`:
 /// write, fsync, rename, fsync the directory. A crash leaves the old file or the new
 /// one, never a torn one.
@@ -99,6 +127,8 @@ pub fn write_atomically_mode(
             .truncate(true)
             .mode(mode)
             .open(&tmp)?;
+        // Exactly `mode`, whatever the umask.
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
         f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, &dest)

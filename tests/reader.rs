@@ -318,3 +318,127 @@ async fn the_documented_rust_example_is_the_example_file_and_it_runs() {
         format!("Hello 2\nworld 1\ntop hello 2\ntop world 1\nseq {seq} of 2 words\n")
     );
 }
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+fn group(p: &Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(p).unwrap().gid()
+}
+
+/// The example reader run as another user (root only: it sets the uid and gid).
+fn run_as(uid: u32, gid: u32, dir: &Path) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().unwrap();
+    let example = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/embedded_reader");
+    std::process::Command::new(example)
+        .arg(dir)
+        .arg("shared")
+        .uid(uid)
+        .gid(gid)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_group_may_map_the_state_and_read_nothing_else() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        // Others may pass through (not list) the temp dir, as /var/lib is.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    }
+    let dir = tmp.path().join("data");
+    let root = nix::unistd::getuid().is_root();
+    // As root, a group nobody else is in; otherwise this user's own group.
+    let gid = if root {
+        4242
+    } else {
+        nix::unistd::getgid().as_raw()
+    };
+    let mut leader = Node::leader(
+        &dir,
+        &[
+            "--snapshot-interval",
+            "20ms",
+            "--reader-group",
+            &gid.to_string(),
+        ],
+    );
+    leader.client().post_text("shared shared").await.unwrap();
+    let seq = leader.seq().await;
+    eventually("published", || async {
+        (leader.health().await["snapshot"]["seq"].as_u64() >= Some(seq)).then_some(())
+    })
+    .await;
+    let base = dir.join(snapshot::FILE_NAME);
+    let socket = dir.join(memdb::protocol::SOCKET_NAME);
+    assert_eq!((mode(&dir), group(&dir)), (0o2750, gid));
+    assert_eq!((mode(&base), group(&base)), (0o640, gid));
+    assert_eq!(mode(&socket), 0o660);
+    // The logs and the lock are the owner's alone.
+    let mut private = 0;
+    for entry in walk(&dir) {
+        let name = entry.file_name().unwrap().to_string_lossy().into_owned();
+        let published = name.ends_with(".memdb") || name == "snapshot.checked";
+        if entry.is_file() && !published {
+            assert_eq!(mode(&entry) & 0o077, 0, "{} is shared", entry.display());
+            private += 1;
+        }
+    }
+    assert!(private > 0, "the lock and the log at least");
+
+    if root {
+        let ok = run_as(65534, gid, &dir);
+        assert!(
+            ok.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        assert!(String::from_utf8_lossy(&ok.stdout).starts_with("shared 2\n"));
+        let refused = run_as(65534, gid + 1, &dir);
+        assert!(!refused.status.success());
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(err.contains("ermission denied"), "{err}");
+    } else {
+        eprintln!("not root: the run as another user is left out (CI runs it as root)");
+    }
+
+    // Started again without the flag: owner-only again.
+    leader.terminate();
+    let idx = leader
+        .args
+        .iter()
+        .position(|a| a == "--reader-group")
+        .unwrap();
+    leader.args.drain(idx..idx + 2);
+    leader.restart();
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&base), 0o600);
+    assert_eq!(mode(&socket), 0o600);
+    if root {
+        let refused = run_as(65534, gid, &dir);
+        assert!(!refused.status.success());
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

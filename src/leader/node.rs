@@ -94,6 +94,10 @@ impl Leader {
     pub fn open(config: LeaderConfig) -> Result<Leader, LeaderError> {
         let dir = config.data_dir.clone();
         let lock = lock_data_dir(&dir)?;
+        crate::storage::sharing::apply(&dir, config.reader_group).map_err(super::error::io_err(
+            "sharing the published state (--reader-group)",
+            &dir,
+        ))?;
         let (recovered, raft_boot) = if let Some(raft) = &config.raft {
             recover_voter(&dir, config.tokenizer, raft)?
         } else {

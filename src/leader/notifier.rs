@@ -6,7 +6,8 @@
 //! - replica → leader: `want N` when a reader waits for seq N (`min_seq`), so the leader
 //!   publishes early instead of at its next interval.
 //!
-//! The socket is created owner-only (0600). A socket file left by a crashed leader is
+//! The socket is created owner-only (0600), or 0660 for the group the state is shared
+//! with (`--reader-group`). A socket file left by a crashed leader is
 //! detected (nobody answers a connect) and replaced; one that answers belongs to a live
 //! leader and makes this one refuse to start.
 
@@ -63,7 +64,11 @@ pub fn bind(path: &Path) -> Result<UnixListener, NotifierError> {
         Err(e) => return Err(io_err(e)),
     }
     let std_listener = std::os::unix::net::UnixListener::bind(path).map_err(io_err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+    std::fs::set_permissions(
+        path,
+        std::fs::Permissions::from_mode(crate::fs::socket_mode()),
+    )
+    .map_err(io_err)?;
     std_listener.set_nonblocking(true).map_err(io_err)?;
     UnixListener::from_std(std_listener).map_err(io_err)
 }

@@ -393,7 +393,7 @@ fn check_dir(dir: &Path) -> Result<(), Error> {
     ];
     for name in marks {
         match std::fs::symlink_metadata(dir.join(name)) {
-            Ok(_) => return Ok(()),
+            Ok(_) => return readable(dir),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => {
                 return Err(Error::Io {
@@ -404,4 +404,24 @@ fn check_dir(dir: &Path) -> Result<(), Error> {
         }
     }
     Err(Error::NotMemdb(dir.to_owned()))
+}
+
+/// Whether the published base (if there is one yet) may be read: a reader of another
+/// user needs the leader's `--reader-group`, and is told so rather than that the file
+/// is corrupt.
+fn readable(dir: &Path) -> Result<(), Error> {
+    let base = dir.join(crate::storage::snapshot::FILE_NAME);
+    match std::fs::File::open(&base) {
+        Err(source) if source.kind() == std::io::ErrorKind::PermissionDenied => Err(Error::Io {
+            path: base,
+            source: std::io::Error::new(
+                source.kind(),
+                format!(
+                    "{source}: the leader shares its state only with the group named by \
+                     its --reader-group"
+                ),
+            ),
+        }),
+        _ => Ok(()),
+    }
 }

@@ -18,6 +18,7 @@ pub mod log;
 pub mod mapfile;
 pub mod mapped;
 pub mod ranking;
+pub mod sharing;
 pub mod snapshot;
 pub mod table;
 pub mod top;

@@ -362,6 +362,12 @@ pub struct LeaderArgs {
     /// Unix socket that tells local replicas a snapshot is ready [default: DATA_DIR/memdb.sock].
     #[arg(long, env = "MEMDB_SOCKET")]
     pub socket: Option<PathBuf>,
+    /// A group (name or id) whose members may read the published state too: local
+    /// replicas and embedded readers running as other users. The data directory becomes
+    /// 2750 with that group, the snapshot files 0640, the socket 0660; the logs stay
+    /// owner-only. Without it everything is owner-only (applied at every start).
+    #[arg(long, env = "MEMDB_READER_GROUP", value_parser = parse_group)]
+    pub reader_group: Option<u32>,
     /// Pause after each push to a network replica so more batches coalesce (0 = none;
     /// not applied with --min-acks).
     #[arg(long, env = "MEMDB_REPLICATION_LINGER", default_value = "1ms", value_parser = parse_duration)]
@@ -445,6 +451,10 @@ pub struct LeaderArgs {
 }
 
 /// `id=url`.
+fn parse_group(s: &str) -> Result<u32, String> {
+    memdb::storage::sharing::group_id(s.trim())
+}
+
 fn parse_peer(s: &str) -> Result<(u64, String), String> {
     let (id, url) = s
         .split_once('=')

@@ -114,6 +114,7 @@ async fn run(cli: Cli, fds: std::io::Result<u64>) -> anyhow::Result<()> {
                 drain_timeout: a.drain_timeout,
                 max_wait: a.max_wait,
                 socket: a.socket,
+                reader_group: a.reader_group,
                 replication_linger: a.replication_linger,
                 wal: memdb::storage::log::WalOptions {
                     fsync: a.fsync,

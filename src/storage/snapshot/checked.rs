@@ -89,6 +89,11 @@ pub fn store(dir: &Path, records: &[Checked]) -> io::Result<()> {
     }
     let tmp = dir.join(TEMP_NAME);
     std::fs::write(&tmp, text)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::Permissions::from_mode(crate::fs::published_mode());
+        std::fs::set_permissions(&tmp, mode)?;
+    }
     std::fs::rename(&tmp, dir.join(CHECKED_NAME))
 }
 

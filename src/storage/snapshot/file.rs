@@ -67,7 +67,13 @@ pub fn recents(dir: &Path) -> io::Result<Vec<(u64, String)>> {
 /// directory. The previous file is unlinked by the rename but lives on for any reader
 /// that still maps it. Returns the published path.
 pub fn publish(dir: &Path, image: &[u8]) -> io::Result<PathBuf> {
-    crate::fs::write_atomically(dir, FILE_NAME, TEMP_NAME, image)
+    crate::fs::write_atomically_mode(
+        dir,
+        FILE_NAME,
+        TEMP_NAME,
+        image,
+        crate::fs::published_mode(),
+    )
 }
 
 /// A snapshot written and synced under its temp name, not yet published.
@@ -136,6 +142,12 @@ where
             .truncate(true)
             .mode(0o600)
             .open(&path)?;
+        // Readable by a reader group when the leader shares its state with one
+        // (`crate::storage::sharing`); fchmod, so the umask does not apply.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(fs::Permissions::from_mode(crate::fs::published_mode()))?;
+        }
         let key = new_key();
         let mut out = io::BufWriter::with_capacity(1 << 20, &file);
         let (pre, len) = preamble(base, key, entries.clone());

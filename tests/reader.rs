@@ -442,3 +442,50 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_while_files_are_replaced_see_whole_states_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Node::leader(
+        dir.path(),
+        &["--snapshot-interval", "1ms", "--compact-after", "16"],
+    );
+    // Every post adds one to each of 50 words (and some new words, so that deltas and
+    // compactions come and go): in any whole state the 50 counts are equal.
+    let words: Vec<String> = (0..50).map(|i| format!("same{i}")).collect();
+    leader.client().post_text(&words.join(" ")).await.unwrap();
+    let reader = Reader::open(dir.path()).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let looker = {
+        let (reader, stop, words) = (reader.clone(), stop.clone(), words.clone());
+        std::thread::spawn(move || {
+            let (mut last, mut looks) = (0u64, 0u64);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(counts) = reader.counts(&words) else {
+                    continue;
+                };
+                assert!(counts.iter().all(|&c| c == counts[0]), "torn: {counts:?}");
+                assert!(counts[0] >= last, "went back from {last} to {}", counts[0]);
+                last = counts[0];
+                looks += 1;
+            }
+            (last, looks)
+        })
+    };
+    for i in 0..150 {
+        let text = format!("{} new{i}a new{i}b", words.join(" "));
+        leader.client().post_text(&text).await.unwrap();
+    }
+    let seq = leader.seq().await;
+    tokio::task::block_in_place(|| reader.wait_for(seq, WAIT)).unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (last, looks) = looker.join().unwrap();
+    assert!(last <= 151, "{last}");
+    assert_eq!(reader.counts(&words).unwrap(), vec![151; 50]);
+    assert!(looks > 100, "{looks} looks");
+    let st = reader.status();
+    assert!(
+        st.loads.socket + st.loads.watch + st.loads.poll > 10,
+        "{st:?}"
+    );
+}

@@ -68,11 +68,11 @@ run("redis-hget", lambda w: red.hget("words", w), max(n // 20, 1000))
 
 
 def build():
-    subprocess.run(["cargo", "build", "--release", "--locked", "-p", "memdb", "-p", "memdb-c",
-                    "--example", "reader_bench"], cwd=ROOT, check=True)
+    for what in (["-p", "memdb", "-p", "memdb-c"], ["-p", "memdb", "--example", "reader_bench"]):
+        subprocess.run(["cargo", "build", "--release", "--locked", *what], cwd=ROOT, check=True)
     exe = os.path.join(ROOT, "target", "release", "c_reader_bench")
     lib = os.path.join(ROOT, "target", "release")
-    subprocess.run(["cc", "-O2", "-std=c11", "-o", exe,
+    subprocess.run(["cc", "-O2", "-std=c11", "-Wall", "-Werror", "-o", exe,
                     os.path.join(ROOT, "bindings/c/bench/reader_bench.c"),
                     "-I", os.path.join(ROOT, "bindings/c/include"), "-L", lib,
                     f"-Wl,-rpath,{lib}", "-lmemdb_c"], check=True)

@@ -1,7 +1,7 @@
 /* The embedded reader's lookup from C (scripts/bench_readers.py compiles and runs it):
  * reader_bench DATA_DIR WORDS_FILE LOOKUPS. Prints one JSON line: the median of single
  * lookups timed one by one, and lookups per second on one thread. */
-#define _POSIX_C_SOURCE 199309L
+#define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -193,3 +193,272 @@ async fn each_node_documents_exactly_the_routes_it_serves() {
         }
     }
 }
+
+/// A value inside and one outside each pattern the documents state (a pattern without
+/// samples here fails the test: a new constraint needs its own).
+fn pattern_samples(pattern: &str) -> (&'static str, &'static str) {
+    use memdb::server::constraints::{INCARNATION_PATTERN, ORIGIN_PATTERN, WORD_PATTERN};
+    match pattern {
+        p if p == WORD_PATTERN => ("Héllo", "two words"),
+        p if p == INCARNATION_PATTERN => ("00000000000000a1", "0000000000000000"),
+        p if p == ORIGIN_PATTERN => ("http://127.0.0.1:9", "http://127.0.0.1:9/path"),
+        p if p.starts_with("^[^\\u0009") => ("ab", "a\u{3000}b"),
+        p if p.starts_with("[^\\u0009") => ("some text", " \u{85}\t "),
+        other => panic!("no samples for the pattern {other:?}"),
+    }
+}
+
+fn enc(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// Sends `GET path?query` and checks the answer is what the document says of it: not a
+/// 4xx when `valid`, else 400.
+async fn check_query(app: &App, role: &str, path: &str, query: &str, valid: bool) -> usize {
+    let uri = format!("{path}?{query}");
+    let code = app
+        .send("GET", &uri, None, None, Body::empty())
+        .await
+        .status;
+    if valid {
+        assert!(
+            code < 400,
+            "{role}: GET {uri:.120} is valid by the document, answered {code}"
+        );
+    } else {
+        assert_eq!(
+            code, 400,
+            "{role}: GET {uri:.120} is invalid by the document"
+        );
+    }
+    1
+}
+
+/// Every constraint the document states on a query parameter, from just inside to
+/// just outside: the node accepts the one and refuses the other with 400.
+async fn check_query_constraints(app: &App, role: &str, spec: &Value) -> usize {
+    let mut checked = 0;
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        let Some(params) = item["get"]["parameters"].as_array() else {
+            continue;
+        };
+        // The other required parameters, at a valid value.
+        let base: Vec<String> = params
+            .iter()
+            .filter(|p| p["required"] == true)
+            .map(|p| format!("{}=hello", p["name"].as_str().unwrap()))
+            .collect();
+        for p in params.iter().filter(|p| p["in"] == "query") {
+            let name = p["name"].as_str().unwrap();
+            let with = |v: &str| {
+                base.iter()
+                    .filter(|b| !b.starts_with(&format!("{name}=")))
+                    .cloned()
+                    .chain([format!("{name}={v}")])
+                    .collect::<Vec<_>>()
+                    .join("&")
+            };
+            let s = &p["schema"];
+            let items = &s["items"];
+            let one = if s["type"] == "array" { items } else { s };
+            if let Some(min) = one["minimum"].as_u64() {
+                checked += check_query(app, role, path, &with(&min.to_string()), true).await;
+                let below = (min as i128 - 1).to_string();
+                checked += check_query(app, role, path, &with(&below), false).await;
+            }
+            if let Some(max) = one["maximum"].as_u64() {
+                if name != "min_seq" {
+                    checked += check_query(app, role, path, &with(&max.to_string()), true).await;
+                }
+                let above = (max as u128 + 1).to_string();
+                checked += check_query(app, role, path, &with(&above), false).await;
+            }
+            let (inside, outside) = match one["pattern"].as_str() {
+                Some(pat) => pattern_samples(pat),
+                None => ("a", ""),
+            };
+            if one["pattern"].is_string() {
+                checked += check_query(app, role, path, &with(&enc(inside)), true).await;
+                checked += check_query(app, role, path, &with(&enc(outside)), false).await;
+            }
+            if one["minLength"] == 1 {
+                checked += check_query(app, role, path, &with(""), false).await;
+            }
+            if let Some(max) = one["maxLength"].as_u64() {
+                // Two-byte characters: the limit counts characters, as JSON Schema does.
+                let at = "é".repeat(max as usize);
+                checked += check_query(app, role, path, &with(&enc(&at)), true).await;
+                let over = "é".repeat(max as usize + 1);
+                checked += check_query(app, role, path, &with(&enc(&over)), false).await;
+            }
+            if let Some(max) = s["maxItems"].as_u64() {
+                let many = |n: u64| vec![format!("{name}=w"); n as usize].join("&");
+                checked += check_query(app, role, path, &many(max), true).await;
+                checked += check_query(app, role, path, &many(max + 1), false).await;
+            }
+            if s["minItems"] == 1 {
+                let none = base
+                    .iter()
+                    .filter(|b| !b.starts_with(&format!("{name}=")))
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("&");
+                checked += check_query(app, role, path, &none, false).await;
+            }
+        }
+    }
+    checked
+}
+
+/// Sends a body and checks the answer is what the document says of it.
+async fn check_body(app: &App, role: &str, path: &str, ctype: &str, body: String, valid: bool) {
+    let code = app
+        .send("POST", path, Some(ctype), None, body.clone())
+        .await
+        .status;
+    if valid {
+        assert!(
+            code < 400,
+            "{role}: POST {path} {ctype} {body:.80} is valid, answered {code}"
+        );
+    } else {
+        assert_eq!(
+            code, 400,
+            "{role}: POST {path} {ctype} {body:.80} is invalid"
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_documented_bound_is_the_handlers_bound() {
+    let leader = InLeader::open(|c| {
+        c.max_wait = std::time::Duration::from_millis(20);
+    });
+    let url = leader.listen().await;
+    let replica = InReplica::network(&url, |c| c.max_wait = std::time::Duration::from_millis(20));
+    let local = InReplica::local(&leader.data_dir(), |c| {
+        c.max_wait = std::time::Duration::from_millis(20)
+    });
+    wait_ready(&replica.app).await;
+    wait_ready(&local.app).await;
+    for (app, role) in [
+        (&leader.app, "leader"),
+        (&replica.app, "replica"),
+        (&local.app, "local replica"),
+    ] {
+        let spec = app
+            .send("GET", "/openapi.json", None, None, Body::empty())
+            .await
+            .json();
+        let checked = check_query_constraints(app, role, &spec).await;
+        // /wordcount: word (pattern, length, items), min_seq; /top: n, prefix, min_seq.
+        assert!(checked >= 17, "{role}: only {checked} checks");
+    }
+
+    // Bodies: a post's text, in each content type; a replica's registration.
+    let spec = leader
+        .app
+        .send("GET", "/openapi.json", None, None, Body::empty())
+        .await
+        .json();
+    let post = &spec["paths"]["/post"]["post"]["requestBody"]["content"];
+    let (inside, outside) =
+        pattern_samples(post["text/plain"]["schema"]["pattern"].as_str().unwrap());
+    assert_eq!(post["text/plain"]["schema"]["minLength"], 1);
+    let app = &leader.app;
+    for (text, valid) in [(inside, true), (outside, false), ("", false)] {
+        check_body(app, "leader", "/post", "text/plain", text.into(), valid).await;
+        let json = serde_json::json!({ "text": text }).to_string();
+        check_body(app, "leader", "/post", "application/json", json, valid).await;
+        let form = format!("text={}", enc(text));
+        check_body(
+            app,
+            "leader",
+            "/post",
+            "application/x-www-form-urlencoded",
+            form,
+            valid,
+        )
+        .await;
+    }
+    check_body(
+        app,
+        "leader",
+        "/post",
+        "application/json",
+        "{}".into(),
+        false,
+    )
+    .await;
+    check_body(
+        app,
+        "leader",
+        "/post",
+        "application/x-www-form-urlencoded",
+        "other=x".into(),
+        false,
+    )
+    .await;
+
+    let register = &spec["components"]["schemas"]["Register"]["properties"];
+    let (url_in, url_out) = pattern_samples(register["url"]["pattern"].as_str().unwrap());
+    let (inc_in, inc_out) = pattern_samples(register["incarnation"]["pattern"].as_str().unwrap());
+    let body = |url: &str, inc: &str| {
+        serde_json::json!({ "url": url, "seq": 0, "incarnation": inc }).to_string()
+    };
+    let ctype = "application/json";
+    check_body(
+        app,
+        "leader",
+        "/replicas",
+        ctype,
+        body(url_in, inc_in),
+        true,
+    )
+    .await;
+    check_body(
+        app,
+        "leader",
+        "/replicas",
+        ctype,
+        body(url_out, inc_in),
+        false,
+    )
+    .await;
+    check_body(
+        app,
+        "leader",
+        "/replicas",
+        ctype,
+        body(url_in, inc_out),
+        false,
+    )
+    .await;
+    check_body(app, "leader", "/replicas", ctype, body("", inc_in), false).await;
+    let short = &inc_in[1..];
+    check_body(
+        app,
+        "leader",
+        "/replicas",
+        ctype,
+        body(url_in, short),
+        false,
+    )
+    .await;
+    // The documented example of DELETE /replicas names a replica that can be
+    // registered, and then removed.
+    let example = spec["components"]["schemas"]["Unregister"]["example"].to_string();
+    let reg = example.clone();
+    check_body(app, "leader", "/replicas", ctype, reg, true).await;
+    let code = app
+        .send("DELETE", "/replicas", Some(ctype), None, example)
+        .await
+        .status;
+    assert_eq!(code, 200, "DELETE /replicas with the documented example");
+    // Every body's 413 states this node's --max-body.
+    let max = spec["info"]["x-memdb-max-body"].as_u64().unwrap();
+    let said = spec["paths"]["/post"]["post"]["responses"]["413"]["description"]
+        .as_str()
+        .unwrap();
+    assert!(said.contains(&max.to_string()), "{said}");
+}

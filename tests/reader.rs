@@ -358,7 +358,7 @@ async fn a_reader_group_may_map_the_state_and_read_nothing_else() {
         ],
     );
     leader.client().post_text("shared shared").await.unwrap();
-    let seq = published(&leader).await;
+    published(&leader).await;
     let base = dir.join(snapshot::FILE_NAME);
     let socket = dir.join(memdb::protocol::SOCKET_NAME);
     assert_eq!((mode(&dir), group(&dir)), (0o2750, gid));

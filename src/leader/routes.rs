@@ -170,7 +170,8 @@ async fn health_handler(State(leader): State<Leader>) -> Response {
         (status = 200, description = "Registered: the leader's incarnation, seq and tokenizer",
          body = Object),
         (status = 400, description = "Not a JSON object whose url is a plain http(s) \
-                                      origin (no user, path, query or fragment)",
+                                      origin (no user, path, query or fragment), or an \
+                                      incarnation that is not 16 hex digits (not zero)",
          body = crate::server::openapi::ErrorBody),
         (status = 401, description = "Missing or wrong token", body = crate::server::openapi::ErrorBody),
         (status = 503, description = "The leader has --max-replicas replicas already",
@@ -182,9 +183,13 @@ async fn register_handler(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let reg: Register = url_body(body)?;
-    let at = reg
-        .seq
-        .zip(reg.incarnation.as_deref().and_then(|s| s.parse().ok()));
+    let incarnation = reg
+        .incarnation
+        .as_deref()
+        .map(str::parse::<crate::protocol::Incarnation>)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(format!("field incarnation: {e}")))?;
+    let at = reg.seq.zip(incarnation);
     let registered = leader.register_replica(&reg.url, at).map_err(|e| match e {
         ReplicaUrlError::Full(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
             .with("reason", "max_replicas"),

@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod baseline;
 pub mod budget;
+pub mod constraints;
 pub mod deadline;
 pub mod error;
 pub mod files;

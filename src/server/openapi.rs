@@ -170,8 +170,13 @@ pub async fn openapi_json(spec: Bytes) -> Response {
 }
 
 /// Adds `GET /openapi.json` to `api` and to `router`, serving `api` (which then
-/// documents its own route too).
-pub fn serve_document<S>(router: axum::Router<S>, mut api: OpenApi) -> (axum::Router<S>, OpenApi)
+/// documents its own route too) with what the handlers check written in
+/// ([`crate::server::constraints`]; `max_body` is the node's `--max-body`).
+pub fn serve_document<S>(
+    router: axum::Router<S>,
+    mut api: OpenApi,
+    max_body: Option<usize>,
+) -> (axum::Router<S>, OpenApi)
 where
     S: Clone + Send + Sync + 'static,
 {
@@ -182,10 +187,10 @@ where
         methods.clone(),
         __path_openapi_json::operation(),
     );
-    let spec = Bytes::from(
-        api.to_pretty_json()
-            .expect("an OpenAPI document serialises"),
-    );
+    let mut doc = serde_json::to_value(&api).expect("an OpenAPI document serialises");
+    crate::server::constraints::apply(&mut doc, max_body);
+    let spec =
+        Bytes::from(serde_json::to_vec_pretty(&doc).expect("an OpenAPI document serialises"));
     let route = methods.iter().fold(MethodRouter::new(), |r, m| {
         let spec = spec.clone();
         r.on(m.to_method_filter(), move || openapi_json(spec.clone()))

@@ -256,7 +256,7 @@ pub struct TopQuery<'a> {
     pub min_seq: Option<u64>,
 }
 
-/// The longest `prefix=` taken, in bytes.
+/// The longest `prefix=` taken, in characters (as JSON Schema's `maxLength` counts).
 pub const MAX_PREFIX: usize = 1024;
 
 impl TopQuery<'_> {
@@ -303,9 +303,9 @@ pub fn top_query(raw: Option<&str>) -> Result<TopQuery<'_>, ApiError> {
                     })?
             }
             "prefix" => {
-                if v.len() > MAX_PREFIX {
+                if v.chars().count() > MAX_PREFIX {
                     return Err(ApiError::bad_request(format!(
-                        "query parameter \"prefix\" is over {MAX_PREFIX} bytes"
+                        "query parameter \"prefix\" is over {MAX_PREFIX} characters"
                     )));
                 }
                 if v.contains(char::is_whitespace) {

@@ -356,7 +356,7 @@ pub fn node_router<S: CountSource>(
     }
     let (routes, mut api) = routes.split_for_parts();
     crate::server::openapi::finish_document(&mut api, role, serving.auth_token.is_some());
-    let (routes, api) = crate::server::openapi::serve_document(routes, api);
+    let (routes, api) = crate::server::openapi::serve_document(routes, api, max_body);
     // Requests are counted under the routes the document (and so the router) has.
     let budget = BodyBudget::new(serving.limits.max_body_in_flight, max_body);
     let metrics = Arc::new(NodeMetrics::new(

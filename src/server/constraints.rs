@@ -1,0 +1,338 @@
+//! What the handlers check, written into the OpenAPI document from the constants they
+//! check against, so that the two cannot drift apart: bounds, lengths, patterns and
+//! formats of parameters and bodies, and the `413` each body can get with the node's
+//! `--max-body`. Applied to the document as JSON when it is served
+//! ([`crate::server::openapi::serve_document`]); `tests/openapi.rs` sends, for every
+//! constraint, a value just inside it (accepted) and one just outside (refused).
+//!
+//! Where a handler's rule cannot be written as JSON Schema exactly, the document states
+//! a narrower one (every value it allows is accepted) and says the whole rule in
+//! words: a word to look up is letters and digits here, while the node takes any text
+//! its tokenizer reads as exactly one word (UAX #29 segmentation is not a regular
+//! expression).
+
+use serde_json::{Value, json};
+
+use crate::server::parse::{MAX_PREFIX, MAX_WORDS_PER_QUERY};
+use crate::storage::top::{DEFAULT_TOP, MAX_TOP};
+
+/// The characters Rust's `char::is_whitespace` (Unicode `White_Space`) calls white
+/// space, as ranges: what `/top`'s prefix may not hold and what a post's text must
+/// hold more than.
+pub const WHITE_SPACE: &[(char, char)] = &[
+    ('\u{9}', '\u{d}'),
+    (' ', ' '),
+    ('\u{85}', '\u{85}'),
+    ('\u{a0}', '\u{a0}'),
+    ('\u{1680}', '\u{1680}'),
+    ('\u{2000}', '\u{200a}'),
+    ('\u{2028}', '\u{2029}'),
+    ('\u{202f}', '\u{202f}'),
+    ('\u{205f}', '\u{205f}'),
+    ('\u{3000}', '\u{3000}'),
+];
+
+/// The class of [`WHITE_SPACE`] in ECMA-262 regular expression syntax (JSON Schema's),
+/// without brackets.
+pub fn white_space_class() -> String {
+    WHITE_SPACE
+        .iter()
+        .map(|&(a, b)| {
+            if a == b {
+                format!("\\u{:04X}", a as u32)
+            } else {
+                format!("\\u{:04X}-\\u{:04X}", a as u32, b as u32)
+            }
+        })
+        .collect()
+}
+
+/// A word to look up, as the document states it: letters (of the scripts that write
+/// words with letters: upper, lower and title case) and decimal digits, which every
+/// tokenizer reads as exactly one word.
+pub const WORD_PATTERN: &str = r"^[\p{Lu}\p{Ll}\p{Lt}\p{Nd}]+$";
+
+/// An incarnation: 16 hex digits, not all zero (the length is `minLength`/`maxLength`).
+pub const INCARNATION_PATTERN: &str = "^0*[1-9a-fA-F][0-9a-fA-F]*$";
+
+/// A peer's URL as the document states it: `http(s)://`, a host name, an IPv4 address or
+/// `[::1]`, an optional port, an optional `/`, nothing else (see [`crate::origin`]; the
+/// node also takes other IPv6 addresses).
+pub const ORIGIN_PATTERN: &str = concat!(
+    r"^https?://(",
+    r"[A-Za-z][A-Za-z0-9]*(-[A-Za-z0-9]+)*(\.[A-Za-z][A-Za-z0-9]*(-[A-Za-z0-9]+)*)*",
+    r"|((25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])",
+    r"|\[::1\])",
+    r"(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}|0))?/?$",
+);
+
+/// A registered replica's URL in the examples: the first network replica of
+/// `make start-servers`.
+pub const REPLICA_EXAMPLE: &str = "http://127.0.0.1:8081";
+
+fn op<'a>(doc: &'a mut Value, path: &str, method: &str) -> Option<&'a mut Value> {
+    doc.get_mut("paths")?.get_mut(path)?.get_mut(method)
+}
+
+fn param<'a>(op: &'a mut Value, name: &str) -> Option<&'a mut Value> {
+    op.get_mut("parameters")?
+        .as_array_mut()?
+        .iter_mut()
+        .find(|p| p["name"] == name)
+}
+
+/// Sets `patch`'s fields in `target` (objects merged, anything else replaced).
+fn merge(target: &mut Value, patch: Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                merge(t.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (t, p) => *t = p,
+    }
+}
+
+/// Constrains the query or header parameter `name` of `method path`, if the node
+/// serves it.
+fn constrain_param(doc: &mut Value, path: &str, method: &str, name: &str, patch: Value) {
+    if let Some(p) = op(doc, path, method).and_then(|o| param(o, name)) {
+        merge(p, patch);
+    }
+}
+
+/// The schema of `method path`'s body as `content_type` (the component it names, if it
+/// names one).
+fn constrain_body(doc: &mut Value, path: &str, method: &str, content_type: &str, schema: Value) {
+    let pointer = format!(
+        "/requestBody/content/{}/schema",
+        content_type.replace('/', "~1")
+    );
+    let Some(current) = op(doc, path, method).and_then(|o| o.pointer_mut(&pointer)) else {
+        return;
+    };
+    let named = current["$ref"]
+        .as_str()
+        .and_then(|r| r.strip_prefix("#/components/schemas/"))
+        .map(str::to_owned);
+    match named {
+        Some(name) => {
+            if let Some(c) = doc.pointer_mut(&format!("/components/schemas/{name}")) {
+                merge(c, schema);
+            }
+        }
+        None => merge(current, schema),
+    }
+}
+
+/// Writes every checked constraint into `doc`, and the `413` of every operation that
+/// takes a body, with `max_body` (the node's `--max-body`; `None`: no limit but the
+/// node-wide ones).
+pub fn apply(doc: &mut Value, max_body: Option<usize>) {
+    let u64_max = json!({ "minimum": 0, "maximum": u64::MAX });
+    for path in ["/wordcount", "/top"] {
+        constrain_param(doc, path, "get", "min_seq", json!({ "schema": u64_max }));
+    }
+    constrain_param(
+        doc,
+        "/wordcount",
+        "get",
+        "word",
+        json!({
+            "required": true,
+            "style": "form",
+            "explode": true,
+            "schema": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": MAX_WORDS_PER_QUERY,
+                "items": { "type": "string", "minLength": 1, "pattern": WORD_PATTERN },
+            },
+            "example": ["hello"],
+        }),
+    );
+    constrain_param(
+        doc,
+        "/top",
+        "get",
+        "n",
+        json!({ "schema": { "type": "integer", "minimum": 1, "maximum": MAX_TOP,
+                            "default": DEFAULT_TOP } }),
+    );
+    constrain_param(
+        doc,
+        "/top",
+        "get",
+        "prefix",
+        json!({ "schema": { "type": "string", "maxLength": MAX_PREFIX,
+                            "pattern": format!("^[^{}]*$", white_space_class()) } }),
+    );
+
+    // A post's text: not empty, and more than white space.
+    let text = json!({ "type": "string", "minLength": 1,
+                       "pattern": format!("[^{}]", white_space_class()) });
+    for path in ["/post"] {
+        constrain_body(doc, path, "post", "text/plain", text.clone());
+        for ctype in ["application/json", "application/x-www-form-urlencoded"] {
+            constrain_body(
+                doc,
+                path,
+                "post",
+                ctype,
+                json!({ "type": "object", "required": ["text"],
+                        "properties": { "text": text } }),
+            );
+        }
+    }
+
+    let incarnation = json!({ "type": "string", "minLength": 16, "maxLength": 16,
+                              "pattern": INCARNATION_PATTERN });
+    let url = json!({ "type": "string", "format": "uri", "pattern": ORIGIN_PATTERN });
+    constrain_body(
+        doc,
+        "/replicas",
+        "post",
+        "application/json",
+        json!({ "required": ["url"],
+                "properties": { "url": url, "incarnation": incarnation,
+                                "seq": { "maximum": u64::MAX } } }),
+    );
+    constrain_body(
+        doc,
+        "/replicas",
+        "delete",
+        "application/json",
+        json!({ "required": ["url"],
+                "properties": { "url": { "type": "string" } },
+                "example": { "url": REPLICA_EXAMPLE } }),
+    );
+    for h in ["x-memdb-from-seq", "x-memdb-to-seq"] {
+        constrain_param(doc, "/update", "post", h, json!({ "schema": u64_max }));
+    }
+    for h in ["x-memdb-incarnation", "x-memdb-digest"] {
+        constrain_param(doc, "/update", "post", h, json!({ "schema": incarnation }));
+    }
+
+    let too_large = match max_body {
+        Some(n) => format!("The body is larger than this node's --max-body, {n} bytes"),
+        None => "The body is larger than the node accepts".to_owned(),
+    };
+    if let Some(Value::Object(paths)) = doc.get_mut("paths") {
+        for item in paths.values_mut() {
+            let Some(item) = item.as_object_mut() else {
+                continue;
+            };
+            for o in item.values_mut() {
+                let error = |what: &str| {
+                    json!({ "description": what, "content": { "application/json": {
+                        "schema": { "$ref": "#/components/schemas/ErrorBody" } } } })
+                };
+                let takes_input = o.get("requestBody").is_some()
+                    || o["parameters"].as_array().is_some_and(|p| !p.is_empty());
+                if takes_input && o["responses"].get("400").is_none() {
+                    merge(
+                        o,
+                        json!({ "responses": { "400": error(
+                            "A parameter or the body is not what this document says") } }),
+                    );
+                }
+                if o.get("security").is_some() && o["responses"].get("401").is_none() {
+                    merge(
+                        o,
+                        json!({ "responses": { "401": error("Missing or wrong token") } }),
+                    );
+                }
+                if o.get("requestBody").is_some() {
+                    merge(
+                        o,
+                        json!({ "responses": { "413": {
+                            "description": too_large,
+                            "content": { "application/json": { "schema": {
+                                "$ref": "#/components/schemas/ErrorBody" } } } } } }),
+                    );
+                }
+            }
+        }
+    }
+    if let (Some(n), Some(info)) = (max_body, doc.get_mut("info")) {
+        merge(info, json!({ "x-memdb-max-body": n }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_white_space_ranges_are_exactly_what_the_handlers_call_white_space() {
+        for c in (0..=0x10ffff).filter_map(char::from_u32) {
+            let listed = WHITE_SPACE.iter().any(|&(a, b)| (a..=b).contains(&c));
+            assert_eq!(listed, c.is_whitespace(), "{:#x}", c as u32);
+        }
+        assert!(white_space_class().starts_with("\\u0009-\\u000D\\u0020"));
+    }
+
+    #[test]
+    fn every_word_the_pattern_allows_is_one_word_to_either_tokenizer() {
+        use crate::words::Tokenizer;
+        let class = regex::Regex::new(r"^[\p{Lu}\p{Ll}\p{Lt}\p{Nd}]$").unwrap();
+        let allowed: Vec<char> = (0..=0x10ffff)
+            .filter_map(char::from_u32)
+            .filter(|c| class.is_match(c.encode_utf8(&mut [0; 4])))
+            .collect();
+        assert!(allowed.len() > 3000, "{}", allowed.len());
+        for (i, &c) in allowed.iter().enumerate() {
+            // Alone, and between two others of the class (letter, digit, its neighbour).
+            let next = allowed[(i + 1) % allowed.len()];
+            for w in [c.to_string(), format!("a{c}1{next}")] {
+                for t in [Tokenizer::Unicode, Tokenizer::Whitespace] {
+                    assert!(t.normalize(&w).is_ok(), "{w:?} ({:#x}) under {t}", c as u32);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_origin_pattern_allows_only_what_origin_takes() {
+        let re = regex::Regex::new(ORIGIN_PATTERN).unwrap();
+        let inside = [
+            "http://127.0.0.1:8081",
+            "https://replica-1.example.com",
+            "http://localhost:0/",
+            "http://[::1]:65535",
+            "http://a:1",
+            "http://255.255.255.255:9",
+        ];
+        for u in inside {
+            assert!(re.is_match(u), "{u}");
+            assert!(crate::origin::origin(u).is_ok(), "{u}");
+        }
+        let outside = [
+            "",
+            "http://",
+            "ftp://a:1",
+            "http://a:1/x",
+            "http://u@a:1",
+            "http://a:65536",
+            "http://256.1.1.1:1",
+            "http://a--b:1",
+            "http://a:1?q",
+        ];
+        for u in outside {
+            assert!(!re.is_match(u), "{u}");
+        }
+    }
+
+    #[test]
+    fn the_incarnation_pattern_is_what_parses() {
+        let re = regex::Regex::new(INCARNATION_PATTERN).unwrap();
+        for s in ["0000000000000001", "ffffffffffffffff", "0123456789ABCDEF"] {
+            assert!(re.is_match(s) && s.len() == 16, "{s}");
+            assert!(s.parse::<crate::protocol::Incarnation>().is_ok(), "{s}");
+        }
+        for s in ["0000000000000000", "000000000000000g"] {
+            assert!(!re.is_match(s), "{s}");
+            assert!(s.parse::<crate::protocol::Incarnation>().is_err(), "{s}");
+        }
+    }
+}

@@ -105,6 +105,9 @@ impl<'de> serde::Deserialize<'de> for Incarnation {
     }
 }
 
+/// The longest `Idempotency-Key` taken (1 to this many visible ASCII characters).
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+
 /// The leader's notification socket's name inside its data directory.
 pub const SOCKET_NAME: &str = "memdb.sock";
 

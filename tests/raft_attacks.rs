@@ -669,11 +669,38 @@ async fn a_removed_voter_and_a_moved_one_are_reported_and_a_move_is_readdressed(
         (t.get("w1") == Some(&1)).then_some(())
     })
     .await;
-    // A bad re-address is refused.
+    // Re-addressing a node that is not a member is refused: a conflict with the
+    // membership (409), not a malformed request.
     let r = g
         .http
         .post(format!("{}/raft/addresses", g.nodes[leader].url))
         .json(&json!({ "nodes": { "9": "http://127.0.0.1:1" } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("node 9 is not a member"),
+        "{body}"
+    );
+    // And so is a membership naming one.
+    let r = g
+        .http
+        .post(format!("{}/raft/membership", g.nodes[leader].url))
+        .json(&json!({ "voters": [1, 9] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    // A malformed URL is still a 400.
+    let r = g
+        .http
+        .post(format!("{}/raft/addresses", g.nodes[leader].url))
+        .json(&json!({ "nodes": { (moved + 1).to_string(): "http://127.0.0.1:1/path" } }))
         .send()
         .await
         .unwrap();

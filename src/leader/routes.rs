@@ -217,7 +217,7 @@ async fn list_replicas_handler(State(leader): State<Leader>) -> Response {
 fn url_body<T: serde::de::DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, ApiError> {
-    serde_json::from_slice(&body?).map_err(|e| {
+    crate::server::parse::json_body(&body?).map_err(|e| {
         ApiError::bad_request(format!(
             "expected a JSON object {{\"url\": \"http://...\"}}: {e}"
         ))

@@ -35,22 +35,53 @@ pub const WHITE_SPACE: &[(char, char)] = &[
 /// The class of [`WHITE_SPACE`] in ECMA-262 regular expression syntax (JSON Schema's),
 /// without brackets.
 pub fn white_space_class() -> String {
-    WHITE_SPACE
+    class(WHITE_SPACE)
+}
+
+/// A word to look up, as the document states it: ASCII letters and digits, and the
+/// letters of Latin-1, Latin Extended-A, Greek and Cyrillic, each of which every
+/// tokenizer reads as exactly one word (a test checks every character). Explicit ranges
+/// rather than Unicode classes (`\p{L}`), which the regular expressions of many
+/// schema tools (Python's among them) do not take.
+pub const WORD_CHARS: &[(char, char)] = &[
+    ('0', '9'),
+    ('A', 'Z'),
+    ('a', 'z'),
+    ('\u{c0}', '\u{d6}'),
+    ('\u{d8}', '\u{f6}'),
+    ('\u{f8}', '\u{17f}'),
+    ('\u{391}', '\u{3a1}'),
+    ('\u{3a3}', '\u{3a9}'),
+    ('\u{3b1}', '\u{3c9}'),
+    ('\u{410}', '\u{44f}'),
+];
+
+/// The class of `ranges` in ECMA-262 regular expression syntax (JSON Schema's),
+/// without brackets.
+pub fn class(ranges: &[(char, char)]) -> String {
+    let one = |c: char| {
+        if c.is_ascii_alphanumeric() {
+            c.to_string()
+        } else {
+            format!("\\u{:04X}", c as u32)
+        }
+    };
+    ranges
         .iter()
         .map(|&(a, b)| {
             if a == b {
-                format!("\\u{:04X}", a as u32)
+                one(a)
             } else {
-                format!("\\u{:04X}-\\u{:04X}", a as u32, b as u32)
+                format!("{}-{}", one(a), one(b))
             }
         })
         .collect()
 }
 
-/// A word to look up, as the document states it: letters (of the scripts that write
-/// words with letters: upper, lower and title case) and decimal digits, which every
-/// tokenizer reads as exactly one word.
-pub const WORD_PATTERN: &str = r"^[\p{Lu}\p{Ll}\p{Lt}\p{Nd}]+$";
+/// [`WORD_CHARS`] as a pattern.
+pub fn word_pattern() -> String {
+    format!("^[{}]+$", class(WORD_CHARS))
+}
 
 /// An incarnation: 16 hex digits, not all zero (the length is `minLength`/`maxLength`).
 pub const INCARNATION_PATTERN: &str = "^0*[1-9a-fA-F][0-9a-fA-F]*$";
@@ -65,6 +96,10 @@ pub const ORIGIN_PATTERN: &str = concat!(
     r"|\[::1\])",
     r"(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}|0))?/?$",
 );
+
+/// A raft node id as an object key (a `u64` of at most 19 digits, so never over its
+/// maximum).
+pub const NODE_ID_PATTERN: &str = "^(0|[1-9][0-9]{0,18})$";
 
 /// A registered replica's URL in the examples: the first network replica of
 /// `make start-servers`.
@@ -146,7 +181,7 @@ pub fn apply(doc: &mut Value, max_body: Option<usize>) {
                 "type": "array",
                 "minItems": 1,
                 "maxItems": MAX_WORDS_PER_QUERY,
-                "items": { "type": "string", "minLength": 1, "pattern": WORD_PATTERN },
+                "items": { "type": "string", "minLength": 1, "pattern": word_pattern() },
             },
             "example": ["hello"],
         }),
@@ -213,6 +248,44 @@ pub fn apply(doc: &mut Value, max_body: Option<usize>) {
         constrain_param(doc, "/update", "post", h, json!({ "schema": incarnation }));
     }
 
+    // A voter's write: its Idempotency-Key.
+    constrain_param(
+        doc,
+        "/post",
+        "post",
+        "Idempotency-Key",
+        json!({ "schema": { "type": "string", "minLength": 1,
+                            "maxLength": crate::protocol::MAX_IDEMPOTENCY_KEY,
+                            "pattern": "^[!-~]+$" } }),
+    );
+    // A voter's membership routes: node ids (as object keys too) and member URLs.
+    let ids = json!({ "pattern": NODE_ID_PATTERN });
+    let urls = json!({ "type": "object", "minProperties": 1, "propertyNames": ids,
+                       "additionalProperties": url });
+    for (path, field) in [("/raft/init", "members"), ("/raft/addresses", "nodes")] {
+        constrain_body(
+            doc,
+            path,
+            "post",
+            "application/json",
+            json!({ "required": [field], "properties": { field: urls } }),
+        );
+    }
+    constrain_body(
+        doc,
+        "/raft/learners",
+        "post",
+        "application/json",
+        json!({ "required": ["id", "url"], "properties": { "url": url } }),
+    );
+    constrain_body(
+        doc,
+        "/raft/membership",
+        "post",
+        "application/json",
+        json!({ "required": ["voters"], "properties": { "voters": { "minItems": 1 } } }),
+    );
+
     let too_large = match max_body {
         Some(n) => format!("The body is larger than this node's --max-body, {n} bytes"),
         None => "The body is larger than the node accepts".to_owned(),
@@ -275,14 +348,10 @@ mod tests {
     #[test]
     fn every_word_the_pattern_allows_is_one_word_to_either_tokenizer() {
         use crate::words::Tokenizer;
-        let class = regex::Regex::new(r"^[\p{Lu}\p{Ll}\p{Lt}\p{Nd}]$").unwrap();
-        let allowed: Vec<char> = (0..=0x10ffff)
-            .filter_map(char::from_u32)
-            .filter(|c| class.is_match(c.encode_utf8(&mut [0; 4])))
-            .collect();
-        assert!(allowed.len() > 3000, "{}", allowed.len());
+        let allowed: Vec<char> = WORD_CHARS.iter().flat_map(|&(a, b)| a..=b).collect();
+        assert!(allowed.len() > 300, "{}", allowed.len());
         for (i, &c) in allowed.iter().enumerate() {
-            // Alone, and between two others of the class (letter, digit, its neighbour).
+            // Alone, and between others of the class (a letter, a digit, its neighbour).
             let next = allowed[(i + 1) % allowed.len()];
             for w in [c.to_string(), format!("a{c}1{next}")] {
                 for t in [Tokenizer::Unicode, Tokenizer::Whitespace] {
@@ -290,6 +359,9 @@ mod tests {
                 }
             }
         }
+        let re = regex::Regex::new(&word_pattern()).unwrap();
+        assert!(re.is_match("Héllo") && re.is_match("ΑΒΓ") && re.is_match("Привет1"));
+        assert!(!re.is_match("two words") && !re.is_match("a-b") && !re.is_match(""));
     }
 
     #[test]

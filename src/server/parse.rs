@@ -94,6 +94,31 @@ pub fn post_request(
     post_text(headers, &body).map_err(no)
 }
 
+/// Reads a JSON body as JSON Schema reads numbers: `5.0` is the integer 5 (a number
+/// with no fraction is an integer there), so a body the OpenAPI document calls valid
+/// is not refused for writing an integer field that way. Other numbers are left alone
+/// (and a field that wants an integer refuses them).
+pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> serde_json::Result<T> {
+    fn integral(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Number(n) if n.is_f64() => {
+                let f = n.as_f64().unwrap_or(f64::NAN);
+                if f.fract() == 0.0 && f >= 0.0 && f < u64::MAX as f64 {
+                    *v = serde_json::Value::from(f as u64);
+                } else if f.fract() == 0.0 && f < 0.0 && f >= i64::MIN as f64 {
+                    *v = serde_json::Value::from(f as i64);
+                }
+            }
+            serde_json::Value::Array(xs) => xs.iter_mut().for_each(integral),
+            serde_json::Value::Object(m) => m.values_mut().for_each(integral),
+            _ => {}
+        }
+    }
+    let mut v: serde_json::Value = serde_json::from_slice(body)?;
+    integral(&mut v);
+    serde_json::from_value(v)
+}
+
 /// Extracts the text of a `POST /post`: the `text` field of a form (the Go clients'
 /// way; several `text` fields are all counted), a raw `text/plain` body, or a JSON
 /// object `{"text": "..."}`.
@@ -133,7 +158,7 @@ pub fn post_text(headers: &HeaderMap, body: &[u8]) -> Result<String, ApiError> {
             struct Post {
                 text: String,
             }
-            serde_json::from_slice::<Post>(body)
+            json_body::<Post>(body)
                 .map_err(|e| {
                     ApiError::bad_request(format!("expected a JSON object {{\"text\": ...}}: {e}"))
                 })?
@@ -348,6 +373,28 @@ pub fn top_body(entries: &[(&str, u64)]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_bodies_read_integral_numbers_as_integers_as_json_schema_does() {
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct B {
+            seq: Option<u64>,
+            ids: Vec<u64>,
+            delta: i64,
+        }
+        let b: B = json_body(br#"{"seq": 1314.0, "ids": [1, 2.0], "delta": -3.0}"#).unwrap();
+        assert_eq!(
+            b,
+            B {
+                seq: Some(1314),
+                ids: vec![1, 2],
+                delta: -3
+            }
+        );
+        assert!(json_body::<B>(br#"{"seq": 1.5, "ids": [], "delta": 0}"#).is_err());
+        assert!(json_body::<B>(br#"{"seq": 1e30, "ids": [], "delta": 0}"#).is_err());
+        assert!(json_body::<B>(b"not json").is_err());
+    }
 
     #[test]
     fn top_queries_are_checked_and_answered_as_a_json_array() {

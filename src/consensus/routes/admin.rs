@@ -45,7 +45,7 @@ fn admin_body<T: serde::de::DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
     shape: &str,
 ) -> Result<T, ApiError> {
-    serde_json::from_slice(&body?)
+    crate::server::parse::json_body(&body?)
         .map_err(|e| ApiError::bad_request(format!("expected a JSON object {shape}: {e}")))
 }
 
@@ -59,7 +59,8 @@ fn check_url(url: &str) -> Result<String, ApiError> {
     request_body = Init,
     responses(
         (status = 200, description = "Formed, or already formed (`formed: false`)", body = Object),
-        (status = 400, description = "Not {\"members\": {id: url}}, or this node not among them", body = crate::server::openapi::ErrorBody),
+        (status = 400, description = "Not {\"members\": {id: url}} with plain-origin URLs", body = crate::server::openapi::ErrorBody),
+        (status = 409, description = "This node is not among the members", body = crate::server::openapi::ErrorBody),
         (status = 401, description = "Missing or wrong token", body = crate::server::openapi::ErrorBody),
     ))]
 pub async fn init(
@@ -68,10 +69,10 @@ pub async fn init(
 ) -> Result<Response, ApiError> {
     let init: Init = admin_body(body, "{\"members\": {\"1\": \"http://host:port\", ...}}")?;
     if !init.members.contains_key(&c.node_id) {
-        return Err(ApiError::bad_request(format!(
-            "members must include this node ({})",
-            c.node_id
-        )));
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("members must include this node ({})", c.node_id),
+        ));
     }
     let mut members = BTreeMap::new();
     for (id, url) in init.members {
@@ -130,6 +131,7 @@ pub async fn add_learner(
     responses(
         (status = 200, description = "Changed", body = Object),
         (status = 400, description = "Not {\"voters\": [ids]}", body = crate::server::openapi::ErrorBody),
+        (status = 409, description = "An id that is not a member (add it as a learner first)", body = crate::server::openapi::ErrorBody),
         (status = 401, description = "Missing or wrong token", body = crate::server::openapi::ErrorBody),
         (status = 421, description = "This node does not lead: the body names the leader", body = crate::server::openapi::ErrorBody),
         (status = 503, description = "Not possible now (a node not a member, another change under way)", body = crate::server::openapi::ErrorBody),
@@ -141,6 +143,21 @@ pub async fn membership(
     let v: Voters = admin_body(body, "{\"voters\": [1, 2, 3]}")?;
     if v.voters.is_empty() {
         return Err(ApiError::bad_request("voters must not be empty"));
+    }
+    // Checked here: openraft asked to promote a node it does not know may not answer
+    // (a request of a schema-driven tester waited out its 10 s).
+    {
+        let m = c.raft.metrics().borrow().clone();
+        if let Some(id) = v
+            .voters
+            .iter()
+            .find(|id| m.membership_config.membership().get_node(id).is_none())
+        {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("node {id} is not a member: add it with POST /raft/learners first"),
+            ));
+        }
     }
     let r = c
         .raft
@@ -157,7 +174,8 @@ pub async fn membership(
     request_body = Addresses,
     responses(
         (status = 200, description = "Changed", body = Object),
-        (status = 400, description = "Not {\"nodes\": {id: url}}, a bad URL, or an id that is not a member", body = crate::server::openapi::ErrorBody),
+        (status = 400, description = "Not {\"nodes\": {id: url}}, or a bad URL", body = crate::server::openapi::ErrorBody),
+        (status = 409, description = "An id that is not a member", body = crate::server::openapi::ErrorBody),
         (status = 401, description = "Missing or wrong token", body = crate::server::openapi::ErrorBody),
         (status = 421, description = "This node does not lead: the body names the leader", body = crate::server::openapi::ErrorBody),
         (status = 503, description = "Not possible now (another change under way)", body = crate::server::openapi::ErrorBody),
@@ -174,9 +192,10 @@ pub async fn addresses(
     let mut nodes = BTreeMap::new();
     for (id, url) in a.nodes {
         if m.membership_config.membership().get_node(&id).is_none() {
-            return Err(ApiError::bad_request(format!(
-                "node {id} is not a member: add it with POST /raft/learners"
-            )));
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("node {id} is not a member: add it with POST /raft/learners"),
+            ));
         }
         let url = check_url(&url)?;
         c.check_member_url(&url).map_err(ApiError::bad_request)?;

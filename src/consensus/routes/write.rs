@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::consensus::engine::Consensus;
 use crate::consensus::types::{Outcome, Proposal, WriteError};
-use crate::protocol::{IDEMPOTENCY_KEY, SEQ};
+use crate::protocol::{IDEMPOTENCY_KEY, MAX_IDEMPOTENCY_KEY, SEQ};
 use crate::server::deadline::{Deadline, remaining};
 use crate::server::error::{ApiError, Applied as Fate};
 
@@ -25,11 +25,12 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
             "Idempotency-Key is given more than once: send one key per write",
         ));
     }
-    let ok = (1..=255).contains(&v.len()) && v.as_bytes().iter().all(|b| b.is_ascii_graphic());
+    let ok = (1..=MAX_IDEMPOTENCY_KEY).contains(&v.len())
+        && v.as_bytes().iter().all(|b| b.is_ascii_graphic());
     if !ok {
-        return Err(ApiError::bad_request(
-            "Idempotency-Key must be 1 to 255 visible ASCII characters",
-        ));
+        return Err(ApiError::bad_request(format!(
+            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+        )));
     }
     Ok(Some(v.to_str().expect("ASCII").to_owned()))
 }

@@ -253,8 +253,8 @@ fn parse_range(headers: &HeaderMap, inc: Option<Incarnation>) -> Result<Option<R
 }
 
 fn parse_deltas(body: &[u8]) -> Result<Vec<(String, i64)>, ApiError> {
-    let map: std::collections::HashMap<String, i64> =
-        serde_json::from_slice(body).map_err(|e| {
+    let map: std::collections::HashMap<String, i64> = crate::server::parse::json_body(body)
+        .map_err(|e| {
             ApiError::bad_request(format!(
                 "expected a JSON object of word deltas like {{\"hello\": 5}}: {e}"
             ))

@@ -79,6 +79,10 @@ struct Shared {
     ready: AtomicBool,
     syncing: AtomicBool,
     resync_requested: AtomicBool,
+    /// The table cannot be trusted (a digest that differed, deltas that did not
+    /// apply): the next full sync replaces it even with older files. Without it, a
+    /// sync never takes the table back in time (see [`Replica::sync_once`]).
+    suspect: AtomicBool,
     wake: Notify,
     updates: AtomicU64,
     gaps: AtomicU64,
@@ -122,6 +126,7 @@ impl Replica {
                 ready: AtomicBool::new(false),
                 syncing: AtomicBool::new(false),
                 resync_requested: AtomicBool::new(false),
+                suspect: AtomicBool::new(false),
                 wake: Notify::new(),
                 updates: AtomicU64::new(0),
                 gaps: AtomicU64::new(0),
@@ -175,6 +180,25 @@ impl Replica {
     fn request_resync(&self) {
         self.shared.resync_requested.store(true, Ordering::Release);
         self.shared.wake.notify_one();
+    }
+
+    /// Our table is wrong, not only behind: re-sync, whatever seq the leader's files
+    /// are at.
+    fn distrust(&self) {
+        self.shared.suspect.store(true, Ordering::Release);
+        self.request_resync();
+    }
+
+    /// Whether a full sync at `seq` of `inc` would take a trusted table of the same
+    /// history back in time. The leader asks for a sync when it cannot resend what
+    /// this replica missed, and may ask again while one runs; pushes carry the table
+    /// past the files meanwhile, and installing them then would lose those writes
+    /// that the leader counts as acknowledged.
+    fn would_go_back(&self, d: &Data, inc: Incarnation, seq: u64) -> bool {
+        self.is_ready()
+            && !self.shared.suspect.load(Ordering::Acquire)
+            && d.incarnation == Some(inc)
+            && d.table.seq() > seq
     }
 
     fn set_seq(&self, seq: u64) {
@@ -232,6 +256,15 @@ impl Replica {
                 let seq = table.seq();
                 {
                     let mut d = s.data.write();
+                    if self.would_go_back(&d, b.manifest.incarnation, seq) {
+                        tracing::info!(
+                            files_seq = seq,
+                            seq = d.table.seq(),
+                            "the leader's files are older than this replica's table: kept"
+                        );
+                        return Ok(("kept", Some(b.downloaded)));
+                    }
+                    s.suspect.store(false, Ordering::Release);
                     d.table = Counts::Files(table);
                     d.clean_seq = seq;
                     d.incarnation = Some(b.manifest.incarnation);
@@ -247,6 +280,10 @@ impl Replica {
         let reply = leader.sync().await.map_err(|e| e.to_string())?;
         {
             let mut d = s.data.write();
+            if self.would_go_back(&d, reply.incarnation, reply.seq) {
+                return Ok(("kept", None));
+            }
+            s.suspect.store(false, Ordering::Release);
             d.table = Counts::Whole(Table::from_parts(reply.map, reply.seq));
             d.incarnation = Some(reply.incarnation);
             d.tokenizer = reply.tokenizer;

@@ -149,7 +149,7 @@ impl Replica {
         if let Err(e) = d.table.apply_signed(deltas) {
             drop(d);
             // The leader only sends what it applied: our state cannot be trusted.
-            self.request_resync();
+            self.distrust();
             return Err(ApiError::bad_request(e.to_string()).with("seq", seq));
         }
         d.table.set_seq(to);
@@ -177,7 +177,7 @@ impl Replica {
             ours = format!("{got:016x}"),
             "our table's digest differs from the leader's at the same seq: re-syncing"
         );
-        self.request_resync();
+        self.distrust();
         ApiError::new(
             StatusCode::CONFLICT,
             format!("table digest differs from the leader's at seq {seq}: re-syncing"),

@@ -407,44 +407,16 @@ async fn every_documented_bound_is_the_handlers_bound() {
         serde_json::json!({ "url": url, "seq": 0, "incarnation": inc }).to_string()
     };
     let ctype = "application/json";
-    check_body(
-        app,
-        "leader",
-        "/replicas",
-        ctype,
-        body(url_in, inc_in),
-        true,
-    )
-    .await;
-    check_body(
-        app,
-        "leader",
-        "/replicas",
-        ctype,
-        body(url_out, inc_in),
-        false,
-    )
-    .await;
-    check_body(
-        app,
-        "leader",
-        "/replicas",
-        ctype,
-        body(url_in, inc_out),
-        false,
-    )
-    .await;
-    check_body(app, "leader", "/replicas", ctype, body("", inc_in), false).await;
     let short = &inc_in[1..];
-    check_body(
-        app,
-        "leader",
-        "/replicas",
-        ctype,
-        body(url_in, short),
-        false,
-    )
-    .await;
+    for (b, valid) in [
+        (body(url_in, inc_in), true),
+        (body(url_out, inc_in), false),
+        (body(url_in, inc_out), false),
+        (body("", inc_in), false),
+        (body(url_in, short), false),
+    ] {
+        check_body(app, "leader", "/replicas", ctype, b, valid).await;
+    }
     // The documented example of DELETE /replicas names a replica that can be
     // registered, and then removed.
     let example = spec["components"]["schemas"]["Unregister"]["example"].to_string();

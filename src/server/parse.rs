@@ -114,9 +114,18 @@ pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> serde_json::Res
             _ => {}
         }
     }
-    let mut v: serde_json::Value = serde_json::from_slice(body)?;
+    // Straight into `T` first: a push to a replica is a large body on the hot path, and
+    // almost every body has no such number. Only a body refused that way is read again
+    // through a `Value`; if it is refused then too, the first error is the answer.
+    let direct = serde_json::from_slice(body);
+    if direct.is_ok() {
+        return direct;
+    }
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return direct;
+    };
     integral(&mut v);
-    serde_json::from_value(v)
+    serde_json::from_value(v).or(direct)
 }
 
 /// Extracts the text of a `POST /post`: the `text` field of a form (the Go clients'

@@ -2,7 +2,9 @@
 """Every role's /openapi.json against a schema-driven tester: schemathesis generates
 requests the document calls valid (`--mode positive`) and fails any answered with a
 status other than 2xx or the state-dependent ones the document allows (401, 403, 404,
-409, 412, 413, 416, 422, 429, 503, 504, 507).
+409, 412, 413, 416, 422, 429, 503, 504, 507). One exception: POST /update may answer 400
+to a partial set of its three sequencing headers, which go together (OpenAPI cannot say
+so of parameters; the document states it as `x-memdb-together`).
 
     scripts/check_openapi.py [--examples 60] [--seed 1]
 
@@ -46,6 +48,12 @@ def main():
     with open(config, "w") as f:
         f.write("[checks.positive_data_acceptance]\nexpected-statuses = [%s]\n"
                 % ", ".join(f'"{s}"' for s in ALLOWED))
+        # The one rule OpenAPI cannot state of parameters: /update's three sequencing
+        # headers go together (the document says so as x-memdb-together, and
+        # tests/openapi.rs checks it); a partial set is a 400.
+        f.write('\n[[operations]]\ninclude-path = "/update"\ninclude-method = "POST"\n'
+                "[operations.checks.positive_data_acceptance]\nexpected-statuses = [%s]\n"
+                % ", ".join(f'"{s}"' for s in ALLOWED + ["400"]))
     nodes, failed = [], []
     try:
         data = os.path.join(tmp, "leader")
@@ -68,7 +76,9 @@ def main():
             r = subprocess.run([exe, "--config-file", config, "run", node.url + "/openapi.json",
                                 "--mode", "positive", "-c", "positive_data_acceptance",
                                 "-n", str(args.examples), "--seed", str(args.seed),
-                                "--generation-allow-x00", "false", "--no-color"])
+                                "--generation-allow-x00", "false", "--no-color",
+                                "--request-timeout", "20"],
+                               cwd=tmp)  # its cache (.schemathesis/) goes with the temp dir
             if r.returncode != 0:
                 failed.append(role)
     finally:

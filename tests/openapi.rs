@@ -427,6 +427,74 @@ async fn every_documented_bound_is_the_handlers_bound() {
         .await
         .status;
     assert_eq!(code, 200, "DELETE /replicas with the documented example");
+    // /update's sequencing headers: each bound with the other two present, and the
+    // rule the document states as x-memdb-together (OpenAPI cannot say it).
+    let rspec = replica
+        .app
+        .send("GET", "/openapi.json", None, None, Body::empty())
+        .await
+        .json();
+    let update = &rspec["paths"]["/update"]["post"];
+    let header = |name: &str| {
+        update["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap()["schema"]
+            .clone()
+    };
+    assert_eq!(header("x-memdb-to-seq")["maximum"].as_u64(), Some(u64::MAX));
+    let (inc_in, inc_out) =
+        pattern_samples(header("x-memdb-incarnation")["pattern"].as_str().unwrap());
+    assert_eq!(
+        update["x-memdb-together"]["headers"]
+            .as_array()
+            .map(Vec::len),
+        Some(3),
+        "{update}"
+    );
+    let max = u64::MAX.to_string();
+    let over = "18446744073709551616";
+    for (from, to, inc, valid) in [
+        (Some("1"), Some("1"), Some(inc_in), true),
+        (Some("0"), Some(max.as_str()), Some(inc_in), true),
+        (Some("1"), Some(over), Some(inc_in), false),
+        (Some("1"), Some("2"), Some(inc_out), false),
+        (Some("2"), Some("1"), Some(inc_in), false),
+        (Some("1"), None, Some(inc_in), false),
+        (None, None, Some(inc_in), false),
+    ] {
+        let mut req = axum::http::Request::builder()
+            .method("POST")
+            .uri("/update")
+            .header("content-type", "application/json");
+        for (h, v) in [
+            ("x-memdb-from-seq", from),
+            ("x-memdb-to-seq", to),
+            ("x-memdb-incarnation", inc),
+        ] {
+            if let Some(v) = v {
+                req = req.header(h, v);
+            }
+        }
+        let req = req.body(Body::from("{}")).unwrap();
+        let code = tower::ServiceExt::oneshot(replica.app.0.clone(), req)
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        let what = format!("POST /update from {from:?} to {to:?} incarnation {inc:?}");
+        if valid {
+            assert!(
+                code < 400 || code == 409,
+                "{what} is valid, answered {code}"
+            );
+        } else {
+            assert_eq!(code, 400, "{what} is invalid");
+        }
+    }
+
     // Every body's 413 states this node's --max-body.
     let max = spec["info"]["x-memdb-max-body"].as_u64().unwrap();
     let said = spec["paths"]["/post"]["post"]["responses"]["413"]["description"]

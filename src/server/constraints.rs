@@ -247,6 +247,15 @@ pub fn apply(doc: &mut Value, max_body: Option<usize>) {
     for h in ["x-memdb-incarnation", "x-memdb-digest"] {
         constrain_param(doc, "/update", "post", h, json!({ "schema": incarnation }));
     }
+    // What OpenAPI cannot state of parameters: the three sequencing headers go together.
+    if let Some(o) = op(doc, "/update", "post") {
+        merge(
+            o,
+            json!({ "x-memdb-together": {
+                "headers": ["x-memdb-from-seq", "x-memdb-to-seq", "x-memdb-incarnation"],
+                "rule": "all three or none, and from-seq <= to-seq; otherwise 400" } }),
+        );
+    }
 
     // A voter's write: its Idempotency-Key.
     constrain_param(

@@ -281,6 +281,7 @@ impl Serving {
             // A layer on no route is refused by axum (a role may have no peer routes).
             for routes in [&mut peers, &mut bulk] {
                 if !routes.get_openapi().paths.paths.is_empty() {
+                    crate::server::openapi::require_client_certificate(routes.get_openapi_mut());
                     *routes = std::mem::take(routes).route_layer(axum::middleware::from_fn(
                         crate::server::auth::require_client_cert,
                     ));

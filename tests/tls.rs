@@ -225,6 +225,25 @@ async fn mutual_tls_asks_replication_routes_for_a_certificate_from_its_ca() {
             "{b}"
         );
     }
+    // The node's document says so of exactly those routes.
+    let (s, doc) = call(&anonymous, "GET", &format!("{url}/openapi.json"), "")
+        .await
+        .unwrap();
+    assert_eq!(s, 200);
+    for (path, method, forbids) in [
+        ("/sync", "get", true),
+        ("/replicas", "post", true),
+        ("/replicas", "delete", true),
+        ("/post", "post", false),
+        ("/wordcount", "get", false),
+    ] {
+        let op = &doc["paths"][path][method];
+        assert_eq!(
+            op["responses"].get("403").is_some(),
+            forbids,
+            "{method} {path}: {op}"
+        );
+    }
     // A certificate from another CA: the handshake is refused, nothing is applied.
     // (It trusts the cluster's CA, so it is the leader that refuses the handshake.)
     let foreign = ClientTls::from_files(

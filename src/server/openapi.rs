@@ -83,6 +83,44 @@ pub fn require_bearer(api: &mut OpenApi) {
     }
 }
 
+/// Marks every operation of `api` as needing a client certificate (`--tls-client-ca`):
+/// it may answer `403`.
+pub fn require_client_certificate(api: &mut OpenApi) {
+    use utoipa::openapi::{RefOr, ResponseBuilder, content::ContentBuilder};
+    let forbidden = ResponseBuilder::new()
+        .description(
+            "No verified client certificate: this route needs one signed by the node's \
+             --tls-client-ca",
+        )
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+                    "ErrorBody",
+                ))))
+                .build(),
+        )
+        .build();
+    for item in api.paths.paths.values_mut() {
+        let ops = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.options,
+            &mut item.head,
+            &mut item.patch,
+            &mut item.trace,
+        ];
+        for op in ops.into_iter().flatten() {
+            op.responses
+                .responses
+                .entry("403".to_owned())
+                .or_insert_with(|| RefOr::T(forbidden.clone()));
+        }
+    }
+}
+
 /// Finishes a node's document: memdb's name, version and licence with the node's role,
 /// the shared error schema, and the bearer scheme if any route uses it.
 pub fn finish_document(api: &mut OpenApi, role: &str, uses_token: bool) {

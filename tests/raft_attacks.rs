@@ -909,3 +909,60 @@ async fn a_voters_posts_and_membership_changes_are_held_to_max_body() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn promoting_a_learner_that_does_not_answer_is_refused_and_writes_go_on() {
+    let g = Group::start(1, &[]).await;
+    let urls = g.urls();
+    post_until_acked(&g.http, &urls, 0, "before", "p0", DEADLINE).await;
+    let dir = tempfile::tempdir().unwrap();
+    let args = voter_args(2, &dir, &[]);
+    let mut learner = Node::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    g.admin("/raft/learners", json!({ "id": 2, "url": learner.url }))
+        .await;
+    learner.kill();
+    // Within the answer window (2 s) the leader still counts it as answering, and
+    // promoting it would stall this one-voter group until it returned: wait it out.
+    eventually("the leader to see the learner silent for 2 s", || async {
+        let h = health(&g.http, &urls[0]).await?;
+        let members = h["raft"]["members"].as_array()?.clone();
+        let m = members.iter().find(|m| m["id"] == 2)?;
+        (m["answered_ms_ago"].as_u64()? > 2_100).then_some(())
+    })
+    .await;
+    let refused = eventually("the promotion of a dead learner to be refused", || async {
+        let r = g
+            .http
+            .post(format!("{}/raft/membership", urls[0]))
+            .json(&json!({ "voters": [1, 2] }))
+            .timeout(DEADLINE)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap();
+        assert_ne!(status, 200, "a dead learner was promoted: {body}");
+        (status == 409).then_some(body)
+    })
+    .await;
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("learner 2 does not answer"),
+        "{refused}"
+    );
+    // The group still commits: the voters are still {1}.
+    let seq = post_until_acked(&g.http, &urls, 1, "after", "p1", DEADLINE).await;
+    let h = health(&g.http, &urls[0]).await.unwrap();
+    assert!(h["seq"].as_u64().unwrap() >= seq, "{h}");
+    let voters: Vec<u64> = h["raft"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["voter"] == true)
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(voters, vec![1], "{h}");
+    assert_eq!(table(&g.http, &urls[0]).await["after"], 1);
+}

@@ -8,9 +8,10 @@
 //! so a leader batches only while every other voter's last answer said it applies
 //! batches (header [`FEATURES_HEADER`]); until then each write is an entry of its own.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -33,24 +34,31 @@ pub const FEATURES_HEADER: &str = "x-memdb-raft-features";
 /// Its value: entries of several writes.
 pub const BATCHES: &str = "batches";
 
-/// The voters whose last answer said they apply batches.
+/// What each peer's last answer said, and when it came: whether it applies batches,
+/// and whether it answers at all (a learner is promoted only if it does).
 #[derive(Clone, Default)]
-pub struct Peers(Arc<Mutex<HashSet<NodeId>>>);
+pub struct Peers(Arc<Mutex<HashMap<NodeId, (bool, Instant)>>>);
 
 impl Peers {
     /// Notes what `id`'s answer said.
     pub fn answered(&self, id: NodeId, batches: bool) {
-        let mut set = self.0.lock();
-        if batches {
-            set.insert(id);
-        } else {
-            set.remove(&id);
-        }
+        self.0.lock().insert(id, (batches, Instant::now()));
+    }
+
+    /// Whether `id` answered an RPC within `window`.
+    pub fn answered_within(&self, id: NodeId, window: Duration) -> bool {
+        self.answered_ago(id).is_some_and(|ago| ago <= window)
+    }
+
+    /// How long ago `id` last answered an RPC (`None`: never).
+    pub fn answered_ago(&self, id: NodeId) -> Option<Duration> {
+        self.0.lock().get(&id).map(|(_, at)| at.elapsed())
     }
 
     fn all(&self, ids: impl Iterator<Item = NodeId>) -> bool {
-        let set = self.0.lock();
-        ids.into_iter().all(|id| set.contains(&id))
+        let map = self.0.lock();
+        ids.into_iter()
+            .all(|id| map.get(&id).is_some_and(|(b, _)| *b))
     }
 }
 

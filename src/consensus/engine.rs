@@ -69,6 +69,8 @@ pub struct Consensus {
     pub(super) me: Arc<parking_lot::RwLock<Option<String>>>,
     /// Where writes are proposed, several to an entry when they come together.
     pub(super) batcher: batcher::Batcher,
+    /// When each peer last answered (a learner is promoted only if it does).
+    pub(super) peers: batcher::Peers,
 }
 
 impl Consensus {
@@ -131,7 +133,8 @@ impl Consensus {
         .await
         .map_err(|e| format!("starting raft: {e}"))?;
         let c = Consensus {
-            batcher: batcher::Batcher::start(raft.clone(), config.node_id, peers),
+            batcher: batcher::Batcher::start(raft.clone(), config.node_id, peers.clone()),
+            peers,
             raft,
             node_id: config.node_id,
             config: Arc::new(config),

@@ -23,6 +23,9 @@ pub struct MemberStatus {
     pub matched: Option<u64>,
     /// How many entries it lacks (on the leader only).
     pub lag: Option<u64>,
+    /// Milliseconds since it last answered an RPC of this node (`null`: never, or
+    /// this node does not call it).
+    pub answered_ms_ago: Option<u64>,
 }
 
 /// The raft part of `/health`.
@@ -268,6 +271,7 @@ impl Consensus {
                     voter: voters.contains(id),
                     matched,
                     lag: matched.map(|x| last.unwrap_or(0).saturating_sub(x)),
+                    answered_ms_ago: self.peers.answered_ago(*id).map(|d| d.as_millis() as u64),
                 }
             })
             .collect();

@@ -167,6 +167,18 @@ impl Group {
             if status == 200 {
                 return;
             }
+            if status == 202 {
+                // A learner added and still catching up: wait until it has.
+                let id = body["id"].as_u64().unwrap();
+                eventually("the learner to catch up", || async {
+                    let h = self.raft(leader).await?;
+                    let members = h["raft"]["members"].as_array()?.clone();
+                    let m = members.iter().find(|m| m["id"] == id)?;
+                    (m["lag"].as_u64()? <= 16 && m["matched"].as_u64()? > 0).then_some(())
+                })
+                .await;
+                return;
+            }
             assert!(
                 [421, 503].contains(&status.as_u16()) && Instant::now() < give_up,
                 "{path} {body}: {status} {text}"

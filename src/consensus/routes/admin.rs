@@ -87,6 +87,55 @@ pub async fn init(
     Ok(axum::Json(json!({ "formed": formed })).into_response())
 }
 
+/// How far behind the log (in entries) a learner may be and still be promoted.
+const MAX_PROMOTE_LAG: u64 = 1024;
+
+/// A learner is promoted only if it answered the leader within this long (or two
+/// election timeouts, if longer): heartbeats reach it several times a second.
+const ANSWER_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How long `POST /raft/learners` waits for the learner to catch up (a snapshot of
+/// ten million words and the log behind it take about 3 s) before answering `202`.
+const CATCH_UP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(8);
+
+/// Waits until learner `id` has the log up to `index` (true), or until it has not
+/// answered for [`ANSWER_WINDOW`] since it was added, or [`CATCH_UP_TIMEOUT`] passed.
+async fn caught_up(c: &Consensus, id: NodeId, index: u64) -> bool {
+    let added = std::time::Instant::now();
+    loop {
+        let matched = {
+            let m = c.raft.metrics().borrow().clone();
+            m.replication
+                .as_ref()
+                .and_then(|p| p.get(&id).cloned())
+                .flatten()
+        };
+        if matched.is_some_and(|x| x.index >= index) {
+            return true;
+        }
+        let silent = !c.peers.answered_within(id, ANSWER_WINDOW);
+        if added.elapsed() >= CATCH_UP_TIMEOUT || (silent && added.elapsed() >= ANSWER_WINDOW) {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// How long a membership change may take to commit before the answer says so
+/// (it may still commit: `GET /health` shows the membership).
+const CHANGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(8);
+
+fn timed_out(after: std::time::Duration) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "the change did not commit within {} s: a majority of the old or the new \
+             voters is not reachable; it may still commit (see raft.members in GET /health)",
+            after.as_secs()
+        ),
+    )
+}
+
 fn change_error(c: &Consensus, e: impl std::fmt::Display) -> ApiError {
     let mut err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
     if let Some((id, url)) = c.leader().filter(|(id, _)| *id != c.node_id) {
@@ -104,11 +153,12 @@ fn change_error(c: &Consensus, e: impl std::fmt::Display) -> ApiError {
     summary = "Add a node as a learner (on the leader); answers once it has caught up",
     request_body = Learner,
     responses(
-        (status = 200, description = "Added", body = Object),
+        (status = 200, description = "Added and caught up", body = Object),
+        (status = 202, description = "Added; not caught up within 8 s, or not answering for 2 s (it goes on being sent the log)", body = Object),
         (status = 400, description = "Not {\"id\": n, \"url\": ...}", body = crate::server::openapi::ErrorBody),
         (status = 401, description = "Missing or wrong token", body = crate::server::openapi::ErrorBody),
         (status = 421, description = "This node does not lead: the body names the leader", body = crate::server::openapi::ErrorBody),
-        (status = 503, description = "Not possible now", body = crate::server::openapi::ErrorBody),
+        (status = 503, description = "Not possible now, or not added within 8 s", body = crate::server::openapi::ErrorBody),
     ))]
 pub async fn add_learner(
     State(c): State<Consensus>,
@@ -117,12 +167,20 @@ pub async fn add_learner(
     let l: Learner = admin_body(body, "{\"id\": 4, \"url\": \"http://host:port\"}")?;
     let url = check_url(&l.url)?;
     c.check_member_url(&url).map_err(ApiError::bad_request)?;
-    let r = c
-        .raft
-        .add_learner(l.id, BasicNode::new(url), true)
+    // openraft's own wait for a blocking add gives up after half a second and answers
+    // as if it had caught up: this waits for the learner's match itself.
+    let add = c.raft.add_learner(l.id, BasicNode::new(url), false);
+    let r = tokio::time::timeout(CHANGE_TIMEOUT, add)
         .await
+        .map_err(|_| timed_out(CHANGE_TIMEOUT))?
         .map_err(|e| change_error(&c, e))?;
-    Ok(axum::Json(json!({ "added": l.id, "log_index": r.log_id.index })).into_response())
+    let index = r.log_id.index;
+    let caught_up = caught_up(&c, l.id, index).await;
+    let body = json!({ "added": l.id, "caught_up": caught_up, "log_index": index });
+    if !caught_up {
+        return Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response());
+    }
+    Ok(axum::Json(body).into_response())
 }
 
 #[utoipa::path(post, path = "/raft/membership", tag = "raft",
@@ -131,10 +189,10 @@ pub async fn add_learner(
     responses(
         (status = 200, description = "Changed", body = Object),
         (status = 400, description = "Not {\"voters\": [ids]}", body = crate::server::openapi::ErrorBody),
-        (status = 409, description = "An id that is not a member (add it as a learner first)", body = crate::server::openapi::ErrorBody),
+        (status = 409, description = "An id that is not a member (add it as a learner first), or a learner that has not caught up (it may be unreachable)", body = crate::server::openapi::ErrorBody),
         (status = 401, description = "Missing or wrong token", body = crate::server::openapi::ErrorBody),
         (status = 421, description = "This node does not lead: the body names the leader", body = crate::server::openapi::ErrorBody),
-        (status = 503, description = "Not possible now (a node not a member, another change under way)", body = crate::server::openapi::ErrorBody),
+        (status = 503, description = "Not possible now (another change under way), or not committed within 8 s", body = crate::server::openapi::ErrorBody),
     ))]
 pub async fn membership(
     State(c): State<Consensus>,
@@ -158,12 +216,44 @@ pub async fn membership(
                 format!("node {id} is not a member: add it with POST /raft/learners first"),
             ));
         }
+        // A learner the leader cannot reach would be a voter the new majority needs:
+        // the change could not commit, and neither could any write behind it.
+        if let Some(progress) = m.replication.as_ref() {
+            let last = m.last_log_index.unwrap_or(0);
+            let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
+            for id in v.voters.iter().filter(|id| !voters.contains(id)) {
+                let matched = progress.get(id).cloned().flatten().map(|l| l.index);
+                let behind = matched.map(|x| last.saturating_sub(x));
+                let window = (c.config.election_timeout * 2).max(ANSWER_WINDOW);
+                let answers = c.peers.answered_within(*id, window);
+                if !answers || behind.is_none_or(|b| b > MAX_PROMOTE_LAG) {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        format!(
+                            "learner {id} {} (matched {}, the log is at {last}): a voter \
+                             the leader cannot reach would stop every write; check that \
+                             it runs and is reachable at its URL",
+                            if answers {
+                                "has not caught up"
+                            } else {
+                                "does not answer"
+                            },
+                            matched.map_or("nothing".to_string(), |x| x.to_string())
+                        ),
+                    )
+                    .with("matched", matched)
+                    .with("last_log_index", last));
+                }
+            }
+        }
     }
-    let r = c
-        .raft
-        .change_membership(v.voters.clone(), false)
-        .await
-        .map_err(|e| change_error(&c, e))?;
+    let r = tokio::time::timeout(
+        CHANGE_TIMEOUT,
+        c.raft.change_membership(v.voters.clone(), false),
+    )
+    .await
+    .map_err(|_| timed_out(CHANGE_TIMEOUT))?
+    .map_err(|e| change_error(&c, e))?;
     Ok(axum::Json(json!({ "voters": v.voters, "log_index": r.log_id.index })).into_response())
 }
 
@@ -178,7 +268,7 @@ pub async fn membership(
         (status = 409, description = "An id that is not a member", body = crate::server::openapi::ErrorBody),
         (status = 401, description = "Missing or wrong token", body = crate::server::openapi::ErrorBody),
         (status = 421, description = "This node does not lead: the body names the leader", body = crate::server::openapi::ErrorBody),
-        (status = 503, description = "Not possible now (another change under way)", body = crate::server::openapi::ErrorBody),
+        (status = 503, description = "Not possible now (another change under way), or not committed within 8 s", body = crate::server::openapi::ErrorBody),
     ))]
 pub async fn addresses(
     State(c): State<Consensus>,
@@ -201,10 +291,10 @@ pub async fn addresses(
         c.check_member_url(&url).map_err(ApiError::bad_request)?;
         nodes.insert(id, BasicNode::new(url));
     }
-    let r = c
-        .raft
-        .change_membership(openraft::ChangeMembers::SetNodes(nodes.clone()), false)
+    let change = openraft::ChangeMembers::SetNodes(nodes.clone());
+    let r = tokio::time::timeout(CHANGE_TIMEOUT, c.raft.change_membership(change, false))
         .await
+        .map_err(|_| timed_out(CHANGE_TIMEOUT))?
         .map_err(|e| change_error(&c, e))?;
     let urls: BTreeMap<NodeId, String> = nodes.into_iter().map(|(id, n)| (id, n.addr)).collect();
     Ok(axum::Json(json!({ "nodes": urls, "log_index": r.log_id.index })).into_response())

@@ -502,3 +502,90 @@ async fn every_documented_bound_is_the_handlers_bound() {
         .unwrap();
     assert!(said.contains(&max.to_string()), "{said}");
 }
+
+/// A voter's admin bodies, against its own document: an id key and a member URL
+/// just inside and just outside what it states, an empty map, a voter list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voters_documented_admin_bodies_are_its_handlers_bounds() {
+    use crate::util::group::{Group, TOKEN};
+    use memdb::server::constraints::{NODE_ID_PATTERN, ORIGIN_PATTERN};
+    use serde_json::json;
+    let g = Group::start(1, &[]).await;
+    let url = g.urls()[0].clone();
+    let spec: Value = g
+        .http
+        .get(format!("{url}/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let schemas = &spec["components"]["schemas"];
+    for (name, field) in [("Init", "members"), ("Addresses", "nodes")] {
+        let map = &schemas[name]["properties"][field];
+        // Keys are strings: a schema that calls them integers can never be met.
+        assert_eq!(
+            map["propertyNames"],
+            json!({ "type": "string", "pattern": NODE_ID_PATTERN }),
+            "{name}"
+        );
+        assert_eq!(
+            map["additionalProperties"]["pattern"], ORIGIN_PATTERN,
+            "{name}"
+        );
+        assert_eq!(map["minProperties"], 1, "{name}");
+    }
+    assert_eq!(schemas["Voters"]["properties"]["voters"]["minItems"], 1);
+    let (url_in, url_out) = pattern_samples(ORIGIN_PATTERN);
+    let post = |path: &'static str, body: Value| {
+        let (http, url) = (g.http.clone(), url.clone());
+        async move {
+            let r = http
+                .post(format!("{url}{path}"))
+                .bearer_auth(TOKEN)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let code = r.status().as_u16();
+            (code, r.text().await.unwrap())
+        }
+    };
+    // Inside: valid by the document; the answer may only say the group's state
+    // differs (409: not a member / not this node) or it is formed already (200).
+    for (path, body) in [
+        ("/raft/addresses", json!({ "nodes": { "9": url_in } })),
+        ("/raft/addresses", json!({ "nodes": { "1": url } })),
+        (
+            "/raft/init",
+            json!({ "members": { "18446744073709551615": url_in } }),
+        ),
+        ("/raft/init", json!({ "members": { "1": url } })),
+        ("/raft/membership", json!({ "voters": [1] })),
+        ("/raft/membership", json!({ "voters": [7] })),
+    ] {
+        let (code, text) = post(path, body.clone()).await;
+        assert!(
+            code < 400 || code == 409,
+            "{path} {body} is valid by the document, answered {code}: {text}"
+        );
+    }
+    // Outside: 400.
+    for (path, body) in [
+        ("/raft/addresses", json!({ "nodes": {} })),
+        ("/raft/addresses", json!({ "nodes": { "x": url_in } })),
+        ("/raft/addresses", json!({ "nodes": { "01": url_in } })),
+        ("/raft/addresses", json!({ "nodes": { "1": url_out } })),
+        ("/raft/init", json!({ "members": {} })),
+        ("/raft/init", json!({ "members": { "1": url_out } })),
+        ("/raft/membership", json!({ "voters": [] })),
+        ("/raft/learners", json!({ "id": 2, "url": url_out })),
+    ] {
+        let (code, text) = post(path, body.clone()).await;
+        assert_eq!(
+            code, 400,
+            "{path} {body} is invalid by the document: {text}"
+        );
+    }
+}

@@ -138,25 +138,31 @@ fn constrain_param(doc: &mut Value, path: &str, method: &str, name: &str, patch:
 
 /// The schema of `method path`'s body as `content_type` (the component it names, if it
 /// names one).
-fn constrain_body(doc: &mut Value, path: &str, method: &str, content_type: &str, schema: Value) {
+fn body_schema<'a>(
+    doc: &'a mut Value,
+    path: &str,
+    method: &str,
+    content_type: &str,
+) -> Option<&'a mut Value> {
     let pointer = format!(
         "/requestBody/content/{}/schema",
         content_type.replace('/', "~1")
     );
-    let Some(current) = op(doc, path, method).and_then(|o| o.pointer_mut(&pointer)) else {
-        return;
-    };
+    let current = op(doc, path, method)?.pointer_mut(&pointer)?;
     let named = current["$ref"]
         .as_str()
         .and_then(|r| r.strip_prefix("#/components/schemas/"))
         .map(str::to_owned);
     match named {
-        Some(name) => {
-            if let Some(c) = doc.pointer_mut(&format!("/components/schemas/{name}")) {
-                merge(c, schema);
-            }
-        }
-        None => merge(current, schema),
+        Some(name) => doc.pointer_mut(&format!("/components/schemas/{name}")),
+        None => op(doc, path, method)?.pointer_mut(&pointer),
+    }
+}
+
+/// Merges `schema` into the schema of `method path`'s body as `content_type`.
+fn constrain_body(doc: &mut Value, path: &str, method: &str, content_type: &str, schema: Value) {
+    if let Some(s) = body_schema(doc, path, method, content_type) {
+        merge(s, schema);
     }
 }
 
@@ -267,10 +273,9 @@ pub fn apply(doc: &mut Value, max_body: Option<usize>) {
                             "maxLength": crate::protocol::MAX_IDEMPOTENCY_KEY,
                             "pattern": "^[!-~]+$" } }),
     );
-    // A voter's membership routes: node ids (as object keys too) and member URLs.
-    let ids = json!({ "pattern": NODE_ID_PATTERN });
-    let urls = json!({ "type": "object", "minProperties": 1, "propertyNames": ids,
-                       "additionalProperties": url });
+    // A voter's membership routes: node ids (as object keys: strings, where the
+    // generated schema said integer, which no key can be) and member URLs.
+    let urls = json!({ "type": "object", "minProperties": 1, "additionalProperties": url });
     for (path, field) in [("/raft/init", "members"), ("/raft/addresses", "nodes")] {
         constrain_body(
             doc,
@@ -279,6 +284,11 @@ pub fn apply(doc: &mut Value, max_body: Option<usize>) {
             "application/json",
             json!({ "required": [field], "properties": { field: urls } }),
         );
+        if let Some(map) = body_schema(doc, path, "post", "application/json")
+            .and_then(|s| s.pointer_mut(&format!("/properties/{field}")))
+        {
+            map["propertyNames"] = json!({ "type": "string", "pattern": NODE_ID_PATTERN });
+        }
     }
     constrain_body(
         doc,

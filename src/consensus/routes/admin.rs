@@ -68,6 +68,9 @@ pub async fn init(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let init: Init = admin_body(body, "{\"members\": {\"1\": \"http://host:port\", ...}}")?;
+    if init.members.is_empty() {
+        return Err(ApiError::bad_request("members must not be empty"));
+    }
     if !init.members.contains_key(&c.node_id) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

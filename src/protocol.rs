@@ -127,9 +127,198 @@ pub fn parse_socket_line(line: &str, verb: &str) -> Option<u64> {
         .ok()
 }
 
+/// The notification socket's protocol this build speaks. A leader of protocol 2 or
+/// later says `proto N` first on every connection; a peer sends the lines of protocol
+/// 2 (`hello`, `loaded`, `failed`) only to a leader that said so, so old peers and old
+/// leaders keep working with new ones (protocol 1 is `seq N` and `want N` alone).
+pub const SOCKET_PROTOCOL: u64 = 2;
+
+/// The longest line either side sends under protocol 2 (a leader of protocol 1 cuts a
+/// peer off after 64 bytes: it is never sent a longer one).
+pub const MAX_SOCKET_LINE: usize = 512;
+
+/// What a peer of the notification socket is, as it says in its `hello`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum PeerKind {
+    /// `memdb local-replica`: serves HTTP reads; a lagging one is a problem.
+    LocalReplica,
+    /// An embedded reader in an application: listed, never a problem (it may refresh
+    /// by hand, or pause).
+    Reader,
+}
+
+impl PeerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerKind::LocalReplica => "local-replica",
+            PeerKind::Reader => "reader",
+        }
+    }
+}
+
+/// A line a peer sends the leader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerLine {
+    /// `want N`: publish seq N now rather than at the interval (protocol 1).
+    Want(u64),
+    /// `hello <kind> <version> <url or ->`: who it is (sent again if its URL changes).
+    Hello {
+        kind: PeerKind,
+        version: String,
+        url: Option<String>,
+    },
+    /// `loaded <seq> <micros>`: it mapped `seq`, and the load took this long.
+    Loaded { seq: u64, micros: u64 },
+    /// `failed <reason>`: a load failed; it serves the state before.
+    Failed(String),
+}
+
+impl PeerLine {
+    /// The line, newline included, at most [`MAX_SOCKET_LINE`] bytes (a long reason is
+    /// cut at a character boundary; line breaks in it become spaces).
+    pub fn to_line(&self) -> String {
+        let mut line = match self {
+            PeerLine::Want(n) => format!("want {n}"),
+            PeerLine::Hello { kind, version, url } => format!(
+                "hello {} {} {}",
+                kind.as_str(),
+                token(version),
+                url.as_deref().map_or("-".to_owned(), token)
+            ),
+            PeerLine::Loaded { seq, micros } => format!("loaded {seq} {micros}"),
+            PeerLine::Failed(why) => format!("failed {}", why.replace(['\n', '\r'], " ")),
+        };
+        let mut end = line.len().min(MAX_SOCKET_LINE - 1);
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        line.truncate(end);
+        line.push('\n');
+        line
+    }
+
+    /// Parses a line (without its newline); what was wrong with it otherwise.
+    pub fn parse(line: &str) -> Result<PeerLine, String> {
+        let (verb, rest) = line.split_once(' ').unwrap_or((line, ""));
+        let number = |s: &str| {
+            s.parse::<u64>()
+                .map_err(|_| format!("{verb}: {s:?} is not a number"))
+        };
+        match verb {
+            "want" => Ok(PeerLine::Want(number(rest.trim())?)),
+            "hello" => {
+                let parts: Vec<&str> = rest.split(' ').collect();
+                let [kind, version, url] = parts[..] else {
+                    return Err("hello takes <kind> <version> <url or ->".to_owned());
+                };
+                let kind = match kind {
+                    "local-replica" => PeerKind::LocalReplica,
+                    "reader" => PeerKind::Reader,
+                    other => return Err(format!("hello: unknown kind {other:?}")),
+                };
+                if version.is_empty() || url.is_empty() {
+                    return Err("hello: an empty field".to_owned());
+                }
+                Ok(PeerLine::Hello {
+                    kind,
+                    version: version.to_owned(),
+                    url: (url != "-").then(|| url.to_owned()),
+                })
+            }
+            "loaded" => {
+                let (seq, micros) = rest.split_once(' ').ok_or("loaded takes <seq> <micros>")?;
+                Ok(PeerLine::Loaded {
+                    seq: number(seq)?,
+                    micros: number(micros)?,
+                })
+            }
+            "failed" if !rest.trim().is_empty() => Ok(PeerLine::Failed(rest.trim().to_owned())),
+            _ => Err(format!("unknown message {verb:?}")),
+        }
+    }
+}
+
+/// A field of a line: no spaces or control characters (each becomes `_`), at most 200
+/// bytes.
+fn token(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| {
+            if c.is_whitespace() || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    let mut end = out.len().min(200);
+    while !out.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.truncate(end);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_lines_round_trip_and_garbage_is_named() {
+        let lines = [
+            PeerLine::Want(7),
+            PeerLine::Hello {
+                kind: PeerKind::LocalReplica,
+                version: "0.1.0".into(),
+                url: Some("http://127.0.0.1:8082".into()),
+            },
+            PeerLine::Hello {
+                kind: PeerKind::Reader,
+                version: "0.1.0".into(),
+                url: None,
+            },
+            PeerLine::Loaded {
+                seq: 12,
+                micros: 345,
+            },
+            PeerLine::Failed("checksum differs".into()),
+        ];
+        for l in lines {
+            let text = l.to_line();
+            assert!(text.ends_with('\n') && text.len() <= MAX_SOCKET_LINE);
+            assert_eq!(PeerLine::parse(text.trim_end_matches('\n')), Ok(l));
+        }
+        // Whatever is sent stays one bounded line.
+        let long = PeerLine::Failed(format!("a\nb{}", "é".repeat(1000))).to_line();
+        assert!(long.len() <= MAX_SOCKET_LINE && long.matches('\n').count() == 1);
+        let spaced = PeerLine::Hello {
+            kind: PeerKind::Reader,
+            version: "1 2".into(),
+            url: Some("x y".into()),
+        };
+        assert_eq!(
+            PeerLine::parse(spaced.to_line().trim_end()),
+            Ok(PeerLine::Hello {
+                kind: PeerKind::Reader,
+                version: "1_2".into(),
+                url: Some("x_y".into()),
+            })
+        );
+        for bad in [
+            "",
+            "garbage",
+            "want x",
+            "hello replica 1 -",
+            "hello reader 1",
+            "loaded 1",
+            "loaded x 2",
+            "failed ",
+            "seq 5",
+        ] {
+            assert!(PeerLine::parse(bad).is_err(), "{bad:?} parsed");
+        }
+    }
 
     #[test]
     fn socket_lines_round_trip() {

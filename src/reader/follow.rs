@@ -3,7 +3,7 @@
 //! `want N` for waiting readers; the other maps what changed, watches the directory
 //! while the socket is down, and polls the files' identities as the last resort.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -11,19 +11,19 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use parking_lot::Mutex;
 
 use crate::backoff::Backoff;
-use crate::protocol::{parse_socket_line, socket_line};
+use crate::protocol::parse_socket_line;
 use crate::storage::snapshot;
 
+use super::link::Link;
 use super::maps::{Maps, Source};
 
 /// Reconnect delays to the leader's socket: from the first to the cap.
 const RECONNECT_START: Duration = Duration::from_millis(50);
 const RECONNECT_MAX: Duration = Duration::from_secs(2);
 /// Longest line read from the leader (a `seq N` is ~25 bytes).
-const MAX_LINE: u64 = 64;
+const MAX_LINE: u64 = crate::protocol::MAX_SOCKET_LINE as u64;
 /// A `want N` that cannot be written this fast is dropped (the leader publishes at its
 /// interval anyway).
 const WANT_TIMEOUT: Duration = Duration::from_millis(50);
@@ -35,42 +35,6 @@ pub(super) struct Follower {
     /// Dropped to wake and stop both threads.
     stop: Option<Sender<()>>,
     threads: Vec<JoinHandle<()>>,
-}
-
-/// The socket connection, shared with the readers that ask for a seq.
-#[derive(Default)]
-pub(super) struct Link {
-    writer: Mutex<Option<UnixStream>>,
-    /// The highest seq asked for on this connection.
-    asked: Mutex<u64>,
-    /// The highest seq any waiter wants.
-    wanted: Mutex<u64>,
-}
-
-impl Link {
-    /// Asks the leader to publish `seq` now rather than at its interval.
-    pub fn want(&self, seq: u64, mapped: u64) {
-        {
-            let mut w = self.wanted.lock();
-            *w = (*w).max(seq);
-        }
-        if seq > mapped {
-            self.send_wanted(mapped);
-        }
-    }
-
-    fn send_wanted(&self, mapped: u64) {
-        let wanted = *self.wanted.lock();
-        let mut asked = self.asked.lock();
-        if wanted <= *asked || wanted <= mapped {
-            return;
-        }
-        if let Some(w) = self.writer.lock().as_mut()
-            && w.write_all(socket_line("want", wanted).as_bytes()).is_ok()
-        {
-            *asked = wanted;
-        }
-    }
 }
 
 impl Follower {
@@ -139,6 +103,7 @@ fn follow_socket(maps: &Maps, link: &Link, stop: &Receiver<()>, kick: &Sender<So
         }
         *link.writer.lock() = writer;
         *link.asked.lock() = 0;
+        link.proto.store(1, Ordering::Release);
         if maps.stopping.load(Ordering::Acquire) {
             break;
         }
@@ -155,11 +120,13 @@ fn follow_socket(maps: &Maps, link: &Link, stop: &Receiver<()>, kick: &Sender<So
                 Ok(0) | Err(_) => break,
                 Ok(_) if !line.ends_with('\n') => break,
                 Ok(_) => {
-                    if let Some(seq) = parse_socket_line(line.trim_end(), "seq")
-                        && seq != maps.seq_now()
-                    {
-                        maps.announce(seq);
-                        let _ = kick.try_send(Source::Socket);
+                    if let Some(seq) = parse_socket_line(line.trim_end(), "seq") {
+                        if seq != maps.seq_now() {
+                            maps.announce(seq);
+                            let _ = kick.try_send(Source::Socket);
+                        }
+                    } else if let Some(proto) = parse_socket_line(line.trim_end(), "proto") {
+                        link.leader_speaks(proto);
                     }
                 }
             }

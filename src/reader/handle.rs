@@ -11,7 +11,7 @@ use crate::protocol::Incarnation;
 use crate::storage::mapped::MappedState;
 use crate::words::Tokenizer;
 
-use super::follow::{Follower, Link};
+use super::follow::Follower;
 use super::maps::{LoadsBySource, Maps, Options, Reloaded, Source};
 
 /// What went wrong, for an embedding application to tell apart.
@@ -91,8 +91,6 @@ pub struct Reader {
 
 struct Inner {
     maps: Arc<Maps>,
-    /// The socket connection while the follower has one.
-    link: Arc<Link>,
     follower: Mutex<Option<Follower>>,
 }
 
@@ -147,7 +145,6 @@ impl Reader {
         let reader = Reader {
             inner: Arc::new(Inner {
                 maps: Arc::new(Maps::new(options)),
-                link: Arc::new(Link::default()),
                 follower: Mutex::new(None),
             }),
         };
@@ -164,10 +161,19 @@ impl Reader {
         if f.is_none() {
             *f = Some(Follower::start(
                 self.inner.maps.clone(),
-                self.inner.link.clone(),
+                self.inner.maps.link.clone(),
             )?);
         }
         Ok(())
+    }
+
+    /// How this reader introduces itself to the leader while it follows (protocol 2
+    /// of the socket): an application's reader is `PeerKind::Reader` (the default),
+    /// listed in the leader's `/health` and never counted as a problem; a local
+    /// replica names the URL it serves at. The leader takes the process id and user
+    /// from the socket itself.
+    pub fn introduce(&self, kind: crate::protocol::PeerKind, url: Option<String>) {
+        self.inner.maps.link.introduce(kind, url);
     }
 
     /// Stops following (the threads end; lookups go on answering from the state
@@ -236,7 +242,7 @@ impl Reader {
     pub fn wait_for(&self, seq: u64, timeout: Duration) -> Result<u64, Error> {
         let maps = &self.inner.maps;
         let deadline = Instant::now() + timeout;
-        self.inner.link.want(seq, maps.seq_now());
+        self.inner.maps.link.want(seq, maps.seq_now());
         let by_hand = self.inner.follower.lock().is_none();
         let mut mapped = maps.seq.lock();
         while *mapped < seq {
@@ -303,7 +309,7 @@ impl Reader {
 
     /// Asks the leader to publish `seq` soon (as `wait_for` does), without waiting.
     pub fn want(&self, seq: u64) {
-        self.inner.link.want(seq, self.seq());
+        self.inner.maps.link.want(seq, self.seq());
     }
 
     /// The options it was opened with.

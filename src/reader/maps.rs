@@ -13,8 +13,11 @@ use parking_lot::{Condvar, Mutex};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::protocol::PeerLine;
 use crate::storage::mapped::{MappedSnapshot, MappedState, StateId, identity_of};
 use crate::storage::snapshot;
+
+use super::link::Link;
 
 /// Where a reader maps from and how it follows.
 #[derive(Debug, Clone)]
@@ -128,6 +131,8 @@ pub(super) struct Maps {
     /// Set when the reader stops: a validation under way gives up.
     pub stopping: AtomicBool,
     pub options: Options,
+    /// The connection to the leader's socket (while following), told of every load.
+    pub link: Arc<Link>,
 }
 
 impl Maps {
@@ -146,6 +151,7 @@ impl Maps {
             spare_base: Mutex::new(None),
             stopping: AtomicBool::new(false),
             options,
+            link: Arc::default(),
         }
     }
 
@@ -204,9 +210,11 @@ impl Maps {
                 return Reloaded::Rejected(st.last_rejection.clone().unwrap_or_default());
             }
         }
-        *self.loading_since.lock() = Some(Instant::now());
+        let started = Instant::now();
+        *self.loading_since.lock() = Some(started);
         let opened = self.open(current.as_deref());
         *self.loading_since.lock() = None;
+        let micros = started.elapsed().as_micros() as u64;
         match opened {
             Ok(None) => Reloaded::Same,
             Ok(Some(m)) if Some(m.identity()) == current_id => Reloaded::Same,
@@ -225,6 +233,7 @@ impl Maps {
                     }
                 }
                 self.stats.lock().loads.count(source);
+                self.link.loaded(PeerLine::Loaded { seq, micros });
                 tracing::debug!(seq, words, ?source, "mapped a new state");
                 Reloaded::New { seq }
             }
@@ -235,6 +244,8 @@ impl Maps {
                 st.rejected += 1;
                 st.last_rejection = Some(e.clone());
                 st.rejected_identity = Some(id);
+                drop(st);
+                self.link.loaded(PeerLine::Failed(e.clone()));
                 Reloaded::Rejected(e)
             }
         }

@@ -7,10 +7,12 @@
 //!   same validation, and the same "never an older state, never a torn one" rules, as
 //!   before: it is the local replica's);
 //! - [`follow`]: the two follower threads (the leader's socket; the watch and poll);
+//! - `link.rs`: the socket connection, which `want`s and reports each load;
 //! - [`handle`]: [`Reader`], its [`Snapshot`] handles and errors.
 
 mod follow;
 pub mod handle;
+mod link;
 pub mod maps;
 
 pub use handle::{Error, Follow, Reader, Snapshot, Status};

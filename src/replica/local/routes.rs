@@ -312,10 +312,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let replica = LocalReplica::new(config);
-    let cancel = CancellationToken::new();
-    let follower = replica.follow(&cancel)?;
     let serving = &replica.shared.config.serving;
     let (conns, tls) = (serving.connections(), serving.tls.clone());
+    // The leader lists this replica under the URL it can reach it at on this host.
+    let url = local_url(listener.local_addr()?, tls.is_some());
+    replica
+        .shared
+        .reader
+        .introduce(crate::protocol::PeerKind::LocalReplica, Some(url));
+    let cancel = CancellationToken::new();
+    let follower = replica.follow(&cancel)?;
     let served = crate::server::listen::serve(
         listener,
         local_replica_router(replica.clone()),
@@ -327,4 +333,15 @@ pub async fn run(
     cancel.cancel();
     let _ = follower.await;
     served
+}
+
+/// `addr` as a URL on this host: a wildcard address is reached at loopback.
+fn local_url(addr: std::net::SocketAddr, tls: bool) -> String {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{}", std::net::SocketAddr::new(ip, addr.port()))
 }

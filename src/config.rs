@@ -22,6 +22,12 @@ pub struct LeaderConfig {
     pub replica_timeout: Duration,
     /// How often the table is published as a snapshot when it changed. Default 1s.
     pub snapshot_interval: Duration,
+    /// A local replica behind the leader's publications by more than this many
+    /// intervals and more than `local_lag_floor` is a `/health` problem. Default 10.
+    pub local_lag_intervals: u32,
+    /// See `local_lag_intervals`: covers loading a new base of ten million words.
+    /// Default 5s.
+    pub local_lag_floor: Duration,
     /// Compact (merge the delta into a new base) once the delta holds this many words
     /// or an eighth of the base, whichever is more. Default 65 536.
     pub compact_after: usize,
@@ -126,6 +132,8 @@ impl LeaderConfig {
             max_replicas: 64,
             replica_timeout: Duration::from_secs(10),
             snapshot_interval: Duration::from_secs(1),
+            local_lag_intervals: 10,
+            local_lag_floor: Duration::from_secs(5),
             compact_after: 65_536,
             min_acks: 0,
             ack_timeout: Duration::from_secs(2),

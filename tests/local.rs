@@ -436,3 +436,145 @@ async fn health_says_when_the_mapping_is_stale() {
         "{why}"
     );
 }
+
+/// The leader's `/health` entry for the local replica at `url`, if it lists one.
+async fn listed(leader: &Node, url: &str) -> Option<serde_json::Value> {
+    let h = leader.health().await;
+    h["local_replicas"]
+        .as_array()?
+        .iter()
+        .find(|r| r["url"] == url)
+        .cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_lists_its_local_replicas_with_their_lag_and_forgets_a_dead_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Node::leader(
+        dir.path(),
+        &[
+            "--snapshot-interval",
+            "20ms",
+            "--local-lag-intervals",
+            "5",
+            "--local-lag-floor",
+            "400ms",
+        ],
+    );
+    let mut a = Node::local(dir.path(), &[]);
+    let b = Node::local(dir.path(), &[]);
+    let seq = leader.client().post_text("one two").await.unwrap().seq;
+    // Both listed, with the pid the kernel gives, the URL checked, and the new seq.
+    for node in [&a, &b] {
+        let r = eventually("the local replica to be listed at the new seq", || async {
+            let r = listed(&leader, &node.url).await?;
+            (r["seq"].as_u64()? >= seq && r["url_verified"] == true).then_some(r)
+        })
+        .await;
+        assert_eq!(r["kind"], "local-replica", "{r}");
+        assert_eq!(r["pid"].as_u64(), Some(u64::from(node.pid())), "{r}");
+        assert_eq!(
+            (r["lag"].as_u64(), r["lag_ms"].as_u64()),
+            (Some(0), Some(0)),
+            "{r}"
+        );
+        assert!(r["problem"].is_null(), "{r}");
+    }
+    let metrics = reqwest::get(format!("{}/metrics", leader.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("memdb_local_replicas{kind=\"local-replica\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "memdb_local_replica_lag_seqs{{replica=\"{}\"}} 0",
+            a.url
+        )),
+        "{metrics}"
+    );
+
+    // A stopped replica maps nothing new: its lag grows, and past the limit it is a
+    // problem of the leader's /health; the other stays current.
+    signal(&a, "-STOP");
+    let mut last_ms = 0;
+    for i in 0..3 {
+        let seq = leader
+            .client()
+            .post_text(&format!("more{i}"))
+            .await
+            .unwrap()
+            .seq;
+        eventually("the running replica to map the write", || async {
+            let r = listed(&leader, &b.url).await?;
+            (r["seq"].as_u64()? >= seq).then_some(())
+        })
+        .await;
+        let ms = eventually("the stopped replica's lag to grow", || async {
+            let r = listed(&leader, &a.url).await?;
+            let ms = r["lag_ms"].as_u64()?;
+            (r["lag"].as_u64()? >= 1 && ms > last_ms).then_some(ms)
+        })
+        .await;
+        last_ms = ms;
+    }
+    let (code, h) = eventually("the stopped replica to be a problem", || async {
+        let (code, h) = leader.client().health().await.ok()?;
+        let problems = h["problems"].as_array()?.clone();
+        problems
+            .iter()
+            .any(|p| p.as_str().unwrap_or("").contains(&a.url))
+            .then_some((code, h))
+    })
+    .await;
+    assert_eq!(code, 503, "{h}");
+    assert!(
+        !h["problems"].to_string().contains(&b.url),
+        "the running replica is not a problem: {h}"
+    );
+    // It resumes and catches up: no longer a problem.
+    signal(&a, "-CONT");
+    eventually("the resumed replica to catch up", || async {
+        let (code, h) = leader.client().health().await.ok()?;
+        let r = listed(&leader, &a.url).await?;
+        (code == 200 && r["lag"] == 0 && h["problems"].as_array()?.is_empty()).then_some(())
+    })
+    .await;
+    // A process that claims to be the running replica is disconnected once the
+    // replica's /health names another pid; the list is as before.
+    let sock = dir.path().join("memdb.sock");
+    let claim = b.url.clone();
+    let cut_off = tokio::task::spawn_blocking(move || {
+        use std::io::{BufRead, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        writeln!(s, "hello local-replica 0.1.0 {claim}").unwrap();
+        let mut lines = std::io::BufReader::new(s).lines();
+        // proto, seq, then the end of the connection (not the read timeout).
+        loop {
+            match lines.next() {
+                None => return true,
+                Some(Err(_)) => return false,
+                Some(Ok(_)) => {}
+            }
+        }
+    });
+    assert!(cut_off.await.unwrap(), "an impostor was not disconnected");
+    eventually("the impostor to leave the list", || async {
+        let h = leader.health().await;
+        (h["local_replicas"].as_array()?.len() == 2).then_some(())
+    })
+    .await;
+    // Killed: its connection closes and it leaves the list.
+    a.kill();
+    eventually("the killed replica to leave the list", || async {
+        let h = leader.health().await;
+        let list = h["local_replicas"].as_array()?.clone();
+        (list.len() == 1 && list[0]["url"] == b.url.as_str()).then_some(())
+    })
+    .await;
+}

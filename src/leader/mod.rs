@@ -10,7 +10,8 @@
 //!   [`crate::consensus::routes`]); `reads.rs` and `status.rs`: what the shared read
 //!   routes, `/health` and `/metrics` ask of a leader.
 //! - [`publisher`] (and `compaction.rs`), [`notifier`]: snapshots for local replicas
-//!   and the socket that announces them; [`backlog`], [`replication`]: batches for network replicas.
+//!   and the socket that announces them; [`locals`]: the local replicas and readers
+//!   connected to it, with their lag; [`backlog`], [`replication`]: batches for network replicas.
 //! - `files.rs`: `GET /files`, the files the table is made of, served as they are
 //!   for a joining network replica (a binary bootstrap).
 //! - [`error`]: why a leader could not open, shut down or take a write.
@@ -19,6 +20,7 @@ pub mod backlog;
 mod compaction;
 pub mod error;
 mod files;
+pub mod locals;
 pub mod node;
 pub mod notifier;
 mod open;

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::backlog::Backlog;
 use super::error::{IngestError, LeaderError, ShutdownError, io_err};
+use super::locals::{LagLimit, Locals};
 use super::notifier;
 use super::open::{lock_data_dir, recover, recover_voter, replica_set};
 use super::publisher::{PublishError, Publisher, Setup};
@@ -60,8 +61,28 @@ pub(super) struct Shared {
     socket_path: PathBuf,
     /// Stops the notification socket's tasks.
     notifier_stop: CancellationToken,
+    /// The local replicas and readers connected to that socket.
+    pub(super) locals: Locals,
     /// Held (flock) for the process's life.
     _lock: File,
+}
+
+/// The registry of the socket's peers, with the configured lag limit; the client
+/// that checks local replicas' URLs trusts what pushes to network replicas trust.
+fn local_peers(config: &LeaderConfig) -> Locals {
+    let limit = LagLimit {
+        intervals: config.local_lag_intervals,
+        floor: config.local_lag_floor,
+        interval: config.snapshot_interval,
+    };
+    let http = config
+        .serving
+        .client_tls
+        .builder()
+        .connect_timeout(std::time::Duration::from_secs(1))
+        .build()
+        .ok();
+    Locals::new(limit, http)
 }
 
 /// What a registering replica is told.
@@ -165,6 +186,7 @@ impl Leader {
             "leader recovered its data"
         );
         let published = publisher.published();
+        let locals = local_peers(&config);
         let leader = Leader {
             shared: Arc::new(Shared {
                 state: Arc::new(State {
@@ -188,6 +210,7 @@ impl Leader {
                 refused: AtomicU64::new(0),
                 socket_path,
                 notifier_stop: CancellationToken::new(),
+                locals,
                 _lock: lock,
             }),
         };
@@ -209,6 +232,7 @@ impl Leader {
                     s.publisher.publish_soon(want);
                 }
             }),
+            self.shared.locals.clone(),
             self.shared.notifier_stop.clone(),
         ));
     }

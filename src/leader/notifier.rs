@@ -3,8 +3,17 @@
 //! A line protocol, one message per line:
 //! - leader → replica: `seq N` on connect (the snapshot on disk now) and after every
 //!   publish;
+//! - leader → replica: `proto 2` first, the protocol this leader speaks (protocol 1
+//!   leaders say nothing: a peer then sends only `want`);
 //! - replica → leader: `want N` when a reader waits for seq N (`min_seq`), so the leader
-//!   publishes early instead of at its next interval.
+//!   publishes early instead of at its next interval;
+//! - replica → leader, protocol 2 only: `hello <kind> <version> <url or ->` (who it is:
+//!   `local-replica` or `reader`), `loaded <seq> <micros>` after every load and
+//!   `failed <reason>` when one fails (see [`super::locals`]).
+//!
+//! Lines are at most 512 bytes, and a peer may send 2,000 a second; one that sends a
+//! longer line, more lines, or a line that is not one of these is disconnected (the
+//! others are not affected).
 //!
 //! The socket is created owner-only (0600), or 0660 for the group the state is shared
 //! with (`--reader-group`). A socket file left by a crashed leader is
@@ -23,11 +32,10 @@ use tokio::sync::watch;
 use tokio_util::codec::{FramedRead, LinesCodec};
 use tokio_util::sync::CancellationToken;
 
-use crate::protocol::{parse_socket_line, socket_line};
+use super::locals::Locals;
+use crate::protocol::{MAX_SOCKET_LINE, PeerLine, SOCKET_PROTOCOL, socket_line};
 
 pub use crate::protocol::SOCKET_NAME;
-/// Longest line accepted from a peer (a `want N` is ~25 bytes).
-const MAX_LINE: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NotifierError {
@@ -73,14 +81,21 @@ pub fn bind(path: &Path) -> Result<UnixListener, NotifierError> {
     UnixListener::from_std(std_listener).map_err(io_err)
 }
 
-/// Serves local replicas until `cancel`: tells each the published seq, and passes their
-/// `want N` requests to `want`.
+/// Serves local replicas until `cancel`: tells each the published seq, passes their
+/// `want N` requests to `want`, and keeps `locals` (who is connected and what each
+/// mapped) up to date.
 pub async fn serve(
     listener: UnixListener,
     published: watch::Receiver<u64>,
     want: Arc<dyn Fn(u64) + Send + Sync>,
+    locals: Locals,
     cancel: CancellationToken,
 ) {
+    tokio::spawn(record_publications(
+        published.clone(),
+        locals.clone(),
+        cancel.clone(),
+    ));
     loop {
         let stream = tokio::select! {
             r = listener.accept() => match r {
@@ -93,32 +108,65 @@ pub async fn serve(
             },
             _ = cancel.cancelled() => return,
         };
-        tokio::spawn(peer(
-            stream,
-            published.clone(),
-            want.clone(),
-            cancel.clone(),
-        ));
+        let cred = stream.peer_cred().ok();
+        let Some((id, kick)) = locals.connect(cred.and_then(|c| c.pid()), cred.map(|c| c.uid()))
+        else {
+            tracing::warn!(
+                max = super::locals::MAX_PEERS,
+                "too many processes on the notification socket; closing a new connection"
+            );
+            continue;
+        };
+        let locals = locals.clone();
+        let (published, want, cancel) = (published.clone(), want.clone(), cancel.clone());
+        tokio::spawn(async move {
+            peer(stream, id, &locals, published, want, kick, cancel).await;
+            locals.disconnect(id);
+        });
     }
 }
 
+async fn record_publications(
+    mut published: watch::Receiver<u64>,
+    locals: Locals,
+    cancel: CancellationToken,
+) {
+    loop {
+        locals.published(*published.borrow_and_update());
+        tokio::select! {
+            changed = published.changed() => if changed.is_err() { return },
+            _ = cancel.cancelled() => return,
+        }
+    }
+}
+
+/// Lines a peer may send per second (and twice this at once) before it is cut off: a
+/// reader sends a `want` per new seq waited for and a `loaded` per load.
+const LINES_PER_SECOND: f64 = 2000.0;
+
 async fn peer(
     stream: UnixStream,
+    id: u64,
+    locals: &Locals,
     mut published: watch::Receiver<u64>,
     want: Arc<dyn Fn(u64) + Send + Sync>,
+    kick: CancellationToken,
     cancel: CancellationToken,
 ) {
     let (r, mut w) = stream.into_split();
     // A peer may not make us buffer more than a line's worth: an overlong line ends
     // the connection.
-    let mut lines = FramedRead::new(r, LinesCodec::new_with_max_length(MAX_LINE));
+    let mut lines = FramedRead::new(r, LinesCodec::new_with_max_length(MAX_SOCKET_LINE));
     let first = *published.borrow_and_update();
-    if w.write_all(socket_line("seq", first).as_bytes())
-        .await
-        .is_err()
-    {
+    let hello = format!(
+        "{}{}",
+        socket_line("proto", SOCKET_PROTOCOL),
+        socket_line("seq", first)
+    );
+    if w.write_all(hello.as_bytes()).await.is_err() {
         return;
     }
+    let mut budget = (2.0 * LINES_PER_SECOND, std::time::Instant::now());
     loop {
         tokio::select! {
             changed = published.changed() => {
@@ -130,18 +178,46 @@ async fn peer(
                     return;
                 }
             }
-            line = lines.next() => match line {
-                Some(Ok(l)) => match parse_socket_line(&l, "want") {
-                    Some(n) => want(n),
-                    None => {
-                        tracing::debug!(line = %l, "ignoring an unknown notification message");
-                    }
-                },
-                _ => return,
-            },
+            line = lines.next() => {
+                let refused = match line {
+                    Some(Ok(l)) => take_line(&l, id, locals, &want, &mut budget).err(),
+                    Some(Err(e)) => Some(e.to_string()),
+                    None => return,
+                };
+                if let Some(why) = refused {
+                    tracing::warn!(peer = id, why = %why, "disconnecting a notification socket peer");
+                    return;
+                }
+            }
+            _ = kick.cancelled() => return,
             _ = cancel.cancelled() => return,
         }
     }
+}
+
+/// One line from a peer; why it is cut off, if it is.
+fn take_line(
+    line: &str,
+    id: u64,
+    locals: &Locals,
+    want: &Arc<dyn Fn(u64) + Send + Sync>,
+    (tokens, at): &mut (f64, std::time::Instant),
+) -> Result<(), String> {
+    let now = std::time::Instant::now();
+    *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * LINES_PER_SECOND)
+        .min(2.0 * LINES_PER_SECOND);
+    *at = now;
+    if *tokens < 1.0 {
+        return Err(format!("more than {LINES_PER_SECOND} lines a second"));
+    }
+    *tokens -= 1.0;
+    match PeerLine::parse(line)? {
+        PeerLine::Want(n) => want(n),
+        PeerLine::Hello { kind, version, url } => locals.hello(id, kind, version, url)?,
+        PeerLine::Loaded { seq, micros } => locals.loaded(id, seq, micros),
+        PeerLine::Failed(why) => locals.failed(id, why),
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -167,8 +243,30 @@ mod tests {
         assert!(matches!(bind(&file), Err(NotifierError::NotASocket(_))));
     }
 
+    fn locals() -> Locals {
+        Locals::new(
+            super::super::locals::LagLimit {
+                intervals: 10,
+                floor: std::time::Duration::from_secs(5),
+                interval: std::time::Duration::from_millis(100),
+            },
+            None,
+        )
+    }
+
+    async fn until(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !f() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
     #[tokio::test]
-    async fn peers_hear_every_publish_and_can_ask_for_one() {
+    async fn peers_hear_every_publish_report_their_loads_and_garbage_is_cut_off() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(SOCKET_NAME);
         let listener = bind(&path).unwrap();
@@ -176,28 +274,74 @@ mod tests {
         let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
         let asked2 = asked.clone();
         let cancel = CancellationToken::new();
+        let locals = locals();
         tokio::spawn(serve(
             listener,
             rx,
             Arc::new(move |n| asked2.lock().unwrap().push(n)),
+            locals.clone(),
             cancel.clone(),
         ));
         let stream = UnixStream::connect(&path).await.unwrap();
         let (r, mut w) = stream.into_split();
         let mut lines = BufReader::new(r).lines();
+        assert_eq!(lines.next_line().await.unwrap().unwrap(), "proto 2");
         assert_eq!(lines.next_line().await.unwrap().unwrap(), "seq 5");
         tx.send_replace(9);
         assert_eq!(lines.next_line().await.unwrap().unwrap(), "seq 9");
         w.write_all(b"want 11\n").await.unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while asked.lock().unwrap().is_empty() {
-            assert!(std::time::Instant::now() < deadline, "want never arrived");
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        until("the want", || !asked.lock().unwrap().is_empty()).await;
         assert_eq!(*asked.lock().unwrap(), vec![11]);
-        // A peer that sends an endless line is cut off rather than buffered.
-        w.write_all(&[b'x'; 200]).await.unwrap();
+        // Who it is comes from the socket, not from what it says.
+        let me = std::process::id() as i32;
+        w.write_all(b"hello reader 9.9.9 -\nloaded 9 1500\n")
+            .await
+            .unwrap();
+        until("the load report", || {
+            locals.reports().first().is_some_and(|r| r.seq == Some(9))
+        })
+        .await;
+        let r = &locals.reports()[0];
+        assert_eq!(
+            (r.kind, r.pid, r.lag, r.last_load_ms),
+            ("reader", Some(me), Some(0), Some(1.5))
+        );
+        // A second peer that sends garbage is cut off; the first is not.
+        let other = UnixStream::connect(&path).await.unwrap();
+        let (r2, mut w2) = other.into_split();
+        let mut lines2 = BufReader::new(r2).lines();
+        assert_eq!(lines2.next_line().await.unwrap().unwrap(), "proto 2");
+        until("two peers", || locals.reports().len() == 2).await;
+        w2.write_all(b"hello replica x y\n").await.unwrap();
+        lines2.next_line().await.unwrap(); // seq 9
+        assert!(
+            lines2.next_line().await.unwrap().is_none(),
+            "garbage was not cut off"
+        );
+        until("the garbage peer to leave the list", || {
+            locals.reports().len() == 1
+        })
+        .await;
+        tx.send_replace(12);
+        assert_eq!(lines.next_line().await.unwrap().unwrap(), "seq 12");
+        // An endless line is cut off rather than buffered, and the peer leaves the list.
+        w.write_all(&[b'x'; 600]).await.unwrap();
         assert!(lines.next_line().await.unwrap().is_none());
+        until("the list to empty", || locals.reports().is_empty()).await;
+        // A flood of lines too.
+        let flood = UnixStream::connect(&path).await.unwrap();
+        let (r3, mut w3) = flood.into_split();
+        let mut lines3 = BufReader::new(r3).lines();
+        let many = "want 1\n".repeat(20_000);
+        let _ = w3.write_all(many.as_bytes()).await;
+        let mut closed = false;
+        for _ in 0..4 {
+            if lines3.next_line().await.unwrap_or(None).is_none() {
+                closed = true;
+                break;
+            }
+        }
+        assert!(closed, "a flood of lines was not cut off");
         cancel.cancel();
     }
 }

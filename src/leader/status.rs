@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::locals::LocalReport;
 use super::node::Leader;
 use super::publisher::PublishStats;
 use super::replication::LinkReport;
@@ -47,6 +48,9 @@ pub struct LeaderHealth {
     /// Network replicas that must acknowledge a write before it is answered.
     min_acks: usize,
     replicas: Vec<LinkReport>,
+    /// The local replicas and embedded readers mapping this node's files (connected to
+    /// its notification socket), with their lag.
+    local_replicas: Vec<LocalReport>,
     snapshot: PublishStats,
     /// The single leader's write-ahead log (absent on a raft voter).
     wal: Option<WalHealth>,
@@ -106,6 +110,7 @@ impl Leader {
         if let Some(e) = s.state.publisher.stats().last_error {
             out.push(format!("snapshot cannot be published: {e}"));
         }
+        out.extend(s.locals.problems());
         out.extend(
             s.config
                 .serving
@@ -153,6 +158,7 @@ impl Leader {
             },
             min_acks: s.config.min_acks,
             replicas: s.replicas.reports(),
+            local_replicas: s.locals.reports(),
             snapshot: st.publisher.stats(),
             wal: s.wal.as_ref().map(|wal| WalHealth {
                 fsync: s.config.wal.fsync.as_str(),
@@ -170,6 +176,16 @@ impl Leader {
 }
 
 impl Leader {
+    /// The local replicas and readers connected to the notification socket.
+    pub fn local_reports(&self) -> Vec<LocalReport> {
+        self.shared.locals.reports()
+    }
+
+    /// Words counted since start.
+    pub fn words_ingested(&self) -> u64 {
+        self.shared.state.words_ingested.load(Ordering::Relaxed)
+    }
+
     /// The leader's series for `/metrics`.
     pub(super) fn collect_series(&self, m: &mut Series<'_>) {
         m.counter(
@@ -178,6 +194,7 @@ impl Leader {
             self.shared.state.words_ingested.load(Ordering::Relaxed),
         );
         self.collect_replicas(m);
+        self.shared.locals.collect(m);
         self.collect_snapshot(m);
         self.collect_wal(m);
     }

@@ -334,6 +334,14 @@ pub struct LeaderArgs {
     /// How often to publish a snapshot when the table changed.
     #[arg(long, env = "MEMDB_SNAPSHOT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub snapshot_interval: Duration,
+    /// A local replica more than this many snapshot intervals behind (and more than
+    /// --local-lag-floor) is a /health problem.
+    #[arg(long, env = "MEMDB_LOCAL_LAG_INTERVALS", default_value_t = 10)]
+    pub local_lag_intervals: u32,
+    /// See --local-lag-intervals: the least lag that is a problem (covers loading a
+    /// new base of ten million words).
+    #[arg(long, env = "MEMDB_LOCAL_LAG_FLOOR", default_value = "5s", value_parser = parse_duration)]
+    pub local_lag_floor: Duration,
     /// Merge the delta into a new base once it holds this many words or an eighth of
     /// the base, whichever is more.
     #[arg(long, env = "MEMDB_COMPACT_AFTER", default_value_t = 65_536)]

@@ -105,6 +105,8 @@ async fn run(cli: Cli, fds: std::io::Result<u64>) -> anyhow::Result<()> {
                 max_replicas: a.max_replicas,
                 replica_timeout: a.replica_timeout,
                 snapshot_interval: a.snapshot_interval,
+                local_lag_intervals: a.local_lag_intervals,
+                local_lag_floor: a.local_lag_floor,
                 compact_after: a.compact_after,
                 min_acks: a.min_acks,
                 ack_timeout: a.ack_timeout,

@@ -155,6 +155,28 @@ pub fn status_text(url: &str, h: &Value) -> String {
             ));
         }
     }
+    if let Some(locals) = h["local_replicas"].as_array() {
+        if locals.is_empty() {
+            out.push_str("  no local replicas or readers\n");
+        }
+        for l in locals {
+            let num = |k: &str| l[k].as_u64().map_or("-".to_owned(), |v| v.to_string());
+            out.push_str(&format!(
+                "  {} {} (pid {}): mapped seq {}, lag {} seqs / {} ms{}\n",
+                l["kind"].as_str().unwrap_or("?"),
+                l["url"].as_str().unwrap_or("-"),
+                num("pid"),
+                num("seq"),
+                num("lag"),
+                num("lag_ms"),
+                l["problem"]
+                    .as_str()
+                    .or(l["last_error"].as_str())
+                    .map(|e| format!(", {e}"))
+                    .unwrap_or_default(),
+            ));
+        }
+    }
     let snap = &h["snapshot"];
     if snap.is_object() {
         out.push_str(&format!(
@@ -233,6 +255,11 @@ mod tests {
             "tokenizer": "unicode", "raft": null,
             "replicas": [{"url": "http://r", "status": "ok", "acked_seq": 8, "lag": 1,
                           "lag_ms": 3, "last_error": "refused"}],
+            "local_replicas": [
+                {"kind": "local-replica", "url": "http://l", "pid": 77, "seq": 9, "lag": 0,
+                 "lag_ms": 0, "problem": null},
+                {"kind": "reader", "url": null, "pid": 78, "seq": 5, "lag": 4,
+                 "lag_ms": 1500, "problem": null, "last_error": "checksum"}],
             "snapshot": {"seq": 9, "base_words": 2, "delta_words": 0}});
         let t = status_text("http://x", &h);
         assert!(
@@ -244,6 +271,14 @@ mod tests {
             t.contains(
                 "replica http://r ok: acked seq 8, lag 1 batches / 3 ms, last error: refused"
             ),
+            "{t}"
+        );
+        assert!(
+            t.contains("local-replica http://l (pid 77): mapped seq 9, lag 0 seqs / 0 ms\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("reader - (pid 78): mapped seq 5, lag 4 seqs / 1500 ms, checksum\n"),
             "{t}"
         );
         assert!(!t.contains("tls"), "{t}");

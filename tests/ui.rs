@@ -148,9 +148,145 @@ async fn the_status_page_shows_the_new_seq_and_top_words_in_a_real_browser() {
             "{dom}"
         );
     }
-    // The leader's page lists its network replica.
+    // The leader's page lists its network replica and its local replica, and opens
+    // with the node's own past: the samples the node kept before the page was loaded.
+    let http = reqwest::Client::new();
+    let kept = eventually("the leader to keep three seconds of history", || async {
+        let h: serde_json::Value = http
+            .get(format!("{}/history", leader.url))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let samples = h["samples"].as_array()?.clone();
+        let lags = samples.last()?["lags"].clone();
+        (samples.len() >= 3 && lags.get(format!("local {}", local.url)).is_some())
+            .then_some(samples.len())
+    })
+    .await;
     let dom = rendered(&format!("{}/", leader.url));
     assert!(dom.contains(&replica.url), "{dom}");
+    let locals = dom
+        .split("<tbody id=\"locals\">")
+        .nth(1)
+        .and_then(|r| r.split("</tbody>").next())
+        .unwrap_or_default();
+    assert!(
+        locals.contains(&local.url) && locals.contains("local-replica"),
+        "the page does not list the local replica: {dom}"
+    );
+    let shown: usize = dom
+        .split("data-history=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the page loaded no history: {dom}"));
+    assert!(
+        shown >= kept,
+        "the page showed {shown} samples of {kept} kept"
+    );
+}
+
+/// The page's tick function (between its `ticks:begin` and `ticks:end` markers), run
+/// in the browser on its own over many scales: every label distinct, the steps 1, 2
+/// or 5 times a power of ten (at least 1 for counts), the axis covering the maximum
+/// with two to four steps.
+#[test]
+fn the_charts_axis_labels_are_distinct_and_readable_at_every_scale() {
+    let page = memdb::server::ui::PAGE;
+    let begin = page.find("// ticks:begin").expect("the ticks:begin marker");
+    let end = page.find("// ticks:end").expect("the ticks:end marker");
+    let code = &page[begin..end];
+    let maxima = [
+        0.0,
+        0.001,
+        0.3,
+        0.5,
+        1.0,
+        1.5,
+        2.0,
+        3.0,
+        7.0,
+        10.0,
+        11.0,
+        99.0,
+        100.0,
+        999.0,
+        1000.0,
+        1001.0,
+        12_345.0,
+        99_999.0,
+        250_000.0,
+        2_500_000.0,
+        7.5e9,
+    ];
+    let cases = maxima.map(|m| m.to_string()).join(",");
+    let html = format!(
+        "<!doctype html><html><body><pre id=\"out\"></pre><script>{code}\n\
+         const out = [];\n\
+         for (const max of [{cases}]) for (const integer of [true, false]) {{\n\
+           const t = ticks(max, integer);\n\
+           out.push([max, integer, t.step, t.values.join(' '), t.labels.join('|')].join(';'));\n\
+         }}\n\
+         document.getElementById('out').textContent = out.join('\\n');\n\
+         </script></body></html>"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ticks.html");
+    std::fs::write(&file, html).unwrap();
+    let dom = rendered(&format!("file://{}", file.display()));
+    let out = dom
+        .split("<pre id=\"out\">")
+        .nth(1)
+        .and_then(|r| r.split("</pre>").next())
+        .unwrap_or_else(|| panic!("no output: {dom}"));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), maxima.len() * 2, "{out}");
+    for line in lines {
+        let f: Vec<&str> = line.split(';').collect();
+        let (max, integer, step): (f64, bool, f64) =
+            (f[0].parse().unwrap(), f[1] == "true", f[2].parse().unwrap());
+        let values: Vec<f64> = f[3].split(' ').map(|v| v.parse().unwrap()).collect();
+        let labels: Vec<&str> = f[4].split('|').collect();
+        let mut distinct = labels.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), labels.len(), "labels repeat: {line}");
+        let top = *values.last().unwrap();
+        assert!(
+            top >= max && values[0] == 0.0,
+            "the axis does not cover {max}: {line}"
+        );
+        assert!(
+            (2..=5).contains(&values.len()),
+            "{} ticks: {line}",
+            values.len()
+        );
+        let mantissa = step / 10f64.powf(step.log10().floor());
+        assert!(
+            [1.0, 2.0, 5.0].iter().any(|m| (mantissa - m).abs() < 1e-9),
+            "step {step}: {line}"
+        );
+        if integer {
+            assert!(step >= 1.0, "a count's step below 1: {line}");
+        }
+        // Each label reads as its value (with a k, M or G suffix).
+        for (v, l) in values.iter().zip(&labels) {
+            let (num, unit) = match l.chars().last().unwrap() {
+                'k' => (&l[..l.len() - 1], 1e3),
+                'M' => (&l[..l.len() - 1], 1e6),
+                'G' => (&l[..l.len() - 1], 1e9),
+                _ => (&l[..], 1.0),
+            };
+            let read: f64 = num.parse::<f64>().unwrap() * unit;
+            assert!(
+                (read - v).abs() <= v.abs() * 1e-9 + 1e-12,
+                "{l} is not {v}: {line}"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

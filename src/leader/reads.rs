@@ -15,6 +15,32 @@ use crate::server::parse::TopQuery;
 use crate::server::source::{CountSource, SyncBody};
 
 impl CountSource for Leader {
+    fn chart_sample(&self) -> crate::server::history::Sample {
+        let mut lags = std::collections::BTreeMap::new();
+        for r in self.replicas().reports() {
+            lags.insert(r.url.clone(), r.lag.unwrap_or(0));
+        }
+        for r in self.local_reports() {
+            let name = match (&r.url, r.pid) {
+                (Some(url), _) => format!("local {url}"),
+                (None, Some(pid)) => format!("{} {pid}", r.kind),
+                (None, None) => continue,
+            };
+            lags.insert(name, r.lag.unwrap_or(0));
+        }
+        if let Some(c) = self.consensus() {
+            for m in c.status().members {
+                lags.insert(format!("raft {}", m.id), m.lag.unwrap_or(0));
+            }
+        }
+        crate::server::history::Sample {
+            t: 0,
+            seq: self.seq(),
+            ingested: Some(self.words_ingested()),
+            lags,
+        }
+    }
+
     fn distinct_words(&self) -> u64 {
         self.state().table.read().len() as u64
     }

@@ -10,6 +10,7 @@ pub mod constraints;
 pub mod deadline;
 pub mod error;
 pub mod files;
+pub mod history;
 pub mod listen;
 pub mod metrics;
 pub mod openapi;

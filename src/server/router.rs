@@ -349,6 +349,7 @@ pub fn node_router<S: CountSource>(
         .routes(documented::<__path_top, _, _, _>(top::<S>))
         .routes(utoipa_axum::routes!(crate::server::ui::ui))
         .routes(utoipa_axum::routes!(crate::server::ui::root))
+        .routes(utoipa_axum::routes!(crate::server::history::history))
         .routes(utoipa_axum::routes!(metrics));
     let open = OpenApiRouter::new().routes(health);
     let mut routes = serving.apply(guarded, peers, bulk, lookups, open);
@@ -371,7 +372,10 @@ pub fn node_router<S: CountSource>(
     finish(
         routes
             .layer(axum::Extension(metrics.clone()))
-            .layer(axum::Extension(scans)),
+            .layer(axum::Extension(scans))
+            .layer(axum::Extension(crate::server::history::History::start(
+                node.clone(),
+            ))),
         node,
         metrics,
         budget,

@@ -45,6 +45,14 @@ pub trait CountSource: Clone + Send + Sync + 'static {
     fn distinct_words(&self) -> u64;
     /// Writes the role's own series (beyond seq and distinct words) at scrape time.
     fn collect(&self, m: &mut Series<'_>);
+    /// What the status page charts now (see [`super::history`]; the caller sets `t`):
+    /// the seq, and a leader's words ingested and replicas' lags.
+    fn chart_sample(&self) -> ChartSample {
+        ChartSample {
+            seq: self.seq(),
+            ..Default::default()
+        }
+    }
 }
 
 /// Waits until `rx` reaches `min`, for at most `max_wait`; `Err` holds the seq reached.
@@ -152,4 +160,18 @@ impl<S: CountSource> super::metrics::NodeSeries for S {
     fn node_series(&self, m: &mut Series<'_>) {
         self.collect(m)
     }
+}
+
+/// One second of the status page's charts (kept by [`super::history`]).
+#[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
+pub struct ChartSample {
+    /// When, in milliseconds since the Unix epoch (the node's clock).
+    pub t: u64,
+    /// The node's seq.
+    pub seq: u64,
+    /// Words counted since start (a leader; `null` on a replica).
+    pub ingested: Option<u64>,
+    /// Each replica's lag by name: a network replica's URL (batches), `local <URL>` or
+    /// `reader <pid>` (seqs), `raft <id>` (entries).
+    pub lags: std::collections::BTreeMap<String, u64>,
 }

@@ -66,8 +66,15 @@ where
 /// Marks every operation in `api` as needing the bearer token.
 pub fn require_bearer(api: &mut OpenApi) {
     let requirement = SecurityRequirement::new(BEARER, Vec::<String>::new());
-    for item in api.paths.paths.values_mut() {
-        let ops = [
+    for op in operations(api) {
+        op.security = Some(vec![requirement.clone()]);
+    }
+}
+
+/// Every operation of `api`.
+fn operations(api: &mut OpenApi) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    api.paths.paths.values_mut().flat_map(|item| {
+        [
             &mut item.get,
             &mut item.put,
             &mut item.post,
@@ -76,11 +83,10 @@ pub fn require_bearer(api: &mut OpenApi) {
             &mut item.head,
             &mut item.patch,
             &mut item.trace,
-        ];
-        for op in ops.into_iter().flatten() {
-            op.security = Some(vec![requirement.clone()]);
-        }
-    }
+        ]
+        .into_iter()
+        .flatten()
+    })
 }
 
 /// Marks every operation of `api` as needing a client certificate (`--tls-client-ca`):
@@ -101,23 +107,11 @@ pub fn require_client_certificate(api: &mut OpenApi) {
                 .build(),
         )
         .build();
-    for item in api.paths.paths.values_mut() {
-        let ops = [
-            &mut item.get,
-            &mut item.put,
-            &mut item.post,
-            &mut item.delete,
-            &mut item.options,
-            &mut item.head,
-            &mut item.patch,
-            &mut item.trace,
-        ];
-        for op in ops.into_iter().flatten() {
-            op.responses
-                .responses
-                .entry("403".to_owned())
-                .or_insert_with(|| RefOr::T(forbidden.clone()));
-        }
+    for op in operations(api) {
+        op.responses
+            .responses
+            .entry("403".to_owned())
+            .or_insert_with(|| RefOr::T(forbidden.clone()));
     }
 }
 

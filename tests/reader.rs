@@ -492,3 +492,72 @@ async fn published(leader: &Node) -> u64 {
     .await;
     seq
 }
+
+/// An application's reader is listed by the leader as `kind: reader`, under this
+/// process's pid, with the seq it mapped; one that stops following falls behind and is
+/// still never a problem of the leader's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_lists_an_embedded_reader_and_never_counts_it_as_a_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Node::leader(
+        dir.path(),
+        &[
+            "--snapshot-interval",
+            "20ms",
+            "--local-lag-intervals",
+            "1",
+            "--local-lag-floor",
+            "100ms",
+        ],
+    );
+    let seq = leader.client().post_text("one").await.unwrap().seq;
+    let reader = Reader::open(dir.path()).unwrap();
+    assert!(reader.wait_for(seq, WAIT).unwrap() >= seq);
+    let me = u64::from(std::process::id());
+    let listed = |h: &serde_json::Value| {
+        h["local_replicas"]
+            .as_array()
+            .and_then(|l| l.iter().find(|r| r["pid"] == me).cloned())
+    };
+    let r = eventually("the reader to be listed at its seq", || async {
+        let r = listed(&leader.health().await)?;
+        (r["seq"].as_u64()? >= seq).then_some(r)
+    })
+    .await;
+    assert_eq!(r["kind"], "reader", "{r}");
+    assert!(r["url"].is_null(), "{r}");
+    assert_eq!(r["version"], env!("CARGO_PKG_VERSION"), "{r}");
+    // It stops following (its connection closes: it leaves the list), and a reader
+    // that follows but falls behind stays out of the problems.
+    reader.stop();
+    eventually("the stopped reader to leave the list", || async {
+        listed(&leader.health().await).is_none().then_some(())
+    })
+    .await;
+    // A reader that reports one load and then none (an application that paused) falls
+    // behind past the limit: listed with its lag, never a problem.
+    let mut paused =
+        std::os::unix::net::UnixStream::connect(dir.path().join("memdb.sock")).unwrap();
+    std::io::Write::write_all(
+        &mut paused,
+        format!("hello reader 1 -\nloaded {seq} 10\n").as_bytes(),
+    )
+    .unwrap();
+    for i in 0..3 {
+        leader
+            .client()
+            .post_text(&format!("more{i}"))
+            .await
+            .unwrap();
+    }
+    let h = eventually("the paused reader to lag past the limit", || async {
+        let h = leader.health().await;
+        let r = listed(&h)?;
+        (r["lag_ms"].as_u64()? > 300 && r["lag"].as_u64()? >= 1).then_some(h)
+    })
+    .await;
+    let (code, h2) = leader.client().health().await.unwrap();
+    assert_eq!(code, 200, "a reader is never a problem: {h} {h2}");
+    assert!(h2["problems"].as_array().unwrap().is_empty(), "{h2}");
+    drop(paused);
+}

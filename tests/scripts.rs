@@ -212,6 +212,28 @@ async fn lifecycle(script: Script) {
         assert_eq!(got.get("cluster"), Some(&1), "{}", r.base());
     }
 
+    if script.mode == "local" {
+        // The leader lists the local replicas beside it, at the seq of the post.
+        eventually(
+            "the leader to list its local replicas at the post's seq",
+            || async {
+                let (_, h) = writer.health().await.ok()?;
+                let listed = h["local_replicas"].as_array()?.clone();
+                readers
+                    .iter()
+                    .all(|r| {
+                        listed.iter().any(|l| {
+                            l["kind"] == "local-replica"
+                                && l["url"].as_str() == Some(r.base().trim_end_matches('/'))
+                                && l["seq"].as_u64() >= Some(reply.seq)
+                        })
+                    })
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
     // A second start: refused, naming how to stop the running one; nothing changed.
     let again = script.run("start");
     assert_eq!(again.status.code(), Some(1), "{}", text(&again));

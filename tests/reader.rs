@@ -561,3 +561,46 @@ async fn the_leader_lists_an_embedded_reader_and_never_counts_it_as_a_problem() 
     assert!(h2["problems"].as_array().unwrap().is_empty(), "{h2}");
     drop(paused);
 }
+
+/// What a reader sends a leader of each protocol: to one of protocol 1 (which says no
+/// `proto` line and cuts off a line over 64 bytes) only `want N`; to one of protocol 2
+/// first its `hello`.
+#[test]
+fn a_reader_says_hello_only_to_a_leader_of_protocol_2() {
+    use std::io::{BufRead, BufReader, Write};
+    for proto in [None, Some(2)] {
+        let dir = tempfile::tempdir().unwrap();
+        let listener =
+            std::os::unix::net::UnixListener::bind(dir.path().join("memdb.sock")).unwrap();
+        let reader = Reader::unchecked(Options::new(dir.path()), Follow::Background).unwrap();
+        let (mut conn, _) = listener.accept().unwrap();
+        if let Some(p) = proto {
+            writeln!(conn, "proto {p}").unwrap();
+        }
+        writeln!(conn, "seq 0").unwrap();
+        // A waiter asks for seq 5 (nothing is published: it times out).
+        assert!(matches!(
+            reader.wait_for(5, Duration::from_millis(300)),
+            Err(Error::Timeout { .. })
+        ));
+        conn.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut lines = BufReader::new(conn.try_clone().unwrap());
+        let mut got = Vec::new();
+        let mut line = String::new();
+        while lines.read_line(&mut line).is_ok_and(|n| n > 0) {
+            got.push(line.trim_end().to_owned());
+            line.clear();
+        }
+        match proto {
+            None => assert_eq!(got, vec!["want 5".to_owned()], "to a protocol-1 leader"),
+            Some(_) => {
+                let hello = format!("hello reader {} -", env!("CARGO_PKG_VERSION"));
+                assert!(got.contains(&hello), "{got:?}");
+                assert!(got.contains(&"want 5".to_owned()), "{got:?}");
+                assert!(got.iter().all(|l| l.len() < 512), "{got:?}");
+            }
+        }
+        drop(reader);
+    }
+}

@@ -193,6 +193,7 @@ async fn lifecycle(script: Script) {
             other => panic!("the client token registered a replica: {other:?}"),
         }
     }
+    let token_for_health = token.clone();
     let (writer, readers) = script.clients(&tls, token);
     let words = "scripted cluster scripted";
     let reply = if script.mode == "ha" {
@@ -212,26 +213,44 @@ async fn lifecycle(script: Script) {
         assert_eq!(got.get("cluster"), Some(&1), "{}", r.base());
     }
 
-    if script.mode == "local" {
-        // The leader lists the local replicas beside it, at the seq of the post.
-        eventually(
-            "the leader to list its local replicas at the post's seq",
-            || async {
-                let (_, h) = writer.health().await.ok()?;
-                let listed = h["local_replicas"].as_array()?.clone();
-                readers
-                    .iter()
-                    .all(|r| {
-                        listed.iter().any(|l| {
-                            l["kind"] == "local-replica"
-                                && l["url"].as_str() == Some(r.base().trim_end_matches('/'))
-                                && l["seq"].as_u64() >= Some(reply.seq)
+    if matches!(script.mode, "local" | "ha") {
+        // The leader lists the local replicas beside it (a voter, the one beside it),
+        // at the post's seq.
+        let beside: Vec<(Client, Vec<String>)> = if script.mode == "local" {
+            let urls = readers
+                .iter()
+                .map(|r| r.base().trim_end_matches('/').to_owned());
+            vec![(writer.clone(), urls.collect())]
+        } else {
+            script
+                .ports
+                .iter()
+                .map(|&p| {
+                    let c = Client::with_tls(&format!("http://127.0.0.1:{p}"), &tls)
+                        .with_token(token_for_health.clone());
+                    (c, vec![format!("http://127.0.0.1:{}", p + 1)])
+                })
+                .collect()
+        };
+        for (node, urls) in &beside {
+            eventually(
+                "the local replicas to be listed at the post's seq",
+                || async {
+                    let (_, h) = node.health().await.ok()?;
+                    let listed = h["local_replicas"].as_array()?.clone();
+                    urls.iter()
+                        .all(|u| {
+                            listed.iter().any(|l| {
+                                l["kind"] == "local-replica"
+                                    && l["url"].as_str() == Some(u.as_str())
+                                    && l["seq"].as_u64() >= Some(reply.seq)
+                            })
                         })
-                    })
-                    .then_some(())
-            },
-        )
-        .await;
+                        .then_some(())
+                },
+            )
+            .await;
+        }
     }
 
     // A second start: refused, naming how to stop the running one; nothing changed.

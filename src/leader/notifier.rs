@@ -11,7 +11,7 @@
 //!   `local-replica` or `reader`), `loaded <seq> <micros>` after every load and
 //!   `failed <reason>` when one fails (see [`super::locals`]).
 //!
-//! Lines are at most 512 bytes, and a peer may send 2,000 a second; one that sends a
+//! Lines are at most 512 bytes, and a peer may send 10,000 a second; one that sends a
 //! longer line, more lines, or a line that is not one of these is disconnected (the
 //! others are not affected).
 //!
@@ -141,8 +141,9 @@ async fn record_publications(
 }
 
 /// Lines a peer may send per second (and twice this at once) before it is cut off: a
-/// reader sends a `want` per new seq waited for and a `loaded` per load.
-const LINES_PER_SECOND: f64 = 2000.0;
+/// reader sends a `want` per new seq waited for (at most one per `min_seq` read a local
+/// replica serves, some thousands a second) and a `loaded` per load.
+const LINES_PER_SECOND: f64 = 10_000.0;
 
 async fn peer(
     stream: UnixStream,
@@ -332,7 +333,7 @@ mod tests {
         let flood = UnixStream::connect(&path).await.unwrap();
         let (r3, mut w3) = flood.into_split();
         let mut lines3 = BufReader::new(r3).lines();
-        let many = "want 1\n".repeat(20_000);
+        let many = "want 1\n".repeat(100_000);
         let _ = w3.write_all(many.as_bytes()).await;
         let mut closed = false;
         for _ in 0..4 {

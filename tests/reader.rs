@@ -494,8 +494,8 @@ async fn published(leader: &Node) -> u64 {
 }
 
 /// An application's reader is listed by the leader as `kind: reader`, under this
-/// process's pid, with the seq it mapped; one that stops following falls behind and is
-/// still never a problem of the leader's.
+/// process's pid, with the seq it mapped, and leaves the list when it stops following;
+/// one that pauses falls behind past the limit and is still never a problem.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_lists_an_embedded_reader_and_never_counts_it_as_a_problem() {
     let dir = tempfile::tempdir().unwrap();

@@ -607,15 +607,18 @@ async fn a_voter_with_no_room_for_the_snapshot_says_so_and_takes_it_once_there_i
     // The log before the last snapshot is gone, so a wiped voter can only catch up
     // from a snapshot (under load the purge may come later than the posts' answers:
     // a voter restarted before it catches up from the log and is offered none).
-    eventually("the leader to purge the log before its snapshot", || async {
-        for u in &urls[..2] {
-            let h = crate::util::group::health(&http, u).await?;
-            if h["raft"]["state"] == "leader" && h["raft"]["purged_index"].as_u64()? > 0 {
-                return Some(());
+    eventually(
+        "the leader to purge the log before its snapshot",
+        || async {
+            for u in &urls[..2] {
+                let h = crate::util::group::health(&http, u).await?;
+                if h["raft"]["state"] == "leader" && h["raft"]["purged_index"].as_u64()? > 0 {
+                    return Some(());
+                }
             }
-        }
-        None
-    })
+            None
+        },
+    )
     .await;
     // Voter 3 wiped, and its disk left with room to start but not for the snapshot.
     nodes[2].kill();

@@ -153,6 +153,11 @@ async fn covered_log_segments_are_deleted_beyond_the_retained_size() {
             "1KiB",
             "--wal-retain",
             "2KiB",
+            // Each post waits for its own record on disk, so every segment rolls at
+            // about 1 KiB: with everysec a writer starved under load wrote a group of
+            // many records into one segment larger than the 2 KiB kept, and kept none.
+            "--fsync",
+            "always",
         ],
     );
     for round in 0..5 {

@@ -512,13 +512,7 @@ async fn a_voters_documented_admin_bodies_are_its_handlers_bounds() {
     use serde_json::json;
     let g = Group::start(1, &[]).await;
     let url = g.urls()[0].clone();
-    let spec: Value = g
-        .http
-        .get(format!("{url}/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
+    let spec = crate::util::get_json(&g.http, &format!("{url}/openapi.json"))
         .await
         .unwrap();
     let schemas = &spec["components"]["schemas"];

@@ -152,14 +152,7 @@ async fn the_status_page_shows_the_new_seq_and_top_words_in_a_real_browser() {
     // with the node's own past: the samples the node kept before the page was loaded.
     let http = reqwest::Client::new();
     let kept = eventually("the leader to keep three seconds of history", || async {
-        let h: serde_json::Value = http
-            .get(format!("{}/history", leader.url))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let h = get_json(&http, &format!("{}/history", leader.url)).await?;
         let samples = h["samples"].as_array()?.clone();
         let lags = samples.last()?["lags"].clone();
         (samples.len() >= 3 && lags.get(format!("local {}", local.url)).is_some())

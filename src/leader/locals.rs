@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
@@ -110,7 +111,8 @@ pub struct Locals(Arc<Inner>);
 
 struct Inner {
     peers: Mutex<BTreeMap<u64, Peer>>,
-    next_id: Mutex<u64>,
+    /// Never reused: a finished peer's check of its URL cannot touch a newer peer.
+    next_id: AtomicU64,
     /// This leader's recent publications: (seq, when), oldest first.
     published: Mutex<VecDeque<(u64, Instant)>>,
     limit: LagLimit,
@@ -123,7 +125,7 @@ impl Locals {
     pub fn new(limit: LagLimit, http: Option<reqwest::Client>) -> Locals {
         Locals(Arc::new(Inner {
             peers: Mutex::default(),
-            next_id: Mutex::default(),
+            next_id: AtomicU64::new(0),
             published: Mutex::default(),
             limit,
             http,
@@ -136,11 +138,7 @@ impl Locals {
         if peers.len() >= MAX_PEERS {
             return None;
         }
-        let id = {
-            let mut n = self.0.next_id.lock();
-            *n += 1;
-            *n
-        };
+        let id = self.0.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let kick = CancellationToken::new();
         peers.insert(
             id,

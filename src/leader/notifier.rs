@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::locals::Locals;
 use crate::protocol::{MAX_SOCKET_LINE, PeerLine, SOCKET_PROTOCOL, socket_line};
+use crate::server::ratelimit::Bucket;
 
 pub use crate::protocol::SOCKET_NAME;
 
@@ -167,7 +168,7 @@ async fn peer(
     if w.write_all(hello.as_bytes()).await.is_err() {
         return;
     }
-    let mut budget = (2.0 * LINES_PER_SECOND, std::time::Instant::now());
+    let budget = Bucket::new(LINES_PER_SECOND, 2.0 * LINES_PER_SECOND);
     loop {
         tokio::select! {
             changed = published.changed() => {
@@ -181,7 +182,7 @@ async fn peer(
             }
             line = lines.next() => {
                 let refused = match line {
-                    Some(Ok(l)) => take_line(&l, id, locals, &want, &mut budget).err(),
+                    Some(Ok(l)) => take_line(&l, id, locals, &want, &budget).err(),
                     Some(Err(e)) => Some(e.to_string()),
                     None => return,
                 };
@@ -202,16 +203,11 @@ fn take_line(
     id: u64,
     locals: &Locals,
     want: &Arc<dyn Fn(u64) + Send + Sync>,
-    (tokens, at): &mut (f64, std::time::Instant),
+    budget: &Bucket,
 ) -> Result<(), String> {
-    let now = std::time::Instant::now();
-    *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * LINES_PER_SECOND)
-        .min(2.0 * LINES_PER_SECOND);
-    *at = now;
-    if *tokens < 1.0 {
+    if !budget.take() {
         return Err(format!("more than {LINES_PER_SECOND} lines a second"));
     }
-    *tokens -= 1.0;
     match PeerLine::parse(line)? {
         PeerLine::Want(n) => want(n),
         PeerLine::Hello { kind, version, url } => locals.hello(id, kind, version, url)?,

@@ -191,7 +191,7 @@ impl Leader {
         m.counter(
             "memdb_words_ingested_total",
             "Words counted since start.",
-            self.shared.state.words_ingested.load(Ordering::Relaxed),
+            self.words_ingested(),
         );
         self.collect_replicas(m);
         self.shared.locals.collect(m);

@@ -13,14 +13,25 @@ use parking_lot::Mutex;
 
 use crate::server::error::ApiError;
 
-struct Bucket {
+/// A token bucket: `rate` tokens a second, at most `burst` at once (full at first).
+pub struct Bucket {
     rate: f64,
+    burst: f64,
     /// (tokens available, when they were counted)
     state: Mutex<(f64, Instant)>,
 }
 
 impl Bucket {
-    fn take(&self) -> bool {
+    pub fn new(rate: f64, burst: f64) -> Bucket {
+        Bucket {
+            rate,
+            burst,
+            state: Mutex::new((burst, Instant::now())),
+        }
+    }
+
+    /// Takes a token now; false when there is none.
+    pub fn take(&self) -> bool {
         self.take_at(Instant::now())
     }
 
@@ -28,7 +39,7 @@ impl Bucket {
     fn take_at(&self, now: Instant) -> bool {
         let mut s = self.state.lock();
         let refill = now.duration_since(s.1).as_secs_f64() * self.rate;
-        s.0 = (s.0 + refill).min(self.rate.max(1.0));
+        s.0 = (s.0 + refill).min(self.burst);
         s.1 = now;
         if s.0 >= 1.0 {
             s.0 -= 1.0;
@@ -54,12 +65,11 @@ pub struct RateLimit(Option<Arc<Bucket>>);
 
 impl RateLimit {
     pub fn new(per_second: Option<u32>) -> Self {
-        RateLimit(per_second.filter(|n| *n > 0).map(|n| {
-            Arc::new(Bucket {
-                rate: n as f64,
-                state: Mutex::new((n as f64, Instant::now())),
-            })
-        }))
+        RateLimit(
+            per_second
+                .filter(|n| *n > 0)
+                .map(|n| Arc::new(Bucket::new(n as f64, n as f64))),
+        )
     }
 }
 

@@ -249,6 +249,11 @@ impl Drop for Node {
 
 /// Polls `check` until it returns `Some`, failing the test with `what` after the
 /// deadline.
+/// `GET url` as JSON, if it answers with JSON.
+pub async fn get_json(http: &reqwest::Client, url: &str) -> Option<Value> {
+    http.get(url).send().await.ok()?.json().await.ok()
+}
+
 pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,

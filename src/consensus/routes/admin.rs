@@ -106,14 +106,8 @@ const CATCH_UP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(8);
 async fn caught_up(c: &Consensus, id: NodeId, index: u64) -> bool {
     let added = std::time::Instant::now();
     loop {
-        let matched = {
-            let m = c.raft.metrics().borrow().clone();
-            m.replication
-                .as_ref()
-                .and_then(|p| p.get(&id).cloned())
-                .flatten()
-        };
-        if matched.is_some_and(|x| x.index >= index) {
+        let matched = matched(&c.raft.metrics().borrow(), id);
+        if matched.is_some_and(|x| x >= index) {
             return true;
         }
         let silent = !c.peers.answered_within(id, ANSWER_WINDOW);
@@ -122,6 +116,59 @@ async fn caught_up(c: &Consensus, id: NodeId, index: u64) -> bool {
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// The last log index `id` is known to hold (on the leader only).
+fn matched(m: &openraft::RaftMetrics<NodeId, BasicNode>, id: NodeId) -> Option<u64> {
+    let progress = m.replication.as_ref()?;
+    progress.get(&id).cloned().flatten().map(|l| l.index)
+}
+
+/// Refuses (409) voters that are not members, checked here because openraft asked to
+/// promote a node it does not know may not answer (a schema-driven tester's request
+/// waited out its 10 s); and, on the leader, learners it cannot count on: a learner
+/// the leader cannot reach would be a voter the new majority needs, so the change
+/// could not commit, and neither could any write behind it.
+fn check_promotion(c: &Consensus, voters: &BTreeSet<NodeId>) -> Result<(), ApiError> {
+    let m = c.raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    if let Some(id) = voters.iter().find(|id| membership.get_node(id).is_none()) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("node {id} is not a member: add it with POST /raft/learners first"),
+        ));
+    }
+    if m.replication.is_none() {
+        // Not the leader: openraft's answer names the one that is.
+        return Ok(());
+    }
+    let last = m.last_log_index.unwrap_or(0);
+    let current: BTreeSet<NodeId> = membership.voter_ids().collect();
+    let window = (c.config.election_timeout * 2).max(ANSWER_WINDOW);
+    for &id in voters.iter().filter(|id| !current.contains(id)) {
+        let matched = matched(&m, id);
+        let answers = c.peers.answered_within(id, window);
+        if answers && matched.is_some_and(|x| last.saturating_sub(x) <= MAX_PROMOTE_LAG) {
+            continue;
+        }
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "learner {id} {} (matched {}, the log is at {last}): a voter the leader \
+                 cannot reach would stop every write; check that it runs and is \
+                 reachable at its URL",
+                if answers {
+                    "has not caught up"
+                } else {
+                    "does not answer"
+                },
+                matched.map_or("nothing".to_string(), |x| x.to_string())
+            ),
+        )
+        .with("matched", matched)
+        .with("last_log_index", last));
+    }
+    Ok(())
 }
 
 /// How long a membership change may take to commit before the answer says so
@@ -205,51 +252,7 @@ pub async fn membership(
     if v.voters.is_empty() {
         return Err(ApiError::bad_request("voters must not be empty"));
     }
-    // Checked here: openraft asked to promote a node it does not know may not answer
-    // (a request of a schema-driven tester waited out its 10 s).
-    {
-        let m = c.raft.metrics().borrow().clone();
-        if let Some(id) = v
-            .voters
-            .iter()
-            .find(|id| m.membership_config.membership().get_node(id).is_none())
-        {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                format!("node {id} is not a member: add it with POST /raft/learners first"),
-            ));
-        }
-        // A learner the leader cannot reach would be a voter the new majority needs:
-        // the change could not commit, and neither could any write behind it.
-        if let Some(progress) = m.replication.as_ref() {
-            let last = m.last_log_index.unwrap_or(0);
-            let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
-            for id in v.voters.iter().filter(|id| !voters.contains(id)) {
-                let matched = progress.get(id).cloned().flatten().map(|l| l.index);
-                let behind = matched.map(|x| last.saturating_sub(x));
-                let window = (c.config.election_timeout * 2).max(ANSWER_WINDOW);
-                let answers = c.peers.answered_within(*id, window);
-                if !answers || behind.is_none_or(|b| b > MAX_PROMOTE_LAG) {
-                    return Err(ApiError::new(
-                        StatusCode::CONFLICT,
-                        format!(
-                            "learner {id} {} (matched {}, the log is at {last}): a voter \
-                             the leader cannot reach would stop every write; check that \
-                             it runs and is reachable at its URL",
-                            if answers {
-                                "has not caught up"
-                            } else {
-                                "does not answer"
-                            },
-                            matched.map_or("nothing".to_string(), |x| x.to_string())
-                        ),
-                    )
-                    .with("matched", matched)
-                    .with("last_log_index", last));
-                }
-            }
-        }
-    }
+    check_promotion(&c, &v.voters)?;
     let r = tokio::time::timeout(
         CHANGE_TIMEOUT,
         c.raft.change_membership(v.voters.clone(), false),

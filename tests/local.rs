@@ -450,7 +450,7 @@ async fn listed(leader: &Node, url: &str) -> Option<serde_json::Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_lists_its_local_replicas_with_their_lag_and_forgets_a_dead_one() {
     let dir = tempfile::tempdir().unwrap();
-    let leader = Node::leader(
+    let mut leader = Node::leader(
         dir.path(),
         &[
             "--snapshot-interval",
@@ -544,6 +544,26 @@ async fn the_leader_lists_its_local_replicas_with_their_lag_and_forgets_a_dead_o
         (code == 200 && r["lag"] == 0 && h["problems"].as_array()?.is_empty()).then_some(())
     })
     .await;
+    // The leader crashes and restarts: its list starts empty, and both replicas
+    // reconnect, introduce themselves again and report their load.
+    leader.kill();
+    leader.restart();
+    let seq = leader
+        .client()
+        .post_text("after the restart")
+        .await
+        .unwrap()
+        .seq;
+    for node in [&a, &b] {
+        eventually(
+            "the replica to be listed again after the leader's restart",
+            || async {
+                let r = listed(&leader, &node.url).await?;
+                (r["seq"].as_u64()? >= seq && r["url_verified"] == true).then_some(())
+            },
+        )
+        .await;
+    }
     // A process that claims to be the running replica is disconnected once the
     // replica's /health names another pid; the list is as before.
     let sock = dir.path().join("memdb.sock");
